@@ -1,0 +1,5 @@
+import sys
+
+from dbmazz.cli import main
+
+sys.exit(main())

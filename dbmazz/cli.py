@@ -1,0 +1,141 @@
+"""Command line: ``dbmazz <command>``.
+
+Commands that run the engine accept every configuration variable as a flag
+(``FLUSH_ROWS`` → ``--flush-rows``); flags win over the environment and ``.env``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dbmazz._version import __version__
+from dbmazz.config import Config
+from dbmazz.errors import ConfigError, DbmazzError, NotImplementedYet
+from dbmazz.log import configure_logging
+
+log = logging.getLogger("dbmazz")
+
+Handler = Callable[[argparse.Namespace], int]
+_CONFIG_FIELDS = tuple(Config.model_fields)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (each flag overrides its env variable)")
+    for name, info in Config.model_fields.items():
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"cfg_{name}",
+            default=None,
+            metavar=name.upper(),
+            help=info.description,
+        )
+
+
+def load_config(args: argparse.Namespace, **forced: Any) -> Config:
+    overrides = {
+        name: getattr(args, f"cfg_{name}")
+        for name in _CONFIG_FIELDS
+        if getattr(args, f"cfg_{name}", None) is not None
+    }
+    overrides.update({k: v for k, v in forced.items() if v is not None})
+    return Config.load(overrides)
+
+
+def _not_implemented(feature: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        raise NotImplementedYet(f"`dbmazz {args.command}` is not implemented yet ({feature})")
+
+    return handler
+
+
+def _lazy(module: str, function: str) -> Handler:
+    """Import command implementations only when used, so `--help` stays fast."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        impl: Handler = getattr(importlib.import_module(module), function)
+        return impl(args)
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbmazz",
+        description="Stream PostgreSQL changes (logical replication) into StarRocks or DuckDB.",
+    )
+    parser.add_argument("--version", action="version", version=f"dbmazz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, handler: Handler, config: bool = False) -> Any:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        if config:
+            _add_config_flags(p)
+        return p
+
+    command("run", "Run the engine: setup, snapshot, then stream changes until stopped.",
+            _lazy("dbmazz.commands", "cmd_run"), config=True)
+    p = command("setup", "Prepare (or with --check only verify) the source and the target.",
+                _lazy("dbmazz.commands", "cmd_setup"), config=True)
+    p.add_argument("--check", action="store_true", help="verify only; change nothing")
+    p = command("snapshot", "Snapshot tables into the target (also while CDC runs).",
+                _not_implemented("initial snapshot"), config=True)
+    p.add_argument("--table", action="append", default=[], help="table to snapshot (repeatable)")
+    p = command("capture", "Record the replication stream of a slot into an Arrow IPC file.",
+                _lazy("dbmazz.commands", "cmd_capture"), config=True)
+    p.add_argument("--slot", help="replication slot (default SLOT_NAME)")
+    p.add_argument("--publication", help="publication (default PUBLICATION_NAME)")
+    p.add_argument("--out", required=True, help="output file (.arrows)")
+    stop_at = p.add_mutually_exclusive_group()
+    stop_at.add_argument("--until-lsn", help="stop after the transaction committing at this LSN")
+    stop_at.add_argument("--duration", type=float, help="stop after this many seconds")
+    stop_at.add_argument("--max-messages", type=int, help="stop after this many messages")
+    p = command("replay", "Run the pipeline over a capture file into the sink, then exit.",
+                _lazy("dbmazz.commands", "cmd_replay"), config=True)
+    p.add_argument("file", help="capture file written by `dbmazz capture`")
+    for name, text in (
+        ("status", "Show the state of a running engine."),
+        ("pause", "Pause reading (status updates to PostgreSQL continue)."),
+        ("resume", "Resume a paused engine."),
+        ("drain", "Flush everything in flight, checkpoint and stop."),
+        ("stop", "Stop the engine (never drops the slot unless --drop-slot)."),
+        ("top", "Live dashboard of a running engine."),
+    ):
+        p = command(name, text, _not_implemented("gRPC control plane"))
+        p.add_argument("--address", default="127.0.0.1:50051", help="engine gRPC address")
+        if name == "stop":
+            p.add_argument("--drop-slot", action="store_true",
+                           help="also drop the replication slot (changes not yet loaded are lost)")
+    command("demo", "Start a private PostgreSQL, generate traffic and replicate it.",
+            _not_implemented("demo"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        result: int = args.handler(args)
+        return result
+    except NotImplementedYet as exc:
+        print(f"dbmazz: {exc.message}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"dbmazz: {exc.message}", file=sys.stderr)
+        return 2
+    except DbmazzError as exc:
+        print(f"dbmazz: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Configuration: environment variables, a ``.env`` file, and CLI flag overrides.
+
+Every field is read from the upper-case environment variable of the same name (DESIGN.md
+§7). Invalid input fails at start with one message per problem naming the variable and the
+accepted values (:class:`dbmazz.errors.ConfigError`). Secrets (passwords, tokens, the
+password inside ``SOURCE_URL``) are :class:`pydantic.SecretStr` and never printed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from dbmazz.errors import ConfigError
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_MIB = 1 << 20
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db``; conninfo too."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+            parts = parts._replace(netloc=netloc)
+        query = re.sub(r"(password=)[^&]*", r"\1***", parts.query)
+        return urlunsplit(parts._replace(query=query))
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
+
+
+class Config(BaseSettings):
+    """All settings of a dbmazz process. Field ``x_y`` is environment variable ``X_Y``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- source -------------------------------------------------------------------------
+    source_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL connection URL (postgresql://user:password@host:port/db).",
+    )
+    slot_name: str = Field(default="dbmazz_slot", description="Logical replication slot name.")
+    publication_name: str = Field(default="dbmazz_pub", description="Publication name.")
+    tables: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tables to replicate, comma-separated: 'schema.table' or 'table' (public).",
+    )
+    replica_identity: Literal["full", "default", "keep"] = Field(
+        default="full",
+        description="REPLICA IDENTITY set on source tables (full gives old values for TOAST).",
+    )
+
+    # --- sink ---------------------------------------------------------------------------
+    sink: Literal["starrocks", "duckdb"] | None = Field(
+        default=None,
+        description="Target: starrocks or duckdb (default: starrocks when STARROCKS_URL is set).",
+    )
+    starrocks_url: str | None = Field(default=None, description="StarRocks FE HTTP URL.")
+    starrocks_mysql_port: int = Field(default=9030, ge=1, le=65535, description="FE MySQL port.")
+    starrocks_db: str = Field(default="dbmazz", description="StarRocks database.")
+    starrocks_user: str = Field(default="root", description="StarRocks user.")
+    starrocks_password: SecretStr = Field(default=SecretStr(""), description="StarRocks password.")
+    duckdb_path: str = Field(default="dbmazz.duckdb", description="DuckDB database file.")
+    table_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Target renames: 'schema.table:target,...'.",
+    )
+    setup: Literal["auto", "skip"] = Field(default="auto", description="Run setup of both ends.")
+    create_tables: bool = Field(default=True, description="Create missing target tables.")
+    load_format: Literal["json", "csv"] = Field(default="json", description="Stream Load format.")
+    delete_mode: Literal["soft", "hard"] = Field(default="soft", description="Delete handling.")
+    dropped_columns: Literal["keep", "fill_null"] = Field(
+        default="fill_null",
+        description="Columns dropped at the source: keep old values or fill NULL.",
+    )
+
+    # --- batching -----------------------------------------------------------------------
+    flush_rows: int = Field(default=100_000, gt=0, description="Flush a batch at this many rows.")
+    flush_bytes: int = Field(default=32 * _MIB, gt=0, description="Flush at this many bytes.")
+    flush_interval_ms: int = Field(default=1000, gt=0, description="Flush at least this often.")
+    max_inflight_bytes: int = Field(
+        default=128 * _MIB, gt=0, description="Stop reading above this many in-flight bytes."
+    )
+
+    # --- snapshot -----------------------------------------------------------------------
+    snapshot: Literal["never", "initial", "initial_only"] = Field(
+        default="initial", description="Initial snapshot of existing rows."
+    )
+    snapshot_workers: int = Field(default=2, ge=1, le=64, description="Snapshot connections.")
+
+    # --- service ------------------------------------------------------------------------
+    grpc_host: str = Field(default="127.0.0.1", description="gRPC bind address.")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 = off).")
+    grpc_token: SecretStr | None = Field(default=None, description="Bearer token for gRPC.")
+    grpc_tls_cert: str | None = Field(default=None, description="TLS certificate (PEM) path.")
+    grpc_tls_key: str | None = Field(default=None, description="TLS private key (PEM) path.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port (0 = off).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
+
+    @field_validator("source_url")
+    @classmethod
+    def _check_source_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        url = value.get_secret_value().strip()
+        if "://" in url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+                raise ValueError(
+                    "must be postgresql://user:password@host:port/database "
+                    f"(got {redact_url(url)!r})"
+                )
+        elif "=" not in url:
+            raise ValueError("must be a postgresql:// URL or a 'host=... dbname=...' conninfo")
+        return SecretStr(url)
+
+    @field_validator("starrocks_url")
+    @classmethod
+    def _check_starrocks_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be http://host:8030 (the FE HTTP address), got {value!r}")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port: {value!r}") from exc
+        return value.rstrip("/")
+
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _split_tables(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("table_map", mode="before")
+    @classmethod
+    def _parse_table_map(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        mapping: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            source, sep, target = item.partition(":")
+            if not sep or not source or not target:
+                raise ValueError(f"entry {item!r} is not 'schema.table:target'")
+            mapping[source.strip()] = target.strip()
+        return mapping
+
+    @field_validator("slot_name")
+    @classmethod
+    def _check_slot(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(
+                "must be lower-case letters, digits and underscores (max 63), as PostgreSQL "
+                f"requires for slot names; got {value!r}"
+            )
+        return value
+
+    @field_validator("sink", mode="before")
+    @classmethod
+    def _empty_sink(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolve_sink(self) -> Config:
+        if self.sink is None:
+            self.sink = "starrocks" if self.starrocks_url else "duckdb"
+        if self.sink == "starrocks" and not self.starrocks_url:
+            raise ValueError("STARROCKS_URL is required when SINK=starrocks")
+        return self
+
+    # --- helpers ------------------------------------------------------------------------
+    @property
+    def source_dsn(self) -> str:
+        """The real connection string (contains the password: never log it)."""
+        if self.source_url is None:
+            raise ConfigError(["SOURCE_URL: required; set it to postgresql://user:pass@host/db"])
+        return self.source_url.get_secret_value()
+
+    @property
+    def source_url_redacted(self) -> str:
+        return redact_url(self.source_url.get_secret_value()) if self.source_url else "(unset)"
+
+    def require_source(self) -> None:
+        """Fail unless SOURCE_URL is set (commands that talk to PostgreSQL call this)."""
+        self.source_dsn  # noqa: B018 - raises ConfigError when missing
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings with secrets redacted, for status output and logs."""
+        data = self.model_dump()
+        data["source_url"] = self.source_url_redacted
+        for key in ("starrocks_password", "grpc_token"):
+            secret = getattr(self, key)
+            data[key] = "***" if secret is not None and secret.get_secret_value() else None
+        return data
+
+    def __repr__(self) -> str:
+        return f"Config({self.public_dict()!r})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, env_file: str | None = ".env") -> Config:
+        """Build a Config from env/.env plus explicit overrides (CLI flags win).
+
+        Raises :class:`ConfigError` listing every problem, each naming the variable.
+        """
+        clean = {k: v for k, v in (overrides or {}).items() if v is not None}
+        try:
+            return cls(_env_file=env_file, **clean)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"] if not str(part).isdigit()]
+        variable = loc[0].upper() if loc else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "literal_error":
+            expected = error.get("ctx", {}).get("expected", "")
+            message = f"must be one of {expected}; got {error.get('input')!r}"
+        elif error["type"] in ("int_parsing", "int_type"):
+            message = f"must be a whole number; got {error.get('input')!r}"
+        elif error["type"] in ("greater_than", "greater_than_equal", "less_than_equal"):
+            message = f"{message}; got {error.get('input')!r}"
+        elif error["type"] == "bool_parsing":
+            message = f"must be true or false; got {error.get('input')!r}"
+        problems.append(f"{variable}: {message}" if variable else message)
+    return problems
