@@ -1,1 +1,32 @@
-"""dbmazz."""
+"""dbmazz: PostgreSQL logical replication → Arrow micro-batches → StarRocks / DuckDB.
+
+Public API::
+
+    from dbmazz import Config, Engine, read_capture
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dbmazz._version import __version__
+from dbmazz.config import Config
+
+if TYPE_CHECKING:
+    from dbmazz.engine.core import Engine
+    from dbmazz.source.capture import read_capture
+
+__all__ = ["Config", "Engine", "__version__", "read_capture"]
+
+
+def __getattr__(name: str) -> Any:
+    # Heavy modules load on first use, so `import dbmazz` stays cheap for the CLI.
+    if name == "Engine":
+        from dbmazz.engine.core import Engine
+
+        return Engine
+    if name == "read_capture":
+        from dbmazz.source.capture import read_capture
+
+        return read_capture
+    raise AttributeError(name)

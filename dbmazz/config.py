@@ -95,7 +95,7 @@ class Config(BaseSettings):
 
     # --- snapshot -----------------------------------------------------------------------
     snapshot: Literal["never", "initial", "initial_only"] = Field(
-        default="initial", description="Initial snapshot of existing rows."
+        default="never", description="Initial snapshot of existing rows."
     )
     snapshot_workers: int = Field(default=2, ge=1, le=64, description="Snapshot connections.")
 

@@ -50,6 +50,11 @@ class ProtocolError(SourceError):
     """The replication stream held something dbmazz cannot decode."""
 
 
+class SlotInUseError(SourceConnectionError):
+    """Another session streams from the slot. Retryable: after a crash the old walsender
+    keeps the slot until it notices its client is gone (up to wal_sender_timeout)."""
+
+
 class SinkError(DbmazzError):
     """A load into the target failed."""
 

@@ -1,0 +1,372 @@
+"""Micro-batching: raw WAL chunks → flushes of per-table work, cut at transaction ends.
+
+The batcher looks at every message's type byte, the relation oid of Insert/Update/Delete
+messages and the LSNs of Begin/Commit with numpy over a whole chunk; only the rare control
+messages (Relation, Type, Truncate, logical Message, Origin) are handled one by one.
+
+A :class:`Flush` closes when its rows or bytes reach ``FLUSH_ROWS``/``FLUSH_BYTES`` at a
+commit, or when :meth:`Batcher.poll` finds ``FLUSH_INTERVAL_MS`` elapsed. A transaction
+larger than the limits is cut into *split* flushes that do not advance the durable LSN; its
+commit always ends a flush of its own, so the whole transaction is loaded before its commit
+LSN can be confirmed (DESIGN.md §4, invariant 2).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from dbmazz.errors import ProtocolError
+from dbmazz.pipeline.batch import SchemaDelta
+from dbmazz.pipeline.schema_cache import SchemaCache
+from dbmazz.source import pgoutput
+from dbmazz.source.chunk import WalChunk
+from dbmazz.source.pgoutput import Relation
+
+_B, _C, _I, _U, _D = (ord(c) for c in "BCIUD")
+_CONTROL = frozenset(ord(c) for c in "RYTMO")
+
+
+def _be_u64(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    idx = at[:, None] + np.arange(8, dtype=np.int64)[None, :]
+    return data[idx].view(">u8").reshape(-1).astype(np.uint64)
+
+
+def _be_u32(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint32]:
+    idx = at[:, None] + np.arange(4, dtype=np.int64)[None, :]
+    return data[idx].view(">u4").reshape(-1).astype(np.uint32)
+
+
+@dataclass(slots=True)
+class Slab:
+    """Insert/Update/Delete messages of one chunk, in stream order."""
+
+    data: npt.NDArray[np.uint8]
+    starts: npt.NDArray[np.int64]
+    sizes: npt.NDArray[np.int64]
+    oids: npt.NDArray[np.uint32]
+    commit_lsns: npt.NDArray[np.uint64]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.sizes.sum())
+
+
+@dataclass(slots=True)
+class RowsStep:
+    """Changes of one table under one relation shape: decode, merge, write."""
+
+    relation: Relation
+    slabs: list[Slab] = field(default_factory=list)  # each holds only this table's messages
+
+    @property
+    def rows(self) -> int:
+        return sum(len(s) for s in self.slabs)
+
+
+@dataclass(frozen=True, slots=True)
+class TruncateStep:
+    relation: Relation
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStep:
+    delta: SchemaDelta
+    relation: Relation
+
+
+Step = RowsStep | TruncateStep | SchemaStep
+
+
+@dataclass(slots=True)
+class Flush:
+    """Work for the sink: per table (by relation oid) an ordered list of steps."""
+
+    seq: int
+    steps: dict[int, list[Step]]
+    #: Commit end LSN of the last whole transaction included: durable once every step of
+    #: this flush and of all earlier flushes is applied. 0 for a split part.
+    end_lsn: int
+    rows: int
+    nbytes: int
+    #: For split parts of a large transaction: (commit LSN, part index, last part?).
+    split: tuple[int, int, bool] | None = None
+
+
+@dataclass(slots=True)
+class _Control:
+    oid: int
+    step: TruncateStep | SchemaStep
+
+
+@dataclass(slots=True)
+class _Shape:
+    """A Relation message: rows after it decode with this shape."""
+
+    relation: Relation
+
+
+Piece = Slab | _Control | _Shape
+
+
+class Batcher:
+    def __init__(
+        self,
+        schemas: SchemaCache,
+        *,
+        flush_rows: int,
+        flush_bytes: int,
+        flush_interval_ms: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.schemas = schemas
+        self.flush_rows = flush_rows
+        self.flush_bytes = flush_bytes
+        self.flush_interval_ms = flush_interval_ms
+        self._clock = clock
+        self._pieces: list[Piece] = []
+        self._rows = 0
+        self._bytes = 0
+        # Position just after the last Commit among the pending pieces.
+        self._committed_pieces = 0
+        self._committed_rows = 0
+        self._committed_bytes = 0
+        self._committed_end_lsn = 0
+        self._txn_lsn = 0  # commit LSN of the transaction in progress (from its Begin)
+        self._in_txn = False
+        self._split_part = 0  # parts already emitted of the open transaction
+        self._seq = 0
+        self._cut_end_lsn = 0  # end LSN of the last committed flush emitted
+        # Relation shape in effect at the first pending piece, per oid: rows decode with
+        # the shape they were written under, even if a later Relation message changed it.
+        self._shape_at_start: dict[int, Relation] = {}
+        self._first_pending_at: float | None = None
+        #: Logical decoding messages seen (prefix → count), e.g. heartbeats.
+        self.messages_seen: dict[str, int] = {}
+        self.last_end_lsn = 0
+
+    # ------------------------------------------------------------------ public
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_txn
+
+    def add(self, chunk: WalChunk) -> list[Flush]:
+        """Route one chunk; return the flushes it completed."""
+        out: list[Flush] = []
+        n = len(chunk)
+        if n == 0:
+            return out
+        starts = chunk.offsets[:-1]
+        kinds = chunk.data[starts]
+        control = np.flatnonzero(np.isin(kinds, list(_CONTROL)))
+        begin = 0
+        for idx in control.tolist():
+            self._segment(chunk, starts, kinds, begin, idx, out)
+            self._control(chunk.message(idx), int(chunk.lsns[idx]))
+            begin = idx + 1
+        self._segment(chunk, starts, kinds, begin, n, out)
+        if self._first_pending_at is None and self._rows:
+            self._first_pending_at = self._clock()
+        return out
+
+    def poll(self) -> list[Flush]:
+        """Flush committed work older than ``FLUSH_INTERVAL_MS``.
+
+        A commit with no rows (a heartbeat message, a transaction on other tables) is
+        flushed too, so the durable LSN keeps moving while the tables are idle.
+        """
+        if not self._has_committed():
+            return []
+        if self._first_pending_at is None:
+            self._first_pending_at = self._clock()
+        if (self._clock() - self._first_pending_at) * 1000 < self.flush_interval_ms:
+            return []
+        return [self._cut_committed()]
+
+    def drain(self) -> list[Flush]:
+        """Flush every committed change now (stop/drain); an open transaction stays."""
+        return [self._cut_committed()] if self._has_committed() else []
+
+    def _has_committed(self) -> bool:
+        return self._committed_pieces > 0 or self._committed_end_lsn > self._cut_end_lsn
+
+    # ------------------------------------------------------------------ internals
+    def _segment(
+        self,
+        chunk: WalChunk,
+        starts: npt.NDArray[np.int64],
+        kinds: npt.NDArray[np.uint8],
+        lo: int,
+        hi: int,
+        out: list[Flush],
+    ) -> None:
+        if lo >= hi:
+            return
+        k = kinds[lo:hi]
+        st = starts[lo:hi]
+        known = (k == _B) | (k == _C) | (k == _I) | (k == _U) | (k == _D)
+        if not known.all():
+            bad = int(np.flatnonzero(~known)[0])
+            raise ProtocolError(
+                f"unexpected pgoutput message type {chr(int(k[bad]))!r} (byte 0x{int(k[bad]):02x})"
+                f" at LSN {int(chunk.lsns[lo + bad])}",
+                "the stream may use a protocol version dbmazz does not support; use "
+                "proto_version 1 or 2",
+            )
+        is_begin = k == _B
+        is_dml = (k == _I) | (k == _U) | (k == _D)
+        # Commit LSN of the enclosing transaction for every message: forward-fill Begins.
+        begin_lsn = np.zeros(len(k), dtype=np.uint64)
+        begin_at = np.flatnonzero(is_begin)
+        if len(begin_at):
+            begin_lsn[begin_at] = _be_u64(chunk.data, st[begin_at] + 1)
+        owner = np.where(is_begin, np.arange(len(k)), -1)
+        np.maximum.accumulate(owner, out=owner)
+        txn_lsn = np.where(owner >= 0, begin_lsn[np.maximum(owner, 0)], np.uint64(self._txn_lsn))
+
+        dml_at = np.flatnonzero(is_dml)
+        sizes = (chunk.offsets[lo + 1 : hi + 1] - st)[dml_at]
+        slab = Slab(
+            data=chunk.data,
+            starts=st[dml_at],
+            sizes=sizes.astype(np.int64),
+            oids=_be_u32(chunk.data, st[dml_at] + 1) if len(dml_at) else np.zeros(0, np.uint32),
+            commit_lsns=txn_lsn[dml_at],
+        )
+        commit_at = np.flatnonzero(k == _C)
+        # DML messages of this segment before each commit, and the commit end LSNs.
+        dml_before = np.cumsum(is_dml)[commit_at] if len(commit_at) else np.zeros(0, np.int64)
+        end_lsns = (
+            _be_u64(chunk.data, st[commit_at] + 10) if len(commit_at) else np.zeros(0, np.uint64)
+        )
+        if len(begin_at):
+            self._txn_lsn = int(begin_lsn[begin_at[-1]])
+        last_kind = int(k[np.flatnonzero(is_begin | (k == _C))[-1]]) if (
+            is_begin.any() or len(commit_at)) else None
+        taken = 0  # DML of this slab already moved into pieces
+        for j in range(len(commit_at)):
+            upto = int(dml_before[j])
+            self._push(_slice(slab, taken, upto))
+            taken = upto
+            self._mark_commit(int(end_lsns[j]))
+            if self._split_part:
+                # The commit of a split transaction ends its own flush: all parts loaded
+                # before the commit LSN may be confirmed.
+                out.append(self._cut_committed())
+            elif self._rows >= self.flush_rows or self._bytes >= self.flush_bytes:
+                out.append(self._cut_committed())
+        self._push(_slice(slab, taken, len(slab)))
+        if last_kind is not None:
+            self._in_txn = last_kind == _B
+        uncommitted_rows = self._rows - self._committed_rows
+        uncommitted_bytes = self._bytes - self._committed_bytes
+        if self._in_txn and (
+            uncommitted_rows >= self.flush_rows or uncommitted_bytes >= self.flush_bytes
+        ):
+            if self._committed_pieces:
+                out.append(self._cut_committed())
+            out.append(self._cut_split())
+
+    def _control(self, message: bytes, lsn: int) -> None:
+        parsed = pgoutput.parse_message(message, lsn=lsn)
+        if isinstance(parsed, Relation):
+            self._pieces.append(_Shape(parsed))
+            delta = self.schemas.on_relation(parsed)
+            if delta is not None and (delta.before is None or not delta.is_empty):
+                self._pieces.append(_Control(parsed.oid, SchemaStep(delta, parsed)))
+        elif isinstance(parsed, pgoutput.Type):
+            self.schemas.types.add_type_message(parsed.oid, parsed.namespace, parsed.name)
+        elif isinstance(parsed, pgoutput.Truncate):
+            for oid in parsed.relation_oids:
+                self._pieces.append(_Control(oid, TruncateStep(self.schemas.relation(oid))))
+        elif isinstance(parsed, pgoutput.LogicalMessage):
+            self.messages_seen[parsed.prefix] = self.messages_seen.get(parsed.prefix, 0) + 1
+
+    def _push(self, slab: Slab) -> None:
+        if len(slab):
+            self._pieces.append(slab)
+            self._rows += len(slab)
+            self._bytes += slab.nbytes
+
+    def _mark_commit(self, end_lsn: int) -> None:
+        self._committed_pieces = len(self._pieces)
+        self._committed_rows = self._rows
+        self._committed_bytes = self._bytes
+        self._committed_end_lsn = end_lsn
+        self.last_end_lsn = end_lsn
+
+    def _cut_committed(self) -> Flush:
+        pieces = self._pieces[: self._committed_pieces]
+        self._pieces = self._pieces[self._committed_pieces :]
+        split = (self._txn_lsn, self._split_part, True) if self._split_part else None
+        flush = self._build(pieces, self._committed_end_lsn, self._committed_rows,
+                            self._committed_bytes, split)
+        self._cut_end_lsn = self._committed_end_lsn
+        self._rows -= self._committed_rows
+        self._bytes -= self._committed_bytes
+        self._committed_pieces = self._committed_rows = self._committed_bytes = 0
+        self._split_part = 0
+        self._first_pending_at = self._clock() if self._rows else None
+        return flush
+
+    def _cut_split(self) -> Flush:
+        pieces, self._pieces = self._pieces, []
+        flush = self._build(pieces, 0, self._rows, self._bytes,
+                            (self._txn_lsn, self._split_part, False))
+        self._split_part += 1
+        self._rows = self._bytes = 0
+        self._first_pending_at = None
+        return flush
+
+    def _build(
+        self,
+        pieces: list[Piece],
+        end_lsn: int,
+        rows: int,
+        nbytes: int,
+        split: tuple[int, int, bool] | None,
+    ) -> Flush:
+        steps: dict[int, list[Step]] = {}
+        shape = self._shape_at_start
+        for piece in pieces:
+            if isinstance(piece, _Shape):
+                shape[piece.relation.oid] = piece.relation
+                continue
+            if isinstance(piece, _Control):
+                steps.setdefault(piece.oid, []).append(piece.step)
+                if isinstance(piece.step, SchemaStep):
+                    shape[piece.oid] = piece.step.relation
+                continue
+            order = np.argsort(piece.oids, kind="stable")
+            oids_sorted = piece.oids[order]
+            bounds = np.flatnonzero(np.diff(oids_sorted)) + 1
+            for group in np.split(order, bounds):
+                oid = int(piece.oids[group[0]])
+                table_steps = steps.setdefault(oid, [])
+                if not table_steps or not isinstance(table_steps[-1], RowsStep):
+                    table_steps.append(RowsStep(shape[oid]))
+                step = table_steps[-1]
+                assert isinstance(step, RowsStep)
+                step.slabs.append(
+                    Slab(piece.data, piece.starts[group], piece.sizes[group], piece.oids[group],
+                         piece.commit_lsns[group])
+                )
+        self._seq += 1
+        return Flush(seq=self._seq, steps=steps, end_lsn=end_lsn, rows=rows, nbytes=nbytes,
+                     split=split)
+
+
+def _slice(slab: Slab, lo: int, hi: int) -> Slab:
+    return Slab(slab.data, slab.starts[lo:hi], slab.sizes[lo:hi], slab.oids[lo:hi],
+                slab.commit_lsns[lo:hi])

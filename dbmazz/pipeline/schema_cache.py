@@ -1,0 +1,126 @@
+"""Relation cache: Relation messages → :class:`TableSchema`, diffed by content into deltas.
+
+The walsender re-sends a Relation message after cache invalidations even when nothing
+changed, so a message is a change only if its content differs from the cached one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from dbmazz.errors import SetupError
+from dbmazz.pipeline.batch import ColumnSpec, SchemaDelta, TableSchema
+from dbmazz.source.pgoutput import Relation
+from dbmazz.source.types import TypeRegistry, arrow_type
+
+KeyResolver = Callable[[Relation], tuple[str, ...]]
+
+
+def keys_from_map(primary_keys: Mapping[str, tuple[str, ...] | list[str]]) -> KeyResolver:
+    """Resolve keys from ``{'schema.table': (cols…)}``; fall back to the identity columns
+    when the relation's identity is an index or the primary key (not FULL)."""
+
+    def resolve(relation: Relation) -> tuple[str, ...]:
+        keys = primary_keys.get(relation.qualified_name)
+        if keys:
+            return tuple(keys)
+        if relation.replica_identity in ("d", "i") and relation.identity_columns:
+            return relation.identity_columns
+        raise SetupError(
+            f"table {relation.qualified_name} has no primary key known to dbmazz",
+            "add a PRIMARY KEY to the table (dbmazz upserts by primary key)",
+        )
+
+    return resolve
+
+
+class SchemaCache:
+    def __init__(
+        self,
+        key_resolver: KeyResolver,
+        table_map: Mapping[str, str] | None = None,
+        types: TypeRegistry | None = None,
+    ) -> None:
+        self._keys = key_resolver
+        self._table_map = dict(table_map or {})
+        self.types = types if types is not None else TypeRegistry()
+        self._relations: dict[int, Relation] = {}
+        self._tables: dict[int, TableSchema] = {}
+
+    def target_name(self, relation: Relation) -> str:
+        return (
+            self._table_map.get(relation.qualified_name)
+            or self._table_map.get(relation.name)
+            or relation.name
+        )
+
+    def on_relation(self, relation: Relation) -> SchemaDelta | None:
+        """Cache a Relation message; return the delta when its content changed."""
+        previous = self._relations.get(relation.oid)
+        if previous == relation:
+            return None
+        table = self.build(relation)
+        before = self._tables.get(relation.oid)
+        self._relations[relation.oid] = relation
+        self._tables[relation.oid] = table
+        return diff(before, table)
+
+    def relation(self, oid: int) -> Relation:
+        return self._relations[oid]
+
+    def table(self, oid: int) -> TableSchema:
+        return self._tables[oid]
+
+    def __contains__(self, oid: int) -> bool:
+        return oid in self._relations
+
+    def build(self, relation: Relation) -> TableSchema:
+        """The TableSchema of a relation shape (without caching it)."""
+        keys = self._keys(relation)
+        names = set(relation.column_names)
+        missing = [k for k in keys if k not in names]
+        if missing:
+            raise SetupError(
+                f"primary key column(s) {', '.join(missing)} of {relation.qualified_name} "
+                "are not in the replicated columns",
+                "publish all columns of the table (no column list on the publication)",
+            )
+        columns = tuple(
+            ColumnSpec(
+                name=c.name,
+                arrow_type=arrow_type(c.type_oid, c.type_modifier, self.types),
+                pg_type_oid=c.type_oid,
+                pg_type_modifier=c.type_modifier,
+                pg_type_name=_type_name(self.types, c.type_oid),
+            )
+            for c in relation.columns
+        )
+        return TableSchema(
+            namespace=relation.namespace,
+            name=relation.name,
+            columns=columns,
+            key_columns=keys,
+            target_name=self.target_name(relation),
+        )
+
+
+def diff(before: TableSchema | None, after: TableSchema) -> SchemaDelta:
+    if before is None:
+        return SchemaDelta(before=None, after=after, added=after.columns)
+    old = {c.name: c for c in before.columns}
+    new = {c.name: c for c in after.columns}
+    added = tuple(c for c in after.columns if c.name not in old)
+    dropped = tuple(name for name in old if name not in new)
+    retyped = tuple(
+        (old[name], c)
+        for name, c in new.items()
+        if name in old
+        and (old[name].arrow_type, old[name].pg_type_oid, old[name].pg_type_modifier)
+        != (c.arrow_type, c.pg_type_oid, c.pg_type_modifier)
+    )
+    return SchemaDelta(before=before, after=after, added=added, dropped=dropped, retyped=retyped)
+
+
+def _type_name(types: TypeRegistry, oid: int) -> str:
+    info = types.get(oid)
+    return info.name if info is not None else ""

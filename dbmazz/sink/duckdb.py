@@ -1,0 +1,249 @@
+"""Embedded DuckDB target: the default sink when no StarRocks is configured.
+
+Tables are ``"<schema>"."<table>"`` with the source columns plus the audit columns and a
+PRIMARY KEY on the source key. Arrow tables are handed to DuckDB as they are (no row-wise
+conversion); upserts are ``INSERT … ON CONFLICT DO UPDATE`` guarded by
+``dbmazz_cdc_version`` (DuckDB's stand-in for StarRocks' ``merge_condition``), so a replayed
+or reordered batch never overwrites a newer row. Each ``write`` is one DuckDB transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from dbmazz.errors import SinkError
+from dbmazz.pipeline.batch import (
+    AUDIT_COLUMNS,
+    AUDIT_NAMES,
+    LoadResult,
+    SchemaDelta,
+    TableBatch,
+    TableSchema,
+)
+
+log = logging.getLogger(__name__)
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """DuckDB column type for an in-flight Arrow type (DESIGN.md §5)."""
+    t = arrow_type
+    simple = {
+        pa.bool_(): "BOOLEAN",
+        pa.int8(): "TINYINT",
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.uint32(): "UINTEGER",
+        pa.uint64(): "UBIGINT",
+        pa.float32(): "REAL",
+        pa.float64(): "DOUBLE",
+        pa.date32(): "DATE",
+    }
+    if t in simple:
+        return simple[t]
+    if pa.types.is_decimal(t):
+        return f"DECIMAL({t.precision},{t.scale})"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "VARCHAR"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return "BLOB"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_duration(t):
+        return "INTERVAL"
+    if pa.types.is_time(t):
+        return "TIME"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"{duckdb_type(t.value_type)}[]"
+    return "VARCHAR"
+
+
+class DuckDBSink:
+    name = "duckdb"
+
+    def __init__(self, path: str, *, delete_mode: str = "soft", dropped_columns: str = "fill_null"):
+        self.path = path
+        self.delete_mode = delete_mode
+        self.dropped_columns = dropped_columns
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = duckdb.connect(path)
+        except duckdb.Error as exc:
+            raise SinkError(
+                f"cannot open DuckDB database {path}: {exc}",
+                "check DUCKDB_PATH points to a writable file not opened by another process",
+            ) from None
+        self._local = threading.local()
+        self._dropped: dict[str, set[str]] = {}
+        self._ddl_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._db.cursor()
+            self._local.cursor = cursor
+        return cursor
+
+    @staticmethod
+    def target(table: TableSchema) -> str:
+        return f"{quote(table.namespace)}.{quote(table.target_name)}"
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        """Run a read query (tests, demo, notebooks)."""
+        return self._cursor().execute(sql).fetchall()
+
+    # ------------------------------------------------------------------ Sink protocol
+    def setup(self, tables: Sequence[TableSchema]) -> None:
+        with self._ddl_lock:
+            cur = self._cursor()
+            for table in tables:
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(table.namespace)}")
+                cols = [f"{quote(c.name)} {duckdb_type(c.arrow_type)}" for c in table.columns]
+                cols += [f"{quote(n)} {duckdb_type(t)}" for n, t in AUDIT_COLUMNS]
+                key = ", ".join(quote(k) for k in table.key_columns)
+                cur.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.target(table)} "
+                    f"({', '.join(cols)}, PRIMARY KEY ({key}))"
+                )
+                existing = {
+                    row[0]
+                    for row in cur.execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = ? AND table_name = ?",
+                        [table.namespace, table.target_name],
+                    ).fetchall()
+                }
+                for spec in table.columns:
+                    if spec.name not in existing:
+                        cur.execute(
+                            f"ALTER TABLE {self.target(table)} ADD COLUMN {quote(spec.name)} "
+                            f"{duckdb_type(spec.arrow_type)}"
+                        )
+                for name, arrow_type in AUDIT_COLUMNS:
+                    if name not in existing:
+                        cur.execute(
+                            f"ALTER TABLE {self.target(table)} ADD COLUMN {quote(name)} "
+                            f"{duckdb_type(arrow_type)}"
+                        )
+
+    def apply_schema_delta(self, delta: SchemaDelta) -> None:
+        table = delta.after
+        if delta.before is None:
+            self.setup([table])
+            return
+        with self._ddl_lock:
+            cur = self._cursor()
+            for spec in delta.added:
+                cur.execute(
+                    f"ALTER TABLE {self.target(table)} ADD COLUMN IF NOT EXISTS "
+                    f"{quote(spec.name)} {duckdb_type(spec.arrow_type)}"
+                )
+            for old, new in delta.retyped:
+                if new.name in table.key_columns:
+                    raise SinkError(
+                        f"primary key column {new.name} of {table.source_name} changed type",
+                        "recreate the target table and resnapshot it",
+                        table=table.source_name,
+                    )
+                cur.execute(
+                    f"ALTER TABLE {self.target(table)} ALTER COLUMN {quote(new.name)} "
+                    f"TYPE {duckdb_type(new.arrow_type)}"
+                )
+                log.info("retyped %s.%s: %s -> %s", table.source_name, new.name,
+                         old.arrow_type, new.arrow_type)
+            if delta.dropped:
+                self._dropped.setdefault(table.source_name, set()).update(delta.dropped)
+            # A re-added column is live again.
+            self._dropped.get(table.source_name, set()).difference_update(
+                c.name for c in delta.added
+            )
+
+    def write(self, batch: TableBatch) -> LoadResult:
+        table = batch.table
+        cur = self._cursor()
+        target = self.target(table)
+        keys = list(table.key_columns)
+        try:
+            cur.execute("BEGIN TRANSACTION")
+            if batch.truncate:
+                cur.execute(f"DELETE FROM {target}")
+            if batch.deletes is not None and batch.deletes.num_rows:
+                self._delete(cur, target, keys, batch.deletes)
+            for group in batch.upserts:
+                self._upsert(cur, target, keys, group.rows, table)
+            cur.execute("COMMIT")
+        except duckdb.Error as exc:
+            cur.execute("ROLLBACK")
+            raise SinkError(
+                f"DuckDB rejected a batch for {table.source_name}: {exc}",
+                "check the target table's columns match the source (or drop it to recreate)",
+                table=table.source_name,
+            ) from None
+        return LoadResult(rows=batch.num_rows, bytes=0)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ statements
+    def _upsert(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        target: str,
+        keys: list[str],
+        rows: pa.Table,
+        table: TableSchema,
+    ) -> None:
+        names = rows.column_names
+        cur.register("__dbmazz_rows", rows)
+        try:
+            assignments = [f"{quote(c)} = EXCLUDED.{quote(c)}" for c in names if c not in keys]
+            if self.dropped_columns == "fill_null":
+                assignments += [
+                    f"{quote(c)} = NULL" for c in sorted(self._dropped.get(table.source_name, ()))
+                ]
+            column_list = ", ".join(quote(c) for c in names)
+            cur.execute(
+                f"INSERT INTO {target} ({column_list}) SELECT {column_list} FROM __dbmazz_rows "
+                f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET "
+                f"{', '.join(assignments)} "
+                f"WHERE EXCLUDED.dbmazz_cdc_version >= {target}.dbmazz_cdc_version "
+                f"OR {target}.dbmazz_cdc_version IS NULL"
+            )
+        finally:
+            cur.unregister("__dbmazz_rows")
+
+    def _delete(
+        self, cur: duckdb.DuckDBPyConnection, target: str, keys: list[str], deletes: pa.Table
+    ) -> None:
+        cur.register("__dbmazz_deletes", deletes)
+        try:
+            if self.delete_mode == "hard":
+                match = " AND ".join(
+                    f"{target}.{quote(k)} = __dbmazz_deletes.{quote(k)}" for k in keys
+                )
+                cur.execute(f"DELETE FROM {target} USING __dbmazz_deletes WHERE {match}")
+                return
+            names = [*keys, *AUDIT_NAMES]
+            column_list = ", ".join(quote(c) for c in names)
+            assignments = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in AUDIT_NAMES)
+            cur.execute(
+                f"INSERT INTO {target} ({column_list}) SELECT {column_list} "
+                f"FROM __dbmazz_deletes ON CONFLICT ({', '.join(quote(k) for k in keys)}) "
+                f"DO UPDATE SET {assignments} "
+                f"WHERE EXCLUDED.dbmazz_cdc_version >= {target}.dbmazz_cdc_version "
+                f"OR {target}.dbmazz_cdc_version IS NULL"
+            )
+        finally:
+            cur.unregister("__dbmazz_deletes")

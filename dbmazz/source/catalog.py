@@ -1,0 +1,118 @@
+"""Table shapes read from the PostgreSQL catalog, in the form pgoutput describes them.
+
+Used to create target tables before the first change arrives (a Relation message comes
+only with a table's first change) and by the snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from dbmazz.source.pgoutput import Relation, RelationColumn
+
+
+def split_table_name(name: str) -> tuple[str, str]:
+    """``'s.t'`` → ``('s', 't')``; ``'t'`` → ``('public', 't')``; double quotes allowed
+    around either part (``'"My Schema"."odd.name"'``)."""
+    parts: list[str] = []
+    current, quoted, i = "", False, 0
+    while i < len(name):
+        ch = name[i]
+        if ch == '"':
+            if quoted and i + 1 < len(name) and name[i + 1] == '"':
+                current += '"'
+                i += 1
+            else:
+                quoted = not quoted
+        elif ch == "." and not quoted and not parts:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+        i += 1
+    parts.append(current)
+    if len(parts) == 1:
+        return "public", parts[0].strip()
+    return parts[0].strip(), parts[1].strip()
+
+
+def describe_relations(conn: psycopg.Connection, tables: Sequence[str]) -> dict[str, Relation]:
+    """``{'schema.table': Relation}`` for each existing table (missing ones are absent)."""
+    out: dict[str, Relation] = {}
+    for name in tables:
+        namespace, table = split_table_name(name)
+        row = conn.execute(
+            """
+            SELECT c.oid, c.relreplident::text
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+            """,
+            (namespace, table),
+        ).fetchone()
+        if row is None:
+            continue
+        oid, identity = int(row[0]), str(row[1])
+        identity_cols = _identity_columns(conn, oid, identity)
+        columns = conn.execute(
+            """
+            SELECT a.attname, a.atttypid::int, a.atttypmod
+            FROM pg_attribute a
+            WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+              AND a.attgenerated = ''
+            ORDER BY a.attnum
+            """,
+            (oid,),
+        ).fetchall()
+        out[f"{namespace}.{table}"] = Relation(
+            oid=oid,
+            namespace=namespace,
+            name=table,
+            replica_identity=identity,
+            columns=tuple(
+                RelationColumn(
+                    name=str(attname),
+                    type_oid=int(typid),
+                    type_modifier=int(typmod),
+                    is_key=identity == "f" or attname in identity_cols,
+                )
+                for attname, typid, typmod in columns
+            ),
+        )
+    return out
+
+
+def _identity_columns(conn: psycopg.Connection, oid: int, identity: str) -> set[str]:
+    if identity == "d":
+        condition = "i.indisprimary"
+    elif identity == "i":
+        condition = "i.indisreplident"
+    else:
+        return set()
+    rows = conn.execute(
+        f"""
+        SELECT a.attname FROM pg_index i
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = %s AND {condition}
+        """,  # noqa: S608 - condition is one of two constants above
+        (oid,),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def primary_key_columns(conn: psycopg.Connection, namespace: str, table: str) -> tuple[str, ...]:
+    rows = conn.execute(
+        """
+        SELECT a.attname
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+        WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary
+        ORDER BY k.ord
+        """,
+        (namespace, table),
+    ).fetchall()
+    return tuple(str(r[0]) for r in rows)

@@ -1,0 +1,926 @@
+"""The logical replication stream: one ``replication=database`` connection in CopyBoth mode.
+
+Driven through psycopg 3's libpq wrapper (:class:`psycopg.PGconn`): psycopg has no
+high-level replication API, and the low-level one lets the reader touch each CopyData frame
+exactly once — look at its type byte, answer keepalives, append the XLogData payload to one
+``bytearray``. Everything else (routing, decoding) happens downstream, vectorized over the
+:class:`~dbmazz.source.chunk.WalChunk` this module produces.
+
+Status updates report only the *durable* LSN (what the caller confirmed), never what was
+received: the slot must keep every change the sink has not acknowledged (invariant 1).
+"""
+
+from __future__ import annotations
+
+import re
+import selectors
+import struct
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq.abc import PGconn, PGresult
+
+from dbmazz.errors import (
+    ProtocolError,
+    SlotInUseError,
+    SlotLostError,
+    SourceConnectionError,
+    SourceError,
+)
+from dbmazz.lsn import format_lsn, parse_lsn
+from dbmazz.source.chunk import WalChunk
+
+#: Session settings that make text output of every type deterministic.
+SESSION_SETTINGS: dict[str, str] = {
+    "DateStyle": "ISO",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "IntervalStyle": "postgres",
+}
+
+#: Upper bound for the standby status interval (pg_recvlogical's and subscribers' default).
+MAX_STATUS_INTERVAL_S = 10.0
+
+_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+_PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01 00:00:00 UTC
+
+_W, _K = ord("w"), ord("k")
+_S, _E, _STREAM_COMMIT, _A, _O = ord("S"), ord("E"), ord("c"), ord("A"), ord("O")
+_XLOG_HEADER = 25  # 'w' + dataStart + walEnd + sendTime
+
+_STATUS = struct.Struct(">cQQQqB")
+_KEEPALIVE = struct.Struct(">QqB")
+_XLOG_POS = struct.Struct(">QQ")
+_STREAM_START = struct.Struct(">IB")
+_STREAM_COMMIT_BODY = struct.Struct(">IBQQq")
+_STREAM_ABORT = struct.Struct(">II")
+_BEGIN = struct.Struct(">cQqI")
+_COMMIT = struct.Struct(">cBQQq")
+
+
+# --------------------------------------------------------------------------------------
+# Connection strings and errors
+# --------------------------------------------------------------------------------------
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/dbname`` for messages: never the password, never the raw string."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable connection string>"
+    host = str(info.get("host") or info.get("hostaddr") or "localhost")
+    port = str(info.get("port") or "5432")
+    user = str(info.get("user") or "")
+    db = str(info.get("dbname") or user)
+    return f"{user + '@' if user else ''}{host}:{port}/{db}"
+
+
+def validate_slot_name(slot: str) -> None:
+    if not _SLOT_NAME.match(slot):
+        raise SourceError(
+            f"invalid replication slot name {slot!r}",
+            "PostgreSQL slot names use only lower-case letters, digits and underscores "
+            "(at most 63 characters)",
+        )
+
+
+def _escape_option(value: str) -> str:
+    # libpq splits `options` on unescaped spaces; backslash escapes both.
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def replication_conninfo(dsn: str, settings: Mapping[str, str] | None = None) -> str:
+    """The DSN turned into a ``replication=database`` conninfo with deterministic session
+    settings (merged after any ``options`` the DSN already carries)."""
+    info = conninfo_to_dict(dsn)
+    merged = {**SESSION_SETTINGS, **(settings or {})}
+    ours = " ".join(f"-c {_escape_option(f'{k}={v}')}" for k, v in merged.items())
+    existing = str(info.get("options") or "").strip()
+    extra: dict[str, str] = {
+        "replication": "database",
+        "client_encoding": "UTF8",
+        "options": f"{existing} {ours}".strip(),
+    }
+    if not info.get("connect_timeout"):
+        extra["connect_timeout"] = "10"
+    if not info.get("application_name"):
+        extra["application_name"] = "dbmazz"
+    return make_conninfo(dsn, **extra)
+
+
+def connect_error(text: str, target: str) -> SourceError:
+    """Classify a libpq connection failure (its text never contains the password)."""
+    text = " ".join(text.split())
+    low = text.lower()
+    if "password authentication failed" in low or "authentication failed" in low:
+        return SourceError(
+            f"PostgreSQL at {target} rejected the credentials: {text}",
+            "check the user and password of SOURCE_URL",
+        )
+    if "superuser or replication role" in low or "permission denied to start wal sender" in low:
+        return SourceError(
+            f"the role connecting to {target} may not open replication connections",
+            "grant it with `ALTER ROLE <user> WITH REPLICATION` (run as a superuser)",
+        )
+    if "no pg_hba.conf entry" in low:
+        return SourceError(
+            f"PostgreSQL at {target} refuses the connection: {text}",
+            "add a pg_hba.conf line allowing this user to connect to this database "
+            "(logical replication matches the database name, not the `replication` keyword)"
+            " and reload PostgreSQL",
+        )
+    if "database" in low and "does not exist" in low:
+        return SourceError(f"{text} (at {target})", "check the database name in SOURCE_URL")
+    return SourceConnectionError(
+        f"cannot connect to PostgreSQL at {target}: {text}",
+        "check that the server is running and reachable; dbmazz retries with backoff",
+    )
+
+
+def server_error(
+    *, sqlstate: str | None, message: str, target: str, slot: str | None = None
+) -> SourceError:
+    """Classify an error the server reported on a replication connection."""
+    text = " ".join(message.split())
+    low = text.lower()
+    state = sqlstate or ""
+    if "can no longer get changes from replication slot" in low or "invalidated" in low:
+        return SlotLostError(
+            f"replication slot {slot!r} on {target} was invalidated: {text}",
+            "PostgreSQL removed WAL the slot still needed (usually max_slot_wal_keep_size "
+            "was exceeded while dbmazz was behind or stopped). Changes were lost: drop the "
+            "slot, run setup again and take a new snapshot (SNAPSHOT=initial); raise "
+            "max_slot_wal_keep_size to avoid it",
+        )
+    if "replication slot" in low and "does not exist" in low:
+        return SlotLostError(
+            f"replication slot {slot!r} does not exist on {target}",
+            "run `dbmazz setup` to create it; if it was dropped, changes since the last "
+            "checkpoint are lost — take a new snapshot (SNAPSHOT=initial)",
+        )
+    if state == "55006" or ("replication slot" in low and "is active" in low):
+        return SlotInUseError(
+            f"replication slot {slot!r} on {target} is in use by another session: {text}",
+            "stop the other consumer (see pg_stat_replication); after a crash the old "
+            "session releases the slot within wal_sender_timeout",
+        )
+    if "publication" in low and "does not exist" in low:
+        return SourceError(
+            f"{text} (on {target})",
+            "run `dbmazz setup` to create the publication, then restart",
+        )
+    if state[:2] in ("08", "57", "53") or not state:
+        return SourceConnectionError(
+            f"replication connection to {target} failed: {text}",
+            "dbmazz reconnects and resumes from the last confirmed LSN",
+        )
+    return SourceError(f"replication on {target} failed: {text} (SQLSTATE {state})")
+
+
+def _result_error(res: PGresult, target: str, slot: str | None) -> SourceError:
+    def field(code: pq.DiagnosticField) -> str:
+        raw = res.error_field(code)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    message = field(pq.DiagnosticField.MESSAGE_PRIMARY) or res.error_message.decode(
+        "utf-8", "replace"
+    )
+    detail = field(pq.DiagnosticField.MESSAGE_DETAIL)
+    return server_error(
+        sqlstate=field(pq.DiagnosticField.SQLSTATE) or None,
+        message=f"{message} {detail}".strip(),
+        target=target,
+        slot=slot,
+    )
+
+
+def connect_replication(dsn: str, settings: Mapping[str, str] | None = None) -> PGconn:
+    """A blocking libpq replication connection, or a classified error."""
+    target = describe_dsn(dsn)
+    try:
+        conninfo = replication_conninfo(dsn, settings)
+    except psycopg.ProgrammingError as exc:
+        raise SourceError(f"invalid PostgreSQL connection string for {target}: {exc}") from None
+    pgconn = pq.PGconn.connect(conninfo.encode())
+    if pgconn.status != pq.ConnStatus.OK:
+        text = pgconn.get_error_message()
+        pgconn.finish()
+        raise connect_error(text, target)
+    return pgconn
+
+
+def simple_query(
+    pgconn: PGconn, query: str, *, target: str, slot: str | None = None
+) -> list[tuple[str | None, ...]]:
+    """Run one simple-protocol statement (the only kind a walsender accepts)."""
+    try:
+        res = pgconn.exec_(query.encode())
+    except psycopg.OperationalError as exc:
+        raise SourceConnectionError(f"connection to {target} lost: {exc}") from None
+    if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+        raise _result_error(res, target, slot)
+    return [
+        tuple(
+            None if (v := res.get_value(r, c)) is None else v.decode()
+            for c in range(res.nfields)
+        )
+        for r in range(res.ntuples)
+    ]
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def parse_duration_ms(text: str) -> float:
+    """A duration GUC as SHOW prints it (``60s``, ``1min``, ``500ms``, ``0``) → ms."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h|d)?\s*", text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    scale = {"ms": 1, None: 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+    return float(match.group(1)) * scale[match.group(2)]
+
+
+def status_interval_for(wal_sender_timeout_ms: float) -> float:
+    """Half the server's timeout (so one lost update is survivable), capped at 10 s."""
+    if wal_sender_timeout_ms <= 0:  # timeout disabled
+        return MAX_STATUS_INTERVAL_S
+    return max(0.05, min(MAX_STATUS_INTERVAL_S, wal_sender_timeout_ms / 2000.0))
+
+
+def _pg_now_us() -> int:
+    return int((time.time() - _PG_EPOCH_UNIX_S) * 1_000_000)
+
+
+# --------------------------------------------------------------------------------------
+# Chunks
+# --------------------------------------------------------------------------------------
+
+
+def _make_chunk(buf: bytearray, offsets: list[int], headers: bytearray) -> WalChunk:
+    """Wrap the reader's buffers without copying the payload bytes."""
+    n = len(offsets)
+    off = np.empty(n + 1, dtype=np.int64)
+    off[:n] = offsets
+    off[n] = len(buf)
+    return WalChunk(
+        data=np.frombuffer(buf, dtype=np.uint8),
+        offsets=off,
+        lsns=np.frombuffer(headers, dtype=">u8").astype(np.uint64),
+    )
+
+
+def concat_chunks(chunks: Sequence[WalChunk]) -> WalChunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    sizes = [len(c.data) for c in chunks]
+    starts = np.cumsum([0, *sizes[:-1]])
+    offsets = [np.zeros(1, dtype=np.int64)]
+    offsets += [c.offsets[1:] + s for c, s in zip(chunks, starts, strict=True)]
+    return WalChunk(
+        data=np.concatenate([c.data for c in chunks]),
+        offsets=np.concatenate(offsets).astype(np.int64),
+        lsns=np.concatenate([c.lsns for c in chunks]).astype(np.uint64),
+    )
+
+
+def _strip_streamed(chunk: WalChunk, top_xid: int, aborted: set[int]) -> WalChunk:
+    """Remove the in-stream xid after each type byte and drop aborted subtransactions.
+
+    Vectorized over the chunk. Relation/Type messages of an aborted subtransaction are
+    dropped too, as PostgreSQL's own subscriber does: pgoutput re-sends every schema after
+    a stream abort, so later changes never depend on them.
+    """
+    data, offsets = chunk.data, chunk.offsets
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    has_xid = data[starts] != _O  # Origin is the only in-stream message without an xid
+    pos = np.minimum(starts[:, None] + np.arange(1, 5), max(len(data) - 1, 0))
+    xb = data[pos].astype(np.uint32)
+    xids = (xb[:, 0] << 24) | (xb[:, 1] << 16) | (xb[:, 2] << 8) | xb[:, 3]
+    xids = np.where(has_xid, xids, np.uint32(top_xid))
+    keep = ~np.isin(xids, np.fromiter(aborted, dtype=np.uint32)) if aborted else None
+    if keep is None:
+        keep = np.ones(len(starts), dtype=bool)
+    byte_mask = np.repeat(keep, lengths)
+    strip = keep & has_xid
+    byte_mask[(starts[strip][:, None] + np.arange(1, 5)).ravel()] = False
+    new_lengths = lengths[keep] - 4 * has_xid[keep]
+    new_offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(new_lengths, out=new_offsets[1:])
+    return WalChunk(data=data[byte_mask], offsets=new_offsets, lsns=chunk.lsns[keep])
+
+
+class _Spool:
+    """One streamed (protocol 2) transaction's raw messages, held until Stream Commit.
+
+    Segments of about ``SEGMENT_BYTES`` stay in memory up to ``memory_limit`` bytes, then
+    go to an anonymous temporary file, so a streamed transaction of any size costs bounded
+    memory (invariant 4).
+    """
+
+    SEGMENT_BYTES = 8 << 20
+
+    def __init__(self, xid: int, memory_limit: int, spool_dir: str | None) -> None:
+        self.xid = xid
+        self.aborted: set[int] = set()
+        self.memory_limit = memory_limit
+        self.spool_dir = spool_dir
+        self.memory = 0
+        self.spilled = 0
+        self.segments: list[WalChunk | tuple[int, int, int]] = []
+        self.file: IO[bytes] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.buf = bytearray()
+        self.offsets: list[int] = []
+        self.headers = bytearray()
+
+    def append(self, frame: memoryview) -> None:
+        self.offsets.append(len(self.buf))
+        self.headers += frame[1:9]
+        self.buf += frame[_XLOG_HEADER:]
+        if len(self.buf) >= self.SEGMENT_BYTES:
+            self.seal()
+
+    def seal(self) -> None:
+        if not self.offsets:
+            return
+        chunk = _make_chunk(self.buf, self.offsets, self.headers)
+        self._reset()
+        if self.memory + chunk.nbytes <= self.memory_limit:
+            self.memory += chunk.nbytes
+            self.segments.append(chunk)
+            return
+        if self.file is None:
+            # Closed in discard(); lives as long as the transaction it spools.
+            self.file = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix="dbmazz-spool-", dir=self.spool_dir
+            )
+        position = self.file.seek(0, 2)
+        self.file.write(chunk.offsets.tobytes())
+        self.file.write(chunk.lsns.tobytes())
+        self.file.write(chunk.data.tobytes())
+        self.spilled += chunk.nbytes
+        self.segments.append((position, len(chunk), len(chunk.data)))
+
+    def _load(self, segment: WalChunk | tuple[int, int, int]) -> WalChunk:
+        if isinstance(segment, WalChunk):
+            return segment
+        assert self.file is not None
+        position, n, nbytes = segment
+        self.file.seek(position)
+        offsets = np.frombuffer(self.file.read(8 * (n + 1)), dtype=np.int64)
+        lsns = np.frombuffer(self.file.read(8 * n), dtype=np.uint64)
+        data = np.frombuffer(self.file.read(nbytes), dtype=np.uint8)
+        return WalChunk(data=data, offsets=offsets, lsns=lsns)
+
+    def deliver(self, begin: WalChunk, commit: WalChunk) -> Iterator[WalChunk]:
+        """The committed transaction as ``B … C`` chunks of about a segment each."""
+        self.seal()
+        pending = [begin]
+        size = 0
+        for segment in self.segments:
+            piece = _strip_streamed(self._load(segment), self.xid, self.aborted)
+            if size and size + len(piece.data) > self.SEGMENT_BYTES:
+                yield concat_chunks(pending)
+                pending, size = [], 0
+            pending.append(piece)
+            size += len(piece.data)
+        pending.append(commit)
+        yield concat_chunks(pending)
+        self.discard()
+
+    def discard(self) -> None:
+        self.segments.clear()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+# --------------------------------------------------------------------------------------
+# The stream
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamStats:
+    """Counters for metrics and tests; updated by the reading thread only."""
+
+    frames: int = 0
+    messages: int = 0
+    payload_bytes: int = 0
+    keepalives: int = 0
+    replies_requested: int = 0
+    status_updates: int = 0
+    stream_blocks: int = 0
+    streamed_committed: int = 0
+    streamed_aborted: int = 0
+    subxacts_aborted: int = 0
+    spilled_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """IDENTIFY_SYSTEM's answer."""
+
+    system_id: str
+    timeline: int
+    xlogpos: int
+    dbname: str | None
+
+
+class ReplicationStream:
+    """A started ``START_REPLICATION … LOGICAL`` session. See the module docstring.
+
+    One thread reads (:meth:`read_chunk`, :meth:`keepalive`, :meth:`close`); any thread may
+    :meth:`confirm`. Socket work is serialized by a lock, so calling :meth:`keepalive` from
+    another thread is safe too (it waits for a running read to return).
+    """
+
+    def __init__(
+        self,
+        pgconn: PGconn,
+        *,
+        target: str,
+        slot: str,
+        system: SystemInfo,
+        durable_lsn: int,
+        status_interval_s: float,
+        streaming: bool,
+        spool_memory_bytes: int,
+        spool_dir: str | None,
+    ) -> None:
+        self._pgconn = pgconn
+        self.target = target
+        self.slot = slot
+        self.system = system
+        self.status_interval_s = status_interval_s
+        self.stats = StreamStats()
+        self._streaming = streaming
+        self._spool_memory = spool_memory_bytes
+        self._spool_dir = spool_dir
+        self._durable = durable_lsn
+        self._durable_lock = threading.Lock()
+        self._io_lock = threading.RLock()
+        self._received = 0
+        self._wal_end = 0
+        self._reported = -1
+        self._last_status = float("-inf")
+        self._reply_pending = False
+        self._closed = False
+        self._pending: deque[WalChunk] = deque()
+        self._spools: dict[int, _Spool] = {}
+        self._in_stream: _Spool | None = None
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(pgconn.socket, selectors.EVENT_READ)
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        dsn: str,
+        slot: str,
+        publications: Sequence[str],
+        start_lsn: int = 0,
+        *,
+        proto_version: int = 1,
+        messages: bool = False,
+        binary: bool = False,
+        streaming: bool = False,
+        status_interval_s: float | None = None,
+        settings: Mapping[str, str] | None = None,
+        spool_memory_bytes: int = 64 << 20,
+        spool_dir: str | None = None,
+    ) -> ReplicationStream:
+        """Connect, check the slot and publications, and start streaming.
+
+        ``settings``: extra session GUCs for the walsender (e.g.
+        ``logical_decoding_work_mem``). Streaming resumes at
+        ``max(start_lsn, slot's confirmed_flush_lsn)``; that position is also the initial
+        durable LSN (already confirmed, so reporting it changes nothing).
+        """
+        if proto_version not in (1, 2):
+            raise ValueError(f"proto_version must be 1 or 2, not {proto_version}")
+        if streaming and proto_version < 2:
+            raise ValueError("streaming needs proto_version 2")
+        if not publications:
+            raise ValueError("at least one publication is required")
+        validate_slot_name(slot)
+        target = describe_dsn(dsn)
+        pgconn = connect_replication(dsn, settings)
+        try:
+            system = _identify(pgconn, target)
+            confirmed = _check_slot(pgconn, slot, system, target)
+            _check_publications(pgconn, publications, target)
+            if status_interval_s is None:
+                [(timeout,)] = simple_query(pgconn, "SHOW wal_sender_timeout", target=target)
+                status_interval_s = status_interval_for(parse_duration_ms(timeout or "0"))
+            options = [
+                f"proto_version '{proto_version}'",
+                "publication_names "
+                + quote_literal(",".join(quote_ident(p) for p in publications)),
+            ]
+            if messages:
+                options.append("messages 'true'")
+            if binary:
+                options.append("binary 'true'")
+            if streaming:
+                options.append("streaming 'on'")
+            command = (
+                f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} "
+                f"({', '.join(options)})"
+            )
+            pgconn.send_query(command.encode())
+            res = pgconn.get_result()
+            if res is None or res.status != pq.ExecStatus.COPY_BOTH:
+                if res is None:
+                    raise SourceConnectionError(f"no answer to START_REPLICATION from {target}")
+                raise _result_error(res, target, slot)
+        except BaseException:
+            pgconn.finish()
+            raise
+        return cls(
+            pgconn,
+            target=target,
+            slot=slot,
+            system=system,
+            durable_lsn=max(start_lsn, confirmed),
+            status_interval_s=status_interval_s,
+            streaming=streaming,
+            spool_memory_bytes=spool_memory_bytes,
+            spool_dir=spool_dir,
+        )
+
+    # -- positions -------------------------------------------------------------------
+
+    @property
+    def received_lsn(self) -> int:
+        """Highest XLogData dataStart received."""
+        return self._received
+
+    @property
+    def durable_lsn(self) -> int:
+        """What status updates report: the highest LSN passed to :meth:`confirm`."""
+        return self._durable
+
+    @property
+    def server_wal_end(self) -> int:
+        """Highest walEnd seen in a keepalive or XLogData (how far the server has read)."""
+        return self._wal_end
+
+    def confirm(self, lsn: int) -> None:
+        """Declare everything up to ``lsn`` (a Commit end LSN) durable. Never lowers it."""
+        with self._durable_lock:
+            if lsn > self._durable:
+                self._durable = lsn
+
+    # -- reading ---------------------------------------------------------------------
+
+    def read_chunk(self, max_bytes: int = 4 << 20, timeout_s: float = 0.1) -> WalChunk | None:
+        """Whatever whole messages are available, up to about ``max_bytes`` of payload.
+
+        Waits at most ``timeout_s`` for the first frame; returns None if nothing came.
+        Also sends a status update when one is due.
+        """
+        with self._io_lock:
+            self._check_open()
+            chunk = self._pending.popleft() if self._pending else self._read(max_bytes, timeout_s)
+            self._status_if_due()
+            if chunk is not None:
+                self.stats.messages += len(chunk)
+                self.stats.payload_bytes += len(chunk.data)
+            return chunk
+
+    def _read(self, max_bytes: int, timeout_s: float) -> WalChunk | None:
+        pgconn = self._pgconn
+        streaming = self._streaming
+        buf = bytearray()
+        offsets: list[int] = []
+        headers = bytearray()
+        last: memoryview | None = None
+        frames = 0
+        deadline: float | None = None
+        while len(buf) < max_bytes:
+            try:
+                n, frame = pgconn.get_copy_data(1)
+            except psycopg.OperationalError as exc:
+                raise self._lost(exc) from None
+            if n > 0:
+                kind = frame[0]
+                if kind == _W:
+                    frames += 1
+                    last = frame
+                    if streaming and self._route_streamed(frame, buf, offsets, headers):
+                        if self._pending:  # a streamed transaction committed
+                            break
+                        continue
+                    offsets.append(len(buf))
+                    headers += frame[1:9]
+                    buf += frame[_XLOG_HEADER:]
+                elif kind == _K:
+                    self._on_keepalive(frame)
+                else:
+                    raise ProtocolError(
+                        f"unexpected CopyData frame type {chr(kind)!r} from {self.target} "
+                        f"after LSN {format_lsn(self._received)}"
+                    )
+                continue
+            if n == 0:
+                if offsets or self._pending:
+                    break
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout_s
+                remaining = deadline - now
+                if remaining <= 0:
+                    break
+                self._status_if_due(now)
+                if not self._selector.select(remaining):
+                    continue  # re-check once; the deadline ends the loop
+                try:
+                    pgconn.consume_input()
+                except psycopg.OperationalError as exc:
+                    raise self._lost(exc) from None
+                continue
+            raise self._copy_ended()
+        if last is not None:
+            self._note_position(last)
+            self.stats.frames += frames
+        if not offsets:
+            return self._pending.popleft() if self._pending else None
+        chunk = _make_chunk(buf, offsets, headers)
+        if self._pending:
+            # Messages read before a streamed commit come before it.
+            self._pending.appendleft(chunk)
+            return self._pending.popleft()
+        return chunk
+
+    def _route_streamed(
+        self, frame: memoryview, buf: bytearray, offsets: list[int], headers: bytearray
+    ) -> bool:
+        """Handle protocol-2 stream messages; False means "an ordinary message"."""
+        kind = frame[_XLOG_HEADER]
+        spool = self._in_stream
+        if spool is not None:
+            if kind == _E:
+                self._in_stream = None
+            elif kind == _S:
+                raise ProtocolError(f"Stream Start inside a stream block from {self.target}")
+            else:
+                spool.append(frame)
+            return True
+        if kind == _S:
+            xid, _first = _STREAM_START.unpack_from(frame, _XLOG_HEADER + 1)
+            spool = self._spools.get(xid)
+            if spool is None:
+                spool = self._spools[xid] = _Spool(xid, self._spool_memory, self._spool_dir)
+            self._in_stream = spool
+            self.stats.stream_blocks += 1
+            return True
+        if kind == _A:
+            xid, subxid = _STREAM_ABORT.unpack_from(frame, _XLOG_HEADER + 1)
+            spool = self._spools.get(xid)
+            if spool is not None:
+                if subxid == xid:
+                    spool.discard()
+                    del self._spools[xid]
+                    self.stats.streamed_aborted += 1
+                else:
+                    spool.aborted.add(subxid)
+                    self.stats.subxacts_aborted += 1
+            return True
+        if kind == _STREAM_COMMIT:
+            self._stream_commit(frame, buf, offsets, headers)
+            return True
+        return False
+
+    def _stream_commit(
+        self, frame: memoryview, buf: bytearray, offsets: list[int], headers: bytearray
+    ) -> None:
+        xid, flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT_BODY.unpack_from(
+            frame, _XLOG_HEADER + 1
+        )
+        spool = self._spools.pop(xid, None)
+        if spool is None:
+            raise ProtocolError(
+                f"Stream Commit for transaction {xid} that never streamed, from {self.target}"
+            )
+        (data_start,) = struct.unpack_from(">Q", frame, 1)
+        begin = WalChunk.from_messages([_BEGIN.pack(b"B", commit_lsn, ts, xid)], [0])
+        commit = WalChunk.from_messages(
+            [_COMMIT.pack(b"C", flags, commit_lsn, end_lsn, ts)], [data_start]
+        )
+        self.stats.streamed_committed += 1
+        self.stats.spilled_bytes += spool.spilled
+        self._pending.extend(spool.deliver(begin, commit))
+
+    def _on_keepalive(self, frame: memoryview) -> None:
+        wal_end, _sent, reply = _KEEPALIVE.unpack_from(frame, 1)
+        self.stats.keepalives += 1
+        if wal_end > self._wal_end:
+            self._wal_end = wal_end
+        if reply:
+            self.stats.replies_requested += 1
+            self._reply_pending = True
+            self._send_status(time.monotonic())
+
+    def _note_position(self, frame: memoryview) -> None:
+        data_start, wal_end = _XLOG_POS.unpack_from(frame, 1)
+        if data_start > self._received:
+            self._received = data_start
+        if wal_end > self._wal_end:
+            self._wal_end = wal_end
+
+    # -- status updates --------------------------------------------------------------
+
+    def keepalive(self, force: bool = False) -> None:
+        """Send a status update if one is due (or ``force``). Does not read the socket, so
+        it keeps the walsender alive while reading is paused without buffering anything."""
+        with self._io_lock:
+            self._check_open()
+            now = time.monotonic()
+            if force:
+                self._send_status(now)
+            else:
+                self._status_if_due(now)
+
+    def _status_if_due(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        elapsed = now - self._last_status
+        if (
+            self._reply_pending
+            or elapsed >= self.status_interval_s
+            # A newly confirmed position goes out within a second, not a full interval.
+            or (self._durable != self._reported and elapsed >= min(1.0, self.status_interval_s))
+        ):
+            self._send_status(now)
+
+    def _send_status(self, now: float) -> None:
+        durable = self._durable
+        message = _STATUS.pack(b"r", durable, durable, durable, _pg_now_us(), 0)
+        try:
+            self._pgconn.put_copy_data(message)
+            self._pgconn.flush()
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
+        self._last_status = now
+        self._reported = durable
+        self._reply_pending = False
+        self.stats.status_updates += 1
+
+    # -- errors and closing ----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SourceError(f"replication stream for slot {self.slot!r} is closed")
+
+    def _lost(self, exc: Exception) -> SourceError:
+        # libpq's text carries the server's last error, if it sent one before closing.
+        return server_error(
+            sqlstate=None,
+            message=f"connection lost (slot {self.slot!r}): {exc}",
+            target=self.target,
+            slot=self.slot,
+        )
+
+    def _copy_ended(self) -> SourceError:
+        res = self._pgconn.get_result()
+        if res is not None and res.status == pq.ExecStatus.FATAL_ERROR:
+            return _result_error(res, self.target, self.slot)
+        return SourceConnectionError(
+            f"the server at {self.target} ended replication of slot {self.slot!r}",
+            "it is probably shutting down; dbmazz reconnects and resumes",
+        )
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Report the durable LSN one last time, end COPY and disconnect (idempotent)."""
+        with self._io_lock:
+            if self._closed:
+                return
+            self._closed = True
+            pgconn = self._pgconn
+            try:
+                if pgconn.status == pq.ConnStatus.OK:
+                    self._send_status(time.monotonic())
+                    pgconn.put_copy_end()
+                    pgconn.flush()
+                    self._drain(timeout_s)
+            except (psycopg.Error, SourceError):
+                pass  # best effort: a lower confirmed position only means re-delivery
+            finally:
+                self._selector.close()
+                pgconn.finish()
+                for spool in self._spools.values():
+                    spool.discard()
+                self._spools.clear()
+                self._pending.clear()
+
+    def _drain(self, timeout_s: float) -> None:
+        """Skip frames still in flight until the server acknowledges the end of COPY."""
+        pgconn = self._pgconn
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            n, _ = pgconn.get_copy_data(1)
+            if n > 0:
+                continue
+            if n == 0:
+                self._selector.select(max(0.0, deadline - time.monotonic()))
+                pgconn.consume_input()
+                continue
+            break
+        while time.monotonic() < deadline:
+            pgconn.consume_input()
+            if pgconn.is_busy():
+                self._selector.select(max(0.0, deadline - time.monotonic()))
+                continue
+            if pgconn.get_result() is None:
+                return
+
+    def __enter__(self) -> ReplicationStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _identify(pgconn: PGconn, target: str) -> SystemInfo:
+    [(system_id, timeline, xlogpos, dbname)] = simple_query(
+        pgconn, "IDENTIFY_SYSTEM", target=target
+    )
+    return SystemInfo(
+        system_id=system_id or "",
+        timeline=int(timeline or 0),
+        xlogpos=parse_lsn(xlogpos or "0/0"),
+        dbname=dbname,
+    )
+
+
+def _check_slot(pgconn: PGconn, slot: str, system: SystemInfo, target: str) -> int:
+    """Fail early, with the fix, on a missing/foreign/lost/busy slot; → confirmed_flush_lsn."""
+    rows = simple_query(
+        pgconn,
+        "SELECT plugin, slot_type, database, active_pid, wal_status, confirmed_flush_lsn "
+        f"FROM pg_replication_slots WHERE slot_name = {quote_literal(slot)}",
+        target=target,
+        slot=slot,
+    )
+    if not rows:
+        raise server_error(
+            sqlstate="42704",
+            message=f'replication slot "{slot}" does not exist',
+            target=target,
+            slot=slot,
+        )
+    plugin, slot_type, database, active_pid, wal_status, confirmed = rows[0]
+    if slot_type != "logical" or plugin != "pgoutput" or database != system.dbname:
+        raise SourceError(
+            f"replication slot {slot!r} on {target} is a {slot_type} slot "
+            f"(plugin {plugin}, database {database}), not a pgoutput slot of database "
+            f"{system.dbname}",
+            "choose another SLOT_NAME, or drop that slot if it is unused",
+        )
+    if wal_status == "lost":
+        raise server_error(
+            sqlstate="55000",
+            message=f'can no longer get changes from replication slot "{slot}"',
+            target=target,
+            slot=slot,
+        )
+    if active_pid is not None:
+        raise server_error(
+            sqlstate="55006",
+            message=f'replication slot "{slot}" is active for PID {active_pid}',
+            target=target,
+            slot=slot,
+        )
+    return parse_lsn(confirmed) if confirmed else 0
+
+
+def _check_publications(pgconn: PGconn, publications: Sequence[str], target: str) -> None:
+    names = ", ".join(quote_literal(p) for p in publications)
+    rows = simple_query(
+        pgconn, f"SELECT pubname FROM pg_publication WHERE pubname IN ({names})", target=target
+    )
+    missing = sorted(set(publications) - {r[0] for r in rows})
+    if missing:
+        raise SourceError(
+            f"publication(s) {', '.join(map(repr, missing))} do not exist on {target}",
+            "run `dbmazz setup` to create the publication, then restart",
+        )

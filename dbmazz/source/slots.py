@@ -1,0 +1,189 @@
+"""Replication slots: create (optionally exporting a snapshot), inspect, drop on request.
+
+A slot is never dropped implicitly (invariant 5): :func:`drop_slot` exists for the CLI's
+explicit ``--drop-slot`` and for tests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from dbmazz.errors import SetupError, SourceConnectionError, SourceError
+from dbmazz.lsn import parse_lsn
+from dbmazz.source.replication import (
+    connect_error,
+    describe_dsn,
+    quote_ident,
+    replication_conninfo,
+    server_error,
+    validate_slot_name,
+)
+
+
+@dataclass
+class SlotCreation:
+    """A freshly created slot and the replication connection that created it.
+
+    With an exported snapshot, ``snapshot_name`` stays importable (``SET TRANSACTION
+    SNAPSHOT``) only while ``connection`` stays open and idle: keep this object until the
+    snapshot is read, then :meth:`close` it.
+    """
+
+    slot: str
+    consistent_point: int
+    snapshot_name: str | None
+    connection: psycopg.Connection
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> SlotCreation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """One row of ``pg_replication_slots`` (``exists=False`` and Nones when absent)."""
+
+    slot: str
+    exists: bool
+    plugin: str | None = None
+    slot_type: str | None = None
+    database: str | None = None
+    active: bool = False
+    active_pid: int | None = None
+    confirmed_flush_lsn: int | None = None
+    restart_lsn: int | None = None
+    #: ``reserved``, ``extended``, ``unreserved`` or ``lost`` (invalidated).
+    wal_status: str | None = None
+
+
+def _connect(dsn: str, replication: bool) -> psycopg.Connection:
+    target = describe_dsn(dsn)
+    try:
+        if replication:
+            return psycopg.connect(replication_conninfo(dsn), autocommit=True)
+        return psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise connect_error(str(exc), target) from None
+    except psycopg.ProgrammingError as exc:
+        raise SourceError(f"invalid PostgreSQL connection string for {target}: {exc}") from None
+
+
+def create_slot(dsn: str, slot: str, *, export_snapshot: bool) -> SlotCreation:
+    """``CREATE_REPLICATION_SLOT slot LOGICAL pgoutput``, exporting a snapshot if asked.
+
+    Waits for the server to reach a consistent point (for running transactions to end).
+    """
+    validate_slot_name(slot)
+    target = describe_dsn(dsn)
+    conn = _connect(dsn, replication=True)
+    try:
+        modern = conn.info.server_version >= 150000
+        if modern:
+            mode = "'export'" if export_snapshot else "'nothing'"
+            suffix = f"(SNAPSHOT {mode})"
+        else:
+            suffix = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
+        command = f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput {suffix}"
+        row = conn.execute(command.encode()).fetchone()
+    except psycopg.errors.DuplicateObject:
+        conn.close()
+        raise SetupError(
+            f"replication slot {slot!r} already exists on {target}",
+            "reuse it (dbmazz resumes from it) or choose another SLOT_NAME",
+        ) from None
+    except psycopg.errors.ConfigurationLimitExceeded as exc:
+        conn.close()
+        raise SetupError(
+            f"cannot create replication slot {slot!r} on {target}: {exc}",
+            "drop unused slots (see pg_replication_slots) or raise max_replication_slots "
+            "in postgresql.conf and restart PostgreSQL",
+        ) from None
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+        conn.close()
+        raise SetupError(
+            f"cannot create replication slot {slot!r} on {target}: {exc}",
+            "set wal_level=logical in postgresql.conf and restart PostgreSQL",
+        ) from None
+    except psycopg.OperationalError as exc:
+        conn.close()
+        raise SourceConnectionError(f"connection to {target} lost creating slot: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    assert row is not None
+    _name, consistent_point, snapshot_name, _plugin = row
+    return SlotCreation(
+        slot=slot,
+        consistent_point=parse_lsn(consistent_point),
+        snapshot_name=snapshot_name if export_snapshot else None,
+        connection=conn,
+    )
+
+
+def read_slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo:
+    """:func:`slot_info` over an existing ordinary connection."""
+    row = conn.execute(
+        """
+        SELECT plugin, slot_type, database, active, active_pid,
+               confirmed_flush_lsn::text, restart_lsn::text, wal_status
+        FROM pg_replication_slots WHERE slot_name = %s
+        """,
+        (slot,),
+    ).fetchone()
+    if row is None:
+        return SlotInfo(slot=slot, exists=False)
+    plugin, slot_type, database, active, pid, confirmed, restart, wal_status = row
+    return SlotInfo(
+        slot=slot,
+        exists=True,
+        plugin=plugin,
+        slot_type=slot_type,
+        database=database,
+        active=bool(active),
+        active_pid=pid,
+        confirmed_flush_lsn=parse_lsn(confirmed) if confirmed else None,
+        restart_lsn=parse_lsn(restart) if restart else None,
+        wal_status=wal_status,
+    )
+
+
+def slot_info(dsn: str, slot: str) -> SlotInfo:
+    with _connect(dsn, replication=False) as conn:
+        return read_slot_info(conn, slot)
+
+
+def drop_slot(dsn: str, slot: str, *, wait_s: float = 10.0, missing_ok: bool = True) -> bool:
+    """Drop ``slot`` (only ever on explicit request). Waits up to ``wait_s`` for an active
+    session to release it. Returns whether a slot was dropped."""
+    validate_slot_name(slot)
+    target = describe_dsn(dsn)
+    deadline = time.monotonic() + wait_s
+    with _connect(dsn, replication=False) as conn:
+        while True:
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                return True
+            except psycopg.errors.UndefinedObject:
+                if missing_ok:
+                    return False
+                raise server_error(
+                    sqlstate="42704",
+                    message=f'replication slot "{slot}" does not exist',
+                    target=target,
+                    slot=slot,
+                ) from None
+            except psycopg.errors.ObjectInUse as exc:
+                if time.monotonic() >= deadline:
+                    raise SetupError(
+                        f"replication slot {slot!r} on {target} is in use: {exc}",
+                        "stop the consumer using it (see pg_stat_replication), then retry",
+                    ) from None
+                time.sleep(0.05)  # the walsender releases the slot on its own schedule

@@ -1,0 +1,116 @@
+"""Checkpoints: the last commit LSN whose changes the sink has durably applied.
+
+Stored in the source database, table ``dbmazz_checkpoints (slot_name, lsn, updated_at)``,
+so it lives and dies with the slot it describes. A checkpoint only moves forward; the
+engine writes it after the sink acknowledged, then confirms the same LSN to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import psycopg
+from psycopg import sql
+
+from dbmazz.errors import SourceConnectionError
+from dbmazz.lsn import format_lsn, parse_lsn
+
+TABLE = "dbmazz_checkpoints"
+
+
+class CheckpointStore(Protocol):
+    def load(self) -> int | None:
+        """The stored LSN, or None when this slot has none yet."""
+
+    def save(self, lsn: int) -> None:
+        """Record ``lsn`` (never lowers the stored value)."""
+
+    def close(self) -> None: ...
+
+
+class MemoryCheckpointStore:
+    """For replays and tests: nothing outlives the process."""
+
+    def __init__(self) -> None:
+        self.lsn: int | None = None
+        self.history: list[int] = []
+
+    def load(self) -> int | None:
+        return self.lsn
+
+    def save(self, lsn: int) -> None:
+        if self.lsn is None or lsn > self.lsn:
+            self.lsn = lsn
+            self.history.append(lsn)
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresCheckpointStore:
+    def __init__(self, dsn: str, slot: str, schema: str = "public") -> None:
+        self.slot = slot
+        self._table = sql.Identifier(schema, TABLE)
+        self._dsn = dsn
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._last: int | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self._dsn, autocommit=True,
+                                             application_name="dbmazz-checkpoint")
+            except psycopg.OperationalError as exc:
+                raise SourceConnectionError(
+                    f"cannot reach PostgreSQL to write the checkpoint: {_first_line(exc)}",
+                    "check SOURCE_URL and that the server is up; dbmazz retries",
+                ) from None
+            self._conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (slot_name text PRIMARY KEY, lsn pg_lsn NOT "
+                    "NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+                ).format(self._table)
+            )
+        return self._conn
+
+    def load(self) -> int | None:
+        with self._lock:
+            row = self._connection().execute(
+                sql.SQL("SELECT lsn::text FROM {} WHERE slot_name = %s").format(self._table),
+                (self.slot,),
+            ).fetchone()
+            self._last = parse_lsn(row[0]) if row else None
+            return self._last
+
+    def save(self, lsn: int) -> None:
+        with self._lock:
+            if self._last is not None and lsn <= self._last:
+                return
+            try:
+                self._connection().execute(
+                    sql.SQL(
+                        "INSERT INTO {t} (slot_name, lsn, updated_at) VALUES (%s, %s, now()) "
+                        "ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, "
+                        "updated_at = now() WHERE {t}.lsn < EXCLUDED.lsn"
+                    ).format(t=self._table),
+                    (self.slot, format_lsn(lsn)),
+                )
+            except psycopg.OperationalError as exc:
+                self._conn = None
+                raise SourceConnectionError(
+                    f"lost the connection while writing the checkpoint: {_first_line(exc)}",
+                    "dbmazz reconnects and retries",
+                ) from None
+            self._last = lsn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

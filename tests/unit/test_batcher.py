@@ -1,0 +1,153 @@
+"""Batcher: flush boundaries, split transactions, ordering of control steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbmazz.errors import ProtocolError
+from dbmazz.pipeline.batcher import Batcher, Flush, RowsStep, SchemaStep, TruncateStep
+from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
+from dbmazz.source.chunk import WalChunk
+from dbmazz.source.pgoutput import Relation, RelationColumn
+from dbmazz.testing import wal
+
+T1 = Relation(16384, "public", "a", "d", (
+    RelationColumn("id", 20, -1, True), RelationColumn("v", 25, -1, False)))
+T2 = Relation(16385, "public", "b", "d", (
+    RelationColumn("id", 23, -1, True), RelationColumn("w", 25, -1, False)))
+T1_WIDER = Relation(16384, "public", "a", "d", (*T1.columns, RelationColumn("x", 23, -1, False)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(flush_rows: int = 1000, flush_bytes: int = 1 << 30, interval_ms: int = 1000,
+         clock: Clock | None = None) -> Batcher:
+    schemas = SchemaCache(keys_from_map({}))
+    return Batcher(schemas, flush_rows=flush_rows, flush_bytes=flush_bytes,
+                   flush_interval_ms=interval_ms, clock=clock or Clock())
+
+
+def txn(lsn: int, *changes: bytes) -> list[bytes]:
+    return [wal.begin(lsn), *changes, wal.commit(lsn, lsn + 8)]
+
+
+def chunk(*groups: list[bytes] | bytes) -> WalChunk:
+    messages: list[bytes] = []
+    for g in groups:
+        messages.extend(g if isinstance(g, list) else [g])
+    return WalChunk.from_messages(messages, range(1, len(messages) + 1))
+
+
+def rows_of(flush: Flush, oid: int) -> list[int]:
+    """Commit LSNs of the changes of one table in a flush, in order."""
+    out: list[int] = []
+    for step in flush.steps.get(oid, []):
+        if isinstance(step, RowsStep):
+            for slab in step.slabs:
+                out.extend(int(x) for x in slab.commit_lsns)
+    return out
+
+
+def test_flush_cut_at_commit_once_rows_reach_the_limit() -> None:
+    b = make(flush_rows=3)
+    flushes = b.add(chunk(
+        wal.relation(T1), wal.relation(T2),
+        txn(100, wal.insert(T1.oid, ["1", "x"]), wal.insert(T2.oid, ["1", "y"])),
+        txn(200, wal.insert(T1.oid, ["2", "x"]), wal.insert(T1.oid, ["3", "x"])),
+        txn(300, wal.insert(T2.oid, ["2", "y"])),
+    ))
+    assert len(flushes) == 1
+    [flush] = flushes
+    assert flush.end_lsn == 208 and flush.rows == 4 and flush.split is None
+    assert rows_of(flush, T1.oid) == [100, 200, 200]
+    assert rows_of(flush, T2.oid) == [100]
+    # The first flush also carries the tables' creation (first Relation messages).
+    assert isinstance(flush.steps[T1.oid][0], SchemaStep)
+    [rest] = b.drain()
+    assert rest.end_lsn == 308 and rows_of(rest, T2.oid) == [300]
+
+
+def test_transaction_spanning_chunks_is_not_cut_early() -> None:
+    b = make(flush_rows=2)
+    first = b.add(chunk(wal.relation(T1), wal.begin(100),
+                        wal.insert(T1.oid, ["1", "x"])))
+    assert first == [] and b.in_transaction
+    done = b.add(chunk(wal.insert(T1.oid, ["2", "x"]), wal.commit(100, 108)))
+    assert [f.end_lsn for f in done] == [108]
+    assert rows_of(done[0], T1.oid) == [100, 100]
+    assert not b.in_transaction
+
+
+def test_large_transaction_is_split_and_its_commit_ends_a_flush() -> None:
+    b = make(flush_rows=10)
+    inserts = [wal.insert(T1.oid, [str(i), "v"]) for i in range(25)]
+    flushes = b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["0", "v"]))))
+    flushes += b.add(chunk(wal.begin(500), *inserts[:12]))
+    flushes += b.add(chunk(*inserts[12:]))
+    flushes += b.add(chunk(wal.commit(500, 508), *txn(600, wal.insert(T1.oid, ["99", "v"]))))
+    flushes += b.drain()
+    summary = [(f.end_lsn, f.split, f.rows) for f in flushes]
+    assert summary == [
+        (108, None, 1),  # the small committed transaction goes out on its own first
+        (0, (500, 0, False), 12),
+        (0, (500, 1, False), 13),
+        (508, (500, 2, True), 0),
+        (608, None, 1),
+    ]
+
+
+def test_relation_change_orders_rows_around_the_schema_step() -> None:
+    b = make()
+    b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]))))
+    b.add(chunk(wal.relation(T1), txn(200, wal.insert(T1.oid, ["2", "y"]))))  # same shape
+    b.add(chunk(wal.relation(T1_WIDER), txn(300, wal.insert(T1.oid, ["3", "z", "7"]))))
+    [flush] = b.drain()
+    kinds = [type(s).__name__ for s in flush.steps[T1.oid]]
+    assert kinds == ["SchemaStep", "RowsStep", "SchemaStep", "RowsStep"]
+    before, after = flush.steps[T1.oid][1], flush.steps[T1.oid][3]
+    assert isinstance(before, RowsStep) and isinstance(after, RowsStep)
+    assert before.relation == T1 and before.rows == 2
+    assert after.relation == T1_WIDER and after.rows == 1
+    delta = flush.steps[T1.oid][2]
+    assert isinstance(delta, SchemaStep) and [c.name for c in delta.delta.added] == ["x"]
+
+
+def test_truncate_is_a_step_between_rows() -> None:
+    b = make()
+    b.add(chunk(wal.relation(T1), wal.relation(T2),
+                txn(100, wal.insert(T1.oid, ["1", "x"])),
+                txn(200, wal.truncate([T1.oid, T2.oid])),
+                txn(300, wal.insert(T1.oid, ["2", "x"]))))
+    [flush] = b.drain()
+    kinds = [type(s).__name__ for s in flush.steps[T1.oid]]
+    assert kinds == ["SchemaStep", "RowsStep", "TruncateStep", "RowsStep"]
+    assert isinstance(flush.steps[T2.oid][-1], TruncateStep)
+
+
+def test_interval_flush_and_heartbeat_only_commits() -> None:
+    clock = Clock()
+    b = make(interval_ms=500, clock=clock)
+    assert b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"])))) == []
+    assert b.poll() == []
+    clock.now = 0.6
+    [flush] = b.poll()
+    assert flush.end_lsn == 108
+    # A transaction with only a logical message still moves the durable LSN.
+    b.add(chunk(txn(200, wal.message("dbmazz_heartbeat", b""))))
+    clock.now = 2.0
+    [beat] = b.poll()
+    assert beat.end_lsn == 208 and beat.rows == 0 and beat.steps == {}
+    assert b.messages_seen == {"dbmazz_heartbeat": 1}
+    assert b.poll() == []
+
+
+def test_unknown_message_type_is_a_protocol_error() -> None:
+    b = make()
+    with pytest.raises(ProtocolError, match="0x5a"):
+        b.add(chunk(wal.begin(100), b"Z\x00\x00"))
