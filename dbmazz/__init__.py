@@ -3,6 +3,7 @@
 Public API::
 
     from dbmazz import Config, Engine, read_capture
+    client = dbmazz.connect("localhost:50051")   # a running engine (gRPC)
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dbmazz._version import __version__
 from dbmazz.config import Config
 
 if TYPE_CHECKING:
+    from dbmazz.api.client import connect
     from dbmazz.engine.core import Engine
     from dbmazz.source.capture import read_capture
 
-__all__ = ["Config", "Engine", "__version__", "read_capture"]
+__all__ = ["Config", "Engine", "__version__", "connect", "read_capture"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from dbmazz.engine.core import Engine
 
         return Engine
+    if name == "connect":
+        from dbmazz.api.client import connect
+
+        return connect
     if name == "read_capture":
         from dbmazz.source.capture import read_capture
 

@@ -64,6 +64,23 @@ def _lazy(module: str, function: str) -> Handler:
     return handler
 
 
+def _add_client_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """Flags of the commands that talk to a running engine over gRPC."""
+    parser.add_argument("--token", default=None,
+                        help="bearer token of the engine (default: GRPC_TOKEN)")
+    parser.add_argument("--ca-cert", default=None,
+                        help="CA certificate (PEM) to reach an engine serving TLS")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    if command == "status":
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    elif command == "top":
+        parser.add_argument("--once", action="store_true", help="render one frame and exit")
+        parser.add_argument("--interval", type=float, default=1.0, help="refresh seconds")
+    elif command in ("drain", "stop"):
+        parser.add_argument("--wait", type=float, default=300.0 if command == "drain" else 60.0,
+                            help="seconds to wait for the engine to stop (0: do not wait)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbmazz",
@@ -107,13 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("stop", "Stop the engine (never drops the slot unless --drop-slot)."),
         ("top", "Live dashboard of a running engine."),
     ):
-        p = command(name, text, _not_implemented("gRPC control plane"))
+        p = command(name, text, _lazy("dbmazz.ui.commands", f"cmd_{name}"))
         p.add_argument("--address", default="127.0.0.1:50051", help="engine gRPC address")
         if name == "stop":
             p.add_argument("--drop-slot", action="store_true",
                            help="also drop the replication slot (changes not yet loaded are lost)")
-    command("demo", "Start a private PostgreSQL, generate traffic and replicate it.",
-            _not_implemented("demo"))
+        _add_client_flags(p, name)
+    p = command("demo", "Start a private PostgreSQL, generate traffic and replicate it.",
+                _lazy("dbmazz.demo", "cmd_demo"))
+    p.add_argument("--duration", type=float, help="stop by itself after this many seconds")
+    p.add_argument("--sink", choices=["duckdb", "starrocks"],
+                   help="target (default DEMO_SINK or duckdb)")
+    p.add_argument("--rate", type=float, default=100.0, help="source transactions per second")
     return parser
 
 

@@ -8,19 +8,34 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Protocol
 
 from dbmazz.cli import load_config
-from dbmazz.engine.core import Engine
+from dbmazz.errors import DbmazzError
 from dbmazz.log import configure_logging
 from dbmazz.lsn import format_lsn, parse_lsn
 
 log = logging.getLogger("dbmazz")
 
 
-def _drain_on_signals(engine: Engine) -> None:
-    """SIGTERM and SIGINT drain: load what is in flight, checkpoint, exit 0."""
+class _Drainable(Protocol):
+    def drain(self) -> object: ...
+
+    def stop(self) -> object: ...
+
+
+def _drain_on_signals(engine: _Drainable) -> None:
+    """SIGTERM and SIGINT drain: load what is in flight, checkpoint, exit 0. A second
+    signal stops at once (what is not loaded yet is read again from the slot next time)."""
+    received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            log.warning("received %s again: stopping without draining",
+                        signal.Signals(signum).name)
+            engine.stop()
+            return
         log.info("received %s: draining", signal.Signals(signum).name)
         engine.drain()
 
@@ -30,14 +45,32 @@ def _drain_on_signals(engine: Engine) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dbmazz.engine.build import build_live_engine
+    """Serve the control plane, run setup → snapshot → CDC; exit 0 after drain/stop.
+
+    A failure keeps the process up while gRPC is on (health NOT_SERVING, Status carries
+    the error) until drain/stop; without gRPC it exits 1 with the error at once.
+    """
+    from dbmazz.api.runtime import start_control_plane
+    from dbmazz.engine.service import EngineService
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
-    engine = build_live_engine(config)
-    _drain_on_signals(engine)
-    engine.run()
-    log.info("stopped; confirmed LSN %s", format_lsn(engine.durable_lsn))
+    service = EngineService(config)
+    plane = start_control_plane(service, config)
+    _drain_on_signals(service)
+    try:
+        service.start()
+        code = service.wait_for_exit(stay_up_on_failure=plane.grpc is not None)
+    finally:
+        plane.stop()
+    if code:
+        if plane.grpc is None and isinstance(service.exception, DbmazzError):
+            raise service.exception
+        print(f"dbmazz: error: {service.error.text if service.error else 'failed'}",
+              file=sys.stderr)
+        return code
+    engine = service.engine
+    log.info("stopped; confirmed LSN %s", format_lsn(engine.durable_lsn if engine else 0))
     return 0
 
 

@@ -221,7 +221,9 @@ class Config(BaseSettings):
     __str__ = __repr__
 
     @classmethod
-    def load(cls, overrides: Mapping[str, Any] | None = None, env_file: str | None = ".env") -> Config:
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, env_file: str | None = ".env"
+    ) -> Config:
         """Build a Config from env/.env plus explicit overrides (CLI flags win).
 
         Raises :class:`ConfigError` listing every problem, each naming the variable.

@@ -55,6 +55,10 @@ class SlotInUseError(SourceConnectionError):
     keeps the slot until it notices its client is gone (up to wal_sender_timeout)."""
 
 
+class CaptureFormatError(DbmazzError):
+    """A capture file is not in the format of DESIGN §3 (or is truncated)."""
+
+
 class SinkError(DbmazzError):
     """A load into the target failed."""
 
@@ -71,6 +75,24 @@ class SinkError(DbmazzError):
         self.label = label
         self.retryable = retryable
         super().__init__(message, hint)
+
+
+class SinkReplayRequired(SinkError):
+    """The target dropped an unfinished multi-part (split) source transaction.
+
+    Retrying the same part cannot help: the engine must resend the source transaction from
+    its first part (restart from the checkpoint, which never lies inside a transaction).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        table: str | None = None,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(message, hint, table=table, label=label, retryable=True)
 
 
 class NotImplementedYet(DbmazzError):

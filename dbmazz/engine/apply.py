@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
+import numpy as np
 import pyarrow as pa
 
 from dbmazz.errors import DbmazzError, SinkError
-from dbmazz.pipeline.batch import SplitPart, TableBatch, TableSchema
+from dbmazz.pipeline.batch import LoadResult, SplitPart, TableBatch, TableSchema
 from dbmazz.pipeline.batcher import Flush, RowsStep, SchemaStep, Step, TruncateStep
 from dbmazz.pipeline.merge import merge_changes
 from dbmazz.pipeline.schema_cache import SchemaCache
@@ -99,11 +101,11 @@ class FlushApplier:
         for step in steps:
             if isinstance(step, SchemaStep):
                 self._retrying(step.delta.after.source_name,
-                               lambda s=step: self.sink.apply_schema_delta(s.delta))
+                               partial(self.sink.apply_schema_delta, step.delta))
             elif isinstance(step, TruncateStep):
                 table = self._table(step.relation)
                 batch = TableBatch(table=table, truncate=True, split=split)
-                self._retrying(table.source_name, lambda b=batch: self.sink.write(b))
+                self._retrying(table.source_name, partial(self.sink.write, batch))
                 self.stats.table(table.source_name).truncates += 1
             else:
                 self._apply_rows(step, split)
@@ -122,12 +124,19 @@ class FlushApplier:
             for slab in step.slabs
         ]
         changes = pa.Table.from_batches(decoded)
+        if len(decoded) > 1:
+            # Each slab numbers its changes from 0; the merge needs one order across slabs.
+            position = changes.schema.get_field_index("__dbmazz_seq")
+            changes = changes.set_column(
+                position, "__dbmazz_seq", pa.array(np.arange(changes.num_rows, dtype=np.uint32))
+            )
         if self._on_decoded is not None:
             self._on_decoded(table, changes)
         batch = merge_changes(changes, table)
         batch.split = split
         started = time.monotonic()
         result = self._retrying(table.source_name, lambda: self.sink.write(batch))
+        assert isinstance(result, LoadResult)
         stats = self.stats.table(table.source_name)
         stats.changes += changes.num_rows
         stats.rows_loaded += result.rows

@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from dbmazz.config import Config
 from dbmazz.engine.core import ChunkSource, Engine, Settings
 from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
+from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
 from dbmazz.sink.base import Sink
 from dbmazz.source.catalog import describe_relations
 from dbmazz.source.chunk import WalChunk
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
+
+if TYPE_CHECKING:
+    from dbmazz.engine.setup.postgres import SourceSetup
 
 log = logging.getLogger(__name__)
 
@@ -88,28 +93,41 @@ def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None =
 def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
     """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``."""
     from dbmazz.engine.setup.postgres import setup_source
-    from dbmazz.source.replication import ReplicationStream
 
     dsn = config.source_dsn
     if not config.tables:
         raise ConfigError(["TABLES: required; list the tables to replicate, e.g. public.orders"])
-    if config.snapshot != "never":
-        from dbmazz.errors import NotImplementedYet
-
-        raise NotImplementedYet(
-            f"SNAPSHOT={config.snapshot} is not implemented yet; set SNAPSHOT=never to stream "
-            "changes only"
-        )
     source = setup_source(
         dsn,
         config.tables,
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        # A new slot keeps its exported snapshot open until the initial snapshot read it.
+        export_snapshot=config.snapshot != "never",
     )
     try:
+        return _build_live(config, source, sink)
+    except BaseException:
+        if source.slot_creation is not None:
+            source.slot_creation.close()
+        raise
+
+
+def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engine:
+    from dbmazz.engine.setup.postgres import primary_keys
+    from dbmazz.engine.snapshot import attach_snapshots, replicated_extra_tables
+    from dbmazz.engine.snapshot_sink import SnapshotAwareSink
+    from dbmazz.source.replication import ReplicationStream
+
+    dsn = config.source_dsn
+    # Tables an on-demand snapshot added stay replicated across restarts.
+    extra = replicated_extra_tables(dsn, config.slot_name, source.tables)
+    try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            relations = describe_relations(conn, config.tables)
+            if extra:
+                source.primary_keys.update(primary_keys(conn, extra, strict=False))
+            relations = describe_relations(conn, [*source.tables, *extra])
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)
@@ -118,11 +136,12 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         schemas.on_relation(relation)
         tables.append(schemas.table(relation.oid))
     _check_target_names(tables)
-    target = sink or make_sink(config)
+    target = SnapshotAwareSink(sink or make_sink(config))
     if config.setup == "auto":
         target.setup(tables)
     checkpoints = PostgresCheckpointStore(dsn, config.slot_name)
-    start = checkpoints.load() or 0
+    checkpoint = checkpoints.load()
+    start = checkpoint or 0
     publication = config.publication_name
     slot = config.slot_name
 
@@ -130,7 +149,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True)
 
     log.info("streaming %d table(s) from slot %s into %s", len(tables), slot, target.name)
-    return Engine(
+    engine = Engine(
         source_factory=open_stream,
         sink=target,
         schemas=schemas,
@@ -138,9 +157,15 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         settings=settings_from(config),
         start_lsn=start,
     )
+    attach_snapshots(engine, dsn=dsn, slot=slot, publication=publication,
+                     replica_identity=config.replica_identity, mode=config.snapshot,
+                     workers=config.snapshot_workers, sink=target, schemas=schemas,
+                     keys=source.primary_keys, tables=tables, source=source,
+                     checkpoint=checkpoint)
+    return engine
 
 
-def _check_target_names(tables: list) -> None:  # type: ignore[type-arg]
+def _check_target_names(tables: list[TableSchema]) -> None:
     seen: dict[str, str] = {}
     for table in tables:
         other = seen.get(table.target_name)

@@ -20,20 +20,26 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
+from dbmazz.engine.apply import FlushApplier
 from dbmazz.errors import DbmazzError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
-from dbmazz.engine.apply import FlushApplier
 from dbmazz.sink.base import Sink
 from dbmazz.source.chunk import WalChunk
 from dbmazz.state.checkpoint import CheckpointStore
+
+if TYPE_CHECKING:
+    from dbmazz.engine.snapshot import Snapshots
+    from dbmazz.engine.snapshot_load import SnapshotProgress
+    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,29 @@ class Progress:
     started_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class RecentBatch:
+    """A decoded (pre-merge) batch as the pipeline saw it, kept for inspection."""
+
+    table: TableSchema
+    batch: pa.Table
+    captured_at: float  # unix time
+
+    @property
+    def source_name(self) -> str:
+        return self.table.source_name
+
+
+#: Settings ReloadConfig may change while the engine runs.
+LIVE_SETTINGS = ("flush_rows", "flush_bytes", "flush_interval_ms", "max_inflight_bytes")
+
+
 class Engine:
+    #: Recent decoded batches kept for inspection: at most this many, and this many bytes
+    #: beyond the newest one (they pin decoded memory outside MAX_INFLIGHT_BYTES).
+    recent_batches_max = 16
+    recent_batches_max_bytes = 16 << 20
+
     def __init__(
         self,
         *,
@@ -120,6 +148,7 @@ class Engine:
         self._stop = threading.Event()
         self._drain = threading.Event()
         self._paused = threading.Event()
+        self._pause_ack = threading.Event()  # set by the reader once it stopped reading
         self._queue: queue.Queue[Flush | None] = queue.Queue()
         self._inflight = 0
         self._inflight_cv = threading.Condition()
@@ -129,6 +158,16 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._failure: BaseException | None = None
         self._in_flight_batches: dict[str, pa.Table] = {}
+        self._recent: deque[RecentBatch] = deque()
+        self._recent_lock = threading.Lock()
+        self._table_schemas: dict[str, TableSchema] = {}
+        self._batcher: Batcher | None = None
+        # (received LSN, monotonic time) marks of data not yet durable, oldest first: the
+        # replication lag is the age of the oldest. Bounded: when full, newer marks are
+        # skipped, which keeps the oldest (the one that matters) exact.
+        self._lag_marks: deque[tuple[int, float]] = deque()
+        self._lag_marks_max = 4096
+        self._server_wal_end = 0
         self.applier = FlushApplier(
             sink,
             schemas,
@@ -137,10 +176,42 @@ class Engine:
             on_decoded=self._remember_batch,
         )
         self._done = threading.Event()
+        #: Initial and on-demand snapshots (live engines; set by engine.build).
+        self.snapshots: Snapshots | None = None
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
-        """Start the reader and applier threads (returns at once)."""
+        """Start the reader and applier threads (returns at once). With an initial
+        snapshot to take, a snapshot thread takes it first and then starts them."""
+        snapshots = self.snapshots
+        if snapshots is not None and snapshots.wants_initial:
+            self.progress.stage = Stage.SNAPSHOT
+            self.progress.state = RunState.RUNNING
+            thread = threading.Thread(target=self._guard(self._snapshot_then_stream),
+                                      name="dbmazz-snapshot", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            return
+        self._start_stream()
+        if snapshots is not None:
+            snapshots.resume_on_demand(self, lambda: self._stop.is_set())
+
+    def _snapshot_then_stream(self) -> None:
+        snapshots = self.snapshots
+        assert snapshots is not None
+        stopping = lambda: self._stop.is_set() or self._drain.is_set()  # noqa: E731
+        complete = snapshots.run_initial(stopping)
+        if not complete or stopping() or snapshots.stop_after_initial:
+            # Streaming never started: nothing is in flight, the slot stays where it is.
+            if self.progress.state != RunState.FAILED:
+                self.progress.state = RunState.STOPPED
+            self._stop.set()
+            self._set_done()
+            return
+        self._start_stream()
+        snapshots.resume_on_demand(self, lambda: self._stop.is_set())
+
+    def _start_stream(self) -> None:
         self.progress.stage = Stage.CDC
         self.progress.state = RunState.RUNNING
         for name, target in (("dbmazz-reader", self._reader), ("dbmazz-applier", self._applier)):
@@ -167,8 +238,14 @@ class Engine:
 
     def pause(self) -> None:
         if self.progress.state == RunState.RUNNING:
+            self._pause_ack.clear()
             self._paused.set()
             self.progress.state = RunState.PAUSED
+
+    def wait_paused(self, timeout: float | None = None) -> bool:
+        """Block until the reader has stopped reading after :meth:`pause` (a read that was
+        in progress completes first); False on timeout or when not paused."""
+        return self._paused.is_set() and self._pause_ack.wait(timeout)
 
     def resume(self) -> None:
         if self.progress.state == RunState.PAUSED:
@@ -201,9 +278,85 @@ class Engine:
                 lambda: self._durable_lsn > lsn or self._done.is_set(), timeout
             ) and self._durable_lsn > lsn
 
+    def request_snapshot(self, tables: list[str]) -> OnDemandSnapshot:
+        """Snapshot ``tables`` ('schema.table') while CDC keeps running: they join the
+        publication and are replicated from then on. Returns at once; the handle's
+        ``wait()``, ``completed``, ``error`` and ``progress`` tell how it goes."""
+        snapshots = self.snapshots
+        if snapshots is None:
+            raise DbmazzError("on-demand snapshots need a live PostgreSQL source",
+                              "run the engine with `dbmazz run`")
+        return snapshots.request(tables, self, lambda: self._stop.is_set())
+
+    @property
+    def snapshot_progress(self) -> SnapshotProgress | None:
+        """The running (else the last) snapshot's progress: per table pages, row estimate,
+        chunks and rows done, rate, ETA. A copy, safe to read from any thread."""
+        return self.snapshots.progress if self.snapshots is not None else None
+
     def in_flight_batch(self, table: str) -> pa.Table | None:
         """The last decoded (pre-merge) batch of ``table`` ('schema.table')."""
         return self._in_flight_batches.get(table)
+
+    def batches(self) -> list[RecentBatch]:
+        """Recently decoded (pre-merge) batches, oldest first (a bounded ring buffer)."""
+        with self._recent_lock:
+            return list(self._recent)
+
+    def table_schema(self, table: str) -> TableSchema | None:
+        """The schema of a source table ('schema.table') as the pipeline knows it."""
+        return self.table_schemas().get(table)
+
+    def table_schemas(self) -> dict[str, TableSchema]:
+        # SchemaCache has no public iterator; its table map is read-only here.
+        cached: dict[int, TableSchema] = getattr(self.schemas, "_tables", {})
+        known = {t.source_name: t for t in list(cached.values())}
+        known.update(self._table_schemas)
+        return known
+
+    def apply_settings(self, **changes: int) -> list[str]:
+        """Change flush settings of the running pipeline (ReloadConfig); return what changed.
+
+        The batcher reads its limits on every chunk and poll, and the reader compares
+        in-flight bytes with ``settings.max_inflight_bytes`` each time, so updating the
+        attributes takes effect on the next chunk.
+        """
+        changed = []
+        for name, value in changes.items():
+            if name not in LIVE_SETTINGS:
+                raise ValueError(f"{name} cannot be changed while running")
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+            if getattr(self.settings, name) != value:
+                setattr(self.settings, name, value)
+                changed.append(name)
+        batcher = self._batcher
+        if batcher is not None:
+            batcher.flush_rows = self.settings.flush_rows
+            batcher.flush_bytes = self.settings.flush_bytes
+            batcher.flush_interval_ms = self.settings.flush_interval_ms
+        if changed:
+            with self._inflight_cv:
+                self._inflight_cv.notify_all()  # a raised limit may unblock the reader
+        return changed
+
+    @property
+    def server_wal_end(self) -> int:
+        """The latest WAL end the server reported (0 when the source does not say)."""
+        source = self._source
+        if source is not None:
+            self._server_wal_end = max(self._server_wal_end,
+                                       int(getattr(source, "server_wal_end", 0) or 0))
+        return self._server_wal_end
+
+    @property
+    def replication_lag_ms(self) -> float:
+        """Age of the oldest received change that is not durable yet (0 when caught up)."""
+        try:
+            _, since = self._lag_marks[0]
+        except IndexError:
+            return 0.0
+        return max(0.0, (time.monotonic() - since) * 1000)
 
     # ------------------------------------------------------------------ threads
     def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
@@ -259,6 +412,7 @@ class Engine:
             flush_bytes=self.settings.flush_bytes,
             flush_interval_ms=self.settings.flush_interval_ms,
         )
+        self._batcher = batcher
         try:
             while not self._stop.is_set():
                 if self._drain.is_set():
@@ -273,6 +427,8 @@ class Engine:
                     self._queue.put(None)
                     return
                 if self._paused.is_set() or self._over_limit():
+                    if self._paused.is_set():
+                        self._pause_ack.set()
                     source.keepalive()
                     with self._inflight_cv:
                         self._inflight_cv.wait(0.1)
@@ -285,6 +441,7 @@ class Engine:
                     if len(chunk):
                         self.progress.received_lsn = max(self.progress.received_lsn,
                                                          int(chunk.lsns.max()))
+                        self._note_received(int(chunk.lsns.max()))
                     for flush in batcher.add(chunk):
                         self._enqueue(flush)
                 elif getattr(source, "exhausted", False) and self.settings.stop_when_exhausted:
@@ -293,7 +450,9 @@ class Engine:
                 for flush in batcher.poll():
                     self._enqueue(flush)
         finally:
+            self._batcher = None
             self._source = None
+            _ = self.server_wal_end  # keep the last position the source reported
             source.close()
 
     def _enqueue(self, flush: Flush) -> None:
@@ -342,6 +501,9 @@ class Engine:
         with self._durable_cv:
             self._durable_lsn = lsn
             self._durable_cv.notify_all()
+        marks = self._lag_marks
+        while marks and marks[0][0] < lsn:
+            marks.popleft()
         self.progress.confirmed_lsn = lsn
         source = self._source
         if source is not None:
@@ -349,3 +511,16 @@ class Engine:
 
     def _remember_batch(self, table: TableSchema, batch: pa.Table) -> None:
         self._in_flight_batches[table.source_name] = batch
+        self._table_schemas[table.source_name] = table
+        with self._recent_lock:
+            recent = self._recent
+            recent.append(RecentBatch(table, batch, time.time()))
+            total = sum(r.batch.nbytes for r in recent)
+            while len(recent) > 1 and (len(recent) > self.recent_batches_max
+                                       or total > self.recent_batches_max_bytes):
+                total -= recent.popleft().batch.nbytes
+
+    def _note_received(self, lsn: int) -> None:
+        marks = self._lag_marks
+        if len(marks) < self._lag_marks_max and (not marks or marks[-1][0] < lsn):
+            marks.append((lsn, time.monotonic()))

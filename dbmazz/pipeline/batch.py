@@ -123,6 +123,9 @@ class TableBatch:
     #: Source changes merged into this batch (before dedup).
     source_changes: int = 0
     split: SplitPart | None = None
+    #: Distinguishes batches that share an LSN range (snapshot chunks: ``snap-<n>``); sinks
+    #: fold it into load labels. Empty for CDC batches.
+    batch_id: str = ""
 
     @property
     def num_rows(self) -> int:

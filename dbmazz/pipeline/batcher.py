@@ -142,6 +142,7 @@ class Batcher:
         self._txn_lsn = 0  # commit LSN of the transaction in progress (from its Begin)
         self._in_txn = False
         self._split_part = 0  # parts already emitted of the open transaction
+        self._split_lsn = 0  # commit LSN (from Begin) of the transaction being split
         self._seq = 0
         self._cut_end_lsn = 0  # end LSN of the last committed flush emitted
         # Relation shape in effect at the first pending piece, per oid: rows decode with
@@ -176,7 +177,7 @@ class Batcher:
             self._control(chunk.message(idx), int(chunk.lsns[idx]))
             begin = idx + 1
         self._segment(chunk, starts, kinds, begin, n, out)
-        if self._first_pending_at is None and self._rows:
+        if self._first_pending_at is None and (self._rows or self._has_committed()):
             self._first_pending_at = self._clock()
         return out
 
@@ -309,7 +310,7 @@ class Batcher:
     def _cut_committed(self) -> Flush:
         pieces = self._pieces[: self._committed_pieces]
         self._pieces = self._pieces[self._committed_pieces :]
-        split = (self._txn_lsn, self._split_part, True) if self._split_part else None
+        split = (self._split_lsn, self._split_part, True) if self._split_part else None
         flush = self._build(pieces, self._committed_end_lsn, self._committed_rows,
                             self._committed_bytes, split)
         self._cut_end_lsn = self._committed_end_lsn
@@ -322,8 +323,10 @@ class Batcher:
 
     def _cut_split(self) -> Flush:
         pieces, self._pieces = self._pieces, []
+        if self._split_part == 0:
+            self._split_lsn = self._txn_lsn
         flush = self._build(pieces, 0, self._rows, self._bytes,
-                            (self._txn_lsn, self._split_part, False))
+                            (self._split_lsn, self._split_part, False))
         self._split_part += 1
         self._rows = self._bytes = 0
         self._first_pending_at = None

@@ -95,7 +95,7 @@ def _identity_columns(conn: psycopg.Connection, oid: int, identity: str) -> set[
         SELECT a.attname FROM pg_index i
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
         WHERE i.indrelid = %s AND {condition}
-        """,  # noqa: S608 - condition is one of two constants above
+        """,  # condition is one of the two constants above, never input
         (oid,),
     ).fetchall()
     return {str(r[0]) for r in rows}

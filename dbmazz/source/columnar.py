@@ -6,8 +6,8 @@ rows advance one column at a time with array gathers, each column's values becom
 forms Arrow cannot parse) casts them to the column's type. The Python-level work is a loop
 over *columns*, never over rows or fields.
 
-Per column and tuple the walk is: one gather of a 24-byte record starting 3 bytes before the
-field (``[3 junk][kind][Int32 length][first 16 value bytes]`` — fetching 24 bytes costs the
+Per column and tuple the walk is: one gather of a 24-byte record starting 7 bytes before the
+field (``[7 junk][kind][Int32 length][first 12 value bytes]`` — fetching 24 bytes costs the
 same cache miss as fetching one), then ``p += where(kind == 't', 5 + length, 1)``. The
 record also holds a string_view's 12 inline bytes, so short values need no second gather.
 """
@@ -59,9 +59,12 @@ OLD_KEY_PREFIX = "__dbmazz_old_"
 OP_INSERT, OP_UPDATE, OP_DELETE = 0, 1, 2
 
 _MAX_BUFFER = 2**31 - 64  # int32 cursors and string_view offsets
-_RECORD = 24  # bytes gathered per field: 3 before the kind byte, kind, length, 16 of value
-_KIND_AT = 3
-_VALUE_AT = 8
+# Bytes gathered per field: 7 before the kind byte, kind, Int32 length, 12 of value. The
+# value lands at offset 12, so its bytes 0–3 / 4–11 are aligned uint32 / uint64 words for
+# string_view construction, and the 12 bytes are exactly a view's inline part.
+_RECORD = 24
+_KIND_AT = 7
+_VALUE_AT = 12
 
 _I, _U, _D = ord("I"), ord("U"), ord("D")
 _N, _K, _O = ord("N"), ord("K"), ord("O")
@@ -69,8 +72,6 @@ _KIND_TEXT, _KIND_NULL, _KIND_UNCHANGED, _KIND_BINARY = ord("t"), ord("n"), ord(
 
 _OP_OF_TYPE = np.full(256, -1, dtype=np.int8)
 _OP_OF_TYPE[[_I, _U, _D]] = [OP_INSERT, OP_UPDATE, OP_DELETE]
-_KIND_OK = np.zeros(256, dtype=np.bool_)
-_KIND_OK[[_KIND_TEXT, _KIND_NULL, _KIND_UNCHANGED]] = True
 
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
@@ -119,19 +120,18 @@ def unchanged_mask(batch: pa.RecordBatch | pa.Table, column_index: int) -> npt.N
 
 def _be32(records: U8, at: int) -> I32:
     """Big-endian Int32 at byte ``at`` of each gathered record."""
-    view = np.ndarray((len(records),), ">i4", records, at, (records.strides[0],))
-    return view.astype(np.int32)
+    return records[:, at : at + 4].view(">i4")[:, 0].astype(np.int32)
 
 
 def _check_kinds(kind: U8, relation: Relation, column: str) -> None:
-    if _KIND_OK[kind].all():
+    if ((kind == _KIND_TEXT) | (kind == _KIND_NULL) | (kind == _KIND_UNCHANGED)).all():
         return
     if (kind == _KIND_BINARY).any():
         raise ProtocolError(
             f"column {relation.qualified_name}.{column} arrived in binary format",
             "start replication without the option binary 'true'; dbmazz decodes text format",
         )
-    bad = int(kind[~_KIND_OK[kind]][0])
+    bad = int(kind[(kind != _KIND_TEXT) & (kind != _KIND_NULL) & (kind != _KIND_UNCHANGED)][0])
     raise ProtocolError(
         f"malformed tuple for {relation.qualified_name}.{column}: field kind byte {bad:#04x}",
         "the replication stream is corrupt or not pgoutput; capture it and report a bug",
@@ -147,31 +147,29 @@ class _Walk:
         self.limit = len(data)
         self.p = positions
 
-    def step(self, column: str) -> tuple[U8, U8, I32, I32]:
-        """Read one field of every row: (records, kinds, field positions, lengths)."""
+    def step(self, column: str, records: U8 | None = None) -> tuple[U8, U8, I32]:
+        """Read one field of every row: (records, kinds, field positions).
+
+        ``records``: this step's records when already gathered (with the message headers).
+        """
         p = self.p
-        records = gather_windows(self.data, p - _KIND_AT, _RECORD)
-        kind = records[:, _KIND_AT]
+        if records is None:
+            records = gather_windows(self.data, p - _KIND_AT, _RECORD)
+        kind = records[:, _KIND_AT].copy()  # contiguous: the comparisons below run ~5x faster
         _check_kinds(kind, self.relation, column)
         is_text = kind == _KIND_TEXT
-        length = np.where(is_text, _be32(records, _KIND_AT + 1), 0).astype(np.int32)
-        nxt = p + np.where(is_text, length + 5, 1).astype(np.int32)
+        length = np.where(is_text, _be32(records, _KIND_AT + 1), 0)
+        nxt = p + length + np.where(is_text, 5, 1).astype(p.dtype)
         if len(p) and (int(length.min()) < 0 or int(nxt.max()) > self.limit):
             raise ProtocolError(
                 f"truncated tuple for {self.relation.qualified_name}.{column}",
                 "the replication stream is corrupt; capture it and report a bug",
             )
         self.p = nxt
-        return records, kind, p, length
+        return records, kind, p
 
 
-def _header_check(data: U8, at: I32, marker: int, ncols: int, relation: Relation) -> None:
-    """Every tuple at ``at`` starts with ``marker`` (if nonzero) and Int16 ncols."""
-    head = gather_windows(data, at, 3)
-    width = (head[:, 1].astype(np.int32) << 8) | head[:, 2]
-    ok = width == ncols
-    if marker:
-        ok &= head[:, 0] == marker
+def _check_width(ok: npt.NDArray[np.bool_], ncols: int, relation: Relation) -> None:
     if not ok.all():
         raise ProtocolError(
             f"tuple of {relation.qualified_name} does not match its Relation message "
@@ -181,15 +179,43 @@ def _header_check(data: U8, at: I32, marker: int, ncols: int, relation: Relation
         )
 
 
-def _old_source(n: int, rows: I64, kinds: U8, positions: I32, data: U8) -> tuple[
-        U8, I32]:
+# A message's header is gathered 7 bytes early, in a 32-byte record: [7 junk][type][oid]
+# [marker][Int16 width] and then, byte for byte, the 24-byte field record (_RECORD layout)
+# of the first field of the first tuple — so that field costs no gather of its own, and its
+# value sits at offset 20, aligned like in every other record.
+_HEAD_AT = 7
+_HEAD_RECORD = 32
+
+
+def _gather_heads(data: U8, starts: I32) -> U8:
+    early = starts - _HEAD_AT
+    if len(starts) == 0 or int(early.min()) >= 0:
+        return gather_windows(data, early, _HEAD_RECORD)
+    # Messages within 7 bytes of the buffer start: read those from a front-padded copy.
+    heads = gather_windows(data, np.maximum(early, 0), _HEAD_RECORD)
+    rows = np.flatnonzero(early < 0)
+    front = np.zeros(_HEAD_AT + _HEAD_RECORD, dtype=np.uint8)
+    size = min(len(data), _HEAD_RECORD)
+    front[_HEAD_AT : _HEAD_AT + size] = data[:size]
+    heads[rows] = gather_windows(front, starts[rows], _HEAD_RECORD)
+    return heads
+
+
+def _text_column(data: U8, records: U8, fpos: I32) -> tuple[TextColumn, U8]:
+    """The value texts of fields whose records were gathered at ``fpos`` (and their kinds)."""
+    kind = records[:, _KIND_AT].copy()
+    is_text = kind == _KIND_TEXT
+    length = np.where(is_text, _be32(records, _KIND_AT + 1), 0)
+    return TextColumn(data, fpos + 5, length, is_text, records[:, _VALUE_AT:]), kind
+
+
+def _old_source(n: int, rows: I64, positions: I32, data: U8) -> tuple[U8, I32]:
     """Records and positions for ``n`` rows where only ``rows`` take an old-tuple field."""
     records = np.zeros((n, _RECORD), dtype=np.uint8)
     fpos = np.zeros(n, dtype=np.int32)
     if rows.size:
         records[rows] = gather_windows(data, positions - _KIND_AT, _RECORD)
         fpos[rows] = positions
-    del kinds
     return records, fpos
 
 
@@ -226,22 +252,24 @@ def decode_changes(
     if len(commit_lsns) != n:
         raise ValueError(f"{n} messages but {len(commit_lsns)} commit LSNs")
     if n == 0:
-        return schema.empty_table().to_batches(max_chunksize=1)[0] if False else \
-            pa.RecordBatch.from_pylist([], schema=schema)
+        return pa.RecordBatch.from_pylist([], schema=schema)
     if len(data) >= _MAX_BUFFER:
         raise ValueError(
             f"decode buffer of {len(data)} bytes is too large: batches must stay under 2 GiB "
             "(lower FLUSH_BYTES)")
     starts32 = np.asarray(starts).astype(np.int32)
-    if int(starts32.min()) < 0 or int(np.asarray(starts).max()) + 6 > len(data):
+    if int(starts32.min()) < 0 or int(np.asarray(starts).max()) + 8 > len(data):
         raise ValueError("message start offsets lie outside the buffer")
 
-    # Message headers: type byte, relation oid, first tuple marker — one gather.
-    head = gather_windows(data, starts32, 6)
-    msgtype = head[:, 0]
+    # Message headers — type byte, relation oid, first tuple marker and width — and the
+    # record of the first tuple's first field, in one gather (see _HEAD_AT).
+    heads = _gather_heads(data, starts32)
+    first_records = heads[:, _HEAD_AT + 1 :]
+    head = heads[:, _HEAD_AT : _HEAD_AT + 8]
+    msgtype = head[:, 0].copy()
     op = _OP_OF_TYPE[msgtype]
     oids = _be32(head, 1).view(np.uint32)
-    marker = head[:, 5]
+    marker = head[:, 5].copy()
     if (op < 0).any():
         bad = int(msgtype[op < 0][0])
         raise ProtocolError(f"message type {chr(bad)!r} is not Insert/Update/Delete",
@@ -258,6 +286,7 @@ def decode_changes(
     if not marker_ok.all():
         raise ProtocolError(f"malformed change message for {relation.qualified_name}",
                             "the replication stream is corrupt; capture it and report a bug")
+    _check_width(((head[:, 6].astype(np.int32) << 8) | head[:, 7]) == ncols, ncols, relation)
 
     # Old tuples (K/O) first: the new tuple of an Update starts where its old one ends.
     old_rows = np.flatnonzero(has_old)
@@ -265,34 +294,39 @@ def decode_changes(
     old_kind = np.empty((ncols, m_old), dtype=np.uint8)
     old_pos = np.empty((ncols, m_old), dtype=np.int32)
     new_at = starts32 + 5
+    updates_with_old = np.flatnonzero((op == OP_UPDATE) & has_old)
     if m_old:
-        _header_check(data, starts32[old_rows] + 5, 0, ncols, relation)
         walk = _Walk(data, starts32[old_rows] + 8, relation)
         for c, col in enumerate(columns):
-            _, old_kind[c], old_pos[c], _ = walk.step(col.name)
+            pre = first_records if c == 0 and m_old == n else None
+            _, old_kind[c], old_pos[c] = walk.step(col.name, pre)
         new_at[old_rows] = walk.p
+        if updates_with_old.size:
+            second = gather_windows(data, new_at[updates_with_old], 3)
+            _check_width((second[:, 0] == _N) & (
+                ((second[:, 1].astype(np.int32) << 8) | second[:, 2]) == ncols), ncols,
+                relation)
     new_rows = np.flatnonzero(~is_delete)
     all_new = len(new_rows) == n
-    new_at = new_at if all_new else new_at[new_rows]
-    _header_check(data, new_at, _N, ncols, relation)
-    new_walk = _Walk(data, new_at + 3, relation)
+    new_walk = _Walk(data, (new_at if all_new else new_at[new_rows]) + 3, relation)
 
     # Row index maps for the rows that read old-tuple fields.
     old_index = np.full(n, -1, dtype=np.int64)
-    old_index[old_rows] = np.arange(m_old)
     new_index = np.full(n, -1, dtype=np.int64)
-    new_index[new_rows] = np.arange(len(new_rows))
+    if m_old:
+        old_index[old_rows] = np.arange(m_old)
+        new_index[new_rows] = np.arange(len(new_rows))
     deletes = np.flatnonzero(is_delete)
     fill_rows = np.flatnonzero((op == OP_UPDATE) & (marker == _O))
     fill_new, fill_old = new_index[fill_rows], old_index[fill_rows]
 
     arrays: list[pa.Array] = []
-    u8_mask = ncols > 64
     mask64 = np.zeros(n, dtype=np.uint64)
-    mask_bytes = np.zeros((n, max(1, math.ceil(ncols / 8))), dtype=np.uint8) if u8_mask else None
+    mask_bytes = np.zeros((n, math.ceil(ncols / 8)), dtype=np.uint8) if ncols > 64 else None
     plans: list[TypePlan] = [resolve(c.type_oid, c.type_modifier, types) for c in columns]
     for c, col in enumerate(columns):
-        records, kind, fpos, length = new_walk.step(col.name)
+        pre = first_records if c == 0 and m_old == 0 else None
+        records, kind, fpos = new_walk.step(col.name, pre)
         # Rows whose value comes from the old tuple: deletes, and `u` fields of Updates
         # whose full old row (REPLICA IDENTITY FULL) holds the value.
         from_old = deletes
@@ -300,25 +334,24 @@ def decode_changes(
             fill = (kind[fill_new] == _KIND_UNCHANGED) & (
                 old_kind[c, fill_old] != _KIND_UNCHANGED)
             if fill.any():
-                from_old = np.union1d(deletes, fill_rows[fill])
+                take_old = is_delete.copy()
+                take_old[fill_rows[fill]] = True
+                from_old = np.flatnonzero(take_old)
         if not all_new or from_old.size:
             full_records, full_pos = _old_source(
-                n, from_old, old_kind[c, old_index[from_old]], old_pos[c, old_index[from_old]],
-                data)
-            keep_new = np.setdiff1d(new_rows, from_old, assume_unique=True)
-            full_records[keep_new] = records[new_index[keep_new]]
-            full_pos[keep_new] = fpos[new_index[keep_new]]
+                n, from_old, old_pos[c, old_index[from_old]], data)
+            from_new = np.ones(len(new_rows), dtype=np.bool_)
+            from_new[new_index[from_old[~is_delete[from_old]]]] = False
+            full_records[new_rows[from_new]] = records[from_new]
+            full_pos[new_rows[from_new]] = fpos[from_new]
             records, fpos = full_records, full_pos
-            kind = records[:, _KIND_AT]
-            length = np.where(kind == _KIND_TEXT, _be32(records, _KIND_AT + 1), 0).astype(
-                np.int32)
+        text, kind = _text_column(data, records, fpos)
         unchanged = kind == _KIND_UNCHANGED
         if unchanged.any():
             if mask_bytes is not None:
                 mask_bytes[:, c // 8] |= unchanged.astype(np.uint8) << np.uint8(c % 8)
             else:
                 mask64 |= unchanged.astype(np.uint64) << np.uint64(c)
-        text = TextColumn(data, fpos + 5, length, kind == _KIND_TEXT, records[:, _VALUE_AT:])
         arrays.append(cast_text(text, plans[c], stats, col.name))
 
     arrays.append(pa.array(op, pa.int8()))
@@ -331,7 +364,6 @@ def decode_changes(
         arrays.append(pa.array(mask64, pa.uint64()))
 
     # Old key values: Updates that carried an old tuple (key change or REPLICA IDENTITY FULL).
-    updates_with_old = np.flatnonzero((op == OP_UPDATE) & has_old)
     index_of = {c.name: i for i, c in enumerate(columns)}
     for key in key_columns:
         c = index_of[key]
@@ -339,11 +371,8 @@ def decode_changes(
             arrays.append(pa.nulls(n, schema.field(OLD_KEY_PREFIX + key).type))
             continue
         rows_old = old_index[updates_with_old]
-        records, fpos = _old_source(n, updates_with_old, old_kind[c, rows_old],
-                                    old_pos[c, rows_old], data)
-        kind = records[:, _KIND_AT]
-        length = np.where(kind == _KIND_TEXT, _be32(records, _KIND_AT + 1), 0).astype(np.int32)
-        text = TextColumn(data, fpos + 5, length, kind == _KIND_TEXT, records[:, _VALUE_AT:])
+        records, fpos = _old_source(n, updates_with_old, old_pos[c, rows_old], data)
+        text, _ = _text_column(data, records, fpos)
         arrays.append(cast_text(text, plans[c], stats, OLD_KEY_PREFIX + key))
 
     stats.rows += n

@@ -6,8 +6,14 @@ exactly once — look at its type byte, answer keepalives, append the XLogData p
 ``bytearray``. Everything else (routing, decoding) happens downstream, vectorized over the
 :class:`~dbmazz.source.chunk.WalChunk` this module produces.
 
-Status updates report only the *durable* LSN (what the caller confirmed), never what was
-received: the slot must keep every change the sink has not acknowledged (invariant 1).
+Status updates report the *durable* LSN (what the caller confirmed), never merely received
+data: the slot must keep every change the sink has not acknowledged (invariant 1). One
+refinement, as PostgreSQL's own subscriber does: when every delivered transaction is
+confirmed and none is open, the position the server has already read past (keepalive
+walEnd) holds nothing unacknowledged, so it is reported instead. Without that a slot whose
+tables are quiet never advances (WAL piles up on a busy server), and a fast shutdown of
+PostgreSQL waits forever for the walsender, which exits only when flush == sentPtr.
+``advance_when_idle=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -334,11 +340,16 @@ class _Spool:
     """
 
     SEGMENT_BYTES = 8 << 20
+    MIN_SEGMENT_BYTES = 64 << 10
 
     def __init__(self, xid: int, memory_limit: int, spool_dir: str | None) -> None:
         self.xid = xid
         self.aborted: set[int] = set()
         self.memory_limit = memory_limit
+        # Several segments fit in the memory limit, so spilling starts well before it.
+        self.segment_bytes = max(
+            self.MIN_SEGMENT_BYTES, min(self.SEGMENT_BYTES, memory_limit // 8)
+        )
         self.spool_dir = spool_dir
         self.memory = 0
         self.spilled = 0
@@ -355,15 +366,15 @@ class _Spool:
         self.offsets.append(len(self.buf))
         self.headers += frame[1:9]
         self.buf += frame[_XLOG_HEADER:]
-        if len(self.buf) >= self.SEGMENT_BYTES:
+        if len(self.buf) >= self.segment_bytes:
             self.seal()
 
-    def seal(self) -> None:
+    def seal(self, *, in_memory: bool = False) -> None:
         if not self.offsets:
             return
         chunk = _make_chunk(self.buf, self.offsets, self.headers)
         self._reset()
-        if self.memory + chunk.nbytes <= self.memory_limit:
+        if in_memory or self.memory + chunk.nbytes <= self.memory_limit:
             self.memory += chunk.nbytes
             self.segments.append(chunk)
             return
@@ -391,20 +402,23 @@ class _Spool:
         return WalChunk(data=data, offsets=offsets, lsns=lsns)
 
     def deliver(self, begin: WalChunk, commit: WalChunk) -> Iterator[WalChunk]:
-        """The committed transaction as ``B … C`` chunks of about a segment each."""
-        self.seal()
-        pending = [begin]
-        size = 0
-        for segment in self.segments:
-            piece = _strip_streamed(self._load(segment), self.xid, self.aborted)
-            if size and size + len(piece.data) > self.SEGMENT_BYTES:
-                yield concat_chunks(pending)
-                pending, size = [], 0
-            pending.append(piece)
-            size += len(piece.data)
-        pending.append(commit)
-        yield concat_chunks(pending)
-        self.discard()
+        """The committed transaction as ``B … C`` chunks of about a segment each, loaded
+        lazily (a spilled transaction is never all in memory at once)."""
+        self.seal(in_memory=True)  # the tail is needed right away: no round trip to disk
+        try:
+            pending = [begin]
+            size = 0
+            for segment in self.segments:
+                piece = _strip_streamed(self._load(segment), self.xid, self.aborted)
+                if size and size + len(piece.data) > self.segment_bytes:
+                    yield concat_chunks(pending)
+                    pending, size = [], 0
+                pending.append(piece)
+                size += len(piece.data)
+            pending.append(commit)
+            yield concat_chunks(pending)
+        finally:
+            self.discard()
 
     def discard(self) -> None:
         self.segments.clear()
@@ -465,6 +479,7 @@ class ReplicationStream:
         streaming: bool,
         spool_memory_bytes: int,
         spool_dir: str | None,
+        advance_when_idle: bool = True,
     ) -> None:
         self._pgconn = pgconn
         self.target = target
@@ -480,11 +495,18 @@ class ReplicationStream:
         self._io_lock = threading.RLock()
         self._received = 0
         self._wal_end = 0
+        self._advance_when_idle = advance_when_idle
+        # Delivery state for the idle rule: walEnd seen with nothing undelivered before it,
+        # whether a delivered transaction lacks its Commit, and the last delivered Commit.
+        self._safe_wal_end = 0
+        self._open_txn = False
+        self._last_commit_end = 0
         self._reported = -1
         self._last_status = float("-inf")
         self._reply_pending = False
         self._closed = False
-        self._pending: deque[WalChunk] = deque()
+        # Chunks due before reading more: a streamed transaction's delivery, lazily.
+        self._pending: deque[Iterator[WalChunk]] = deque()
         self._spools: dict[int, _Spool] = {}
         self._in_stream: _Spool | None = None
         self._selector = selectors.DefaultSelector()
@@ -508,6 +530,7 @@ class ReplicationStream:
         settings: Mapping[str, str] | None = None,
         spool_memory_bytes: int = 64 << 20,
         spool_dir: str | None = None,
+        advance_when_idle: bool = True,
     ) -> ReplicationStream:
         """Connect, check the slot and publications, and start streaming.
 
@@ -566,6 +589,7 @@ class ReplicationStream:
             streaming=streaming,
             spool_memory_bytes=spool_memory_bytes,
             spool_dir=spool_dir,
+            advance_when_idle=advance_when_idle,
         )
 
     # -- positions -------------------------------------------------------------------
@@ -577,13 +601,19 @@ class ReplicationStream:
 
     @property
     def durable_lsn(self) -> int:
-        """What status updates report: the highest LSN passed to :meth:`confirm`."""
+        """The highest LSN passed to :meth:`confirm` (initially the resume position).
+        Status updates never report less (see :meth:`_flush_position` for when more)."""
         return self._durable
 
     @property
     def server_wal_end(self) -> int:
         """Highest walEnd seen in a keepalive or XLogData (how far the server has read)."""
         return self._wal_end
+
+    @property
+    def reported_lsn(self) -> int:
+        """The flush position last sent to the server (-1 before the first update)."""
+        return self._reported
 
     def confirm(self, lsn: int) -> None:
         """Declare everything up to ``lsn`` (a Commit end LSN) durable. Never lowers it."""
@@ -594,18 +624,22 @@ class ReplicationStream:
     # -- reading ---------------------------------------------------------------------
 
     def read_chunk(self, max_bytes: int = 4 << 20, timeout_s: float = 0.1) -> WalChunk | None:
-        """Whatever whole messages are available, up to about ``max_bytes`` of payload.
+        """Whatever whole messages are available, up to about ``max_bytes`` of frames.
 
-        Waits at most ``timeout_s`` for the first frame; returns None if nothing came.
-        Also sends a status update when one is due.
+        Waits at most ``timeout_s`` for the first frame; returns None if no message is
+        ready (nothing came, or only parts of a streamed transaction, which are held until
+        it commits). Also sends a status update when one is due.
         """
         with self._io_lock:
             self._check_open()
-            chunk = self._pending.popleft() if self._pending else self._read(max_bytes, timeout_s)
-            self._status_if_due()
+            chunk = self._next_pending()
+            if chunk is None:
+                chunk = self._read(max_bytes, timeout_s)
             if chunk is not None:
-                self.stats.messages += len(chunk)
-                self.stats.payload_bytes += len(chunk.data)
+                self._note_delivery(chunk)
+            elif not self._pending:
+                self._safe_wal_end = self._wal_end  # everything read was handed out
+            self._status_if_due()
             return chunk
 
     def _read(self, max_bytes: int, timeout_s: float) -> WalChunk | None:
@@ -616,18 +650,22 @@ class ReplicationStream:
         headers = bytearray()
         last: memoryview | None = None
         frames = 0
+        # Counts spooled frames too, so a long streamed transaction cannot keep the caller
+        # inside this loop (away from its stop checks) indefinitely.
+        consumed = 0
         deadline: float | None = None
-        while len(buf) < max_bytes:
+        while consumed < max_bytes:
             try:
                 n, frame = pgconn.get_copy_data(1)
             except psycopg.OperationalError as exc:
                 raise self._lost(exc) from None
             if n > 0:
+                consumed += n
                 kind = frame[0]
                 if kind == _W:
                     frames += 1
                     last = frame
-                    if streaming and self._route_streamed(frame, buf, offsets, headers):
+                    if streaming and self._route_streamed(frame):
                         if self._pending:  # a streamed transaction committed
                             break
                         continue
@@ -635,7 +673,7 @@ class ReplicationStream:
                     headers += frame[1:9]
                     buf += frame[_XLOG_HEADER:]
                 elif kind == _K:
-                    self._on_keepalive(frame)
+                    self._on_keepalive(frame, clean=not offsets and not self._pending)
                 else:
                     raise ProtocolError(
                         f"unexpected CopyData frame type {chr(kind)!r} from {self.target} "
@@ -664,17 +702,19 @@ class ReplicationStream:
             self._note_position(last)
             self.stats.frames += frames
         if not offsets:
-            return self._pending.popleft() if self._pending else None
-        chunk = _make_chunk(buf, offsets, headers)
-        if self._pending:
-            # Messages read before a streamed commit come before it.
-            self._pending.appendleft(chunk)
-            return self._pending.popleft()
-        return chunk
+            return self._next_pending()
+        # Messages read before a streamed commit come before it (pending is then drained).
+        return _make_chunk(buf, offsets, headers)
 
-    def _route_streamed(
-        self, frame: memoryview, buf: bytearray, offsets: list[int], headers: bytearray
-    ) -> bool:
+    def _next_pending(self) -> WalChunk | None:
+        while self._pending:
+            chunk = next(self._pending[0], None)
+            if chunk is not None:
+                return chunk
+            self._pending.popleft()
+        return None
+
+    def _route_streamed(self, frame: memoryview) -> bool:
         """Handle protocol-2 stream messages; False means "an ordinary message"."""
         kind = frame[_XLOG_HEADER]
         spool = self._in_stream
@@ -707,13 +747,11 @@ class ReplicationStream:
                     self.stats.subxacts_aborted += 1
             return True
         if kind == _STREAM_COMMIT:
-            self._stream_commit(frame, buf, offsets, headers)
+            self._stream_commit(frame)
             return True
         return False
 
-    def _stream_commit(
-        self, frame: memoryview, buf: bytearray, offsets: list[int], headers: bytearray
-    ) -> None:
+    def _stream_commit(self, frame: memoryview) -> None:
         xid, flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT_BODY.unpack_from(
             frame, _XLOG_HEADER + 1
         )
@@ -729,17 +767,55 @@ class ReplicationStream:
         )
         self.stats.streamed_committed += 1
         self.stats.spilled_bytes += spool.spilled
-        self._pending.extend(spool.deliver(begin, commit))
+        self._pending.append(spool.deliver(begin, commit))
 
-    def _on_keepalive(self, frame: memoryview) -> None:
+    def _on_keepalive(self, frame: memoryview, *, clean: bool) -> None:
         wal_end, _sent, reply = _KEEPALIVE.unpack_from(frame, 1)
         self.stats.keepalives += 1
         if wal_end > self._wal_end:
             self._wal_end = wal_end
+        if clean:  # nothing read in this call is waiting to be handed out
+            self._safe_wal_end = self._wal_end
         if reply:
             self.stats.replies_requested += 1
             self._reply_pending = True
             self._send_status(time.monotonic())
+
+    def _note_delivery(self, chunk: WalChunk) -> None:
+        """Track open transactions and the last Commit handed out (vectorized)."""
+        self.stats.messages += len(chunk)
+        self.stats.payload_bytes += len(chunk.data)
+        starts = chunk.offsets[:-1]
+        types = chunk.data[starts]
+        begins = np.flatnonzero(types == ord("B"))
+        commits = np.flatnonzero(types == ord("C"))
+        last_b = int(begins[-1]) if len(begins) else -1
+        last_c = int(commits[-1]) if len(commits) else -1
+        if last_c > last_b:
+            at = int(starts[last_c]) + 10  # 'C', flags, commit LSN, then end LSN
+            self._last_commit_end = int.from_bytes(chunk.data[at : at + 8].tobytes(), "big")
+            self._open_txn = False
+        elif last_b > last_c:
+            self._open_txn = True
+        if not self._pending:
+            self._safe_wal_end = self._wal_end
+
+    def _flush_position(self) -> int:
+        """What to report: the durable LSN, or past it when nothing delivered is unconfirmed.
+
+        Never lower than a previous report: a reported position was safe when sent, and
+        every transaction delivered later commits after it (the server had read that far).
+        PostgreSQL 15 would otherwise move confirmed_flush_lsn backwards.
+        """
+        position = self._durable
+        if (
+            self._advance_when_idle
+            and not self._open_txn
+            and not self._pending
+            and position >= self._last_commit_end
+        ):
+            position = max(position, self._safe_wal_end)
+        return max(position, self._reported)
 
     def _note_position(self, frame: memoryview) -> None:
         data_start, wal_end = _XLOG_POS.unpack_from(frame, 1)
@@ -768,20 +844,23 @@ class ReplicationStream:
             self._reply_pending
             or elapsed >= self.status_interval_s
             # A newly confirmed position goes out within a second, not a full interval.
-            or (self._durable != self._reported and elapsed >= min(1.0, self.status_interval_s))
+            or (
+                self._flush_position() != self._reported
+                and elapsed >= min(1.0, self.status_interval_s)
+            )
         ):
             self._send_status(now)
 
     def _send_status(self, now: float) -> None:
-        durable = self._durable
-        message = _STATUS.pack(b"r", durable, durable, durable, _pg_now_us(), 0)
+        position = self._flush_position()
+        message = _STATUS.pack(b"r", position, position, position, _pg_now_us(), 0)
         try:
             self._pgconn.put_copy_data(message)
             self._pgconn.flush()
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
         self._last_status = now
-        self._reported = durable
+        self._reported = position
         self._reply_pending = False
         self.stats.status_updates += 1
 
@@ -830,6 +909,10 @@ class ReplicationStream:
                 for spool in self._spools.values():
                     spool.discard()
                 self._spools.clear()
+                for delivery in self._pending:
+                    close = getattr(delivery, "close", None)
+                    if close is not None:
+                        close()  # runs the spool's cleanup
                 self._pending.clear()
 
     def _drain(self, timeout_s: float) -> None:

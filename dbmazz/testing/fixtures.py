@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -33,11 +34,11 @@ class Database:
 
     def execute(self, statement: str, params: object = None) -> None:
         with self.connect() as conn:
-            conn.execute(statement, params)  # type: ignore[arg-type]
+            conn.execute(statement, params)  # type: ignore[call-overload]
 
     def query(self, statement: str, params: object = None) -> list[tuple[object, ...]]:
         with self.connect() as conn:
-            return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(statement, params).fetchall()  # type: ignore[call-overload]
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +68,24 @@ def private_pg_cluster() -> Iterator[PostgresCluster]:
         pytest.skip("needs a private cluster; DBMAZZ_TEST_PG_DSN points at a shared server")
     with temporary_cluster() as cluster:
         yield cluster
+
+
+# -- StarRocks emulator (dbmazz.testing.starrocks) ------------------------------------------
+
+if TYPE_CHECKING:
+    from dbmazz.testing.starrocks import StarRocksEmulator
+
+
+@pytest.fixture
+def starrocks(request: pytest.FixtureRequest) -> Iterator[StarRocksEmulator]:
+    """A fresh StarRocks emulator (FE/BE HTTP + MySQL on 127.0.0.1) for one test.
+
+    Two BEs, user ``root`` with no password. Pass emulator options through indirect
+    parametrisation: ``@pytest.mark.parametrize("starrocks", [{"alter_delay": 0.2}],
+    indirect=True)``.
+    """
+    from dbmazz.testing.starrocks import StarRocksEmulator
+
+    options = {"be_count": 2, **getattr(request, "param", {})}
+    with StarRocksEmulator(**options) as emulator:
+        yield emulator

@@ -149,7 +149,7 @@ class PostgresServer:
 
     def execute(self, statement: str, dbname: str | None = None) -> None:
         with self.connect(dbname) as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database and return its name."""
@@ -193,12 +193,7 @@ class PostgresCluster(PostgresServer):
         return self.datadir / "server.log"
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, object] = {}
-        if self.account is not None:
-            kwargs = {"user": self.account[0], "group": self.account[1], "extra_groups": []}
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
-            list(args), check=check, capture_output=True, text=True, cwd="/", **kwargs
-        )
+        return _run_as(self.account, list(args), check=check)
 
     def start(self) -> None:
         result = self._run(
@@ -253,14 +248,24 @@ class PostgresCluster(PostgresServer):
             return "(no server log)"
 
 
+def _run_as(
+    account: tuple[int, int] | None, args: list[str], *, check: bool
+) -> subprocess.CompletedProcess[str]:
+    """Run a server binary, as the unprivileged account when we are root."""
+    if account is None:
+        return subprocess.run(args, check=check, capture_output=True, text=True, cwd="/")
+    return subprocess.run(
+        args, check=check, capture_output=True, text=True, cwd="/",
+        user=account[0], group=account[1], extra_groups=[],
+    )
+
+
 def _initdb(bindir: Path, datadir: Path, account: tuple[int, int] | None) -> None:
     pwfile = datadir.parent / "pwfile"
     pwfile.write_text(SUPERUSER_PASSWORD + "\n")
     _chown_tree(datadir.parent, account)
-    kwargs: dict[str, object] = {}
-    if account is not None:
-        kwargs = {"user": account[0], "group": account[1], "extra_groups": []}
-    result = subprocess.run(  # type: ignore[call-overload]
+    result = _run_as(
+        account,
         [
             str(bindir / "initdb"),
             "-D",
@@ -275,10 +280,7 @@ def _initdb(bindir: Path, datadir: Path, account: tuple[int, int] | None) -> Non
             "--locale=C",
             "--no-sync",
         ],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        **kwargs,
+        check=False,
     )
     pwfile.unlink(missing_ok=True)
     if result.returncode != 0:

@@ -19,7 +19,8 @@ def test_server_is_logical_and_accepts_replication(pg_db: Database) -> None:
 
 def test_each_test_gets_an_empty_database(pg_db: Database) -> None:
     rows = pg_db.query(
-        "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        "SELECT count(*) FROM pg_tables "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
     )
     assert rows == [(0,)]
 

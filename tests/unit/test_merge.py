@@ -9,7 +9,7 @@ import pyarrow as pa
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
 from dbmazz.pipeline.merge import merge_changes
 
-I, U, D = 0, 1, 2
+INS, U, D = 0, 1, 2
 NAMES = ("id", "name", "doc")
 TABLE = TableSchema(
     namespace="public",
@@ -59,9 +59,9 @@ def test_last_change_wins_per_key() -> None:
     result = merge_changes(
         changes(
             [
-                {"op": I, "id": 1, "name": "a", "doc": "x", "lsn": 10},
+                {"op": INS, "id": 1, "name": "a", "doc": "x", "lsn": 10},
                 {"op": U, "id": 1, "name": "b", "doc": "y", "lsn": 11},
-                {"op": I, "id": 2, "name": "c", "doc": "z", "lsn": 11},
+                {"op": INS, "id": 2, "name": "c", "doc": "z", "lsn": 11},
                 {"op": U, "id": 1, "name": "final", "doc": "w", "lsn": 12},
             ]
         ),
@@ -77,7 +77,7 @@ def test_last_change_wins_per_key() -> None:
 
 def test_delete_after_insert_leaves_only_the_delete() -> None:
     result = merge_changes(
-        changes([{"op": I, "id": 1, "name": "a", "doc": "x"}, {"op": D, "id": 1}]), TABLE
+        changes([{"op": INS, "id": 1, "name": "a", "doc": "x"}, {"op": D, "id": 1}]), TABLE
     )
     assert upserted(result) == {}
     assert result.deletes is not None
@@ -90,7 +90,7 @@ def test_delete_after_insert_leaves_only_the_delete() -> None:
 
 def test_reinsert_after_delete_is_an_upsert() -> None:
     result = merge_changes(
-        changes([{"op": D, "id": 1}, {"op": I, "id": 1, "name": "again", "doc": "d"}]), TABLE
+        changes([{"op": D, "id": 1}, {"op": INS, "id": 1, "name": "again", "doc": "d"}]), TABLE
     )
     assert result.deletes is None
     assert upserted(result)[1]["name"] == "again"
@@ -102,7 +102,7 @@ def test_toast_filled_from_earlier_change_of_same_key() -> None:
     result = merge_changes(
         changes(
             [
-                {"op": I, "id": 1, "name": "a", "doc": big},
+                {"op": INS, "id": 1, "name": "a", "doc": big},
                 {"op": U, "id": 1, "name": "b", "unchanged": ["doc"]},
                 {"op": U, "id": 1, "name": "c", "unchanged": ["doc"]},
             ]
@@ -119,7 +119,7 @@ def test_unfillable_toast_goes_to_a_partial_group_without_the_column() -> None:
         changes(
             [
                 {"op": U, "id": 1, "name": "only-name", "unchanged": ["doc"]},
-                {"op": I, "id": 2, "name": "full", "doc": "d"},
+                {"op": INS, "id": 2, "name": "full", "doc": "d"},
                 {"op": U, "id": 3, "name": None, "doc": None},
             ]
         ),
@@ -139,7 +139,7 @@ def test_null_value_is_not_mistaken_for_unchanged() -> None:
     result = merge_changes(
         changes(
             [
-                {"op": I, "id": 1, "name": "a", "doc": None},
+                {"op": INS, "id": 1, "name": "a", "doc": None},
                 {"op": U, "id": 1, "name": "b", "unchanged": ["doc"]},
             ]
         ),
@@ -153,7 +153,7 @@ def test_primary_key_change_deletes_old_key() -> None:
     result = merge_changes(
         changes(
             [
-                {"op": I, "id": 1, "name": "a", "doc": "x"},
+                {"op": INS, "id": 1, "name": "a", "doc": "x"},
                 {"op": U, "id": 5, "name": "a", "doc": "x", "old_id": 1},
             ]
         ),
@@ -191,7 +191,7 @@ def test_composite_keys_and_wide_tables() -> None:
     mask[3 * 9 + 69 // 8] |= 1 << (69 % 8)
     data["c69"] = pa.array([111, 2, 3, None], pa.int32())
     meta = {
-        "__dbmazz_op": pa.array([I, I, I, U], pa.int8()),
+        "__dbmazz_op": pa.array([INS, INS, INS, U], pa.int8()),
         "__dbmazz_lsn": pa.array([1, 1, 1, 2], pa.uint64()),
         "__dbmazz_seq": pa.array(range(n), pa.uint32()),
         "__dbmazz_unchanged": pa.FixedSizeBinaryArray.from_buffers(

@@ -30,6 +30,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,14 +65,18 @@ class Body:
 def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str] = ()) -> Body:
     """Render ``table`` (columns in load order) as one Stream Load body."""
     raw = set(raw_json) & set(table.column_names)
-    prepared = {
-        name: _prepare(_combine(table.column(name)), csv=fmt == "csv" and name not in raw)
-        for name in table.column_names
-    }
     if fmt == "csv":
-        body = _csv(prepared, table.num_rows, raw)
+        prepared = {
+            name: _prepare(_combine(table.column(name)), csv=name not in raw)
+            for name in table.column_names
+        }
+        text = {f.name for f in table.schema if f.name not in raw and _is_text(_value_type(f.type))}
+        body = _csv(prepared, table.num_rows, text)
         if body is not None:
             return body
+    prepared = {
+        name: _prepare(_combine(table.column(name)), csv=False) for name in table.column_names
+    }
     return _json(prepared, table.num_rows, raw)
 
 
@@ -82,7 +87,7 @@ def _combine(column: pa.ChunkedArray) -> pa.Array:
     return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
 
 
-def _prepare(arr: pa.Array, *, csv: bool) -> pa.Array:  # noqa: C901 - one dispatch on type
+def _prepare(arr: pa.Array, *, csv: bool) -> pa.Array:
     """One column converted to what the writer must print; strings for CSV."""
     t = arr.type
     if pa.types.is_dictionary(t):
@@ -174,11 +179,7 @@ def _json(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body:
     frame = pl.DataFrame([pl.Series(name, arr) for name, arr in prepared.items()])
     plain = [name for name in prepared if name not in raw]
     if not raw:
-        out = io.BytesIO()
-        frame.write_ndjson(out)
-        # One record per line, and no raw newline can occur inside a JSON record.
-        data = b"[" + out.getvalue().rstrip(b"\n").replace(b"\n", b",") + b"]"
-        return Body(data, "json", rows, JSON_HEADERS)
+        return Body(_ndjson_array(frame), "json", rows, JSON_HEADERS)
     parts: list[pl.Expr] = []
     if plain:
         parts.append(pl.struct(plain).struct.json_encode().str.head(-1))
@@ -194,6 +195,25 @@ def _json(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body:
     return Body(text.encode("utf-8"), "json", rows, JSON_HEADERS)
 
 
+def _ndjson_array(frame: pl.DataFrame) -> bytes:
+    """``[r1,r2,…]`` from polars' one-record-per-line output, edited in place: a raw
+    newline never occurs inside a JSON record, so every one ends a record."""
+    out = io.BytesIO()
+    out.write(b"[")
+    frame.write_ndjson(out)
+    view = out.getbuffer()
+    try:
+        chars = np.frombuffer(view, dtype=np.uint8)
+        if chars[-1] != 0x0A:  # pragma: no cover - polars always ends records with \n
+            raise AssertionError("unexpected NDJSON output")
+        chars[chars == 0x0A] = 0x2C  # "\n" → ","
+        chars[-1] = 0x5D  # the last one → "]"
+        del chars
+        return bytes(view)
+    finally:
+        view.release()
+
+
 # -- CSV ---------------------------------------------------------------------------------
 
 
@@ -204,7 +224,7 @@ def _as_json_text(name: str) -> pl.Expr:
     return pl.when(pl.col(name).is_null()).then(None).otherwise(text).alias(name)
 
 
-def _csv(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body | None:
+def _csv(prepared: Mapping[str, pa.Array], rows: int, text_columns: set[str]) -> Body | None:
     if rows == 0:
         return Body(b"", "csv", 0, CSV_HEADERS)
     frame = pl.DataFrame([pl.Series(name, arr) for name, arr in prepared.items()])
@@ -213,13 +233,13 @@ def _csv(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body | N
         for name, arr in prepared.items()
     ]
     text = frame.select(exprs)
-    # Only free text can hold the separators or a lone \N; numbers, dates, hex cannot.
-    risky = [
-        name
-        for name, arr in prepared.items()
-        if name in raw or _is_nested(arr.type) or _is_text(arr.type)
-    ]
-    if risky and _collides(text, risky, single=len(prepared) == 1):
+    # Only free text can hold the separators or a lone \N: numbers, dates and hex cannot,
+    # and JSON text (json columns, lists) escapes control characters.
+    checks = [_ambiguous(pl.col(name)) for name in prepared if name in text_columns]
+    if len(prepared) == 1:
+        # A one-column record holding '' is a blank line, which StarRocks skips.
+        checks.append((pl.col(next(iter(prepared))) == "").fill_null(False).any())
+    if checks and text.select(pl.any_horizontal(checks)).item():
         return None
     out = io.BytesIO()
     text.write_csv(
@@ -233,21 +253,18 @@ def _csv(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body | N
     return Body(out.getvalue(), "csv", rows, CSV_HEADERS)
 
 
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
 def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _collides(text: pl.DataFrame, names: list[str], *, single: bool) -> bool:
-    checks = []
-    for name in names:
-        col = pl.col(name)
-        hit = (
-            col.str.contains(CSV_SEPARATOR, literal=True)
-            | col.str.contains(CSV_DELIMITER, literal=True)
-            | (col == CSV_NULL)
-        )
-        if single:
-            # A one-column record holding '' is a blank line, which StarRocks skips.
-            hit = hit | (col == "")
-        checks.append(hit.fill_null(False).any())
-    return bool(text.select(pl.any_horizontal(checks)).item())
+def _ambiguous(col: pl.Expr) -> pl.Expr:
+    hit = (
+        col.str.contains(CSV_SEPARATOR, literal=True)
+        | col.str.contains(CSV_DELIMITER, literal=True)
+        | (col == CSV_NULL)
+    )
+    return hit.fill_null(False).any()

@@ -283,7 +283,9 @@ class Catalog:
                     return
                 raise SRError(f"Unknown table '{name}'", ER_BAD_TABLE_ERROR)
             del db.tables[name]
-            self.jobs = [j for j in self.jobs if not (j.db_name == db_name and j.table_name == name)]
+            self.jobs = [
+                j for j in self.jobs if not (j.db_name == db_name and j.table_name == name)
+            ]
 
     # -- schema change --------------------------------------------------------------------
 
@@ -343,7 +345,9 @@ def _validate_actions(table: Table, actions: list[AlterAction]) -> None:
         lowered = action.name.lower()
         if action.kind == "ADD":
             if lowered in names:
-                raise SRError(f"Can not add column which already exists in base table: {action.name}")
+                raise SRError(
+                    f"Can not add column which already exists in base table: {action.name}"
+                )
             if action.column is not None and action.column.is_key:
                 raise SRError("Can not add key column to a primary key table")
             names.add(lowered)

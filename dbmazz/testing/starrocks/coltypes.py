@@ -101,7 +101,7 @@ def _params(dtype: exp.DataType) -> list[int]:
     for p in dtype.expressions:
         node = p.this if isinstance(p, exp.DataTypeParam) else p
         try:
-            out.append(int(node.name if isinstance(node, exp.Expression) else node))
+            out.append(int(node.name if isinstance(node, exp.Expression) else str(node)))
         except ValueError as e:
             raise TypeError_(f"Invalid type parameter in {dtype.sql('starrocks')}") from e
     return out

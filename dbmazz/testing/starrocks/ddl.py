@@ -214,6 +214,10 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return parts
 
 
+def is_add_column_list(sql: str) -> bool:
+    return _ADD_LIST.match(sql) is not None
+
+
 def parse_alter(sql: str) -> exp.Alter:
     """Parse ALTER TABLE, rewriting ``ADD COLUMN (a INT, b INT)`` which sqlglot lacks."""
     match = _ADD_LIST.match(sql)

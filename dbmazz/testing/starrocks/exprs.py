@@ -156,7 +156,7 @@ def _truth(value: Any) -> bool | None:
     return bool(value)
 
 
-def _eval(node: exp.Expression, env: Mapping[str, Any]) -> Any:  # noqa: C901 - one dispatch
+def _eval(node: exp.Expression, env: Mapping[str, Any]) -> Any:
     if isinstance(node, exp.Column):
         return env.get(node.name.lower())
     if isinstance(node, exp.Literal):

@@ -193,7 +193,7 @@ def _plan_format(headers: Mapping[str, str], plan: LoadPlan) -> None:
 
 def _plan_columns(headers: Mapping[str, str], plan: LoadPlan) -> None:
     text = headers.get("columns")
-    table_columns = [c for c in plan.columns]
+    table_columns = plan.columns
     if text:
         plan.items = parse_columns(text)
         seen: set[str] = set()

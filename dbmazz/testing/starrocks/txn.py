@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from dbmazz.testing.starrocks.catalog import Ids
+from dbmazz.testing.starrocks.catalog import Ids, Table
 from dbmazz.testing.starrocks.clock import Clock
 from dbmazz.testing.starrocks.errors import LabelAlreadyExists, LoadError
-from dbmazz.testing.starrocks.loads import LoadOutcome
+from dbmazz.testing.starrocks.loads import LoadOutcome, LoadPlan
 
 
 class TxnState(StrEnum):
@@ -54,7 +54,11 @@ class Txn:
     bodies: list[bytes] = field(default_factory=list)
     load_headers: dict[str, str] | None = None
     load_bytes: int = 0
+    # Set once the bodies are parsed (at prepare, or at commit without prepare).
     outcome: LoadOutcome | None = None
+    parts: list[tuple[LoadPlan, LoadOutcome]] = field(default_factory=list)
+    table_ref: Table | None = None
+    error_url: str | None = None
     # Held while a request works on the transaction; a second one gets TXN_IN_PROCESSING.
     busy: threading.Lock = field(default_factory=threading.Lock)
 
@@ -97,7 +101,8 @@ class TxnManager:
                 raise LabelAlreadyExists(label, existing.existing_job_status)
             running = self.running(db)
             if running >= self.max_running_txn_num_per_db:
-                raise LoadError(running_txn_message(db_id, running, self.max_running_txn_num_per_db))
+                limit = self.max_running_txn_num_per_db
+                raise LoadError(running_txn_message(db_id, running, limit))
             now = self.clock.time()
             if kind == "txn" and timeout is None:
                 timeout = self.default_txn_timeout

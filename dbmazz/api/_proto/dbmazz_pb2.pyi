@@ -1,0 +1,332 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STAGE_UNSPECIFIED: _ClassVar[Stage]
+    STAGE_INIT: _ClassVar[Stage]
+    STAGE_SETUP: _ClassVar[Stage]
+    STAGE_SNAPSHOT: _ClassVar[Stage]
+    STAGE_CDC: _ClassVar[Stage]
+
+class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATE_UNSPECIFIED: _ClassVar[State]
+    STATE_STARTING: _ClassVar[State]
+    STATE_RUNNING: _ClassVar[State]
+    STATE_PAUSED: _ClassVar[State]
+    STATE_DRAINING: _ClassVar[State]
+    STATE_STOPPED: _ClassVar[State]
+    STATE_FAILED: _ClassVar[State]
+STAGE_UNSPECIFIED: Stage
+STAGE_INIT: Stage
+STAGE_SETUP: Stage
+STAGE_SNAPSHOT: Stage
+STAGE_CDC: Stage
+STATE_UNSPECIFIED: State
+STATE_STARTING: State
+STATE_RUNNING: State
+STATE_PAUSED: State
+STATE_DRAINING: State
+STATE_STOPPED: State
+STATE_FAILED: State
+
+class Lsn(_message.Message):
+    __slots__ = ("value", "text")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    text: str
+    def __init__(self, value: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class ErrorInfo(_message.Message):
+    __slots__ = ("message", "hint", "kind", "fatal", "at_unix_s")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FATAL_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    hint: str
+    kind: str
+    fatal: bool
+    at_unix_s: float
+    def __init__(self, message: _Optional[str] = ..., hint: _Optional[str] = ..., kind: _Optional[str] = ..., fatal: _Optional[bool] = ..., at_unix_s: _Optional[float] = ...) -> None: ...
+
+class FlushSettings(_message.Message):
+    __slots__ = ("flush_rows", "flush_bytes", "flush_interval_ms", "max_inflight_bytes")
+    FLUSH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    flush_rows: int
+    flush_bytes: int
+    flush_interval_ms: int
+    max_inflight_bytes: int
+    def __init__(self, flush_rows: _Optional[int] = ..., flush_bytes: _Optional[int] = ..., flush_interval_ms: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TableStatus(_message.Message):
+    __slots__ = ("table", "target", "changes", "rows_loaded", "batches", "truncates", "retries", "last_load_ms", "in_flight_rows")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATES_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    target: str
+    changes: int
+    rows_loaded: int
+    batches: int
+    truncates: int
+    retries: int
+    last_load_ms: float
+    in_flight_rows: int
+    def __init__(self, table: _Optional[str] = ..., target: _Optional[str] = ..., changes: _Optional[int] = ..., rows_loaded: _Optional[int] = ..., batches: _Optional[int] = ..., truncates: _Optional[int] = ..., retries: _Optional[int] = ..., last_load_ms: _Optional[float] = ..., in_flight_rows: _Optional[int] = ...) -> None: ...
+
+class SnapshotProgress(_message.Message):
+    __slots__ = ("active", "tables_total", "tables_done", "rows_copied")
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TABLES_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    tables_total: int
+    tables_done: int
+    rows_copied: int
+    def __init__(self, active: _Optional[bool] = ..., tables_total: _Optional[int] = ..., tables_done: _Optional[int] = ..., rows_copied: _Optional[int] = ...) -> None: ...
+
+class EngineStatus(_message.Message):
+    __slots__ = ("stage", "state", "serving", "received_lsn", "confirmed_lsn", "server_wal_end", "lag_bytes", "replication_lag_ms", "inflight_bytes", "messages", "bytes_received", "flushes", "rows_applied", "tables", "last_error", "snapshot", "settings", "slot", "publication", "sink", "version", "started_at_unix_s", "uptime_s")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_LSN_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_LSN_FIELD_NUMBER: _ClassVar[int]
+    SERVER_WAL_END_FIELD_NUMBER: _ClassVar[int]
+    LAG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    FLUSHES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    PUBLICATION_FIELD_NUMBER: _ClassVar[int]
+    SINK_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    stage: Stage
+    state: State
+    serving: bool
+    received_lsn: Lsn
+    confirmed_lsn: Lsn
+    server_wal_end: Lsn
+    lag_bytes: int
+    replication_lag_ms: float
+    inflight_bytes: int
+    messages: int
+    bytes_received: int
+    flushes: int
+    rows_applied: int
+    tables: _containers.RepeatedCompositeFieldContainer[TableStatus]
+    last_error: ErrorInfo
+    snapshot: SnapshotProgress
+    settings: FlushSettings
+    slot: str
+    publication: str
+    sink: str
+    version: str
+    started_at_unix_s: float
+    uptime_s: float
+    def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[State, str]] = ..., serving: _Optional[bool] = ..., received_lsn: _Optional[_Union[Lsn, _Mapping]] = ..., confirmed_lsn: _Optional[_Union[Lsn, _Mapping]] = ..., server_wal_end: _Optional[_Union[Lsn, _Mapping]] = ..., lag_bytes: _Optional[int] = ..., replication_lag_ms: _Optional[float] = ..., inflight_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., bytes_received: _Optional[int] = ..., flushes: _Optional[int] = ..., rows_applied: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., last_error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotProgress, _Mapping]] = ..., settings: _Optional[_Union[FlushSettings, _Mapping]] = ..., slot: _Optional[str] = ..., publication: _Optional[str] = ..., sink: _Optional[str] = ..., version: _Optional[str] = ..., started_at_unix_s: _Optional[float] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class PauseRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("wait_timeout_s",)
+    WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    wait_timeout_s: float
+    def __init__(self, wait_timeout_s: _Optional[float] = ...) -> None: ...
+
+class StopRequest(_message.Message):
+    __slots__ = ("drop_slot", "wait_timeout_s")
+    DROP_SLOT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    drop_slot: bool
+    wait_timeout_s: float
+    def __init__(self, drop_slot: _Optional[bool] = ..., wait_timeout_s: _Optional[float] = ...) -> None: ...
+
+class ControlReply(_message.Message):
+    __slots__ = ("status", "message", "completed", "slot_dropped")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    SLOT_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    status: EngineStatus
+    message: str
+    completed: bool
+    slot_dropped: bool
+    def __init__(self, status: _Optional[_Union[EngineStatus, _Mapping]] = ..., message: _Optional[str] = ..., completed: _Optional[bool] = ..., slot_dropped: _Optional[bool] = ...) -> None: ...
+
+class ReloadConfigRequest(_message.Message):
+    __slots__ = ("flush_rows", "flush_bytes", "flush_interval_ms", "max_inflight_bytes")
+    FLUSH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    flush_rows: int
+    flush_bytes: int
+    flush_interval_ms: int
+    max_inflight_bytes: int
+    def __init__(self, flush_rows: _Optional[int] = ..., flush_bytes: _Optional[int] = ..., flush_interval_ms: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ...) -> None: ...
+
+class ReloadConfigReply(_message.Message):
+    __slots__ = ("settings", "changed")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    settings: FlushSettings
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, settings: _Optional[_Union[FlushSettings, _Mapping]] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ("interval_ms", "max_samples")
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    interval_ms: int
+    max_samples: int
+    def __init__(self, interval_ms: _Optional[int] = ..., max_samples: _Optional[int] = ...) -> None: ...
+
+class MetricsSample(_message.Message):
+    __slots__ = ("at_unix_s", "interval_s", "events_per_s", "rows_per_s", "bytes_per_s", "events", "rows_loaded", "batches", "lag_bytes", "replication_lag_ms", "inflight_bytes", "max_inflight_bytes", "rss_bytes", "cpu_percent", "stage", "state", "received_lsn", "confirmed_lsn")
+    AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    LAG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_LSN_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_LSN_FIELD_NUMBER: _ClassVar[int]
+    at_unix_s: float
+    interval_s: float
+    events_per_s: float
+    rows_per_s: float
+    bytes_per_s: float
+    events: int
+    rows_loaded: int
+    batches: int
+    lag_bytes: int
+    replication_lag_ms: float
+    inflight_bytes: int
+    max_inflight_bytes: int
+    rss_bytes: int
+    cpu_percent: float
+    stage: Stage
+    state: State
+    received_lsn: int
+    confirmed_lsn: int
+    def __init__(self, at_unix_s: _Optional[float] = ..., interval_s: _Optional[float] = ..., events_per_s: _Optional[float] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., events: _Optional[int] = ..., rows_loaded: _Optional[int] = ..., batches: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., replication_lag_ms: _Optional[float] = ..., inflight_bytes: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[State, str]] = ..., received_lsn: _Optional[int] = ..., confirmed_lsn: _Optional[int] = ...) -> None: ...
+
+class BatchInfo(_message.Message):
+    __slots__ = ("table", "rows", "nbytes", "columns", "first_lsn", "last_lsn", "inserts", "updates", "deletes", "captured_at_unix_s", "key_columns")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LSN_FIELD_NUMBER: _ClassVar[int]
+    LAST_LSN_FIELD_NUMBER: _ClassVar[int]
+    INSERTS_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    DELETES_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    KEY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    rows: int
+    nbytes: int
+    columns: int
+    first_lsn: int
+    last_lsn: int
+    inserts: int
+    updates: int
+    deletes: int
+    captured_at_unix_s: float
+    key_columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[str] = ..., rows: _Optional[int] = ..., nbytes: _Optional[int] = ..., columns: _Optional[int] = ..., first_lsn: _Optional[int] = ..., last_lsn: _Optional[int] = ..., inserts: _Optional[int] = ..., updates: _Optional[int] = ..., deletes: _Optional[int] = ..., captured_at_unix_s: _Optional[float] = ..., key_columns: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListBatchesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListBatchesReply(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[BatchInfo]
+    def __init__(self, batches: _Optional[_Iterable[_Union[BatchInfo, _Mapping]]] = ...) -> None: ...
+
+class PeekBatchRequest(_message.Message):
+    __slots__ = ("table", "max_rows")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    max_rows: int
+    def __init__(self, table: _Optional[str] = ..., max_rows: _Optional[int] = ...) -> None: ...
+
+class PeekBatchReply(_message.Message):
+    __slots__ = ("info", "arrow_ipc_stream")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    ARROW_IPC_STREAM_FIELD_NUMBER: _ClassVar[int]
+    info: BatchInfo
+    arrow_ipc_stream: bytes
+    def __init__(self, info: _Optional[_Union[BatchInfo, _Mapping]] = ..., arrow_ipc_stream: _Optional[bytes] = ...) -> None: ...
+
+class SchemaOfRequest(_message.Message):
+    __slots__ = ("table",)
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    def __init__(self, table: _Optional[str] = ...) -> None: ...
+
+class SchemaOfReply(_message.Message):
+    __slots__ = ("table", "arrow_schema_ipc", "source", "key_columns")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ARROW_SCHEMA_IPC_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    KEY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    arrow_schema_ipc: bytes
+    source: str
+    key_columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[str] = ..., arrow_schema_ipc: _Optional[bytes] = ..., source: _Optional[str] = ..., key_columns: _Optional[_Iterable[str]] = ...) -> None: ...

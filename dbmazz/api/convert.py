@@ -1,0 +1,189 @@
+"""Snapshots (:mod:`dbmazz.engine.metrics`) ↔ protobuf messages, and Arrow ↔ IPC bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+
+from dbmazz.api._proto import dbmazz_pb2 as pb
+from dbmazz.engine.core import RecentBatch, RunState, Stage
+from dbmazz.engine.metrics import MetricsSample, StatusSnapshot
+from dbmazz.lsn import format_lsn
+from dbmazz.pipeline.batch import ColumnSpec, TableSchema
+
+# Typed Any: the generated stubs type enum fields as their wrapper classes, not int.
+_STAGES: dict[Stage, Any] = {stage: pb.Stage.Value(f"STAGE_{stage.value}") for stage in Stage}
+_STATES: dict[RunState, Any] = {s: pb.State.Value(f"STATE_{s.value}") for s in RunState}
+_OP, _LSN = "__dbmazz_op", "__dbmazz_lsn"
+
+
+def stage_pb(stage: Stage) -> Any:
+    return _STAGES[stage]
+
+
+def state_pb(state: RunState) -> Any:
+    return _STATES[state]
+
+
+def stage_name(value: int) -> str:
+    return pb.Stage.Name(value).removeprefix("STAGE_")
+
+
+def state_name(value: int) -> str:
+    return pb.State.Name(value).removeprefix("STATE_")
+
+
+def lsn_pb(lsn: int) -> pb.Lsn:
+    return pb.Lsn(value=lsn, text=format_lsn(lsn))
+
+
+def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
+    message = pb.EngineStatus(
+        stage=stage_pb(snap.stage),
+        state=state_pb(snap.state),
+        serving=snap.serving,
+        received_lsn=lsn_pb(snap.received_lsn),
+        confirmed_lsn=lsn_pb(snap.confirmed_lsn),
+        server_wal_end=lsn_pb(snap.server_wal_end),
+        lag_bytes=snap.lag_bytes,
+        replication_lag_ms=snap.replication_lag_ms,
+        inflight_bytes=snap.inflight_bytes,
+        messages=snap.messages,
+        bytes_received=snap.bytes_received,
+        flushes=snap.flushes,
+        rows_applied=snap.rows_applied,
+        tables=[
+            pb.TableStatus(
+                table=t.table, target=t.target, changes=t.changes, rows_loaded=t.rows_loaded,
+                batches=t.batches, truncates=t.truncates, retries=t.retries,
+                last_load_ms=t.last_load_ms, in_flight_rows=t.in_flight_rows,
+            )
+            for t in snap.tables
+        ],
+        snapshot=pb.SnapshotProgress(active=snap.stage == Stage.SNAPSHOT),
+        settings=pb.FlushSettings(**snap.settings),
+        slot=snap.slot,
+        publication=snap.publication,
+        sink=snap.sink,
+        version=snap.version,
+        started_at_unix_s=snap.started_at,
+        uptime_s=snap.uptime_s,
+    )
+    if snap.error is not None:
+        message.last_error.CopyFrom(pb.ErrorInfo(
+            message=snap.error.message, hint=snap.error.hint, kind=snap.error.kind,
+            fatal=snap.error.fatal, at_unix_s=snap.error.at,
+        ))
+    return message
+
+
+def sample_pb(sample: MetricsSample) -> pb.MetricsSample:
+    return pb.MetricsSample(
+        at_unix_s=sample.at,
+        interval_s=sample.interval_s,
+        events_per_s=sample.events_per_s,
+        rows_per_s=sample.rows_per_s,
+        bytes_per_s=sample.bytes_per_s,
+        events=sample.events,
+        rows_loaded=sample.rows_loaded,
+        batches=sample.batches,
+        lag_bytes=sample.lag_bytes,
+        replication_lag_ms=sample.replication_lag_ms,
+        inflight_bytes=sample.inflight_bytes,
+        max_inflight_bytes=sample.max_inflight_bytes,
+        rss_bytes=sample.rss_bytes,
+        cpu_percent=sample.cpu_percent,
+        stage=stage_pb(sample.stage),
+        state=state_pb(sample.state),
+        received_lsn=sample.received_lsn,
+        confirmed_lsn=sample.confirmed_lsn,
+    )
+
+
+def batch_info(recent: RecentBatch) -> pb.BatchInfo:
+    batch = recent.batch
+    info = pb.BatchInfo(
+        table=recent.source_name,
+        rows=batch.num_rows,
+        nbytes=batch.nbytes,
+        columns=batch.num_columns,
+        captured_at_unix_s=recent.captured_at,
+        key_columns=list(recent.table.key_columns),
+    )
+    names = set(batch.column_names)
+    if batch.num_rows and _LSN in names:
+        info.first_lsn = int(pc.min(batch.column(_LSN)).as_py())
+        info.last_lsn = int(pc.max(batch.column(_LSN)).as_py())
+    if batch.num_rows and _OP in names:
+        counts = pc.value_counts(batch.column(_OP)).to_pylist()
+        by_op = {int(c["values"]): int(c["counts"]) for c in counts}
+        info.inserts, info.updates, info.deletes = (by_op.get(i, 0) for i in range(3))
+    return info
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def ipc_to_table(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def schema_to_ipc(schema: pa.Schema) -> bytes:
+    return bytes(schema.serialize().to_pybytes())
+
+
+def ipc_to_schema(data: bytes) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(data))
+
+
+def table_schema_from(name: str, schema: pa.Schema, keys: list[str]) -> TableSchema:
+    """A TableSchema good for merging a peeked batch outside the engine (no PG types)."""
+    namespace, _, table = name.rpartition(".")
+    columns = tuple(
+        ColumnSpec(name=f.name, arrow_type=f.type, pg_type_oid=0, pg_type_modifier=-1)
+        for f in schema
+        if not f.name.startswith("__dbmazz_")
+    )
+    return TableSchema(namespace=namespace or "public", name=table, columns=columns,
+                       key_columns=tuple(keys), target_name=table)
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """A proto message as a JSON-ready dict: proto field names, defaults included, enums
+    without their STAGE_/STATE_ prefix, 64-bit integers as numbers (not JSON strings)."""
+    data: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+        use_integers_for_enums=True,
+    )
+    _normalize(message, data)
+    return data
+
+
+_INT64 = (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_INT64)
+
+
+def _normalize(message: Any, data: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in data:
+            continue
+        if field.enum_type is not None and field.enum_type.name in ("Stage", "State"):
+            convert = stage_name if field.enum_type.name == "Stage" else state_name
+            data[field.name] = convert(int(data[field.name]))
+        elif field.type in _INT64:
+            value = data[field.name]
+            data[field.name] = [int(v) for v in value] if field.is_repeated else int(value)
+        elif field.message_type is not None:
+            value = getattr(message, field.name)
+            if field.is_repeated:
+                for item, sub in zip(value, data[field.name], strict=False):
+                    _normalize(item, sub)
+            else:
+                _normalize(value, data[field.name])

@@ -1,0 +1,140 @@
+"""Prometheus ``/metrics`` (``METRICS_PORT``): the numbers Status reports, as dbmazz_* series.
+
+A custom collector reads one status snapshot per scrape, so the exporter never disagrees
+with gRPC Status and costs nothing between scrapes. It uses its own registry: the process
+collector is added explicitly and nothing else in the process leaks in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from dbmazz.engine.core import RunState, Stage
+from dbmazz.engine.service import EngineService
+from dbmazz.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceCollector(Collector):
+    def __init__(self, service: EngineService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._service.status()
+        info = InfoMetricFamily("dbmazz", "dbmazz build and pipeline identity")
+        info.add_metric([], {"version": snap.version, "slot": snap.slot,
+                             "publication": snap.publication, "sink": snap.sink})
+        yield info
+
+        stages = GaugeMetricFamily("dbmazz_stage", "Lifecycle stage (1 for the current one)",
+                                   labels=["stage"])
+        for stage in Stage:
+            stages.add_metric([stage.value], 1.0 if snap.stage == stage else 0.0)
+        yield stages
+        states = GaugeMetricFamily("dbmazz_state", "Run state (1 for the current one)",
+                                   labels=["state"])
+        for state in RunState:
+            states.add_metric([state.value], 1.0 if snap.state == state else 0.0)
+        yield states
+        yield GaugeMetricFamily("dbmazz_serving", "1 when health reports SERVING",
+                                value=1.0 if snap.serving else 0.0)
+        yield GaugeMetricFamily("dbmazz_failed", "1 when a fatal error stopped the engine",
+                                value=1.0 if snap.error is not None and snap.error.fatal else 0.0)
+
+        counters = (
+            ("dbmazz_events", "pgoutput messages received", snap.messages),
+            ("dbmazz_received_bytes", "Replication bytes received", snap.bytes_received),
+            ("dbmazz_batches", "Flushes applied to the target", snap.flushes),
+            ("dbmazz_changes_applied", "Source changes applied to the target", snap.rows_applied),
+            ("dbmazz_rows_loaded", "Rows written to the target", snap.rows_loaded),
+        )
+        for name, text, value in counters:
+            yield CounterMetricFamily(name, text, value=value)
+        gauges = (
+            ("dbmazz_received_lsn", "Highest WAL position read", snap.received_lsn),
+            ("dbmazz_confirmed_lsn", "WAL position durable in the target and confirmed",
+             snap.confirmed_lsn),
+            ("dbmazz_server_wal_end_lsn", "Latest WAL end the server reported",
+             snap.server_wal_end),
+            ("dbmazz_lag_bytes", "Server WAL end minus confirmed LSN", snap.lag_bytes),
+            ("dbmazz_replication_lag_seconds", "Age of the oldest received change not loaded",
+             snap.replication_lag_ms / 1000),
+            ("dbmazz_inflight_bytes", "Bytes read and not yet loaded", snap.inflight_bytes),
+            ("dbmazz_max_inflight_bytes", "MAX_INFLIGHT_BYTES in effect",
+             snap.settings.get("max_inflight_bytes", 0)),
+            ("dbmazz_uptime_seconds", "Seconds since the service started", snap.uptime_s),
+        )
+        for name, text, gauge in gauges:
+            yield GaugeMetricFamily(name, text, value=gauge)
+
+        per_table = {
+            "changes": CounterMetricFamily("dbmazz_table_changes", "Source changes applied",
+                                           labels=["table"]),
+            "rows_loaded": CounterMetricFamily("dbmazz_table_rows_loaded",
+                                               "Rows written to the target", labels=["table"]),
+            "batches": CounterMetricFamily("dbmazz_table_batches", "Batches loaded",
+                                           labels=["table"]),
+            "truncates": CounterMetricFamily("dbmazz_table_truncates", "Truncates applied",
+                                             labels=["table"]),
+            "retries": CounterMetricFamily("dbmazz_table_retries", "Load retries",
+                                           labels=["table"]),
+        }
+        last_load = GaugeMetricFamily("dbmazz_table_last_load_seconds",
+                                      "Duration of the last load", labels=["table"])
+        in_flight = GaugeMetricFamily("dbmazz_table_in_flight_rows",
+                                      "Rows of the last decoded batch", labels=["table"])
+        for table in snap.tables:
+            for field, family in per_table.items():
+                family.add_metric([table.table], float(getattr(table, field)))
+            last_load.add_metric([table.table], table.last_load_ms / 1000)
+            in_flight.add_metric([table.table], float(table.in_flight_rows))
+        yield from per_table.values()
+        yield last_load
+        yield in_flight
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP on ``host:port`` (``port=0`` picks a free port)."""
+
+    def __init__(self, service: EngineService, *, host: str = "127.0.0.1", port: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ServiceCollector(service))
+        ProcessCollector(namespace="dbmazz", registry=self.registry)
+        self.host = host
+        self._requested_port = port
+        self.port = 0
+        self._httpd: WSGIServer | None = None
+        self._thread: Thread | None = None
+
+    def start(self) -> int:
+        try:
+            self._httpd, self._thread = start_http_server(self._requested_port, self.host,
+                                                          registry=self.registry)
+        except OSError as exc:
+            raise ConfigError([f"METRICS_PORT: cannot listen on {self.host}:"
+                               f"{self._requested_port} ({exc.strerror}); choose another "
+                               "METRICS_PORT, or 0 to disable /metrics"]) from None
+        self.port = int(self._httpd.server_address[1])
+        log.info("Prometheus metrics on http://%s:%d/metrics", self.host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None

@@ -1,0 +1,402 @@
+"""The lifecycle service: setup + engine behind one state machine the control plane drives.
+
+Stages INIT → SETUP → SNAPSHOT → CDC; states STARTING / RUNNING / PAUSED / DRAINING /
+STOPPED / FAILED. A setup or fatal error does not end the process: the service records it
+(FAILED, health NOT_SERVING, the error in Status) and waits for an operator to stop it, so
+the cause stays visible where the operator looks (invariant 6).
+
+Everything runs on a ``dbmazz-service`` thread; the caller's thread (``dbmazz run``'s main
+thread, a notebook, a test) only waits, and the gRPC/Prometheus servers read snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dbmazz._version import __version__
+from dbmazz.config import Config
+from dbmazz.engine.core import LIVE_SETTINGS, Engine, RunState, Stage
+from dbmazz.engine.metrics import ErrorSnapshot, StatusSnapshot, TableSnapshot
+from dbmazz.errors import DbmazzError
+from dbmazz.sink.base import Sink
+
+log = logging.getLogger(__name__)
+
+#: Runs the initial snapshot between setup and CDC (the snapshot issue plugs in here).
+SnapshotHook = Callable[["EngineService", Engine], None]
+Listener = Callable[[], None]
+
+_SERVING = (RunState.RUNNING, RunState.PAUSED, RunState.DRAINING)
+
+
+class ServiceStateError(DbmazzError):
+    """A control request that the current state does not allow (e.g. pause while failed)."""
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    completed: bool  # the engine has stopped
+    slot_dropped: bool = False
+    message: str = ""
+
+
+def error_snapshot(exc: BaseException, fatal: bool = True) -> ErrorSnapshot:
+    """An actionable description of ``exc``; unexpected exceptions are flagged as bugs."""
+    if isinstance(exc, DbmazzError):
+        return ErrorSnapshot(message=exc.message, hint=exc.hint or "", kind=type(exc).__name__,
+                             fatal=fatal)
+    return ErrorSnapshot(
+        message=f"unexpected {type(exc).__name__}: {exc}",
+        hint="this is a dbmazz bug: report it with the log (the traceback is logged); "
+             "restarting resumes from the last checkpoint",
+        kind=type(exc).__name__,
+        fatal=fatal,
+    )
+
+
+class EngineService:
+    #: How long Pause waits for the reader to stop (it may be reconnecting meanwhile).
+    pause_ack_timeout_s = 10.0
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        builder: Callable[[], Engine] | None = None,
+        sink: Sink | None = None,
+        snapshot: SnapshotHook | None = None,
+    ) -> None:
+        """``builder`` makes the engine (default: live setup from ``config``); a builder
+        that returns an already started engine is adopted as is (notebooks, tests)."""
+        if builder is None:
+            if config is None:
+                raise ValueError("EngineService needs a config or a builder")
+            live_config = config
+
+            def builder() -> Engine:
+                from dbmazz.engine.build import build_live_engine
+
+                return build_live_engine(live_config, sink=sink)
+
+        self.config = config
+        self._builder = builder
+        self._snapshot = snapshot
+        self._stage = Stage.INIT
+        self._state = RunState.STARTING
+        self._error: ErrorSnapshot | None = None
+        self._exception: BaseException | None = None
+        self._engine: Engine | None = None
+        self._lock = threading.RLock()
+        self._listeners: list[Listener] = []
+        self._thread: threading.Thread | None = None
+        self._started_at = time.time()
+        #: The service thread is over: engine stopped, failed, or setup failed.
+        self._ended = threading.Event()
+        #: Someone asked the process to end (drain, stop, a signal).
+        self._exit_requested = threading.Event()
+        self._drain_requested = False
+        self._slot_dropped = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Run setup, snapshot and CDC on a background thread (returns at once)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="dbmazz-service", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._set(stage=Stage.SETUP)
+            engine = self._builder()
+            with self._lock:
+                self._engine = engine
+                stop_early = self._exit_requested.is_set()
+            if stop_early:
+                # Drain/stop arrived during setup: nothing was read, nothing to load.
+                if engine.progress.state != RunState.STARTING:
+                    engine.stop()
+                    engine.wait()
+                self._set(state=RunState.STOPPED)
+                return
+            if self._snapshot is not None:
+                self._set(stage=Stage.SNAPSHOT, state=RunState.RUNNING)
+                self._snapshot(self, engine)
+            if engine.progress.state == RunState.STARTING:
+                engine.start()
+            self._set(stage=Stage.CDC)
+            engine.wait()
+        except BaseException as exc:  # reported through status and health
+            self._fail(exc)
+        finally:
+            self._ended.set()
+            self._notify()
+
+    def _fail(self, exc: BaseException) -> None:
+        error = error_snapshot(exc)
+        with self._lock:
+            self._error = error
+            self._exception = exc
+            self._state = RunState.FAILED
+        if self._stage != Stage.CDC:
+            # The engine logs its own fatal errors; setup/snapshot errors are ours to log.
+            log.error("%s failed: %s", self._stage.value.lower(), error.text,
+                      exc_info=not isinstance(exc, DbmazzError))
+        self._notify()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the engine stopped, failed, or setup failed (True) or timeout."""
+        return self._ended.wait(timeout)
+
+    def wait_for_exit(self, stay_up_on_failure: bool) -> int:
+        """What ``dbmazz run`` blocks on: 0 after a drain/stop, 1 after a failure.
+
+        With ``stay_up_on_failure`` a failed service keeps waiting for drain/stop, so the
+        gRPC server can report the error meanwhile.
+        """
+        # Short waits keep the main thread responsive to signals on every platform.
+        while not self._ended.wait(0.5):
+            pass
+        if self.failed and stay_up_on_failure:
+            while not self._exit_requested.wait(0.5):
+                pass
+        return 1 if self.failed else 0
+
+    # ------------------------------------------------------------------ control
+    def pause(self) -> None:
+        engine = self._require_engine("pause")
+        state = self.state
+        if state not in (RunState.RUNNING, RunState.PAUSED):
+            raise ServiceStateError(f"cannot pause: the engine is {state.value}",
+                                    "pause applies to a running engine")
+        engine.pause()
+        # Return once reading really stopped, so "paused" means nothing more is read.
+        engine.wait_paused(self.pause_ack_timeout_s)
+        self._notify()
+
+    def resume(self) -> None:
+        engine = self._require_engine("resume")
+        state = self.state
+        if state not in (RunState.RUNNING, RunState.PAUSED):
+            raise ServiceStateError(f"cannot resume: the engine is {state.value}",
+                                    "resume applies to a paused engine")
+        engine.resume()
+        self._notify()
+
+    def drain(self, timeout: float | None = 0) -> bool:
+        """Load everything in flight, checkpoint and stop; with a timeout, wait for it.
+
+        Returns whether the engine has stopped. Safe from a signal handler (timeout 0).
+        """
+        with self._lock:
+            self._exit_requested.set()
+            self._drain_requested = True
+            engine = self._engine
+        if engine is not None and not self._ended.is_set():
+            engine.drain()
+        self._notify()
+        if timeout:
+            self._ended.wait(timeout)
+        return self._ended.is_set()
+
+    def stop(self, *, drop_slot: bool = False, timeout: float | None = 0) -> StopOutcome:
+        """Stop without loading what is queued. The slot is dropped only with ``drop_slot``,
+        and only after the engine stopped (so no session is still streaming from it)."""
+        with self._lock:
+            self._exit_requested.set()
+            engine = self._engine
+        if engine is not None:
+            engine.stop()
+        if drop_slot and not timeout:
+            timeout = 60.0
+        if timeout:
+            self._ended.wait(timeout)
+        if not self._ended.is_set():
+            if drop_slot:
+                return StopOutcome(False, False, "the engine did not stop in time; the slot "
+                                   "was not dropped: retry `dbmazz stop --drop-slot`")
+            return StopOutcome(False, False, "stopping")
+        dropped = self._drop_slot() if drop_slot else False
+        self._notify()
+        return StopOutcome(True, dropped, "stopped" + ("; slot dropped" if dropped else ""))
+
+    def reload(self, **settings: int) -> list[str]:
+        """Apply flush settings to the running pipeline; return the names that changed."""
+        unknown = sorted(set(settings) - set(LIVE_SETTINGS))
+        if unknown:
+            raise ServiceStateError(f"cannot change {', '.join(unknown)} while running",
+                                    f"only {', '.join(LIVE_SETTINGS)} can be reloaded")
+        engine = self._require_engine("reload settings")
+        try:
+            return engine.apply_settings(**settings)
+        except ValueError as exc:
+            raise ServiceStateError(str(exc), "flush settings must be positive") from None
+
+    def _require_engine(self, action: str) -> Engine:
+        engine = self._engine
+        if engine is None or self._ended.is_set():
+            state, stage = self.state, self.stage
+            raise ServiceStateError(
+                f"cannot {action}: the engine is {state.value} (stage {stage.value})",
+                "wait until it streams (stage CDC)" if state == RunState.STARTING
+                else "start it again with `dbmazz run`",
+            )
+        return engine
+
+    def _drop_slot(self) -> bool:
+        config = self.config
+        if config is None or config.source_url is None:
+            raise ServiceStateError("cannot drop the slot: this engine has no PostgreSQL source")
+        from dbmazz.source.slots import drop_slot
+
+        dropped = drop_slot(config.source_dsn, config.slot_name, wait_s=30.0)
+        if dropped:
+            log.warning("dropped replication slot %s on request", config.slot_name)
+        self._slot_dropped = self._slot_dropped or dropped
+        return dropped
+
+    # ------------------------------------------------------------------ observation
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def error(self) -> ErrorSnapshot | None:
+        return self._error
+
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception behind :attr:`error` (for ``dbmazz run`` without gRPC)."""
+        return self._exception
+
+    @property
+    def stage(self) -> Stage:
+        engine = self._engine
+        if engine is not None and self._stage == Stage.CDC:
+            return engine.progress.stage
+        return self._stage
+
+    @property
+    def state(self) -> RunState:
+        if self._error is not None:
+            return RunState.FAILED
+        engine = self._engine
+        if engine is not None and self._stage == Stage.CDC:
+            return engine.progress.state
+        if self._ended.is_set():
+            return RunState.STOPPED
+        return self._state
+
+    @property
+    def serving(self) -> bool:
+        return self.state in _SERVING
+
+    @property
+    def exit_requested(self) -> bool:
+        return self._exit_requested.is_set()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener()`` after every state change (health status follows it)."""
+        self._listeners.append(listener)
+        listener()
+
+    def _set(self, stage: Stage | None = None, state: RunState | None = None) -> None:
+        with self._lock:
+            if stage is not None:
+                self._stage = stage
+            if state is not None:
+                self._state = state
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a broken observer must not break the lifecycle
+                log.exception("state listener failed")
+
+    def status(self) -> StatusSnapshot:
+        engine = self._engine
+        config = self.config
+        error = self._error
+        if error is None and engine is not None and engine.progress.last_error:
+            # A retried problem (e.g. a dropped connection): show it, not fatal.
+            error = ErrorSnapshot(message=engine.progress.last_error, kind="retrying",
+                                  fatal=False, at=0.0)
+        if engine is not None:
+            progress = engine.progress
+            settings = {name: int(getattr(engine.settings, name)) for name in LIVE_SETTINGS}
+            return StatusSnapshot(
+                stage=self.stage,
+                state=self.state,
+                serving=self.serving,
+                received_lsn=progress.received_lsn,
+                confirmed_lsn=engine.durable_lsn,
+                server_wal_end=engine.server_wal_end,
+                replication_lag_ms=engine.replication_lag_ms,
+                inflight_bytes=progress.inflight_bytes,
+                messages=progress.messages,
+                bytes_received=progress.bytes_received,
+                flushes=progress.flushes,
+                rows_applied=progress.rows_applied,
+                tables=self._tables(engine),
+                error=error,
+                settings=settings,
+                slot=config.slot_name if config else "",
+                publication=config.publication_name if config else "",
+                sink=str(getattr(engine.sink, "name", "")),
+                version=__version__,
+                started_at=self._started_at,
+            )
+        settings = ({name: int(getattr(config, name)) for name in LIVE_SETTINGS}
+                    if config else {})
+        return StatusSnapshot(
+            stage=self.stage,
+            state=self.state,
+            serving=self.serving,
+            tables=tuple(TableSnapshot(t) for t in self._configured_tables()),
+            error=error,
+            settings=settings,
+            slot=config.slot_name if config else "",
+            publication=config.publication_name if config else "",
+            sink=str(config.sink or "") if config else "",
+            version=__version__,
+            started_at=self._started_at,
+        )
+
+    def _configured_tables(self) -> list[str]:
+        if self.config is None:
+            return []
+        return [t if "." in t else f"public.{t}" for t in self.config.tables]
+
+    def _tables(self, engine: Engine) -> tuple[TableSnapshot, ...]:
+        stats = engine.applier.stats
+        with stats.lock:
+            counters = dict(stats.tables)
+        schemas = engine.table_schemas()
+        names = list(dict.fromkeys([*self._configured_tables(), *schemas, *counters]))
+        out = []
+        for name in sorted(names):
+            table = counters.get(name)
+            schema = schemas.get(name)
+            batch = engine.in_flight_batch(name)
+            out.append(TableSnapshot(
+                table=name,
+                target=schema.target_name if schema is not None else "",
+                changes=table.changes if table else 0,
+                rows_loaded=table.rows_loaded if table else 0,
+                batches=table.batches if table else 0,
+                truncates=table.truncates if table else 0,
+                retries=table.retries if table else 0,
+                last_load_ms=table.last_load_ms if table else 0.0,
+                in_flight_rows=batch.num_rows if batch is not None else 0,
+            ))
+        return tuple(out)

@@ -1,0 +1,500 @@
+"""Prepare a PostgreSQL source: replica identity, publication, replication slot. Idempotent.
+
+Everything is checked before anything is changed, so a failing setup leaves the database
+as it found it. Nothing is ever removed: existing publications only gain tables, an
+existing slot is reused (resume), never dropped (invariant 5).
+
+Keys: every table needs a key for the target's upserts. It is the primary key, or — for a
+table without one — the unique index chosen with ``REPLICA IDENTITY USING INDEX``. A table
+with neither is refused, also under REPLICA IDENTITY FULL: using all columns as the key
+breaks on duplicate rows and on columns the target cannot key on (float, json, …), so the
+fix (add a primary key, or a unique index as replica identity) is left to the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import psycopg
+from psycopg import sql
+
+from dbmazz.errors import SetupError, SlotLostError
+from dbmazz.source.catalog import split_table_name
+from dbmazz.source.replication import (
+    connect_error,
+    describe_dsn,
+    server_error,
+    validate_slot_name,
+)
+from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
+
+log = logging.getLogger("dbmazz.setup")
+
+ReplicaIdentityMode = Literal["full", "default", "keep"]
+_IDENTITY_CODE = {"full": "f", "default": "d"}
+_IDENTITY_SQL = {"f": "FULL", "d": "DEFAULT"}
+_IDENTITY_NAME = {"d": "DEFAULT", "f": "FULL", "i": "USING INDEX", "n": "NOTHING"}
+_NAMEDATALEN = 63
+
+
+@dataclass(frozen=True)
+class SourceSetup:
+    """What setup found and did."""
+
+    #: ``'schema.table'`` → key columns in key order.
+    primary_keys: dict[str, tuple[str, ...]]
+    slot_created: bool
+    #: Where the new slot starts (None when an existing slot was reused).
+    consistent_point: int | None
+    #: The reused slot's resume position (None for a new slot).
+    confirmed_flush_lsn: int | None
+    #: ``'schema.table'`` in the order given.
+    tables: tuple[str, ...]
+    publication_created: bool = False
+    tables_added: tuple[str, ...] = ()
+    replica_identity_changed: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    #: With ``export_snapshot=True`` and a new slot: holds the exported snapshot open.
+    #: The caller must ``close()`` it once the snapshot is read.
+    slot_creation: SlotCreation | None = field(default=None, compare=False)
+
+
+@dataclass
+class _Table:
+    name: str  # 'schema.table'
+    schema: str
+    table: str
+    oid: int
+    identity: str  # relreplident
+    may_alter: bool  # current user owns it (or is superuser)
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+
+def _qualified(schema: str, table: str) -> str:
+    return f"{schema}.{table}"
+
+
+def _connect(dsn: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise connect_error(str(exc), describe_dsn(dsn)) from None
+    except psycopg.ProgrammingError as exc:
+        raise SetupError(f"invalid PostgreSQL connection string: {exc}") from None
+
+
+def _resolve(conn: psycopg.Connection, tables: Sequence[str]) -> list[_Table]:
+    """Look the tables up; one error naming every missing one (with near misses)."""
+    names = [split_table_name(t) for t in tables]
+    rows = conn.execute(
+        """
+        SELECT t.ord, c.oid, c.relreplident::text,
+               (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+               OR pg_has_role(current_user, c.relowner, 'USAGE')
+        FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(nsp, rel, ord)
+        JOIN pg_namespace n ON n.nspname = t.nsp
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel
+                       AND c.relkind IN ('r', 'p')
+        """,
+        ([s for s, _ in names], [t for _, t in names]),
+    ).fetchall()
+    found = {int(ord_) - 1: (int(oid), str(ident), bool(owner)) for ord_, oid, ident, owner in rows}
+    missing = [i for i in range(len(names)) if i not in found]
+    if missing:
+        described = []
+        for i in missing:
+            schema, table = names[i]
+            near = conn.execute(
+                """
+                SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE lower(n.nspname) = lower(%s) AND lower(c.relname) = lower(%s)
+                """,
+                (schema, table),
+            ).fetchall()
+            text = _qualified(schema, table)
+            tables_near = [r for r in near if r[2] in ("r", "p")]
+            if tables_near:
+                text += f" (did you mean {_qualified(tables_near[0][0], tables_near[0][1])!r}?)"
+            elif near:
+                text += " (exists but is not a table)"
+            described.append(text)
+        db = conn.info.dbname
+        raise SetupError(
+            f"tables not found in database {db!r}: {', '.join(described)}",
+            "create them or correct TABLES; names are case-sensitive, 'table' means "
+            "public.table, and names containing dots are written with double quotes "
+            '("my.schema"."my.table")',
+        )
+    out = []
+    for i, (schema, table) in enumerate(names):
+        oid, ident, owner = found[i]
+        out.append(_Table(_qualified(schema, table), schema, table, oid, ident, owner))
+    seen: dict[str, int] = {}
+    for t in out:
+        seen[t.name] = seen.get(t.name, 0) + 1
+    dupes = sorted(n for n, c in seen.items() if c > 1)
+    if dupes:
+        raise SetupError(f"tables listed more than once: {', '.join(dupes)}",
+                         "list each table once in TABLES")
+    return out
+
+
+def _keys_by_oid(
+    conn: psycopg.Connection, oids: Sequence[int]
+) -> dict[int, tuple[bool, tuple[str, ...]]]:
+    """oid → (from the primary key?, key columns): the primary key, else the replica
+    identity index."""
+    rows = conn.execute(
+        """
+        SELECT i.indrelid::int, i.indisprimary, i.indexrelid::int,
+               array_agg(a.attname::text ORDER BY k.ord)
+        FROM pg_index i
+        JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = ANY(%s) AND (i.indisprimary OR i.indisreplident)
+        GROUP BY i.indrelid, i.indisprimary, i.indexrelid
+        """,
+        (list(oids),),
+    ).fetchall()
+    out: dict[int, tuple[bool, tuple[str, ...]]] = {}
+    for oid, is_primary, _index, columns in rows:
+        if is_primary or oid not in out:
+            out[oid] = (bool(is_primary), tuple(columns))
+    return out
+
+
+def primary_keys(
+    conn: psycopg.Connection, tables: Sequence[str], *, strict: bool = True
+) -> dict[str, tuple[str, ...]]:
+    """``'schema.table'`` → key columns (primary key, else replica identity index).
+
+    ``strict``: raise :class:`SetupError` naming every missing or keyless table; otherwise
+    missing tables are left out and keyless ones map to ``()``.
+    """
+    if strict:
+        resolved = _resolve(conn, tables)
+    else:
+        resolved = []
+        for name in tables:
+            with contextlib.suppress(SetupError):
+                resolved.extend(_resolve(conn, [name]))
+    keys = _keys_by_oid(conn, [t.oid for t in resolved])
+    keyless = [t.name for t in resolved if t.oid not in keys]
+    if strict and keyless:
+        raise _keyless_error(keyless)
+    return {t.name: keys[t.oid][1] if t.oid in keys else () for t in resolved}
+
+
+def _keyless_error(names: Sequence[str]) -> SetupError:
+    return SetupError(
+        f"tables without a primary key: {', '.join(names)} — dbmazz needs a key to "
+        "apply updates and deletes in the target",
+        "add a PRIMARY KEY, or create a UNIQUE index on NOT NULL columns and run "
+        "`ALTER TABLE ... REPLICA IDENTITY USING INDEX <index>` (then use "
+        "replica_identity='keep')",
+    )
+
+
+def _check_replication_role(conn: psycopg.Connection) -> None:
+    row = conn.execute(
+        "SELECT rolname, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if row is None or not row[1]:
+        role = row[0] if row else "current user"
+        raise SetupError(
+            f"role {role!r} lacks the REPLICATION attribute, so it cannot read the "
+            "replication stream",
+            f"run `ALTER ROLE {sql.Identifier(str(role)).as_string(conn)} WITH REPLICATION;` "
+            "as a superuser",
+        )
+
+
+def _plan_identity(
+    tables: Sequence[_Table], keys: dict[int, tuple[bool, tuple[str, ...]]],
+    mode: ReplicaIdentityMode,
+) -> list[_Table]:
+    """Tables whose REPLICA IDENTITY must change; refuses changes that would lose a key."""
+    if mode not in ("full", "default", "keep"):
+        raise SetupError(
+            f"replica_identity must be 'full', 'default' or 'keep', not {mode!r}"
+        )
+    if mode == "keep":
+        nothing = [t.name for t in tables if t.identity == "n"]
+        if nothing:
+            raise SetupError(
+                f"tables with REPLICA IDENTITY NOTHING: {', '.join(nothing)} — once "
+                "published, their UPDATEs and DELETEs would fail in PostgreSQL",
+                "use replica_identity='full' or 'default', or ALTER TABLE ... REPLICA "
+                "IDENTITY DEFAULT",
+            )
+        return []
+    wanted = _IDENTITY_CODE[mode]
+    change = [t for t in tables if t.identity != wanted]
+    # Leaving USING INDEX drops the only key of a table without a primary key.
+    index_keyed = [t.name for t in change if t.identity == "i" and not keys[t.oid][0]]
+    if index_keyed:
+        raise SetupError(
+            f"tables keyed only by REPLICA IDENTITY USING INDEX: {', '.join(index_keyed)}; "
+            f"switching them to {_IDENTITY_SQL[wanted]} would leave them without a key",
+            "add a primary key, or run setup with replica_identity='keep'",
+        )
+    return change
+
+
+def _publication_state(
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+) -> tuple[bool, list[_Table], list[str]]:
+    """(exists, tables to add, warnings)."""
+    row = conn.execute(
+        "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
+        "FROM pg_publication WHERE pubname = %s",
+        (publication,),
+    ).fetchone()
+    if row is None:
+        return False, list(tables), []
+    all_tables, *ops = row
+    warnings = []
+    skipped = [op for op, on in zip(("insert", "update", "delete", "truncate"), ops,
+                                    strict=True) if not on]
+    if skipped:
+        warnings.append(
+            f"publication {publication!r} does not publish {', '.join(skipped)}; those "
+            "changes will not reach the target"
+        )
+    published = {
+        _qualified(s, t)
+        for s, t in conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+            (publication,),
+        ).fetchall()
+    }
+    wanted = {t.name for t in tables}
+    extra = sorted(published - wanted)
+    if extra and not all_tables:
+        warnings.append(
+            f"publication {publication!r} also publishes tables not configured: "
+            f"{', '.join(extra)} (left as they are; their changes are ignored)"
+        )
+    if conn.info.server_version >= 150000:
+        filtered = conn.execute(
+            """
+            SELECT n.nspname || '.' || c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL
+            FROM pg_publication_rel pr
+            JOIN pg_publication p ON p.oid = pr.prpubid
+            JOIN pg_class c ON c.oid = pr.prrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE p.pubname = %s AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)
+            """,
+            (publication,),
+        ).fetchall()
+        for name, has_filter, has_columns in filtered:
+            if name in wanted:
+                what = " and ".join(
+                    w for w, on in (("a row filter", has_filter), ("a column list", has_columns))
+                    if on
+                )
+                warnings.append(
+                    f"publication {publication!r} has {what} on {name}; only the filtered "
+                    "rows/columns are replicated"
+                )
+    to_add = [] if all_tables else [t for t in tables if t.name not in published]
+    return True, to_add, warnings
+
+
+def setup_source(
+    dsn: str,
+    tables: Sequence[str],
+    publication: str,
+    slot: str,
+    replica_identity: ReplicaIdentityMode = "full",
+    *,
+    export_snapshot: bool = False,
+    lock_timeout_s: float = 10.0,
+) -> SourceSetup:
+    """Check the source and create what is missing; safe to run any number of times.
+
+    ``tables``: ``'schema.table'`` or ``'table'`` (= ``public.table``), case-sensitive.
+    ``replica_identity``: ``'full'`` (default: old rows complete, so unchanged TOAST values
+    can be filled), ``'default'`` (key only), ``'keep'`` (change nothing; NOTHING refused).
+    ``export_snapshot``: when the slot is created, keep its exported snapshot open in
+    :attr:`SourceSetup.slot_creation` for an initial snapshot.
+    """
+    if not tables:
+        raise SetupError("no tables to replicate", "list them in TABLES (schema.table,...)")
+    if not publication or len(publication.encode()) > _NAMEDATALEN:
+        raise SetupError(
+            f"invalid publication name {publication!r}",
+            f"use a non-empty name of at most {_NAMEDATALEN} bytes",
+        )
+    try:
+        validate_slot_name(slot)
+    except Exception as exc:
+        raise SetupError(str(exc)) from None
+    target = describe_dsn(dsn)
+    warnings: list[str] = []
+    with _connect(dsn) as conn:
+        (wal_level,) = conn.execute("SHOW wal_level").fetchone() or ("?",)
+        if wal_level != "logical":
+            raise SetupError(
+                f"wal_level is {wal_level!r}; set wal_level=logical in postgresql.conf and "
+                "restart PostgreSQL"
+            )
+        resolved = _resolve(conn, tables)
+        _check_replication_role(conn)
+        keys = _keys_by_oid(conn, [t.oid for t in resolved])
+        keyless = [t.name for t in resolved if t.oid not in keys]
+        if keyless:
+            raise _keyless_error(keyless)
+        identity_changes = _plan_identity(resolved, keys, replica_identity)
+        pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
+        warnings += pub_warnings
+        not_owned = sorted(
+            {t.name for t in [*identity_changes, *to_add] if not t.may_alter}
+        )
+        if not_owned:
+            raise SetupError(
+                f"the connecting role does not own {', '.join(not_owned)}, so it cannot "
+                "change their replica identity or add them to a publication",
+                "run setup once as the tables' owner (or a superuser), or make those "
+                "changes by hand",
+            )
+        info = read_slot_info(conn, slot)
+        if info.exists:
+            _check_existing_slot(info, conn.info.dbname, target)
+            if to_add:
+                warnings.append(
+                    f"tables added to publication {publication!r} while resuming slot "
+                    f"{slot!r}: {', '.join(t.name for t in to_add)}; only their changes from "
+                    "now on are streamed — take a snapshot to load their existing rows"
+                )
+
+        # -- everything checked; now change what is missing ----------------------------
+        changed = _apply(
+            conn,
+            publication,
+            pub_exists,
+            to_add,
+            identity_changes,
+            _IDENTITY_CODE.get(replica_identity, "d"),
+            lock_timeout_s,
+        )
+
+    for w in warnings:
+        log.warning("%s", w)
+    creation: SlotCreation | None = None
+    consistent_point: int | None = None
+    if not info.exists:
+        creation = create_slot(dsn, slot, export_snapshot=export_snapshot)
+        consistent_point = creation.consistent_point
+        if not export_snapshot:
+            creation.close()
+            creation = None
+    return SourceSetup(
+        primary_keys={t.name: keys[t.oid][1] for t in resolved},
+        slot_created=not info.exists,
+        consistent_point=consistent_point,
+        confirmed_flush_lsn=info.confirmed_flush_lsn if info.exists else None,
+        tables=tuple(t.name for t in resolved),
+        publication_created=not pub_exists,
+        tables_added=tuple(t.name for t in to_add) if pub_exists else (),
+        replica_identity_changed=tuple(changed),
+        warnings=tuple(warnings),
+        slot_creation=creation,
+    )
+
+
+def _check_existing_slot(info: SlotInfo, dbname: str, target: str) -> None:
+    slot = info.slot
+    if info.slot_type != "logical":
+        raise SetupError(
+            f"replication slot {slot!r} on {target} is a {info.slot_type} slot, not a "
+            "logical one",
+            "choose another SLOT_NAME (dbmazz never drops slots it did not create)",
+        )
+    if info.database != dbname:
+        raise SetupError(
+            f"replication slot {slot!r} on {target} belongs to database {info.database!r}, "
+            f"not {dbname!r}",
+            "choose another SLOT_NAME; slot names are unique per server",
+        )
+    if info.plugin != "pgoutput":
+        raise SetupError(
+            f"replication slot {slot!r} on {target} uses output plugin {info.plugin!r}, "
+            "not pgoutput",
+            "choose another SLOT_NAME, or drop that slot if nothing uses it",
+        )
+    if info.wal_status == "lost":
+        error = server_error(
+            sqlstate="55000",
+            message=f'can no longer get changes from replication slot "{slot}"',
+            target=target,
+            slot=slot,
+        )
+        raise SlotLostError(error.message, error.hint)
+    if info.active:
+        raise SetupError(
+            f"replication slot {slot!r} on {target} is active (pid {info.active_pid}): "
+            "another consumer is reading it",
+            "stop the other consumer (see pg_stat_replication) or choose another SLOT_NAME",
+        )
+
+
+def _apply(
+    conn: psycopg.Connection,
+    publication: str,
+    pub_exists: bool,
+    to_add: Sequence[_Table],
+    identity_changes: Sequence[_Table],
+    identity_code: str,
+    lock_timeout_s: float,
+) -> list[str]:
+    """Replica identity and publication changes, in one transaction."""
+    pub = sql.Identifier(publication)
+    try:
+        with conn.transaction():
+            # ALTER TABLE waits for an exclusive lock; do not queue the application behind
+            # it for long.
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{int(lock_timeout_s * 1000)}ms")
+                )
+            )
+            for t in identity_changes:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
+                        t.ident, sql.SQL(_IDENTITY_SQL[identity_code])
+                    )
+                )
+            if not pub_exists:
+                conn.execute(
+                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                        pub, sql.SQL(", ").join(t.ident for t in to_add)
+                    )
+                )
+            elif to_add:
+                conn.execute(
+                    sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                        pub, sql.SQL(", ").join(t.ident for t in to_add)
+                    )
+                )
+    except psycopg.errors.LockNotAvailable as exc:
+        raise SetupError(
+            f"could not lock a table to change its replica identity within "
+            f"{lock_timeout_s:g} s: {exc}",
+            "long transactions hold the table; retry setup when it is quieter",
+        ) from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SetupError(
+            f"not allowed to create or change publication {publication!r}: {exc}",
+            "grant CREATE on the database to the connecting role, or run setup as the "
+            "tables' owner",
+        ) from None
+    return [t.name for t in identity_changes]

@@ -1,0 +1,347 @@
+"""The engine's snapshot stage: the initial snapshot before streaming, and on-demand
+snapshots of tables added while CDC runs. The reasoning is in docs/snapshot.md.
+
+Initial snapshot (``SNAPSHOT=initial|initial_only``):
+
+* new slot — created with an exported snapshot; every chunk is read inside it and its rows
+  carry the slot's consistent point C as ``dbmazz_cdc_version``; streaming starts at C once
+  every chunk is loaded (the checkpoint does not move before).
+* interrupted snapshot — the plan in ``dbmazz_snapshot_progress`` says which chunks are
+  left; they are read under a fresh snapshot (the exported one died with the crash), still
+  with version C. CDC from C replays every later change in order over them, so the result
+  is exact. A table whose replica identity is not FULL is read again entirely (see the doc).
+* existing slot, nothing recorded — streamed before (a checkpoint exists): nothing to do;
+  never streamed: a full snapshot under a fresh snapshot, version = the slot's position.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import psycopg
+
+from dbmazz.engine.setup.postgres import ReplicaIdentityMode, SourceSetup
+from dbmazz.engine.snapshot_load import ChunkLoader, SnapshotProgress, progress_for
+from dbmazz.engine.snapshot_sink import SnapshotAwareSink
+from dbmazz.errors import DbmazzError, SetupError, SourceConnectionError
+from dbmazz.lsn import format_lsn
+from dbmazz.pipeline.batch import TableSchema
+from dbmazz.pipeline.schema_cache import SchemaCache
+from dbmazz.source.snapshot import (
+    DEFAULT_CHUNK_PAGES,
+    Chunk,
+    ReaderKind,
+    TableLayout,
+    plan_chunks,
+    server_supports_tid_ranges,
+    table_layouts,
+)
+from dbmazz.state.snapshot_progress import (
+    INITIAL,
+    ON_DEMAND,
+    ChunkRecord,
+    SnapshotProgressStore,
+)
+
+if TYPE_CHECKING:
+    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+
+log = logging.getLogger("dbmazz.snapshot")
+
+StopCheck = Callable[[], bool]
+
+
+class LiveEngine(Protocol):
+    """What an on-demand snapshot needs of the running engine."""
+
+    def wait_durable(self, lsn: int, timeout: float | None = None) -> bool: ...
+_REPORT_EVERY_S = 10.0
+
+
+@dataclass
+class SnapshotContext:
+    """What any snapshot of this engine needs."""
+
+    dsn: str
+    slot: str
+    publication: str
+    replica_identity: ReplicaIdentityMode
+    sink: SnapshotAwareSink
+    schemas: SchemaCache
+    #: The key map the schema cache resolves keys from (on-demand snapshots extend it).
+    keys: dict[str, tuple[str, ...]]
+    store: SnapshotProgressStore
+    workers: int = 2
+    reader_kind: ReaderKind = "auto"
+    chunk_pages: int = DEFAULT_CHUNK_PAGES
+
+    def connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.dsn, autocommit=True,
+                                   application_name="dbmazz-snapshot")
+        except psycopg.OperationalError as exc:
+            raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+
+
+@dataclass
+class _Plan:
+    version: int
+    snapshot_name: str | None
+    chunks: list[Chunk]
+    layouts: list[TableLayout]
+    done: dict[str, tuple[int, int]]
+
+
+def on_demand_tables(store: SnapshotProgressStore) -> list[str]:
+    """Tables an on-demand snapshot added to this slot's replication (kept across restarts)."""
+    try:
+        return sorted({r.chunk.table for r in store.load(ON_DEMAND)})
+    except psycopg.Error:
+        return []
+
+
+class Snapshots:
+    """The snapshot side of one live engine (``engine.snapshots``)."""
+
+    def __init__(
+        self,
+        context: SnapshotContext,
+        *,
+        mode: str,
+        tables: dict[str, TableSchema],
+        source: SourceSetup,
+        checkpoint: int | None,
+    ) -> None:
+        self.context = context
+        self.mode = mode
+        self.tables = tables
+        self.source = source
+        self.checkpoint = checkpoint
+        self._lock = threading.Lock()
+        self._progress: SnapshotProgress | None = None
+        self._on_demand: list[OnDemandSnapshot] = []
+
+    # ------------------------------------------------------------------ observation
+    @property
+    def progress(self) -> SnapshotProgress | None:
+        """The running snapshot's progress (else the last one's), as a copy."""
+        with self._lock:
+            current = self._progress
+            return current.copy() if current is not None else None
+
+    def _publish(self, progress: SnapshotProgress) -> None:
+        with self._lock:
+            self._progress = progress
+
+    @property
+    def stop_after_initial(self) -> bool:
+        return self.mode == "initial_only"
+
+    @property
+    def wants_initial(self) -> bool:
+        return self.mode in ("initial", "initial_only")
+
+    # ------------------------------------------------------------------ initial
+    def run_initial(self, should_stop: StopCheck) -> bool:
+        """Take (or finish) the initial snapshot; True when complete, False when stopped."""
+        try:
+            if not self.wants_initial:
+                return True
+            plan = self._initial_plan()
+            if plan is None:
+                return True
+            return self._load(plan, INITIAL, should_stop)
+        finally:
+            self.close_exported()
+
+    def close_exported(self) -> None:
+        creation = self.source.slot_creation
+        if creation is not None:
+            creation.close()
+
+    def _initial_plan(self) -> _Plan | None:
+        ctx = self.context
+        names = list(self.tables)
+        with ctx.connect() as conn:
+            layouts = table_layouts(conn, names)
+            tid_ranges = server_supports_tid_ranges(conn)
+        creation = self.source.slot_creation
+        if self.source.slot_created and creation is not None:
+            version = self.source.consistent_point or creation.consistent_point
+            chunks = [c for t in names for c in plan_chunks(layouts[t], ctx.chunk_pages,
+                                                             tid_ranges)]
+            ctx.store.save_plan(chunks, version, INITIAL)
+            log.info("initial snapshot of %d table(s) in %d chunk(s) at %s", len(names),
+                     len(chunks), format_lsn(version))
+            return _Plan(version, creation.snapshot_name, chunks, list(layouts.values()), {})
+        records = ctx.store.load(INITIAL)
+        if records:
+            return self._resume_plan(records, layouts)
+        if self.checkpoint is not None:
+            log.info("slot %s has streamed before (checkpoint %s): no initial snapshot",
+                     ctx.slot, format_lsn(self.checkpoint))
+            return None
+        version = self.source.confirmed_flush_lsn or 0
+        chunks = [c for t in names for c in plan_chunks(layouts[t], ctx.chunk_pages,
+                                                         tid_ranges)]
+        ctx.store.save_plan(chunks, version, INITIAL)
+        log.info("slot %s exists but never streamed: initial snapshot of %d table(s) at %s",
+                 ctx.slot, len(names), format_lsn(version))
+        return _Plan(version, None, chunks, list(layouts.values()), {})
+
+    def _resume_plan(self, records: list[ChunkRecord],
+                     layouts: dict[str, TableLayout]) -> _Plan | None:
+        if all(r.done for r in records):
+            log.info("initial snapshot already complete")
+            return None
+        version = records[0].version
+        by_table: dict[str, list[ChunkRecord]] = {}
+        for record in records:
+            by_table.setdefault(record.chunk.table, []).append(record)
+        chunks: list[Chunk] = []
+        done: dict[str, tuple[int, int]] = {}
+        for table, recs in by_table.items():
+            layout = layouts.get(table)
+            if layout is None:
+                log.warning("the interrupted snapshot planned %s, which is no longer in "
+                            "TABLES: skipped", table)
+                continue
+            left = [r for r in recs if not r.done]
+            if left and layout.replica_identity != "f":
+                # Chunk-level resume relies on full rows in every update (docs/snapshot.md).
+                left = recs
+            chunks += [Chunk(table, r.chunk.index, r.chunk.first_page, r.chunk.end_page,
+                             layout.partitioned) for r in left]
+            finished = [r for r in recs if r.done and r not in left]
+            done[table] = (len(finished), sum(r.rows or 0 for r in finished))
+        log.info("resuming the interrupted initial snapshot: %d of %d chunk(s) left, "
+                 "version %s", len(chunks), len(records), format_lsn(version))
+        return _Plan(version, None, chunks,
+                     [layouts[t] for t in by_table if t in layouts], done)
+
+    def _load(self, plan: _Plan, kind: str, should_stop: StopCheck, *,
+              tables: dict[str, TableSchema] | None = None,
+              progress: SnapshotProgress | None = None,
+              write: Callable[..., int] | None = None) -> bool:
+        ctx = self.context
+        progress = progress or progress_for(kind, plan.version, plan.layouts, plan.chunks,
+                                            plan.done)
+        progress.version = plan.version
+        progress.active = True
+        progress.started_at = time.time()
+        self._publish(progress)
+        loader = ChunkLoader(
+            dsn=ctx.dsn,
+            snapshot_name=plan.snapshot_name,
+            chunks=plan.chunks,
+            tables=tables if tables is not None else self.tables,
+            version=plan.version,
+            run_id=secrets.token_hex(3),
+            write=write or (lambda batch, chunk: ctx.sink.write_snapshot(batch)),
+            store=ctx.store,
+            progress=progress,
+            lock=self._lock,
+            workers=ctx.workers,
+            should_stop=should_stop,
+            reader_kind=ctx.reader_kind,
+            registry=ctx.schemas.types,
+        )
+        reporter = _Reporter(self, progress)
+        reporter.start()
+        try:
+            complete = loader.run() if plan.chunks else True
+        except BaseException as exc:
+            progress.error = exc.message if isinstance(exc, DbmazzError) else repr(exc)
+            raise
+        finally:
+            reporter.stop()
+            progress.active = False
+            progress.finished_at = time.time()
+        if complete:
+            log.info("%s snapshot complete: %d row(s) in %.1fs", kind.replace("_", "-"),
+                     progress.rows_copied, progress.finished_at - progress.started_at)
+        return complete
+
+    # ------------------------------------------------------------------ on demand
+    def request(self, tables: Sequence[str], engine: LiveEngine | None,
+                should_stop: StopCheck) -> OnDemandSnapshot:
+        """Start an on-demand snapshot of ``tables`` on its own thread; returns its handle
+        (:class:`dbmazz.engine.snapshot_ondemand.OnDemandSnapshot`)."""
+        from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+
+        with self._lock:
+            busy = {t for h in self._on_demand if h.running for t in h.tables}
+        wanted = [t if "." in t else f"public.{t}" for t in tables]
+        clash = sorted(busy & set(wanted))
+        if clash:
+            raise SetupError(f"a snapshot of {', '.join(clash)} is already running",
+                             "wait for it to finish (see Status)")
+        handle = OnDemandSnapshot(self, wanted, engine=engine, should_stop=should_stop)
+        with self._lock:
+            self._on_demand.append(handle)
+        handle.start()
+        return handle
+
+    def resume_on_demand(self, engine: LiveEngine,
+                         should_stop: StopCheck) -> OnDemandSnapshot | None:
+        """Restart on-demand snapshots a crash or stop interrupted (from scratch: their
+        temporary slot died with the process)."""
+        pending = sorted({r.chunk.table for r in self.context.store.load(ON_DEMAND)
+                          if not r.done})
+        if not pending:
+            return None
+        log.info("restarting the interrupted on-demand snapshot of %s", ", ".join(pending))
+        return self.request(pending, engine, should_stop)
+
+
+class _Reporter:
+    """Logs snapshot progress every few seconds (the CLI draws bars instead)."""
+
+    def __init__(self, snapshots: Snapshots, progress: SnapshotProgress) -> None:
+        self._progress = progress
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dbmazz-snapshot-report",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        while not self._done.wait(_REPORT_EVERY_S):
+            p = self._progress
+            log.info("snapshot: %d/%d table(s), %d of ~%d row(s)", p.tables_done,
+                     p.tables_total, p.rows_copied, p.rows_estimate)
+
+
+def replicated_extra_tables(dsn: str, slot: str, configured: Sequence[str]) -> list[str]:
+    """Tables outside TABLES that an on-demand snapshot added to this slot's replication."""
+    store = SnapshotProgressStore(dsn, slot)
+    try:
+        return [t for t in on_demand_tables(store) if t not in set(configured)]
+    finally:
+        store.close()
+
+
+def attach_snapshots(engine: object, *, dsn: str, slot: str, publication: str,
+                     replica_identity: ReplicaIdentityMode, mode: str, workers: int,
+                     sink: SnapshotAwareSink, schemas: SchemaCache,
+                     keys: dict[str, tuple[str, ...]], tables: Sequence[TableSchema],
+                     source: SourceSetup, checkpoint: int | None) -> Snapshots:
+    """Give a live engine its snapshot side (``engine.snapshots``)."""
+    context = SnapshotContext(dsn=dsn, slot=slot, publication=publication,
+                              replica_identity=replica_identity, sink=sink, schemas=schemas,
+                              keys=keys, store=SnapshotProgressStore(dsn, slot),
+                              workers=workers)
+    snapshots = Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
+                          source=source, checkpoint=checkpoint)
+    engine.snapshots = snapshots  # type: ignore[attr-defined]
+    return snapshots

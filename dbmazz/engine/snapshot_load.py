@@ -1,0 +1,297 @@
+"""Chunks → sink: the worker pool shared by the initial and the on-demand snapshots,
+and the progress it reports.
+
+``SNAPSHOT_WORKERS`` threads each hold one reader (one connection inside the snapshot) and
+take chunks from a shared queue: read (Arrow, GIL released by the driver), cast, write
+through the sink (one write per chunk; writes of one table are serialized by the
+:class:`~dbmazz.engine.snapshot_sink.SnapshotAwareSink`), record the chunk as done. Chunks
+are interleaved across tables so workers tend to write different tables at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from dbmazz.errors import DbmazzError, SinkError, SourceConnectionError
+from dbmazz.lsn import format_lsn
+from dbmazz.pipeline.batch import AUDIT_NAMES, OP_INSERT, TableBatch, TableSchema, UpsertGroup
+from dbmazz.source.snapshot import Chunk, ChunkReader, ReaderKind, TableLayout, open_reader
+from dbmazz.source.types import DecodeStats, TypeRegistry
+from dbmazz.state.snapshot_progress import SnapshotProgressStore
+
+log = logging.getLogger("dbmazz.snapshot")
+
+#: Test hook: after this many chunks are recorded as done, the workers stop taking chunks
+#: and wait until the engine is stopped (kill -9 tests use it to interrupt deterministically).
+HOLD_AFTER_ENV = "DBMAZZ_SNAPSHOT_TEST_HOLD_AFTER_CHUNKS"
+
+_READ_ATTEMPTS = 3
+
+
+# --- progress -------------------------------------------------------------------------------
+@dataclass
+class TableProgress:
+    """One table of a snapshot, for Status, metrics and progress bars."""
+
+    table: str
+    pages: int
+    rows_estimate: int
+    chunks_total: int
+    chunks_done: int = 0
+    rows_done: int = 0
+    started_at: float | None = None  # unix time of the first chunk started
+    finished_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.chunks_done >= self.chunks_total
+
+    @property
+    def rows_per_s(self) -> float:
+        if self.started_at is None or not self.rows_done:
+            return 0.0
+        end = self.finished_at or time.time()
+        return self.rows_done / max(end - self.started_at, 1e-6)
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate (None: unknown)."""
+        if self.done:
+            return 0.0
+        rate = self.rows_per_s
+        if not rate:
+            return None
+        return max(self.rows_estimate - self.rows_done, 0) / rate
+
+
+@dataclass
+class SnapshotProgress:
+    """A snapshot (initial or on demand) as it runs: a plain object, read from any thread."""
+
+    kind: str  # 'initial' | 'on_demand'
+    version: int = 0
+    active: bool = False
+    tables: dict[str, TableProgress] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: What the snapshot waits for, if anything (e.g. CDC reaching the watermark).
+    waiting: str = ""
+    error: str | None = None
+    reader: str = ""
+
+    @property
+    def tables_total(self) -> int:
+        return len(self.tables)
+
+    @property
+    def tables_done(self) -> int:
+        return sum(1 for t in self.tables.values() if t.done)
+
+    @property
+    def rows_copied(self) -> int:
+        return sum(t.rows_done for t in self.tables.values())
+
+    @property
+    def rows_estimate(self) -> int:
+        return sum(max(t.rows_estimate, t.rows_done) for t in self.tables.values())
+
+    def copy(self) -> SnapshotProgress:
+        return replace(self, tables={k: replace(v) for k, v in self.tables.items()})
+
+
+def progress_for(kind: str, version: int, layouts: Sequence[TableLayout],
+                 chunks: Sequence[Chunk], done: dict[str, tuple[int, int]] | None = None
+                 ) -> SnapshotProgress:
+    """``done``: table → (chunks, rows) already loaded by an earlier (interrupted) run."""
+    done = done or {}
+    tables = {}
+    for layout in layouts:
+        total = sum(1 for c in chunks if c.table == layout.table)
+        chunks_done, rows_done = done.get(layout.table, (0, 0))
+        tables[layout.table] = TableProgress(layout.table, layout.pages, layout.rows_estimate,
+                                             total + chunks_done, chunks_done, rows_done)
+    return SnapshotProgress(kind=kind, version=version, tables=tables)
+
+
+# --- one chunk's rows as a sink batch ---------------------------------------------------------
+def snapshot_batch(table: TableSchema, rows: pa.Table, version: int, batch_id: str,
+                   synced_at: datetime | None = None) -> TableBatch:
+    """Rows of a snapshot chunk as inserts carrying ``version`` (see docs/snapshot.md)."""
+    n = rows.num_rows
+    synced = np.datetime64((synced_at or datetime.now(UTC)).replace(tzinfo=None), "us")
+    audit = [
+        pa.array(np.full(n, OP_INSERT, dtype=np.int8)),
+        pa.array(np.zeros(n, dtype=np.bool_)),
+        pa.array(np.full(n, synced, dtype="datetime64[us]")),
+        pa.array(np.full(n, version, dtype=np.int64)),
+    ]
+    full = pa.Table.from_arrays([*rows.columns, *audit],
+                                names=[*rows.column_names, *AUDIT_NAMES])
+    return TableBatch(table=table, upserts=[UpsertGroup(full, partial=False)] if n else [],
+                      first_lsn=version, last_lsn=version, source_changes=n, batch_id=batch_id)
+
+
+# --- the pool ---------------------------------------------------------------------------------
+#: Writes one chunk's batch; returns the rows written.
+ChunkWriter = Callable[[TableBatch, Chunk], int]
+
+
+class ChunkLoader:
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        snapshot_name: str | None,
+        chunks: Sequence[Chunk],
+        tables: dict[str, TableSchema],
+        version: int,
+        run_id: str,
+        write: ChunkWriter,
+        store: SnapshotProgressStore,
+        progress: SnapshotProgress,
+        lock: threading.Lock,
+        workers: int,
+        should_stop: Callable[[], bool],
+        reader_kind: ReaderKind = "auto",
+        registry: TypeRegistry | None = None,
+        stats: DecodeStats | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.snapshot_name = snapshot_name
+        self.tables = tables
+        self.version = version
+        self.run_id = run_id
+        self.write = write
+        self.store = store
+        self.progress = progress
+        self.lock = lock
+        self.workers = max(1, min(workers, len(chunks)))
+        self.should_stop = should_stop
+        self.reader_kind = reader_kind
+        self.registry = registry
+        self.stats = stats if stats is not None else DecodeStats()
+        self._queue: queue.Queue[Chunk] = queue.Queue()
+        for chunk in _interleave(chunks):
+            self._queue.put(chunk)
+        self._failed = threading.Event()
+        self._errors: list[BaseException] = []
+        self._completed = 0
+        hold = os.environ.get(HOLD_AFTER_ENV, "")
+        self._hold_after = int(hold) if hold.isdigit() else None
+
+    def run(self) -> bool:
+        """Load every chunk; True when all are done, False when stopped first."""
+        threads = [threading.Thread(target=self._worker, name=f"dbmazz-snapshot-{i}",
+                                    daemon=True) for i in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self._errors:
+            raise self._errors[0]
+        return self._queue.empty() and not self._stopping()
+
+    def _stopping(self) -> bool:
+        return self._failed.is_set() or self.should_stop()
+
+    def _worker(self) -> None:
+        reader: ChunkReader | None = None
+        try:
+            while not self._stopping():
+                try:
+                    chunk = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                reader = self._load(chunk, reader)
+                if self._hold():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to run()
+            self._errors.append(exc)
+            self._failed.set()
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def _load(self, chunk: Chunk, reader: ChunkReader | None) -> ChunkReader:
+        table = self.tables[chunk.table]
+        with self.lock:
+            entry = self.progress.tables[chunk.table]
+            if entry.started_at is None:
+                entry.started_at = time.time()
+        for attempt in range(1, _READ_ATTEMPTS + 1):
+            try:
+                if reader is None:
+                    reader = open_reader(self.reader_kind, self.dsn, self.snapshot_name,
+                                         self.registry, self.stats)
+                    self.progress.reader = reader.kind
+                rows = reader.read(table, chunk)
+                break
+            except SourceConnectionError as exc:
+                if reader is not None:
+                    reader.close()
+                    reader = None
+                if attempt == _READ_ATTEMPTS or self._stopping():
+                    raise
+                log.warning("snapshot read of %s chunk %d failed (%s); retrying", chunk.table,
+                            chunk.index, exc.message)
+        assert reader is not None
+        batch = snapshot_batch(table, rows, self.version,
+                               f"snap-{self.run_id}-{chunk.index}")
+        written = self._write(batch, chunk)
+        self.store.mark_done(chunk, written)
+        with self.lock:
+            entry.chunks_done += 1
+            entry.rows_done += rows.num_rows
+            if entry.done:
+                entry.finished_at = time.time()
+            self._completed += 1
+        log.debug("snapshot %s chunk %d: %d rows (version %s)", chunk.table, chunk.index,
+                  rows.num_rows, format_lsn(self.version))
+        return reader
+
+    def _write(self, batch: TableBatch, chunk: Chunk) -> int:
+        attempt = 0
+        while True:
+            try:
+                return self.write(batch, chunk)
+            except SinkError as exc:
+                attempt += 1
+                if not exc.retryable or attempt > 8 or self._stopping():
+                    raise
+                delay = min(30.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2)
+                log.warning("snapshot load of %s failed (%s); retry %d in %.1fs",
+                            chunk.table, exc.message, attempt, delay)
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline and not self._stopping():
+                    time.sleep(0.05)
+            except DbmazzError:
+                raise
+
+    def _hold(self) -> bool:
+        if self._hold_after is None:
+            return False
+        with self.lock:
+            reached = self._completed >= self._hold_after
+        if not reached:
+            return False
+        log.warning("%s reached: holding the snapshot until stopped", HOLD_AFTER_ENV)
+        while not self._stopping():
+            time.sleep(0.05)
+        return True
+
+
+def _interleave(chunks: Sequence[Chunk]) -> list[Chunk]:
+    """Round-robin over tables (first chunks of every table first)."""
+    order = {name: i for i, name in enumerate(dict.fromkeys(c.table for c in chunks))}
+    return sorted(chunks, key=lambda c: (c.index, order[c.table]))

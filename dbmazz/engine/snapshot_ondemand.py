@@ -1,0 +1,234 @@
+"""On-demand snapshot of tables added while CDC keeps running (docs/snapshot.md, "On
+demand").
+
+1. The table's key joins the engine's key map and its target table is created, so the
+   stream can carry its changes from the moment it is published.
+2. The sink starts watching the table (keys CDC touches, truncates).
+3. The table joins the publication (replica identity set like setup does).
+4. A TEMPORARY logical slot is created with an exported snapshot: its consistent point W is
+   an exact watermark — commits before W are in the snapshot, commits from W on are not
+   (and, made after the table was published, reach the engine through CDC).
+5. Gate: a logical message is emitted after W and the engine's durable LSN waited past it,
+   so every change committed before W is applied before any snapshot row is written. A
+   TRUNCATE seen meanwhile cannot be placed before or after W: back to 4.
+6. Chunks are read inside the exported snapshot and written with version W, minus the keys
+   CDC changed at or after W (the watch); after a TRUNCATE newer than W, nothing more.
+
+Without an engine (``dbmazz snapshot --table`` while dbmazz is stopped) steps 2 and 5 are
+skipped: nothing is applied concurrently, and the next run replays the stream from its
+checkpoint — which is before the publication change — over the loaded rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from dbmazz.engine.snapshot import LiveEngine, Snapshots, StopCheck, _Plan
+from dbmazz.engine.snapshot_load import SnapshotProgress, progress_for
+from dbmazz.engine.snapshot_sink import Watch
+from dbmazz.errors import DbmazzError, SetupError
+from dbmazz.lsn import format_lsn
+from dbmazz.pipeline.batch import TableBatch, TableSchema
+from dbmazz.source.catalog import describe_relations
+from dbmazz.source.slots import SlotCreation
+from dbmazz.source.snapshot import (
+    create_temporary_slot,
+    emit_marker,
+    plan_chunks,
+    server_supports_tid_ranges,
+    table_layouts,
+)
+from dbmazz.state.snapshot_progress import ON_DEMAND
+
+log = logging.getLogger("dbmazz.snapshot")
+
+MARKER_PREFIX = "dbmazz_snapshot"
+_WATERMARK_ATTEMPTS = 3
+_GATE_POLL_S = 0.5
+
+
+def publish_tables(dsn: str, publication: str, tables: Sequence[str],
+                   replica_identity: str) -> None:
+    """Add ``tables`` to the publication (and set their replica identity) the way setup
+    does. ``setup_source`` itself refuses while our own stream holds the slot, so this
+    reuses its checks and changes without the slot part."""
+    from dbmazz.engine.setup import postgres as pg_setup
+
+    with pg_setup._connect(dsn) as conn:
+        resolved = pg_setup._resolve(conn, tables)
+        keys = pg_setup._keys_by_oid(conn, [t.oid for t in resolved])
+        keyless = [t.name for t in resolved if t.oid not in keys]
+        if keyless:
+            raise pg_setup._keyless_error(keyless)
+        mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
+        changes = pg_setup._plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
+        exists, to_add, warnings = pg_setup._publication_state(conn, publication, resolved)
+        not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
+        if not_owned:
+            raise SetupError(
+                f"the connecting role does not own {', '.join(not_owned)}, so it cannot add "
+                f"them to publication {publication!r}",
+                "run the snapshot as the tables' owner (or a superuser), or add them by hand",
+            )
+        for warning in warnings:
+            log.warning("%s", warning)
+        pg_setup._apply(conn, publication, exists, to_add, changes,
+                        pg_setup._IDENTITY_CODE.get(mode, "d"), 10.0)
+
+
+class OnDemandSnapshot:
+    """One on-demand snapshot: ``start()`` runs it on a thread, ``run()`` in the caller."""
+
+    def __init__(self, snapshots: Snapshots, tables: Sequence[str], *,
+                 engine: LiveEngine | None, should_stop: StopCheck) -> None:
+        self.snapshots = snapshots
+        self.tables = list(dict.fromkeys(tables))
+        self.engine = engine
+        self._should_stop = should_stop
+        self._cancel = threading.Event()
+        self.progress = SnapshotProgress(kind=ON_DEMAND, waiting="starting")
+        self.error: BaseException | None = None
+        self.completed = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_guarded, daemon=True,
+                                        name="dbmazz-snapshot-on-demand")
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once finished (check ``completed`` / ``error``)."""
+        return self._done.wait(timeout)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def _stopping(self) -> bool:
+        return self._cancel.is_set() or self._should_stop()
+
+    def _run_guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self.error = exc
+            text = exc.message if isinstance(exc, DbmazzError) else repr(exc)
+            self.progress.error = text
+            log.error("on-demand snapshot of %s failed: %s", ", ".join(self.tables), text,
+                      exc_info=not isinstance(exc, DbmazzError))
+
+    def run(self) -> bool:
+        try:
+            self.completed = self._run()
+            return self.completed
+        finally:
+            self._done.set()
+
+    # ------------------------------------------------------------------ steps
+    def _run(self) -> bool:
+        snapshots = self.snapshots
+        ctx = snapshots.context
+        schemas = self._register()
+        watches: dict[str, Watch] = {}
+        if self.engine is not None:
+            watches = {name: ctx.sink.watch(schema) for name, schema in schemas.items()}
+        creation: SlotCreation | None = None
+        try:
+            publish_tables(ctx.dsn, ctx.publication, self.tables, ctx.replica_identity)
+            for attempt in range(1, _WATERMARK_ATTEMPTS + 1):
+                if self._stopping():
+                    return False
+                creation = create_temporary_slot(ctx.dsn, f"dbmazz_snap_{ctx.slot}")
+                watermark = creation.consistent_point
+                for watch in watches.values():
+                    watch.reset(watermark)
+                plan = self._plan(watermark, creation.snapshot_name)
+                if self.engine is not None and not self._gate(watermark, watches):
+                    if self._stopping():
+                        return False
+                    log.warning("a TRUNCATE of %s was applied while the snapshot waited for "
+                                "CDC; taking a new watermark (attempt %d)",
+                                ", ".join(self.tables), attempt + 1)
+                    creation.close()
+                    creation = None
+                    continue
+                return self._load(plan, schemas, watches)
+            raise SetupError(
+                f"the snapshot of {', '.join(self.tables)} kept meeting TRUNCATEs of the table",
+                "retry when the table is not being truncated",
+            )
+        finally:
+            if creation is not None:
+                creation.close()
+            for name in watches:
+                ctx.sink.unwatch(name)
+
+    def _register(self) -> dict[str, TableSchema]:
+        """Keys into the engine's key map, target tables created: before the table is
+        published, so its first streamed change finds both."""
+        from dbmazz.engine.setup.postgres import primary_keys
+
+        ctx = self.snapshots.context
+        with ctx.connect() as conn:
+            keys = primary_keys(conn, self.tables, strict=True)
+            relations = describe_relations(conn, self.tables)
+        ctx.keys.update(keys)
+        schemas = {name: ctx.schemas.build(relation) for name, relation in relations.items()}
+        taken = {t.target_name: t.source_name for t in self.snapshots.tables.values()}
+        for schema in schemas.values():
+            other = taken.get(schema.target_name)
+            if other is not None and other != schema.source_name:
+                raise SetupError(
+                    f"{schema.source_name} would load into target table "
+                    f"{schema.target_name!r}, which {other} already loads into",
+                    f"rename it with TABLE_MAP, e.g. TABLE_MAP={schema.source_name}:"
+                    f"{schema.namespace}_{schema.name}",
+                )
+        ctx.sink.setup(list(schemas.values()))
+        self.snapshots.tables.update(schemas)
+        return schemas
+
+    def _plan(self, watermark: int, snapshot_name: str | None) -> _Plan:
+        ctx = self.snapshots.context
+        with ctx.connect() as conn:
+            layouts = table_layouts(conn, self.tables)
+            tid_ranges = server_supports_tid_ranges(conn)
+        chunks = [c for t in self.tables
+                  for c in plan_chunks(layouts[t], ctx.chunk_pages, tid_ranges)]
+        ctx.store.save_plan(chunks, watermark, ON_DEMAND, replace_tables=self.tables)
+        plan = _Plan(watermark, snapshot_name, chunks, [layouts[t] for t in self.tables], {})
+        progress = progress_for(ON_DEMAND, watermark, plan.layouts, chunks)
+        progress.waiting = "waiting for CDC to reach the snapshot point" if self.engine else ""
+        self.progress = progress
+        self.snapshots._publish(progress)
+        log.info("on-demand snapshot of %s in %d chunk(s), watermark %s",
+                 ", ".join(self.tables), len(chunks), format_lsn(watermark))
+        return plan
+
+    def _gate(self, watermark: int, watches: dict[str, Watch]) -> bool:
+        """Wait until every change committed before ``watermark`` is applied."""
+        assert self.engine is not None
+        with self.snapshots.context.connect() as conn:
+            marker = emit_marker(conn, MARKER_PREFIX, format_lsn(watermark))
+        while not self.engine.wait_durable(marker, _GATE_POLL_S):
+            if self._stopping():
+                return False
+        self.progress.waiting = ""
+        # Every watch must agree; open all gates (they only record the count).
+        return all([watch.open_gate() for watch in watches.values()])
+
+    def _load(self, plan: _Plan, schemas: dict[str, TableSchema],
+              watches: dict[str, Watch]) -> bool:
+        ctx = self.snapshots.context
+
+        def write(batch: TableBatch, chunk: object) -> int:
+            return ctx.sink.write_snapshot(batch, watches.get(batch.table.source_name))
+
+        return self.snapshots._load(plan, ON_DEMAND, self._stopping, tables=schemas,
+                                    progress=self.progress, write=write)

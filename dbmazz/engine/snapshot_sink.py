@@ -1,0 +1,166 @@
+"""The engine's sink, made safe for snapshot loads that run beside CDC.
+
+:class:`SnapshotAwareSink` wraps the real sink:
+
+* one write at a time per table — snapshot chunks and CDC batches of one table never
+  overlap (the Sink protocol promises that to every sink);
+* for a table under an on-demand snapshot with watermark W, it remembers the keys every CDC
+  batch touched with a version ≥ W (those changes are not in the snapshot and are newer
+  than it) and drops those keys from snapshot chunks written later. So a row deleted (even
+  hard-deleted) or changed by CDC during the snapshot is never brought back by an older
+  snapshot row, whatever the order of the two loads; and a TRUNCATE applied after the
+  watermark makes the remaining chunks moot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from dbmazz.pipeline.batch import (
+    LoadResult,
+    SchemaDelta,
+    TableBatch,
+    TableSchema,
+    UpsertGroup,
+)
+from dbmazz.sink.base import Sink
+
+VERSION = "dbmazz_cdc_version"
+
+
+class Watch:
+    """What CDC did to one table while its on-demand snapshot runs."""
+
+    def __init__(self, table: TableSchema) -> None:
+        self.table = table
+        self.keys = list(table.key_columns)
+        self.watermark: int | None = None
+        self._touched: list[pa.Table] = []
+        self.truncates = 0
+        #: Truncates seen before the gate (all CDC before the watermark applied) opened.
+        self._truncates_at_gate: int | None = None
+
+    def reset(self, watermark: int) -> None:
+        """A new watermark: forget what is older, start counting truncates afresh."""
+        self.watermark = watermark
+        self._touched = [t for t in (self._older_pruned(t) for t in self._touched) if t.num_rows]
+        self.truncates = 0
+        self._truncates_at_gate = None
+
+    def open_gate(self) -> bool:
+        """Everything committed before the watermark is applied. False when a TRUNCATE
+        went by meanwhile: it may be older or newer than the watermark, so the caller
+        takes a new watermark."""
+        self._truncates_at_gate = self.truncates
+        return self.truncates == 0
+
+    @property
+    def truncated(self) -> bool:
+        """A TRUNCATE newer than the watermark was applied: snapshot rows are obsolete."""
+        return self._truncates_at_gate is not None and self.truncates > self._truncates_at_gate
+
+    def observe(self, batch: TableBatch) -> None:
+        if batch.truncate:
+            self.truncates += 1
+        parts = [g.rows for g in batch.upserts]
+        if batch.deletes is not None:
+            parts.append(batch.deletes)
+        for rows in parts:
+            if rows.num_rows and VERSION in rows.column_names:
+                touched = self._older_pruned(rows.select([*self.keys, VERSION]))
+                if touched.num_rows:
+                    self._touched.append(touched)
+
+    def _older_pruned(self, rows: pa.Table) -> pa.Table:
+        if self.watermark is None:
+            return rows
+        versions = rows.column(VERSION).to_numpy()
+        return rows.filter(pa.array(versions >= self.watermark))
+
+    def filter(self, rows: pa.Table) -> pa.Table:
+        """``rows`` without the keys CDC changed at or after the watermark."""
+        if not self._touched or not rows.num_rows:
+            return rows
+        touched = pl.concat([_frame(t.select(self.keys)) for t in self._touched],
+                            how="vertical_relaxed").unique()
+        left = _frame(rows.select(self.keys)).with_row_index("__dbmazz_row")
+        keep = left.join(touched, on=self.keys, how="anti", nulls_equal=True)
+        index = keep.get_column("__dbmazz_row").to_numpy().astype(np.int64)
+        if len(index) == rows.num_rows:
+            return rows
+        return rows.take(pa.array(np.sort(index)))
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+class SnapshotAwareSink:
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._watches: dict[str, Watch] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Sink-specific extras (DuckDBSink.query, …) stay reachable through the wrapper.
+        return getattr(self.inner, name)
+
+    def _lock(self, table: str) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get(table)
+            if lock is None:
+                lock = self._locks[table] = threading.Lock()
+            return lock
+
+    # ------------------------------------------------------------------ Sink protocol
+    def setup(self, tables: Sequence[TableSchema]) -> None:
+        self.inner.setup(tables)
+
+    def apply_schema_delta(self, delta: SchemaDelta) -> None:
+        with self._lock(delta.after.source_name):
+            self.inner.apply_schema_delta(delta)
+
+    def write(self, batch: TableBatch) -> LoadResult:
+        with self._lock(batch.table.source_name):
+            watch = self._watches.get(batch.table.source_name)
+            if watch is not None:
+                watch.observe(batch)
+            return self.inner.write(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    # ------------------------------------------------------------------ snapshots
+    def watch(self, table: TableSchema) -> Watch:
+        watch = Watch(table)
+        with self._lock(table.source_name):
+            self._watches[table.source_name] = watch
+        return watch
+
+    def unwatch(self, table: str) -> None:
+        with self._lock(table):
+            self._watches.pop(table, None)
+
+    def write_snapshot(self, batch: TableBatch, watch: Watch | None = None) -> int:
+        """Write a snapshot chunk; returns the rows written (after the watch's filter)."""
+        with self._lock(batch.table.source_name):
+            if watch is not None:
+                if watch.truncated:
+                    return 0
+                batch.upserts = [UpsertGroup(watch.filter(g.rows), g.partial)
+                                 for g in batch.upserts]
+                batch.upserts = [g for g in batch.upserts if g.rows.num_rows]
+            if batch.is_empty:
+                return 0
+            self.inner.write(batch)
+            return batch.num_rows

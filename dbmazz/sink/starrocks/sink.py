@@ -1,0 +1,419 @@
+"""StarRocksSink: the Sink protocol over Stream Load (data) and the FE MySQL port (DDL).
+
+One merged batch becomes a few loads, each with its own deterministic label
+(``…-<first_lsn>-<last_lsn>-u0`` per upsert group, ``-d`` for deletes, ``-t`` marking a
+truncate as done). Upserts carry ``merge_condition: dbmazz_cdc_version`` so a replayed or
+late load never overwrites a newer row. Partial rows (unchanged TOAST, soft deletes, or a
+target with columns the load lacks) use ``partial_update`` so absent columns keep their
+values. Hard deletes send the keys with ``__op='delete'`` (never conditional).
+
+A source transaction split across batches (``batch.split``) goes through the transaction
+interface (:mod:`.split`): nothing of it is visible before its last part. When StarRocks
+loses an open part, everything is rolled back and :class:`SinkReplayRequired` asks the
+engine to resend the source transaction from its first part.
+
+Thread safety: calls for different tables run in parallel (own curl handle per thread,
+per-table state under a per-table lock); DDL is serialised on one MySQL connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
+from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
+from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
+from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
+from dbmazz.sink.starrocks.http import Transport
+from dbmazz.sink.starrocks.labels import make_label
+from dbmazz.sink.starrocks.mysql import FeClient, quote_ident
+from dbmazz.sink.starrocks.retry import Waiter
+from dbmazz.sink.starrocks.schema import apply_delta, check_target_names, prepare_tables
+from dbmazz.sink.starrocks.serialize import JSON_HEADERS, serialize
+from dbmazz.sink.starrocks.settings import StarRocksSettings
+from dbmazz.sink.starrocks.split import PlannedLoad, SplitTransaction
+from dbmazz.sink.starrocks.stream_load import FINAL_OK, StreamLoadClient, TransactionBroken
+
+if TYPE_CHECKING:
+    from dbmazz.config import Config
+
+log = logging.getLogger("dbmazz.sink.starrocks")
+
+MERGE_COLUMN = "dbmazz_cdc_version"
+_HEX_PREFIX = "__dbmazz_hex_"
+
+
+@dataclass(slots=True)
+class _TableState:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    target: TargetTable | None = None
+    split: SplitTransaction | None = None
+
+
+class StarRocksSink:
+    name = "starrocks"
+
+    def __init__(
+        self,
+        settings: StarRocksSettings,
+        *,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        """``sleep`` replaces real waiting between retries and polls (tests pass a function
+        that moves an emulator's clock)."""
+        self.settings = settings
+        self._waiter = Waiter(sleep)
+        self._transport = Transport(
+            settings.user,
+            settings.password,
+            connect_timeout=settings.connect_timeout,
+            timeout=settings.request_timeout,
+        )
+        self.client = StreamLoadClient(
+            settings.fe_url,
+            self._transport,
+            policy=settings.retry,
+            waiter=self._waiter,
+            error_log_limit=settings.error_log_limit,
+            user=settings.user,
+        )
+        host, port = settings.mysql_address
+        self._fe = FeClient(
+            host, port, settings.user, settings.password, connect_timeout=settings.connect_timeout
+        )
+        self.catalog = Catalog(
+            self._fe, settings.database, waiter=self._waiter, alter_timeout=settings.alter_timeout
+        )
+        self._lock = threading.Lock()
+        self._states: dict[str, _TableState] = {}
+        self._sources: dict[str, TableSchema] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: object) -> StarRocksSink:
+        """Settings from ``config``; ``overrides`` replace StarRocksSettings fields."""
+        return cls(StarRocksSettings.from_config(config, **overrides))
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"StarRocksSink({s.fe_url}, db={s.database!r}, user={s.user!r})"
+
+    def cancel(self) -> None:
+        """Interrupt retry back-offs and polls (engine shutdown); they raise SinkError."""
+        self._waiter.cancel()
+
+    def _state(self, table: str) -> _TableState:
+        with self._lock:
+            state = self._states.get(table)
+            if state is None:
+                state = self._states[table] = _TableState()
+            return state
+
+    # -- setup and schema ----------------------------------------------------------------
+
+    def setup(self, tables: Sequence[TableSchema]) -> None:
+        with self._lock:
+            known = {s.source_name: s for s in self._sources.values()}
+            known.update({t.source_name: t for t in tables})
+            check_target_names(known.values())
+        if self.settings.setup == "auto":
+            self.catalog.ensure_database()
+        elif not self.catalog.database_exists():
+            raise SetupError(
+                f"StarRocks database {self.settings.database!r} does not exist",
+                "create it, or run with SETUP=auto",
+            )
+        report = prepare_tables(self.catalog, tables, self.settings)
+        for schema in tables:
+            state = self._state(schema.target_name)
+            with state.lock:
+                state.target = report.tables.get(schema.target_name)
+            with self._lock:
+                self._sources[schema.target_name] = schema
+
+    def apply_schema_delta(self, delta: SchemaDelta) -> None:
+        name = delta.after.target_name
+        state = self._state(name)
+        with state.lock:
+            state.target = apply_delta(self.catalog, delta, self.settings)
+        with self._lock:
+            self._sources[name] = delta.after
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, batch: TableBatch) -> LoadResult:
+        table = batch.table.target_name
+        state = self._state(table)
+        with state.lock:
+            try:
+                target = self._target(state, batch.table)
+                try:
+                    loads = self.plan(batch, target)
+                except _MissingColumns:
+                    # Someone may have added them by hand since setup: look again, once.
+                    state.target = None
+                    loads = self.plan(batch, self._target(state, batch.table))
+                if batch.split is not None:
+                    return self._write_split(batch, loads, state)
+                if state.split is not None:
+                    self._settle(table, state)
+                return self._write_plain(batch, loads)
+            except SetupError as exc:
+                raise SinkError(
+                    exc.message, exc.hint, table=table, retryable=exc.retryable
+                ) from None
+
+    def _target(self, state: _TableState, schema: TableSchema) -> TargetTable:
+        if state.target is None:
+            state.target = self.catalog.describe(schema.target_name)
+        if state.target is None:
+            raise SinkError(
+                f"StarRocks table {self.settings.database}.{schema.target_name} does not exist",
+                "run setup (SETUP=auto) or create the table",
+                table=schema.target_name,
+            )
+        return state.target
+
+    def plan(self, batch: TableBatch, target: TargetTable) -> list[PlannedLoad]:
+        """The loads of one batch (without sending anything)."""
+        schema = batch.table
+        raw_json = {
+            c.name for c in schema.columns if is_json_column(c) and _is(target, c.name, "json")
+        }
+        binary = {
+            c.name
+            for c in schema.columns
+            if is_binary_column(c) and _is(target, c.name, "varbinary", "binary")
+        }
+        loads: list[PlannedLoad] = []
+        for i, group in enumerate(batch.upserts):
+            if group.rows.num_rows:
+                loads.append(
+                    self._load(f"u{i}", group.rows, group.partial, target, raw_json, binary)
+                )
+        deletes = batch.deletes
+        if deletes is not None and deletes.num_rows:
+            if self.settings.delete_mode == "hard":
+                keys = deletes.select(list(schema.key_columns))
+                loads.append(self._load("d", keys, False, target, raw_json, binary, delete=True))
+            else:
+                loads.append(self._load("d", deletes, True, target, raw_json, binary))
+        return loads
+
+    def _load(
+        self,
+        suffix: str,
+        rows: pa.Table,
+        partial: bool,
+        target: TargetTable,
+        raw_json: set[str],
+        binary: set[str],
+        *,
+        delete: bool = False,
+    ) -> PlannedLoad:
+        names = rows.column_names
+        missing = [n for n in names if not target.has(n)]
+        if missing:
+            raise _MissingColumns(
+                f"StarRocks table {target.db}.{target.name} has no column(s) "
+                f"{', '.join(missing)} that the batch carries",
+                "apply the schema change (SETUP=auto) or add the columns",
+                table=target.name,
+            )
+        present = {n.lower() for n in names}
+        # Columns of the target the load does not carry must keep their values.
+        partial = partial or any(n.lower() not in present for n in target.names)
+        items: list[str] = []
+        mappings: list[str] = []
+        renamed: list[str] = []
+        for i, name in enumerate(names):
+            if name in binary:
+                temp = f"{_HEX_PREFIX}{i}"
+                renamed.append(temp)
+                items.append(quote_ident(temp))
+                mappings.append(f"{quote_ident(name)}=to_binary({quote_ident(temp)},'hex')")
+            else:
+                renamed.append(name)
+                items.append(quote_ident(name))
+        if delete:
+            mappings.append("__op='delete'")
+        body_table = rows.rename_columns(renamed) if renamed != names else rows
+        body = serialize(body_table, self.settings.load_format, raw_json=raw_json & set(names))
+        headers = dict(body.headers)
+        headers["columns"] = ",".join(items + mappings)
+        if partial and not delete:
+            headers["partial_update"] = "true"
+        merge = target.column(MERGE_COLUMN)
+        if not delete and merge is not None and MERGE_COLUMN in present:
+            headers["merge_condition"] = merge.name
+        return PlannedLoad(suffix, body, headers)
+
+    def _label(self, batch: TableBatch, first: int, last: int, suffix: str) -> str:
+        return make_label(
+            self.settings.slot_name,
+            batch.table.target_name,
+            first,
+            last,
+            suffix,
+            batch_id=batch.batch_id,
+        )
+
+    def _write_plain(self, batch: TableBatch, loads: list[PlannedLoad]) -> LoadResult:
+        table, db = batch.table.target_name, self.settings.database
+        first, last = batch.first_lsn, batch.last_lsn
+        if batch.truncate:
+            if first or last or batch.batch_id:
+                self._truncate_once(table, self._label(batch, first, last, "t"))
+            else:
+                # Without an LSN there is no stable marker label (a constant one would
+                # silence every later truncate), so this truncate is not replay-safe.
+                self.catalog.truncate(table)
+        labels, sent = [], 0
+        for load in loads:
+            label = self._label(batch, first, last, load.suffix)
+            outcome = self.client.load(db, table, label, load.body.data, load.headers)
+            log.debug(
+                "loaded %d rows into %s (label %s%s)",
+                load.body.rows,
+                table,
+                label,
+                ", already loaded" if outcome.already_loaded else "",
+            )
+            labels.append(label)
+            sent += len(load.body.data)
+        return LoadResult(rows=batch.num_rows, bytes=sent, label=",".join(labels))
+
+    def _truncate_once(self, table: str, marker: str) -> None:
+        """TRUNCATE, unless an earlier run already did it for this batch.
+
+        Re-truncating on replay would wipe rows of later batches whose loads then answer
+        "Label Already Exists" and are skipped; an empty load labelled ``marker`` records
+        that this batch's truncate happened.
+        """
+        db = self.settings.database
+        if self.client.load_state(db, marker, table=table) in FINAL_OK:
+            return
+        self.catalog.truncate(table)
+        self.client.load(db, table, marker, b"[]", JSON_HEADERS)
+
+    # -- split source transactions -------------------------------------------------------
+
+    def _write_split(
+        self, batch: TableBatch, loads: list[PlannedLoad], state: _TableState
+    ) -> LoadResult:
+        part = batch.split
+        assert part is not None
+        table = batch.table.target_name
+        txn = state.split
+        if txn is not None and txn.commit_lsn != part.commit_lsn:
+            self._settle(table, state)
+            txn = None
+        if txn is not None and part.index == 0 and txn.next_index > 1:
+            log.warning("source transaction %d of %s starts over", part.commit_lsn, table)
+            txn.abandon()
+            txn = state.split = None
+        if txn is None:
+            if part.index != 0:
+                raise SinkReplayRequired(
+                    f"part {part.index} of source transaction {part.commit_lsn} for {table} "
+                    "arrived without the parts before it",
+                    "resend the transaction from its first part (restart from the checkpoint)",
+                    table=table,
+                )
+            txn = state.split = SplitTransaction(
+                self.client,
+                self.settings.database,
+                table,
+                part.commit_lsn,
+                lambda suffix: self._label(batch, part.commit_lsn, part.commit_lsn, suffix),
+                self.settings.txn_timeout_s,
+            )
+        if not txn.accepts(part.index):
+            txn.abandon()
+            state.split = None
+            raise SinkReplayRequired(
+                f"part {part.index} of source transaction {part.commit_lsn} for {table} "
+                f"arrived but part {txn.next_index} was expected",
+                "resend the transaction from its first part",
+                table=table,
+            )
+        sent = 0
+        try:
+            if not txn.finishing:
+                if batch.truncate:
+                    # Rows loaded so far precede the truncate: they go with it.
+                    txn.abandon()
+                    txn.segments.clear()
+                    self._truncate_once(table, txn.truncate_marker())
+                sent = txn.load_part(part.index, loads)
+            if part.last:
+                txn.finish()
+        except TransactionBroken as exc:
+            txn.abandon()
+            state.split = None
+            raise SinkReplayRequired(
+                f"StarRocks dropped the load transaction of source transaction "
+                f"{part.commit_lsn} for {table}: {exc}",
+                "resend the transaction from its first part (restart from the checkpoint)",
+                table=table,
+                label=exc.label,
+            ) from None
+        except SinkError as exc:
+            if not exc.retryable:
+                txn.abandon()
+                state.split = None
+            raise
+        return LoadResult(rows=batch.num_rows, bytes=sent, label=txn.labels)
+
+    def _settle(self, table: str, state: _TableState) -> None:
+        """Commit a split transaction that never saw its last part for this table.
+
+        Changes of a later transaction arriving for the table mean the earlier one was
+        complete (commit order): its open segments are committed rather than lost.
+        """
+        txn = state.split
+        state.split = None
+        if txn is None or not txn.pending:
+            return
+        log.warning(
+            "committing source transaction %d of %s: no part marked last arrived for it",
+            txn.commit_lsn,
+            table,
+        )
+        try:
+            txn.finish()
+        except TransactionBroken as exc:
+            txn.abandon()
+            raise SinkReplayRequired(
+                f"StarRocks dropped the load transaction of source transaction "
+                f"{txn.commit_lsn} for {table}: {exc}",
+                "resend from before that transaction",
+                table=table,
+                label=exc.label,
+            ) from None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            states = list(self._states.items())
+        for _, state in states:
+            if state.split is not None:
+                state.split.abandon()
+                state.split = None
+        self._transport.close()
+        self._fe.close()
+
+
+class _MissingColumns(SinkError):
+    """The batch carries columns the (cached) target table lacks."""
+
+
+def _is(target: TargetTable, name: str, *data_types: str) -> bool:
+    column = target.column(name)
+    return column is not None and column.data_type in data_types

@@ -1,0 +1,348 @@
+"""Stream Load and the Stream Load transaction interface, with retries.
+
+Every request carries a deterministic label, so re-sending after an ambiguous failure is
+safe: StarRocks answers "Label Already Exists" for work it already did. Outcomes:
+
+* ``Success``, ``Publish Timeout`` (committed, visible soon) and ``Label Already Exists``
+  with ``ExistingJobStatus: FINISHED`` are success;
+* ``Label Already Exists`` + ``RUNNING``: poll ``get_load_state`` until the label settles;
+  VISIBLE/COMMITTED is success, ABORTED/UNKNOWN frees the label for a new attempt;
+* retryable failures (network, 5xx, too many versions, running-txn cap, HTTP concurrency
+  limit, TXN_IN_PROCESSING) back off exponentially with jitter under a :class:`RetryPolicy`;
+* fatal failures raise :class:`SinkError` naming table, label and StarRocks' message, with
+  the rejected rows fetched from ``ErrorURL`` (truncated).
+
+A transaction ``load`` is not idempotent (a second send appends the rows again), so it is
+re-sent only when StarRocks provably did not take the body; otherwise the transaction is
+rolled back and :class:`TransactionBroken` asks for the whole source transaction again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+from urllib.parse import quote
+
+from dbmazz.errors import SinkError
+from dbmazz.sink.starrocks.http import HttpResponse, Transport, TransportError
+from dbmazz.sink.starrocks.response import Outcome, Reply, classify, is_auth_failure, parse_reply
+from dbmazz.sink.starrocks.retry import Attempts, Cancelled, RetryPolicy, Waiter
+
+log = logging.getLogger("dbmazz.sink.starrocks")
+
+FINAL_OK = frozenset({"VISIBLE", "COMMITTED"})
+FREE = frozenset({"ABORTED", "UNKNOWN", ""})
+# Curl errors raised before a request could reach a server: nothing was sent.
+_NOT_SENT = frozenset({5, 6, 7})
+
+
+class TransactionBroken(Exception):
+    """A load transaction can no longer complete (StarRocks aborted it or its state is
+    unknowable); the caller rolls back and asks for the source transaction again."""
+
+    def __init__(self, message: str, label: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOutcome:
+    label: str
+    loaded_rows: int
+    #: True when StarRocks already had this label: nothing was loaded this time.
+    already_loaded: bool
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")
+
+
+class StreamLoadClient:
+    def __init__(
+        self,
+        fe_url: str,
+        transport: Transport,
+        *,
+        policy: RetryPolicy | None = None,
+        waiter: Waiter | None = None,
+        error_log_limit: int = 4000,
+        user: str = "",
+    ) -> None:
+        self.fe_url = fe_url.rstrip("/")
+        self.transport = transport
+        self.policy = policy or RetryPolicy()
+        self.waiter = waiter or Waiter()
+        self.error_log_limit = error_log_limit
+        self.user = user
+
+    # -- plain Stream Load ---------------------------------------------------------------
+
+    def load(
+        self, db: str, table: str, label: str, body: bytes, headers: Mapping[str, str]
+    ) -> LoadOutcome:
+        url = f"{self.fe_url}/api/{_q(db)}/{_q(table)}/_stream_load"
+        request = {**headers, "label": label}
+        attempts = Attempts(self.policy, self.waiter)
+        while True:
+            attempts.start()
+            try:
+                response = self.transport.send_following(
+                    "PUT", url, request, body, expect_continue=True
+                )
+            except TransportError as exc:
+                reason = f"network error: {exc}"
+            else:
+                reply = parse_reply(response)
+                outcome, reason = classify(reply)
+                if outcome is Outcome.OK:
+                    return LoadOutcome(label, reply.number("NumberLoadedRows"), False)
+                if outcome is Outcome.FATAL:
+                    self._fatal(db, table, label, reply)
+                if outcome is Outcome.LABEL_EXISTS:
+                    settled = self._settle_label(db, table, label, reply)
+                    if settled:
+                        return LoadOutcome(label, 0, True)
+                    reason = f"label {label} was aborted; loading it again"
+            self._pause(attempts, table, label, reason)
+
+    def _settle_label(self, db: str, table: str, label: str, reply: Reply) -> bool:
+        """True when the existing label's load is done; False when the label is free."""
+        if reply.existing_job_status == "FINISHED":
+            return True
+        attempts = Attempts(self.policy, self.waiter)
+        while True:
+            attempts.start()
+            state = self.load_state(db, label, table=table)
+            if state in FINAL_OK:
+                return True
+            if state in FREE:
+                return False
+            self._pause(attempts, table, label, f"label {label} is {state}; waiting for it")
+
+    def load_state(self, db: str, label: str, *, table: str | None = None) -> str:
+        """The label's transaction state: UNKNOWN, PREPARE, PREPARED, COMMITTED, VISIBLE,
+        ABORTED (retried on network errors)."""
+        url = f"{self.fe_url}/api/{_q(db)}/get_load_state?label={_q(label)}"
+        attempts = Attempts(self.policy, self.waiter)
+        while True:
+            attempts.start()
+            try:
+                reply = parse_reply(self.transport.send_following("GET", url))
+            except TransportError as exc:
+                reason = f"network error: {exc}"
+            else:
+                if reply.http_status == 200 and reply.state:
+                    return reply.state
+                outcome, reason = classify(reply)
+                if outcome is Outcome.FATAL:
+                    self._fatal(db, table or "?", label, reply, action="get_load_state")
+                if outcome is Outcome.OK:
+                    return "UNKNOWN"
+            self._pause(attempts, table, label, reason)
+
+    # -- transaction interface -----------------------------------------------------------
+
+    def _txn(
+        self,
+        op: str,
+        db: str,
+        table: str,
+        label: str,
+        extra: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Reply:
+        """One transaction request; raises TransportError as is."""
+        headers = {"label": label, "db": db, "table": table, **(extra or {})}
+        method = "PUT" if op == "load" else "POST"
+        response: HttpResponse = self.transport.send_following(
+            method,
+            f"{self.fe_url}/api/transaction/{op}",
+            headers,
+            body,
+            expect_continue=op == "load",
+        )
+        return parse_reply(response)
+
+    def txn_begin(self, db: str, table: str, label: str, timeout_s: int) -> str:
+        """Begin a transaction. Returns "new", "finished" (already committed earlier) or
+        "pending" (a PREPARE/PREPARED transaction of an earlier run holds the label)."""
+        extra = {"timeout": str(timeout_s), "idle_transaction_timeout": str(timeout_s)}
+        attempts = Attempts(self.policy, self.waiter)
+        while True:
+            attempts.start()
+            try:
+                reply = self._txn("begin", db, table, label, extra)
+            except TransportError as exc:
+                reason = f"network error: {exc}"
+            else:
+                outcome, reason = classify(reply)
+                if outcome is Outcome.OK:
+                    return "new"
+                if outcome is Outcome.FATAL:
+                    self._fatal(db, table, label, reply, action="transaction begin")
+                if outcome is Outcome.LABEL_EXISTS:
+                    if reply.existing_job_status == "FINISHED":
+                        return "finished"
+                    state = self.load_state(db, label, table=table)
+                    if state in FINAL_OK:
+                        return "finished"
+                    if state not in FREE:
+                        return "pending"
+                    reason = f"label {label} was aborted; beginning again"
+            self._pause(attempts, table, label, reason)
+
+    def txn_load(
+        self, db: str, table: str, label: str, body: bytes, headers: Mapping[str, str]
+    ) -> int:
+        attempts = Attempts(self.policy, self.waiter)
+        while True:
+            attempts.start()
+            try:
+                reply = self._txn("load", db, table, label, headers, body)
+            except TransportError as exc:
+                if exc.body_sent or exc.code not in _NOT_SENT:
+                    raise TransactionBroken(
+                        f"transaction load {label} into {table} failed mid-request: {exc}", label
+                    ) from None
+                reason = f"network error before sending: {exc}"
+            else:
+                outcome, reason = classify(reply)
+                if outcome is Outcome.OK:
+                    return reply.number("NumberLoadedRows")
+                if outcome is Outcome.FATAL:
+                    self._fatal(db, table, label, reply, action="transaction load")
+                status, message = reply.status, reply.message.lower()
+                # Rejected before the body was read: the transaction is intact.
+                if not (
+                    reply.http_status >= 500
+                    or status == "txn in processing"
+                    or "cuncurrent limit" in message
+                    or "concurrent limit" in message
+                ):
+                    raise TransactionBroken(
+                        f"transaction load {label} into {table} failed: {reply.summary()}", label
+                    )
+            self._pause(attempts, table, label, reason)
+
+    def txn_prepare(self, db: str, table: str, label: str) -> None:
+        self._finish("prepare", db, table, label, done={"PREPARED", *FINAL_OK})
+
+    def txn_commit(self, db: str, table: str, label: str) -> None:
+        self._finish("commit", db, table, label, done=FINAL_OK)
+
+    def _finish(
+        self, op: str, db: str, table: str, label: str, *, done: frozenset[str] | set[str]
+    ) -> None:
+        """prepare/commit: idempotent, so any doubt is settled by asking the label's state."""
+        attempts = Attempts(self.policy, self.waiter)
+        while True:
+            attempts.start()
+            try:
+                reply = self._txn(op, db, table, label)
+            except TransportError as exc:
+                reason = f"network error: {exc}"
+            else:
+                outcome, reason = classify(reply)
+                if outcome is Outcome.OK:
+                    return
+                if outcome is Outcome.FATAL:
+                    if self.load_state(db, label, table=table) in done:
+                        return
+                    self._fatal(db, table, label, reply, action=f"transaction {op}")
+            state = self.load_state(db, label, table=table)
+            if state in done:
+                return
+            if state in FREE:
+                raise TransactionBroken(
+                    f"transaction {label} of {table} is {state or 'gone'} at {op}: {reason}", label
+                )
+            self._pause(attempts, table, label, f"{op}: {reason} (state {state})")
+
+    def txn_rollback(self, db: str, table: str, label: str) -> None:
+        """Best effort: a transaction left behind is aborted by its timeout anyway."""
+        try:
+            reply = self._txn("rollback", db, table, label)
+            outcome, reason = classify(reply)
+            if outcome is not Outcome.OK:
+                log.info("rollback of %s on %s: %s", label, table, reason)
+        except (TransportError, SinkError, Cancelled) as exc:
+            log.warning("rollback of %s on %s failed: %s", label, table, exc)
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _pause(self, attempts: Attempts, table: str | None, label: str, reason: str) -> None:
+        if not attempts.can_retry():
+            raise SinkError(
+                f"Stream Load into {table} (label {label}) still failing after "
+                f"{attempts.count} attempts over {attempts.elapsed:.0f}s: {reason}",
+                "StarRocks is unreachable or overloaded; it will be retried when the "
+                "engine restarts the load",
+                table=table,
+                label=label,
+                retryable=True,
+            )
+        log.warning(
+            "load %s into %s failed (attempt %d): %s; retrying",
+            label,
+            table,
+            attempts.count,
+            reason,
+        )
+        try:
+            attempts.backoff()
+        except Cancelled:
+            raise SinkError(
+                f"Stream Load into {table} (label {label}) cancelled while retrying: {reason}",
+                table=table,
+                label=label,
+                retryable=True,
+            ) from None
+
+    def _fatal(
+        self, db: str, table: str, label: str, reply: Reply, *, action: str = "Stream Load"
+    ) -> NoReturn:
+        details = ""
+        if reply.error_url:
+            details = self.fetch_error_log(reply.error_url)
+        message = f"{action} into {db}.{table} failed (label {label}): {reply.summary()}"
+        if reply.number("NumberFilteredRows"):
+            message += (
+                f" [{reply.number('NumberFilteredRows')} of "
+                f"{reply.number('NumberTotalRows')} rows rejected]"
+            )
+        if details:
+            message += f"\nrejected rows (from ErrorURL):\n{details}"
+        raise SinkError(message, _hint(reply, self.user), table=table, label=label, retryable=False)
+
+    def fetch_error_log(self, url: str) -> str:
+        try:
+            # The error log needs no credentials; do not hand them to a URL from a reply.
+            response = self.transport.send_following("GET", url, auth=False)
+        except TransportError as exc:
+            return f"(could not fetch {url}: {exc})"
+        text = response.body.decode("utf-8", "replace").strip()
+        if len(text) > self.error_log_limit:
+            text = (
+                text[: self.error_log_limit]
+                + f"\n… ({len(text) - self.error_log_limit} more characters)"
+            )
+        return text
+
+
+def _hint(reply: Reply, user: str) -> str:
+    message = reply.message.lower()
+    if is_auth_failure(reply):
+        return (
+            f"check STARROCKS_USER ({user!r}) and STARROCKS_PASSWORD, and that the user has "
+            "the INSERT privilege on the table"
+        )
+    if "too many filtered rows" in message:
+        return (
+            "the rejected rows above do not fit the target table (types, NOT NULL, lengths); "
+            "fix the target definition or let dbmazz create it (CREATE_TABLES=true)"
+        )
+    if "column" in message:
+        return "the target table lacks a source column: run setup (SETUP=auto) or add it"
+    return "see the StarRocks message above"

@@ -1,0 +1,133 @@
+"""Human rendering of engine status: sizes, durations, sparklines, the status table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from dbmazz.api._proto import dbmazz_pb2 as pb
+from dbmazz.api.convert import stage_name, state_name
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+STATE_STYLES = {
+    "RUNNING": "bold green",
+    "PAUSED": "bold yellow",
+    "DRAINING": "bold cyan",
+    "STARTING": "bold blue",
+    "STOPPED": "bold white",
+    "FAILED": "bold red",
+}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def sparkline(values: Sequence[float], width: int = 40) -> str:
+    """Unicode block sparkline of the last ``width`` values, scaled to their maximum."""
+    tail = list(values)[-width:]
+    if not tail:
+        return ""
+    top = max(tail)
+    if top <= 0:
+        return _BLOCKS[0] * len(tail)
+    return "".join(_BLOCKS[min(len(_BLOCKS) - 1, int(v / top * (len(_BLOCKS) - 1) + 0.5))]
+                   for v in tail)
+
+
+def state_text(status: pb.EngineStatus) -> Text:
+    state = state_name(status.state)
+    return Text(state, style=STATE_STYLES.get(state, "bold"))
+
+
+def error_panel(status: pb.EngineStatus) -> Panel | None:
+    if not status.HasField("last_error"):
+        return None
+    error = status.last_error
+    body = Text(error.message, style="red" if error.fatal else "yellow")
+    if error.hint:
+        body.append("\nfix: ", style="bold").append(error.hint)
+    title = f"{'error' if error.fatal else 'retrying'}" + (f" ({error.kind})" if error.kind else "")
+    return Panel(body, title=title, border_style="red" if error.fatal else "yellow")
+
+
+def overview_table(status: pb.EngineStatus) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    grid.add_row("state", Text.assemble(state_text(status), f"  (stage {stage_name(status.stage)}"
+                                        f", {'serving' if status.serving else 'not serving'})"))
+    grid.add_row("source", f"slot {status.slot or '-'}, publication {status.publication or '-'}")
+    grid.add_row("sink", status.sink or "-")
+    grid.add_row("received LSN", status.received_lsn.text or "0/0")
+    grid.add_row("confirmed LSN", status.confirmed_lsn.text or "0/0")
+    grid.add_row("lag", f"{human_bytes(status.lag_bytes)}, "
+                        f"{human_duration(status.replication_lag_ms / 1000)}")
+    grid.add_row("in flight", human_bytes(status.inflight_bytes)
+                 + f" of {human_bytes(status.settings.max_inflight_bytes)}")
+    grid.add_row("applied", f"{status.rows_applied:,} changes in {status.flushes:,} batches "
+                            f"({status.messages:,} messages, {human_bytes(status.bytes_received)})")
+    settings = status.settings
+    grid.add_row("flush", f"{settings.flush_rows:,} rows / {human_bytes(settings.flush_bytes)} / "
+                          f"{settings.flush_interval_ms} ms")
+    grid.add_row("uptime", human_duration(status.uptime_s) + f"  (dbmazz {status.version})")
+    return grid
+
+
+def tables_table(status: pb.EngineStatus) -> Table:
+    # Optional columns only when they say something, so the table fits 80 columns.
+    renamed = any(t.target and t.target != t.table.split(".")[-1] for t in status.tables)
+    retried = any(t.retries for t in status.tables)
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
+                  collapse_padding=True)
+    table.add_column("table", no_wrap=True)
+    if renamed:
+        table.add_column("target", no_wrap=True)
+    for name in ("changes", "loaded", "batches", "in flight", "last load"):
+        table.add_column(name, justify="right", no_wrap=True)
+    if retried:
+        table.add_column("retries", justify="right", no_wrap=True, style="yellow")
+    for t in status.tables:
+        cells = [t.table, *([t.target or "-"] if renamed else []), f"{t.changes:,}",
+                 f"{t.rows_loaded:,}", f"{t.batches:,}", f"{t.in_flight_rows:,}",
+                 f"{t.last_load_ms:.0f} ms" if t.batches else "-"]
+        if retried:
+            cells.append(str(t.retries))
+        table.add_row(*cells)
+    return table
+
+
+def status_renderable(status: pb.EngineStatus, address: str) -> RenderableType:
+    parts: list[RenderableType] = [Panel(overview_table(status), title=f"dbmazz @ {address}")]
+    if status.tables:
+        parts.append(tables_table(status))
+    panel = error_panel(status)
+    if panel is not None:
+        parts.append(panel)
+    return Group(*parts)

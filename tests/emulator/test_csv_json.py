@@ -1,0 +1,264 @@
+"""Load bodies: CSV options, JSON modes, columns expressions, types, strictness, ratios."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from dbmazz.testing.starrocks import StarRocksEmulator
+from tests.emulator.helpers import BASIC_DDL, make_table, request, stream_load
+
+TYPED_DDL = (
+    "CREATE TABLE ty (id INT NOT NULL, b BOOLEAN, ti TINYINT, li LARGEINT, f DOUBLE,"
+    " d DECIMAL(6,2), s VARCHAR(5), dd DATE, ts DATETIME, j JSON, a ARRAY<INT>,"
+    " vb VARBINARY(4)) PRIMARY KEY (id) DISTRIBUTED BY HASH(id)"
+)
+
+
+@pytest.fixture
+def sr(starrocks: StarRocksEmulator) -> StarRocksEmulator:
+    make_table(starrocks, BASIC_DDL)
+    make_table(starrocks, TYPED_DDL)
+    return starrocks
+
+
+def ids(sr: StarRocksEmulator, table: str = "t") -> list[object]:
+    return [r["id"] for r in sr.rows("d", table)]
+
+
+# -- CSV --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"column_separator": ","}, "1,a,2\n"),
+        ({"column_separator": "\\x01"}, "1\x01a\x012\n"),
+        ({"column_separator": "\\\\x01"}, "1\x01a\x012\n"),
+        ({"column_separator": "||", "row_delimiter": "\\x0D0A"}, "1||a||2\r\n"),
+        ({"row_delimiter": "|"}, "1\ta\t2|"),
+    ],
+)
+def test_separators(sr: StarRocksEmulator, headers: dict[str, str], body: str) -> None:
+    reply = stream_load(sr, "d", "t", body, **headers)
+    assert reply["Status"] == "Success", reply
+    assert sr.rows("d", "t") == [{"id": 1, "name": "a", "score": 2}]
+
+
+def test_null_marker_empty_string_and_blank_lines(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", "1,\\N,2\n\n2,,3\n\n", column_separator=",")
+    assert (reply["NumberTotalRows"], reply["NumberLoadedRows"]) == (2, 2)
+    assert sr.rows("d", "t") == [
+        {"id": 1, "name": None, "score": 2}, {"id": 2, "name": "", "score": 3},
+    ]
+
+
+def test_field_count_mismatch_is_filtered(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", "1,a,2\n2,b\n3,c,3,x\n", column_separator=",",
+                        max_filter_ratio="1")
+    assert (reply["NumberLoadedRows"], reply["NumberFilteredRows"]) == (1, 2)
+    log = request(reply["ErrorURL"], method="GET", user=None).text.splitlines()
+    assert log == [
+        "Error: Value count does not match column count. Expect 3, but got 2. Row: 2,b",
+        "Error: Value count does not match column count. Expect 3, but got 4. Row: 3,c,3,x",
+    ]
+
+
+def test_enclose_and_escape(sr: StarRocksEmulator) -> None:
+    body = '1,"a,b",2\n2,"say ""hi""",3\n3,"line\nbreak",4\n4,x\\,y,5\n5,\\N,6\n'
+    reply = stream_load(sr, "d", "t", body, column_separator=",", enclose='"', escape="\\")
+    assert reply["NumberLoadedRows"] == 5, reply
+    assert [r["name"] for r in sr.rows("d", "t")] == [
+        "a,b", 'say "hi"', "line\nbreak", "x,y", None,
+    ]
+
+
+def test_skip_header_and_trim_space(sr: StarRocksEmulator) -> None:
+    body = "id,name,score\nskip,me,too\n 1 , a ,2\n"
+    reply = stream_load(sr, "d", "t", body, column_separator=",", skip_header="2",
+                        trim_space="true")
+    assert reply["NumberTotalRows"] == 1
+    assert sr.rows("d", "t") == [{"id": 1, "name": "a", "score": 2}]
+
+
+def test_invalid_utf8_is_filtered_even_when_not_strict(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", b"1,\xff\xfe,2\n2,ok,3\n", column_separator=",",
+                        max_filter_ratio="0.5")
+    assert (reply["NumberLoadedRows"], reply["NumberFilteredRows"]) == (1, 1)
+
+
+# -- columns ----------------------------------------------------------------------------
+
+
+def test_columns_reorder_constants_and_temporary_columns(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", "x,a,1\ny,b,2\n", column_separator=",",
+                        columns="tmp,name,id,score=100")
+    assert reply["Status"] == "Success", reply
+    assert sr.rows("d", "t") == [
+        {"id": 1, "name": "a", "score": 100}, {"id": 2, "name": "b", "score": 100},
+    ]
+
+
+def test_columns_expressions(sr: StarRocksEmulator) -> None:
+    stream_load(sr, "d", "t", "1,a,5\n2,,6\n", column_separator=",",
+                columns="id,n,s,name=upper(ifnull(n, 'none')),score=s*10+1")
+    assert sr.rows("d", "t") == [
+        {"id": 1, "name": "A", "score": 51}, {"id": 2, "name": "", "score": 61},
+    ]
+
+
+def test_unsupported_expression_fails_the_plan(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", "1,a,5\n", column_separator=",",
+                        columns="id,name,s,score=hll_hash(s)")
+    assert reply["Status"] == "Fail"
+    assert "does not support" in reply["Message"]
+
+
+def test_unlisted_not_null_column_without_default_fails(sr: StarRocksEmulator) -> None:
+    make_table(sr, "CREATE TABLE nn (id INT NOT NULL, v INT NOT NULL) PRIMARY KEY (id)")
+    reply = stream_load(sr, "d", "nn", "1\n", columns="id")
+    assert reply["Message"] == "Column has no default value. column: v"
+    # A column with a default is filled in.
+    stream_load(sr, "d", "t", "1\n", columns="id")
+    assert sr.rows("d", "t") == [{"id": 1, "name": None, "score": 7}]
+
+
+def test_where_counts_unselected(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", "1\ta\t1\n2\tb\t5\n3\tc\t9\n", where="score > 2")
+    assert (reply["NumberTotalRows"], reply["NumberLoadedRows"],
+            reply["NumberUnselectedRows"]) == (3, 2, 1)
+    assert ids(sr) == [2, 3]
+
+
+# -- JSON -------------------------------------------------------------------------------
+
+
+def test_json_strip_outer_array_and_simple_mode(sr: StarRocksEmulator) -> None:
+    body = '[{"id": 1, "NAME": "a", "score": 2, "extra": true}, {"id": 2, "score": 3}]'
+    reply = stream_load(sr, "d", "t", body, format="json", strip_outer_array="true")
+    assert reply["NumberLoadedRows"] == 2
+    assert sr.rows("d", "t") == [
+        {"id": 1, "name": "a", "score": 2}, {"id": 2, "name": None, "score": 3},
+    ]
+
+
+def test_json_missing_key_takes_the_default(sr: StarRocksEmulator) -> None:
+    stream_load(sr, "d", "t", '{"id": 5}', format="json")
+    assert sr.rows("d", "t") == [{"id": 5, "name": None, "score": 7}]
+
+
+def test_json_array_without_strip_outer_array_fails(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", '[{"id": 1}]', format="json")
+    assert reply["Status"] == "Fail"
+    assert "strip_outer_array" in reply["Message"]
+
+
+def test_json_multiple_objects(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", '{"id": 1}\n{"id": 2}\n', format="json")
+    assert reply["NumberLoadedRows"] == 2
+
+
+def test_json_automatic_op(sr: StarRocksEmulator) -> None:
+    stream_load(sr, "d", "t", '[{"id": 1}, {"id": 2}, {"id": 3}]', format="json",
+                strip_outer_array="true")
+    body = '[{"id": 1, "__op": 1}, {"id": 2, "__op": "delete"}, {"id": 4, "__op": 0}]'
+    stream_load(sr, "d", "t", body, format="json", strip_outer_array="true")
+    assert ids(sr) == [3, 4]
+
+
+def test_jsonpaths_and_json_root(sr: StarRocksEmulator) -> None:
+    body = '{"data": [{"k": {"v": 9}, "n": "x", "__op": 1}]}'
+    reply = stream_load(sr, "d", "t", body, format="json", strip_outer_array="true",
+                        json_root="$.data", jsonpaths='["$.k.v", "$.n"]', columns="id,name")
+    assert reply["Status"] == "Success", reply
+    # jsonpaths turn the automatic __op off: the row is upserted.
+    assert sr.rows("d", "t") == [{"id": 9, "name": "x", "score": 7}]
+
+
+# -- types and strict mode ----------------------------------------------------------------
+
+
+def test_type_conversion_json(sr: StarRocksEmulator) -> None:
+    body = (
+        '[{"id": 1, "b": true, "ti": 5, "li": 170141183460469231731687303715884105727,'
+        ' "f": 1.5, "d": "1234.565", "s": "hé", "dd": "2024-02-29",'
+        ' "ts": "2024-02-29 10:11:12.123456", "j": {"a": [1, 2]}, "a": [1, null, 3],'
+        ' "vb": "ab"}]'
+    )
+    reply = stream_load(sr, "d", "ty", body, format="json", strip_outer_array="true")
+    assert reply["Status"] == "Success", reply
+    assert sr.rows("d", "ty") == [{
+        "id": 1, "b": True, "ti": 5, "li": 2**127 - 1, "f": 1.5, "d": Decimal("1234.57"),
+        "s": "hé", "dd": dt.date(2024, 2, 29),
+        "ts": dt.datetime(2024, 2, 29, 10, 11, 12, 123456), "j": '{"a": [1, 2]}',
+        "a": [1, None, 3], "vb": b"ab",
+    }]
+
+
+def test_type_conversion_csv(sr: StarRocksEmulator) -> None:
+    body = "1\tfalse\t-128\t-5\t2e3\t-0.5\tabc\t20240101\t2024-01-01T01:02:03\t[1]\t[2,3]\txy\n"
+    reply = stream_load(sr, "d", "ty", body)
+    assert reply["Status"] == "Success", reply
+    row = sr.rows("d", "ty")[0]
+    assert (row["b"], row["ti"], row["f"], row["d"], row["dd"], row["ts"], row["j"],
+            row["a"]) == (False, -128, 2000.0, Decimal("-0.50"), dt.date(2024, 1, 1),
+                          dt.datetime(2024, 1, 1, 1, 2, 3), "[1]", [2, 3])
+
+
+BAD_VALUES = [
+    ("ti", "2000"), ("ti", "abc"), ("d", "12345.6"), ("s", "toolong"), ("s", "ééé"),
+    ("dd", "2024-13-01"),
+    ("b", "yes"), ("j", "{nope"), ("vb", "12345"),
+]
+
+
+@pytest.mark.parametrize(("column", "value"), BAD_VALUES)
+def test_non_strict_turns_bad_values_into_null(sr: StarRocksEmulator, column: str,
+                                               value: str) -> None:
+    reply = stream_load(sr, "d", "ty", f"1,{value}", column_separator=",",
+                        columns=f"id,{column}")
+    assert reply["Status"] == "Success", reply
+    assert sr.rows("d", "ty")[0][column] is None
+
+
+@pytest.mark.parametrize(("column", "value"), BAD_VALUES)
+def test_strict_filters_bad_values(sr: StarRocksEmulator, column: str, value: str) -> None:
+    reply = stream_load(sr, "d", "ty", f"1,{value}", column_separator=",",
+                        columns=f"id,{column}", strict_mode="true")
+    assert (reply["Status"], reply["Message"]) == ("Fail", "too many filtered rows")
+    assert reply["NumberFilteredRows"] == 1
+    assert sr.rows("d", "ty") == []
+
+
+@pytest.mark.parametrize("strict", ["true", "false"])
+def test_null_into_not_null_is_always_filtered(sr: StarRocksEmulator, strict: str) -> None:
+    reply = stream_load(sr, "d", "t", "1\ta\t\\N\n2\tb\tbad\n3\tc\t3\n", strict_mode=strict,
+                        max_filter_ratio="1")
+    assert reply["NumberFilteredRows"] == 2
+    assert ids(sr) == [3]
+    log = request(reply["ErrorURL"], method="GET", user=None).text
+    assert "NULL value in non-nullable column 'score'" in log
+
+
+def test_max_filter_ratio(sr: StarRocksEmulator) -> None:
+    body = "1\ta\t1\n2\tb\n3\tc\t3\n4\td\t4\n"
+    failed = stream_load(sr, "d", "t", body, max_filter_ratio="0.2", label="r1")
+    assert (failed["Status"], failed["Message"]) == ("Fail", "too many filtered rows")
+    assert failed["NumberFilteredRows"] == 1
+    assert "ErrorURL" in failed
+    assert sr.rows("d", "t") == []
+    assert sr.label_state("d", "r1") == "ABORTED"
+    ok = stream_load(sr, "d", "t", body, max_filter_ratio="0.25", label="r1")
+    assert ok["Status"] == "Success"
+    assert ids(sr) == [1, 3, 4]
+
+
+def test_unselected_rows_do_not_count_in_the_ratio(sr: StarRocksEmulator) -> None:
+    reply = stream_load(sr, "d", "t", "1\ta\t1\n2\tb\t1\n3\tc\n", where="id > 1",
+                        max_filter_ratio="0.5")
+    # 1 filtered of 2 selected: exactly the ratio, so the load passes.
+    assert reply["Status"] == "Success"
+    assert reply["NumberTotalRows"] == reply["NumberLoadedRows"] + reply[
+        "NumberFilteredRows"] + reply["NumberUnselectedRows"]

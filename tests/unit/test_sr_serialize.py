@@ -1,0 +1,301 @@
+"""Arrow → Stream Load bodies: every DESIGN §5 type, NULL vs '', hostile text in CSV."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbmazz.sink.starrocks.serialize import CSV_HEADERS, JSON_HEADERS, serialize
+
+
+def json_rows(table: pa.Table, **kw: Any) -> list[dict[str, Any]]:
+    body = serialize(table, "json", **kw)
+    assert body.format == "json"
+    assert dict(body.headers) == dict(JSON_HEADERS)
+    rows = json.loads(body.data, parse_float=Decimal)
+    assert isinstance(rows, list)
+    assert body.rows == len(rows) == table.num_rows
+    return rows
+
+
+def csv_fields(data: bytes) -> list[list[str | None]]:
+    """Read a body the way StarRocks does with our headers (no enclose, no escape)."""
+    assert data.endswith(b"\x02") or not data
+    out = []
+    for record in data.split(b"\x02")[:-1]:
+        fields = record.decode("utf-8").split("\x01")
+        out.append([None if f == "\\N" else f for f in fields])
+    return out
+
+
+def one(arr: pa.Array, name: str = "c") -> pa.Table:
+    return pa.table({name: arr})
+
+
+# -- JSON: one test per type ---------------------------------------------------------------
+
+
+def test_integers_and_booleans_are_json_numbers_and_literals() -> None:
+    t = pa.table(
+        {
+            "i8": pa.array([-128, None], pa.int8()),
+            "i16": pa.array([32767, 0], pa.int16()),
+            "i32": pa.array([-(2**31), 1], pa.int32()),
+            "i64": pa.array([2**63 - 1, -(2**63)], pa.int64()),
+            "u64": pa.array([2**64 - 1, 0], pa.uint64()),
+            "b": pa.array([True, None]),
+        }
+    )
+    assert json_rows(t) == [
+        {"i8": -128, "i16": 32767, "i32": -(2**31), "i64": 2**63 - 1, "u64": 2**64 - 1, "b": True},
+        {"i8": None, "i16": 0, "i32": 1, "i64": -(2**63), "u64": 0, "b": None},
+    ]
+
+
+def test_decimals_are_exact_text_never_floats() -> None:
+    values = [Decimal("0.10"), Decimal("-12345678901234567890.123456789"), None]
+    rows = json_rows(one(pa.array(values, pa.decimal128(38, 9))))
+    assert [r["c"] for r in rows] == ["0.100000000", "-12345678901234567890.123456789", None]
+    rows = json_rows(one(pa.array([Decimal("99999999.99")], pa.decimal128(10, 2))))
+    assert rows == [{"c": "99999999.99"}]
+
+
+def test_floats_keep_shortest_repr_and_special_values_survive() -> None:
+    assert json_rows(one(pa.array([0.1, 1e300, None], pa.float64()))) == [
+        {"c": Decimal("0.1")},
+        {"c": Decimal("1E+300")},
+        {"c": None},
+    ]
+    assert json_rows(one(pa.array([0.1], pa.float32()))) == [{"c": Decimal("0.1")}]
+    # polars would print JSON null for NaN/inf; the column goes as text instead.
+    special = one(pa.array([1.5, float("nan"), float("inf"), float("-inf"), None]))
+    assert [r["c"] for r in json_rows(special)] == ["1.5", "nan", "inf", "-inf", None]
+
+
+def test_text_null_and_empty_string_differ() -> None:
+    rows = json_rows(one(pa.array(["", None, "x"])))
+    assert rows == [{"c": ""}, {"c": None}, {"c": "x"}]
+
+
+def test_hostile_text_in_json() -> None:
+    hostile = ['a"b', "tab\there", "nl\nx\r\n", "back\\slash", "\x01\x02\x1f", "\\N", "日本 ✓", "𝄞"]
+    assert [r["c"] for r in json_rows(one(pa.array(hostile)))] == hostile
+
+
+def test_dates_times_and_durations() -> None:
+    t = pa.table(
+        {
+            "d": pa.array([date(2024, 2, 29), date(1, 1, 1), None], pa.date32()),
+            "ts": pa.array(
+                [datetime(2024, 1, 2, 3, 4, 5, 6), datetime(1999, 12, 31, 23, 59, 59), None],
+                pa.timestamp("us"),
+            ),
+            "tm": pa.array([time(1, 2, 3, 4), time(0, 0), None], pa.time64("us")),
+            "iv": pa.array(
+                [timedelta(days=1, microseconds=5), timedelta(seconds=-1), None],
+                pa.duration("us"),
+            ),
+        }
+    )
+    assert json_rows(t) == [
+        {
+            "d": "2024-02-29",
+            "ts": "2024-01-02 03:04:05.000006",
+            "tm": "01:02:03.000004",
+            "iv": 86_400_000_005,
+        },
+        {
+            "d": "0001-01-01",
+            "ts": "1999-12-31 23:59:59.000000",
+            "tm": "00:00:00.000000",
+            "iv": -1_000_000,
+        },
+        {"d": None, "ts": None, "tm": None, "iv": None},
+    ]
+
+
+def test_timestamptz_is_rendered_in_utc_whatever_the_zone() -> None:
+    instant = datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    for tz in ("UTC", "+02:00", "America/New_York"):
+        arr = pa.array([instant, None], pa.timestamp("us", tz))
+        assert [r["c"] for r in json_rows(one(arr))] == ["2024-06-01 10:00:00.123456", None]
+
+
+def test_other_timestamp_units_are_microseconds() -> None:
+    arr = pa.array([1_700_000_000_123_456_789], pa.timestamp("ns"))
+    assert json_rows(one(arr)) == [{"c": "2023-11-14 22:13:20.123456"}]
+    arr = pa.array([1_700_000_000], pa.timestamp("s"))
+    assert json_rows(one(arr)) == [{"c": "2023-11-14 22:13:20.000000"}]
+
+
+def test_binary_is_lowercase_hex() -> None:
+    arr = pa.array([b"\x00\xffAB", b"", None], pa.binary())
+    assert [r["c"] for r in json_rows(one(arr))] == ["00ff4142", "", None]
+    fixed = pa.array([b"\x01\x02"], pa.binary(2))
+    assert json_rows(one(fixed)) == [{"c": "0102"}]
+
+
+def test_json_columns_are_embedded_as_json_values() -> None:
+    docs = ['{"a": [1, 2.50, "x"]}', "[]", '"str"', "3.14159265358979323846", None]
+    body = serialize(pa.table({"id": [1, 2, 3, 4, 5], "j": docs}), "json", raw_json={"j"})
+    rows = json.loads(body.data, parse_float=Decimal)
+    assert [r["j"] for r in rows] == [
+        {"a": [1, Decimal("2.50"), "x"]},
+        [],
+        "str",
+        Decimal("3.14159265358979323846"),
+        None,
+    ]
+    # The JSON text itself, byte for byte, so nothing is reformatted on the way.
+    assert b'"j":{"a": [1, 2.50, "x"]}' in body.data
+
+
+def test_only_json_columns() -> None:
+    body = serialize(pa.table({"j": ['{"k": 1}', None]}), "json", raw_json={"j"})
+    assert json.loads(body.data) == [{"j": {"k": 1}}, {"j": None}]
+
+
+def test_lists_are_json_arrays_with_rendered_elements() -> None:
+    t = pa.table(
+        {
+            "ints": pa.array([[1, None, 3], [], None], pa.list_(pa.int32())),
+            "decs": pa.array([[Decimal("1.50")], None, [None]], pa.list_(pa.decimal128(5, 2))),
+            "tss": pa.array(
+                [[datetime(2024, 1, 1)], None, []], pa.list_(pa.timestamp("us", "UTC"))
+            ),
+            "txt": pa.array([["a", 'q"'], None, [""]], pa.large_list(pa.string())),
+            "nested": pa.array([[[1], [2, 3]], None, []], pa.list_(pa.list_(pa.int64()))),
+        }
+    )
+    assert json_rows(t) == [
+        {
+            "ints": [1, None, 3],
+            "decs": ["1.50"],
+            "tss": ["2024-01-01 00:00:00.000000"],
+            "txt": ["a", 'q"'],
+            "nested": [[1], [2, 3]],
+        },
+        {"ints": [], "decs": None, "tss": None, "txt": None, "nested": None},
+        {"ints": None, "decs": [None], "tss": [], "txt": [""], "nested": []},
+    ]
+
+
+def test_sliced_and_chunked_inputs() -> None:
+    arr = pa.array([[1], [2, 2], None, [4]], pa.list_(pa.int64()))
+    chunked = pa.chunked_array([arr.slice(1, 2), arr.slice(3, 1)])
+    t = pa.table({"l": chunked, "s": pa.chunked_array([["a", "b"], ["c"]])})
+    assert json_rows(t) == [{"l": [2, 2], "s": "a"}, {"l": None, "s": "b"}, {"l": [4], "s": "c"}]
+
+
+def test_dictionary_columns_are_decoded() -> None:
+    arr = pa.array(["x", None, "y"]).dictionary_encode()
+    assert [r["c"] for r in json_rows(one(arr))] == ["x", None, "y"]
+
+
+def test_empty_tables() -> None:
+    t = pa.table({"a": pa.array([], pa.int64())})
+    assert serialize(t, "json").data == b"[]"
+    body = serialize(t, "csv")
+    assert (body.data, body.format) == (b"", "csv")
+
+
+# -- CSV --------------------------------------------------------------------------------------
+
+
+def test_csv_renders_every_type_as_text() -> None:
+    t = pa.table(
+        {
+            "i": pa.array([1, None], pa.int64()),
+            "b": pa.array([True, False]),
+            "f": pa.array([0.1, float("nan")]),
+            "d": pa.array([Decimal("1.50"), None], pa.decimal128(4, 2)),
+            "ts": pa.array([datetime(2024, 1, 2, 3, 4, 5), None], pa.timestamp("us", "UTC")),
+            "day": pa.array([date(2024, 1, 2), None], pa.date32()),
+            "bin": pa.array([b"\x00\x10", None]),
+            "l": pa.array([["a", None], None], pa.list_(pa.string())),
+            "j": pa.array(['{"x": "y"}', "null"]),
+            "s": pa.array(["", None]),
+        }
+    )
+    body = serialize(t, "csv", raw_json={"j"})
+    assert body.format == "csv"
+    assert dict(body.headers) == dict(CSV_HEADERS)
+    assert csv_fields(body.data) == [
+        [
+            "1",
+            "true",
+            "0.1",
+            "1.50",
+            "2024-01-02 03:04:05.000000",
+            "2024-01-02",
+            "0010",
+            '["a",null]',
+            '{"x": "y"}',
+            "",
+        ],
+        [None, "false", "nan", None, None, None, None, None, "null", None],
+    ]
+
+
+def test_csv_keeps_tabs_newlines_quotes_commas_and_backslashes() -> None:
+    hostile = ["a,b", 'say "hi"', "tab\tnl\ncr\r", "\\", "\\n", "'", "", " lead", "日本"]
+    body = serialize(pa.table({"id": list(range(len(hostile))), "s": hostile}), "csv")
+    assert body.format == "csv"
+    assert [r[1] for r in csv_fields(body.data)] == hostile
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["has\x01separator", "has\x02delimiter", "\\N"],
+    ids=["column-separator", "row-delimiter", "null-marker"],
+)
+def test_csv_falls_back_to_json_when_text_would_be_ambiguous(text: str) -> None:
+    t = pa.table({"id": [1, 2], "s": [text, None]})
+    body = serialize(t, "csv")
+    assert body.format == "json"
+    assert dict(body.headers) == dict(JSON_HEADERS)
+    assert json.loads(body.data) == [{"id": 1, "s": text}, {"id": 2, "s": None}]
+
+
+def test_csv_single_empty_text_column_would_be_a_blank_line() -> None:
+    # StarRocks skips blank lines: a one-column record holding '' would vanish.
+    body = serialize(pa.table({"k": ["", "x"]}), "csv")
+    assert body.format == "json"
+    assert serialize(pa.table({"k": ["y", "x"]}), "csv").format == "csv"
+
+
+def test_csv_control_characters_inside_lists_are_json_escaped() -> None:
+    t = pa.table({"l": pa.array([["\x01\x02"]], pa.list_(pa.string()))})
+    body = serialize(t, "csv")
+    assert body.format == "csv"
+    assert csv_fields(body.data) == [['["\\u0001\\u0002"]']]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.text(alphabet=st.characters(exclude_categories=("Cs",)))),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_any_text_survives_either_format(values: list[str | None]) -> None:
+    t = pa.table({"id": list(range(len(values))), "s": pa.array(values, pa.string())})
+    body = serialize(t, "csv")
+    if body.format == "csv":
+        got = [r[1] for r in csv_fields(body.data)]
+    else:
+        got = [r["s"] for r in json.loads(body.data)]
+    assert got == values
+    assert [r["s"] for r in json_rows(t)] == values
+
+
+def test_csv_single_empty_binary_key_also_falls_back() -> None:
+    assert serialize(pa.table({"k": [b"", b"x"]}), "csv").format == "json"
