@@ -97,7 +97,8 @@ def make_batch(rows: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def decode_per_row(data: np.ndarray, starts: np.ndarray, lsns: np.ndarray) -> pa.RecordBatch:
     """The straightforward decoder: one message, one field, one Python object at a time."""
-    raw = data[: int(starts.max()) + 4096].tobytes()  # only the sampled messages' bytes
+    # Only the sampled messages' bytes (every message here is far below 4 KiB).
+    raw = data[: int(starts.max()) + 4096].tobytes()
     unpack_i16 = struct.Struct(">h").unpack_from
     unpack_i32 = struct.Struct(">i").unpack_from
     ncols = len(RELATION.columns)
@@ -140,13 +141,19 @@ def decode_per_row(data: np.ndarray, starts: np.ndarray, lsns: np.ndarray) -> pa
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def best_rate(fn: Callable[[], object], rows: int, repeat: int) -> float:
-    best = float("inf")
+def best_rate(fn: Callable[[], object], rows: int, repeat: int) -> tuple[float, float]:
+    """(rows per CPU-second, rows per wall-second), each the best of ``repeat`` runs.
+
+    CPU time is the primary figure: the machine is shared, and CPU seconds of this process
+    (all its threads; Arrow is limited to one) are what "rows/s on one core" means.
+    """
+    best_cpu = best_wall = float("inf")
     for _ in range(repeat):
-        started = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - started)
-    return rows / best
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    return rows / best_cpu, rows / best_wall
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,11 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-row-rows", type=int, default=200_000)
     args = parser.parse_args(argv)
 
+    pa.set_cpu_count(1)  # one core: no Arrow thread pool fan-out
     data, starts, lsns = make_batch(args.rows)
-    vectorized = best_rate(
+    vectorized, vectorized_wall = best_rate(
         lambda: decode_changes(RELATION, KEYS, data, starts, lsns), args.rows, args.repeat)
     sample = min(args.rows, args.per_row_rows)
-    per_row = best_rate(
+    per_row, per_row_wall = best_rate(
         lambda: decode_per_row(data, starts[:sample], lsns[:sample]), sample,
         max(1, args.repeat // 2))
 
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         assert ours.column(name).equals(theirs.column(name)), name
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"vectorized: {vectorized:,.0f} rows/s   per-row: {per_row:,.0f} rows/s",
+    print(f"per CPU-second: vectorized {vectorized:,.0f} rows/s, per-row {per_row:,.0f} rows/s"
+          f" | wall: vectorized {vectorized_wall:,.0f}, per-row {per_row_wall:,.0f}",
           file=sys.stderr)
     print(json.dumps({
         "rows": args.rows,

@@ -19,7 +19,7 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
-from dbmazz.errors import DbmazzError, SinkError
+from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SplitPart, TableBatch, TableSchema
 from dbmazz.pipeline.batcher import Flush, RowsStep, SchemaStep, Step, TruncateStep
 from dbmazz.pipeline.merge import merge_changes
@@ -98,20 +98,32 @@ class FlushApplier:
             if flush.split
             else None
         )
-        for step in steps:
+        loads = sum(1 for s in steps if not isinstance(s, SchemaStep))
+        for index, step in enumerate(steps):
+            # Batches of one table in one flush can share an LSN range (rows, truncate, rows):
+            # a per-step id keeps their load labels apart, the same way on every replay.
+            batch_id = f"k{index}" if loads > 1 else ""
             if isinstance(step, SchemaStep):
                 self._retrying(step.delta.after.source_name,
                                partial(self.sink.apply_schema_delta, step.delta))
             elif isinstance(step, TruncateStep):
                 table = self._table(step.relation)
-                batch = TableBatch(table=table, truncate=True, split=split)
+                batch = TableBatch(table=table, truncate=True, split=split,
+                                   first_lsn=step.lsn, last_lsn=step.lsn, batch_id=batch_id)
                 self._retrying(table.source_name, partial(self.sink.write, batch))
                 self.stats.table(table.source_name).truncates += 1
             else:
-                self._apply_rows(step, split)
+                self._apply_rows(step, split, batch_id)
 
-    def _apply_rows(self, step: RowsStep, split: SplitPart | None) -> None:
+    def _apply_rows(self, step: RowsStep, split: SplitPart | None, batch_id: str) -> None:
         table = self._table(step.relation)
+        if not step.slabs:
+            # Only reached for the last part of a split transaction: tell the sink.
+            lsn = split.commit_lsn if split else 0
+            empty = TableBatch(table=table, split=split, first_lsn=lsn, last_lsn=lsn,
+                               batch_id=batch_id)
+            self._retrying(table.source_name, partial(self.sink.write, empty))
+            return
         decoded = [
             decode_changes(
                 step.relation,
@@ -134,6 +146,7 @@ class FlushApplier:
             self._on_decoded(table, changes)
         batch = merge_changes(changes, table)
         batch.split = split
+        batch.batch_id = batch_id
         started = time.monotonic()
         result = self._retrying(table.source_name, lambda: self.sink.write(batch))
         assert isinstance(result, LoadResult)
@@ -156,6 +169,8 @@ class FlushApplier:
         while True:
             try:
                 return action()
+            except SinkReplayRequired:
+                raise  # retrying this load cannot help; the engine restarts the stream
             except SinkError as exc:
                 if not exc.retryable or self._stop.is_set():
                     raise

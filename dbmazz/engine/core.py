@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 import pyarrow as pa
 
 from dbmazz.engine.apply import FlushApplier
-from dbmazz.errors import DbmazzError, SourceConnectionError
+from dbmazz.errors import DbmazzError, SinkReplayRequired, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
@@ -58,6 +58,10 @@ class RunState(enum.StrEnum):
     DRAINING = "DRAINING"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
+
+
+class _RestartStream(Exception):
+    """Internal: the reader must reopen the stream at the durable LSN."""
 
 
 class ChunkSource(Protocol):
@@ -148,6 +152,9 @@ class Engine:
         self._stop = threading.Event()
         self._drain = threading.Event()
         self._paused = threading.Event()
+        # Set by the applier when the sink needs the stream resent from the checkpoint;
+        # cleared by the reader once it reopened the stream there.
+        self._restart = threading.Event()
         self._pause_ack = threading.Event()  # set by the reader once it stopped reading
         self._queue: queue.Queue[Flush | None] = queue.Queue()
         self._inflight = 0
@@ -390,6 +397,13 @@ class Engine:
             try:
                 self._read_session()
                 return
+            except _RestartStream:
+                # Queued flushes are discarded by the applier; wait until none is left so
+                # the new session starts from a settled durable LSN.
+                self._wait_for_empty_queue()
+                self._restart.clear()
+                log.info("restarting the stream at the checkpoint, as the sink asked")
+                continue
             except SourceConnectionError as exc:
                 if self._stop.is_set():
                     return
@@ -415,6 +429,8 @@ class Engine:
         self._batcher = batcher
         try:
             while not self._stop.is_set():
+                if self._restart.is_set():
+                    raise _RestartStream()
                 if self._drain.is_set():
                     for flush in batcher.drain():
                         self._enqueue(flush)
@@ -479,7 +495,17 @@ class Engine:
                     continue
                 if self._stop.is_set():
                     break
-                self.applier.apply(flush)
+                if self._restart.is_set():
+                    self._discard(flush)
+                    continue
+                try:
+                    self.applier.apply(flush)
+                except SinkReplayRequired as exc:
+                    log.warning("%s; resending from the checkpoint", exc.message)
+                    self.progress.last_error = str(exc)
+                    self._restart.set()
+                    self._discard(flush)
+                    continue
                 self.progress.flushes += 1
                 self.progress.rows_applied += flush.rows
                 if flush.end_lsn > self._durable_lsn:
@@ -494,6 +520,12 @@ class Engine:
                 self.progress.state = RunState.STOPPED
             self._stop.set()
             self._set_done()
+
+    def _discard(self, flush: Flush) -> None:
+        with self._inflight_cv:
+            self._inflight -= flush.nbytes
+            self.progress.inflight_bytes = self._inflight
+            self._inflight_cv.notify_all()
 
     def _make_durable(self, lsn: int) -> None:
         """The sink holds every change up to ``lsn``: checkpoint it, then confirm it."""

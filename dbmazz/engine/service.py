@@ -130,7 +130,7 @@ class EngineService:
                 engine.start()
             self._set(stage=Stage.CDC)
             engine.wait()
-        except BaseException as exc:  # reported through status and health
+        except BaseException as exc:  # noqa: BLE001 - reported through status and health
             self._fail(exc)
         finally:
             self._ended.set()

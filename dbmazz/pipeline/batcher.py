@@ -74,6 +74,8 @@ class RowsStep:
 @dataclass(frozen=True, slots=True)
 class TruncateStep:
     relation: Relation
+    #: Commit LSN of the truncating transaction (labels and versions need one).
+    lsn: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,7 @@ class Batcher:
         self._in_txn = False
         self._split_part = 0  # parts already emitted of the open transaction
         self._split_lsn = 0  # commit LSN (from Begin) of the transaction being split
+        self._split_oids: set[int] = set()  # tables touched by the parts emitted so far
         self._seq = 0
         self._cut_end_lsn = 0  # end LSN of the last committed flush emitted
         # Relation shape in effect at the first pending piece, per oid: rows decode with
@@ -290,7 +293,9 @@ class Batcher:
             self.schemas.types.add_type_message(parsed.oid, parsed.namespace, parsed.name)
         elif isinstance(parsed, pgoutput.Truncate):
             for oid in parsed.relation_oids:
-                self._pieces.append(_Control(oid, TruncateStep(self.schemas.relation(oid))))
+                self._pieces.append(
+                    _Control(oid, TruncateStep(self.schemas.relation(oid), self._txn_lsn))
+                )
         elif isinstance(parsed, pgoutput.LogicalMessage):
             self.messages_seen[parsed.prefix] = self.messages_seen.get(parsed.prefix, 0) + 1
 
@@ -313,6 +318,12 @@ class Batcher:
         split = (self._split_lsn, self._split_part, True) if self._split_part else None
         flush = self._build(pieces, self._committed_end_lsn, self._committed_rows,
                             self._committed_bytes, split)
+        if split is not None:
+            # Every table of the split transaction hears about its last part, even one with
+            # no rows in it: the sink commits that table's open target transaction then.
+            for oid in self._split_oids - flush.steps.keys():
+                flush.steps[oid] = [RowsStep(self._shape_at_start[oid])]
+            self._split_oids = set()
         self._cut_end_lsn = self._committed_end_lsn
         self._rows -= self._committed_rows
         self._bytes -= self._committed_bytes
@@ -327,6 +338,7 @@ class Batcher:
             self._split_lsn = self._txn_lsn
         flush = self._build(pieces, 0, self._rows, self._bytes,
                             (self._split_lsn, self._split_part, False))
+        self._split_oids.update(flush.steps)
         self._split_part += 1
         self._rows = self._bytes = 0
         self._first_pending_at = None

@@ -24,6 +24,7 @@ import pyarrow as pa
 from dbmazz.errors import ProtocolError
 from dbmazz.source.pgoutput import Relation
 from dbmazz.source.types import (
+    PREFIX_BYTES,
     DecodeStats,
     TextColumn,
     TypePlan,
@@ -147,8 +148,8 @@ class _Walk:
         self.limit = len(data)
         self.p = positions
 
-    def step(self, column: str, records: U8 | None = None) -> tuple[U8, U8, I32]:
-        """Read one field of every row: (records, kinds, field positions).
+    def step(self, column: str, records: U8 | None = None) -> tuple[TextColumn, U8]:
+        """Read one field of every row: its value text (positions into the buffer) and kind.
 
         ``records``: this step's records when already gathered (with the message headers).
         """
@@ -166,7 +167,7 @@ class _Walk:
                 "the replication stream is corrupt; capture it and report a bug",
             )
         self.p = nxt
-        return records, kind, p
+        return TextColumn(self.data, p + 5, length, is_text, records[:, _VALUE_AT:]), kind
 
 
 def _check_width(ok: npt.NDArray[np.bool_], ncols: int, relation: Relation) -> None:
@@ -209,14 +210,37 @@ def _text_column(data: U8, records: U8, fpos: I32) -> tuple[TextColumn, U8]:
     return TextColumn(data, fpos + 5, length, is_text, records[:, _VALUE_AT:]), kind
 
 
-def _old_source(n: int, rows: I64, positions: I32, data: U8) -> tuple[U8, I32]:
-    """Records and positions for ``n`` rows where only ``rows`` take an old-tuple field."""
-    records = np.zeros((n, _RECORD), dtype=np.uint8)
-    fpos = np.zeros(n, dtype=np.int32)
-    if rows.size:
-        records[rows] = gather_windows(data, positions - _KIND_AT, _RECORD)
-        fpos[rows] = positions
-    return records, fpos
+def _gather_text(data: U8, positions: I32) -> tuple[TextColumn, U8]:
+    """The fields at ``positions`` (one gather): their value texts and kinds."""
+    return _text_column(data, gather_windows(data, positions - _KIND_AT, _RECORD), positions)
+
+
+def _scatter(n: int, parts: Sequence[tuple[I64, TextColumn, U8]]) -> tuple[TextColumn, U8]:
+    """One column of ``n`` rows from parts (target rows, their texts, their kinds).
+
+    Rows no part covers are nulls. The prefix is laid out at offset 4 of 16-byte rows so the
+    string_view words stay aligned.
+    """
+    starts = np.zeros(n, dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int32)
+    valid = np.zeros(n, dtype=np.bool_)
+    kind = np.zeros(n, dtype=np.uint8)
+    prefix = np.zeros((n, 16), dtype=np.uint8)
+    buf = parts[0][1].buf
+    for rows, text, kinds in parts:
+        assert text.prefix is not None
+        starts[rows] = text.starts
+        lengths[rows] = text.lengths
+        valid[rows] = text.valid
+        kind[rows] = kinds
+        prefix[rows, 4:] = text.prefix[:, :PREFIX_BYTES]
+    return TextColumn(buf, starts, lengths, valid, prefix[:, 4:]), kind
+
+
+def _subset(text: TextColumn, kind: U8, keep: npt.NDArray[np.bool_]) -> tuple[TextColumn, U8]:
+    assert text.prefix is not None
+    return TextColumn(text.buf, text.starts[keep], text.lengths[keep], text.valid[keep],
+                      text.prefix[keep]), kind[keep]
 
 
 def decode_changes(
@@ -299,7 +323,8 @@ def decode_changes(
         walk = _Walk(data, starts32[old_rows] + 8, relation)
         for c, col in enumerate(columns):
             pre = first_records if c == 0 and m_old == n else None
-            _, old_kind[c], old_pos[c] = walk.step(col.name, pre)
+            old_text, old_kind[c] = walk.step(col.name, pre)
+            old_pos[c] = old_text.starts - 5
         new_at[old_rows] = walk.p
         if updates_with_old.size:
             second = gather_windows(data, new_at[updates_with_old], 3)
@@ -310,9 +335,9 @@ def decode_changes(
     all_new = len(new_rows) == n
     new_walk = _Walk(data, (new_at if all_new else new_at[new_rows]) + 3, relation)
 
-    # Row index maps for the rows that read old-tuple fields.
-    old_index = np.full(n, -1, dtype=np.int64)
-    new_index = np.full(n, -1, dtype=np.int64)
+    # Row index maps for the rows that read old-tuple fields (only there are such rows).
+    old_index = np.zeros(n if m_old else 0, dtype=np.int64)
+    new_index = np.zeros(n if m_old else 0, dtype=np.int64)
     if m_old:
         old_index[old_rows] = np.arange(m_old)
         new_index[new_rows] = np.arange(len(new_rows))
@@ -326,7 +351,7 @@ def decode_changes(
     plans: list[TypePlan] = [resolve(c.type_oid, c.type_modifier, types) for c in columns]
     for c, col in enumerate(columns):
         pre = first_records if c == 0 and m_old == 0 else None
-        records, kind, fpos = new_walk.step(col.name, pre)
+        text, kind = new_walk.step(col.name, pre)
         # Rows whose value comes from the old tuple: deletes, and `u` fields of Updates
         # whose full old row (REPLICA IDENTITY FULL) holds the value.
         from_old = deletes
@@ -338,14 +363,12 @@ def decode_changes(
                 take_old[fill_rows[fill]] = True
                 from_old = np.flatnonzero(take_old)
         if not all_new or from_old.size:
-            full_records, full_pos = _old_source(
-                n, from_old, old_pos[c, old_index[from_old]], data)
-            from_new = np.ones(len(new_rows), dtype=np.bool_)
-            from_new[new_index[from_old[~is_delete[from_old]]]] = False
-            full_records[new_rows[from_new]] = records[from_new]
-            full_pos[new_rows[from_new]] = fpos[from_new]
-            records, fpos = full_records, full_pos
-        text, kind = _text_column(data, records, fpos)
+            keep = np.ones(len(new_rows), dtype=np.bool_)
+            keep[new_index[from_old[~is_delete[from_old]]]] = False
+            old_text, old_kinds = _gather_text(data, old_pos[c, old_index[from_old]])
+            new_text, new_kinds = _subset(text, kind, keep)
+            text, kind = _scatter(n, [(new_rows[keep], new_text, new_kinds),
+                                      (from_old, old_text, old_kinds)])
         unchanged = kind == _KIND_UNCHANGED
         if unchanged.any():
             if mask_bytes is not None:
@@ -370,9 +393,8 @@ def decode_changes(
         if not updates_with_old.size:
             arrays.append(pa.nulls(n, schema.field(OLD_KEY_PREFIX + key).type))
             continue
-        rows_old = old_index[updates_with_old]
-        records, fpos = _old_source(n, updates_with_old, old_pos[c, rows_old], data)
-        text, _ = _text_column(data, records, fpos)
+        old_text, old_kinds = _gather_text(data, old_pos[c, old_index[updates_with_old]])
+        text, _ = _scatter(n, [(updates_with_old, old_text, old_kinds)])
         arrays.append(cast_text(text, plans[c], stats, OLD_KEY_PREFIX + key))
 
     stats.rows += n

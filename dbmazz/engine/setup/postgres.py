@@ -22,7 +22,7 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
-from dbmazz.errors import SetupError, SlotLostError
+from dbmazz.errors import SetupError, SlotLostError, SourceError
 from dbmazz.source.catalog import split_table_name
 from dbmazz.source.replication import (
     connect_error,
@@ -336,7 +336,7 @@ def setup_source(
         )
     try:
         validate_slot_name(slot)
-    except Exception as exc:
+    except SourceError as exc:
         raise SetupError(str(exc)) from None
     target = describe_dsn(dsn)
     warnings: list[str] = []

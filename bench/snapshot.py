@@ -1,0 +1,200 @@
+"""Snapshot benchmark: initial snapshot throughput next to PostgreSQL's raw COPY read speed.
+
+A table of ``--rows`` rows with bench/decode.py's six columns (int8 key, int4, text ~40
+bytes, timestamptz, numeric(12,2), small jsonb) is created in a private PostgreSQL cluster
+(or ``--dsn``). Then, alternately, each measured ``--repeat`` times (best run kept: the
+machine is shared):
+
+* raw read: ``psql -c "\\copy (SELECT …) to /dev/null"`` — one connection, no conversion;
+* the initial snapshot (``SNAPSHOT=initial_only``, ``SNAPSHOT_WORKERS`` = ``--workers``)
+  into DuckDB, into a null sink (read + convert only), with the ADBC and the COPY/CSV
+  readers, and into the StarRocks emulator (``--starrocks``; its HTTP server is a Python
+  stand-in, so that number measures the emulator as much as dbmazz).
+
+Snapshot time is the snapshot stage itself (first chunk started → last chunk loaded); slot
+creation and target setup are excluded. The last line printed is one JSON object:
+
+    {"rows": N, "raw_copy_rows_per_s": R, "duckdb_rows_per_s": D, "duckdb_ratio": D/R, ...}
+
+Usage: ``python bench/snapshot.py [--rows 5000000] [--workers 2] [--repeat 2]
+[--starrocks] [--dsn postgresql://…]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dbmazz.config import Config  # noqa: E402
+from dbmazz.engine.build import build_live_engine  # noqa: E402
+from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema  # noqa: E402
+from dbmazz.sink.base import Sink  # noqa: E402
+from dbmazz.source.slots import drop_slot  # noqa: E402
+
+COLUMNS = "id, qty, note, created_at, amount, payload"
+SLOT = "bench_snapshot"
+
+
+class NullSink:
+    """Accepts everything, keeps nothing: measures reading and converting alone."""
+
+    name = "null"
+
+    def setup(self, tables: Sequence[TableSchema]) -> None:
+        pass
+
+    def apply_schema_delta(self, delta: SchemaDelta) -> None:
+        pass
+
+    def write(self, batch: TableBatch) -> LoadResult:
+        return LoadResult(rows=batch.num_rows, bytes=0)
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def database(dsn: str | None) -> Iterator[str]:
+    if dsn:
+        yield dsn
+        return
+    from dbmazz.testing.postgres import temporary_cluster
+
+    with temporary_cluster({"shared_buffers": "256MB"}) as cluster:
+        name = cluster.create_database("bench_snapshot")
+        yield cluster.dsn(name)
+
+
+def create_table(dsn: str, rows: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS public.events")
+        conn.execute(
+            "CREATE TABLE public.events (id bigint PRIMARY KEY, qty int, note text, "
+            "created_at timestamptz, amount numeric(12,2), payload jsonb)"
+        )
+        conn.execute(
+            """
+            INSERT INTO public.events
+            SELECT g, ((g * 7919) %% 2000003)::int - 1000000,
+                   substr(md5(g::text) || md5((g + 1)::text), 1, 30 + (g %% 21)::int),
+                   '2024-01-01 00:00:00+00'::timestamptz + g * interval '1.37 s',
+                   ((g * 104729) %% 100000000) / 100.0,
+                   jsonb_build_object('k', g %% 1000, 'v', 'x' || (g %% 17))
+            FROM generate_series(1, %s::int8) g
+            """,
+            (rows,),
+        )
+        conn.execute("VACUUM ANALYZE public.events")
+
+
+def raw_copy_seconds(dsn: str) -> float:
+    psql = shutil.which("psql")
+    if psql is None:
+        raise SystemExit("psql is needed for the raw COPY reference")
+    started = time.perf_counter()
+    subprocess.run([psql, dsn, "-X", "-q", "-c",
+                    f"\\copy (SELECT {COLUMNS} FROM public.events) to /dev/null"],
+                   check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def snapshot_seconds(dsn: str, workdir: Path, sink_kind: str, reader: str, workers: int,
+                     rows: int) -> float:
+    """One initial snapshot into a fresh target; returns the snapshot stage's seconds."""
+    drop_slot(dsn, SLOT)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS public.dbmazz_snapshot_progress")
+        conn.execute("DROP TABLE IF EXISTS public.dbmazz_checkpoints")
+    options: dict[str, Any] = {
+        "source_url": dsn, "tables": "public.events", "slot_name": SLOT,
+        "publication_name": "bench_snapshot", "snapshot": "initial_only",
+        "snapshot_workers": workers, "grpc_port": 0,
+    }
+    emulator = None
+    sink: Sink | None = None
+    if sink_kind == "duckdb":
+        path = workdir / f"bench-{time.monotonic_ns()}.duckdb"
+        options.update(sink="duckdb", duckdb_path=str(path))
+    elif sink_kind == "starrocks":
+        from dbmazz.testing.starrocks import StarRocksEmulator
+
+        emulator = StarRocksEmulator().start()
+        options.update(sink="starrocks", starrocks_url=emulator.url,
+                       starrocks_mysql_port=emulator.mysql_port)
+    else:
+        options["sink"] = "duckdb"
+        sink = NullSink()
+    config = Config.load(options, env_file=None)
+    try:
+        engine = build_live_engine(config, sink=sink)
+        assert engine.snapshots is not None
+        engine.snapshots.context.reader_kind = reader  # type: ignore[assignment]
+        engine.run()
+        progress = engine.snapshot_progress
+        assert progress is not None and progress.finished_at and progress.started_at
+        assert progress.rows_copied == rows, (progress.rows_copied, rows)
+        engine.sink.close()
+        return progress.finished_at - progress.started_at
+    finally:
+        if emulator is not None:
+            emulator.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--starrocks", action="store_true",
+                        help="also load into the StarRocks emulator")
+    parser.add_argument("--dsn", help="existing database (default: a private cluster)")
+    args = parser.parse_args()
+    runs: list[tuple[str, str, str]] = [("duckdb", "duckdb", "auto"), ("null", "null", "adbc"),
+                                        ("null_copy_reader", "null", "copy")]
+    if args.starrocks:
+        runs.append(("starrocks", "starrocks", "auto"))
+    workdir = Path(tempfile.mkdtemp(prefix="dbmazz-bench-snapshot-"))
+    best: dict[str, float] = {}
+    try:
+        with database(args.dsn) as dsn:
+            print(f"creating {args.rows} rows ...", file=sys.stderr)
+            create_table(dsn, args.rows)
+            raw_copy_seconds(dsn)  # warm the cache
+            for round_ in range(args.repeat):
+                seconds = raw_copy_seconds(dsn)
+                best["raw_copy"] = min(best.get("raw_copy", seconds), seconds)
+                print(f"round {round_ + 1}: raw COPY {seconds:.2f}s", file=sys.stderr)
+                for name, sink_kind, reader in runs:
+                    seconds = snapshot_seconds(dsn, workdir, sink_kind, reader, args.workers,
+                                               args.rows)
+                    best[name] = min(best.get(name, seconds), seconds)
+                    print(f"round {round_ + 1}: {name} {seconds:.2f}s "
+                          f"({args.rows / seconds:,.0f} rows/s)", file=sys.stderr)
+            drop_slot(dsn, SLOT)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raw = args.rows / best["raw_copy"]
+    result: dict[str, Any] = {"rows": args.rows, "workers": args.workers,
+                              "raw_copy_rows_per_s": round(raw)}
+    for name, *_ in runs:
+        rate = args.rows / best[name]
+        result[f"{name}_rows_per_s"] = round(rate)
+        result[f"{name}_ratio"] = round(rate / raw, 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
