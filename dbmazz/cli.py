@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _lazy("dbmazz.commands", "cmd_setup"), config=True)
     p.add_argument("--check", action="store_true", help="verify only; change nothing")
     p = command("snapshot", "Snapshot tables into the target (also while CDC runs).",
-                _not_implemented("initial snapshot"), config=True)
+                _lazy("dbmazz.ui.snapshot", "cmd_snapshot"), config=True)
     p.add_argument("--table", action="append", default=[], help="table to snapshot (repeatable)")
     p = command("capture", "Record the replication stream of a slot into an Arrow IPC file.",
                 _lazy("dbmazz.commands", "cmd_capture"), config=True)

@@ -17,11 +17,12 @@ Initial snapshot (``SNAPSHOT=initial|initial_only``):
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import psycopg
@@ -56,6 +57,14 @@ log = logging.getLogger("dbmazz.snapshot")
 
 StopCheck = Callable[[], bool]
 
+#: Tuning/test knob: pages per chunk (default 4096 = 32 MiB of heap).
+CHUNK_PAGES_ENV = "DBMAZZ_SNAPSHOT_CHUNK_PAGES"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
+
 
 class LiveEngine(Protocol):
     """What an on-demand snapshot needs of the running engine."""
@@ -79,7 +88,8 @@ class SnapshotContext:
     store: SnapshotProgressStore
     workers: int = 2
     reader_kind: ReaderKind = "auto"
-    chunk_pages: int = DEFAULT_CHUNK_PAGES
+    chunk_pages: int = field(default_factory=lambda: _env_int(CHUNK_PAGES_ENV,
+                                                               DEFAULT_CHUNK_PAGES))
 
     def connect(self) -> psycopg.Connection:
         try:
@@ -115,7 +125,7 @@ class Snapshots:
         *,
         mode: str,
         tables: dict[str, TableSchema],
-        source: SourceSetup,
+        source: SourceSetup | None,
         checkpoint: int | None,
     ) -> None:
         self.context = context
@@ -145,7 +155,7 @@ class Snapshots:
 
     @property
     def wants_initial(self) -> bool:
-        return self.mode in ("initial", "initial_only")
+        return self.mode in ("initial", "initial_only") and self.source is not None
 
     # ------------------------------------------------------------------ initial
     def run_initial(self, should_stop: StopCheck) -> bool:
@@ -161,12 +171,13 @@ class Snapshots:
             self.close_exported()
 
     def close_exported(self) -> None:
-        creation = self.source.slot_creation
+        creation = self.source.slot_creation if self.source is not None else None
         if creation is not None:
             creation.close()
 
     def _initial_plan(self) -> _Plan | None:
         ctx = self.context
+        assert self.source is not None
         names = list(self.tables)
         with ctx.connect() as conn:
             layouts = table_layouts(conn, names)

@@ -65,6 +65,17 @@ class TableProgress:
         return self.rows_done / max(end - self.started_at, 1e-6)
 
     @property
+    def rows_expected(self) -> int:
+        """Best guess of the table's rows: the planner's estimate, else extrapolated from
+        the chunks done (an empty or never analyzed table has no estimate)."""
+        if self.done:
+            return self.rows_done
+        guess = self.rows_estimate
+        if self.chunks_done:
+            guess = max(guess, self.rows_done * self.chunks_total // self.chunks_done)
+        return max(guess, self.rows_done)
+
+    @property
     def eta_s(self) -> float | None:
         """Seconds left at the current rate (None: unknown)."""
         if self.done:
@@ -72,7 +83,7 @@ class TableProgress:
         rate = self.rows_per_s
         if not rate:
             return None
-        return max(self.rows_estimate - self.rows_done, 0) / rate
+        return max(self.rows_expected - self.rows_done, 0) / rate
 
 
 @dataclass
@@ -104,7 +115,7 @@ class SnapshotProgress:
 
     @property
     def rows_estimate(self) -> int:
-        return sum(max(t.rows_estimate, t.rows_done) for t in self.tables.values())
+        return sum(t.rows_expected for t in self.tables.values())
 
     def copy(self) -> SnapshotProgress:
         return replace(self, tables={k: replace(v) for k, v in self.tables.items()})

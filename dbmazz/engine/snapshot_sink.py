@@ -162,5 +162,41 @@ class SnapshotAwareSink:
                 batch.upserts = [g for g in batch.upserts if g.rows.num_rows]
             if batch.is_empty:
                 return 0
-            self.inner.write(batch)
+            if not _insert_new_rows(self.inner, batch):
+                self.inner.write(batch)
             return batch.num_rows
+
+
+def _insert_new_rows(sink: Sink, batch: TableBatch) -> bool:
+    """Load a snapshot chunk into DuckDB with a plain INSERT: about 10x faster than the
+    sink's guarded upsert (INSERT … ON CONFLICT … WHERE version) into a fresh table.
+    False when any key already exists (a resumed or repeated snapshot): the whole INSERT is
+    rolled back and the caller falls back to the upsert, so the result is the same.
+
+    Stopgap: it reaches into DuckDBSink's cursor; the natural home is a DuckDBSink method.
+    """
+    from dbmazz.sink.duckdb import DuckDBSink, quote
+
+    if not isinstance(sink, DuckDBSink) or len(batch.upserts) != 1 or batch.truncate or (
+            batch.deletes is not None and batch.deletes.num_rows):
+        return False
+    import duckdb
+
+    rows = batch.upserts[0].rows
+    cursor = sink._cursor()
+    columns = ", ".join(quote(c) for c in rows.column_names)
+    cursor.register("__dbmazz_snapshot_rows", rows)
+    try:
+        cursor.execute("BEGIN TRANSACTION")
+        cursor.execute(f"INSERT INTO {sink.target(batch.table)} ({columns}) "
+                       f"SELECT {columns} FROM __dbmazz_snapshot_rows")
+        cursor.execute("COMMIT")
+        return True
+    except duckdb.ConstraintException:
+        cursor.execute("ROLLBACK")
+        return False
+    except duckdb.Error:
+        cursor.execute("ROLLBACK")
+        return False  # the sink's own write reports the problem with its message
+    finally:
+        cursor.unregister("__dbmazz_snapshot_rows")

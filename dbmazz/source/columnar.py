@@ -160,7 +160,8 @@ class _Walk:
         _check_kinds(kind, self.relation, column)
         is_text = kind == _KIND_TEXT
         length = np.where(is_text, _be32(records, _KIND_AT + 1), 0)
-        nxt = p + length + np.where(is_text, 5, 1).astype(p.dtype)
+        nxt = p + length
+        nxt += np.where(is_text, p.dtype.type(5), p.dtype.type(1))
         if len(p) and (int(length.min()) < 0 or int(nxt.max()) > self.limit):
             raise ProtocolError(
                 f"truncated tuple for {self.relation.qualified_name}.{column}",
@@ -291,7 +292,7 @@ def decode_changes(
     first_records = heads[:, _HEAD_AT + 1 :]
     head = heads[:, _HEAD_AT : _HEAD_AT + 8]
     msgtype = head[:, 0].copy()
-    op = _OP_OF_TYPE[msgtype]
+    op = _OP_OF_TYPE.take(msgtype)
     oids = _be32(head, 1).view(np.uint32)
     marker = head[:, 5].copy()
     if (op < 0).any():
@@ -331,8 +332,8 @@ def decode_changes(
             _check_width((second[:, 0] == _N) & (
                 ((second[:, 1].astype(np.int32) << 8) | second[:, 2]) == ncols), ncols,
                 relation)
-    new_rows = np.flatnonzero(~is_delete)
-    all_new = len(new_rows) == n
+    all_new = not is_delete.any()
+    new_rows = np.arange(n) if all_new else np.flatnonzero(~is_delete)
     new_walk = _Walk(data, (new_at if all_new else new_at[new_rows]) + 3, relation)
 
     # Row index maps for the rows that read old-tuple fields (only there are such rows).
@@ -341,8 +342,8 @@ def decode_changes(
     if m_old:
         old_index[old_rows] = np.arange(m_old)
         new_index[new_rows] = np.arange(len(new_rows))
-    deletes = np.flatnonzero(is_delete)
-    fill_rows = np.flatnonzero((op == OP_UPDATE) & (marker == _O))
+    deletes = np.zeros(0, dtype=np.int64) if all_new else np.flatnonzero(is_delete)
+    fill_rows = np.flatnonzero((op == OP_UPDATE) & (marker == _O)) if m_old else deletes[:0]
     fill_new, fill_old = new_index[fill_rows], old_index[fill_rows]
 
     arrays: list[pa.Array] = []

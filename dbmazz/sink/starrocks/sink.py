@@ -137,6 +137,13 @@ class StarRocksSink:
                 self._sources[schema.target_name] = schema
 
     def apply_schema_delta(self, delta: SchemaDelta) -> None:
+        if delta.before is None and delta.after.source_name not in {
+            s.source_name for s in self._sources.values()
+        }:
+            # First sight of a table (a replay, or a table the engine did not set up):
+            # the same path as setup, database included.
+            self.setup([delta.after])
+            return
         name = delta.after.target_name
         state = self._state(name)
         with state.lock:

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from typing import Any
 
 from sqlglot import exp
@@ -20,6 +20,11 @@ VARCHAR_MAX = 1_048_576
 STRING_LENGTH = 65_533
 CHAR_MAX = 255
 DECIMAL_MAX_PRECISION = 38
+# Python's default context keeps 28 digits, too few for DECIMAL(38,s): quantize would signal
+# InvalidOperation (a valid value turned NULL) and arithmetic would round. Twice the maximum
+# precision holds a product of two DECIMAL(38) values exactly. Passed explicitly (or through
+# ``localcontext``) so the thread's global context is never changed.
+DECIMAL_CONTEXT = Context(prec=2 * DECIMAL_MAX_PRECISION, rounding=ROUND_HALF_UP)
 
 INT_RANGES: dict[str, tuple[int, int]] = {
     "TINYINT": (-(2**7), 2**7 - 1),
@@ -238,9 +243,9 @@ def _decimal(value: Decimal, t: SRType, original: Any) -> Decimal:
     assert t.precision is not None and t.scale is not None
     if not value.is_finite():
         raise _bad(original, t)
-    quantum = Decimal(1).scaleb(-t.scale)
+    quantum = Decimal(1).scaleb(-t.scale, context=DECIMAL_CONTEXT)
     try:
-        rounded = value.quantize(quantum, rounding=ROUND_HALF_UP)
+        rounded = value.quantize(quantum, rounding=ROUND_HALF_UP, context=DECIMAL_CONTEXT)
     except InvalidOperation as e:
         raise _bad(original, t) from e
     digits = len(rounded.as_tuple().digits)

@@ -1,23 +1,28 @@
 """The small expression language of the ``columns`` and ``where`` load headers.
 
 Supported: column references, literals, NULL, arithmetic, comparisons, AND/OR/NOT,
-IS [NOT] NULL, IN, BETWEEN, CASE/IF, IFNULL/COALESCE, CONCAT, UPPER/LOWER/TRIM and CAST.
+IS [NOT] NULL, IN, BETWEEN, CASE/IF, IFNULL/COALESCE, CONCAT, UPPER/LOWER/TRIM, CAST and
+TO_BINARY.
 Anything else is refused when the load is planned, so a test sees it at once.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import operator
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
 
 from dbmazz.testing.starrocks.coltypes import (
+    DECIMAL_CONTEXT,
     ConversionError,
     SRType,
     TypeError_,
@@ -46,7 +51,9 @@ class Expr:
         return {c.name.lower() for c in self.node.find_all(exp.Column)}
 
     def evaluate(self, env: Mapping[str, Any]) -> Any:
-        return _eval(self.node, env)
+        # DECIMAL arithmetic needs more than the default 28 digits (see DECIMAL_CONTEXT).
+        with localcontext(DECIMAL_CONTEXT):
+            return _eval(self.node, env)
 
 
 def _parse_select_list(text: str, what: str) -> list[exp.Expression]:
@@ -98,7 +105,7 @@ _SIMPLE_NODES = (
     exp.Column, exp.Identifier, exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Neg,
     exp.And, exp.Or, exp.Not, exp.Is, exp.In, exp.Between, exp.If, exp.Case, exp.Coalesce,
     exp.Concat, exp.DPipe, exp.Upper, exp.Lower, exp.Trim, exp.Cast, exp.DataType,
-    exp.DataTypeParam, exp.Var,
+    exp.DataTypeParam, exp.Var, exp.ToBinary,
 )
 
 
@@ -154,6 +161,34 @@ def _truth(value: Any) -> bool | None:
     if isinstance(value, str):
         return value.lower() in ("true", "1")
     return bool(value)
+
+
+_HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2})*$")
+
+
+def _to_binary(value: Any, binary_type: str) -> bytes | None:
+    """``to_binary(str[, binary_type])`` as the BE runs it (``binary_functions.cpp``).
+
+    The type is matched case-insensitively and anything but ``encode64``/``utf8`` means
+    ``hex`` (``BinaryFormatState::to_binary_format``). hex is ``unhex``: odd length or a
+    non-hex character gives an empty binary. encode64 is ``from_base64``: empty or invalid
+    input gives NULL (the function docs say an empty binary; the BE code returns NULL).
+    """
+    if value is None:
+        return None
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    kind = binary_type.lower()
+    if kind == "utf8":
+        return raw
+    if kind == "encode64":
+        if not raw:
+            return None
+        try:
+            return base64.b64decode(raw, validate=True)
+        except binascii.Error:
+            return None
+    text = raw.decode("latin-1")
+    return bytes.fromhex(text) if _HEX_RE.match(text) else b""
 
 
 def _eval(node: exp.Expression, env: Mapping[str, Any]) -> Any:
@@ -256,6 +291,11 @@ def _eval(node: exp.Expression, env: Mapping[str, Any]) -> Any:
     if isinstance(node, exp.Trim):
         value = _eval(node.this, env)
         return None if value is None else str(value).strip()
+    if isinstance(node, exp.ToBinary):
+        fmt = node.args.get("format")
+        # The BE reads only a constant, non-NULL type; otherwise it decodes hex.
+        kind = fmt.this if isinstance(fmt, exp.Literal) and fmt.is_string else "hex"
+        return _to_binary(_eval(node.this, env), kind)
     if isinstance(node, exp.Cast):
         value = _eval(node.this, env)
         if value is None:
