@@ -110,22 +110,46 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from dbmazz.engine.build import make_sink
+    """Prepare both ends (or with --check only verify them); exit 1 when not ready."""
+    from dbmazz.engine.build import make_sink, target_tables
     from dbmazz.engine.setup.postgres import setup_source
+    from dbmazz.errors import ConfigError
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
-    if args.check:
-        from dbmazz.errors import NotImplementedYet
-
-        raise NotImplementedYet("`dbmazz setup --check` (verification without changes)")
-    result = setup_source(
+    if not config.tables:
+        raise ConfigError(["TABLES: required; list the tables to replicate, e.g. public.orders"])
+    source = setup_source(
         config.source_dsn,
         config.tables,
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        check_only=args.check,
     )
-    make_sink(config).close()
-    print(f"source ready: {result}", file=sys.stderr)
+    tables = target_tables(config, source)
+    for warning in source.warnings:
+        print(f"warning: {warning}")
+    if args.check:
+        if config.sink == "starrocks":
+            from dbmazz.engine.setup.starrocks import check_connection
+
+            print(f"target: StarRocks {check_connection(config=config)} reachable")
+        else:
+            make_sink(config).close()
+            print(f"target: DuckDB {config.duckdb_path} opens")
+        pending = source.pending_changes
+        if pending:
+            print("source not ready; `dbmazz setup` would " + "; ".join(pending))
+            return 1
+        print(f"source ready: {len(source.tables)} table(s), publication "
+              f"{config.publication_name!r}, slot {config.slot_name!r}")
+        return 0
+    sink = make_sink(config)
+    try:
+        sink.setup(tables)
+    finally:
+        sink.close()
+    print(f"ready: {len(tables)} table(s) on both ends; slot {config.slot_name!r} "
+          f"{'created' if source.slot_created else 'reused'}")
     return 0

@@ -177,3 +177,16 @@ def _check_target_names(tables: list[TableSchema]) -> None:
                 f"{table.namespace}_{table.name}",
             )
         seen[table.target_name] = table.source_name
+
+
+def target_tables(config: Config, source: SourceSetup) -> list[TableSchema]:
+    """The target shape of every configured table, read from the source catalog."""
+    try:
+        with psycopg.connect(config.source_dsn, autocommit=True) as conn:
+            relations = describe_relations(conn, list(source.tables))
+    except psycopg.OperationalError as exc:
+        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+    schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)
+    tables = [schemas.build(relation) for relation in relations.values()]
+    _check_target_names(tables)
+    return tables

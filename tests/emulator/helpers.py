@@ -70,7 +70,8 @@ def request(
                 curl.setopt(pycurl.CUSTOMREQUEST, method)
         elif method != "GET":
             curl.setopt(pycurl.CUSTOMREQUEST, method)
-        curl.setopt(pycurl.HTTPHEADER, lines)
+        # UTF-8 bytes on the wire, as the sink sends them (pycurl refuses non-ASCII str).
+        curl.setopt(pycurl.HTTPHEADER, [line.encode("utf-8") for line in lines])
         curl.setopt(pycurl.TIMEOUT, 30)
         curl.perform()
         return Response(int(curl.getinfo(pycurl.RESPONSE_CODE)), out.getvalue(), seen)

@@ -61,6 +61,24 @@ class SourceSetup:
     #: With ``export_snapshot=True`` and a new slot: holds the exported snapshot open.
     #: The caller must ``close()`` it once the snapshot is read.
     slot_creation: SlotCreation | None = field(default=None, compare=False)
+    #: False for ``check_only``: the change fields then describe what setup would do.
+    applied: bool = True
+
+    @property
+    def pending_changes(self) -> list[str]:
+        """What a ``check_only`` run found missing (empty: the source is ready)."""
+        changes = []
+        if self.publication_created:
+            changes.append("create the publication")
+        if self.tables_added:
+            changes.append(f"add {', '.join(self.tables_added)} to the publication")
+        if self.replica_identity_changed:
+            changes.append(
+                f"set REPLICA IDENTITY on {', '.join(self.replica_identity_changed)}"
+            )
+        if self.slot_created:
+            changes.append("create the replication slot")
+        return changes
 
 
 @dataclass
@@ -318,6 +336,7 @@ def setup_source(
     *,
     export_snapshot: bool = False,
     lock_timeout_s: float = 10.0,
+    check_only: bool = False,
 ) -> SourceSetup:
     """Check the source and create what is missing; safe to run any number of times.
 
@@ -326,6 +345,8 @@ def setup_source(
     can be filled), ``'default'`` (key only), ``'keep'`` (change nothing; NOTHING refused).
     ``export_snapshot``: when the slot is created, keep its exported snapshot open in
     :attr:`SourceSetup.slot_creation` for an initial snapshot.
+    ``check_only``: run every check but change nothing; the result then says what setup
+    *would* create or change (``applied`` is False).
     """
     if not tables:
         raise SetupError("no tables to replicate", "list them in TABLES (schema.table,...)")
@@ -375,6 +396,20 @@ def setup_source(
                     f"{slot!r}: {', '.join(t.name for t in to_add)}; only their changes from "
                     "now on are streamed — take a snapshot to load their existing rows"
                 )
+
+        if check_only:
+            return SourceSetup(
+                primary_keys={t.name: keys[t.oid][1] for t in resolved},
+                slot_created=not info.exists,
+                consistent_point=None,
+                confirmed_flush_lsn=info.confirmed_flush_lsn if info.exists else None,
+                tables=tuple(t.name for t in resolved),
+                publication_created=not pub_exists,
+                tables_added=tuple(t.name for t in to_add) if pub_exists else (),
+                replica_identity_changed=tuple(t.name for t in identity_changes),
+                warnings=tuple(warnings),
+                applied=False,
+            )
 
         # -- everything checked; now change what is missing ----------------------------
         changed = _apply(

@@ -163,7 +163,7 @@ def _truth(value: Any) -> bool | None:
     return bool(value)
 
 
-_HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2})*$")
+_HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
 
 def _to_binary(value: Any, binary_type: str) -> bytes | None:
@@ -187,8 +187,8 @@ def _to_binary(value: Any, binary_type: str) -> bytes | None:
             return base64.b64decode(raw, validate=True)
         except binascii.Error:
             return None
-    text = raw.decode("latin-1")
-    return bytes.fromhex(text) if _HEX_RE.match(text) else b""
+    text = raw.decode("latin-1")  # only ASCII hex digits can match
+    return bytes.fromhex(text) if _HEX_RE.fullmatch(text) else b""
 
 
 def _eval(node: exp.Expression, env: Mapping[str, Any]) -> Any:

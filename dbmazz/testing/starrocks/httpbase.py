@@ -34,6 +34,15 @@ class Reply:
     close: bool = False
 
 
+def utf8_header(value: str) -> str:
+    """A header value re-read as UTF-8: http.client decodes the header bytes as latin-1."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        # Not UTF-8 (or not from the wire): keep the latin-1 reading, one char per byte.
+        return value
+
+
 class ConnectionReset(Exception):
     """Raised by a handler that has reset its connection; nothing more is written."""
 
@@ -179,10 +188,14 @@ class BaseHandler(BaseHTTPRequestHandler):
         return bool(length and length.strip().isdigit() and int(length) > 0)
 
     def header_map(self) -> dict[str, str]:
-        """Request headers with lower-case names (the first of repeated ones wins)."""
+        """Request headers with lower-case names (the first of repeated ones wins).
+
+        Values are read as UTF-8, as StarRocks does with the raw bytes libevent hands it:
+        column names in ``columns``, ``where``, ``db``/``table`` of the transaction API.
+        """
         out: dict[str, str] = {}
         for name, value in self.headers.items():
-            out.setdefault(name.lower(), value)
+            out.setdefault(name.lower(), utf8_header(value))
         return out
 
     def read_body(self, limit: int | None = None) -> bytes:

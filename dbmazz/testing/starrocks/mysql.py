@@ -282,7 +282,8 @@ class StarRocksSession(Session):
             elif isinstance(item, exp.Boolean):
                 literal = bool(item.this)
             elif isinstance(item, exp.Neg) and isinstance(item.this, exp.Literal):
-                literal = -Decimal(str(item.this.to_py()))
+                # copy_negate is exact; unary minus would round to the context's 28 digits.
+                literal = Decimal(str(item.this.to_py())).copy_negate()
             else:
                 raise SRError(f"The StarRocks emulator supports only literals in VALUES: "
                               f"{item.sql('starrocks')}", ER_NOT_SUPPORTED_YET)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -271,9 +272,12 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection, schema: str, created: set[tup
 
 
 def _out(value: Any) -> Any:
-    """StarRocks' wire values: booleans as 1/0, arrays and structs as text."""
+    """StarRocks' wire values: booleans as 1/0, arrays and structs as text, DECIMAL plain."""
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, Decimal):
+        # Every digit of the scale, never str()'s exponent form (0E-10 for DECIMAL(38,10) 0).
+        return format(value, "f")
     if isinstance(value, list):
         return render(value)
     if isinstance(value, dict):
