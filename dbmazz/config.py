@@ -92,6 +92,12 @@ class Config(BaseSettings):
     max_inflight_bytes: int = Field(
         default=128 * _MIB, gt=0, description="Stop reading above this many in-flight bytes."
     )
+    heartbeat_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Write a heartbeat into the source WAL after this many seconds without "
+        "a newly loaded change, so the slot advances while the tables are idle (0 = off).",
+    )
 
     # --- snapshot -----------------------------------------------------------------------
     snapshot: Literal["never", "initial", "initial_only"] = Field(

@@ -35,7 +35,8 @@ def _accepted(annotation: object) -> str:
         return "comma-separated list"
     if "dict" in str(annotation):
         return "`source:target,...`"
-    return {"int": "whole number", "bool": "`true` \\| `false`", "str": "text"}.get(name, name)
+    return {"int": "whole number", "float": "number", "bool": "`true` \\| `false`",
+            "str": "text"}.get(name, name)
 
 
 def _default(value: object) -> str:

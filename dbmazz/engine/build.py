@@ -45,6 +45,7 @@ def settings_from(config: Config, **overrides: object) -> Settings:
         flush_bytes=config.flush_bytes,
         flush_interval_ms=config.flush_interval_ms,
         max_inflight_bytes=config.max_inflight_bytes,
+        heartbeat_interval_s=config.heartbeat_interval_s,
     )
     for key, value in overrides.items():
         setattr(settings, key, value)
@@ -97,6 +98,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
     dsn = config.source_dsn
     if not config.tables:
         raise ConfigError(["TABLES: required; list the tables to replicate, e.g. public.orders"])
+    _check_target_reachable(config, sink)
     source = setup_source(
         dsn,
         config.tables,
@@ -112,6 +114,18 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         if source.slot_creation is not None:
             source.slot_creation.close()
         raise
+
+
+def _check_target_reachable(config: Config, sink: Sink | None) -> None:
+    """Log in to StarRocks before the source is touched: a wrong password or an unreachable
+    FE then fails setup with nothing created on either side."""
+    catalog = getattr(sink, "catalog", None)
+    if catalog is not None:
+        catalog.version()
+    elif sink is None and config.sink == "starrocks":
+        from dbmazz.engine.setup.starrocks import check_connection
+
+        check_connection(config=config)
 
 
 def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engine:
@@ -157,6 +171,10 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
         settings=settings_from(config),
         start_lsn=start,
     )
+    if config.heartbeat_interval_s > 0:
+        from dbmazz.source.heartbeat import Heartbeat
+
+        engine.heartbeat = Heartbeat(dsn)
     attach_snapshots(engine, dsn=dsn, slot=slot, publication=publication,
                      replica_identity=config.replica_identity, mode=config.snapshot,
                      workers=config.snapshot_workers, sink=target, schemas=schemas,

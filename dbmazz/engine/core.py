@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 import pyarrow as pa
 
 from dbmazz.engine.apply import FlushApplier
+from dbmazz.engine.audit import audit_from_env
 from dbmazz.errors import DbmazzError, SinkReplayRequired, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
@@ -87,6 +88,8 @@ class Settings:
     max_inflight_bytes: int = 128 << 20
     load_workers: int = 4
     reconnect_max_backoff_s: float = 30.0
+    #: Seconds without a newly durable LSN before a heartbeat is written (0 = never).
+    heartbeat_interval_s: float = 0.0
     #: Stop when the source is exhausted (replay) instead of waiting for more.
     stop_when_exhausted: bool = False
 
@@ -105,6 +108,9 @@ class Progress:
     flushes: int = 0
     rows_applied: int = 0
     inflight_bytes: int = 0
+    #: High-water mark of ``inflight_bytes`` (invariant 4 is checked against it).
+    inflight_peak: int = 0
+    heartbeats: int = 0
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -175,12 +181,17 @@ class Engine:
         self._lag_marks: deque[tuple[int, float]] = deque()
         self._lag_marks_max = 4096
         self._server_wal_end = 0
+        #: Journal of acks and confirmations when DBMAZZ_AUDIT_LOG is set (engine.audit).
+        self.audit = audit_from_env()
+        #: Writes a heartbeat into the source's WAL (live engines; set by engine.build).
+        self.heartbeat: Callable[[], None] | None = None
         self.applier = FlushApplier(
             sink,
             schemas,
             max_workers=self.settings.load_workers,
             stop_event=self._stop,
             on_decoded=self._remember_batch,
+            audit=self.audit,
         )
         self._done = threading.Event()
         #: Initial and on-demand snapshots (live engines; set by engine.build).
@@ -221,7 +232,10 @@ class Engine:
     def _start_stream(self) -> None:
         self.progress.stage = Stage.CDC
         self.progress.state = RunState.RUNNING
-        for name, target in (("dbmazz-reader", self._reader), ("dbmazz-applier", self._applier)):
+        threads = [("dbmazz-reader", self._reader), ("dbmazz-applier", self._applier)]
+        if self.heartbeat is not None and self.settings.heartbeat_interval_s > 0:
+            threads.append(("dbmazz-heartbeat", self._heartbeats))
+        for name, target in threads:
             thread = threading.Thread(target=self._guard(target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -475,6 +489,7 @@ class Engine:
         with self._inflight_cv:
             self._inflight += flush.nbytes
             self.progress.inflight_bytes = self._inflight
+            self.progress.inflight_peak = max(self.progress.inflight_peak, self._inflight)
         self._queue.put(flush)
 
     def _over_limit(self) -> bool:
@@ -529,7 +544,10 @@ class Engine:
 
     def _make_durable(self, lsn: int) -> None:
         """The sink holds every change up to ``lsn``: checkpoint it, then confirm it."""
-        self.checkpoints.save(lsn)
+        if self.audit is not None:
+            self.audit.confirm(lsn)
+        if not self._save_checkpoint(lsn):
+            return  # stopping while PostgreSQL is away: the next run re-reads from before
         with self._durable_cv:
             self._durable_lsn = lsn
             self._durable_cv.notify_all()
@@ -540,6 +558,48 @@ class Engine:
         source = self._source
         if source is not None:
             source.confirm(lsn)
+
+    def _save_checkpoint(self, lsn: int) -> bool:
+        """Write the checkpoint, retrying with backoff while PostgreSQL is unreachable
+        (it is restarting, say); False when the engine stopped meanwhile."""
+        backoff = 0.5
+        while True:
+            try:
+                self.checkpoints.save(lsn)
+                return True
+            except SourceConnectionError as exc:
+                self.progress.last_error = str(exc)
+                log.warning("%s; retrying in %.1fs", exc.message, backoff)
+                if self._stop.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, self.settings.reconnect_max_backoff_s)
+
+    def _heartbeats(self) -> None:
+        """Write a heartbeat into the source WAL whenever nothing became durable for
+        ``heartbeat_interval_s``: its (message-only) transaction flows through the stream
+        and is confirmed, so the slot advances while the published tables are idle."""
+        beat = self.heartbeat
+        assert beat is not None
+        interval = self.settings.heartbeat_interval_s
+        last, since = self._durable_lsn, time.monotonic()
+        try:
+            while not self._stop.wait(min(interval, 1.0)) and not self._drain.is_set():
+                now = time.monotonic()
+                if self._durable_lsn != last:
+                    last, since = self._durable_lsn, now
+                    continue
+                if now - since < interval or self._paused.is_set():
+                    continue
+                since = now
+                try:
+                    beat()
+                    self.progress.heartbeats += 1
+                except DbmazzError as exc:  # the reader reports and handles outages
+                    log.warning("heartbeat failed: %s", exc.message)
+        finally:
+            close = getattr(beat, "close", None)
+            if close is not None:
+                close()
 
     def _remember_batch(self, table: TableSchema, batch: pa.Table) -> None:
         self._in_flight_batches[table.source_name] = batch

@@ -14,7 +14,7 @@ LSN can be confirmed (DESIGN.md §4, invariant 2).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -354,7 +354,7 @@ class Batcher:
     ) -> Flush:
         steps: dict[int, list[Step]] = {}
         shape = self._shape_at_start
-        for piece in pieces:
+        for piece in _coalesce(pieces):
             if isinstance(piece, _Shape):
                 shape[piece.relation.oid] = piece.relation
                 continue
@@ -380,6 +380,81 @@ class Batcher:
         self._seq += 1
         return Flush(seq=self._seq, steps=steps, end_lsn=end_lsn, rows=rows, nbytes=nbytes,
                      split=split)
+
+
+_NO_ROWS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint32),
+            np.zeros(0, np.uint64))
+
+
+def join_slabs(slabs: Sequence[Slab]) -> Slab:
+    """The messages of ``slabs``, in order, as one slab over one new contiguous buffer.
+
+    A step gathers one slab per chunk, and the reader's chunks are small when messages
+    trickle in; decoding them in one call instead of one call per chunk saves the decoder's
+    fixed cost per call. A slab whose messages fill most of the range between its first and
+    last message is copied as that range (Begin/Commit and other tables' messages in between
+    come along, unused); a sparse one is copied run by run of adjacent messages.
+    """
+    slabs = [s for s in slabs if len(s)]
+    if len(slabs) <= 1:
+        return slabs[0] if slabs else Slab(np.zeros(0, np.uint8), *_NO_ROWS)
+    pieces: list[npt.NDArray[np.uint8]] = []
+    starts: list[npt.NDArray[np.int64]] = []
+    offset = 0
+    for slab in slabs:
+        ends = slab.starts + slab.sizes
+        lo, hi = int(slab.starts[0]), int(ends[-1])
+        if hi - lo <= 2 * int(slab.sizes.sum()):
+            pieces.append(slab.data[lo:hi])
+            starts.append(slab.starts - lo + offset)
+            offset += hi - lo
+            continue
+        breaks = np.flatnonzero(slab.starts[1:] != ends[:-1]) + 1
+        first = np.concatenate(([0], breaks))
+        last = np.concatenate((breaks, [len(slab)])) - 1
+        run_lo, run_hi = slab.starts[first], ends[last]
+        lengths = run_hi - run_lo
+        placed = offset + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        pieces.extend(slab.data[a:b] for a, b in zip(run_lo.tolist(), run_hi.tolist(),
+                                                     strict=True))
+        starts.append(slab.starts + np.repeat(placed - run_lo, last - first + 1))
+        offset += int(lengths.sum())
+    return Slab(
+        np.concatenate(pieces) if pieces else np.zeros(0, np.uint8),
+        np.concatenate(starts),
+        np.concatenate([s.sizes for s in slabs]),
+        np.concatenate([s.oids for s in slabs]),
+        np.concatenate([s.commit_lsns for s in slabs]),
+    )
+
+
+def _coalesce(pieces: list[Piece]) -> list[Piece]:
+    """Join adjacent slabs of one chunk (one per committed transaction) into one, so a
+    chunk of many small transactions is decoded in one call, not one call per transaction."""
+    out: list[Piece] = []
+    run: list[Slab] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(Slab(run[0].data,
+                            np.concatenate([s.starts for s in run]),
+                            np.concatenate([s.sizes for s in run]),
+                            np.concatenate([s.oids for s in run]),
+                            np.concatenate([s.commit_lsns for s in run])))
+        run.clear()
+
+    for piece in pieces:
+        if isinstance(piece, Slab):
+            if run and piece.data is not run[-1].data:
+                close_run()
+            run.append(piece)
+        else:
+            close_run()
+            out.append(piece)
+    close_run()
+    return out
 
 
 def _slice(slab: Slab, lo: int, hi: int) -> Slab:

@@ -149,7 +149,8 @@ def connect_error(text: str, target: str) -> SourceError:
         return SourceError(f"{text} (at {target})", "check the database name in SOURCE_URL")
     return SourceConnectionError(
         f"cannot connect to PostgreSQL at {target}: {text}",
-        "check that the server is running and reachable; dbmazz retries with backoff",
+        "check the host and port of SOURCE_URL and that the server is running (a connection "
+        "lost while streaming is retried with backoff)",
     )
 
 

@@ -172,9 +172,11 @@ def plan_chunks(layout: TableLayout, chunk_pages: int = DEFAULT_CHUNK_PAGES,
 
 # --- SQL ----------------------------------------------------------------------------------
 def column_expression(name: str, type_oid: int, native: bool) -> str:
-    """How a column is selected: as it is (``native``), or as its output-function text."""
+    """How a column is selected for the ADBC reader (``native``): as it is when the driver
+    maps it exactly, else as its output-function text. For COPY (``native=False``) as it
+    is: COPY prints every value with its output function already."""
     column = quote_ident(name)
-    if native and type_oid in _NATIVE_OIDS:
+    if not native or type_oid in _NATIVE_OIDS:
         return column
     if type_oid in _CAST_DIFFERS or type_oid >= _FIRST_USER_OID:
         # format('%s') calls the output function (a domain's is its base type's); it

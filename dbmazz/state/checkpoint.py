@@ -112,5 +112,18 @@ class PostgresCheckpointStore:
                 self._conn = None
 
 
+def forget_checkpoint(dsn: str, slot: str, schema: str = "public") -> bool:
+    """Delete ``slot``'s checkpoint (the slot was dropped on request): without it, a later
+    run creates a new slot instead of reporting the old one as lost. True if one existed."""
+    table = sql.Identifier(schema, TABLE)
+    with psycopg.connect(dsn, autocommit=True, application_name="dbmazz-checkpoint") as conn:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                              (f"{schema}.{TABLE}",)).fetchone()
+        if not exists or not exists[0]:
+            return False
+        cur = conn.execute(sql.SQL("DELETE FROM {} WHERE slot_name = %s").format(table), (slot,))
+        return cur.rowcount > 0
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

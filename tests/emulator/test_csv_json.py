@@ -132,6 +132,89 @@ def test_where_counts_unselected(sr: StarRocksEmulator) -> None:
     assert ids(sr) == [2, 3]
 
 
+BINARY_DDL = "CREATE TABLE bin (id INT NOT NULL, v VARBINARY) PRIMARY KEY (id)"
+
+
+@pytest.mark.parametrize(
+    ("expr", "value", "expected"),
+    [
+        ("to_binary(x, 'hex')", "00ff7F", b"\x00\xff\x7f"),
+        ("to_binary(x)", "4142", b"AB"),  # hex is the default
+        ("to_binary(x, 'HEX')", "4142", b"AB"),
+        ("to_binary(x, 'base64')", "4142", b"AB"),  # unknown types decode hex (BE code)
+        ("to_binary(x, 'hex')", "", b""),
+        ("to_binary(x, 'hex')", "414", b""),  # odd length: empty, like unhex
+        ("to_binary(x, 'hex')", "41zz", b""),
+        ("to_binary(x, 'hex')", "\\N", None),
+        ("to_binary(x, 'encode64')", "YWJhYg==", b"abab"),
+        ("to_binary(x, 'encode64')", "not base64!", None),
+        ("to_binary(x, 'encode64')", "", None),
+        ("to_binary(x, 'utf8')", "hé", "hé".encode()),
+    ],
+)
+def test_to_binary(sr: StarRocksEmulator, expr: str, value: str, expected: bytes | None
+                   ) -> None:
+    make_table(sr, BINARY_DDL)
+    reply = stream_load(sr, "d", "bin", f"1,{value}\n", column_separator=",",
+                        columns=f"id,x,v={expr}")
+    assert reply["Status"] == "Success", reply
+    assert sr.rows("d", "bin") == [{"id": 1, "v": expected}]
+
+
+def test_to_binary_round_trips_every_byte(sr: StarRocksEmulator) -> None:
+    # What the sink sends for bytea: lowercase hex text, mapped back with to_binary.
+    make_table(sr, BINARY_DDL)
+    payload = bytes(range(256))
+    columns = "id,x,v=to_binary(x,'hex')"
+    stream_load(sr, "d", "bin", f"1\t{payload.hex()}\n", columns=columns)
+    stream_load(sr, "d", "bin", f'[{{"id": 2, "x": "{payload.hex()}"}}, {{"id": 3, "x": ""}}]',
+                format="json", strip_outer_array="true", columns=columns)
+    assert [r["v"] for r in sr.rows("d", "bin")] == [payload, payload, b""]
+
+
+DECIMAL_DDL = (
+    "CREATE TABLE dz (id INT NOT NULL, d DECIMAL(38,10), e DECIMAL(38,0))"
+    " PRIMARY KEY (id)"
+)
+D38 = "1234567890123456789012345678.0123456789"  # 38 digits: beyond Python's default 28
+E38 = "99999999999999999999999999999999999999"
+
+
+def test_decimal_38_digits_is_exact(sr: StarRocksEmulator) -> None:
+    make_table(sr, DECIMAL_DDL)
+    reply = stream_load(sr, "d", "dz", f"1,{D38},{E38}\n2,-{D38},-{E38}\n",
+                        column_separator=",", strict_mode="true")
+    assert reply["Status"] == "Success", reply
+    body = f'[{{"id": 3, "d": {D38}, "e": {E38}}}, {{"id": 4, "d": "-{D38}", "e": "-{E38}"}}]'
+    reply = stream_load(sr, "d", "dz", body, format="json", strip_outer_array="true",
+                        strict_mode="true")
+    assert reply["Status"] == "Success", reply
+    # Expressions compute with 38+ digits too: negation, arithmetic, rounding half-up.
+    reply = stream_load(sr, "d", "dz", f"5,{D38}5\n", column_separator=",",
+                        columns="id,x,d=x*1,e=-(x-x)-x+x-x", strict_mode="true")
+    assert reply["Status"] == "Success", reply
+    assert sr.rows("d", "dz") == [
+        {"id": 1, "d": Decimal(D38), "e": Decimal(E38)},
+        {"id": 2, "d": Decimal(f"-{D38}"), "e": Decimal(f"-{E38}")},
+        {"id": 3, "d": Decimal(D38), "e": Decimal(E38)},
+        {"id": 4, "d": Decimal(f"-{D38}"), "e": Decimal(f"-{E38}")},
+        {"id": 5, "d": Decimal("1234567890123456789012345678.0123456790"),
+         "e": Decimal("-1234567890123456789012345678")},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("e", E38 + "9"), ("d", "12345678901234567890123456789.0"), ("d", "1e38")],
+)
+def test_decimal_38_out_of_range_is_still_rejected(sr: StarRocksEmulator, column: str,
+                                                    value: str) -> None:
+    make_table(sr, DECIMAL_DDL)
+    reply = stream_load(sr, "d", "dz", f"1,{value}\n", column_separator=",",
+                        columns=f"id,{column}", strict_mode="true")
+    assert (reply["Status"], reply["NumberFilteredRows"]) == ("Fail", 1)
+
+
 # -- JSON -------------------------------------------------------------------------------
 
 

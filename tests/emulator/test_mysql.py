@@ -203,6 +203,35 @@ def test_select_over_loaded_data(sr: StarRocksEmulator) -> None:
     assert joined == [("a", "x", 1, Decimal(5)), ("b", "y", 1, Decimal(6))]
 
 
+def test_select_decimal_38_and_varbinary_exactly(sr: StarRocksEmulator) -> None:
+    sql(sr, "CREATE TABLE d.x (id INT NOT NULL, d DECIMAL(38,10), b VARBINARY) PRIMARY KEY (id)")
+    big = "9999999999999999999999999999.9999999999"
+    body = f"1,{big},{bytes(range(256)).hex()}\n2,-{big},\n3,0,\\N\n"
+    reply = stream_load(sr, "d", "x", body, column_separator=",",
+                        columns="id,d,h,b=to_binary(h,'hex')")
+    assert reply["Status"] == "Success", reply
+    # INSERT of a negative literal keeps all 38 digits as well.
+    sql(sr, f"INSERT INTO d.x VALUES (4, -{big[:-1]}1, NULL)")
+    assert sql(sr, "SELECT id, d, b FROM d.x ORDER BY id") == [
+        (1, Decimal(big), bytes(range(256))),
+        (2, Decimal(f"-{big}"), b""),
+        (3, Decimal(0), None),
+        (4, Decimal(f"-{big[:-1]}1"), None),
+    ]
+    # On the wire DECIMAL is plain text with every digit of the scale, as StarRocks sends it.
+    conn = mysql(sr, "d")
+    conn.decoders.pop(pymysql.constants.FIELD_TYPE.NEWDECIMAL)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT d, sum(d) OVER () FROM x WHERE id IN (1, 2, 3) ORDER BY id")
+            assert cur.fetchall() == (
+                (big, "0.0000000000"), (f"-{big}", "0.0000000000"),
+                ("0.0000000000", "0.0000000000"),
+            )
+    finally:
+        conn.close()
+
+
 def test_insert_values_and_truncate(sr: StarRocksEmulator) -> None:
     sql(sr, "INSERT INTO t (id, name) VALUES (1, 'a'), (2, NULL)", db="d")
     sql(sr, "INSERT INTO d.t VALUES (2, 'b', -3)")

@@ -18,6 +18,7 @@ from tests.emulator.helpers import (
     request,
     status_lines,
     stream_load,
+    txn,
 )
 
 
@@ -129,6 +130,29 @@ def test_header_errors(sr: StarRocksEmulator, headers: dict[str, str], message: 
 def test_label_regex_accepts_dash_and_underscore(sr: StarRocksEmulator) -> None:
     label = "dbmazz-slot_1-t-" + "a" * 100
     assert stream_load(sr, "d", "t", "1\ta\t1\n", label=label[:128])["Status"] == "Success"
+
+
+def test_header_values_are_read_as_utf8(sr: StarRocksEmulator) -> None:
+    # The client sends UTF-8 bytes; http.server decodes them as latin-1, StarRocks as UTF-8.
+    make_table(sr, "CREATE TABLE `ünï` (id INT NOT NULL, `cølümn ✓` INT, `naïve` VARCHAR(10))"
+                   " PRIMARY KEY (id)")
+    reply = stream_load(sr, "d", "ünï", "1,7,é\n2,8,a\n", column_separator=",",
+                        columns="id,`cølümn ✓`,`naïve`", where="`naïve` = 'é'")
+    assert (reply["Status"], reply["NumberUnselectedRows"]) == ("Success", 1), reply
+    assert sr.rows("d", "ünï") == [{"id": 1, "cølümn ✓": 7, "naïve": "é"}]
+    # The transaction API names its table in a header.
+    for op, body in [("begin", None), ("load", "3,9,x\n"), ("commit", None)]:
+        reply = txn(sr, op, "u1", table="ünï", body=body, column_separator=",",
+                    columns="id,`cølümn ✓`,`naïve`")
+        assert reply["Status"] in ("OK", "Success"), reply
+    assert sr.rows("d", "ünï")[-1] == {"id": 3, "cølümn ✓": 9, "naïve": "x"}
+
+
+def test_non_ascii_label_is_refused_and_reported_as_sent(sr: StarRocksEmulator) -> None:
+    # FeNameFormat's \w is Java's, ASCII only.
+    reply = stream_load(sr, "d", "t", "1\ta\t1\n", label="läbel")
+    assert reply["Status"] == "Fail"
+    assert reply["Message"].endswith("label: läbel"), reply
 
 
 def test_missing_label_gets_a_uuid(sr: StarRocksEmulator) -> None:

@@ -457,18 +457,13 @@ def test_binary_loads_as_bytes(starrocks: StarRocksEmulator, make_sink: SinkFact
     sink = make_sink()
     sink.setup([schema])
     payload = bytes(range(256))
-    try:
-        sink.write(
-            batch(
-                schema,
-                [upsert(schema, [{"id": 1, "data": payload}, {"id": 2, "data": b""}], 1)],
-                lsn=1,
-            )
+    sink.write(
+        batch(
+            schema,
+            [upsert(schema, [{"id": 1, "data": payload}, {"id": 2, "data": b""}], 1)],
+            lsn=1,
         )
-    except SinkError as exc:
-        if "does not support the expression" in exc.message:
-            pytest.xfail("the emulator does not evaluate to_binary(col, 'hex') yet")
-        raise
+    )
     assert [r["data"] for r in starrocks.rows(DB, "blobs")] == [payload, b""]
 
 
@@ -540,10 +535,6 @@ def test_unicode_column_names(starrocks: StarRocksEmulator, make_sink: SinkFacto
     sink.setup([schema])
     sink.write(batch(schema, [upsert(schema, [{"id": 1, "cølümn ✓": 7}], 1)], lsn=1))
     stored = starrocks.rows(DB, "ünï")
-    if stored[0]["cølümn ✓"] is None:
-        # The `columns` header goes out as UTF-8, which a real BE passes through as bytes;
-        # the emulator's http.server decodes headers as latin-1 and no longer matches it.
-        pytest.xfail("the emulator decodes the UTF-8 `columns` header as latin-1")
     assert stored[0]["cølümn ✓"] == 7
 
 

@@ -35,12 +35,12 @@ def spec(name: str, t: pa.DataType, pg: str = "", typmod: int = -1) -> ColumnSpe
         (spec("c", pa.float64(), "float8"), "DOUBLE"),
         (spec("c", pa.decimal128(12, 3), "numeric"), "DECIMAL(12,3)"),
         (spec("c", pa.string(), "numeric"), "DECIMAL(38,9)"),
-        (spec("c", pa.string(), "numeric", ((40 << 16) | 2) + 4), "STRING"),
-        (spec("c", pa.string(), "text"), "STRING"),
+        (spec("c", pa.string(), "numeric", ((40 << 16) | 2) + 4), "VARCHAR(1048576)"),
+        (spec("c", pa.string(), "text"), "VARCHAR(1048576)"),
         (spec("c", pa.string(), "varchar", 10 + 4), "VARCHAR(40)"),
         (spec("c", pa.string(), "bpchar", 3 + 4), "VARCHAR(12)"),
         (spec("c", pa.string(), "varchar", 400_000 + 4), "VARCHAR(1048576)"),
-        (spec("c", pa.string(), "uuid"), "STRING"),
+        (spec("c", pa.string(), "uuid"), "VARCHAR(1048576)"),
         (spec("c", pa.string(), "json"), "JSON"),
         (spec("c", pa.string(), "jsonb"), "JSON"),
         (spec("c", pa.binary(), "bytea"), "VARBINARY"),
@@ -50,9 +50,9 @@ def spec(name: str, t: pa.DataType, pg: str = "", typmod: int = -1) -> ColumnSpe
         (spec("c", pa.string(), "time"), "VARCHAR(32)"),
         (spec("c", pa.duration("us"), "interval"), "BIGINT"),
         (spec("c", pa.list_(pa.int32()), "_int4"), "ARRAY<INT>"),
-        (spec("c", pa.list_(pa.string()), "_text"), "ARRAY<STRING>"),
+        (spec("c", pa.list_(pa.string()), "_text"), "ARRAY<VARCHAR(1048576)>"),
         (spec("c", pa.list_(pa.list_(pa.decimal128(5, 1))), ""), "ARRAY<ARRAY<DECIMAL(5,1)>>"),
-        (spec("c", pa.string(), "inet"), "STRING"),
+        (spec("c", pa.string(), "inet"), "VARCHAR(1048576)"),
     ],
 )
 def test_column_types(column: ColumnSpec, expected: str) -> None:
@@ -61,7 +61,7 @@ def test_column_types(column: ColumnSpec, expected: str) -> None:
 
 def test_unconstrained_numeric_as_string_when_configured() -> None:
     c = spec("c", pa.string(), "numeric")
-    assert column_type(c, opts=TypeOptions(unconstrained_numeric="string")) == "STRING"
+    assert column_type(c, opts=TypeOptions(unconstrained_numeric="string")) == "VARCHAR(1048576)"
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_create_table_puts_keys_first_and_audit_last() -> None:
     assert sql == (
         "CREATE TABLE IF NOT EXISTS `db`.`t` (\n"
         "  `id` BIGINT NOT NULL,\n"
-        "  `v` STRING NULL,\n"
+        "  `v` VARCHAR(1048576) NULL,\n"
         "  `Amount` DECIMAL(10,2) NULL,\n"
         "  `dbmazz_op_type` TINYINT NULL,\n"
         "  `dbmazz_is_deleted` BOOLEAN NULL,\n"
@@ -127,7 +127,7 @@ def test_hostile_identifiers_are_quoted() -> None:
     )
     sql = create_table_sql("d`b", weird)
     assert "CREATE TABLE IF NOT EXISTS `d``b`.`Tab``le %d`" in sql
-    assert "`we``ird col` INT NOT NULL" in sql and "`%s` STRING NULL" in sql
+    assert "`we``ird col` INT NOT NULL" in sql and "`%s` VARCHAR(1048576) NULL" in sql
     assert "PRIMARY KEY (`we``ird col`)" in sql
 
 

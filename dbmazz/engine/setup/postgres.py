@@ -31,6 +31,7 @@ from dbmazz.source.replication import (
     validate_slot_name,
 )
 from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
+from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 
 log = logging.getLogger("dbmazz.setup")
 
@@ -388,6 +389,8 @@ def setup_source(
                 "changes by hand",
             )
         info = read_slot_info(conn, slot)
+        if not info.exists:
+            _refuse_dropped_slot(conn, slot, target)
         if info.exists:
             _check_existing_slot(info, conn.info.dbname, target)
             if to_add:
@@ -443,6 +446,31 @@ def setup_source(
         replica_identity_changed=tuple(changed),
         warnings=tuple(warnings),
         slot_creation=creation,
+    )
+
+
+def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> None:
+    """A checkpoint without its slot means the slot was dropped behind dbmazz's back (or
+    lost): changes since the checkpoint were never captured. Recreating the slot would hide
+    that, so stop and say how to start over."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{CHECKPOINT_TABLE}",))
+    exists = row.fetchone()
+    if not exists or not exists[0]:
+        return
+    found = conn.execute(
+        sql.SQL("SELECT lsn::text FROM {} WHERE slot_name = %s").format(
+            sql.Identifier("public", CHECKPOINT_TABLE)),
+        (slot,),
+    ).fetchone()
+    if found is None:
+        return
+    raise SlotLostError(
+        f"replication slot {slot!r} on {target} does not exist, but dbmazz had streamed from "
+        f"it up to checkpoint {found[0]}: it was dropped outside dbmazz, so changes made "
+        "since then were not captured",
+        "dbmazz will not recreate it silently. To start over, delete the checkpoint "
+        f"(DELETE FROM {CHECKPOINT_TABLE} WHERE slot_name = '{slot}') and run again with "
+        "SNAPSHOT=initial to reload the tables",
     )
 
 

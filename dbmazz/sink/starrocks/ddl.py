@@ -10,7 +10,8 @@ Choices worth knowing:
   or STRING when exactness beyond that matters (``unconstrained_numeric="string"``).
   ``numeric(p,s)`` with p > 38 cannot fit a StarRocks DECIMAL and always becomes STRING.
 * ``varchar(n)``/``char(n)`` become VARCHAR(4n) (StarRocks counts bytes, UTF-8 uses ≤ 4);
-  other text is STRING (VARCHAR(65533) as a key).
+  other text is VARCHAR(1048576), StarRocks' largest string (STRING holds only 65,533 bytes,
+  and a longer TOASTed text would not fit); VARCHAR(65533) as a key (keys are short anyway).
 * json/jsonb → JSON; bytea → VARBINARY; interval → BIGINT microseconds; time → VARCHAR(32);
   timestamp and timestamptz → DATETIME (timestamptz stored as UTC); arrays → ARRAY<T>.
 """
@@ -28,6 +29,8 @@ from dbmazz.sink.starrocks.mysql import quote_ident
 
 VARCHAR_MAX = 1_048_576
 STRING_KEY = "VARCHAR(65533)"
+#: Unbounded text: StarRocks' largest VARCHAR (STRING is only VARCHAR(65533)).
+TEXT = f"VARCHAR({VARCHAR_MAX})"
 JSON_TYPES = frozenset({"json", "jsonb"})
 AUDIT_SQL: Mapping[str, str] = {
     "dbmazz_op_type": "TINYINT",
@@ -74,13 +77,13 @@ def column_type(spec: ColumnSpec, *, key: bool = False, opts: TypeOptions | None
         if pg == "numeric":
             if not key and opts.unconstrained_numeric == "decimal" and spec.pg_type_modifier < 0:
                 return "DECIMAL(38,9)"
-            return STRING_KEY if key else "STRING"
+            return STRING_KEY if key else TEXT
         if pg in ("time", "timetz", "time without time zone", "time with time zone"):
             return "VARCHAR(32)"
         n = _char_length(spec)
         if n is not None:
             return f"VARCHAR({min(4 * n, VARCHAR_MAX)})"
-        return STRING_KEY if key else "STRING"
+        return STRING_KEY if key else TEXT
     return arrow_type_sql(t, key=key)
 
 
@@ -100,12 +103,12 @@ def arrow_type_sql(t: pa.DataType, *, key: bool = False) -> str:
         return "DOUBLE" if t.bit_width == 64 else "FLOAT"
     if pa.types.is_decimal(t):
         if t.precision > 38:
-            return STRING_KEY if key else "STRING"
+            return STRING_KEY if key else TEXT
         if key:
             return f"VARCHAR({t.precision + 2})"
         return f"DECIMAL({t.precision},{t.scale})"
     if _is_text(t) or pa.types.is_null(t):
-        return STRING_KEY if key else "STRING"
+        return STRING_KEY if key else TEXT
     if _is_binary(t):
         return STRING_KEY if key else "VARBINARY"
     if pa.types.is_date(t):
@@ -124,7 +127,7 @@ def arrow_type_sql(t: pa.DataType, *, key: bool = False) -> str:
         if key:
             raise UnsupportedType("a composite value cannot be part of a StarRocks primary key")
         return "JSON"
-    return STRING_KEY if key else "STRING"
+    return STRING_KEY if key else TEXT
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -267,7 +270,7 @@ def is_safe_widening(old: str, new: str) -> bool:
     if on == "DECIMAL" and nn == "DECIMAL" and len(oa) == 2 and len(na) == 2:
         return na[1] == oa[1] and na[0] >= oa[0]
     if on == "VARCHAR" and nn in ("VARCHAR", "STRING"):
-        new_len = na[0] if na else 65533
+        new_len = na[0] if na else 65533  # bare STRING
         return bool(oa) and new_len >= oa[0]
     return False
 

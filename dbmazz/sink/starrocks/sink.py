@@ -253,6 +253,10 @@ class StarRocksSink:
         body = serialize(body_table, self.settings.load_format, raw_json=raw_json & set(names))
         headers = dict(body.headers)
         headers["columns"] = ",".join(items + mappings)
+        # A value the target cannot hold (too long, out of range) must fail the load loudly
+        # (max_filter_ratio 0 → "too many filtered rows", with the rejected row), never turn
+        # into a silent NULL as StarRocks' non-strict default would.
+        headers["strict_mode"] = "true"
         if partial and not delete:
             headers["partial_update"] = "true"
         merge = target.column(MERGE_COLUMN)

@@ -16,6 +16,7 @@ from typing import Any, cast
 import sqlglot
 from mysql_mimic import MysqlServer, ResultColumn, Session
 from mysql_mimic.auth import IdentityProvider, NativePasswordAuthPlugin, NoLoginAuthPlugin, User
+from mysql_mimic.charset import CharacterSet
 from mysql_mimic.errors import ErrorCode, MysqlError
 from mysql_mimic.results import AllowedResult
 from mysql_mimic.session import Query, mysql_function_mapping
@@ -79,7 +80,11 @@ def _columns(result: Result) -> list[ResultColumn]:
             kind = ColumnType.NEWDECIMAL
         else:
             kind = _DUCK_TO_MYSQL.get(base, ColumnType.VARCHAR)
-        out.append(ResultColumn(name=name, type=kind))
+        if kind == ColumnType.BLOB:
+            # VARBINARY goes out with the binary charset, so clients keep bytes, not text.
+            out.append(ResultColumn(name=name, type=kind, character_set=CharacterSet.binary))
+        else:
+            out.append(ResultColumn(name=name, type=kind))
     return out
 
 
@@ -420,7 +425,7 @@ class MySQLFrontend:
                 self._server.start_server(host="127.0.0.1", port=self.requested_port)
             )
             self.port = int(self._server.sockets()[0].getsockname()[1])
-        except BaseException as e:  # surfaced to start()
+        except BaseException as e:  # noqa: BLE001 - surfaced to start()
             self._error = e
             self._ready.set()
             loop.close()

@@ -1,0 +1,655 @@
+"""End-to-end benchmark: dbmazz against the source's physical limit and a row-at-a-time peer.
+
+A private PostgreSQL cluster gets a 6-column table (int8 key, int4, text ~40 bytes,
+timestamptz, numeric(12,2), small jsonb) and one logical replication slot per contender and
+repetition, all created *before* the backlog: one ``--rows``-row transaction, then
+``--txns`` single-row transactions. Every contender then drains the same backlog from its
+own slot, one after the other, each as a subprocess:
+
+* ``pg_recvlogical`` (pgoutput, ``proto_version=1``) to /dev/null, stopped by ``--endpos``:
+  the walsender's own speed, the physical limit of the source;
+* ``dbmazz → null``: dbmazz end to end (``SINK=starrocks``, ``SETUP=skip``) into
+  ``bench/nullsink.py``, a local HTTP server speaking enough Stream Load (307, 100-continue,
+  transaction interface) that reads and discards every body;
+* ``dbmazz → duckdb``: dbmazz into the embedded DuckDB sink;
+* ``peer``: a row-at-a-time Python consumer, psycopg2 ``LogicalReplicationConnection`` with
+  per-message pgoutput parsing into Python values (psycopg2-binary is installed into the
+  running environment on first use; it is not a dbmazz dependency).
+
+Measured per contender: wall time from the start of streaming until everything up to the
+backlog's end LSN is consumed (pg_recvlogical, peer) or loaded and confirmed (dbmazz:
+durable LSN), CPU seconds of the contender's process over that span (user + sys;
+``process_cpu_s`` adds start-up and imports), peak RSS of the process (ru_maxrss), and the
+walsender's CPU. Then a latency run: a paced writer commits ``--latency-rate`` changes/s
+for ``--latency-seconds`` while dbmazz streams into the null sink, which stamps the arrival
+of every key; commit-to-arrival p50/p99 with the default flush interval.
+
+The last line printed is one JSON object: per contender rows/s (best and median of
+``--repeat``), cpu_s, cpu_us_per_change, peak_rss_mb; ``ratio_vs_limit`` (dbmazz → null
+rows/s ÷ pg_recvlogical rows/s), ``cpu_ratio_vs_peer`` (peer CPU per change ÷ dbmazz →
+null CPU per change) and the latency percentiles.
+
+Usage: ``python bench/e2e.py [--rows 1000000] [--txns 100000] [--repeat 3] [--skip-peer]
+[--skip-latency] [--latency-rate 10000] [--latency-seconds 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dbmazz.lsn import format_lsn, parse_lsn  # noqa: E402
+
+PUBLICATION = "bench_pub"
+TABLE = "public.events"
+DB = "bench"
+PG_SETTINGS = {
+    # Reproducible runs: no autovacuum or checkpoint writing WAL in the middle of a drain.
+    "autovacuum": "off",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "1h",
+}
+PG_DDL = """
+CREATE TABLE public.events (
+    id int8 PRIMARY KEY, qty int4, note text, created_at timestamptz,
+    amount numeric(12,2), payload jsonb);
+ALTER TABLE public.events REPLICA IDENTITY FULL;
+"""
+# What dbmazz would create (CREATE_TABLES); SETUP=skip only reads it.
+SR_DDL = (
+    "CREATE TABLE bench.events (id BIGINT NOT NULL, qty INT NULL, note STRING NULL, "
+    "created_at DATETIME NULL, amount DECIMAL(12,2) NULL, payload JSON NULL, "
+    "dbmazz_op_type TINYINT NULL, dbmazz_is_deleted BOOLEAN NULL, "
+    "dbmazz_synced_at DATETIME NULL, dbmazz_cdc_version BIGINT NULL) "
+    'PRIMARY KEY (id) DISTRIBUTED BY HASH (id) PROPERTIES ("replication_num" = "1")'
+)
+# One row per key g: note is 40 bytes, the timestamp has microseconds, the jsonb is small.
+ROW_SQL = (
+    "{g}, ({g} % 1000)::int4, md5({g}::text) || lpad(({g} % 100000000)::text, 8, '0'), "
+    "timestamptz '2024-01-01 00:00:00+00' + ({g}::int8 * 1234567) * interval '1 microsecond', "
+    "(({g}::int8 * 7919) % 10000000000) / 100.0, "
+    "jsonb_build_object('k', {g} % 10, 'tag', 'x' || ({g} % 7))"
+)
+CONTENDERS = ("pg_recvlogical", "dbmazz_null", "dbmazz_duckdb", "peer")
+
+
+# ---------------------------------------------------------------------------- helpers
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cpu_of(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_rusage(proc: subprocess.Popen[Any]) -> tuple[int, resource.struct_rusage]:
+    """Reap ``proc`` and return its exit code and its own resource usage."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage
+
+
+class WalsenderWatch:
+    """Samples the CPU time of the walsender serving ``slot`` while it lives."""
+
+    def __init__(self, dsn: str, slot: str) -> None:
+        self.dsn, self.slot = dsn, slot
+        self.cpu_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WalsenderWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        process: psutil.Process | None = None
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self._stop.wait(0.1):
+                try:
+                    if process is None:
+                        row = conn.execute("SELECT active_pid FROM pg_replication_slots "
+                                           "WHERE slot_name = %s", (self.slot,)).fetchone()
+                        if row and row[0]:
+                            process = psutil.Process(int(row[0]))
+                    if process is not None:
+                        times = process.cpu_times()
+                        self.cpu_s = times.user + times.system
+                except psutil.Error:
+                    process = None  # the walsender ended: keep the last sample
+
+
+def machine_busy_s() -> float:
+    times = psutil.cpu_times()
+    return float(times.user + times.system + getattr(times, "nice", 0.0)
+                 + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0))
+
+
+@dataclass
+class Run:
+    contender: str
+    changes: int
+    wall_s: float
+    cpu_s: float
+    process_cpu_s: float
+    peak_rss_mb: float
+    walsender_cpu_s: float = 0.0
+    setup_s: float = 0.0
+    sink_cpu_s: float = 0.0
+    machine_busy_s: float = 0.0
+    load_1m: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.changes / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def cpu_us_per_change(self) -> float:
+        return self.cpu_s / self.changes * 1e6 if self.changes else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.contender:15s} {self.rows_per_s:>10,.0f} rows/s  wall {self.wall_s:6.2f}s"
+                f"  cpu {self.cpu_s:6.2f}s ({self.cpu_us_per_change:5.2f} us/change)"
+                f"  rss {self.peak_rss_mb:6.0f} MB  walsender cpu {self.walsender_cpu_s:5.2f}s"
+                f"  machine busy {self.machine_busy_s:5.1f}s  load {self.load_1m:.1f}")
+
+
+# ---------------------------------------------------------------------------- source
+def make_rows_sql(first: str, last: str) -> str:
+    return (f"INSERT INTO public.events SELECT {ROW_SQL.format(g='g')} "
+            f"FROM generate_series({first}, {last}) g")
+
+
+def write_backlog(dsn: str, rows: int, txns: int) -> tuple[int, int]:
+    """The backlog; returns (end LSN, changes). A marker row commits after the end LSN,
+    so every reader sees a message past it and stops (like ``--endpos`` expects)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.monotonic()
+        if rows:
+            conn.execute(make_rows_sql("1", str(rows)))  # type: ignore[arg-type]
+        log(f"wrote a {rows:,}-row transaction in {time.monotonic() - started:.1f}s")
+        started = time.monotonic()
+        if txns:
+            conn.execute(
+                "DO $$ BEGIN FOR i IN " f"{rows + 1}..{rows + txns}"  # type: ignore[arg-type]
+                " LOOP INSERT INTO public.events VALUES ("
+                + ROW_SQL.format(g="i") + "); COMMIT; END LOOP; END $$"
+            )
+        log(f"wrote {txns:,} single-row transactions in {time.monotonic() - started:.1f}s")
+        [(end,)] = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchall()
+        conn.execute(make_rows_sql("0", "0"))  # type: ignore[arg-type]
+    return parse_lsn(str(end)), rows + txns
+
+
+# ---------------------------------------------------------------------------- contenders
+def run_recvlogical(dsn: str, slot: str, end: int, changes: int) -> Run:
+    cmd = ["pg_recvlogical", "-d", dsn, "--slot", slot, "--start", "--no-loop",
+           "--endpos", format_lsn(end), "-o", "proto_version=1",
+           "-o", f"publication_names={PUBLICATION}", "-f", "/dev/null"]
+    busy = machine_busy_s()
+    load = os.getloadavg()[0]
+    with WalsenderWatch(dsn, slot) as watch:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        code, usage = wait_rusage(proc)
+        wall = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"pg_recvlogical failed ({code}): "
+                           f"{proc.stderr.read().decode() if proc.stderr else ''}")
+    return Run("pg_recvlogical", changes, wall, cpu_of(usage), cpu_of(usage),
+               usage.ru_maxrss / 1024, watch.cpu_s, machine_busy_s=machine_busy_s() - busy,
+               load_1m=load)
+
+
+def run_child(kind: str, dsn: str, slot: str, end: int, changes: int, args: dict[str, Any],
+              sink: psutil.Process | None = None) -> Run:
+    """Run this script as a child contender; it prints its own timings as JSON."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
+           "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": end, **args})]
+    busy = machine_busy_s()
+    load = os.getloadavg()[0]
+    sink_before = _cpu_total(sink)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            WalsenderWatch(dsn, slot) as watch:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        code, usage = wait_rusage(proc)
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().decode().strip().splitlines()
+        errors = err.read().decode()
+    if code != 0 or not lines:
+        raise RuntimeError(f"{kind} contender failed ({code}):\n{errors[-3000:]}")
+    report = json.loads(lines[-1])
+    if report.get("error"):
+        raise RuntimeError(f"{kind} contender failed: {report['error']}\n{errors[-3000:]}")
+    return Run(report["name"], changes, report["stream_s"], report["stream_cpu_s"],
+               cpu_of(usage), usage.ru_maxrss / 1024, watch.cpu_s,
+               setup_s=report.get("setup_s", 0.0), sink_cpu_s=_cpu_total(sink) - sink_before,
+               machine_busy_s=machine_busy_s() - busy, load_1m=load,
+               extra={k: v for k, v in report.items() if k.startswith("x_")})
+
+
+def _cpu_total(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+# ---------------------------------------------------------------------------- children
+def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
+    """dbmazz as ``dbmazz run`` builds it, until the durable LSN reaches ``end`` (or, with
+    end = 0, until SIGTERM/stdin closed: the latency run)."""
+    t_import = time.perf_counter()
+    from dbmazz.config import Config
+    from dbmazz.engine.build import build_live_engine
+    from dbmazz.log import configure_logging
+
+    configure_logging("WARNING")
+    config = Config.load(args["config"], env_file=None)
+    started = time.perf_counter()
+    engine = build_live_engine(config)
+    ready = time.perf_counter()
+    cpu0 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    engine.start()
+    end = int(args["end"])
+    if end:
+        ok = engine.wait_durable(end - 1, float(args.get("timeout", 3600)))
+    else:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        print(json.dumps({"ready": True}), flush=True)
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+        stop.wait()
+        ok = True
+    done = time.perf_counter()
+    cpu1 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+    report = {
+        "name": args["name"],
+        "stream_s": done - ready,
+        "stream_cpu_s": cpu1 - cpu0,
+        "setup_s": ready - started,
+        "x_import_s": started - t_import,
+        "x_rss_after_setup_mb": rss_ready,
+        "x_flushes": engine.progress.flushes,
+        "x_rows_applied": engine.progress.rows_applied,
+        "error": None if ok else (engine.progress.last_error or "did not reach the end LSN"),
+    }
+    engine.stop()
+    with contextlib.suppress(BaseException):
+        engine.wait(30)
+    with contextlib.suppress(BaseException):
+        engine.sink.close()
+    return report
+
+
+def child_peer(args: dict[str, Any]) -> dict[str, Any]:
+    """Row at a time: psycopg2 replication + per-message pgoutput parsing into Python."""
+    import psycopg2
+    import psycopg2.extras
+
+    conn = psycopg2.connect(args["dsn"],
+                            connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    cursor = conn.cursor()
+    consumer = RowAtATime(int(args["end"]))
+    started = time.perf_counter()
+    cpu0 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+    cursor.start_replication(slot_name=args["slot"], decode=False,
+                             options={"proto_version": "1", "publication_names": PUBLICATION})
+    try:
+        cursor.consume_stream(consumer)
+    except psycopg2.extras.StopReplication:
+        pass
+    done = time.perf_counter()
+    cpu1 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+    conn.close()
+    return {"name": "peer", "stream_s": done - started, "stream_cpu_s": cpu1 - cpu0,
+            "x_rows": consumer.rows, "error": None}
+
+
+def _tz(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+_CASTS: dict[int, Callable[[str], Any]] = {
+    16: lambda s: s == "t", 20: int, 21: int, 23: int, 700: float, 701: float,
+    1700: Decimal, 1184: _tz, 1114: dt.datetime.fromisoformat, 1082: dt.date.fromisoformat,
+}
+
+
+class RowAtATime:
+    """A straightforward pgoutput consumer: every tuple becomes a tuple of Python values."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.relations: dict[int, list[Callable[[str], Any]]] = {}
+        self.pending: list[tuple[Any, ...]] = []
+        self.rows = 0
+
+    def __call__(self, msg: Any) -> None:
+        import psycopg2.extras
+
+        if msg.data_start > self.end:
+            raise psycopg2.extras.StopReplication()
+        data: bytes = msg.payload
+        kind = data[0]
+        if kind in (0x49, 0x55, 0x44):  # I, U, D
+            oid = int.from_bytes(data[1:5], "big")
+            casts = self.relations[oid]
+            pos = 5
+            row: tuple[Any, ...] = ()
+            while pos < len(data):
+                marker = data[pos]  # N (new), K/O (old key / old row)
+                row, pos = self._tuple(data, pos + 1, casts)
+                if marker == 0x4E:
+                    break
+            self.pending.append(row)
+        elif kind == 0x43:  # Commit: hand the rows over, acknowledge
+            end_lsn = int.from_bytes(data[10:18], "big")
+            self.rows += len(self.pending)
+            self.pending = []
+            msg.cursor.send_feedback(flush_lsn=end_lsn)
+            if end_lsn >= self.end:
+                raise psycopg2.extras.StopReplication()
+        elif kind == 0x52:  # Relation
+            self.relations[int.from_bytes(data[1:5], "big")] = self._relation(data)
+
+    @staticmethod
+    def _relation(data: bytes) -> list[Callable[[str], Any]]:
+        pos = 5
+        for _ in range(2):  # namespace, name
+            pos = data.index(b"\0", pos) + 1
+        pos += 1  # replica identity
+        count = int.from_bytes(data[pos:pos + 2], "big")
+        pos += 2
+        casts = []
+        for _ in range(count):
+            pos += 1  # flags
+            pos = data.index(b"\0", pos) + 1
+            oid = int.from_bytes(data[pos:pos + 4], "big")
+            pos += 8  # type oid, typmod
+            casts.append(_CASTS.get(oid, str))
+        return casts
+
+    @staticmethod
+    def _tuple(data: bytes, pos: int, casts: list[Callable[[str], Any]]
+               ) -> tuple[tuple[Any, ...], int]:
+        count = int.from_bytes(data[pos:pos + 2], "big")
+        pos += 2
+        values: list[Any] = []
+        for i in range(count):
+            kind = data[pos]
+            pos += 1
+            if kind == 0x74:  # t: text value
+                length = int.from_bytes(data[pos:pos + 4], "big")
+                pos += 4
+                values.append(casts[i](data[pos:pos + length].decode()))
+                pos += length
+            else:  # n: null, u: unchanged TOAST
+                values.append(None)
+        return tuple(values), pos
+
+
+def ensure_psycopg2() -> None:
+    if importlib.util.find_spec("psycopg2") is None:
+        log("installing psycopg2-binary into this environment (the peer needs it)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "psycopg2-binary"],
+                       check=True)
+
+
+# ---------------------------------------------------------------------------- null sink
+@contextlib.contextmanager
+def null_sink(record_key: str | None = None) -> Iterator[tuple[dict[str, int], psutil.Process]]:
+    cmd = [sys.executable, str(ROOT / "bench" / "nullsink.py"), "--db", DB, "--ddl", SR_DDL]
+    if record_key:
+        cmd += ["--record-key", record_key]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("bench/nullsink.py did not start")
+        yield json.loads(line), psutil.Process(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def dbmazz_config(dsn: str, slot: str, sink: str, ports: dict[str, int] | None,
+                  workdir: Path) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "source_url": dsn, "tables": TABLE, "slot_name": slot,
+        "publication_name": PUBLICATION, "snapshot": "never", "grpc_port": 0,
+        "metrics_port": 0, "log_level": "WARNING",
+    }
+    if sink == "duckdb":
+        config.update(sink="duckdb", duckdb_path=str(workdir / f"{slot}.duckdb"))
+    else:
+        assert ports is not None
+        config.update(sink="starrocks", setup="skip", starrocks_db=DB,
+                      starrocks_url=f"http://127.0.0.1:{ports['http_port']}",
+                      starrocks_mysql_port=ports["mysql_port"])
+    return config
+
+
+# ---------------------------------------------------------------------------- latency
+def latency_run(dsn: str, rate: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    """dbmazz → null sink while a paced writer commits ``rate`` changes/s."""
+    slot = "bench_latency"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        [(first,)] = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM public.events"
+                                  ).fetchall()
+    first = int(first)
+    with null_sink(record_key="id") as (ports, sink_process):
+        config = dbmazz_config(dsn, slot, "starrocks", ports, workdir)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "dbmazz",
+               "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": 0,
+                                           "name": "dbmazz_latency", "config": config})]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdin is not None
+        ready = proc.stdout.readline()
+        if not ready:
+            proc.wait()
+            raise RuntimeError("dbmazz (latency run) did not start")
+        per_txn = max(1, rate // 100)  # 100 transactions per second
+        interval = per_txn / rate
+        commits: list[tuple[int, int, float]] = []
+        log(f"latency: {rate:,} changes/s for {seconds:.0f}s ({per_txn} rows per transaction)")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            start = time.monotonic()
+            key = first
+            step = 0
+            while time.monotonic() - start < seconds:
+                target = start + step * interval
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # pacing the writer, not synchronisation
+                conn.execute(make_rows_sql(str(key), str(key + per_txn - 1)))  # type: ignore[arg-type]
+                commits.append((key, per_txn, time.time()))
+                key += per_txn
+                step += 1
+            achieved = (key - first) / (time.monotonic() - start)
+        expected = key - first
+        deadline = time.monotonic() + 60
+        arrivals: dict[int, float] = {}
+        while time.monotonic() < deadline:
+            arrivals = _arrivals(ports["http_port"])
+            if sum(1 for k in arrivals if first <= k < key) >= expected:
+                break
+            time.sleep(0.2)  # polling the null sink's counters
+        proc.stdin.close()
+        out = proc.stdout.read()
+        proc.wait(120)
+        report = json.loads(out.strip().splitlines()[-1])
+    latencies = []
+    for start_key, count, committed in commits:
+        for k in range(start_key, start_key + count):
+            if k in arrivals:
+                latencies.append(arrivals[k] - committed)
+    latencies.sort()
+    missing = expected - len(latencies)
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 \
+            if latencies else float("nan")
+
+    return {"rate": rate, "achieved_rate": round(achieved), "seconds": seconds,
+            "changes": expected, "missing": missing, "p50_ms": round(pct(0.50), 1),
+            "p99_ms": round(pct(0.99), 1), "max_ms": round(latencies[-1] * 1000, 1)
+            if latencies else None,
+            "dbmazz_cpu_us_per_change": round(report["stream_cpu_s"] / expected * 1e6, 2),
+            "flush_interval_ms": 1000}
+
+
+def _arrivals(port: int) -> dict[int, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/arrivals", timeout=30) as r:
+        data = json.loads(r.read())
+    out: dict[int, float] = {}
+    for key, at in data["arrivals"]:
+        out.setdefault(int(key), float(at))
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000,
+                        help="rows of the one big transaction")
+    parser.add_argument("--txns", type=int, default=100_000,
+                        help="single-row transactions after it")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender")
+    parser.add_argument("--skip-peer", action="store_true", help="leave the Python peer out")
+    parser.add_argument("--skip-duckdb", action="store_true", help="leave dbmazz → DuckDB out")
+    parser.add_argument("--skip-latency", action="store_true", help="no latency run")
+    parser.add_argument("--latency-rate", type=int, default=10_000, help="changes per second")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-args", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_args = json.loads(args.child_args)
+        runner = child_dbmazz if args.child == "dbmazz" else child_peer
+        try:
+            report = runner(child_args)
+        except BaseException as exc:  # reported to the parent as JSON
+            report = {"name": args.child, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(report), flush=True)
+        return 0
+
+    contenders = [c for c in CONTENDERS
+                  if not (c == "peer" and args.skip_peer)
+                  and not (c == "dbmazz_duckdb" and args.skip_duckdb)]
+    if "peer" in contenders:
+        ensure_psycopg2()
+    from dbmazz.testing.postgres import temporary_cluster
+
+    runs: dict[str, list[Run]] = {c: [] for c in contenders}
+    latency: dict[str, Any] | None = None
+    with temporary_cluster(PG_SETTINGS) as cluster, \
+            tempfile.TemporaryDirectory(prefix="dbmazz-bench-") as tmp:
+        dsn = cluster.dsn(cluster.create_database(DB))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(PG_DDL)  # type: ignore[arg-type]
+            conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")  # type: ignore[arg-type]
+            for rep in range(args.repeat):
+                for contender in contenders:
+                    conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                                 (f"b{rep}_{contender}",))
+        log(f"{len(contenders) * args.repeat} slots created; writing the backlog")
+        end, changes = write_backlog(dsn, args.rows, args.txns)
+        log(f"backlog: {changes:,} changes, end LSN {format_lsn(end)}")
+        with null_sink() as (ports, sink_process):
+            for rep in range(args.repeat):
+                for contender in contenders:
+                    slot = f"b{rep}_{contender}"
+                    if contender == "pg_recvlogical":
+                        run = run_recvlogical(dsn, slot, end, changes)
+                    elif contender == "peer":
+                        run = run_child("peer", dsn, slot, end, changes, {"name": "peer"})
+                    else:
+                        sink = "duckdb" if contender == "dbmazz_duckdb" else "starrocks"
+                        config = dbmazz_config(dsn, slot, sink, ports, Path(tmp))
+                        run = run_child("dbmazz", dsn, slot, end, changes,
+                                        {"name": contender, "config": config},
+                                        sink_process if sink == "starrocks" else None)
+                    runs[contender].append(run)
+                    log(f"run {rep + 1}/{args.repeat}: {run.summary()}")
+        if not args.skip_latency:
+            latency = latency_run(dsn, args.latency_rate, args.latency_seconds, Path(tmp))
+            log(f"latency: {latency}")
+
+    result = summarise(runs, changes, args, latency)
+    print(json.dumps(result))
+    return 0
+
+
+def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace,
+              latency: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": args.rows, "txns": args.txns, "changes": changes,
+                           "repeat": args.repeat, "cpus": os.cpu_count(),
+                           "date": time.strftime("%Y-%m-%d")}
+    for name, items in runs.items():
+        best = max(items, key=lambda r: r.rows_per_s)
+        out[name] = {
+            "rows_per_s": round(best.rows_per_s),
+            "rows_per_s_median": round(statistics.median(r.rows_per_s for r in items)),
+            "wall_s": round(best.wall_s, 3),
+            "cpu_s": round(best.cpu_s, 3),
+            "cpu_us_per_change": round(statistics.median(r.cpu_us_per_change for r in items), 3),
+            "process_cpu_s": round(best.process_cpu_s, 3),
+            "peak_rss_mb": round(max(r.peak_rss_mb for r in items), 1),
+            "walsender_cpu_s": round(best.walsender_cpu_s, 2),
+            "load_1m": round(best.load_1m, 2),
+        }
+        if best.setup_s:
+            out[name]["setup_s"] = round(best.setup_s, 2)
+        if best.sink_cpu_s:
+            out[name]["null_sink_cpu_s"] = round(best.sink_cpu_s, 2)
+    limit = out.get("pg_recvlogical", {})
+    mine = out.get("dbmazz_null", {})
+    if limit and mine:
+        out["ratio_vs_limit"] = round(mine["rows_per_s"] / limit["rows_per_s"], 3)
+        out["ratio_vs_limit_median"] = round(
+            mine["rows_per_s_median"] / limit["rows_per_s_median"], 3)
+    peer = out.get("peer", {})
+    if peer and mine:
+        out["cpu_ratio_vs_peer"] = round(peer["cpu_us_per_change"] / mine["cpu_us_per_change"], 2)
+    if latency is not None:
+        out["latency"] = latency
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
