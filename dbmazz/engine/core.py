@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from dbmazz.engine.apply import FlushApplier
 from dbmazz.engine.audit import audit_from_env
-from dbmazz.errors import DbmazzError, SinkReplayRequired, SourceConnectionError
+from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
@@ -59,6 +59,10 @@ class RunState(enum.StrEnum):
     DRAINING = "DRAINING"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
+
+
+#: Consecutive sink-requested resends that did not move the durable LSN before giving up.
+MAX_REPLAYS_WITHOUT_PROGRESS = 5
 
 
 class _RestartStream(Exception):
@@ -161,6 +165,7 @@ class Engine:
         # Set by the applier when the sink needs the stream resent from the checkpoint;
         # cleared by the reader once it reopened the stream there.
         self._restart = threading.Event()
+        self._replays_without_progress = 0
         self._pause_ack = threading.Event()  # set by the reader once it stopped reading
         self._queue: queue.Queue[Flush | None] = queue.Queue()
         self._inflight = 0
@@ -516,6 +521,14 @@ class Engine:
                 try:
                     self.applier.apply(flush)
                 except SinkReplayRequired as exc:
+                    self._replays_without_progress += 1
+                    if self._replays_without_progress > MAX_REPLAYS_WITHOUT_PROGRESS:
+                        raise SinkError(
+                            f"{exc.message} (resending from the checkpoint did not help "
+                            f"{MAX_REPLAYS_WITHOUT_PROGRESS} times in a row)",
+                            exc.hint or "check the target's logs for aborted transactions",
+                            table=exc.table,
+                        ) from exc
                     log.warning("%s; resending from the checkpoint", exc.message)
                     self.progress.last_error = str(exc)
                     self._restart.set()
@@ -551,6 +564,7 @@ class Engine:
         with self._durable_cv:
             self._durable_lsn = lsn
             self._durable_cv.notify_all()
+        self._replays_without_progress = 0
         marks = self._lag_marks
         while marks and marks[0][0] < lsn:
             marks.popleft()

@@ -1,15 +1,19 @@
 """The hot path: pgoutput Insert/Update/Delete messages → one typed Arrow record batch.
 
-Every step works on all messages of the batch at once (DESIGN.md §6): the cursors of all
-rows advance one column at a time with array gathers, each column's values become an Arrow
-``string_view`` pointing into the batch buffer, and pyarrow compute (or numpy, for the
-forms Arrow cannot parse) casts them to the column's type. The Python-level work is a loop
-over *columns*, never over rows or fields.
+Every step works on all messages of a block of rows at once (DESIGN.md §6): the cursors of
+all rows advance one column at a time with array gathers, and each column's values — (start,
+length) pairs into the batch buffer — are parsed by pyarrow compute straight from that
+buffer (numpy for the forms Arrow cannot parse; see :mod:`dbmazz.source.types`). The
+Python-level loops are over blocks of rows and over columns, never over rows or fields.
 
 Per column and tuple the walk is: one gather of a 24-byte record starting 7 bytes before the
 field (``[7 junk][kind][Int32 length][first 12 value bytes]`` — fetching 24 bytes costs the
 same cache miss as fetching one), then ``p += where(kind == 't', 5 + length, 1)``. The
 record also holds a string_view's 12 inline bytes, so short values need no second gather.
+The first field's record comes with the message header's gather.
+
+Blocks hold a few MiB of message bytes, so after the first pass over a block the following
+ones (one per column, then the parsers) read from cache, not memory.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ OLD_KEY_PREFIX = "__dbmazz_old_"
 OP_INSERT, OP_UPDATE, OP_DELETE = 0, 1, 2
 
 _MAX_BUFFER = 2**31 - 64  # int32 cursors and string_view offsets
+_BLOCK_BYTES = 4 << 20  # message bytes per block: well inside a shared L3 cache
+_MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 4096, 65536
 # Bytes gathered per field: 7 before the kind byte, kind, Int32 length, 12 of value. The
 # value lands at offset 12, so its bytes 0–3 / 4–11 are aligned uint32 / uint64 words for
 # string_view construction, and the 12 bytes are exactly a view's inline part.
@@ -77,6 +83,7 @@ _OP_OF_TYPE[[_I, _U, _D]] = [OP_INSERT, OP_UPDATE, OP_DELETE]
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+U64 = npt.NDArray[np.uint64]
 
 
 def unchanged_type(ncols: int) -> pa.DataType:
@@ -216,13 +223,16 @@ def _gather_text(data: U8, positions: I32) -> tuple[TextColumn, U8]:
     return _text_column(data, gather_windows(data, positions - _KIND_AT, _RECORD), positions)
 
 
-def _scatter(n: int, parts: Sequence[tuple[I64, TextColumn, U8]]) -> tuple[TextColumn, U8]:
-    """One column of ``n`` rows from parts (target rows, their texts, their kinds).
+def _scatter(message_starts: I32, parts: Sequence[tuple[I64, TextColumn, U8]]
+             ) -> tuple[TextColumn, U8]:
+    """One column from parts (target rows, their texts, their kinds).
 
-    Rows no part covers are nulls. The prefix is laid out at offset 4 of 16-byte rows so the
-    string_view words stay aligned.
+    Rows no part covers are nulls, placed at their message's start so positions stay in
+    buffer order (the fast parse path needs that). The prefix is laid out at offset 4 of
+    16-byte rows so the string_view words stay aligned.
     """
-    starts = np.zeros(n, dtype=np.int32)
+    n = len(message_starts)
+    starts = message_starts.copy()
     lengths = np.zeros(n, dtype=np.int32)
     valid = np.zeros(n, dtype=np.bool_)
     kind = np.zeros(n, dtype=np.uint8)
@@ -268,9 +278,7 @@ def decode_changes(
     identity columns, others null). An Update's ``u`` field is filled from its ``O`` (full)
     old tuple when that holds the value; otherwise it stays null with its bit set.
     """
-    stats = stats if stats is not None else DecodeStats()
     columns = relation.columns
-    ncols = len(columns)
     schema = batch_schema(relation, key_columns, types)
     data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
     n = len(starts)
@@ -285,6 +293,36 @@ def decode_changes(
     starts32 = np.asarray(starts).astype(np.int32)
     if int(starts32.min()) < 0 or int(np.asarray(starts).max()) + 8 > len(data):
         raise ValueError("message start offsets lie outside the buffer")
+    lsns = np.asarray(commit_lsns).astype(np.uint64, copy=False)
+    plans = [resolve(c.type_oid, c.type_modifier, types) for c in columns]
+
+    # Blocks of rows whose message bytes fit in the last-level cache: the column-by-column
+    # passes over a block then hit the cache instead of memory (measured ~20% faster than
+    # one pass per column over a 160 MB batch). A loop over blocks, not rows.
+    per_row = max(1, len(data) // n)
+    block = int(np.clip(_BLOCK_BYTES // per_row, _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS))
+    batch_stats = DecodeStats()
+    parts = [
+        _decode_block(relation, key_columns, schema, plans, data, starts32[lo : lo + block],
+                      lsns[lo : lo + block], lo, batch_stats)
+        for lo in range(0, n, block)
+    ]
+    arrays = parts[0] if len(parts) == 1 else [
+        pa.concat_arrays([part[i] for part in parts]) for i in range(len(schema))]
+    batch_stats.rows, batch_stats.batches = n, 1
+    batch_stats.log(relation.qualified_name)
+    if stats is not None:
+        stats.merge(batch_stats)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _decode_block(relation: Relation, key_columns: Sequence[str], schema: pa.Schema,
+                  plans: Sequence[TypePlan], data: U8, starts32: I32, lsns: U64,
+                  first_seq: int, stats: DecodeStats) -> list[pa.Array]:
+    """decode_changes for one block of rows: the output columns."""
+    columns = relation.columns
+    ncols = len(columns)
+    n = len(starts32)
 
     # Message headers — type byte, relation oid, first tuple marker and width — and the
     # record of the first tuple's first field, in one gather (see _HEAD_AT).
@@ -349,7 +387,6 @@ def decode_changes(
     arrays: list[pa.Array] = []
     mask64 = np.zeros(n, dtype=np.uint64)
     mask_bytes = np.zeros((n, math.ceil(ncols / 8)), dtype=np.uint8) if ncols > 64 else None
-    plans: list[TypePlan] = [resolve(c.type_oid, c.type_modifier, types) for c in columns]
     for c, col in enumerate(columns):
         pre = first_records if c == 0 and m_old == 0 else None
         text, kind = new_walk.step(col.name, pre)
@@ -368,8 +405,8 @@ def decode_changes(
             keep[new_index[from_old[~is_delete[from_old]]]] = False
             old_text, old_kinds = _gather_text(data, old_pos[c, old_index[from_old]])
             new_text, new_kinds = _subset(text, kind, keep)
-            text, kind = _scatter(n, [(new_rows[keep], new_text, new_kinds),
-                                      (from_old, old_text, old_kinds)])
+            text, kind = _scatter(starts32, [(new_rows[keep], new_text, new_kinds),
+                                             (from_old, old_text, old_kinds)])
         unchanged = kind == _KIND_UNCHANGED
         if unchanged.any():
             if mask_bytes is not None:
@@ -379,8 +416,8 @@ def decode_changes(
         arrays.append(cast_text(text, plans[c], stats, col.name))
 
     arrays.append(pa.array(op, pa.int8()))
-    arrays.append(pa.array(np.asarray(commit_lsns).astype(np.uint64, copy=False), pa.uint64()))
-    arrays.append(pa.array(np.arange(n, dtype=np.uint32), pa.uint32()))
+    arrays.append(pa.array(lsns, pa.uint64()))
+    arrays.append(pa.array(np.arange(first_seq, first_seq + n, dtype=np.uint32), pa.uint32()))
     if mask_bytes is not None:
         arrays.append(pa.Array.from_buffers(schema.field(UNCHANGED_COLUMN).type, n,
                                             [None, pa.py_buffer(mask_bytes)]))
@@ -395,9 +432,7 @@ def decode_changes(
             arrays.append(pa.nulls(n, schema.field(OLD_KEY_PREFIX + key).type))
             continue
         old_text, old_kinds = _gather_text(data, old_pos[c, old_index[updates_with_old]])
-        text, _ = _scatter(n, [(updates_with_old, old_text, old_kinds)])
+        text, _ = _scatter(starts32, [(updates_with_old, old_text, old_kinds)])
         arrays.append(cast_text(text, plans[c], stats, OLD_KEY_PREFIX + key))
 
-    stats.rows += n
-    stats.batches += 1
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    return arrays

@@ -126,8 +126,13 @@ class DecodeStats:
             return
         per_column = self.fallbacks.setdefault(column, {})
         per_column[reason] = per_column.get(reason, 0) + int(count)
-        # Logged per batch, not per row: a stream full of NaNs must not flood the log.
-        log.warning("column %s: %d value(s) decoded by fallback %s", column, count, reason)
+
+    def log(self, table: str) -> None:
+        """One warning per (column, reason): a stream full of NaNs must not flood the log."""
+        for column, reasons in self.fallbacks.items():
+            for reason, count in reasons.items():
+                log.warning("%s.%s: %d value(s) decoded by fallback %s (see docs/types.md)",
+                            table, column, count, reason)
 
     @property
     def total(self) -> int:
@@ -541,7 +546,7 @@ def _column_of(views: pa.Array) -> TextColumn:
 def _cast_string(col: TextColumn, plan: TypePlan, stats: DecodeStats, column: str) -> pa.Array:
     def convert(c: TextColumn) -> pa.Array:
         out = string_array(c)
-        # The views are built unchecked; a non-UTF-8 database could hand us invalid bytes,
+        # Values are copied unchecked; a non-UTF-8 database could hand us invalid bytes,
         # which would crash a later consumer (polars, the JSON writer). Check once here.
         out.validate(full=True)
         return out

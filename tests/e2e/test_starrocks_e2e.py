@@ -198,3 +198,25 @@ def test_replay_engine_into_emulator_values(pg_db: Database, tmp_path: Path,
     config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, list(TABLES))
     build_replay_engine(config, out).run()
     assert_replicated(pg_db, lambda table: starrocks.rows(DB, table), TABLES)
+
+
+def test_large_transaction_is_split_and_committed_whole(
+    pg_db: Database, starrocks: StarRocksEmulator, engines: list[Engine]
+) -> None:
+    pg_db.execute("CREATE TABLE public.big (id bigint PRIMARY KEY, v int, t text)")
+    pg_db.execute("CREATE TABLE public.side (id int PRIMARY KEY)")
+    config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port,
+                              ["public.big", "public.side"], flush_rows=2000)
+    engine = build_live_engine(config)
+    engines.append(engine)
+    engine.start()
+    with pg_db.connect() as conn, conn.transaction():
+        conn.execute("INSERT INTO public.side VALUES (1)")
+        conn.execute("INSERT INTO public.big SELECT g, g % 7, md5(g::text) "
+                     "FROM generate_series(1, 20000) g")
+        conn.execute("UPDATE public.big SET v = -1 WHERE id % 100 = 0")
+    pg_db.execute("DELETE FROM public.big WHERE id <= 10")
+    wait_until_loaded(engine, mark(pg_db))
+    assert engine.progress.flushes >= 10  # the transaction really was cut into parts
+    assert_replicated(pg_db, lambda table: starrocks.rows(DB, table),
+                      {"public.big": ["id"], "public.side": ["id"]})

@@ -9,11 +9,13 @@ with junk between messages; both decoders read the same bytes.
 from __future__ import annotations
 
 import datetime as dt
+from unittest import mock
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dbmazz.source import columnar
 from dbmazz.source import types as T
 from dbmazz.source.columnar import decode_changes
 from dbmazz.source.pgoutput import Relation, RelationColumn
@@ -239,3 +241,22 @@ def test_single_type_columns(case: tuple[tuple[int, int], list[str]]) -> None:
     lsns = np.zeros(len(messages), dtype=np.uint64)
     batch = decode_changes(rel, [], data, starts, lsns)
     assert_matches_reference(batch, rel, [], data, starts, lsns)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(streams(), st.integers(1, 4))
+def test_blocks_of_rows_concatenate_to_the_same_batch(
+        stream: tuple[Relation, list[str], list[bytes], list[bytes]], block_rows: int) -> None:
+    """Big batches are decoded in cache-sized blocks of rows; blocks of 1–4 rows here."""
+    rel, keys, messages, gaps = stream
+    data, starts = build_buffer(messages, gaps)
+    lsns = np.arange(len(messages), dtype=np.uint64) + 5
+    whole = decode_changes(rel, keys, data, starts, lsns)
+    with mock.patch.object(columnar, "_MIN_BLOCK_ROWS", block_rows), \
+            mock.patch.object(columnar, "_MAX_BLOCK_ROWS", block_rows):
+        stats = T.DecodeStats()
+        blocked = decode_changes(rel, keys, data, starts, lsns, stats=stats)
+    assert blocked.schema == whole.schema
+    assert_matches_reference(blocked, rel, keys, data, starts, lsns)
+    assert stats.rows == len(messages) and stats.batches == 1

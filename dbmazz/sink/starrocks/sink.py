@@ -324,18 +324,14 @@ class StarRocksSink:
         if txn is not None and txn.commit_lsn != part.commit_lsn:
             self._settle(table, state)
             txn = None
-        if txn is not None and part.index == 0 and txn.next_index > 1:
+        if txn is not None and part.index < txn.next_index - 1:
+            # An earlier part again: the engine resent the transaction from its start.
             log.warning("source transaction %d of %s starts over", part.commit_lsn, table)
             txn.abandon()
             txn = state.split = None
         if txn is None:
-            if part.index != 0:
-                raise SinkReplayRequired(
-                    f"part {part.index} of source transaction {part.commit_lsn} for {table} "
-                    "arrived without the parts before it",
-                    "resend the transaction from its first part (restart from the checkpoint)",
-                    table=table,
-                )
+            # Any part may be a table's first: it has no rows in the parts before it. Parts
+            # lost with a target transaction show up as SinkReplayRequired when loading.
             txn = state.split = SplitTransaction(
                 self.client,
                 self.settings.database,

@@ -87,8 +87,9 @@ class SplitTransaction:
         return ",".join(s.label for s in self.segments)
 
     def accepts(self, index: int) -> bool:
-        """The next part, or the same part again."""
-        return index == self.next_index or index == self.next_index - 1
+        """The same part again (a table with several steps in one flush) or any later one:
+        a table skips the parts in which it has no rows."""
+        return index >= self.next_index - 1
 
     def truncate_marker(self) -> str:
         """The label recording the next truncate of this transaction (deterministic)."""
