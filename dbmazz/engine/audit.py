@@ -7,7 +7,7 @@ checkpoint is written and the LSN is handed to PostgreSQL). Reading the file aft
 therefore shows, in order, what the sink had acknowledged when each LSN was confirmed,
 which is what the reliability suite checks invariant 1 against.
 
-Lines (``pid`` tells the runs of a restarted process apart):
+Lines (``pid`` tells the runs of a restarted process apart, ``t`` is the unix time):
 
 * ``{"k": "start", "pid": …}`` when a process opens the journal;
 * ``{"k": "ack", "pid": …, "table": "schema.table", "lsns": [commit LSN, …],
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable
 
 ENV = "DBMAZZ_AUDIT_LOG"
@@ -47,7 +48,8 @@ class AuditLog:
         self._write({"k": "confirm", "lsn": int(lsn)})
 
     def _write(self, record: dict[str, object], lead: str = "") -> None:
-        line = lead + json.dumps({**record, "pid": self._pid}, separators=(",", ":")) + "\n"
+        line = lead + json.dumps({**record, "pid": self._pid, "t": round(time.time(), 4)},
+                                 separators=(",", ":")) + "\n"
         with self._lock:
             os.write(self._fd, line.encode())
             os.fsync(self._fd)

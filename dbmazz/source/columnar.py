@@ -308,7 +308,7 @@ def decode_changes(
         for lo in range(0, n, block)
     ]
     arrays = parts[0] if len(parts) == 1 else [
-        pa.concat_arrays([part[i] for part in parts]) for i in range(len(schema))]
+        _concat_column(parts, i) for i in range(len(schema))]
     batch_stats.rows, batch_stats.batches = n, 1
     batch_stats.log(relation.qualified_name)
     if stats is not None:
@@ -316,9 +316,18 @@ def decode_changes(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _concat_column(parts: list[list[pa.Array | None]], i: int) -> pa.Array:
+    """Column ``i`` of all blocks as one array, releasing the blocks' pieces as it goes (the
+    batch is held once plus one column, not twice)."""
+    pieces = [part[i] for part in parts]
+    for part in parts:
+        part[i] = None
+    return pa.concat_arrays(pieces)
+
+
 def _decode_block(relation: Relation, key_columns: Sequence[str], schema: pa.Schema,
                   plans: Sequence[TypePlan], data: U8, starts32: I32, lsns: U64,
-                  first_seq: int, stats: DecodeStats) -> list[pa.Array]:
+                  first_seq: int, stats: DecodeStats) -> list[pa.Array | None]:
     """decode_changes for one block of rows: the output columns."""
     columns = relation.columns
     ncols = len(columns)
@@ -384,7 +393,7 @@ def _decode_block(relation: Relation, key_columns: Sequence[str], schema: pa.Sch
     fill_rows = np.flatnonzero((op == OP_UPDATE) & (marker == _O)) if m_old else deletes[:0]
     fill_new, fill_old = new_index[fill_rows], old_index[fill_rows]
 
-    arrays: list[pa.Array] = []
+    arrays: list[pa.Array | None] = []
     mask64 = np.zeros(n, dtype=np.uint64)
     mask_bytes = np.zeros((n, math.ceil(ncols / 8)), dtype=np.uint8) if ncols > 64 else None
     for c, col in enumerate(columns):

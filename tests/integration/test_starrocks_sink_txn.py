@@ -291,3 +291,37 @@ def test_the_first_part_again_starts_over(
     for b in simple_parts():  # the engine restarted from the checkpoint
         sink.write(b)
     assert select(starrocks, "items", "id") == [(1,), (2,), (3,), (4,)]
+
+
+def test_a_table_may_begin_at_a_later_part(
+    starrocks: StarRocksEmulator,
+    make_sink: SinkFactory,
+) -> None:
+    """A table with no rows in the first parts of a source transaction begins at part k."""
+    sink = make_sink()
+    sink.setup([ITEMS])
+    _, middle, last = simple_parts()
+    sink.write(middle)
+    assert select(starrocks, "items") == []
+    sink.write(last)
+    assert select(starrocks, "items", "id") == [(3,), (4,)]
+
+
+def test_after_a_dropped_transaction_only_its_first_part_restarts_it(
+    starrocks: StarRocksEmulator,
+    make_sink: SinkFactory,
+) -> None:
+    sink = make_sink()
+    sink.setup([ITEMS])
+    _, middle, last = simple_parts()
+    sink.write(middle)  # this table's rows begin at part 1
+    starrocks.faults.connection_reset(after_bytes=5, label=seg(0))
+    with pytest.raises(SinkReplayRequired):
+        sink.write(last)
+    with pytest.raises(SinkReplayRequired):
+        sink.write(last)  # part 2 alone would commit half of the source transaction
+    assert select(starrocks, "items") == []
+    _, middle, last = simple_parts()
+    sink.write(middle)
+    sink.write(last)
+    assert select(starrocks, "items", "id") == [(3,), (4,)]

@@ -114,7 +114,7 @@ def _kill_moment(rng: random.Random, proc: DbmazzProcess, tail: JournalTail) -> 
     return moment
 
 
-def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int,
+def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int, pace_s: float,
               seed: int) -> dict[str, Any]:
     db.execute(CRASH_SCHEMA)
     observer = Observer(db, "obs_crash", CRASH_KEYS)
@@ -136,7 +136,7 @@ def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int,
     }
     rng = random.Random(seed)
     proc = DbmazzProcess(env, tmp_path)
-    writer = Writer(db.dsn, seed)
+    writer = Writer(db.dsn, seed, pace_s=pace_s)
     sampler = Sampler(db, SLOT, journal)
     verifier = Verifier(observer)
     tail = JournalTail(journal)
@@ -157,16 +157,21 @@ def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int,
             durable = max(checkpoint(db, SLOT), position[0])
             checked_keys += verifier.check_target(durable, target.versions())
         committed = writer.finish()
+        import time as _t; t0=_t.monotonic(); print("TIMING kills done")
         proc.start()
         marker = mark(db)
         poll(lambda: checkpoint(db, SLOT) > marker, "the last run to catch up",
              timeout_s=300, abort=proc.dead)
+        print("TIMING caught up", _t.monotonic()-t0)
         assert proc.terminate() == 0, proc.log()
+        print("TIMING terminated", _t.monotonic()-t0)
         samples = sampler.finish()
         observer.consume()
         counts = verifier.check_journal(journal, samples)
         checked_keys += verifier.check_target(checkpoint(db, SLOT), target.versions())
+        print("TIMING checks", _t.monotonic()-t0)
         target.check_equal(db)
+        print("TIMING equal", _t.monotonic()-t0)
     finally:
         proc.close()
         writer.stop.set()
@@ -180,7 +185,8 @@ def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int,
 
 def test_sigkill_under_load_loses_nothing_and_never_confirms_early(
         pg_db: Database, tmp_path: Path, target: Target) -> None:
-    report = crash_run(pg_db, tmp_path, target, kills=3, seed=20240611)
+    report = crash_run(pg_db, tmp_path, target, kills=3, seed=20240611, pace_s=0.01)
+    print(report)
     assert report["transactions"] > 0
 
 
@@ -188,5 +194,5 @@ def test_sigkill_under_load_loses_nothing_and_never_confirms_early(
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_many_times(pg_db: Database, tmp_path: Path, target: Target,
                             seed: int) -> None:
-    report = crash_run(pg_db, tmp_path, target, kills=20, seed=seed)
+    report = crash_run(pg_db, tmp_path, target, kills=20, seed=seed, pace_s=0.005)
     assert report["transactions"] > 0

@@ -217,7 +217,7 @@ def streams(draw: st.DrawFn) -> tuple[Relation, list[str], list[bytes], list[byt
     return rel, keys, messages, gaps
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(streams())
 def test_vectorized_equals_reference(stream: tuple[Relation, list[str], list[bytes],
@@ -243,7 +243,7 @@ def test_single_type_columns(case: tuple[tuple[int, int], list[str]]) -> None:
     assert_matches_reference(batch, rel, [], data, starts, lsns)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
 @given(streams(), st.integers(1, 4))
 def test_blocks_of_rows_concatenate_to_the_same_batch(

@@ -54,6 +54,10 @@ class _TableState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     target: TargetTable | None = None
     split: SplitTransaction | None = None
+    #: Source transactions whose target transaction was dropped → the part this table's
+    #: rows began with. Only that part may begin it again (a resend from the start); a later
+    #: part alone would commit a partial source transaction.
+    broken: dict[int, int] = field(default_factory=dict)
 
 
 class StarRocksSink:
@@ -330,8 +334,17 @@ class StarRocksSink:
             txn.abandon()
             txn = state.split = None
         if txn is None:
-            # Any part may be a table's first: it has no rows in the parts before it. Parts
-            # lost with a target transaction show up as SinkReplayRequired when loading.
+            # Any part may be a table's first: it has no rows in the parts before it.
+            first = state.broken.get(part.commit_lsn)
+            if first is not None and part.index != first:
+                raise SinkReplayRequired(
+                    f"part {part.index} of source transaction {part.commit_lsn} for {table} "
+                    f"arrived after its target transaction was dropped; part {first} must "
+                    "come first",
+                    "resend the transaction from its first part (restart from the checkpoint)",
+                    table=table,
+                )
+            state.broken.pop(part.commit_lsn, None)
             txn = state.split = SplitTransaction(
                 self.client,
                 self.settings.database,
@@ -339,10 +352,10 @@ class StarRocksSink:
                 part.commit_lsn,
                 lambda suffix: self._label(batch, part.commit_lsn, part.commit_lsn, suffix),
                 self.settings.txn_timeout_s,
+                first_index=part.index,
             )
         if not txn.accepts(part.index):
-            txn.abandon()
-            state.split = None
+            _drop(state, txn)
             raise SinkReplayRequired(
                 f"part {part.index} of source transaction {part.commit_lsn} for {table} "
                 f"arrived but part {txn.next_index} was expected",
@@ -361,8 +374,7 @@ class StarRocksSink:
             if part.last:
                 txn.finish()
         except TransactionBroken as exc:
-            txn.abandon()
-            state.split = None
+            _drop(state, txn)
             raise SinkReplayRequired(
                 f"StarRocks dropped the load transaction of source transaction "
                 f"{part.commit_lsn} for {table}: {exc}",
@@ -372,8 +384,7 @@ class StarRocksSink:
             ) from None
         except SinkError as exc:
             if not exc.retryable:
-                txn.abandon()
-                state.split = None
+                _drop(state, txn)
             raise
         return LoadResult(rows=batch.num_rows, bytes=sent, label=txn.labels)
 
@@ -395,7 +406,7 @@ class StarRocksSink:
         try:
             txn.finish()
         except TransactionBroken as exc:
-            txn.abandon()
+            _drop(state, txn)
             raise SinkReplayRequired(
                 f"StarRocks dropped the load transaction of source transaction "
                 f"{txn.commit_lsn} for {table}: {exc}",
@@ -424,3 +435,10 @@ class _MissingColumns(SinkError):
 def _is(target: TargetTable, name: str, *data_types: str) -> bool:
     column = target.column(name)
     return column is not None and column.data_type in data_types
+
+
+def _drop(state: _TableState, txn: SplitTransaction) -> None:
+    """Abandon a table's target transaction after a failure, remembering where it began."""
+    txn.abandon()
+    state.split = None
+    state.broken[txn.commit_lsn] = txn.first_index

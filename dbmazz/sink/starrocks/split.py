@@ -61,8 +61,11 @@ class SplitTransaction:
         commit_lsn: int,
         label: Callable[[str], str],
         timeout_s: int,
+        first_index: int = 0,
     ) -> None:
         self.client = client
+        #: The part of the source transaction this table's rows began with.
+        self.first_index = first_index
         self.db = db
         self.table = table
         self.commit_lsn = commit_lsn
