@@ -141,19 +141,26 @@ def decode_per_row(data: np.ndarray, starts: np.ndarray, lsns: np.ndarray) -> pa
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def best_rate(fn: Callable[[], object], rows: int, repeat: int) -> tuple[float, float]:
-    """(rows per CPU-second, rows per wall-second), each the best of ``repeat`` runs.
+class Timer:
+    """Best (shortest) CPU and wall time of repeated runs of one function.
 
     CPU time is the primary figure: the machine is shared, and CPU seconds of this process
     (all its threads; Arrow is limited to one) are what "rows/s on one core" means.
     """
-    best_cpu = best_wall = float("inf")
-    for _ in range(repeat):
+
+    def __init__(self, fn: Callable[[], object], rows: int) -> None:
+        self.fn, self.rows = fn, rows
+        self.cpu = self.wall = float("inf")
+
+    def run(self) -> None:
         cpu, wall = time.process_time(), time.perf_counter()
-        fn()
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-    return rows / best_cpu, rows / best_wall
+        self.fn()
+        self.cpu = min(self.cpu, time.process_time() - cpu)
+        self.wall = min(self.wall, time.perf_counter() - wall)
+
+    @property
+    def rates(self) -> tuple[float, float]:
+        return self.rows / self.cpu, self.rows / self.wall
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,12 +172,15 @@ def main(argv: list[str] | None = None) -> None:
 
     pa.set_cpu_count(1)  # one core: no Arrow thread pool fan-out
     data, starts, lsns = make_batch(args.rows)
-    vectorized, vectorized_wall = best_rate(
-        lambda: decode_changes(RELATION, KEYS, data, starts, lsns), args.rows, args.repeat)
     sample = min(args.rows, args.per_row_rows)
-    per_row, per_row_wall = best_rate(
-        lambda: decode_per_row(data, starts[:sample], lsns[:sample]), sample,
-        max(1, args.repeat // 2))
+    ours = Timer(lambda: decode_changes(RELATION, KEYS, data, starts, lsns), args.rows)
+    theirs = Timer(lambda: decode_per_row(data, starts[:sample], lsns[:sample]), sample)
+    # Interleaved, so a burst of load from other processes hits both decoders alike.
+    for _ in range(args.repeat):
+        ours.run()
+        theirs.run()
+    vectorized, vectorized_wall = ours.rates
+    per_row, per_row_wall = theirs.rates
 
     # Both decoders must agree before their speeds mean anything.
     check = min(args.rows, 10_000)

@@ -239,7 +239,7 @@ def run_demo(duration_s: float | None = None, sink: str | None = None, rate: flo
             overrides = {k: v for k, v in target.items() if not k.startswith("_")}
             config = Config.load(
                 {"source_url": dsn, "tables": ",".join(TABLES), "flush_interval_ms": 500,
-                 "snapshot": "never", **overrides},
+                 "snapshot": "initial", **overrides},
                 env_file=None,
             )
             engine = build_live_engine(config)

@@ -29,6 +29,10 @@ from dbmazz.source.pgoutput import Relation
 
 _B, _C, _I, _U, _D = (ord(c) for c in "BCIUD")
 _CONTROL = frozenset(ord(c) for c in "RYTMO")
+_IS_CONTROL = np.zeros(256, dtype=np.bool_)
+_IS_CONTROL[list(_CONTROL)] = True
+_IS_KNOWN = np.zeros(256, dtype=np.bool_)
+_IS_KNOWN[[_B, _C, _I, _U, _D]] = True
 
 
 def _be_u64(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
@@ -173,7 +177,7 @@ class Batcher:
             return out
         starts = chunk.offsets[:-1]
         kinds = chunk.data[starts]
-        control = np.flatnonzero(np.isin(kinds, list(_CONTROL)))
+        control = np.flatnonzero(_IS_CONTROL[kinds])
         begin = 0
         for idx in control.tolist():
             self._segment(chunk, starts, kinds, begin, idx, out)
@@ -219,7 +223,7 @@ class Batcher:
             return
         k = kinds[lo:hi]
         st = starts[lo:hi]
-        known = (k == _B) | (k == _C) | (k == _I) | (k == _U) | (k == _D)
+        known = _IS_KNOWN[k]
         if not known.all():
             bad = int(np.flatnonzero(~known)[0])
             raise ProtocolError(
@@ -259,17 +263,37 @@ class Batcher:
         last_kind = int(k[np.flatnonzero(is_begin | (k == _C))[-1]]) if (
             is_begin.any() or len(commit_at)) else None
         taken = 0  # DML of this slab already moved into pieces
-        for j in range(len(commit_at)):
-            upto = int(dml_before[j])
-            self._push(_slice(slab, taken, upto))
-            taken = upto
-            self._mark_commit(int(end_lsns[j]))
-            if self._split_part:
-                # The commit of a split transaction ends its own flush: all parts loaded
-                # before the commit LSN may be confirmed.
-                out.append(self._cut_committed())
-            elif self._rows >= self.flush_rows or self._bytes >= self.flush_bytes:
-                out.append(self._cut_committed())
+        j = 0
+        if len(commit_at) and self._split_part:
+            # The commit of a split transaction ends its own flush: all parts loaded
+            # before the commit LSN may be confirmed.
+            taken = int(dml_before[0])
+            self._push(_slice(slab, 0, taken))
+            self._mark_commit(int(end_lsns[0]))
+            out.append(self._cut_committed())
+            j = 1
+        if j < len(commit_at):
+            # Commits are handled in runs, not one by one: a run ends at the first commit
+            # where the pending rows or bytes reach a limit (cut there), or at the last one.
+            cum_bytes = np.concatenate(([0], np.cumsum(slab.sizes)))
+            bytes_before = cum_bytes[dml_before]
+            while j < len(commit_at):
+                # Pending after pushing DML [taken, upto): rows + upto - taken, and bytes
+                # likewise; find the first commit where either reaches its limit.
+                at_rows = np.searchsorted(dml_before[j:], self.flush_rows - self._rows + taken)
+                at_bytes = np.searchsorted(
+                    bytes_before[j:], self.flush_bytes - self._bytes + int(cum_bytes[taken]))
+                c = j + int(min(at_rows, at_bytes))
+                cut = c < len(commit_at)
+                if not cut:
+                    c = len(commit_at) - 1
+                upto = int(dml_before[c])
+                self._push(_slice(slab, taken, upto))
+                taken = upto
+                self._mark_commit(int(end_lsns[c]))
+                if cut:
+                    out.append(self._cut_committed())
+                j = c + 1
         self._push(_slice(slab, taken, len(slab)))
         if last_kind is not None:
             self._in_txn = last_kind == _B

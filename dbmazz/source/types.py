@@ -466,6 +466,12 @@ def string_array(col: TextColumn) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [_validity(col.valid), *values.buffers()[1:]])
 
 
+_ITEM_DTYPES: dict[int, np.dtype[Any]] = {
+    1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32),
+    8: np.dtype(np.uint64), 16: np.dtype("V16"),
+}
+
+
 def parse_text(col: TextColumn, target: pa.DataType) -> pa.Array:
     """Arrow's own parser (``cast`` from string) over the column, for fixed-width types.
 
@@ -476,9 +482,10 @@ def parse_text(col: TextColumn, target: pa.DataType) -> pa.Array:
     if slots is None:
         return string_array(col).cast(target)
     parsed = slots.cast(target)
-    width = target.bit_width // 8
-    raw = np.frombuffer(parsed.buffers()[1], dtype=np.uint8)[: 2 * len(col) * width]
-    values = np.ascontiguousarray(raw.reshape(-1, 2, width)[:, 0, :])
+    # Every other item; as whole items of the target's width (a (n, 2, width) byte copy
+    # measured 5–20x slower).
+    item = _ITEM_DTYPES[target.bit_width // 8]
+    values = np.frombuffer(parsed.buffers()[1], dtype=item)[0 : 2 * len(col) : 2].copy()
     return pa.Array.from_buffers(target, len(col), [_validity(col.valid),
                                                     pa.py_buffer(values)])
 

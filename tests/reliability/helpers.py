@@ -433,7 +433,8 @@ class Writer(threading.Thread):
                          "NOT EXISTS (SELECT 1 FROM ledger l WHERE l.a = %s AND l.b >= 1000)",
                          (i % 40, i % 40))
         elif roll < 0.97:
-            conn.execute("UPDATE acct SET v = v * 2 WHERE id BETWEEN %s AND %s", (i, i + 20))
+            conn.execute("UPDATE acct SET v = (v * 2 + 1) % 1000003 WHERE id BETWEEN %s AND %s",
+                         (i, i + 20))
         else:  # larger than FLUSH_ROWS: split across flushes
             base = 100_000 + rng.randrange(0, 50) * 1000
             conn.execute("INSERT INTO ledger SELECT %s, g, g, 'bulk' FROM generate_series(1, %s) "
