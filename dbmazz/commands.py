@@ -8,12 +8,15 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dbmazz.cli import load_config
 from dbmazz.errors import DbmazzError
 from dbmazz.log import configure_logging
 from dbmazz.lsn import format_lsn, parse_lsn
+
+if TYPE_CHECKING:
+    from dbmazz.engine.service import EngineService
 
 log = logging.getLogger("dbmazz")
 
@@ -63,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = service.wait_for_exit(stay_up_on_failure=plane.grpc is not None)
     finally:
         plane.stop()
+        _close_sink(service)
     if code:
         if plane.grpc is None and isinstance(service.exception, DbmazzError):
             raise service.exception
@@ -72,6 +76,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = service.engine
     log.info("stopped; confirmed LSN %s", format_lsn(engine.durable_lsn if engine else 0))
     return 0
+
+
+def _close_sink(service: EngineService) -> None:
+    """Close the target while the interpreter is whole: left to interpreter shutdown,
+    DuckDB's own threads may call into a finalizing Python and abort the process (exit
+    -6, "terminate called … exception not rethrown") after a clean drain."""
+    engine = service.engine
+    if engine is None or not service.wait(0):
+        return  # still running (a second signal stopped the wait): leave it alone
+    try:
+        engine.sink.close()
+    except Exception as exc:  # noqa: BLE001 - exiting anyway; the data is durable
+        log.warning("closing the target failed: %s", exc)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -105,7 +122,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         max_messages=args.max_messages,
     )
-    print(summary, file=sys.stderr)
+    last = format_lsn(summary.last_commit_lsn) if summary.last_commit_lsn else "none"
+    print(
+        f"captured {summary.messages} messages ({summary.transactions} transactions, "
+        f"{summary.payload_bytes} bytes) into {summary.path}; last commit {last}; "
+        f"stopped: {summary.stopped_because}",
+        file=sys.stderr,
+    )
     return 0
 
 
