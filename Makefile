@@ -33,6 +33,7 @@ proto: install
 
 bench: install
 	$(BIN)/python bench/decode.py
+	@if [ -f bench/snapshot.py ]; then $(BIN)/python bench/snapshot.py; fi
 	$(BIN)/python bench/e2e.py
 
 clean:

@@ -80,7 +80,7 @@ ALTER TABLE public.events REPLICA IDENTITY FULL;
 """
 # What dbmazz would create (CREATE_TABLES); SETUP=skip only reads it.
 SR_DDL = (
-    "CREATE TABLE bench.events (id BIGINT NOT NULL, qty INT NULL, note STRING NULL, "
+    "CREATE TABLE bench.events (id BIGINT NOT NULL, qty INT NULL, note VARCHAR(1048576) NULL, "
     "created_at DATETIME NULL, amount DECIMAL(12,2) NULL, payload JSON NULL, "
     "dbmazz_op_type TINYINT NULL, dbmazz_is_deleted BOOLEAN NULL, "
     "dbmazz_synced_at DATETIME NULL, dbmazz_cdc_version BIGINT NULL) "
@@ -325,10 +325,8 @@ def child_peer(args: dict[str, Any]) -> dict[str, Any]:
     cpu0 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
     cursor.start_replication(slot_name=args["slot"], decode=False,
                              options={"proto_version": "1", "publication_names": PUBLICATION})
-    try:
+    with contextlib.suppress(psycopg2.extras.StopReplication):
         cursor.consume_stream(consumer)
-    except psycopg2.extras.StopReplication:
-        pass
     done = time.perf_counter()
     cpu1 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
     conn.close()
@@ -470,7 +468,7 @@ def latency_run(dsn: str, rate: int, seconds: float, workdir: Path) -> dict[str,
         [(first,)] = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM public.events"
                                   ).fetchall()
     first = int(first)
-    with null_sink(record_key="id") as (ports, sink_process):
+    with null_sink(record_key="id") as (ports, _sink_process):
         config = dbmazz_config(dsn, slot, "starrocks", ports, workdir)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "dbmazz",
                "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": 0,
@@ -563,7 +561,7 @@ def main() -> int:
         runner = child_dbmazz if args.child == "dbmazz" else child_peer
         try:
             report = runner(child_args)
-        except BaseException as exc:  # reported to the parent as JSON
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as JSON
             report = {"name": args.child, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(report), flush=True)
         return 0

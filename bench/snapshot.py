@@ -7,9 +7,10 @@ machine is shared):
 
 * raw read: ``psql -c "\\copy (SELECT …) to /dev/null"`` — one connection, no conversion;
 * the initial snapshot (``SNAPSHOT=initial_only``, ``SNAPSHOT_WORKERS`` = ``--workers``)
-  into DuckDB, into a null sink (read + convert only), with the ADBC and the COPY/CSV
-  readers, and into the StarRocks emulator (``--starrocks``; its HTTP server is a Python
-  stand-in, so that number measures the emulator as much as dbmazz).
+  into DuckDB; into a null sink (read + convert only) with the ADBC and with the COPY/CSV
+  reader; into a sink that only serializes Stream Load bodies (JSON); and into the StarRocks
+  emulator (``--starrocks``; a Python stand-in for FE/BE, so that number measures the
+  emulator far more than dbmazz).
 
 Snapshot time is the snapshot stage itself (first chunk started → last chunk loaded); slot
 creation and target setup are excluded. The last line printed is one JSON object:
@@ -38,11 +39,11 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dbmazz.config import Config  # noqa: E402
-from dbmazz.engine.build import build_live_engine  # noqa: E402
-from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema  # noqa: E402
-from dbmazz.sink.base import Sink  # noqa: E402
-from dbmazz.source.slots import drop_slot  # noqa: E402
+from dbmazz.config import Config
+from dbmazz.engine.build import build_live_engine
+from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
+from dbmazz.sink.base import Sink
+from dbmazz.source.slots import drop_slot
 
 COLUMNS = "id, qty, note, created_at, amount, payload"
 SLOT = "bench_snapshot"
@@ -64,6 +65,22 @@ class NullSink:
 
     def close(self) -> None:
         pass
+
+
+class SerializingSink(NullSink):
+    """Serializes every batch for Stream Load (JSON) and drops it: the StarRocks path up to
+    the network, without the emulator (a Python stand-in, far slower than a real BE)."""
+
+    name = "starrocks-serialize"
+
+    def write(self, batch: TableBatch) -> LoadResult:
+        from dbmazz.sink.starrocks.serialize import serialize
+
+        size = 0
+        for group in batch.upserts:
+            body = serialize(group.rows, "json", raw_json=("payload",))
+            size += len(body.data)
+        return LoadResult(rows=batch.num_rows, bytes=size)
 
 
 @contextlib.contextmanager
@@ -136,7 +153,7 @@ def snapshot_seconds(dsn: str, workdir: Path, sink_kind: str, reader: str, worke
                        starrocks_mysql_port=emulator.mysql_port)
     else:
         options["sink"] = "duckdb"
-        sink = NullSink()
+        sink = SerializingSink() if sink_kind == "serialize" else NullSink()
     config = Config.load(options, env_file=None)
     try:
         engine = build_live_engine(config, sink=sink)
@@ -162,8 +179,10 @@ def main() -> None:
                         help="also load into the StarRocks emulator")
     parser.add_argument("--dsn", help="existing database (default: a private cluster)")
     args = parser.parse_args()
-    runs: list[tuple[str, str, str]] = [("duckdb", "duckdb", "auto"), ("null", "null", "adbc"),
-                                        ("null_copy_reader", "null", "copy")]
+    runs: list[tuple[str, str, str]] = [
+        ("duckdb", "duckdb", "auto"), ("null", "null", "adbc"),
+        ("null_copy_reader", "null", "copy"), ("starrocks_serialize", "serialize", "auto"),
+    ]
     if args.starrocks:
         runs.append(("starrocks", "starrocks", "auto"))
     workdir = Path(tempfile.mkdtemp(prefix="dbmazz-bench-snapshot-"))

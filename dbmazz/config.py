@@ -101,7 +101,9 @@ class Config(BaseSettings):
 
     # --- snapshot -----------------------------------------------------------------------
     snapshot: Literal["never", "initial", "initial_only"] = Field(
-        default="never", description="Initial snapshot of existing rows."
+        default="initial",
+        description="Initial snapshot of existing rows: initial (then stream), initial_only "
+        "(then exit), never.",
     )
     snapshot_workers: int = Field(default=2, ge=1, le=64, description="Snapshot connections.")
 
@@ -111,6 +113,11 @@ class Config(BaseSettings):
     grpc_token: SecretStr | None = Field(default=None, description="Bearer token for gRPC.")
     grpc_tls_cert: str | None = Field(default=None, description="TLS certificate (PEM) path.")
     grpc_tls_key: str | None = Field(default=None, description="TLS private key (PEM) path.")
+    grpc_allow_insecure: bool = Field(
+        default=False,
+        description="Serve gRPC on a non-loopback GRPC_HOST without GRPC_TOKEN and TLS (e.g. "
+        "in a container whose port is published deliberately).",
+    )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port (0 = off).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
@@ -141,11 +148,16 @@ class Config(BaseSettings):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be http://host:8030 (the FE HTTP address), got {value!r}")
+            raise ValueError(
+                f"must be http://host:8030 (the FE HTTP address), got {redact_url(value)!r}")
         try:
             _ = parts.port
         except ValueError as exc:
-            raise ValueError(f"has an invalid port: {value!r}") from exc
+            raise ValueError(f"has an invalid port: {redact_url(value)!r}") from exc
+        if parts.username or parts.password:
+            raise ValueError(
+                f"must not carry credentials (got {redact_url(value)!r}); set STARROCKS_USER "
+                "and STARROCKS_PASSWORD instead")
         return value.rstrip("/")
 
     @field_validator("tables", mode="before")

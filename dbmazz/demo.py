@@ -17,19 +17,24 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
+from dbmazz.api.client import Client
+from dbmazz.api.server import GrpcServer
 from dbmazz.config import Config
 from dbmazz.engine.core import Engine
+from dbmazz.engine.service import EngineService
+from dbmazz.lsn import parse_lsn
+from dbmazz.sink.duckdb import quote
+from dbmazz.ui import dashboard
 
 TABLES = ["shop.customers", "shop.products", "shop.orders", "shop.order_items"]
 
@@ -166,26 +171,6 @@ def _target(kind: str, workdir: Path) -> Iterator[dict[str, Any]]:
         yield {"sink": "duckdb", "duckdb_path": str(workdir / "demo.duckdb")}
 
 
-def _progress_table(engine: Engine, traffic: Traffic, started: float) -> Table:
-    p = engine.progress
-    elapsed = max(time.monotonic() - started, 1e-6)
-    table = Table(title="dbmazz demo — Ctrl-C to stop", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("state", f"{p.stage.value} / {p.state.value}")
-    table.add_row("source transactions", f"{traffic.transactions}")
-    table.add_row("changes applied", f"{p.rows_applied}")
-    table.add_row("changes/s", f"{p.rows_applied / elapsed:,.0f}")
-    table.add_row("flushes", f"{p.flushes}")
-    table.add_row("in-flight bytes", f"{p.inflight_bytes:,}")
-    table.add_row("confirmed LSN", f"{p.confirmed_lsn >> 32:X}/{p.confirmed_lsn & 0xFFFFFFFF:X}")
-    for name, stats in sorted(engine.applier.stats.tables.items()):
-        table.add_row(f"  {name}", f"{stats.rows_loaded} rows, {stats.batches} loads")
-    if p.last_error:
-        table.add_row("last error", p.last_error[:80])
-    return table
-
-
 def _counts_check(dsn: str, engine: Engine, console: Console, target: dict[str, Any]) -> bool:
     from dbmazz.engine.build import make_sink  # noqa: F401 - keeps import cost out of startup
 
@@ -196,7 +181,9 @@ def _counts_check(dsn: str, engine: Engine, console: Console, target: dict[str, 
     with psycopg.connect(dsn) as conn:
         for name in TABLES:
             schema, table = name.split(".")
-            [(source_rows,)] = conn.execute(f'SELECT count(*) FROM "{schema}"."{table}"').fetchall()
+            [(source_rows,)] = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+            ).fetchall()
             target_rows = _target_count(engine, target, schema, table)
             match = source_rows == target_rows
             ok &= match
@@ -209,7 +196,7 @@ def _target_count(engine: Engine, target: dict[str, Any], schema: str, table: st
     live = "WHERE dbmazz_is_deleted IS NOT TRUE"
     if target["sink"] == "duckdb":
         rows = engine.sink.query(  # type: ignore[attr-defined]
-            f'SELECT count(*) FROM "{schema}"."{table}" {live}'
+            f"SELECT count(*) FROM {quote(schema)}.{quote(table)} {live}"
         )
         return int(rows[0][0])
     emulator = target["_emulator"]
@@ -243,32 +230,41 @@ def run_demo(duration_s: float | None = None, sink: str | None = None, rate: flo
                 env_file=None,
             )
             engine = build_live_engine(config)
-            engine.start()
+            # The engine runs under the same service and gRPC control plane as `dbmazz run`,
+            # so the dashboard below is the real `dbmazz top`, reading it over gRPC.
+            service = EngineService(config, builder=lambda: engine)
+            server = GrpcServer(service, port=0)
+            server.start()
+            service.start()
+            service.add_listener(lambda: stop.set() if service.failed else None)
             traffic = Traffic(dsn, rate)
             traffic.start()
             console.print(f"replicating {', '.join(TABLES)} into {sink} "
-                          f"({target.get('duckdb_path') or target.get('starrocks_url')})")
-            started = time.monotonic()
-            deadline = None if duration_s is None else started + duration_s
-            with Live(_progress_table(engine, traffic, started), console=console,
-                      refresh_per_second=4, transient=False) as live:
-                while not stop.wait(0.25):
-                    live.update(_progress_table(engine, traffic, started))
-                    if deadline is not None and time.monotonic() >= deadline:
-                        break
-                    if engine.progress.state.value == "FAILED":
-                        break
-            traffic.join()
+                          f"({target.get('duckdb_path') or target.get('starrocks_url')}); "
+                          f"also try `dbmazz top --address {server.address}` or "
+                          f"`dbmazz.connect({server.address!r})`. Ctrl-C stops.")
+            timer = None
+            if duration_s is not None:
+                timer = threading.Timer(duration_s, stop.set)
+                timer.daemon = True
+                timer.start()
+            try:
+                with Client(server.address) as client:
+                    dashboard.run(client, console, interval_s=0.5, until=stop)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                traffic.join()
             # Make sure everything the traffic committed is loaded before counting.
             with psycopg.connect(dsn, autocommit=True) as conn:
                 [(marker,)] = conn.execute(
                     "SELECT pg_logical_emit_message(true, 'dbmazz_demo', 'end')::text"
                 ).fetchall()
-            from dbmazz.lsn import parse_lsn
-
-            engine.wait_durable(parse_lsn(str(marker)), 120)
-            engine.drain()
-            engine.wait(120)
+            if not service.failed:
+                engine.wait_durable(parse_lsn(str(marker)), 120)
+            service.drain(timeout=120)
+            server.stop(grace=0)
+            console.print()
             ok = _counts_check(dsn, engine, console, target)
             engine.sink.close()
             if traffic.error is not None:

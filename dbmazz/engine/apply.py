@@ -85,7 +85,10 @@ class FlushApplier:
     def apply(self, flush: Flush) -> None:
         """Apply every step of ``flush``; return when all are durable, raise on failure."""
         futures = [
-            self._pool.submit(self._apply_table, steps, flush) for steps in flush.steps.values()
+            self._pool.submit(self._apply_table, steps, flush)
+            for steps in flush.steps.values()
+            # Tables of a shared publication that are not replicated are passed over.
+            if steps and self.schemas.accepts(steps[0].relation)
         ]
         errors = [f.exception() for f in futures]
         for error in errors:

@@ -144,7 +144,9 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
             relations = describe_relations(conn, [*source.tables, *extra])
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
-    schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)
+    keys = source.primary_keys  # on-demand snapshots add to it while streaming
+    schemas = SchemaCache(keys_from_map(keys), config.table_map,
+                          accept=lambda relation: relation.qualified_name in keys)
     tables = []
     for relation in relations.values():
         schemas.on_relation(relation)

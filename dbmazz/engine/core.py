@@ -592,8 +592,15 @@ class Engine:
         """The sink holds every change up to ``lsn``: checkpoint it, then confirm it."""
         if self.audit is not None:
             self.audit.confirm(lsn)
-        if not self._save_checkpoint(lsn):
-            return  # stopping while PostgreSQL is away: the next run re-reads from before
+        try:
+            self.checkpoints.save(lsn)
+        except SourceConnectionError as exc:
+            # PostgreSQL is away (restarting, say). The data is durable in the sink, so the
+            # stream may still confirm it: the slot's position is a resume point too, and the
+            # next batch writes a newer checkpoint. Waiting here instead would deadlock a
+            # fast shutdown, which waits for the walsender, which waits for this confirm.
+            self.progress.last_error = str(exc)
+            log.warning("%s; the next batch writes the checkpoint", exc.message)
         with self._durable_cv:
             self._durable_lsn = lsn
             self._durable_cv.notify_all()
@@ -605,21 +612,6 @@ class Engine:
         source = self._source
         if source is not None:
             source.confirm(lsn)
-
-    def _save_checkpoint(self, lsn: int) -> bool:
-        """Write the checkpoint, retrying with backoff while PostgreSQL is unreachable
-        (it is restarting, say); False when the engine stopped meanwhile."""
-        backoff = 0.5
-        while True:
-            try:
-                self.checkpoints.save(lsn)
-                return True
-            except SourceConnectionError as exc:
-                self.progress.last_error = str(exc)
-                log.warning("%s; retrying in %.1fs", exc.message, backoff)
-                if self._stop.wait(backoff):
-                    return False
-                backoff = min(backoff * 2, self.settings.reconnect_max_backoff_s)
 
     def _heartbeats(self) -> None:
         """Write a heartbeat into the source WAL whenever nothing became durable for

@@ -70,6 +70,8 @@ class LiveEngine(Protocol):
     """What an on-demand snapshot needs of the running engine."""
 
     def wait_durable(self, lsn: int, timeout: float | None = None) -> bool: ...
+
+
 _REPORT_EVERY_S = 10.0
 
 
@@ -100,7 +102,9 @@ class SnapshotContext:
 
 
 @dataclass
-class _Plan:
+class Plan:
+    """Chunks to load, the version their rows carry, the snapshot to read them in."""
+
     version: int
     snapshot_name: str | None
     chunks: list[Chunk]
@@ -145,7 +149,7 @@ class Snapshots:
             current = self._progress
             return current.copy() if current is not None else None
 
-    def _publish(self, progress: SnapshotProgress) -> None:
+    def publish(self, progress: SnapshotProgress) -> None:
         with self._lock:
             self._progress = progress
 
@@ -166,7 +170,7 @@ class Snapshots:
             plan = self._initial_plan()
             if plan is None:
                 return True
-            return self._load(plan, INITIAL, should_stop)
+            return self.load_plan(plan, INITIAL, should_stop)
         finally:
             self.close_exported()
 
@@ -175,7 +179,7 @@ class Snapshots:
         if creation is not None:
             creation.close()
 
-    def _initial_plan(self) -> _Plan | None:
+    def _initial_plan(self) -> Plan | None:
         ctx = self.context
         assert self.source is not None
         names = list(self.tables)
@@ -190,7 +194,7 @@ class Snapshots:
             ctx.store.save_plan(chunks, version, INITIAL)
             log.info("initial snapshot of %d table(s) in %d chunk(s) at %s", len(names),
                      len(chunks), format_lsn(version))
-            return _Plan(version, creation.snapshot_name, chunks, list(layouts.values()), {})
+            return Plan(version, creation.snapshot_name, chunks, list(layouts.values()), {})
         records = ctx.store.load(INITIAL)
         if records:
             return self._resume_plan(records, layouts)
@@ -204,10 +208,10 @@ class Snapshots:
         ctx.store.save_plan(chunks, version, INITIAL)
         log.info("slot %s exists but never streamed: initial snapshot of %d table(s) at %s",
                  ctx.slot, len(names), format_lsn(version))
-        return _Plan(version, None, chunks, list(layouts.values()), {})
+        return Plan(version, None, chunks, list(layouts.values()), {})
 
     def _resume_plan(self, records: list[ChunkRecord],
-                     layouts: dict[str, TableLayout]) -> _Plan | None:
+                     layouts: dict[str, TableLayout]) -> Plan | None:
         if all(r.done for r in records):
             log.info("initial snapshot already complete")
             return None
@@ -233,10 +237,10 @@ class Snapshots:
             done[table] = (len(finished), sum(r.rows or 0 for r in finished))
         log.info("resuming the interrupted initial snapshot: %d of %d chunk(s) left, "
                  "version %s", len(chunks), len(records), format_lsn(version))
-        return _Plan(version, None, chunks,
+        return Plan(version, None, chunks,
                      [layouts[t] for t in by_table if t in layouts], done)
 
-    def _load(self, plan: _Plan, kind: str, should_stop: StopCheck, *,
+    def load_plan(self, plan: Plan, kind: str, should_stop: StopCheck, *,
               tables: dict[str, TableSchema] | None = None,
               progress: SnapshotProgress | None = None,
               write: Callable[..., int] | None = None) -> bool:
@@ -246,7 +250,7 @@ class Snapshots:
         progress.version = plan.version
         progress.active = True
         progress.started_at = time.time()
-        self._publish(progress)
+        self.publish(progress)
         loader = ChunkLoader(
             dsn=ctx.dsn,
             snapshot_name=plan.snapshot_name,

@@ -157,8 +157,26 @@ def snapshot_batch(table: TableSchema, rows: pa.Table, version: int, batch_id: s
 #: Writes one chunk's batch; returns the rows written.
 ChunkWriter = Callable[[TableBatch, Chunk], int]
 
+_POLL_S = 0.1
+
+
+@dataclass
+class _Loaded:
+    chunk: Chunk
+    batch: TableBatch
+    rows: int
+
 
 class ChunkLoader:
+    """Readers and writers joined by a one-slot queue.
+
+    ``workers`` reader threads each hold one connection inside the snapshot; writer threads
+    (at most one per table, writes of a table are serialized anyway) load what they read.
+    A reader reads its next chunk while the previous one is being written: on a small
+    machine the target's insert and PostgreSQL's COPY then overlap instead of alternating.
+    The queue holds one chunk, so memory stays at about (readers + writers + 1) chunks.
+    """
+
     def __init__(
         self,
         *,
@@ -187,54 +205,91 @@ class ChunkLoader:
         self.store = store
         self.progress = progress
         self.lock = lock
-        self.workers = max(1, min(workers, len(chunks)))
+        self.readers = max(1, min(workers, len(chunks)))
+        self.writers = max(1, min(workers, len({c.table for c in chunks})))
         self.should_stop = should_stop
         self.reader_kind = reader_kind
         self.registry = registry
         self.stats = stats if stats is not None else DecodeStats()
-        self._queue: queue.Queue[Chunk] = queue.Queue()
+        self._chunks: queue.Queue[Chunk] = queue.Queue()
         for chunk in _interleave(chunks):
-            self._queue.put(chunk)
+            self._chunks.put(chunk)
+        self._total = len(chunks)
+        self._loaded: queue.Queue[_Loaded | None] = queue.Queue(maxsize=1)
         self._failed = threading.Event()
         self._errors: list[BaseException] = []
         self._completed = 0
         hold = os.environ.get(HOLD_AFTER_ENV, "")
         self._hold_after = int(hold) if hold.isdigit() else None
+        self._held = threading.Event()
 
     def run(self) -> bool:
         """Load every chunk; True when all are done, False when stopped first."""
-        threads = [threading.Thread(target=self._worker, name=f"dbmazz-snapshot-{i}",
-                                    daemon=True) for i in range(self.workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
+        readers = [self._thread(self._reader, f"dbmazz-snapshot-read-{i}")
+                   for i in range(self.readers)]
+        writers = [self._thread(self._writer, f"dbmazz-snapshot-write-{i}")
+                   for i in range(self.writers)]
+        for thread in readers:
             thread.join()
+        for _ in writers:
+            while any(w.is_alive() for w in writers):  # a failed writer takes nothing more
+                try:
+                    self._loaded.put(None, timeout=_POLL_S)
+                    break
+                except queue.Full:
+                    continue
+        for thread in writers:
+            thread.join()
+        if self._held.is_set():
+            while not self.should_stop():  # the test hook: hold until the engine stops
+                time.sleep(_POLL_S)
         if self._errors:
             raise self._errors[0]
-        return self._queue.empty() and not self._stopping()
+        return self._completed == self._total and not self._stopping()
+
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException as exc:  # noqa: BLE001 - handed to run()
+                self._errors.append(exc)
+                self._failed.set()
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _stopping(self) -> bool:
-        return self._failed.is_set() or self.should_stop()
+        return self._failed.is_set() or self._held.is_set() or self.should_stop()
 
-    def _worker(self) -> None:
+    def _put(self, item: _Loaded) -> bool:
+        """Hand a chunk to the writers; False when stopping first."""
+        while not self._stopping():
+            try:
+                self._loaded.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    # ------------------------------------------------------------------ readers
+    def _reader(self) -> None:
         reader: ChunkReader | None = None
         try:
             while not self._stopping():
                 try:
-                    chunk = self._queue.get_nowait()
+                    chunk = self._chunks.get_nowait()
                 except queue.Empty:
                     return
-                reader = self._load(chunk, reader)
-                if self._hold():
+                reader, loaded = self._read(chunk, reader)
+                if not self._put(loaded):
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to run()
-            self._errors.append(exc)
-            self._failed.set()
         finally:
             if reader is not None:
                 reader.close()
 
-    def _load(self, chunk: Chunk, reader: ChunkReader | None) -> ChunkReader:
+    def _read(self, chunk: Chunk, reader: ChunkReader | None
+              ) -> tuple[ChunkReader, _Loaded]:
         table = self.tables[chunk.table]
         with self.lock:
             entry = self.progress.tables[chunk.table]
@@ -257,19 +312,33 @@ class ChunkLoader:
                 log.warning("snapshot read of %s chunk %d failed (%s); retrying", chunk.table,
                             chunk.index, exc.message)
         assert reader is not None
-        batch = snapshot_batch(table, rows, self.version,
-                               f"snap-{self.run_id}-{chunk.index}")
-        written = self._write(batch, chunk)
-        self.store.mark_done(chunk, written)
-        with self.lock:
-            entry.chunks_done += 1
-            entry.rows_done += rows.num_rows
-            if entry.done:
-                entry.finished_at = time.time()
-            self._completed += 1
-        log.debug("snapshot %s chunk %d: %d rows (version %s)", chunk.table, chunk.index,
-                  rows.num_rows, format_lsn(self.version))
-        return reader
+        batch = snapshot_batch(table, rows, self.version, f"snap-{self.run_id}-{chunk.index}")
+        return reader, _Loaded(chunk, batch, rows.num_rows)
+
+    # ------------------------------------------------------------------ writers
+    def _writer(self) -> None:
+        while True:
+            loaded = self._loaded.get()
+            if loaded is None:
+                return
+            if self._stopping():
+                continue  # not recorded as done: read again next time
+            chunk = loaded.chunk
+            written = self._write(loaded.batch, chunk)
+            self.store.mark_done(chunk, written)
+            with self.lock:
+                entry = self.progress.tables[chunk.table]
+                entry.chunks_done += 1
+                entry.rows_done += loaded.rows
+                if entry.done:
+                    entry.finished_at = time.time()
+                self._completed += 1
+                if self._hold_after is not None and self._completed >= self._hold_after:
+                    log.warning("%s reached: holding the snapshot until stopped",
+                                HOLD_AFTER_ENV)
+                    self._held.set()
+            log.debug("snapshot %s chunk %d: %d rows (version %s)", chunk.table, chunk.index,
+                      loaded.rows, format_lsn(self.version))
 
     def _write(self, batch: TableBatch, chunk: Chunk) -> int:
         attempt = 0
@@ -288,18 +357,6 @@ class ChunkLoader:
                     time.sleep(0.05)
             except DbmazzError:
                 raise
-
-    def _hold(self) -> bool:
-        if self._hold_after is None:
-            return False
-        with self.lock:
-            reached = self._completed >= self._hold_after
-        if not reached:
-            return False
-        log.warning("%s reached: holding the snapshot until stopped", HOLD_AFTER_ENV)
-        while not self._stopping():
-            time.sleep(0.05)
-        return True
 
 
 def _interleave(chunks: Sequence[Chunk]) -> list[Chunk]:

@@ -25,7 +25,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from dbmazz.engine.snapshot import LiveEngine, Snapshots, StopCheck, _Plan
+from dbmazz.engine.snapshot import LiveEngine, Plan, Snapshots, StopCheck
 from dbmazz.engine.snapshot_load import SnapshotProgress, progress_for
 from dbmazz.engine.snapshot_sink import Watch
 from dbmazz.errors import DbmazzError, SetupError
@@ -144,10 +144,12 @@ class OnDemandSnapshot:
             for attempt in range(1, _WATERMARK_ATTEMPTS + 1):
                 if self._stopping():
                     return False
+                for watch in watches.values():
+                    watch.begin_attempt()
                 creation = create_temporary_slot(ctx.dsn, f"dbmazz_snap_{ctx.slot}")
                 watermark = creation.consistent_point
                 for watch in watches.values():
-                    watch.reset(watermark)
+                    watch.set_watermark(watermark)
                 plan = self._plan(watermark, creation.snapshot_name)
                 if self.engine is not None and not self._gate(watermark, watches):
                     if self._stopping():
@@ -194,7 +196,7 @@ class OnDemandSnapshot:
         self.snapshots.tables.update(schemas)
         return schemas
 
-    def _plan(self, watermark: int, snapshot_name: str | None) -> _Plan:
+    def _plan(self, watermark: int, snapshot_name: str | None) -> Plan:
         ctx = self.snapshots.context
         with ctx.connect() as conn:
             layouts = table_layouts(conn, self.tables)
@@ -202,11 +204,11 @@ class OnDemandSnapshot:
         chunks = [c for t in self.tables
                   for c in plan_chunks(layouts[t], ctx.chunk_pages, tid_ranges)]
         ctx.store.save_plan(chunks, watermark, ON_DEMAND, replace_tables=self.tables)
-        plan = _Plan(watermark, snapshot_name, chunks, [layouts[t] for t in self.tables], {})
+        plan = Plan(watermark, snapshot_name, chunks, [layouts[t] for t in self.tables], {})
         progress = progress_for(ON_DEMAND, watermark, plan.layouts, chunks)
         progress.waiting = "waiting for CDC to reach the snapshot point" if self.engine else ""
         self.progress = progress
-        self.snapshots._publish(progress)
+        self.snapshots.publish(progress)
         log.info("on-demand snapshot of %s in %d chunk(s), watermark %s",
                  ", ".join(self.tables), len(chunks), format_lsn(watermark))
         return plan
@@ -223,12 +225,12 @@ class OnDemandSnapshot:
         # Every watch must agree; open all gates (they only record the count).
         return all([watch.open_gate() for watch in watches.values()])
 
-    def _load(self, plan: _Plan, schemas: dict[str, TableSchema],
+    def _load(self, plan: Plan, schemas: dict[str, TableSchema],
               watches: dict[str, Watch]) -> bool:
         ctx = self.snapshots.context
 
         def write(batch: TableBatch, chunk: object) -> int:
             return ctx.sink.write_snapshot(batch, watches.get(batch.table.source_name))
 
-        return self.snapshots._load(plan, ON_DEMAND, self._stopping, tables=schemas,
-                                    progress=self.progress, write=write)
+        return self.snapshots.load_plan(plan, ON_DEMAND, self._stopping, tables=schemas,
+                                        progress=self.progress, write=write)

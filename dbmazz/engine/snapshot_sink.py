@@ -35,47 +35,63 @@ VERSION = "dbmazz_cdc_version"
 
 
 class Watch:
-    """What CDC did to one table while its on-demand snapshot runs."""
+    """What CDC did to one table while its on-demand snapshot runs.
+
+    Fed by CDC writes (under the table's write lock) and read by the snapshot's thread, so
+    every method takes the watch's own lock.
+    """
 
     def __init__(self, table: TableSchema) -> None:
         self.table = table
         self.keys = list(table.key_columns)
         self.watermark: int | None = None
         self._touched: list[pa.Table] = []
+        self._lock = threading.Lock()
         self.truncates = 0
-        #: Truncates seen before the gate (all CDC before the watermark applied) opened.
+        self._truncates_at_attempt = 0
+        #: Truncates seen when the gate (all CDC before the watermark applied) opened.
         self._truncates_at_gate: int | None = None
 
-    def reset(self, watermark: int) -> None:
-        """A new watermark: forget what is older, start counting truncates afresh."""
-        self.watermark = watermark
-        self._touched = [t for t in (self._older_pruned(t) for t in self._touched) if t.num_rows]
-        self.truncates = 0
-        self._truncates_at_gate = None
+    def begin_attempt(self) -> None:
+        """Called before a watermark is taken: truncates from now on count against it."""
+        with self._lock:
+            self._truncates_at_attempt = self.truncates
+            self._truncates_at_gate = None
+
+    def set_watermark(self, watermark: int) -> None:
+        """Forget touched keys older than the new watermark."""
+        with self._lock:
+            self.watermark = watermark
+            self._touched = [t for t in (self._older_pruned(t) for t in self._touched)
+                             if t.num_rows]
 
     def open_gate(self) -> bool:
         """Everything committed before the watermark is applied. False when a TRUNCATE
-        went by meanwhile: it may be older or newer than the watermark, so the caller
-        takes a new watermark."""
-        self._truncates_at_gate = self.truncates
-        return self.truncates == 0
+        went by since the attempt began: it may be older or newer than the watermark, so
+        the caller takes a new watermark."""
+        with self._lock:
+            self._truncates_at_gate = self.truncates
+            return self.truncates == self._truncates_at_attempt
 
     @property
     def truncated(self) -> bool:
         """A TRUNCATE newer than the watermark was applied: snapshot rows are obsolete."""
-        return self._truncates_at_gate is not None and self.truncates > self._truncates_at_gate
+        with self._lock:
+            return (self._truncates_at_gate is not None
+                    and self.truncates > self._truncates_at_gate)
 
     def observe(self, batch: TableBatch) -> None:
-        if batch.truncate:
-            self.truncates += 1
         parts = [g.rows for g in batch.upserts]
         if batch.deletes is not None:
             parts.append(batch.deletes)
-        for rows in parts:
-            if rows.num_rows and VERSION in rows.column_names:
-                touched = self._older_pruned(rows.select([*self.keys, VERSION]))
-                if touched.num_rows:
-                    self._touched.append(touched)
+        with self._lock:
+            if batch.truncate:
+                self.truncates += 1
+            for rows in parts:
+                if rows.num_rows and VERSION in rows.column_names:
+                    touched = self._older_pruned(rows.select([*self.keys, VERSION]))
+                    if touched.num_rows:
+                        self._touched.append(touched)
 
     def _older_pruned(self, rows: pa.Table) -> pa.Table:
         if self.watermark is None:
@@ -85,9 +101,11 @@ class Watch:
 
     def filter(self, rows: pa.Table) -> pa.Table:
         """``rows`` without the keys CDC changed at or after the watermark."""
-        if not self._touched or not rows.num_rows:
+        with self._lock:
+            parts = list(self._touched)
+        if not parts or not rows.num_rows:
             return rows
-        touched = pl.concat([_frame(t.select(self.keys)) for t in self._touched],
+        touched = pl.concat([_frame(t.select(self.keys)) for t in parts],
                             how="vertical_relaxed").unique()
         left = _frame(rows.select(self.keys)).with_row_index("__dbmazz_row")
         keep = left.join(touched, on=self.keys, how="anti", nulls_equal=True)

@@ -264,11 +264,16 @@ class Batcher:
             is_begin.any() or len(commit_at)) else None
         taken = 0  # DML of this slab already moved into pieces
         j = 0
+        if len(commit_at) and self._in_txn:
+            # The segment starts inside a transaction begun earlier: split its rows before
+            # the commit too when they reach a limit (a part never exceeds the limits).
+            taken = self._split_open(slab, 0, int(dml_before[0]), out, commit_follows=True)
         if len(commit_at) and self._split_part:
             # The commit of a split transaction ends its own flush: all parts loaded
             # before the commit LSN may be confirmed.
-            taken = int(dml_before[0])
-            self._push(_slice(slab, 0, taken))
+            upto = int(dml_before[0])
+            self._push(_slice(slab, taken, upto))
+            taken = upto
             self._mark_commit(int(end_lsns[0]))
             out.append(self._cut_committed())
             j = 1
@@ -294,14 +299,33 @@ class Batcher:
                 if cut:
                     out.append(self._cut_committed())
                 j = c + 1
-        self._push(_slice(slab, taken, len(slab)))
         if last_kind is not None:
             self._in_txn = last_kind == _B
-        uncommitted_rows = self._rows - self._committed_rows
-        uncommitted_bytes = self._bytes - self._committed_bytes
-        if self._in_txn and (
-            uncommitted_rows >= self.flush_rows or uncommitted_bytes >= self.flush_bytes
-        ):
+        if self._in_txn:
+            # The rest belongs to the open transaction.
+            taken = self._split_open(slab, taken, len(slab), out)
+        self._push(_slice(slab, taken, len(slab)))
+
+    def _split_open(self, slab: Slab, taken: int, end: int, out: list[Flush], *,
+                    commit_follows: bool = False) -> int:
+        """Cut DML ``[taken, end)`` of the open transaction into split parts exactly where
+        the pending rows or bytes reach a limit (however large the chunk); returns how far
+        it pushed. The rest stays for the caller to push. With ``commit_follows`` (its
+        commit is at ``end``) a part is cut only if more of the transaction follows it: a
+        transaction within the limits is never split."""
+        if taken >= end:
+            return taken
+        cum = np.concatenate(([0], np.cumsum(slab.sizes[taken:end])))
+        base = taken
+        while True:
+            need_rows = max(1, self.flush_rows - (self._rows - self._committed_rows))
+            need_bytes = self.flush_bytes - (self._bytes - self._committed_bytes)
+            by_bytes = int(np.searchsorted(cum, int(cum[taken - base]) + need_bytes))
+            upto = min(taken + need_rows, base + max(by_bytes, taken - base + 1))
+            if upto > end or (commit_follows and upto == end):
+                return taken
+            self._push(_slice(slab, taken, upto))
+            taken = upto
             if self._committed_pieces:
                 out.append(self._cut_committed())
             out.append(self._cut_split())

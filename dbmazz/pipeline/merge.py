@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from dbmazz.pipeline.batch import (
     OP_DELETE,
+    OP_INSERT,
     OP_UPDATE,
     TableBatch,
     TableSchema,
@@ -91,16 +92,27 @@ def merge_changes(
         + [(pl.col(SEQ).cast(pl.Int64) * 2 + 1).alias(_ORDER)]
     )
 
+    decoded = df
     df = _expand_key_changes(df, keys, toasted)
     df = _fill_unchanged(df, keys, columns, toasted)
-    last = df.sort(_ORDER).unique(subset=keys, keep="last", maintain_order=True)
-
     audit = [
         pl.col(OP).cast(pl.Int8).alias("dbmazz_op_type"),
         (pl.col(OP) == OP_DELETE).alias("dbmazz_is_deleted"),
         pl.lit(synced, dtype=pl.Datetime("us")).alias("dbmazz_synced_at"),
         pl.col(LSN).cast(pl.Int64).alias("dbmazz_cdc_version"),
     ]
+    lsns = arrow.column(LSN)
+    if df is decoded and _plain_inserts(df, keys):
+        # A bulk load (inserts only, every key once, rows in stream order): nothing to
+        # merge, so skip the sorts and copies below (they hold several copies of the batch).
+        return TableBatch(
+            table=table,
+            upserts=[UpsertGroup(rows=df.select([*columns, *audit]).to_arrow(), partial=False)],
+            first_lsn=int(pc.min(lsns).as_py()),
+            last_lsn=int(pc.max(lsns).as_py()),
+            source_changes=n_changes,
+        )
+    last = df.sort(_ORDER).unique(subset=keys, keep="last", maintain_order=True)
 
     deleted = last.filter(pl.col(OP) == OP_DELETE)
     deletes = deleted.select([*keys, *audit]).to_arrow() if deleted.height else None
@@ -123,7 +135,6 @@ def merge_changes(
             rows = alive.sort(_ORDER).select([*columns, *audit]).to_arrow()
             upserts.append(UpsertGroup(rows=rows, partial=False))
 
-    lsns = arrow.column(LSN)
     return TableBatch(
         table=table,
         upserts=upserts,
@@ -132,6 +143,14 @@ def merge_changes(
         last_lsn=int(pc.max(lsns).as_py()),
         source_changes=n_changes,
     )
+
+
+def _plain_inserts(df: pl.DataFrame, keys: list[str]) -> bool:
+    """Only inserts, and no key twice."""
+    if not (df.get_column(OP) == OP_INSERT).all():
+        return False
+    key = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
+    return bool(df.select(key.is_unique().all()).item())
 
 
 def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -> pl.DataFrame:

@@ -40,8 +40,12 @@ class SchemaCache:
         key_resolver: KeyResolver,
         table_map: Mapping[str, str] | None = None,
         types: TypeRegistry | None = None,
+        accept: Callable[[Relation], bool] | None = None,
     ) -> None:
         self._keys = key_resolver
+        #: Which relations are replicated. A publication shared with other consumers may
+        #: carry tables dbmazz was not asked for: their messages are passed over.
+        self._accept = accept
         self._table_map = dict(table_map or {})
         self.types = types if types is not None else TypeRegistry()
         self._relations: dict[int, Relation] = {}
@@ -56,14 +60,22 @@ class SchemaCache:
 
     def on_relation(self, relation: Relation) -> SchemaDelta | None:
         """Cache a Relation message; return the delta when its content changed."""
+        if not self.accepts(relation):
+            self._relations[relation.oid] = relation  # truncates name it; never built
+            return None
         previous = self._relations.get(relation.oid)
-        if previous == relation:
+        if previous == relation and relation.oid in self._tables:
             return None
         table = self.build(relation)
         before = self._tables.get(relation.oid)
         self._relations[relation.oid] = relation
         self._tables[relation.oid] = table
         return diff(before, table)
+
+    def accepts(self, relation: Relation) -> bool:
+        """Whether ``relation`` is one of the replicated tables (asked each time: an
+        on-demand snapshot can add a table while streaming)."""
+        return self._accept is None or self._accept(relation)
 
     def relation(self, oid: int) -> Relation:
         return self._relations[oid]

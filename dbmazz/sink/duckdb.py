@@ -9,6 +9,7 @@ or reordered batch never overwrites a newer row. Each ``write`` is one DuckDB tr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -85,6 +86,11 @@ class DuckDBSink:
                 "check DUCKDB_PATH points to a writable file not opened by another process",
             ) from None
         self._local = threading.local()
+        # Every thread's cursor, so close() can close them all: a cursor left to its
+        # thread's exit is destroyed by DuckDB code that re-acquires the GIL, which aborts
+        # the process if that thread ends while the interpreter is finalizing.
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursors_lock = threading.Lock()
         self._dropped: dict[str, set[str]] = {}
         self._ddl_lock = threading.Lock()
 
@@ -94,6 +100,8 @@ class DuckDBSink:
         if cursor is None:
             cursor = self._db.cursor()
             self._local.cursor = cursor
+            with self._cursors_lock:
+                self._cursors.append(cursor)
         return cursor
 
     @staticmethod
@@ -194,6 +202,11 @@ class DuckDBSink:
         return LoadResult(rows=batch.num_rows, bytes=0)
 
     def close(self) -> None:
+        with self._cursors_lock:
+            cursors, self._cursors = self._cursors, []
+        for cursor in cursors:
+            with contextlib.suppress(duckdb.Error):
+                cursor.close()
         self._db.close()
 
     # ------------------------------------------------------------------ statements

@@ -172,8 +172,10 @@ def server_error(
     if "replication slot" in low and "does not exist" in low:
         return SlotLostError(
             f"replication slot {slot!r} does not exist on {target}",
-            "run `dbmazz setup` to create it; if it was dropped, changes since the last "
-            "checkpoint are lost — take a new snapshot (SNAPSHOT=initial)",
+            "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the slot "
+            "was dropped outside dbmazz and changes since the last checkpoint were not "
+            f"captured: delete its row from dbmazz_checkpoints (slot_name = '{slot}') and run "
+            "with SNAPSHOT=initial to start over",
         )
     if state == "55006" or ("replication slot" in low and "is active" in low):
         return SlotInUseError(

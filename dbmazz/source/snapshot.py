@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -445,8 +445,3 @@ def server_supports_tid_ranges(conn: psycopg.Connection) -> bool:
     """TID range scans (PostgreSQL ≥ 14); older servers would scan the whole table per
     chunk, so they read each table as one chunk."""
     return conn.info.server_version >= 140000
-
-
-def chunks_of(layouts: Sequence[TableLayout], chunk_pages: int,
-              tid_ranges: bool = True) -> list[Chunk]:
-    return [c for layout in layouts for c in plan_chunks(layout, chunk_pages, tid_ranges)]

@@ -745,9 +745,11 @@ def _parse_datetimes(col: TextColumn, kind: str, stats: DecodeStats,
         h[:, 16] == ord(":")) & (hour <= 23) & (minute <= 59) & (second <= 60)
     # Fraction: '.' then 1–6 digits (PostgreSQL drops trailing zeros).
     frac_digit = (h[:, 20:26] - np.uint8(48)) < 10
-    frac_len = np.where(h[:, 19] == ord("."), np.cumprod(frac_digit, axis=1).sum(axis=1), 0)
+    # The window runs past the value: a '.' beyond its end belongs to the next bytes.
+    has_dot = (h[:, 19] == ord(".")) & (rel_end > 19)
+    frac_len = np.where(has_dot, np.cumprod(frac_digit, axis=1).sum(axis=1), 0)
     frac_len = np.minimum(frac_len, np.maximum(rel_end - 20, 0))
-    ok &= (h[:, 19] != ord(".")) | (frac_len > 0)
+    ok &= ~has_dot | (frac_len > 0)
     micro = np.zeros(n, dtype=np.int64)
     for k in range(6):
         digit = h[:, 20 + k].astype(np.int64) - 48

@@ -129,8 +129,11 @@ def once(client: Client, console: Console) -> None:
     console.print(render(state))
 
 
-def run(client: Client, console: Console, interval_s: float = 1.0) -> None:
+def run(client: Client, console: Console, interval_s: float = 1.0,
+        until: threading.Event | None = None) -> None:
+    """Show the dashboard until Ctrl-C or, when given, until ``until`` is set (the demo)."""
     state = DashboardState(client.address)
+    done = until or threading.Event()
     state.status = client.status()  # fail fast (clear message) when no engine listens
     stop = threading.Event()
     follower = threading.Thread(
@@ -139,7 +142,7 @@ def run(client: Client, console: Console, interval_s: float = 1.0) -> None:
     follower.start()
     try:
         with Live(render(state), console=console, refresh_per_second=4, screen=False) as live:
-            while True:
+            while not done.is_set():
                 try:
                     status = client.status()
                     with state.lock:
@@ -148,8 +151,10 @@ def run(client: Client, console: Console, interval_s: float = 1.0) -> None:
                     with state.lock:
                         state.problem = exc.message
                 live.update(render(state))
-                time.sleep(interval_s)  # refresh cadence of the display, not synchronisation
+                done.wait(interval_s)  # refresh cadence of the display
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
+        # The metrics stream yields within one interval; then the follower sees `stop`.
+        follower.join(interval_s + 5)

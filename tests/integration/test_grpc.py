@@ -182,7 +182,10 @@ def test_drain_leaves_nothing_in_flight_and_checkpoints_the_last_commit(live: Li
     durable = live.engine.durable_lsn
     assert durable > last
     [(checkpoint,)] = live.db.query("SELECT lsn::text FROM dbmazz_checkpoints")
-    assert parse_lsn(str(checkpoint)) == durable == _slot_confirmed(live.db)
+    assert parse_lsn(str(checkpoint)) == durable
+    # The slot may stand past the last commit only over WAL without published changes
+    # (the stream's idle rule, docs/architecture.md); the peek below shows none is left.
+    assert _slot_confirmed(live.db) >= durable
     # Nothing committed is left behind the checkpoint in the slot.
     [(pending,)] = live.db.query(
         "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "

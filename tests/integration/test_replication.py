@@ -457,7 +457,7 @@ def test_server_shutdown_is_retryable_and_resume_works(
             try:
                 while time.monotonic() < deadline:
                     stream.read_chunk(timeout_s=0.2)
-            except BaseException as exc:  # handed to the test thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 errors.append(exc)
 
         thread = threading.Thread(target=reader, daemon=True)

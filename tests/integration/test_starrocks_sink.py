@@ -483,7 +483,7 @@ def test_parallel_writes_to_different_tables(
                     for k in range(20)
                 ]
                 sink.write(batch(schema, [upsert(schema, rows, n)], lsn=n))
-        except BaseException as exc:  # pragma: no cover - reported below
+        except BaseException as exc:  # noqa: BLE001  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in schemas]

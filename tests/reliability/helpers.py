@@ -374,7 +374,7 @@ CRASH_KEYS = {"public.acct": ["id"], "public.ledger": ["a", "b"]}
 
 def big_text(rng: random.Random, size: int = 4000) -> str:
     """Poorly compressible text stored out of line (TOAST)."""
-    return "%x" % rng.getrandbits(size * 4)
+    return f"{rng.getrandbits(size * 4):x}"
 
 
 class Writer(threading.Thread):
@@ -433,7 +433,7 @@ class Writer(threading.Thread):
                          "NOT EXISTS (SELECT 1 FROM ledger l WHERE l.a = %s AND l.b >= 1000)",
                          (i % 40, i % 40))
         elif roll < 0.97:
-            conn.execute("UPDATE acct SET v = (v * 2 + 1) % 1000003 WHERE id BETWEEN %s AND %s",
+            conn.execute("UPDATE acct SET v = (v * 2 + 1) %% 1000003 WHERE id BETWEEN %s AND %s",
                          (i, i + 20))
         else:  # larger than FLUSH_ROWS: split across flushes
             base = 100_000 + rng.randrange(0, 50) * 1000
@@ -582,8 +582,9 @@ def starrocks_versions(emulator: StandaloneStarRocks, db: str, keys: dict[str, l
     out: dict[str, dict[tuple[int, ...], int]] = {}
     for table, cols in keys.items():
         name = table.split(".")[1]
+        rows = [{k.lower(): v for k, v in r.items()} for r in emulator.rows(db, name)]
         out[table] = {tuple(int(r[c.lower()]) for c in cols): int(r["dbmazz_cdc_version"])
-                      for r in emulator.rows(db, name)}
+                      for r in rows}
     return out
 
 
@@ -592,8 +593,12 @@ def starrocks_fetcher(rows: Callable[[], list[dict[str, Any]]]
     """Live rows (not soft-deleted) of an emulator table, as compare() wants them."""
 
     def fetch(columns: list[str]) -> list[tuple[Any, ...]]:
-        return [tuple(r.get(c.lower()) for c in columns) for r in rows()
-                if not r.get("dbmazz_is_deleted")]
+        out = []
+        for row in rows():
+            by_name = {k.lower(): v for k, v in row.items()}  # column names ignore case
+            if not by_name.get("dbmazz_is_deleted"):
+                out.append(tuple(by_name.get(c.lower()) for c in columns))
+        return out
 
     return fetch
 

@@ -171,7 +171,7 @@ def ride_out(outage: str, source: Database, emulator: StarRocksEmulator,
     fault = OUTAGES[outage]
     config = starrocks_config(source, emulator.url, emulator.mysql_port, [TABLE],
                               max_inflight_bytes=MAX_INFLIGHT, flush_bytes=256 << 10,
-                              heartbeat_interval_s=0)
+                              heartbeat_interval_s=0, snapshot="never")
     with running(build_live_engine(config)) as engine:
         _write(source, 1, 1000)
         wait_until_loaded(engine, mark(source))
@@ -240,7 +240,7 @@ def test_too_many_versions_inside_a_split_transaction_resends_it(
     off while the fault lasts, and loads it exactly once it clears."""
     caplog.set_level(logging.INFO, logger="dbmazz")
     config = starrocks_config(source, emulator.url, emulator.mysql_port, [TABLE],
-                              flush_rows=500, heartbeat_interval_s=0)
+                              flush_rows=500, heartbeat_interval_s=0, snapshot="never")
     with running(build_live_engine(config)) as engine:
         _write(source, 1, 100)
         wait_until_loaded(engine, mark(source))

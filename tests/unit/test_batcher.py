@@ -95,9 +95,10 @@ def test_large_transaction_is_split_and_its_commit_ends_a_flush() -> None:
     summary = [(f.end_lsn, f.split, f.rows) for f in flushes]
     assert summary == [
         (108, None, 1),  # the small committed transaction goes out on its own first
-        (0, (500, 0, False), 12),
-        (0, (500, 1, False), 13),
-        (508, (500, 2, True), 0),
+        # Parts are cut exactly at FLUSH_ROWS, wherever the chunk boundaries fall.
+        (0, (500, 0, False), 10),
+        (0, (500, 1, False), 10),
+        (508, (500, 2, True), 5),
         (608, None, 1),
     ]
 

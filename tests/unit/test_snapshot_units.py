@@ -92,8 +92,9 @@ def _cdc(table: TableSchema, keys: list[tuple[int, str]], versions: list[int],
 def test_watch_drops_keys_cdc_changed_at_or_after_the_watermark() -> None:
     table = schema(("a", pa.int64(), INT8, -1), ("b", pa.string(), TEXT, -1), keys=("a", "b"))
     watch = Watch(table)
+    watch.begin_attempt()
     watch.observe(_cdc(table, [(1, "x")], [90]))  # before the watermark is known
-    watch.reset(100)
+    watch.set_watermark(100)
     watch.observe(_cdc(table, [(2, "x"), (3, "y")], [99, 100]))
     watch.observe(_cdc(table, [(4, "z")], [150], deleted=True))
     assert watch.open_gate()
@@ -109,10 +110,12 @@ def test_watch_drops_keys_cdc_changed_at_or_after_the_watermark() -> None:
 def test_a_truncate_before_the_gate_asks_for_a_new_watermark() -> None:
     table = schema(("id", pa.int64(), INT8, -1))
     watch = Watch(table)
-    watch.reset(10)
-    watch.observe(TableBatch(table=table, truncate=True))
+    watch.begin_attempt()
+    watch.observe(TableBatch(table=table, truncate=True))  # while the slot is created
+    watch.set_watermark(10)
     assert not watch.open_gate()
-    watch.reset(20)
+    watch.begin_attempt()
+    watch.set_watermark(20)
     assert watch.open_gate() and not watch.truncated
 
 

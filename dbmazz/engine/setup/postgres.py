@@ -217,8 +217,8 @@ def _keyless_error(names: Sequence[str]) -> SetupError:
         f"tables without a primary key: {', '.join(names)} — dbmazz needs a key to "
         "apply updates and deletes in the target",
         "add a PRIMARY KEY, or create a UNIQUE index on NOT NULL columns and run "
-        "`ALTER TABLE ... REPLICA IDENTITY USING INDEX <index>` (then use "
-        "replica_identity='keep')",
+        "`ALTER TABLE ... REPLICA IDENTITY USING INDEX <index>` (then set "
+        "REPLICA_IDENTITY=keep)",
     )
 
 

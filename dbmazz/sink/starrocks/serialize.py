@@ -40,6 +40,8 @@ Format = Literal["json", "csv"]
 CSV_SEPARATOR = "\x01"
 CSV_DELIMITER = "\x02"
 CSV_NULL = "\\N"
+#: Rows rendered per step when JSON text columns are embedded (bounds polars' temporaries).
+_JSON_SLICE_ROWS = 16_384
 
 JSON_HEADERS: Mapping[str, str] = {
     "format": "json",
@@ -190,9 +192,19 @@ def _json(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body:
         parts.append(pl.lit(f"{sep}{json.dumps(name, ensure_ascii=False)}:"))
         parts.append(pl.col(name).fill_null("null"))
     parts.append(pl.lit("}"))
-    records = frame.select(pl.concat_str(parts).alias("r")).to_series()
-    text = "[" + records.str.join(",").item() + "]"
-    return Body(text.encode("utf-8"), "json", rows, JSON_HEADERS)
+    record = pl.concat_str(parts).alias("r")
+    out = io.BytesIO()
+    out.write(b"[")
+    # Slice by slice, each record followed by ",": polars' intermediate strings stay
+    # small and the body is written once (one large join would copy it several times).
+    for start in range(0, rows, _JSON_SLICE_ROWS):
+        frame.slice(start, _JSON_SLICE_ROWS).select(record).write_csv(
+            out, include_header=False, quote_style="never", line_terminator=","
+        )
+    view = out.getbuffer()
+    view[-1] = 0x5D  # the last "," → "]"
+    view.release()
+    return Body(out.getvalue(), "json", rows, JSON_HEADERS)
 
 
 def _ndjson_array(frame: pl.DataFrame) -> bytes:
