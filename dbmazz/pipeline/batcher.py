@@ -258,8 +258,6 @@ class Batcher:
         end_lsns = (
             _be_u64(chunk.data, st[commit_at] + 10) if len(commit_at) else np.zeros(0, np.uint64)
         )
-        if len(begin_at):
-            self._txn_lsn = int(begin_lsn[begin_at[-1]])
         last_kind = int(k[np.flatnonzero(is_begin | (k == _C))[-1]]) if (
             is_begin.any() or len(commit_at)) else None
         taken = 0  # DML of this slab already moved into pieces
@@ -301,6 +299,10 @@ class Batcher:
                 j = c + 1
         if last_kind is not None:
             self._in_txn = last_kind == _B
+        if len(begin_at):
+            # Only now: a part cut above for the transaction begun in an earlier segment
+            # must carry that transaction's commit LSN, not the next one's.
+            self._txn_lsn = int(begin_lsn[begin_at[-1]])
         if self._in_txn:
             # The rest belongs to the open transaction.
             taken = self._split_open(slab, taken, len(slab), out)

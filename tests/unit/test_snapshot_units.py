@@ -126,3 +126,23 @@ def test_progress_rate_and_eta() -> None:
     assert t.eta_s is not None and t.eta_s > 0
     t.chunks_done, t.rows_done, t.finished_at = 4, 3900, 10.0
     assert t.done and t.eta_s == 0.0 and t.rows_per_s == 390.0 and t.rows_expected == 3900
+
+
+def test_progress_bars_render_rows_rate_and_eta() -> None:
+    import io
+
+    from rich.console import Console
+
+    from dbmazz.engine.snapshot_load import SnapshotProgress
+    from dbmazz.ui.snapshot import show_progress
+
+    table = TableProgress("public.t", pages=8, rows_estimate=4000, chunks_total=2,
+                          chunks_done=1, rows_done=2000, started_at=1.0)
+    progress = SnapshotProgress(kind="initial", tables={"public.t": table})
+    out = io.StringIO()
+    polls = iter([False, True])
+    show_progress(lambda: progress.copy(), lambda: next(polls),
+                  Console(file=out, force_terminal=True, width=120))
+    text = out.getvalue()
+    assert "public.t" in text and "2,000/4,000 rows" in text and "rows/s" in text
+    assert "ETA" in text
