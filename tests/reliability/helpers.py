@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,8 +267,7 @@ class Verifier:
     def __init__(self, observer: Observer) -> None:
         self.obs = observer
 
-    def check_journal(self, journal: Path, samples: list[Sample] = ()  # type: ignore[assignment]
-                      ) -> dict[str, int]:
+    def check_journal(self, journal: Path, samples: Sequence[Sample] = ()) -> dict[str, int]:
         """Every confirmation (journal line, sampled slot position, sampled checkpoint)
         covers only transactions whose changes the sink had acknowledged before it, and
         never lands inside an acknowledged transaction. Returns counts of what was checked."""
@@ -342,15 +341,15 @@ class Verifier:
         obs = self.obs
         last: dict[str, dict[tuple[int, ...], int]] = {}
         for idx in range(bisect.bisect_right(obs.ends, durable)):
-            for table, keys in obs.txns[idx].keys.items():
-                slot = last.setdefault(table, {})
-                for key in keys:
-                    slot[key] = idx
+            for table, touched in obs.txns[idx].keys.items():
+                latest = last.setdefault(table, {})
+                for key in touched:
+                    latest[key] = idx
         problems = []
         checked = 0
-        for table, keys in last.items():
+        for table, latest in last.items():
             rows = versions.get(table, {})
-            for key, idx in keys.items():
+            for key, idx in latest.items():
                 checked += 1
                 version = rows.get(key)
                 if version is None:

@@ -83,13 +83,17 @@ def _attempts_logged(_sr: StarRocksEmulator, caplog: pytest.LogCaptureFixture) -
     return sum("failed (attempt" in r.getMessage() for r in caplog.records) >= 3
 
 
+def _restart(sr: StarRocksEmulator) -> None:
+    sr.start()  # same ports, same data
+
+
 def _slow(sr: StarRocksEmulator) -> None:
     # Each load is held longer than wal_sender_timeout before StarRocks answers.
     sr.faults.add("delay", times=None, seconds=2 * TIMEOUT_S, where="be", table="events")
 
 
 OUTAGES = {
-    "down": Outage(lambda sr: sr.stop(), lambda sr: sr.start(), _attempts_logged),
+    "down": Outage(StarRocksEmulator.stop, _restart, _attempts_logged),
     "http 500": _fault("fe_error", status=500, message="Internal Server Error"),
     "too many versions": _fault("too_many_versions"),
     "connection reset": _fault("connection_reset", after_bytes=0),
