@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +35,7 @@ from dbmazz.pipeline.batch import (
     TableSchema,
     UpsertGroup,
 )
+from dbmazz.source.columnar import unchanged_mask
 
 OP = "__dbmazz_op"
 LSN = "__dbmazz_lsn"
@@ -48,24 +48,6 @@ _PATTERN = "__dbmazz_pattern"
 
 def old_key_column(name: str) -> str:
     return f"{OLD_PREFIX}{name}"
-
-
-def unchanged_flags(batch: pa.RecordBatch | pa.Table, ncols: int) -> np.ndarray:
-    """Boolean matrix (rows × ncols): column i of row r is an unchanged TOAST value."""
-    column = batch.column(UNCHANGED)
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    n = len(column)
-    if pa.types.is_fixed_size_binary(column.type):
-        width = column.type.byte_width
-        raw = np.frombuffer(column.buffers()[1], dtype=np.uint8)[
-            column.offset * width : (column.offset + n) * width
-        ].reshape(n, width)
-        bits = np.unpackbits(raw, axis=1, bitorder="little")
-        return bits[:, :ncols].astype(bool)
-    words = column.to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
-    shifts = np.arange(ncols, dtype=np.uint64)
-    return ((words[:, None] >> shifts[None, :]) & np.uint64(1)).astype(bool)
 
 
 def merge_changes(
@@ -82,13 +64,13 @@ def merge_changes(
         return TableBatch(table=table)
     synced = (synced_at or datetime.now(UTC)).replace(tzinfo=None)
 
-    flags = unchanged_flags(batch, len(columns))
-    toasted = [i for i in range(len(columns)) if flags[:, i].any()]
+    masks = [unchanged_mask(batch, i) for i in range(len(columns))]
+    toasted = [i for i, mask in enumerate(masks) if mask.any()]
     arrow = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     df = pl.from_arrow(arrow.drop_columns([UNCHANGED]))
     assert isinstance(df, pl.DataFrame)
     df = df.with_columns(
-        [pl.Series(f"__u{i}", flags[:, i]) for i in toasted]
+        [pl.Series(f"__u{i}", masks[i]) for i in toasted]
         + [(pl.col(SEQ).cast(pl.Int64) * 2 + 1).alias(_ORDER)]
     )
 
