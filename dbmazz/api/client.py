@@ -2,7 +2,8 @@
 
     import dbmazz
     engine = dbmazz.connect("localhost:50051")
-    engine.status()                 # dbmazz.v1.EngineStatus
+    engine.status()                 # dbmazz.v1.EngineStatus (.snapshot: snapshot progress)
+    engine.snapshot(["public.new_table"], wait=True)  # on-demand snapshot while CDC runs
     engine.peek("public.orders")    # polars.DataFrame of the last decoded batch
     for sample in engine.metrics(interval_ms=500, max_samples=10): ...
 """
@@ -138,6 +139,23 @@ class Client:
     def reload_config(self, **settings: int) -> pb.ReloadConfigReply:
         """Change flush_rows / flush_bytes / flush_interval_ms / max_inflight_bytes."""
         return self._call(self._control.ReloadConfig, pb.ReloadConfigRequest(**settings))
+
+    def snapshot(self, tables: list[str], wait: bool = False,
+                 wait_s: float = 0.0) -> pb.SnapshotReply:
+        """On-demand snapshot of ``tables`` while CDC keeps running; they stay replicated.
+
+        Returns once it started (``accepted``), or with ``wait`` once it finished
+        (``completed``, or ``error``) or ``wait_s`` > 0 passed. Refusals raise
+        :class:`EngineRequestError` (``code`` INVALID_ARGUMENT for a missing table,
+        FAILED_PRECONDITION when the engine cannot take one now). Progress: ``status().snapshot``.
+        """
+        request = pb.SnapshotRequest(tables=tables, wait=wait, wait_timeout_s=wait_s)
+        # Waiting has no deadline of its own unless wait_s is given: a snapshot takes hours.
+        timeout = (wait_s + self.timeout_s if wait_s else None) if wait else self.timeout_s
+        try:
+            return self._control.Snapshot(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from None
 
     def metrics(self, interval_ms: int = 1000,
                 max_samples: int = 0) -> Generator[pb.MetricsSample, None, None]:

@@ -11,7 +11,13 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.engine.core import RecentBatch, RunState, Stage
-from dbmazz.engine.metrics import MetricsSample, StatusSnapshot
+from dbmazz.engine.metrics import (
+    MetricsSample,
+    StatusSnapshot,
+    snapshot_eta_s,
+    snapshot_rows_per_s,
+)
+from dbmazz.engine.snapshot_load import SnapshotProgress, TableProgress
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
 
@@ -64,7 +70,7 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
             )
             for t in snap.tables
         ],
-        snapshot=pb.SnapshotProgress(active=snap.stage == Stage.SNAPSHOT),
+        snapshot=snapshot_pb(snap.snapshot, initial_running=snap.stage == Stage.SNAPSHOT),
         settings=pb.FlushSettings(**snap.settings),
         slot=snap.slot,
         publication=snap.publication,
@@ -78,6 +84,48 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
             message=snap.error.message, hint=snap.error.hint, kind=snap.error.kind,
             fatal=snap.error.fatal, at_unix_s=snap.error.at,
         ))
+    return message
+
+
+def snapshot_pb(progress: SnapshotProgress | None,
+                initial_running: bool = False) -> pb.SnapshotProgress:
+    """``initial_running``: the engine is in stage SNAPSHOT, possibly before the snapshot
+    has planned its chunks (no progress yet)."""
+    if progress is None:
+        return pb.SnapshotProgress(active=initial_running, kind="initial" if initial_running
+                                   else "")
+    message = pb.SnapshotProgress(
+        active=progress.active,
+        tables_total=progress.tables_total,
+        tables_done=progress.tables_done,
+        rows_copied=progress.rows_copied,
+        kind=progress.kind,
+        rows_estimate=progress.rows_estimate,
+        rows_per_s=snapshot_rows_per_s(progress),
+        started_at_unix_s=progress.started_at or 0.0,
+        finished_at_unix_s=progress.finished_at or 0.0,
+        waiting=progress.waiting,
+        error=progress.error or "",
+        reader=progress.reader,
+        version=lsn_pb(progress.version),
+        tables=[_snapshot_table_pb(t) for t in progress.tables.values()],
+    )
+    eta = snapshot_eta_s(progress)
+    if eta is not None:
+        message.eta_s = eta
+    return message
+
+
+def _snapshot_table_pb(table: TableProgress) -> pb.SnapshotTableProgress:
+    message = pb.SnapshotTableProgress(
+        table=table.table, chunks_done=table.chunks_done, chunks_total=table.chunks_total,
+        rows_done=table.rows_done, rows_expected=table.rows_expected, done=table.done,
+        rows_per_s=table.rows_per_s, pages=table.pages,
+        started_at_unix_s=table.started_at or 0.0, finished_at_unix_s=table.finished_at or 0.0,
+    )
+    eta = table.eta_s
+    if eta is not None:
+        message.eta_s = eta
     return message
 
 
@@ -101,6 +149,14 @@ def sample_pb(sample: MetricsSample) -> pb.MetricsSample:
         state=state_pb(sample.state),
         received_lsn=sample.received_lsn,
         confirmed_lsn=sample.confirmed_lsn,
+        snapshot_active=sample.snapshot.active,
+        snapshot_tables_total=sample.snapshot.tables_total,
+        snapshot_tables_done=sample.snapshot.tables_done,
+        snapshot_rows_copied=sample.snapshot.rows_copied,
+        snapshot_rows_estimate=sample.snapshot.rows_estimate,
+        snapshot_chunks_done=sample.snapshot.chunks_done,
+        snapshot_chunks_total=sample.snapshot.chunks_total,
+        snapshot_rows_per_s=sample.snapshot.rows_per_s,
     )
 
 

@@ -24,7 +24,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from dbmazz.engine.core import RunState, Stage
+from dbmazz.engine.metrics import SnapshotTotals
 from dbmazz.engine.service import EngineService
+from dbmazz.engine.snapshot_load import SnapshotProgress
 from dbmazz.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,33 @@ class ServiceCollector(Collector):
         yield from per_table.values()
         yield last_load
         yield in_flight
+        yield from _snapshot_metrics(snap.snapshot)
+
+
+def _snapshot_metrics(progress: SnapshotProgress | None) -> Iterator[Metric]:
+    """The running (else the last) snapshot; zeros and no table series before any."""
+    totals = SnapshotTotals.of(progress)
+    yield GaugeMetricFamily("dbmazz_snapshot_active", "1 while a snapshot is loading",
+                            value=1.0 if totals.active else 0.0)
+    yield GaugeMetricFamily("dbmazz_snapshot_tables_total", "Tables of the snapshot",
+                            value=float(totals.tables_total))
+    yield GaugeMetricFamily("dbmazz_snapshot_tables_done", "Tables of the snapshot loaded",
+                            value=float(totals.tables_done))
+    per_table = {
+        "rows_done": GaugeMetricFamily("dbmazz_snapshot_rows_copied",
+                                       "Rows the snapshot loaded", labels=["table"]),
+        "rows_expected": GaugeMetricFamily(
+            "dbmazz_snapshot_rows_estimate",
+            "Rows the snapshot expects (planner estimate; exact once done)", labels=["table"]),
+        "chunks_done": GaugeMetricFamily("dbmazz_snapshot_chunks_done",
+                                         "Chunks the snapshot loaded", labels=["table"]),
+        "chunks_total": GaugeMetricFamily("dbmazz_snapshot_chunks_total",
+                                          "Chunks the snapshot planned", labels=["table"]),
+    }
+    for table in (progress.tables.values() if progress is not None else ()):
+        for field, family in per_table.items():
+            family.add_metric([table.table], float(getattr(table, field)))
+    yield from per_table.values()
 
 
 class MetricsServer:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,8 +23,11 @@ from dbmazz.api._proto import dbmazz_pb2_grpc as pb_grpc
 from dbmazz.api.auth import TokenInterceptor
 from dbmazz.engine.core import Engine, RecentBatch
 from dbmazz.engine.metrics import MetricsSampler
-from dbmazz.engine.service import EngineService, ServiceStateError
+from dbmazz.engine.service import EngineService, InvalidRequestError, ServiceStateError
 from dbmazz.errors import ConfigError, DbmazzError
+
+if TYPE_CHECKING:
+    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values
 #: Trailing metadata of Health/Check carrying the error while NOT_SERVING (UTF-8).
 ERROR_METADATA_KEY = "dbmazz-error-bin"
 _DEFAULT_DRAIN_WAIT_S = 0.0
+#: How often a waiting Snapshot call checks whether its caller went away.
+_SNAPSHOT_POLL_S = 0.5
 
 R = TypeVar("R")
 
@@ -41,6 +47,8 @@ def _guard(context: grpc.ServicerContext, action: Callable[[], R]) -> R:
         return action()
     except ServiceStateError as exc:
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except InvalidRequestError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except LookupError as exc:
         context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc))
     except DbmazzError as exc:
@@ -123,6 +131,48 @@ class ControlService(pb_grpc.ControlServicer):
             log.info("reloaded settings: %s", ", ".join(f"{n}={changes[n]}" for n in changed))
         settings = self._service.status().settings
         return pb.ReloadConfigReply(settings=pb.FlushSettings(**settings), changed=changed)
+
+
+    def Snapshot(self, request: pb.SnapshotRequest,
+                 context: grpc.ServicerContext) -> pb.SnapshotReply:
+        tables = list(request.tables)
+        handle = _guard(context, lambda: self._service.request_snapshot(tables))
+        log.info("on-demand snapshot of %s requested over gRPC", ", ".join(handle.tables))
+        if request.wait:
+            _wait_for(handle, request.wait_timeout_s, context)
+        return snapshot_reply(handle)
+
+
+def _wait_for(handle: OnDemandSnapshot, timeout_s: float,
+              context: grpc.ServicerContext) -> None:
+    """Wait for the snapshot to end, the timeout, or the caller to hang up (the snapshot
+    goes on either way: it belongs to the engine, not to the call)."""
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    while context.is_active():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        step = _SNAPSHOT_POLL_S if left is None else min(_SNAPSHOT_POLL_S, left)
+        if handle.wait(step):
+            return
+
+
+def snapshot_reply(handle: OnDemandSnapshot) -> pb.SnapshotReply:
+    names = ", ".join(handle.tables)
+    error = handle.progress.error or ""
+    if handle.error is not None and not error:
+        error = str(handle.error)
+    if error:
+        message = f"snapshot of {names} failed"
+    elif handle.completed:
+        message = f"snapshot of {names} complete"
+    elif handle.running:
+        message = f"snapshot of {names} started"
+    else:
+        message = f"snapshot of {names} stopped before it finished"
+    return pb.SnapshotReply(accepted=True, completed=handle.completed, message=message,
+                            error=error, tables=handle.tables,
+                            progress=convert.snapshot_pb(handle.progress.copy()))
 
 
 class MetricsService(pb_grpc.MetricsServicer):

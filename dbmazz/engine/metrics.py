@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from dbmazz.engine.core import RunState, Stage
+from dbmazz.engine.snapshot_load import SnapshotProgress
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class StatusSnapshot:
     sink: str = ""
     version: str = ""
     started_at: float = 0.0
+    #: The running (else the last) snapshot; None before any.
+    snapshot: SnapshotProgress | None = None
     taken_at: float = field(default_factory=time.time)
 
     @property
@@ -81,6 +84,55 @@ class StatusSnapshot:
     @property
     def uptime_s(self) -> float:
         return max(0.0, self.taken_at - self.started_at) if self.started_at else 0.0
+
+
+# --- snapshot figures every exporter shares -----------------------------------------------
+def snapshot_rows_per_s(progress: SnapshotProgress) -> float:
+    """Rows copied per second over the time the snapshot has been loading."""
+    if progress.started_at is None or not progress.rows_copied:
+        return 0.0
+    end = progress.finished_at or time.time()
+    return progress.rows_copied / max(end - progress.started_at, 1e-6)
+
+
+def snapshot_eta_s(progress: SnapshotProgress) -> float | None:
+    """Seconds left at the current rate (None: unknown; 0 once every table is done)."""
+    if progress.tables and progress.tables_done == progress.tables_total:
+        return 0.0
+    rate = snapshot_rows_per_s(progress)
+    if not rate:
+        return None
+    return max(progress.rows_estimate - progress.rows_copied, 0) / rate
+
+
+@dataclass(frozen=True)
+class SnapshotTotals:
+    """A snapshot summed over its tables (the Metrics stream's snapshot fields)."""
+
+    active: bool = False
+    tables_total: int = 0
+    tables_done: int = 0
+    rows_copied: int = 0
+    rows_estimate: int = 0
+    chunks_done: int = 0
+    chunks_total: int = 0
+    rows_per_s: float = 0.0
+
+    @classmethod
+    def of(cls, progress: SnapshotProgress | None) -> SnapshotTotals:
+        if progress is None:
+            return cls()
+        tables = progress.tables.values()
+        return cls(
+            active=progress.active,
+            tables_total=progress.tables_total,
+            tables_done=progress.tables_done,
+            rows_copied=progress.rows_copied,
+            rows_estimate=progress.rows_estimate,
+            chunks_done=sum(t.chunks_done for t in tables),
+            chunks_total=sum(t.chunks_total for t in tables),
+            rows_per_s=snapshot_rows_per_s(progress),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,6 +155,7 @@ class MetricsSample:
     state: RunState
     received_lsn: int
     confirmed_lsn: int
+    snapshot: SnapshotTotals = field(default_factory=SnapshotTotals)
 
 
 class MetricsSampler:
@@ -158,6 +211,7 @@ class MetricsSampler:
             state=now.state,
             received_lsn=now.received_lsn,
             confirmed_lsn=now.confirmed_lsn,
+            snapshot=SnapshotTotals.of(now.snapshot),
         )
 
     def _cpu_seconds(self) -> float:

@@ -16,13 +16,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dbmazz._version import __version__
 from dbmazz.config import Config
 from dbmazz.engine.core import LIVE_SETTINGS, Engine, RunState, Stage
 from dbmazz.engine.metrics import ErrorSnapshot, StatusSnapshot, TableSnapshot
-from dbmazz.errors import DbmazzError
+from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.sink.base import Sink
+
+if TYPE_CHECKING:
+    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,10 @@ _SERVING = (RunState.RUNNING, RunState.PAUSED, RunState.DRAINING)
 
 class ServiceStateError(DbmazzError):
     """A control request that the current state does not allow (e.g. pause while failed)."""
+
+
+class InvalidRequestError(DbmazzError):
+    """A control request whose arguments are wrong (e.g. a table that does not exist)."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,45 @@ class EngineService:
         except ValueError as exc:
             raise ServiceStateError(str(exc), "flush settings must be positive") from None
 
+    def request_snapshot(self, tables: list[str]) -> OnDemandSnapshot:
+        """Start an on-demand snapshot of ``tables`` (Engine.request_snapshot) once they are
+        known to exist with a key, so a wrong name is refused here, at once, instead of
+        failing later on the snapshot's thread where only Status would tell."""
+        from dbmazz.source.catalog import split_table_name
+
+        if not tables or any(not t.strip() for t in tables):
+            raise InvalidRequestError("name the tables to snapshot, e.g. public.orders",
+                                      "'table' means public.table")
+        names = list(dict.fromkeys(".".join(split_table_name(t)) for t in tables))
+        engine = self._require_engine("take a snapshot")
+        if engine.snapshots is None:
+            raise ServiceStateError("on-demand snapshots need a live PostgreSQL source; this "
+                                    "engine replays a capture file",
+                                    "run the engine with `dbmazz run`")
+        if self.exit_requested:
+            raise ServiceStateError("cannot take a snapshot: the engine is stopping",
+                                    "start it again with `dbmazz run`, then retry")
+        if self.stage != Stage.CDC:
+            raise ServiceStateError(
+                f"cannot take a snapshot yet: the engine is in stage {self.stage.value}",
+                "retry once it streams (stage CDC), e.g. after the initial snapshot")
+        self._check_tables(engine, names)
+        try:
+            return engine.request_snapshot(names)
+        except SetupError as exc:  # a snapshot of one of the tables is already running
+            raise ServiceStateError(exc.message, exc.hint) from None
+
+    @staticmethod
+    def _check_tables(engine: Engine, names: list[str]) -> None:
+        from dbmazz.engine.setup.postgres import primary_keys
+
+        assert engine.snapshots is not None
+        with engine.snapshots.context.connect() as conn:
+            try:
+                primary_keys(conn, names, strict=True)  # names every missing/keyless table
+            except SetupError as exc:
+                raise InvalidRequestError(exc.message, exc.hint) from None
+
     def _require_engine(self, action: str) -> Engine:
         engine = self._engine
         if engine is None or self._ended.is_set():
@@ -358,6 +405,7 @@ class EngineService:
                 sink=str(getattr(engine.sink, "name", "")),
                 version=__version__,
                 started_at=self._started_at,
+                snapshot=engine.snapshot_progress,
             )
         settings = ({name: int(getattr(config, name)) for name in LIVE_SETTINGS}
                     if config else {})

@@ -21,6 +21,8 @@ from dbmazz.ui.format import (
     human_bytes,
     human_count,
     human_duration,
+    snapshot_panel,
+    snapshot_shown,
     sparkline,
     state_text,
     tables_table,
@@ -54,7 +56,10 @@ def render(state: DashboardState) -> RenderableType:
                      title=header)
     last = samples[-1] if samples else None
     parts: list[RenderableType] = [Panel(_summary(status, last), title=header),
-                                   _throughput(samples), tables_table(status)]
+                                   _throughput(samples)]
+    if snapshot_shown(status.snapshot):
+        parts.append(snapshot_panel(status.snapshot))
+    parts.append(tables_table(status))
     panel = error_panel(status)
     if panel is not None:
         parts.append(panel)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from rich import box
 from rich.console import Group, RenderableType
 from rich.panel import Panel
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -14,6 +16,8 @@ from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.api.convert import stage_name, state_name
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
+#: A finished snapshot stays on screen this long (then only Status --json has it).
+SNAPSHOT_SHOWN_FOR_S = 600.0
 STATE_STYLES = {
     "RUNNING": "bold green",
     "PAUSED": "bold yellow",
@@ -123,8 +127,63 @@ def tables_table(status: pb.EngineStatus) -> Table:
     return table
 
 
+def human_eta(eta_s: float | None) -> str:
+    if eta_s is None:
+        return "ETA -"
+    minutes, seconds = divmod(int(eta_s), 60)
+    return f"ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+def snapshot_shown(snapshot: pb.SnapshotProgress, now: float | None = None) -> bool:
+    """Show a snapshot while it runs and for a while after it ended (or failed)."""
+    if snapshot.active:
+        return True
+    ended = snapshot.finished_at_unix_s or snapshot.started_at_unix_s
+    if not ended:  # failed before loading anything, or none yet
+        return bool(snapshot.error)
+    return (now or time.time()) - ended < SNAPSHOT_SHOWN_FOR_S
+
+
+def _eta_of(message: pb.SnapshotProgress | pb.SnapshotTableProgress) -> float | None:
+    return message.eta_s if message.HasField("eta_s") else None
+
+
+def snapshot_panel(snapshot: pb.SnapshotProgress) -> Panel:
+    """One line for the snapshot, one bar per table (rows, rows/s, ETA)."""
+    kind = snapshot.kind.replace("_", "-") or "initial"
+    done = snapshot.tables_total and snapshot.tables_done == snapshot.tables_total
+    if snapshot.error:
+        state = Text("failed", style="bold red")
+    elif snapshot.active:
+        state = Text("running", style="bold cyan")
+    else:
+        state = Text("complete" if done else "stopped", style="bold green" if done else "yellow")
+    headline = Text.assemble(
+        state, f"  {snapshot.tables_done}/{snapshot.tables_total} table(s), "
+        f"{snapshot.rows_copied:,} of ~{snapshot.rows_estimate:,} rows, "
+        f"{human_count(snapshot.rows_per_s)} rows/s",
+        f", {human_eta(_eta_of(snapshot))}" if snapshot.active else "")
+    parts: list[RenderableType] = [headline]
+    if snapshot.waiting:
+        parts.append(Text(f"waiting: {snapshot.waiting}", style="yellow"))
+    if snapshot.error:
+        parts.append(Text(snapshot.error, style="red"))
+    bars = Table.grid(padding=(0, 2))
+    for table in snapshot.tables:
+        expected = max(table.rows_expected, table.rows_done)
+        bars.add_row(table.table,
+                     ProgressBar(total=max(1, expected), completed=table.rows_done, width=30),
+                     f"{table.rows_done:,}/{expected:,} rows",
+                     f"{human_count(table.rows_per_s)} rows/s",
+                     "done" if table.done else human_eta(_eta_of(table)))
+    parts.append(bars)
+    return Panel(Group(*parts), title=f"{kind} snapshot", border_style="cyan")
+
+
 def status_renderable(status: pb.EngineStatus, address: str) -> RenderableType:
     parts: list[RenderableType] = [Panel(overview_table(status), title=f"dbmazz @ {address}")]
+    if snapshot_shown(status.snapshot):
+        parts.append(snapshot_panel(status.snapshot))
     if status.tables:
         parts.append(tables_table(status))
     panel = error_panel(status)

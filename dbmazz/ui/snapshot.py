@@ -6,8 +6,10 @@
 * Otherwise: an on-demand snapshot of the ``--table`` tables (default: TABLES) under a
   temporary slot. They join the publication and are replicated by every later ``run``.
 
-A running engine holds the slot: it takes on-demand snapshots itself
-(``Engine.request_snapshot``), so this command refuses to race it.
+A running engine holds the slot and takes on-demand snapshots itself
+(``Engine.request_snapshot``): when its control plane answers at GRPC_HOST:GRPC_PORT (and
+replicates SLOT_NAME), the command sends it the Snapshot RPC and draws the progress it
+reports in Status. Without a reachable engine it refuses to race one that holds the slot.
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from dbmazz.cli import load_config
 from dbmazz.config import Config
-from dbmazz.engine.snapshot_load import SnapshotProgress, TableProgress
 from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.log import configure_logging
 from dbmazz.source.catalog import split_table_name
+
+if TYPE_CHECKING:
+    from dbmazz.api._proto import dbmazz_pb2 as pb
+    from dbmazz.api.client import Client
 
 
 def _qualified(name: str) -> str:
@@ -41,13 +48,17 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     dsn = config.source_dsn
     wanted = [_qualified(t) for t in args.table]
+    client = _running_engine(config)
+    if client is not None:
+        with client:
+            return _through_engine(client, wanted or [_qualified(t) for t in config.tables])
     info = slot_info(dsn, config.slot_name)
     if info.exists and info.active:
         raise SetupError(
             f"replication slot {config.slot_name!r} is in use (pid {info.active_pid}): dbmazz "
-            "is running",
-            "the running engine snapshots tables itself (Engine.request_snapshot, its API); "
-            "or stop it and run this command again",
+            f"is running, but no control plane of it answers at {_address(config)}",
+            "point GRPC_HOST/GRPC_PORT (and GRPC_TOKEN) at the running engine so this command "
+            "asks it to take the snapshot; or stop it and run this command again",
         )
     store = SnapshotProgressStore(dsn, config.slot_name)
     try:
@@ -61,6 +72,95 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return _on_demand(config, wanted or [_qualified(t) for t in config.tables])
 
 
+# --- through a running engine ---------------------------------------------------------------
+def _address(config: Config) -> str:
+    host = config.grpc_host
+    if host in ("", "0.0.0.0", "::"):  # listening everywhere: reach it locally
+        host = "127.0.0.1"
+    return f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
+
+
+def _running_engine(config: Config) -> Client | None:
+    """A client of the engine that streams SLOT_NAME, if its control plane answers."""
+    from dbmazz.api.client import Client, EngineUnreachable
+
+    if not config.grpc_port:
+        return None
+    token = config.grpc_token.get_secret_value() if config.grpc_token else None
+    client = Client(_address(config), token=token, ca_cert=config.grpc_tls_cert,
+                    timeout_s=5.0)
+    try:
+        client.health()  # open to everyone: tells "nobody there" from "wrong token"
+        status = client.status()
+    except EngineUnreachable:
+        client.close()
+        return None
+    except BaseException:
+        client.close()
+        raise
+    if status.slot != config.slot_name:  # another pipeline's engine: not ours to ask
+        client.close()
+        return None
+    return client
+
+
+def _through_engine(client: Client, tables: list[str], console: Console | None = None) -> int:
+    """Ask the running engine for the snapshot (Snapshot RPC, waiting on a thread) and draw
+    the progress its Status reports until the call returns."""
+    from dbmazz.api.client import EngineRequestError
+
+    before = client.status().snapshot
+    outcome: list[pb.SnapshotReply | BaseException] = []
+
+    def call() -> None:
+        try:
+            outcome.append(client.snapshot(tables, wait=True))
+        except BaseException as exc:  # noqa: BLE001 - the main thread raises it
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=call, name="dbmazz-snapshot-rpc", daemon=True)
+    waiter.start()
+
+    def finished() -> bool:
+        waiter.join(0.2)
+        return not waiter.is_alive()
+
+    def read() -> RemoteProgress | None:
+        current = client.status().snapshot
+        return RemoteProgress.of(current) if _is_this(current, before, tables) else None
+
+    print(f"asking the engine at {client.address} to snapshot {', '.join(tables)}",
+          file=sys.stderr)
+    try:
+        show_progress(read, finished, console)
+    except KeyboardInterrupt:
+        print("the snapshot goes on in the engine; follow it with `dbmazz status`",
+              file=sys.stderr)
+        raise
+    [result] = outcome
+    if isinstance(result, BaseException):
+        raise result
+    if result.error:
+        raise EngineRequestError(f"snapshot of {', '.join(result.tables)} failed: "
+                                 f"{result.error}", "the engine's log has the details")
+    if not result.completed:
+        raise EngineRequestError(f"{result.message} (the engine is stopping)",
+                                 "run the command again once the engine runs")
+    print(f"snapshot of {', '.join(result.tables)} complete: "
+          f"{result.progress.rows_copied:,} row(s); replicated from now on", file=sys.stderr)
+    return 0
+
+
+def _is_this(progress: pb.SnapshotProgress, before: pb.SnapshotProgress,
+             tables: list[str]) -> bool:
+    """Status shows the engine's latest snapshot: until ours has planned its chunks, that
+    is an earlier one (told apart by its snapshot point)."""
+    if progress.kind != "on_demand" or {t.table for t in progress.tables} != set(tables):
+        return False
+    return before.kind != "on_demand" or progress.version.value != before.version.value
+
+
+# --- standalone -----------------------------------------------------------------------------
 def _initial(config: Config) -> int:
     from dbmazz.engine.build import build_live_engine
 
@@ -127,6 +227,48 @@ def _on_demand(config: Config, tables: list[str]) -> int:
 
 
 # --- progress bars --------------------------------------------------------------------------
+class TableView(Protocol):
+    """What a bar shows of a table: an engine's TableProgress, or one read from Status."""
+
+    @property
+    def rows_done(self) -> int: ...
+    @property
+    def rows_expected(self) -> int: ...
+    @property
+    def rows_per_s(self) -> float: ...
+    @property
+    def eta_s(self) -> float | None: ...
+    @property
+    def done(self) -> bool: ...
+
+
+class ProgressView(Protocol):
+    @property
+    def tables(self) -> Mapping[str, TableView]: ...
+
+
+@dataclass(frozen=True)
+class RemoteTable:
+    rows_done: int
+    rows_expected: int
+    rows_per_s: float
+    eta_s: float | None
+    done: bool
+
+
+@dataclass(frozen=True)
+class RemoteProgress:
+    """A snapshot's progress as the Status RPC reports it."""
+
+    tables: dict[str, RemoteTable]
+
+    @classmethod
+    def of(cls, progress: pb.SnapshotProgress) -> RemoteProgress:
+        return cls({t.table: RemoteTable(t.rows_done, t.rows_expected, t.rows_per_s,
+                                         t.eta_s if t.HasField("eta_s") else None, t.done)
+                    for t in progress.tables})
+
+
 def _rate(rows_per_s: float) -> str:
     if rows_per_s >= 1e6:
         return f"{rows_per_s / 1e6:.2f}M rows/s"
@@ -135,17 +277,13 @@ def _rate(rows_per_s: float) -> str:
     return f"{rows_per_s:.0f} rows/s"
 
 
-def _eta(table: TableProgress) -> str:
-    eta = table.eta_s
-    if table.done:
-        return "done"
-    if eta is None:
-        return "ETA -"
-    minutes, seconds = divmod(int(eta), 60)
-    return f"ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+def _eta(table: TableView) -> str:
+    from dbmazz.ui.format import human_eta
+
+    return "done" if table.done else human_eta(table.eta_s)
 
 
-def show_progress(read: Callable[[], SnapshotProgress | None],
+def show_progress(read: Callable[[], ProgressView | None],
                   finished: Callable[[], bool], console: Console | None = None) -> None:
     """One bar per table (rows, rows/s, ETA) until ``finished()`` returns True.
 

@@ -97,17 +97,65 @@ class TableStatus(_message.Message):
     in_flight_rows: int
     def __init__(self, table: _Optional[str] = ..., target: _Optional[str] = ..., changes: _Optional[int] = ..., rows_loaded: _Optional[int] = ..., batches: _Optional[int] = ..., truncates: _Optional[int] = ..., retries: _Optional[int] = ..., last_load_ms: _Optional[float] = ..., in_flight_rows: _Optional[int] = ...) -> None: ...
 
+class SnapshotTableProgress(_message.Message):
+    __slots__ = ("table", "chunks_done", "chunks_total", "rows_done", "rows_expected", "done", "rows_per_s", "eta_s", "pages", "started_at_unix_s", "finished_at_unix_s")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_DONE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    chunks_done: int
+    chunks_total: int
+    rows_done: int
+    rows_expected: int
+    done: bool
+    rows_per_s: float
+    eta_s: float
+    pages: int
+    started_at_unix_s: float
+    finished_at_unix_s: float
+    def __init__(self, table: _Optional[str] = ..., chunks_done: _Optional[int] = ..., chunks_total: _Optional[int] = ..., rows_done: _Optional[int] = ..., rows_expected: _Optional[int] = ..., done: _Optional[bool] = ..., rows_per_s: _Optional[float] = ..., eta_s: _Optional[float] = ..., pages: _Optional[int] = ..., started_at_unix_s: _Optional[float] = ..., finished_at_unix_s: _Optional[float] = ...) -> None: ...
+
 class SnapshotProgress(_message.Message):
-    __slots__ = ("active", "tables_total", "tables_done", "rows_copied")
+    __slots__ = ("active", "tables_total", "tables_done", "rows_copied", "kind", "rows_estimate", "rows_per_s", "eta_s", "started_at_unix_s", "finished_at_unix_s", "waiting", "error", "reader", "version", "tables")
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     TABLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TABLES_DONE_FIELD_NUMBER: _ClassVar[int]
     ROWS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ROWS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     active: bool
     tables_total: int
     tables_done: int
     rows_copied: int
-    def __init__(self, active: _Optional[bool] = ..., tables_total: _Optional[int] = ..., tables_done: _Optional[int] = ..., rows_copied: _Optional[int] = ...) -> None: ...
+    kind: str
+    rows_estimate: int
+    rows_per_s: float
+    eta_s: float
+    started_at_unix_s: float
+    finished_at_unix_s: float
+    waiting: str
+    error: str
+    reader: str
+    version: Lsn
+    tables: _containers.RepeatedCompositeFieldContainer[SnapshotTableProgress]
+    def __init__(self, active: _Optional[bool] = ..., tables_total: _Optional[int] = ..., tables_done: _Optional[int] = ..., rows_copied: _Optional[int] = ..., kind: _Optional[str] = ..., rows_estimate: _Optional[int] = ..., rows_per_s: _Optional[float] = ..., eta_s: _Optional[float] = ..., started_at_unix_s: _Optional[float] = ..., finished_at_unix_s: _Optional[float] = ..., waiting: _Optional[str] = ..., error: _Optional[str] = ..., reader: _Optional[str] = ..., version: _Optional[_Union[Lsn, _Mapping]] = ..., tables: _Optional[_Iterable[_Union[SnapshotTableProgress, _Mapping]]] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
     __slots__ = ("stage", "state", "serving", "received_lsn", "confirmed_lsn", "server_wal_end", "lag_bytes", "replication_lag_ms", "inflight_bytes", "messages", "bytes_received", "flushes", "rows_applied", "tables", "last_error", "snapshot", "settings", "slot", "publication", "sink", "version", "started_at_unix_s", "uptime_s")
@@ -213,6 +261,32 @@ class ReloadConfigReply(_message.Message):
     changed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, settings: _Optional[_Union[FlushSettings, _Mapping]] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SnapshotRequest(_message.Message):
+    __slots__ = ("tables", "wait", "wait_timeout_s")
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    wait: bool
+    wait_timeout_s: float
+    def __init__(self, tables: _Optional[_Iterable[str]] = ..., wait: _Optional[bool] = ..., wait_timeout_s: _Optional[float] = ...) -> None: ...
+
+class SnapshotReply(_message.Message):
+    __slots__ = ("accepted", "completed", "message", "error", "tables", "progress")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    completed: bool
+    message: str
+    error: str
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    progress: SnapshotProgress
+    def __init__(self, accepted: _Optional[bool] = ..., completed: _Optional[bool] = ..., message: _Optional[str] = ..., error: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ..., progress: _Optional[_Union[SnapshotProgress, _Mapping]] = ...) -> None: ...
+
 class MetricsRequest(_message.Message):
     __slots__ = ("interval_ms", "max_samples")
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
@@ -222,7 +296,7 @@ class MetricsRequest(_message.Message):
     def __init__(self, interval_ms: _Optional[int] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class MetricsSample(_message.Message):
-    __slots__ = ("at_unix_s", "interval_s", "events_per_s", "rows_per_s", "bytes_per_s", "events", "rows_loaded", "batches", "lag_bytes", "replication_lag_ms", "inflight_bytes", "max_inflight_bytes", "rss_bytes", "cpu_percent", "stage", "state", "received_lsn", "confirmed_lsn")
+    __slots__ = ("at_unix_s", "interval_s", "events_per_s", "rows_per_s", "bytes_per_s", "events", "rows_loaded", "batches", "lag_bytes", "replication_lag_ms", "inflight_bytes", "max_inflight_bytes", "rss_bytes", "cpu_percent", "stage", "state", "received_lsn", "confirmed_lsn", "snapshot_active", "snapshot_tables_total", "snapshot_tables_done", "snapshot_rows_copied", "snapshot_rows_estimate", "snapshot_chunks_done", "snapshot_chunks_total", "snapshot_rows_per_s")
     AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     EVENTS_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +315,14 @@ class MetricsSample(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_LSN_FIELD_NUMBER: _ClassVar[int]
     CONFIRMED_LSN_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_TABLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_TABLES_DONE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ROWS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ROWS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_CHUNKS_DONE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
     at_unix_s: float
     interval_s: float
     events_per_s: float
@@ -259,7 +341,15 @@ class MetricsSample(_message.Message):
     state: State
     received_lsn: int
     confirmed_lsn: int
-    def __init__(self, at_unix_s: _Optional[float] = ..., interval_s: _Optional[float] = ..., events_per_s: _Optional[float] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., events: _Optional[int] = ..., rows_loaded: _Optional[int] = ..., batches: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., replication_lag_ms: _Optional[float] = ..., inflight_bytes: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[State, str]] = ..., received_lsn: _Optional[int] = ..., confirmed_lsn: _Optional[int] = ...) -> None: ...
+    snapshot_active: bool
+    snapshot_tables_total: int
+    snapshot_tables_done: int
+    snapshot_rows_copied: int
+    snapshot_rows_estimate: int
+    snapshot_chunks_done: int
+    snapshot_chunks_total: int
+    snapshot_rows_per_s: float
+    def __init__(self, at_unix_s: _Optional[float] = ..., interval_s: _Optional[float] = ..., events_per_s: _Optional[float] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., events: _Optional[int] = ..., rows_loaded: _Optional[int] = ..., batches: _Optional[int] = ..., lag_bytes: _Optional[int] = ..., replication_lag_ms: _Optional[float] = ..., inflight_bytes: _Optional[int] = ..., max_inflight_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[State, str]] = ..., received_lsn: _Optional[int] = ..., confirmed_lsn: _Optional[int] = ..., snapshot_active: _Optional[bool] = ..., snapshot_tables_total: _Optional[int] = ..., snapshot_tables_done: _Optional[int] = ..., snapshot_rows_copied: _Optional[int] = ..., snapshot_rows_estimate: _Optional[int] = ..., snapshot_chunks_done: _Optional[int] = ..., snapshot_chunks_total: _Optional[int] = ..., snapshot_rows_per_s: _Optional[float] = ...) -> None: ...
 
 class BatchInfo(_message.Message):
     __slots__ = ("table", "rows", "nbytes", "columns", "first_lsn", "last_lsn", "inserts", "updates", "deletes", "captured_at_unix_s", "key_columns")

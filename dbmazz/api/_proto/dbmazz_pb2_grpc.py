@@ -131,6 +131,11 @@ class ControlStub:
                 request_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.ReloadConfigRequest.SerializeToString,
                 response_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.ReloadConfigReply.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/dbmazz.v1.Control/Snapshot',
+                request_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -170,6 +175,16 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """On-demand snapshot of tables while CDC keeps running (Engine.request_snapshot).
+        FAILED_PRECONDITION: no streaming engine (still in setup or the initial snapshot,
+        failed, replaying a capture) or a snapshot of the table already runs;
+        INVALID_ARGUMENT: no tables, or a table that is missing or has no primary key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +212,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ReloadConfig,
                     request_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.ReloadConfigRequest.FromString,
                     response_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.ReloadConfigReply.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotRequest.FromString,
+                    response_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -334,6 +354,33 @@ class Control:
             '/dbmazz.v1.Control/ReloadConfig',
             dbmazz_dot_v1_dot_dbmazz__pb2.ReloadConfigRequest.SerializeToString,
             dbmazz_dot_v1_dot_dbmazz__pb2.ReloadConfigReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dbmazz.v1.Control/Snapshot',
+            dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotRequest.SerializeToString,
+            dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotReply.FromString,
             options,
             channel_credentials,
             insecure,
