@@ -98,7 +98,7 @@ class CaptureWriter:
         if len(chunk):
             self._writer.write_batch(chunk.to_arrow())
             self.messages += len(chunk)
-            self.payload_bytes += len(chunk.data)
+            self.payload_bytes += chunk.payload_bytes
 
     def sync(self) -> None:
         """Flush and fsync: everything written so far survives a crash."""
@@ -262,8 +262,7 @@ def _publication_keys(dsn: str, publication: str) -> dict[str, tuple[str, ...]]:
 
 def _head(chunk: WalChunk, n: int) -> WalChunk:
     """The first ``n`` messages of a chunk (views, no copy)."""
-    end = int(chunk.offsets[n])
-    return WalChunk(data=chunk.data[:end], offsets=chunk.offsets[: n + 1], lsns=chunk.lsns[:n])
+    return chunk.head(n)
 
 
 def capture(
@@ -372,12 +371,12 @@ def capture(
 
 def _account(summary: CaptureSummary, chunk: WalChunk, in_txn: bool) -> bool:
     """Update counters from a chunk (vectorized over its type bytes); → inside a txn?"""
-    starts = chunk.offsets[:-1]
+    starts = chunk.starts
     types = chunk.data[starts]
     begins = np.flatnonzero(types == _B)
     commits = np.flatnonzero(types == _C)
     summary.messages += len(chunk)
-    summary.payload_bytes += len(chunk.data)
+    summary.payload_bytes += chunk.payload_bytes
     summary.transactions += len(commits)
     if summary.first_lsn is None:
         summary.first_lsn = int(chunk.lsns[0])

@@ -7,7 +7,11 @@ by relation, decoding tuples) is vectorized over the chunk's offsets.
 
 Contract (every producer — live reader, capture replay — guarantees it):
 
-* ``data[offsets[i]:offsets[i + 1]]`` is message *i*, starting with its type byte.
+* ``data[offsets[i]:ends[i]]`` is message *i*, starting with its type byte. ``ends`` is
+  None when the messages are back to back (then ``ends[i] == offsets[i + 1]``); the live
+  reader leaves the protocol's frame headers between messages and gives ``ends``, so the
+  socket's bytes become a chunk without being copied message by message.
+  ``offsets[-1]`` is the end of the last message.
 * Messages are in the order the walsender sent them, and only whole messages are present.
 * Streamed (protocol v2) transactions are delivered only once committed, already
   re-assembled as an ordinary ``B … C`` sequence: in-stream xids are stripped, aborted
@@ -33,6 +37,7 @@ class WalChunk:
     data: npt.NDArray[np.uint8]
     offsets: npt.NDArray[np.int64]  # shape (n + 1,); offsets[0] == 0, offsets[-1] == len(data)
     lsns: npt.NDArray[np.uint64]  # shape (n,)
+    ends: npt.NDArray[np.int64] | None = None  # shape (n,); None: offsets[1:]
 
     def __len__(self) -> int:
         return len(self.lsns)
@@ -41,14 +46,53 @@ class WalChunk:
     def nbytes(self) -> int:
         return int(self.data.nbytes + self.offsets.nbytes + self.lsns.nbytes)
 
+    @property
+    def starts(self) -> npt.NDArray[np.int64]:
+        """Where each message starts in :attr:`data`."""
+        return self.offsets[:-1]
+
+    @property
+    def message_ends(self) -> npt.NDArray[np.int64]:
+        """One past each message's last byte in :attr:`data`."""
+        return self.offsets[1:] if self.ends is None else self.ends
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of the messages themselves (frame headers in between not counted)."""
+        if self.ends is None:
+            return int(self.offsets[-1] - self.offsets[0]) if len(self) else 0
+        return int((self.ends - self.offsets[:-1]).sum())
+
     def message(self, i: int) -> bytes:
-        return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes()
+        return self.data[self.offsets[i] : self.message_ends[i]].tobytes()
 
     def messages(self) -> list[bytes]:
         """Every message as bytes (for tests and tools, not the hot path)."""
         raw = self.data.tobytes()
-        bounds = self.offsets.tolist()
-        return [raw[bounds[i] : bounds[i + 1]] for i in range(len(self))]
+        starts = self.starts.tolist()
+        ends = self.message_ends.tolist()
+        return [raw[a:b] for a, b in zip(starts, ends, strict=True)]
+
+    def head(self, n: int) -> WalChunk:
+        """The first ``n`` messages (views, no copy)."""
+        end = int(self.message_ends[n - 1]) if n else int(self.offsets[0])
+        offsets = np.append(self.offsets[:n], end).astype(np.int64)
+        ends = None if self.ends is None else self.ends[:n]
+        return WalChunk(data=self.data[:end], offsets=offsets, lsns=self.lsns[:n], ends=ends)
+
+    def compact(self) -> WalChunk:
+        """The same messages back to back in a new buffer (``ends`` None)."""
+        if self.ends is None:
+            return self
+        starts, ends = self.starts, self.ends
+        sizes = ends - starts
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        if not len(self):
+            return WalChunk(np.zeros(0, np.uint8), offsets, self.lsns)
+        # A gather by byte index: only capture files and tools compact, not the hot path.
+        index = np.repeat(starts - offsets[:-1], sizes) + np.arange(int(offsets[-1]))
+        return WalChunk(data=self.data[index], offsets=offsets, lsns=self.lsns)
 
     @classmethod
     def from_messages(
@@ -66,7 +110,10 @@ class WalChunk:
         return cls(data=data, offsets=offsets, lsns=lsn_array)
 
     def to_arrow(self) -> pa.RecordBatch:
-        """Zero-copy view as ``{lsn, payload}`` (the capture file's row shape)."""
+        """``{lsn, payload}`` (the capture file's row shape); zero-copy when the messages
+        are back to back."""
+        if self.ends is not None:
+            return self.compact().to_arrow()
         payload = pa.LargeBinaryArray.from_buffers(
             pa.large_binary(),
             len(self),

@@ -1,10 +1,13 @@
 """The logical replication stream: one ``replication=database`` connection in CopyBoth mode.
 
-Driven through psycopg 3's libpq wrapper (:class:`psycopg.PGconn`): psycopg has no
-high-level replication API, and the low-level one lets the reader touch each CopyData frame
-exactly once — look at its type byte, answer keepalives, append the XLogData payload to one
-``bytearray``. Everything else (routing, decoding) happens downstream, vectorized over the
-:class:`~dbmazz.source.chunk.WalChunk` this module produces.
+Connected through psycopg 3's libpq wrapper (:class:`psycopg.PGconn`; psycopg has no
+high-level replication API). Once streaming, the reader takes the walsender's bytes straight
+from the socket (:mod:`dbmazz.source.wire`), megabytes per read, and splits them into
+messages without a Python step per message (:mod:`dbmazz.source.frames`): the bytes read
+become the :class:`~dbmazz.source.chunk.WalChunk` with one copy, frame headers left in
+place. On SSL/GSS-encrypted connections, and for protocol-2 streamed transactions, it reads
+one CopyData frame per libpq call instead. Everything else (routing, decoding) happens
+downstream, vectorized over the chunks this module produces.
 
 Status updates report the *durable* LSN (what the caller confirmed), never merely received
 data: the slot must keep every change the sink has not acknowledged (invariant 1). One
@@ -18,6 +21,7 @@ PostgreSQL waits forever for the walsender, which exits only when flush == sentP
 
 from __future__ import annotations
 
+import logging
 import re
 import selectors
 import struct
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -44,6 +49,15 @@ from dbmazz.errors import (
 )
 from dbmazz.lsn import format_lsn, parse_lsn
 from dbmazz.source.chunk import WalChunk
+from dbmazz.source.frames import FRAME_HEADER, split_messages
+from dbmazz.source.wire import (
+    COPY_DONE,
+    LOW_WATER_BYTES,
+    SocketWire,
+    copy_data,
+    error_fields,
+    query_message,
+)
 
 #: Session settings that make text output of every type deterministic.
 SESSION_SETTINGS: dict[str, str] = {
@@ -56,12 +70,24 @@ SESSION_SETTINGS: dict[str, str] = {
 #: Upper bound for the standby status interval (pg_recvlogical's and subscribers' default).
 MAX_STATUS_INTERVAL_S = 10.0
 
+log = logging.getLogger(__name__)
+
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01 00:00:00 UTC
 
 _W, _K = ord("w"), ord("k")
 _S, _E, _STREAM_COMMIT, _A, _O = ord("S"), ord("E"), ord("c"), ord("A"), ord("O")
 _XLOG_HEADER = 25  # 'w' + dataStart + walEnd + sendTime
+_D = ord("d")
+# Backend messages other than CopyData that may arrive while streaming (socket reader).
+_ERROR, _NOTICE, _READY = ord("E"), ord("N"), ord("Z")
+_PARAMETER_STATUS, _NOTIFICATION, _COPY_BOTH = ord("S"), ord("A"), ord("W")
+_COPY_ENDED = frozenset(b"cCZTD")
+#: Receive buffer of the socket reader (grows for a larger message, then shrinks back).
+_READ_BUFFER = 4 << 20
+_START_TIMEOUT_S = 120.0
+# Longest wait of the socket reader for its low-water mark before reading what is there.
+_WAIT_SLICE_S = 0.02
 
 _STATUS = struct.Struct(">cQQQqB")
 _KEEPALIVE = struct.Struct(">QqB")
@@ -293,17 +319,67 @@ def _make_chunk(buf: bytearray, offsets: list[int], headers: bytearray) -> WalCh
     )
 
 
+def _be_u64_at(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    """Big-endian uint64 at each position (all ``<= len(data) - 8``)."""
+    if not len(at):
+        return np.zeros(0, dtype=np.uint64)
+    words = np.ndarray(buffer=data, dtype=">u8", shape=(len(data) - 7,), strides=(1,))
+    return words[at].astype(np.uint64)
+
+
+def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes:
+    """Send START_REPLICATION on the socket and read up to its CopyBothResponse; returns
+    the bytes read past it (the first of the stream)."""
+    wire.write_all(query_message(command))
+    pending = bytearray()
+    failure: SourceError | None = None
+    while True:
+        try:
+            message = wire.read_message(pending, _START_TIMEOUT_S)
+        except TimeoutError:
+            raise SourceConnectionError(
+                f"no answer to START_REPLICATION from {target} in {_START_TIMEOUT_S:.0f} s",
+                "check that the server is not overloaded; dbmazz retries",
+            ) from None
+        except (EOFError, OSError) as exc:
+            if failure is not None:
+                raise failure from None
+            raise SourceConnectionError(
+                f"connection to {target} lost while starting replication: {exc}",
+                "dbmazz reconnects and resumes from the last confirmed LSN",
+            ) from None
+        if message.kind == _COPY_BOTH and failure is None:
+            return bytes(pending)
+        if message.kind == _ERROR:
+            fields = error_fields(message.body)
+            failure = server_error(
+                sqlstate=fields.get("C"),
+                message=f"{fields.get('M', '')} {fields.get('D', '')}".strip(),
+                target=target,
+                slot=slot,
+            )
+        elif message.kind == _READY and failure is not None:
+            raise failure  # the connection is idle again; libpq may close it cleanly
+        elif message.kind not in (_NOTICE, _PARAMETER_STATUS):
+            raise ProtocolError(
+                f"unexpected answer {chr(message.kind)!r} to START_REPLICATION from {target}")
+
+
 def concat_chunks(chunks: Sequence[WalChunk]) -> WalChunk:
     if len(chunks) == 1:
         return chunks[0]
-    sizes = [len(c.data) for c in chunks]
-    starts = np.cumsum([0, *sizes[:-1]])
-    offsets = [np.zeros(1, dtype=np.int64)]
-    offsets += [c.offsets[1:] + s for c, s in zip(chunks, starts, strict=True)]
+    shifts = np.cumsum([0, *[len(c.data) for c in chunks[:-1]]])
+    starts = np.concatenate([c.starts + s for c, s in zip(chunks, shifts, strict=True)])
+    ends = np.concatenate([c.message_ends + s for c, s in zip(chunks, shifts, strict=True)])
+    back_to_back = all(
+        c.ends is None and (not len(c) or (c.offsets[0] == 0 and c.offsets[-1] == len(c.data)))
+        for c in chunks
+    )
     return WalChunk(
         data=np.concatenate([c.data for c in chunks]),
-        offsets=np.concatenate(offsets).astype(np.int64),
+        offsets=np.append(starts, ends[-1] if len(ends) else 0).astype(np.int64),
         lsns=np.concatenate([c.lsns for c in chunks]).astype(np.uint64),
+        ends=None if back_to_back else ends.astype(np.int64),
     )
 
 
@@ -314,6 +390,7 @@ def _strip_streamed(chunk: WalChunk, top_xid: int, aborted: set[int]) -> WalChun
     dropped too, as PostgreSQL's own subscriber does: pgoutput re-sends every schema after
     a stream abort, so later changes never depend on them.
     """
+    chunk = chunk.compact()
     data, offsets = chunk.data, chunk.offsets
     starts = offsets[:-1]
     lengths = np.diff(offsets)
@@ -483,8 +560,19 @@ class ReplicationStream:
         spool_memory_bytes: int,
         spool_dir: str | None,
         advance_when_idle: bool = True,
+        wire: SocketWire | None = None,
+        received: bytes = b"",
     ) -> None:
         self._pgconn = pgconn
+        # Socket reading (see the module docstring): the receive buffer and how much of it
+        # holds unread bytes (a partial message at its head between reads).
+        self._wire = wire
+        if wire is not None:
+            wire.set_low_water(LOW_WATER_BYTES)
+        self._rbuf = bytearray(max(_READ_BUFFER, len(received)))
+        self._rbuf[: len(received)] = received
+        self._rlen = len(received)
+        self._eof = False
         self.target = target
         self.slot = slot
         self.system = system
@@ -534,6 +622,7 @@ class ReplicationStream:
         spool_memory_bytes: int = 64 << 20,
         spool_dir: str | None = None,
         advance_when_idle: bool = True,
+        socket_reader: bool | None = None,
     ) -> ReplicationStream:
         """Connect, check the slot and publications, and start streaming.
 
@@ -541,6 +630,8 @@ class ReplicationStream:
         ``logical_decoding_work_mem``). Streaming resumes at
         ``max(start_lsn, slot's confirmed_flush_lsn)``; that position is also the initial
         durable LSN (already confirmed, so reporting it changes nothing).
+        ``socket_reader``: read the socket directly (None: whenever the connection is not
+        encrypted and ``streaming`` is off; True where that is impossible raises).
         """
         if proto_version not in (1, 2):
             raise ValueError(f"proto_version must be 1 or 2, not {proto_version}")
@@ -573,12 +664,23 @@ class ReplicationStream:
                 f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} "
                 f"({', '.join(options)})"
             )
-            pgconn.send_query(command.encode())
-            res = pgconn.get_result()
-            if res is None or res.status != pq.ExecStatus.COPY_BOTH:
-                if res is None:
-                    raise SourceConnectionError(f"no answer to START_REPLICATION from {target}")
-                raise _result_error(res, target, slot)
+            encrypted = bool(pgconn.ssl_in_use or pgconn.used_gssapi)
+            if socket_reader and (encrypted or streaming):
+                raise ValueError("socket_reader needs an unencrypted connection and no "
+                                 "streaming")
+            wire: SocketWire | None = None
+            received = b""
+            if socket_reader is False or encrypted or streaming:
+                pgconn.send_query(command.encode())
+                res = pgconn.get_result()
+                if res is None or res.status != pq.ExecStatus.COPY_BOTH:
+                    if res is None:
+                        raise SourceConnectionError(
+                            f"no answer to START_REPLICATION from {target}")
+                    raise _result_error(res, target, slot)
+            else:
+                wire = SocketWire(pgconn.socket)
+                received = _start_copy(wire, command, target, slot)
         except BaseException:
             pgconn.finish()
             raise
@@ -593,7 +695,14 @@ class ReplicationStream:
             spool_memory_bytes=spool_memory_bytes,
             spool_dir=spool_dir,
             advance_when_idle=advance_when_idle,
+            wire=wire,
+            received=received,
         )
+
+    @property
+    def reads_socket(self) -> bool:
+        """Whether this stream reads the socket directly (else one libpq call a frame)."""
+        return self._wire is not None
 
     # -- positions -------------------------------------------------------------------
 
@@ -646,6 +755,8 @@ class ReplicationStream:
             return chunk
 
     def _read(self, max_bytes: int, timeout_s: float) -> WalChunk | None:
+        if self._wire is not None:
+            return self._read_socket(self._wire, max_bytes, timeout_s)
         pgconn = self._pgconn
         streaming = self._streaming
         buf = bytearray()
@@ -708,6 +819,148 @@ class ReplicationStream:
             return self._next_pending()
         # Messages read before a streamed commit come before it (pending is then drained).
         return _make_chunk(buf, offsets, headers)
+
+    def _read_socket(self, wire: SocketWire, max_bytes: int, timeout_s: float
+                     ) -> WalChunk | None:
+        deadline = time.monotonic() + timeout_s
+        waited = False
+        while True:
+            self._fill(wire, max_bytes)
+            # Little data waits for more, one slice at most: the walsender writes message
+            # by message, and every call here has a fixed cost (a split, a chunk, a batch).
+            enough = self._rlen >= min(max_bytes, wire.low_water)
+            if self._rlen and (enough or waited or self._eof):
+                chunk = self._take_messages(max_bytes)
+                if chunk is not None:
+                    return chunk
+            if self._eof:
+                raise self._lost(EOFError("the server closed the connection"))
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                if self._rlen and not waited:
+                    waited = True
+                    continue  # take what is here before giving up
+                return None
+            self._status_if_due(now)
+            # The socket's low-water mark (SocketWire) wakes this when that much is there;
+            # the slice bounds how long a few small messages wait.
+            wire.wait_readable(min(remaining, _WAIT_SLICE_S))
+            waited = True
+
+    def _fill(self, wire: SocketWire, max_bytes: int) -> None:
+        """Read what the socket has, until about ``max_bytes`` are buffered (more when the
+        message at the head is larger)."""
+        want = max(max_bytes, self._head_size())
+        if want > len(self._rbuf):
+            grown = bytearray(want)
+            grown[: self._rlen] = self._rbuf[: self._rlen]
+            self._rbuf = grown
+        view = memoryview(self._rbuf)
+        try:
+            while self._rlen < want and not self._eof:
+                try:
+                    got = wire.read_into(view[self._rlen :])
+                except EOFError:
+                    self._eof = True
+                    break
+                except OSError as exc:
+                    raise self._lost(exc) from None
+                if not got:
+                    break
+                self._rlen += got
+        finally:
+            view.release()
+
+    def _head_size(self) -> int:
+        """Size of the (partial) message at the head of the buffer, 0 if unknown."""
+        if self._rlen < FRAME_HEADER:
+            return 0
+        return 1 + int.from_bytes(self._rbuf[1:FRAME_HEADER], "big")
+
+    def _take_messages(self, max_bytes: int) -> WalChunk | None:
+        """Hand out the buffer's whole messages, up to about ``max_bytes``: XLogData as one
+        chunk (one copy of the bytes, headers left between messages), the rest (keepalives,
+        errors) handled here. Keeps what follows for the next call."""
+        # Only the first ``max_bytes`` are looked at (the rest stays for the next call), or
+        # the whole first message if it is larger.
+        scan = min(self._rlen, max(max_bytes, self._head_size()))
+        data = np.frombuffer(self._rbuf, dtype=np.uint8, count=scan)
+        found = split_messages(data)
+        starts, ends, kinds = found.starts, found.ends, found.kinds
+        if not len(starts):
+            return None
+        consumed = found.consumed
+        is_w = kinds == _W
+        chunk = None
+        if not is_w.all():
+            others = np.flatnonzero(~is_w)
+            for rank, i in enumerate(others.tolist()):
+                start, end = int(starts[i]), int(ends[i])
+                # Clean: no XLogData read before it in this read is still to be handed out.
+                self._on_message(data[start:end].tobytes(), clean=(i == rank
+                                                                      and not self._pending))
+            starts, ends = starts[is_w], ends[is_w]
+        if len(starts):
+            lo, hi = int(starts[0]), int(ends[-1])
+            own = data[lo:hi].copy()
+            starts = starts - lo
+            ends = ends - lo
+            last = int(starts[-1]) + FRAME_HEADER
+            self._note_position(memoryview(own[last : last + _XLOG_HEADER].tobytes()))
+            self.stats.frames += len(starts)
+            chunk = WalChunk(
+                data=own,
+                offsets=np.append(starts + (FRAME_HEADER + _XLOG_HEADER), ends[-1]),
+                lsns=_be_u64_at(own, starts + FRAME_HEADER + 1),
+                ends=ends,
+            )
+        del data
+        rest = self._rlen - consumed
+        if len(self._rbuf) > _READ_BUFFER and rest <= _READ_BUFFER:
+            self._rbuf = bytearray(self._rbuf[consumed : self._rlen]) + bytearray(
+                _READ_BUFFER - rest)  # a large message is gone: give its space back
+        elif rest:
+            self._rbuf[:rest] = self._rbuf[consumed : self._rlen]
+        self._rlen = rest
+        return chunk
+
+    def _on_message(self, message: bytes, *, clean: bool) -> None:
+        """A backend message other than XLogData, read from the socket."""
+        kind = message[0]
+        if kind == _D:
+            sub = message[FRAME_HEADER] if len(message) > FRAME_HEADER else 0
+            if sub == _K:
+                self._on_keepalive(memoryview(message)[FRAME_HEADER:], clean=clean)
+                return
+            raise ProtocolError(
+                f"unexpected CopyData frame type {chr(sub)!r} from {self.target} "
+                f"after LSN {format_lsn(self._received)}"
+            )
+        if kind == _ERROR:
+            fields = error_fields(message[FRAME_HEADER:])
+            raise server_error(
+                sqlstate=fields.get("C"),
+                message=f"{fields.get('M', '')} {fields.get('D', '')}".strip(),
+                target=self.target,
+                slot=self.slot,
+            )
+        if kind in _COPY_ENDED:
+            # CopyDone, or what follows it (at shutdown the walsender may send only those).
+            raise SourceConnectionError(
+                f"the server at {self.target} ended replication of slot {self.slot!r}",
+                "it is probably shutting down; dbmazz reconnects and resumes",
+            )
+        if kind == _NOTICE:
+            fields = error_fields(message[FRAME_HEADER:])
+            log.info("notice from %s: %s", self.target, fields.get("M", ""))
+            return
+        if kind in (_PARAMETER_STATUS, _NOTIFICATION):
+            return
+        raise ProtocolError(
+            f"unexpected protocol message {chr(kind)!r} from {self.target} while streaming "
+            f"(after LSN {format_lsn(self._received)})"
+        )
 
     def _next_pending(self) -> WalChunk | None:
         while self._pending:
@@ -787,8 +1040,8 @@ class ReplicationStream:
     def _note_delivery(self, chunk: WalChunk) -> None:
         """Track open transactions and the last Commit handed out (vectorized)."""
         self.stats.messages += len(chunk)
-        self.stats.payload_bytes += len(chunk.data)
-        starts = chunk.offsets[:-1]
+        self.stats.payload_bytes += chunk.payload_bytes
+        starts = chunk.starts
         types = chunk.data[starts]
         begins = np.flatnonzero(types == ord("B"))
         commits = np.flatnonzero(types == ord("C"))
@@ -858,9 +1111,12 @@ class ReplicationStream:
         position = self._flush_position()
         message = _STATUS.pack(b"r", position, position, position, _pg_now_us(), 0)
         try:
-            self._pgconn.put_copy_data(message)
-            self._pgconn.flush()
-        except psycopg.OperationalError as exc:
+            if self._wire is not None:
+                self._wire.write_all(copy_data(message))
+            else:
+                self._pgconn.put_copy_data(message)
+                self._pgconn.flush()
+        except (psycopg.OperationalError, OSError) as exc:
             raise self._lost(exc) from None
         self._last_status = now
         self._reported = position
@@ -899,12 +1155,17 @@ class ReplicationStream:
             self._closed = True
             pgconn = self._pgconn
             try:
-                if pgconn.status == pq.ConnStatus.OK:
+                if self._wire is not None and not self._eof:
+                    self._send_status(time.monotonic())
+                    self._wire.set_low_water(1)
+                    self._wire.write_all(COPY_DONE, timeout_s)
+                    self._drain_socket(self._wire, timeout_s)
+                elif self._wire is None and pgconn.status == pq.ConnStatus.OK:
                     self._send_status(time.monotonic())
                     pgconn.put_copy_end()
                     pgconn.flush()
                     self._drain(timeout_s)
-            except (psycopg.Error, SourceError):
+            except (psycopg.Error, SourceError, OSError):
                 pass  # best effort: a lower confirmed position only means re-delivery
             finally:
                 self._selector.close()
@@ -917,6 +1178,23 @@ class ReplicationStream:
                     if close is not None:
                         close()  # runs the spool's cleanup
                 self._pending.clear()
+
+    def _drain_socket(self, wire: SocketWire, timeout_s: float) -> None:
+        """Skip what is still in flight until the server is ready for queries again (so
+        libpq, which never saw the COPY, closes an idle connection)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._fill(wire, _READ_BUFFER)
+            data = np.frombuffer(self._rbuf, dtype=np.uint8, count=self._rlen)
+            found = split_messages(data)
+            ready = bool((data[found.starts] == _READY).any()) if len(found.starts) else False
+            del data
+            rest = self._rlen - found.consumed
+            self._rbuf[:rest] = self._rbuf[found.consumed : self._rlen]
+            self._rlen = rest
+            if ready or self._eof:
+                return
+            wire.wait_readable(max(0.0, deadline - time.monotonic()))
 
     def _drain(self, timeout_s: float) -> None:
         """Skip frames still in flight until the server acknowledges the end of COPY."""

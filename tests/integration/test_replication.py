@@ -38,6 +38,23 @@ from tests.integration._replication_helpers import (
 SMALL_WORK_MEM = {"logical_decoding_work_mem": "64kB"}
 
 
+@pytest.fixture(params=["socket", "libpq"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with each reader: the socket one (the default where possible) and the
+    libpq one (SSL/GSS connections, streamed transactions)."""
+    original = ReplicationStream.open.__func__  # type: ignore[attr-defined]
+    use_socket = request.param == "socket"
+
+    def open_with_reader(cls: type, *args: object, **kwargs: object) -> ReplicationStream:
+        kwargs.setdefault("socket_reader", use_socket)
+        stream: ReplicationStream = original(cls, *args, **kwargs)
+        assert stream.reads_socket == use_socket
+        return stream
+
+    monkeypatch.setattr(ReplicationStream, "open", classmethod(open_with_reader))
+    return str(request.param)
+
+
 def open_streaming(db: Database, **kwargs: object) -> ReplicationStream:
     return ReplicationStream.open(
         db.dsn, "s1", ["pub"], proto_version=2, streaming=True,
@@ -134,7 +151,7 @@ def test_streaming_off_delivers_large_transaction_whole(pg_db: Database) -> None
     assert inserted_ids(msgs) == list(range(1, 3001))
 
 
-def test_chunks_respect_max_bytes_and_hold_whole_messages(pg_db: Database) -> None:
+def test_chunks_respect_max_bytes_and_hold_whole_messages(pg_db: Database, reader: str) -> None:
     make_table(pg_db)
     make_slot(pg_db)
     make_slot(pg_db, "s2")
@@ -159,7 +176,7 @@ def test_chunks_respect_max_bytes_and_hold_whole_messages(pg_db: Database) -> No
 # -- positions, confirmation, resume ------------------------------------------------------
 
 
-def test_resume_from_confirmed_lsn_without_gaps_or_repeats(pg_db: Database) -> None:
+def test_resume_from_confirmed_lsn_without_gaps_or_repeats(pg_db: Database, reader: str) -> None:
     make_table(pg_db)
     make_slot(pg_db)
     for i in range(1, 6):
@@ -184,7 +201,7 @@ def test_resume_from_confirmed_lsn_without_gaps_or_repeats(pg_db: Database) -> N
         assert inserted_ids(parse_all(read_until(stream, commits(4)))) == [4, 5, 6, 7]
 
 
-def test_status_updates_report_only_the_durable_lsn(pg_db: Database) -> None:
+def test_status_updates_report_only_the_durable_lsn(pg_db: Database, reader: str) -> None:
     make_table(pg_db)
     start = make_slot(pg_db)
     for i in range(20):
@@ -299,7 +316,9 @@ def test_without_status_updates_the_walsender_times_out(
         assert info.value.retryable
 
 
-def test_reply_requests_are_answered_while_reading(private_pg_cluster: PostgresCluster) -> None:
+def test_reply_requests_are_answered_while_reading(
+    private_pg_cluster: PostgresCluster, reader: str
+) -> None:
     cluster = private_pg_cluster
     db = _cluster_with_short_timeout(cluster)
     # An interval longer than the timeout: only answering the server's pings keeps it up.
@@ -329,8 +348,7 @@ def slot_row_cluster(cluster: PostgresCluster, db: str) -> int:
 
 @pytest.mark.parametrize("advance", [True, False])
 def test_idle_stream_moves_the_slot_past_unpublished_activity(
-    pg_db: Database, advance: bool
-) -> None:
+    pg_db: Database, advance: bool, reader: str) -> None:
     make_table(pg_db)
     pg_db.execute("CREATE TABLE other (id int PRIMARY KEY)")  # not published
     make_slot(pg_db)
@@ -375,7 +393,7 @@ def test_idle_stream_moves_the_slot_past_unpublished_activity(
 # -- failures -----------------------------------------------------------------------------
 
 
-def test_missing_slot(pg_db: Database) -> None:
+def test_missing_slot(pg_db: Database, reader: str) -> None:
     make_table(pg_db)
     with pytest.raises(SlotLostError, match="'nope' does not exist") as info:
         ReplicationStream.open(pg_db.dsn, "nope", ["pub"])
@@ -428,8 +446,7 @@ def test_wrong_password_and_unreachable_server(pg_db: Database) -> None:
 
 
 def test_server_shutdown_is_retryable_and_resume_works(
-    private_pg_cluster: PostgresCluster,
-) -> None:
+    private_pg_cluster: PostgresCluster, reader: str) -> None:
     """A fast shutdown completes while dbmazz stays connected and answering (the walsender
     exits only once the reported flush position reaches what it sent), the reader gets a
     retryable error, and a new stream resumes after the confirmed transaction."""
@@ -477,7 +494,7 @@ def test_server_shutdown_is_retryable_and_resume_works(
         assert inserted_ids(parse_all(read_until(resumed, commits(1)))) == [2]
 
 
-def test_invalidated_slot(private_pg_cluster: PostgresCluster) -> None:
+def test_invalidated_slot(private_pg_cluster: PostgresCluster, reader: str) -> None:
     cluster = private_pg_cluster
     cluster.set_setting("max_slot_wal_keep_size", "1MB")
     db = cluster.create_database()
