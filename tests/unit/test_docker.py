@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -193,6 +194,28 @@ def test_compose_wires_postgres_starrocks_and_dbmazz() -> None:
     for service in services.values():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), port
+
+
+def compose_commands() -> list[list[str]]:
+    """The Compose implementations installed here: v2 (a docker CLI plugin) and v1."""
+    found = []
+    if shutil.which("docker") and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True).returncode == 0:
+        found.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        found.append(["docker-compose"])
+    return found
+
+
+@pytest.mark.skipif(not compose_commands(), reason="no Docker Compose installed")
+def test_compose_file_is_valid_for_every_installed_compose() -> None:
+    """`compose config` resolves the file (schema, interpolation, build paths) without a
+    Docker engine."""
+    for command in compose_commands():
+        result = subprocess.run([*command, "-f", str(DOCKER / "compose.yml"), "config"],
+                                capture_output=True, text=True, cwd=DOCKER.parent)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "dbmazz" in result.stdout and "service_healthy" in result.stdout
 
 
 def test_yaml_subset_parser_reads_what_it_claims() -> None:
