@@ -18,7 +18,7 @@ creation and target setup are excluded. The last line printed is one JSON object
     {"rows": N, "raw_copy_rows_per_s": R, "duckdb_rows_per_s": D, "duckdb_ratio": D/R, ...}
 
 Usage: ``python bench/snapshot.py [--rows 5000000] [--workers 2] [--repeat 2]
-[--starrocks] [--dsn postgresql://…]``.
+[--starrocks] [--only duckdb,null] [--dsn postgresql://…]``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,14 @@ def database(dsn: str | None) -> Iterator[str]:
         yield cluster.dsn(name)
 
 
+def existing_rows(dsn: str) -> int | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('public.events')").fetchone() == (None,):
+            return None
+        row = conn.execute("SELECT count(*) FROM public.events").fetchone()
+        return int(row[0]) if row else None
+
+
 def create_table(dsn: str, rows: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS public.events")
@@ -159,7 +168,11 @@ def snapshot_seconds(dsn: str, workdir: Path, sink_kind: str, reader: str, worke
         engine = build_live_engine(config, sink=sink)
         assert engine.snapshots is not None
         engine.snapshots.context.reader_kind = reader  # type: ignore[assignment]
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
         engine.run()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"  dbmazz process CPU {after.ru_utime - cpu.ru_utime:.2f}s user "
+              f"+ {after.ru_stime - cpu.ru_stime:.2f}s sys (whole run)", file=sys.stderr)
         progress = engine.snapshot_progress
         assert progress is not None and progress.finished_at and progress.started_at
         assert progress.rows_copied == rows, (progress.rows_copied, rows)
@@ -178,6 +191,10 @@ def main() -> None:
     parser.add_argument("--starrocks", action="store_true",
                         help="also load into the StarRocks emulator")
     parser.add_argument("--dsn", help="existing database (default: a private cluster)")
+    parser.add_argument("--only", help="comma-separated contenders to run (default: all of "
+                        "duckdb,null,null_copy_reader,starrocks_serialize[,starrocks])")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --dsn: keep public.events if it already has --rows rows")
     args = parser.parse_args()
     runs: list[tuple[str, str, str]] = [
         ("duckdb", "duckdb", "auto"), ("null", "null", "adbc"),
@@ -185,12 +202,18 @@ def main() -> None:
     ]
     if args.starrocks:
         runs.append(("starrocks", "starrocks", "auto"))
+    if args.only:
+        wanted = set(args.only.split(","))
+        runs = [r for r in runs if r[0] in wanted]
+        if not runs:
+            parser.error(f"--only: none of {args.only} is a contender")
     workdir = Path(tempfile.mkdtemp(prefix="dbmazz-bench-snapshot-"))
     best: dict[str, float] = {}
     try:
         with database(args.dsn) as dsn:
-            print(f"creating {args.rows} rows ...", file=sys.stderr)
-            create_table(dsn, args.rows)
+            if not (args.reuse and existing_rows(dsn) == args.rows):
+                print(f"creating {args.rows} rows ...", file=sys.stderr)
+                create_table(dsn, args.rows)
             raw_copy_seconds(dsn)  # warm the cache
             for round_ in range(args.repeat):
                 seconds = raw_copy_seconds(dsn)

@@ -251,11 +251,13 @@ class Snapshots:
         progress.active = True
         progress.started_at = time.time()
         self.publish(progress)
+        tables = tables if tables is not None else self.tables
+        bulk: set[str] = set()
         loader = ChunkLoader(
             dsn=ctx.dsn,
             snapshot_name=plan.snapshot_name,
             chunks=plan.chunks,
-            tables=tables if tables is not None else self.tables,
+            tables=tables,
             version=plan.version,
             run_id=secrets.token_hex(3),
             write=write or (lambda batch, chunk: ctx.sink.write_snapshot(batch)),
@@ -266,22 +268,51 @@ class Snapshots:
             should_stop=should_stop,
             reader_kind=ctx.reader_kind,
             registry=ctx.schemas.types,
+            table_loaded=lambda name: self._finish_bulk(bulk, tables[name]),
         )
         reporter = _Reporter(self, progress)
         reporter.start()
         try:
+            self._begin_bulk(plan, kind, tables, bulk)
             complete = loader.run() if plan.chunks else True
         except BaseException as exc:
             progress.error = exc.message if isinstance(exc, DbmazzError) else repr(exc)
             raise
         finally:
             reporter.stop()
+            self._abandon_bulk(bulk, tables)
             progress.active = False
             progress.finished_at = time.time()
         if complete:
             log.info("%s snapshot complete: %d row(s) in %.1fs", kind.replace("_", "-"),
                      progress.rows_copied, progress.finished_at - progress.started_at)
         return complete
+
+    def _begin_bulk(self, plan: Plan, kind: str, tables: dict[str, TableSchema],
+                    bulk: set[str]) -> None:
+        """Initial snapshot only (nothing streams until it is complete): let the sink load
+        each table whose target is empty in bulk (DuckDB: without its primary key, added
+        once at the table's last chunk); adds those tables to ``bulk``. An on-demand
+        snapshot runs beside CDC, whose upserts need the key: never in bulk."""
+        if kind != INITIAL:
+            return
+        for name in dict.fromkeys(c.table for c in plan.chunks):
+            if self.context.sink.begin_snapshot(tables[name]):
+                bulk.add(name)
+
+    def _finish_bulk(self, bulk: set[str], table: TableSchema) -> None:
+        if table.source_name in bulk:
+            self.context.sink.finish_snapshot(table)
+            bulk.discard(table.source_name)
+
+    def _abandon_bulk(self, bulk: set[str], tables: dict[str, TableSchema]) -> None:
+        """A stopped or failed snapshot leaves its targets with their key (a crash leaves
+        that to the sink's setup at the next start)."""
+        for name in sorted(bulk):
+            try:
+                self._finish_bulk(bulk, tables[name])
+            except DbmazzError as exc:
+                log.warning("%s: %s (the next start repairs it)", name, exc.message)
 
     # ------------------------------------------------------------------ on demand
     def request(self, tables: Sequence[str], engine: LiveEngine | None,

@@ -195,6 +195,7 @@ class ChunkLoader:
         reader_kind: ReaderKind = "auto",
         registry: TypeRegistry | None = None,
         stats: DecodeStats | None = None,
+        table_loaded: Callable[[str], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.snapshot_name = snapshot_name
@@ -211,6 +212,8 @@ class ChunkLoader:
         self.reader_kind = reader_kind
         self.registry = registry
         self.stats = stats if stats is not None else DecodeStats()
+        #: Called (in the writer) once every chunk of a table is loaded and recorded.
+        self.table_loaded = table_loaded
         self._chunks: queue.Queue[Chunk] = queue.Queue()
         for chunk in _interleave(chunks):
             self._chunks.put(chunk)
@@ -330,8 +333,14 @@ class ChunkLoader:
                 entry = self.progress.tables[chunk.table]
                 entry.chunks_done += 1
                 entry.rows_done += loaded.rows
-                if entry.done:
+                table_done = entry.done
+                if table_done:
                     entry.finished_at = time.time()
+            if table_done and self.table_loaded is not None:
+                self.table_loaded(chunk.table)
+                with self.lock:
+                    entry.finished_at = time.time()
+            with self.lock:
                 self._completed += 1
                 if self._hold_after is not None and self._completed >= self._hold_after:
                     log.warning("%s reached: holding the snapshot until stopped",

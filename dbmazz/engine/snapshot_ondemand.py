@@ -127,6 +127,9 @@ class OnDemandSnapshot:
         try:
             self.completed = self._run()
             return self.completed
+        except BaseException as exc:
+            self.error = exc  # before _done is set: whoever waits sees why it ended
+            raise
         finally:
             self._done.set()
 

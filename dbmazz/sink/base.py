@@ -9,7 +9,7 @@ LSNs to PostgreSQL on that basis) and must be idempotent: the same batch written
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
 
@@ -28,3 +28,22 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release connections; pending work has been written or abandoned."""
+
+
+@runtime_checkable
+class SnapshotLoader(Protocol):
+    """Optional: a sink with a faster path for snapshot chunks (DuckDB). Other sinks get
+    ``write`` for every chunk (StarRocks' primary-key upserts are idempotent as they are).
+
+    ``begin_snapshot(table)`` is called before the initial snapshot's first chunk of a
+    table, when nothing else writes to it; True means the sink loads it in bulk mode and
+    needs ``finish_snapshot(table)`` after the last chunk, before any CDC batch of it.
+    ``load_snapshot_chunk`` has ``write``'s contract (durable when it returns, idempotent).
+    ``setup`` must repair a target a crash left between the two.
+    """
+
+    def begin_snapshot(self, table: TableSchema) -> bool: ...
+
+    def load_snapshot_chunk(self, batch: TableBatch) -> LoadResult: ...
+
+    def finish_snapshot(self, table: TableSchema) -> None: ...

@@ -247,6 +247,12 @@ def test_kill_9_mid_snapshot_then_restart_reads_only_unfinished_chunks(
     pg_db.execute("DELETE FROM r WHERE id % 17 = 0")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The targets were empty: they are bulk-loaded without their primary key, which the
+    # killed process never added. The restart's setup adds it back.
+    killed = DuckDBSink(str(duckdb_path))
+    assert not killed.query("SELECT 1 FROM duckdb_constraints() WHERE table_name = 'r' "
+                            "AND constraint_type = 'PRIMARY KEY'")
+    killed.close()
     pg_db.execute("INSERT INTO r SELECT g, g, 'new' FROM generate_series(7000, 7100) g")
     pg_db.execute("UPDATE r2 SET v = 0 WHERE v % 5 = 0")
     pg_db.execute("DELETE FROM r2 WHERE v % 7 = 1")
