@@ -30,6 +30,7 @@ import pyarrow as pa
 from dbmazz.engine.apply import FlushApplier
 from dbmazz.engine.audit import audit_from_env
 from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired, SourceConnectionError
+from dbmazz.memory import tune_allocators
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
@@ -87,10 +88,10 @@ SourceFactory = Callable[[int], ChunkSource]
 
 @dataclass
 class Settings:
-    flush_rows: int = 100_000
+    flush_rows: int = 50_000
     flush_bytes: int = 32 << 20
     flush_interval_ms: int = 1000
-    max_inflight_bytes: int = 128 << 20
+    max_inflight_bytes: int = 64 << 20
     load_workers: int = 4
     reconnect_max_backoff_s: float = 30.0
     #: Seconds without a newly durable LSN before a heartbeat is written (0 = never).
@@ -157,6 +158,7 @@ class Engine:
         settings: Settings | None = None,
         start_lsn: int = 0,
     ) -> None:
+        tune_allocators()  # once per process: allocators give freed memory back
         self.settings = settings or Settings()
         self.sink = sink
         self.schemas = schemas
@@ -512,7 +514,9 @@ class Engine:
         extra read waits at most ``gather_wait_s``), so latency does not grow.
         """
         limit = self.settings.gather_bytes
-        if chunk.nbytes >= limit:
+        if chunk.nbytes >= limit or getattr(source, "reads_socket", False):
+            # A socket reader gathers in the kernel already (a low-water mark): asking it
+            # again at once would only split off a few more kilobytes per call.
             return chunk
         parts, size = [chunk], chunk.nbytes
         while size < limit and not self._stop.is_set():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -67,6 +68,17 @@ def merge_changes(
     masks = [unchanged_mask(batch, i) for i in range(len(columns))]
     toasted = [i for i, mask in enumerate(masks) if mask.any()]
     arrow = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    lsns = arrow.column(LSN)
+    if not toasted and _bulk_inserts(arrow, keys):
+        # A bulk load (inserts only, every key once, rows in stream order): nothing to
+        # merge, and no copy through polars either — the decoded columns are the rows.
+        return TableBatch(
+            table=table,
+            upserts=[UpsertGroup(rows=_with_audit(arrow, columns, synced), partial=False)],
+            first_lsn=int(pc.min(lsns).as_py()),
+            last_lsn=int(pc.max(lsns).as_py()),
+            source_changes=n_changes,
+        )
     df = pl.from_arrow(arrow.drop_columns([UNCHANGED]))
     assert isinstance(df, pl.DataFrame)
     df = df.with_columns(
@@ -74,7 +86,6 @@ def merge_changes(
         + [(pl.col(SEQ).cast(pl.Int64) * 2 + 1).alias(_ORDER)]
     )
 
-    decoded = df
     df = _expand_key_changes(df, keys, toasted)
     df = _fill_unchanged(df, keys, columns, toasted)
     audit = [
@@ -83,17 +94,6 @@ def merge_changes(
         pl.lit(synced, dtype=pl.Datetime("us")).alias("dbmazz_synced_at"),
         pl.col(LSN).cast(pl.Int64).alias("dbmazz_cdc_version"),
     ]
-    lsns = arrow.column(LSN)
-    if df is decoded and _plain_inserts(df, keys):
-        # A bulk load (inserts only, every key once, rows in stream order): nothing to
-        # merge, so skip the sorts and copies below (they hold several copies of the batch).
-        return TableBatch(
-            table=table,
-            upserts=[UpsertGroup(rows=df.select([*columns, *audit]).to_arrow(), partial=False)],
-            first_lsn=int(pc.min(lsns).as_py()),
-            last_lsn=int(pc.max(lsns).as_py()),
-            source_changes=n_changes,
-        )
     last = df.sort(_ORDER).unique(subset=keys, keep="last", maintain_order=True)
 
     deleted = last.filter(pl.col(OP) == OP_DELETE)
@@ -127,12 +127,49 @@ def merge_changes(
     )
 
 
-def _plain_inserts(df: pl.DataFrame, keys: list[str]) -> bool:
-    """Only inserts, and no key twice."""
-    if not (df.get_column(OP) == OP_INSERT).all():
+def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
+    """Only inserts, and no key twice (checked without leaving Arrow for the common
+    single integer key in ascending order)."""
+    if not pc.all(pc.equal(arrow.column(OP), OP_INSERT)).as_py():
         return False
-    key = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
-    return bool(df.select(key.is_unique().all()).item())
+    if arrow.num_rows < 2:
+        return True
+    if len(keys) == 1:
+        key = arrow.column(keys[0])
+        if pa.types.is_integer(key.type) and key.null_count == 0:
+            values = key.to_numpy()
+            if bool((values[1:] > values[:-1]).all()):
+                return True
+    frame = pl.from_arrow(arrow.select(keys))
+    assert isinstance(frame, pl.DataFrame)
+    unique = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
+    return bool(frame.select(unique.is_unique().all()).item())
+
+
+def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Table:
+    """The user columns plus the audit columns, as the polars path computes them."""
+    op = arrow.column(OP)
+    n = arrow.num_rows
+    audit = {
+        "dbmazz_op_type": op.cast(pa.int8()),
+        "dbmazz_is_deleted": pc.equal(op, OP_DELETE),
+        "dbmazz_synced_at": pa.array(
+            np.full(n, np.datetime64(synced, "us")), type=pa.timestamp("us")
+        ),
+        "dbmazz_cdc_version": arrow.column(LSN).cast(pa.int64()),
+    }
+    rows = arrow.select(columns)
+    # The same column types as the polars path delivers (e.g. large_string), so a sink
+    # sees one schema whichever path a batch took: string → large_string reuses the data.
+    empty = pl.from_arrow(rows.slice(0, 0))
+    assert isinstance(empty, pl.DataFrame)
+    for i, target in enumerate(empty.to_arrow().schema):
+        if rows.field(i).type != target.type:
+            rows = rows.set_column(i, rows.field(i).with_type(target.type),
+                                   rows.column(i).cast(target.type))
+    for name, values in audit.items():
+        rows = rows.append_column(name, values)
+    return rows
 
 
 def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -> pl.DataFrame:

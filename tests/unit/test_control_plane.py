@@ -153,10 +153,10 @@ def test_reload_config_applies_to_the_running_batcher(tmp_path: Path) -> None:
         first = running.script.insert(rows=2)
         eventually(lambda: running.engine.progress.received_lsn >= first - 8, "the first read")
         assert running.engine.durable_lsn < first
-        reply = running.client.reload_config(flush_rows=1, max_inflight_bytes=64 << 20)
+        reply = running.client.reload_config(flush_rows=1, max_inflight_bytes=96 << 20)
         assert sorted(reply.changed) == ["flush_rows", "max_inflight_bytes"]
         assert reply.settings.flush_rows == 1
-        assert running.engine.settings.max_inflight_bytes == 64 << 20
+        assert running.engine.settings.max_inflight_bytes == 96 << 20
         second = running.script.insert(rows=1)
         assert running.engine.wait_durable(second - 1, 30)
         assert running.client.reload_config(flush_rows=1).changed == []

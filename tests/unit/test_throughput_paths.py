@@ -230,7 +230,7 @@ def test_bulk_insert_fast_path_merges_like_the_general_path(
 
     at = datetime(2026, 1, 1)
     fast = merge_module.merge_changes(decoded, table, synced_at=at)
-    monkeypatch.setattr(merge_module, "_plain_inserts", lambda df, keys: False)
+    monkeypatch.setattr(merge_module, "_bulk_inserts", lambda arrow, keys: False)
     general = merge_module.merge_changes(decoded, table, synced_at=at)
     assert [g.rows.to_pylist() for g in fast.upserts] == [
         g.rows.to_pylist() for g in general.upserts]

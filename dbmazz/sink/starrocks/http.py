@@ -150,6 +150,7 @@ class Transport:
         c.setopt(pycurl.HEADERFUNCTION, on_header)
         try:
             c.perform()
+            status = int(c.getinfo(pycurl.RESPONSE_CODE))
         except pycurl.error as exc:
             code = exc.args[0] if exc.args else 0
             text = exc.args[1] if len(exc.args) > 1 else str(exc)
@@ -159,7 +160,10 @@ class Transport:
                 url=_safe_url(url),
                 body_sent=reader.sent > 0,
             ) from None
-        status = int(c.getinfo(pycurl.RESPONSE_CODE))
+        finally:
+            # The handle holds its callbacks (and through the reader, the body) until the
+            # next request: let go of them now, the body may be tens of MB.
+            c.reset()
         return HttpResponse(status, out.getvalue(), url, response_headers)
 
     def send_following(

@@ -40,8 +40,10 @@ Format = Literal["json", "csv"]
 CSV_SEPARATOR = "\x01"
 CSV_DELIMITER = "\x02"
 CSV_NULL = "\\N"
-#: Rows rendered per step when JSON text columns are embedded (bounds polars' temporaries).
+#: Rows rendered per step of a JSON body (bounds polars' copy of the columns and temporaries).
 _JSON_SLICE_ROWS = 16_384
+#: Bytes edited per step when NDJSON becomes a JSON array (bounds the temporary mask).
+_EDIT_BLOCK = 1 << 20
 
 JSON_HEADERS: Mapping[str, str] = {
     "format": "json",
@@ -178,52 +180,61 @@ def _is_nested(t: pa.DataType) -> bool:
 def _json(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body:
     if rows == 0:
         return Body(b"[]", "json", 0, JSON_HEADERS)
-    frame = pl.DataFrame([pl.Series(name, arr) for name, arr in prepared.items()])
+    out = io.BytesIO()
+    out.write(b"[")
     plain = [name for name in prepared if name not in raw]
-    if not raw:
-        return Body(_ndjson_array(frame), "json", rows, JSON_HEADERS)
-    parts: list[pl.Expr] = []
-    if plain:
-        parts.append(pl.struct(plain).struct.json_encode().str.head(-1))
-    else:
-        parts.append(pl.lit("{"))
-    for i, name in enumerate(n for n in prepared if n in raw):
-        sep = "," if plain or i else ""
-        parts.append(pl.lit(f"{sep}{json.dumps(name, ensure_ascii=False)}:"))
-        parts.append(pl.col(name).fill_null("null"))
-    parts.append(pl.lit("}"))
-    record = pl.concat_str(parts).alias("r")
-    out = io.BytesIO()
-    out.write(b"[")
-    # Slice by slice, each record followed by ",": polars' intermediate strings stay
-    # small and the body is written once (one large join would copy it several times).
+    record: pl.Expr | None = None
+    if raw:
+        parts: list[pl.Expr] = []
+        if plain:
+            parts.append(pl.struct(plain).struct.json_encode().str.head(-1))
+        else:
+            parts.append(pl.lit("{"))
+        for i, name in enumerate(n for n in prepared if n in raw):
+            sep = "," if plain or i else ""
+            parts.append(pl.lit(f"{sep}{json.dumps(name, ensure_ascii=False)}:"))
+            parts.append(pl.col(name).fill_null("null"))
+        parts.append(pl.lit("}"))
+        record = pl.concat_str(parts).alias("r")
+    # Slice by slice into one buffer: polars' copy of the columns and its intermediate
+    # strings stay small, and the body is written once (a join would copy it again).
     for start in range(0, rows, _JSON_SLICE_ROWS):
-        frame.slice(start, _JSON_SLICE_ROWS).select(record).write_csv(
-            out, include_header=False, quote_style="never", line_terminator=","
+        frame = pl.DataFrame(
+            [pl.Series(name, arr.slice(start, _JSON_SLICE_ROWS)) for name, arr in prepared.items()]
         )
-    view = out.getbuffer()
-    view[-1] = 0x5D  # the last "," → "]"
-    view.release()
-    return Body(out.getvalue(), "json", rows, JSON_HEADERS)
+        if record is None:
+            frame.write_ndjson(out)  # records end with "\n", made "," below
+        else:
+            # Each record followed by ",".
+            frame.select(record).write_csv(
+                out, include_header=False, quote_style="never", line_terminator=","
+            )
+        del frame
+    return Body(_close_array(out, ndjson=record is None), "json", rows, JSON_HEADERS)
 
 
-def _ndjson_array(frame: pl.DataFrame) -> bytes:
-    """``[r1,r2,…]`` from polars' one-record-per-line output, edited in place: a raw
-    newline never occurs inside a JSON record, so every one ends a record."""
-    out = io.BytesIO()
-    out.write(b"[")
-    frame.write_ndjson(out)
+def _close_array(out: io.BytesIO, *, ndjson: bool) -> bytes:
+    """``[r1,r2,…]`` from ``[`` + records each ended by a newline (NDJSON) or by ",",
+    edited in place: a raw newline never occurs inside a JSON record, so every one ends a
+    record. The edit runs block by block (no body-sized mask), and the buffer becomes the
+    body without a copy."""
     view = out.getbuffer()
     try:
         chars = np.frombuffer(view, dtype=np.uint8)
-        if chars[-1] != 0x0A:  # pragma: no cover - polars always ends records with \n
-            raise AssertionError("unexpected NDJSON output")
-        chars[chars == 0x0A] = 0x2C  # "\n" → ","
+        end = 0x0A if ndjson else 0x2C
+        if chars[-1] != end:  # pragma: no cover - every record ends with its terminator
+            raise AssertionError("unexpected JSON records")
+        if ndjson:
+            for lo in range(0, len(chars), _EDIT_BLOCK):
+                block = chars[lo : lo + _EDIT_BLOCK]
+                block[block == 0x0A] = 0x2C  # "\n" → ","
+            del block
         chars[-1] = 0x5D  # the last one → "]"
         del chars
-        return bytes(view)
     finally:
         view.release()
+    # With no buffer exported, BytesIO hands over its own bytes object (no copy).
+    return out.getvalue()
 
 
 # -- CSV ---------------------------------------------------------------------------------
