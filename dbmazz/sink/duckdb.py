@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -74,6 +74,19 @@ def duckdb_type(arrow_type: pa.DataType) -> str:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return f"{duckdb_type(t.value_type)}[]"
     return "VARCHAR"
+
+
+@contextlib.contextmanager
+def _transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """``BEGIN … COMMIT``; a DuckDB error rolls back and propagates to the caller, which
+    turns it into a :class:`SinkError` saying what failed."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        cur.execute("COMMIT")
+    except duckdb.Error:
+        cur.execute("ROLLBACK")
+        raise
 
 
 class DuckDBSink:
@@ -195,16 +208,14 @@ class DuckDBSink:
         target = self.target(table)
         keys = list(table.key_columns)
         try:
-            cur.execute("BEGIN TRANSACTION")
-            if batch.truncate:
-                cur.execute(f"DELETE FROM {target}")
-            if batch.deletes is not None and batch.deletes.num_rows:
-                self._delete(cur, target, keys, batch.deletes)
-            for group in batch.upserts:
-                self._upsert(cur, target, keys, group.rows, table)
-            cur.execute("COMMIT")
+            with _transaction(cur):
+                if batch.truncate:
+                    cur.execute(f"DELETE FROM {target}")
+                if batch.deletes is not None and batch.deletes.num_rows:
+                    self._delete(cur, target, keys, batch.deletes)
+                for group in batch.upserts:
+                    self._upsert(cur, target, keys, group.rows, table)
         except duckdb.Error as exc:
-            cur.execute("ROLLBACK")
             raise SinkError(
                 f"DuckDB rejected a batch for {table.source_name}: {exc}",
                 "check the target table's columns match the source (or drop it to recreate)",
@@ -235,14 +246,12 @@ class DuckDBSink:
                 return True
             scratch = self._scratch(table, "load")
             try:
-                cur.execute("BEGIN TRANSACTION")
-                # Same columns and types, no constraints.
-                cur.execute(f"CREATE TABLE {scratch} AS FROM {target} LIMIT 0")
-                cur.execute(f"DROP TABLE {target}")
-                cur.execute(f"ALTER TABLE {scratch} RENAME TO {quote(table.target_name)}")
-                cur.execute("COMMIT")
+                with _transaction(cur):
+                    # Same columns and types, no constraints.
+                    cur.execute(f"CREATE TABLE {scratch} AS FROM {target} LIMIT 0")
+                    cur.execute(f"DROP TABLE {target}")
+                    cur.execute(f"ALTER TABLE {scratch} RENAME TO {quote(table.target_name)}")
             except duckdb.Error as exc:
-                cur.execute("ROLLBACK")
                 raise SinkError(
                     f"cannot prepare {table.source_name} for its snapshot: {exc}",
                     "check the DuckDB file is writable",
@@ -270,13 +279,11 @@ class DuckDBSink:
         columns = ", ".join(quote(c) for c in rows.column_names)
         cur.register("__dbmazz_snapshot_rows", rows)
         try:
-            cur.execute("BEGIN TRANSACTION")
-            cur.execute(f"INSERT INTO {self.target(table)} ({columns}) "
-                        f"SELECT {columns} FROM __dbmazz_snapshot_rows")
-            cur.execute("COMMIT")
+            with _transaction(cur):
+                cur.execute(f"INSERT INTO {self.target(table)} ({columns}) "
+                            f"SELECT {columns} FROM __dbmazz_snapshot_rows")
             return LoadResult(rows=rows.num_rows, bytes=0)
         except duckdb.Error as exc:
-            cur.execute("ROLLBACK")
             if bulk:
                 raise SinkError(
                     f"DuckDB rejected a snapshot chunk for {table.source_name}: {exc}",
@@ -326,16 +333,15 @@ class DuckDBSink:
                     "per key", table.source_name)
         scratch = self._scratch(table, "keyed")
         try:
-            cur.execute("BEGIN TRANSACTION")
-            cur.execute(f"CREATE TABLE {scratch} AS FROM {target} LIMIT 0")
-            cur.execute(f"ALTER TABLE {scratch} ADD PRIMARY KEY ({keys})")
-            cur.execute(f"INSERT INTO {scratch} SELECT * FROM {target} QUALIFY row_number() "
-                        f"OVER (PARTITION BY {keys} ORDER BY dbmazz_cdc_version DESC) = 1")
-            cur.execute(f"DROP TABLE {target}")
-            cur.execute(f"ALTER TABLE {scratch} RENAME TO {quote(table.target_name)}")
-            cur.execute("COMMIT")
+            with _transaction(cur):
+                cur.execute(f"CREATE TABLE {scratch} AS FROM {target} LIMIT 0")
+                cur.execute(f"ALTER TABLE {scratch} ADD PRIMARY KEY ({keys})")
+                cur.execute(f"INSERT INTO {scratch} SELECT * FROM {target} QUALIFY "
+                            f"row_number() OVER (PARTITION BY {keys} "
+                            "ORDER BY dbmazz_cdc_version DESC) = 1")
+                cur.execute(f"DROP TABLE {target}")
+                cur.execute(f"ALTER TABLE {scratch} RENAME TO {quote(table.target_name)}")
         except duckdb.Error as exc:
-            cur.execute("ROLLBACK")
             raise self._key_error(table, exc) from None
 
     @staticmethod

@@ -4,7 +4,6 @@ PostgreSQL: the Snapshot RPC, Status and Metrics progress, Prometheus gauges, an
 
 from __future__ import annotations
 
-import logging
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,14 +40,7 @@ def _source_rows(db: Database) -> list[tuple[object, ...]]:
     return [tuple(r) for r in db.query("SELECT id, label, amount FROM public.extra ORDER BY id")]
 
 
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """cli.main() installs a handler on the (captured) stderr; put the old ones back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("keep_logging")
 
 
 @pytest.fixture

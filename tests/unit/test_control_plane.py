@@ -66,14 +66,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
         yield started
 
 
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """cli.main() installs a handler on the (captured) stderr; put the old ones back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("keep_logging")
 
 
 def test_status_reports_stage_lsns_lag_tables_and_settings(running: Running) -> None:
