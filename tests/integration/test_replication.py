@@ -173,6 +173,24 @@ def test_chunks_respect_max_bytes_and_hold_whole_messages(pg_db: Database, reade
     assert got == raw
 
 
+def test_messages_larger_than_the_read_buffer_arrive_whole(pg_db: Database, reader: str
+                                                            ) -> None:
+    """A 20 MB value: one message past the socket reader's 4 MiB buffer and past the
+    16 MiB frames its vectorized split recognizes, between ordinary small ones."""
+    make_table(pg_db)
+    make_slot(pg_db)
+    big = "".join(chr(ord("a") + i % 26) for i in range(26)) * (20_000_000 // 26)
+    with pg_db.connect() as conn:
+        conn.execute("ALTER TABLE t ALTER COLUMN v SET STORAGE EXTERNAL")  # no compression
+        conn.execute("INSERT INTO t VALUES (1, 'small')")
+        conn.execute("INSERT INTO t VALUES (2, %s)", (big,))
+        conn.execute("INSERT INTO t VALUES (3, 'small again')")
+    with ReplicationStream.open(pg_db.dsn, "s1", ["pub"]) as stream:
+        msgs = parse_all(read_until(stream, commits(3)))
+    values = [texts(m.new)[1] for m in msgs if isinstance(m, po.Insert)]
+    assert values == ["small", big, "small again"]
+
+
 # -- positions, confirmation, resume ------------------------------------------------------
 
 
