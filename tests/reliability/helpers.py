@@ -36,10 +36,23 @@ from typing import Any
 
 import psycopg
 
+from dbmazz.engine.core import Engine
 from dbmazz.lsn import parse_lsn
 from dbmazz.testing.fixtures import Database
 
 # -- polling ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(engine: Engine) -> Iterator[Engine]:
+    """The engine started for the block, stopped (and waited for) after it."""
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+        with contextlib.suppress(Exception):
+            engine.wait(60)
 
 
 def poll(predicate: Callable[[], object], what: str, timeout_s: float = 120.0,

@@ -3,7 +3,6 @@ awkward but legal input (names needing quotes, a shared publication) just works.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -18,7 +17,7 @@ from psycopg import sql
 
 from dbmazz.config import Config
 from dbmazz.engine.build import build_live_engine
-from dbmazz.engine.core import Engine, RunState
+from dbmazz.engine.core import RunState
 from dbmazz.errors import DbmazzError, SetupError, SinkError, SourceConnectionError, SourceError
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.compare import compare, duckdb_fetcher
@@ -26,22 +25,11 @@ from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster, free_port
 from dbmazz.testing.starrocks import StarRocksEmulator
 from tests.e2e.harness import mark, wait_until_loaded
-from tests.reliability.helpers import poll, starrocks_fetcher
+from tests.reliability.helpers import poll, running, starrocks_fetcher
 
 SLOT = "dbmazz_bad"
 PUBLICATION = "dbmazz_bad"
 SR_PASSWORD = "sr-right-password"
-
-
-@contextlib.contextmanager
-def running(engine: Engine) -> Iterator[Engine]:
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            engine.wait(60)
 
 
 @dataclass

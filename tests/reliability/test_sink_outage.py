@@ -14,7 +14,6 @@ For each fault, while a write load runs against a private PostgreSQL whose
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
@@ -25,14 +24,13 @@ from typing import Any
 import pytest
 
 from dbmazz.engine.build import build_live_engine
-from dbmazz.engine.core import Engine
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster, free_port
 from dbmazz.testing.starrocks import StarRocksEmulator
 from dbmazz.testing.starrocks.txn import TxnState
 from tests.e2e.harness import mark, wait_until_loaded
 from tests.e2e.test_starrocks_e2e import DB, assert_replicated, starrocks_config
-from tests.reliability.helpers import poll, rss_bytes, walsender_pid
+from tests.reliability.helpers import poll, rss_bytes, running, walsender_pid
 
 SLOT = "dbmazz_sr"  # starrocks_config's slot
 TIMEOUT_S = 3
@@ -154,17 +152,6 @@ def assert_loaded_once(sr: StarRocksEmulator, table: str) -> int:
                 f"LSN ranges loaded twice: {batches[previous]} and {batches[key]}")
         previous = key
     return len(batches)
-
-
-@contextlib.contextmanager
-def running(engine: Engine) -> Iterator[Engine]:
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            engine.wait(60)
 
 
 def ride_out(outage: str, source: Database, emulator: StarRocksEmulator,

@@ -3,17 +3,15 @@ dbmazz's back, and idle published tables on a busy server (heartbeats)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from dbmazz.engine.build import build_live_engine
-from dbmazz.engine.core import Engine, RunState
+from dbmazz.engine.core import RunState
 from dbmazz.engine.service import EngineService
 from dbmazz.errors import SlotLostError
 from dbmazz.lsn import parse_lsn
@@ -21,7 +19,13 @@ from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster
 from tests.e2e.harness import assert_replicated, duckdb_config, mark, wait_until_loaded
-from tests.reliability.helpers import checkpoint, poll, slot_position, walsender_pid
+from tests.reliability.helpers import (
+    checkpoint,
+    poll,
+    running,
+    slot_position,
+    walsender_pid,
+)
 
 SLOT = "dbmazz_e2e"  # duckdb_config's names
 TABLES = {"public.items": ["id"]}
@@ -29,17 +33,6 @@ TABLES = {"public.items": ["id"]}
 
 def _items(db: Database) -> None:
     db.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, v int NOT NULL, note text)")
-
-
-@contextlib.contextmanager
-def running(engine: Engine) -> Iterator[Engine]:
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            engine.wait(60)
 
 
 def _private_db(cluster: PostgresCluster) -> Database:
