@@ -346,7 +346,8 @@ def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes
                 raise failure from None
             raise SourceConnectionError(
                 f"connection to {target} lost while starting replication: {exc}",
-                "dbmazz reconnects and resumes from the last confirmed LSN",
+                "dbmazz reconnects and resumes from the last confirmed LSN; if this repeats "
+                "and the connection is GSS-encrypted, add gssencmode=disable to SOURCE_URL",
             ) from None
         if message.kind == _COPY_BOTH and failure is None:
             return bytes(pending)
@@ -362,7 +363,12 @@ def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes
             raise failure  # the connection is idle again; libpq may close it cleanly
         elif message.kind not in (_NOTICE, _PARAMETER_STATUS):
             raise ProtocolError(
-                f"unexpected answer {chr(message.kind)!r} to START_REPLICATION from {target}")
+                f"unexpected answer {chr(message.kind)!r} to START_REPLICATION from {target}",
+                # The socket reader speaks the plain protocol; libpq tells SSL and GSS
+                # authentication apart, but not GSS encryption under another method.
+                "if the connection is GSS-encrypted, add gssencmode=disable (or sslmode) to "
+                "SOURCE_URL",
+            )
 
 
 def concat_chunks(chunks: Sequence[WalChunk]) -> WalChunk:
