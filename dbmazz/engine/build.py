@@ -161,8 +161,11 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
     publication = config.publication_name
     slot = config.slot_name
 
+    socket_reader = {"auto": None, "socket": True, "libpq": False}[config.replication_reader]
+
     def open_stream(lsn: int) -> ChunkSource:
-        return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True)
+        return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
+                                      socket_reader=socket_reader)
 
     log.info("streaming %d table(s) from slot %s into %s", len(tables), slot, target.name)
     engine = Engine(

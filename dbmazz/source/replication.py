@@ -347,7 +347,7 @@ def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes
             raise SourceConnectionError(
                 f"connection to {target} lost while starting replication: {exc}",
                 "dbmazz reconnects and resumes from the last confirmed LSN; if this repeats "
-                "and the connection is GSS-encrypted, add gssencmode=disable to SOURCE_URL",
+                "and the connection is GSS-encrypted, set REPLICATION_READER=libpq",
             ) from None
         if message.kind == _COPY_BOTH and failure is None:
             return bytes(pending)
@@ -366,8 +366,8 @@ def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes
                 f"unexpected answer {chr(message.kind)!r} to START_REPLICATION from {target}",
                 # The socket reader speaks the plain protocol; libpq tells SSL and GSS
                 # authentication apart, but not GSS encryption under another method.
-                "if the connection is GSS-encrypted, add gssencmode=disable (or sslmode) to "
-                "SOURCE_URL",
+                "if the connection is GSS-encrypted, set REPLICATION_READER=libpq (or add "
+                "gssencmode=disable to SOURCE_URL)",
             )
 
 
@@ -672,8 +672,11 @@ class ReplicationStream:
             )
             encrypted = bool(pgconn.ssl_in_use or pgconn.used_gssapi)
             if socket_reader and (encrypted or streaming):
-                raise ValueError("socket_reader needs an unencrypted connection and no "
-                                 "streaming")
+                raise SourceError(
+                    f"the socket reader cannot read the connection to {target}: it is "
+                    + ("encrypted (SSL/GSS)" if encrypted else "in protocol-2 streaming mode"),
+                    "set REPLICATION_READER=auto or libpq",
+                )
             wire: SocketWire | None = None
             received = b""
             if socket_reader is False or encrypted or streaming:

@@ -97,12 +97,13 @@ def engine_factory(tmp_path: Path) -> Iterator[list[Engine]]:
             engine.wait(30)
 
 
+@pytest.mark.parametrize("reader", ["auto", "libpq"])
 def test_mixed_workload_replicates_exactly(pg_db: Database, tmp_path: Path,
-                                           engine_factory: list[Engine]) -> None:
+                                           engine_factory: list[Engine], reader: str) -> None:
     create(pg_db)
     pg_db.execute("ALTER TABLE public.docs_default REPLICA IDENTITY DEFAULT")
     config = duckdb_config(pg_db, tmp_path, list(TABLES), replica_identity="keep",
-                           flush_rows=1000)
+                           flush_rows=1000, replication_reader=reader)
     pg_db.execute("ALTER TABLE shop.orders REPLICA IDENTITY FULL")
     pg_db.execute("ALTER TABLE public.lines REPLICA IDENTITY FULL")
     sink = DuckDBSink(config.duckdb_path)

@@ -191,6 +191,18 @@ def test_messages_larger_than_the_read_buffer_arrive_whole(pg_db: Database, read
     assert values == ["small", big, "small again"]
 
 
+def test_socket_reader_refuses_what_it_cannot_read(pg_db: Database) -> None:
+    make_table(pg_db)
+    make_slot(pg_db)
+    with pytest.raises(SourceError, match="protocol-2 streaming") as info:
+        ReplicationStream.open(pg_db.dsn, "s1", ["pub"], proto_version=2, streaming=True,
+                               socket_reader=True)
+    assert "REPLICATION_READER" in str(info.value)
+    with ReplicationStream.open(pg_db.dsn, "s1", ["pub"], proto_version=2,
+                                streaming=True) as stream:
+        assert not stream.reads_socket  # auto: streaming reads through libpq
+
+
 # -- positions, confirmation, resume ------------------------------------------------------
 
 
