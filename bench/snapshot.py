@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,30 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dbmazz.config import Config
 from dbmazz.engine.build import build_live_engine
-from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
+from dbmazz.pipeline.batch import LoadResult, TableBatch
 from dbmazz.sink.base import Sink
 from dbmazz.source.slots import drop_slot
+from dbmazz.testing.sinks import NullSink
 
 COLUMNS = "id, qty, note, created_at, amount, payload"
 SLOT = "bench_snapshot"
-
-
-class NullSink:
-    """Accepts everything, keeps nothing: measures reading and converting alone."""
-
-    name = "null"
-
-    def setup(self, tables: Sequence[TableSchema]) -> None:
-        pass
-
-    def apply_schema_delta(self, delta: SchemaDelta) -> None:
-        pass
-
-    def write(self, batch: TableBatch) -> LoadResult:
-        return LoadResult(rows=batch.num_rows, bytes=0)
-
-    def close(self) -> None:
-        pass
 
 
 class SerializingSink(NullSink):

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 
 from dbmazz.engine.core import Engine, Settings
-from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch
 from dbmazz.pipeline.batcher import Batcher, Flush, RowsStep, Slab, join_slabs
 from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
 from dbmazz.sink.starrocks import serialize as serialize_module
@@ -23,6 +22,7 @@ from dbmazz.source.columnar import decode_changes
 from dbmazz.source.pgoutput import Relation, RelationColumn
 from dbmazz.state.checkpoint import MemoryCheckpointStore
 from dbmazz.testing import wal
+from dbmazz.testing.sinks import NullSink
 
 A = Relation(16384, "public", "a", "d", (
     RelationColumn("id", 20, -1, True), RelationColumn("v", 25, -1, False)))
@@ -124,22 +124,6 @@ def test_join_slabs_of_nothing_and_of_one() -> None:
     assert join_slabs([slab]) is slab
 
 
-class _NullSink:
-    name = "null"
-
-    def setup(self, tables: object) -> None:
-        pass
-
-    def apply_schema_delta(self, delta: SchemaDelta) -> None:
-        pass
-
-    def write(self, batch: TableBatch) -> LoadResult:
-        return LoadResult(rows=batch.num_rows, bytes=0)
-
-    def close(self) -> None:
-        pass
-
-
 class _Trickle:
     """A source handing out one message per read, like a socket read of a few bytes."""
 
@@ -165,7 +149,7 @@ class _Trickle:
 def test_engine_gathers_waiting_chunks_into_one(limit: int) -> None:
     messages = _stream(random.Random(5), 40)
     source = _Trickle(messages)
-    engine = Engine(source_factory=lambda _lsn: source, sink=_NullSink(),
+    engine = Engine(source_factory=lambda _lsn: source, sink=NullSink(),
                     schemas=SchemaCache(keys_from_map({})),
                     checkpoints=MemoryCheckpointStore(),
                     settings=Settings(gather_bytes=limit))
