@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dbmazz.config import Config
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import RunState
 from dbmazz.engine.service import EngineService
@@ -102,6 +103,25 @@ def _service(config: object, sink: DuckDBSink) -> EngineService:
     return service
 
 
+def _streaming_with_rows_loaded(db: Database, tmp_path: Path
+                                ) -> tuple[Config, DuckDBSink, EngineService]:
+    """An engine streaming items into DuckDB (no snapshot, no heartbeats) that has loaded
+    100 rows: the slot has been streamed from and checkpointed."""
+    config = duckdb_config(db, tmp_path, list(TABLES), heartbeat_interval_s=0,
+                           snapshot="never")
+    sink = DuckDBSink(config.duckdb_path)
+    service = _service(config, sink)
+    try:
+        engine = service.engine
+        assert engine is not None
+        db.execute("INSERT INTO items SELECT g, 0, 'x' FROM generate_series(1, 100) g")
+        wait_until_loaded(engine, mark(db))
+    except BaseException:
+        service.stop(timeout=60)
+        raise
+    return config, sink, service
+
+
 LOST_HINT = (
     "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the slot was "
     "dropped outside dbmazz and changes since the last checkpoint were not captured: delete "
@@ -113,15 +133,8 @@ LOST_HINT = (
 def test_slot_dropped_behind_dbmazz_is_fatal_and_never_recreated(
         pg_db: Database, tmp_path: Path) -> None:
     _items(pg_db)
-    config = duckdb_config(pg_db, tmp_path, list(TABLES), heartbeat_interval_s=0,
-                           snapshot="never")
-    sink = DuckDBSink(config.duckdb_path)
-    service = _service(config, sink)
+    config, sink, service = _streaming_with_rows_loaded(pg_db, tmp_path)
     try:
-        engine = service.engine
-        assert engine is not None
-        pg_db.execute("INSERT INTO items SELECT g, 0, 'x' FROM generate_series(1, 100) g")
-        wait_until_loaded(engine, mark(pg_db))
         _drop_slot_behind_dbmazz(pg_db, SLOT)
         pg_db.execute("INSERT INTO items VALUES (101, 0, 'lost')")
         poll(lambda: service.failed, "the engine to fail", timeout_s=120)
@@ -220,15 +233,8 @@ def test_slot_invalidated_by_max_slot_wal_keep_size_is_reported(
     db = _private_db(cluster)
     _items(db)
     db.execute("CREATE TABLE noise (id int, filler text)")
-    config = duckdb_config(db, tmp_path, list(TABLES), heartbeat_interval_s=0,
-                           snapshot="never")
-    sink = DuckDBSink(config.duckdb_path)
-    service = _service(config, sink)
+    config, sink, service = _streaming_with_rows_loaded(db, tmp_path)
     try:
-        engine = service.engine
-        assert engine is not None
-        db.execute("INSERT INTO items SELECT g, 0, 'x' FROM generate_series(1, 100) g")
-        wait_until_loaded(engine, mark(db))
         service.pause()  # dbmazz falls behind: the slot holds WAL ...
         _invalidate(db, SLOT)  # ... until PostgreSQL gives up on it
         poll(lambda: service.failed, "the engine to fail", timeout_s=120)
