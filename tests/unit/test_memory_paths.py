@@ -114,8 +114,7 @@ def test_ndjson_body_in_slices_equals_one_piece(monkeypatch: pytest.MonkeyPatch,
         "f": pa.array([float("nan") if i == rows - 1 else i / 3 for i in range(rows)]),
     })
     whole = serialize(table, "json")
-    monkeypatch.setattr(serialize_module, "_JSON_SLICE_ROWS", 2)
-    monkeypatch.setattr(serialize_module, "_EDIT_BLOCK", 7)
+    monkeypatch.setattr(serialize_module, "_SLICE_ROWS", 2)
     sliced = serialize(table, "json")
     assert isinstance(sliced.data, bytes)
     assert sliced.data == whole.data and sliced.rows == rows

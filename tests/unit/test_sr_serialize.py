@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dbmazz.sink.starrocks import serialize as serialize_module
 from dbmazz.sink.starrocks.serialize import CSV_HEADERS, JSON_HEADERS, serialize
 
 
@@ -299,3 +300,49 @@ def test_any_text_survives_either_format(values: list[str | None]) -> None:
 
 def test_csv_single_empty_binary_key_also_falls_back() -> None:
     assert serialize(pa.table({"k": [b"", b"x"]}), "csv").format == "json"
+
+
+# -- how bodies are assembled -----------------------------------------------------------
+
+
+def _every_foldable_type(n: int) -> pa.Table:
+    return pa.table({
+        "id": pa.array(range(n), pa.int64()),
+        "b": pa.array([True] * n),
+        "i8": pa.array([-3] * n, pa.int8()),
+        "dec": pa.array([Decimal("1.50")] * n, pa.decimal128(5, 2)),
+        "d": pa.array([date(2024, 2, 29)] * n, pa.date32()),
+        "ts": pa.array([datetime(2024, 1, 1, 12, 0, 0, 5)] * n, pa.timestamp("us")),
+        "tz": pa.array([datetime(2024, 1, 1, tzinfo=UTC)] * n,
+                       pa.timestamp("us", "UTC")),
+        "s": ["same"] * n,
+        "varies": pa.array([1, 1, 1, 1, 2, 1][:n], pa.int32()),
+    })
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_a_column_with_one_value_renders_as_if_it_varied(
+    monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    t = _every_foldable_type(6).slice(1)  # an offset into every column
+    folded = {n for n in t.column_names if serialize_module._is_constant(t.column(n).chunk(0))}
+    assert folded == {"b", "i8", "dec", "d", "ts", "tz"}
+    body = serialize(t, fmt)
+    monkeypatch.setattr(serialize_module, "_is_constant", lambda arr: False)
+    assert body.data == serialize(t, fmt).data
+    assert body.format == fmt
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_a_body_rendered_in_slices_equals_one_piece(
+    monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    t = pa.table({
+        "id": pa.array(range(7), pa.int64()),
+        "note": ["a", None, "b,c", 'q"', "", None, "ü"],
+        "at": pa.array([datetime(2024, 1, d) if d % 3 else None for d in range(1, 8)],
+                       pa.timestamp("us")),
+    })
+    whole = serialize(t, fmt)
+    monkeypatch.setattr(serialize_module, "_SLICE_ROWS", 2)
+    assert serialize(t, fmt).data == whole.data

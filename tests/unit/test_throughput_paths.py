@@ -180,7 +180,7 @@ def test_json_body_in_slices_equals_one_piece(monkeypatch: pytest.MonkeyPatch,
                 for _ in range(rows)],
     })
     whole = serialize(table, "json", raw_json={"doc"})
-    monkeypatch.setattr(serialize_module, "_JSON_SLICE_ROWS", 2)
+    monkeypatch.setattr(serialize_module, "_SLICE_ROWS", 2)
     sliced = serialize(table, "json", raw_json={"doc"})
     assert sliced.data == whole.data and sliced.rows == rows
     parsed = json.loads(sliced.data)

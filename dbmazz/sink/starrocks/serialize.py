@@ -4,7 +4,7 @@ Renderings (DESIGN.md §5), chosen to load exactly into the types :mod:`.ddl` cr
 
 * integers, booleans: JSON numbers / ``true``/``false`` (CSV: digits / ``true``/``false``);
 * floats: JSON numbers; a column holding NaN/±inf is sent as strings ``nan``/``inf``/``-inf``
-  (polars would write JSON ``null`` for them, losing the value);
+  (JSON has no literal for them, and ``null`` would lose the value);
 * decimals: exact text (``"12.340"``), never a float;
 * date ``YYYY-MM-DD``; timestamp ``YYYY-MM-DD HH:MM:SS.ffffff``; timestamptz the same in UTC;
   time ``HH:MM:SS.ffffff``; interval/duration: integer microseconds;
@@ -20,11 +20,15 @@ needs the trailing delimiter) and ``\\N`` for NULL, with no enclose/escape: Star
 the ``\\N`` test after unquoting, so quoting cannot protect a literal ``\\N`` anyway. A batch
 whose text contains a separator, equals ``\\N``, or would produce a blank line is sent as
 JSON instead (:attr:`Body.format` tells which), so hostile text is never mangled.
+
+Assembly is columnar in both formats: each column is rendered as text once, a column with
+one value in every row is rendered once for the whole body, and an Arrow kernel joins the
+columns and the punctuation between them record by record. No per-row Python; polars only
+renders nested (list/struct) columns as JSON text.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -40,10 +44,8 @@ Format = Literal["json", "csv"]
 CSV_SEPARATOR = "\x01"
 CSV_DELIMITER = "\x02"
 CSV_NULL = "\\N"
-#: Rows rendered per step of a JSON body (bounds polars' copy of the columns and temporaries).
-_JSON_SLICE_ROWS = 16_384
-#: Bytes edited per step when NDJSON becomes a JSON array (bounds the temporary mask).
-_EDIT_BLOCK = 1 << 20
+#: Rows rendered per step of a body (bounds the rendered columns and records alive at once).
+_SLICE_ROWS = 16_384
 
 JSON_HEADERS: Mapping[str, str] = {
     "format": "json",
@@ -69,19 +71,32 @@ class Body:
 def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str] = ()) -> Body:
     """Render ``table`` (columns in load order) as one Stream Load body."""
     raw = set(raw_json) & set(table.column_names)
+    columns = {name: _combine(table.column(name)) for name in table.column_names}
+    # A column holding one value in every row (the audit columns of a batch, the commit
+    # LSN of one big transaction) is rendered once, into the text between the others.
+    constant = {name for name, arr in columns.items() if name not in raw and _is_constant(arr)}
+    columns = {name: arr.slice(0, 1) if name in constant else arr
+               for name, arr in columns.items()}
     if fmt == "csv":
-        prepared = {
-            name: _prepare(_combine(table.column(name)), csv=name not in raw)
-            for name in table.column_names
-        }
+        prepared = {name: _prepare(arr, csv=name not in raw) for name, arr in columns.items()}
         text = {f.name for f in table.schema if f.name not in raw and _is_text(_value_type(f.type))}
-        body = _csv(prepared, table.num_rows, text)
+        body = _csv(prepared, constant, table.num_rows, text)
         if body is not None:
             return body
-    prepared = {
-        name: _prepare(_combine(table.column(name)), csv=False) for name in table.column_names
-    }
-    return _json(prepared, table.num_rows, raw)
+    prepared = {name: _prepare(arr, csv=False) for name, arr in columns.items()}
+    return _json(prepared, constant, table.num_rows, raw)
+
+
+def _is_constant(arr: pa.Array) -> bool:
+    """Whether a fixed-width column holds one non-null value in every row (cheap to ask)."""
+    t = arr.type
+    if len(arr) < 2 or arr.null_count or not (
+        pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)
+        or pa.types.is_date(t) or pa.types.is_timestamp(t)
+    ):
+        return False
+    bounds = pc.min_max(arr)
+    return bool(bounds["min"] == bounds["max"])
 
 
 # -- per-column preparation -------------------------------------------------------------
@@ -108,8 +123,10 @@ def _prepare(arr: pa.Array, *, csv: bool) -> pa.Array:
         return arr
     if pa.types.is_decimal(t):
         return arr.cast(pa.string())
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
         return arr
+    if pa.types.is_string_view(t):
+        return arr.cast(pa.large_string())
     if (
         pa.types.is_binary(t)
         or pa.types.is_large_binary(t)
@@ -174,106 +191,195 @@ def _is_nested(t: pa.DataType) -> bool:
     return _is_list(t) or pa.types.is_struct(t)
 
 
+# -- assembling records ----------------------------------------------------------------
+#
+# Both formats are one Arrow kernel call per slice of rows: every column rendered as text
+# (NULL kept), then ``binary_join_element_wise`` over [literal, column, literal, column, …]
+# writes each record with its punctuation, NULLs replaced by the format's NULL. The
+# records' data buffer *is* the body: no per-row Python, no intermediate frame.
+
+
+def _as_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    if not _is_text(arr.type):
+        arr = arr.cast(pa.string())
+    return arr if arr.type == target else arr.cast(target)
+
+
+def _text_type(columns: Collection[pa.Array], literal_bytes: int) -> pa.DataType:
+    """32-bit offsets while the records of these columns surely fit them, else 64-bit.
+
+    An upper bound of the rendered size: text as it is (escaping at most doubles it; JSON
+    ``\\u00XX`` is rarer than the 2x margin covers), other values at most 4x their
+    storage (a 64-bit integer prints in ≤ 20 characters; a timestamp's 8 bytes in 26)."""
+    rows = max((len(c) for c in columns), default=0)
+    size = rows * literal_bytes + sum(
+        (2 if _is_text(c.type) else 4) * c.nbytes for c in columns)
+    return pa.string() if size < (1 << 30) else pa.large_string()
+
+
+#: One record template: literal text and (column, quoted) in order.
+_Template = list[str | tuple[pa.Array, bool]]
+
+
+def _records(template: _Template, start: int, rows: int, null: str) -> pa.Array:
+    """Rows ``start … start + rows`` of ``template`` joined into one text per record."""
+    columns = [item[0].slice(start, rows) for item in template if not isinstance(item, str)]
+    literal_bytes = sum(len(item) for item in template if isinstance(item, str))
+    target = _text_type(columns, literal_bytes)
+    pieces: list[pa.Scalar | pa.Array] = []
+    literal = ""
+    for item in template:
+        if isinstance(item, str):
+            literal += item
+            continue
+        arr, quoted = item
+        text = _as_text(arr.slice(start, rows), target)
+        if quoted and text.null_count:
+            # A NULL must stay the bare literal null: quotes around the values only.
+            text = _as_text(pc.binary_join_element_wise('"', text, '"', ""), target)
+            quoted = False
+        if literal or quoted:
+            pieces.append(pa.scalar(literal + ('"' if quoted else ""), target))
+        pieces.append(text)
+        literal = '"' if quoted else ""
+    if literal:
+        pieces.append(pa.scalar(literal, target))
+    return pc.binary_join_element_wise(
+        *pieces, pa.scalar("", target), null_handling="replace", null_replacement=null
+    )
+
+
+def _data_of(records: pa.Array) -> memoryview:
+    """The bytes of a text array's rows, without a copy."""
+    wide = pa.types.is_large_string(records.type) or pa.types.is_large_binary(records.type)
+    offsets = np.frombuffer(records.buffers()[1], dtype=np.int64 if wide else np.int32)
+    lo, hi = int(offsets[records.offset]), int(offsets[records.offset + len(records)])
+    data = records.buffers()[2]
+    return memoryview(data)[lo:hi] if data is not None else memoryview(b"")
+
+
+def _body(template: _Template, rows: int, null: str, head: bytes, tail: bytes,
+          cut: int) -> bytes:
+    """``head`` + every record + ``tail``, minus the last ``cut`` bytes of the records.
+
+    Slice by slice (the rendered records of one slice stay small) into a list of views,
+    then one join: the body is allocated once at its final size and written once."""
+    parts: list[bytes | memoryview] = [head]
+    # Each slice's records must live until the join reads them.
+    keep: list[pa.Array] = []
+    for start in range(0, rows, _SLICE_ROWS):
+        records = _records(template, start, min(_SLICE_ROWS, rows - start), null)
+        keep.append(records)
+        parts.append(_data_of(records))
+    if cut:
+        parts[-1] = parts[-1][:-cut]
+    parts.append(tail)
+    body = b"".join(parts)
+    del parts, keep
+    return body
+
+
+def _bytes_of(arr: pa.Array) -> np.ndarray:
+    """The data bytes of a text array's rows (not the whole shared buffer)."""
+    return np.frombuffer(_data_of(arr), dtype=np.uint8)
+
+
 # -- JSON --------------------------------------------------------------------------------
 
+#: Short escapes JSON defines; every other control character becomes ``\u00XX``.
+_SHORT_ESCAPES = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"}
 
-def _json(prepared: Mapping[str, pa.Array], rows: int, raw: set[str]) -> Body:
+
+def _json_string_content(arr: pa.Array) -> pa.Array:
+    """Text escaped for the inside of a JSON string (quotes not added).
+
+    Most text needs nothing: one byte scan decides, and only the characters present are
+    replaced (each a whole-column kernel)."""
+    raw = _bytes_of(arr)
+    special = (raw < 0x20) | (raw == 0x22) | (raw == 0x5C)
+    if not special.any():
+        return arr
+    present = set(np.unique(raw[special]).tolist())
+    # Backslashes first: the escapes added below contain backslashes of their own.
+    if 0x5C in present:
+        arr = pc.replace_substring(arr, "\\", "\\\\")
+    if 0x22 in present:
+        arr = pc.replace_substring(arr, '"', '\\"')
+    for code in sorted(present - {0x22, 0x5C}):
+        arr = pc.replace_substring(arr, chr(code), _SHORT_ESCAPES.get(code, f"\\u{code:04x}"))
+    return arr
+
+
+def _json_value(arr: pa.Array, raw: bool) -> tuple[pa.Array, bool]:
+    """A prepared column as JSON value text, and whether it must be put in quotes."""
+    t = arr.type
+    if raw:
+        return arr, False
+    if _is_nested(t):
+        return _nested_json_text(arr), False
+    if pa.types.is_null(t) or pa.types.is_boolean(t) or pa.types.is_integer(t) or (
+        pa.types.is_floating(t)
+    ):
+        return arr, False  # finite floats only: _prepare made the others text
+    return _json_string_content(arr), True
+
+
+def _json(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
+          raw: set[str]) -> Body:
     if rows == 0:
         return Body(b"[]", "json", 0, JSON_HEADERS)
-    out = io.BytesIO()
-    out.write(b"[")
-    plain = [name for name in prepared if name not in raw]
-    record: pl.Expr | None = None
-    if raw:
-        parts: list[pl.Expr] = []
-        if plain:
-            parts.append(pl.struct(plain).struct.json_encode().str.head(-1))
+    template: _Template = []
+    for i, (name, arr) in enumerate(prepared.items()):
+        template.append(("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":")
+        value, quoted = _json_value(arr, name in raw)
+        if name in constant:
+            text = _as_text(value, pa.string())[0].as_py()
+            template.append(json.dumps(text, ensure_ascii=False) if quoted else text)
         else:
-            parts.append(pl.lit("{"))
-        for i, name in enumerate(n for n in prepared if n in raw):
-            sep = "," if plain or i else ""
-            parts.append(pl.lit(f"{sep}{json.dumps(name, ensure_ascii=False)}:"))
-            parts.append(pl.col(name).fill_null("null"))
-        parts.append(pl.lit("}"))
-        record = pl.concat_str(parts).alias("r")
-    # Slice by slice into one buffer: polars' copy of the columns and its intermediate
-    # strings stay small, and the body is written once (a join would copy it again).
-    for start in range(0, rows, _JSON_SLICE_ROWS):
-        frame = pl.DataFrame(
-            [pl.Series(name, arr.slice(start, _JSON_SLICE_ROWS)) for name, arr in prepared.items()]
-        )
-        if record is None:
-            frame.write_ndjson(out)  # records end with "\n", made "," below
-        else:
-            # Each record followed by ",".
-            frame.select(record).write_csv(
-                out, include_header=False, quote_style="never", line_terminator=","
-            )
-        del frame
-    return Body(_close_array(out, ndjson=record is None), "json", rows, JSON_HEADERS)
-
-
-def _close_array(out: io.BytesIO, *, ndjson: bool) -> bytes:
-    """``[r1,r2,…]`` from ``[`` + records each ended by a newline (NDJSON) or by ",",
-    edited in place: a raw newline never occurs inside a JSON record, so every one ends a
-    record. The edit runs block by block (no body-sized mask), and the buffer becomes the
-    body without a copy."""
-    view = out.getbuffer()
-    try:
-        chars = np.frombuffer(view, dtype=np.uint8)
-        end = 0x0A if ndjson else 0x2C
-        if chars[-1] != end:  # pragma: no cover - every record ends with its terminator
-            raise AssertionError("unexpected JSON records")
-        if ndjson:
-            for lo in range(0, len(chars), _EDIT_BLOCK):
-                block = chars[lo : lo + _EDIT_BLOCK]
-                block[block == 0x0A] = 0x2C  # "\n" → ","
-            del block
-        chars[-1] = 0x5D  # the last one → "]"
-        del chars
-    finally:
-        view.release()
-    # With no buffer exported, BytesIO hands over its own bytes object (no copy).
-    return out.getvalue()
+            template.append((value, quoted))
+    template.append("},")
+    # Records each end with ","; the last one's becomes the array's "]".
+    return Body(_body(template, rows, "null", b"[", b"]", 1), "json", rows, JSON_HEADERS)
 
 
 # -- CSV ---------------------------------------------------------------------------------
 
 
-def _as_json_text(name: str) -> pl.Expr:
+def _nested_json_text(arr: pa.Array) -> pa.Array:
     """A nested column as JSON text per row (NULL stays NULL)."""
-    encoded = pl.struct(pl.col(name).alias("v")).struct.json_encode()
+    frame = pl.DataFrame([pl.Series("v", arr)])
+    encoded = pl.struct(pl.col("v")).struct.json_encode()
     text = encoded.str.slice(len('{"v":')).str.head(-1)
-    return pl.when(pl.col(name).is_null()).then(None).otherwise(text).alias(name)
+    rendered = frame.select(pl.when(pl.col("v").is_null()).then(None).otherwise(text))
+    return rendered.to_series().to_arrow().cast(pa.large_string())
 
 
-def _csv(prepared: Mapping[str, pa.Array], rows: int, text_columns: set[str]) -> Body | None:
+def _csv(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
+         text_columns: set[str]) -> Body | None:
     if rows == 0:
         return Body(b"", "csv", 0, CSV_HEADERS)
-    frame = pl.DataFrame([pl.Series(name, arr) for name, arr in prepared.items()])
-    exprs = [
-        _as_json_text(name) if _is_nested(arr.type) else pl.col(name).cast(pl.String)
+    texts = {
+        name: _nested_json_text(arr) if _is_nested(arr.type) else arr
         for name, arr in prepared.items()
-    ]
-    text = frame.select(exprs)
+    }
     # Only free text can hold the separators or a lone \N: numbers, dates and hex cannot,
     # and JSON text (json columns, lists) escapes control characters.
-    checks = [_ambiguous(pl.col(name)) for name in prepared if name in text_columns]
-    if len(prepared) == 1:
+    for name in text_columns & texts.keys():
+        if _ambiguous(texts[name]):
+            return None
+    if len(texts) == 1:
         # A one-column record holding '' is a blank line, which StarRocks skips.
-        checks.append((pl.col(next(iter(prepared))) == "").fill_null(False).any())
-    if checks and text.select(pl.any_horizontal(checks)).item():
-        return None
-    out = io.BytesIO()
-    text.write_csv(
-        out,
-        include_header=False,
-        separator=CSV_SEPARATOR,
-        line_terminator=CSV_DELIMITER,
-        quote_style="never",
-        null_value=CSV_NULL,
-    )
-    return Body(out.getvalue(), "csv", rows, CSV_HEADERS)
+        only = next(iter(texts.values()))
+        if pc.any(pc.equal(pc.binary_length(only), 0)).as_py():
+            return None
+    template: _Template = []
+    for i, (name, arr) in enumerate(texts.items()):
+        if i:
+            template.append(CSV_SEPARATOR)
+        template.append(_as_text(arr, pa.string())[0].as_py() if name in constant
+                        else (arr, False))
+    template.append(CSV_DELIMITER)
+    return Body(_body(template, rows, CSV_NULL, b"", b"", 0), "csv", rows, CSV_HEADERS)
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
@@ -284,10 +390,9 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _ambiguous(col: pl.Expr) -> pl.Expr:
-    hit = (
-        col.str.contains(CSV_SEPARATOR, literal=True)
-        | col.str.contains(CSV_DELIMITER, literal=True)
-        | (col == CSV_NULL)
-    )
-    return hit.fill_null(False).any()
+def _ambiguous(arr: pa.Array) -> bool:
+    """Whether a text column holds a separator or a value StarRocks would read as NULL."""
+    raw = _bytes_of(arr) if _is_text(arr.type) else np.zeros(0, dtype=np.uint8)
+    if ((raw == 0x01) | (raw == 0x02)).any():
+        return True
+    return bool(pc.any(pc.equal(arr, CSV_NULL)).as_py())
