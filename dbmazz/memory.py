@@ -1,14 +1,21 @@
-"""Allocator settings that keep the process's footprint near what it actually holds.
+"""Allocator settings: reuse the memory a flush frees instead of faulting in fresh pages.
 
-glibc malloc serves the numpy WAL buffers and the Python ``bytes`` of Stream Load bodies
-(tens of MB per flush). Its mmap threshold starts at 128 KiB but rises to the size of
-every large block freed (up to 32 MiB), after which bodies and joined WAL buffers are
-carved from the heap, which glibc rarely gives back: the peak RSS of the end-to-end
-benchmark (docs/benchmarks.md) was ~50 MB higher for it. A fixed threshold of 4 MiB maps
-each large buffer on its own and unmaps it when freed; smaller ones (the reader's chunks
-of ≤ 1 MiB) stay on the heap.
+Every flush allocates and frees the same large blocks again — the joined WAL buffer, decode
+temporaries, rendered columns, the Stream Load body (tens of MB). Memory the process hands
+back to the kernel comes back as page faults, each zeroing a page: on the 2-vCPU VM of
+docs/benchmarks.md that cost a fifth of dbmazz's CPU time, and transparent huge pages made it
+worse (a 2 MiB fault that compacts memory first costs milliseconds). Three settings:
 
-Best effort: without glibc's ``mallopt`` nothing changes.
+* glibc malloc (numpy buffers, ``bytes`` bodies): blocks up to 32 MiB come from the heap and
+  the heap keeps up to 32 MiB of free top before trimming. glibc's own default lets its mmap
+  threshold creep up to the largest block ever freed and never trims below it, which cost
+  ~50 MB of RSS; fixed values bound what is kept while the next flush reuses it.
+* Arrow's buffers come from its jemalloc pool when the build has one (it returns freed
+  pages on a one-second decay, never as huge pages); the default mimalloc pool asks for
+  huge pages.
+* numpy does not ask for huge pages for its large arrays.
+
+Best effort: each setting applies where the platform offers it, and nothing fails without.
 """
 
 from __future__ import annotations
@@ -22,19 +29,24 @@ import threading
 log = logging.getLogger(__name__)
 
 #: Allocations at least this large are mmapped by glibc (and unmapped when freed).
-MMAP_THRESHOLD = 4 << 20
-_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
+MMAP_THRESHOLD = 32 << 20
+#: Free memory at the top of a glibc heap beyond this is given back to the kernel.
+TRIM_THRESHOLD = 32 << 20
+_M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 _lock = threading.Lock()
-_tuned = False
+_tuned: bool | None = None
 
 
 def tune_allocators() -> bool:
-    """Apply the settings once per process; whether they are in effect."""
+    """Apply the settings once per process; whether glibc's are in effect."""
     global _tuned
     with _lock:
-        if not _tuned:
+        if _tuned is None:
             _tuned = _tune_glibc()
+            _use_jemalloc_for_arrow()
+            _no_numpy_huge_pages()
         return _tuned
 
 
@@ -48,7 +60,28 @@ def _tune_glibc() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:  # pragma: no cover - refused
-        log.debug("mallopt(M_MMAP_THRESHOLD) refused")
-        return False
+    for param, value in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                         (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        if mallopt(param, value) != 1:  # pragma: no cover - refused
+            log.debug("mallopt(%d, %d) refused", param, value)
+            return False
     return True
+
+
+def _use_jemalloc_for_arrow() -> None:
+    import pyarrow as pa
+
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # pragma: no cover - a pyarrow built without jemalloc
+        return
+    pa.set_memory_pool(pool)
+
+
+def _no_numpy_huge_pages() -> None:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or getattr(np, "core", None)
+    setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is not None:
+        setter(False)
