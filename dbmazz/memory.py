@@ -10,9 +10,9 @@ worse (a 2 MiB fault that compacts memory first costs milliseconds). Three setti
   the heap keeps up to 32 MiB of free top before trimming. glibc's own default lets its mmap
   threshold creep up to the largest block ever freed and never trims below it, which cost
   ~50 MB of RSS; fixed values bound what is kept while the next flush reuses it.
-* Arrow's buffers come from its jemalloc pool when the build has one (it returns freed
-  pages on a one-second decay, never as huge pages); the default mimalloc pool asks for
-  huge pages.
+* Arrow allocates from glibc too (its system pool), under the same thresholds. Its bundled
+  pools faulted every flush's rendered columns in again: jemalloc as Arrow configures it
+  hands freed pages back at once, and mimalloc asks for huge pages.
 * numpy does not ask for huge pages for its large arrays.
 
 Best effort: each setting applies where the platform offers it, and nothing fails without.
@@ -45,7 +45,7 @@ def tune_allocators() -> bool:
     with _lock:
         if _tuned is None:
             _tuned = _tune_glibc()
-            _use_jemalloc_for_arrow()
+            _arrow_on_glibc()
             _no_numpy_huge_pages()
         return _tuned
 
@@ -68,14 +68,10 @@ def _tune_glibc() -> bool:
     return True
 
 
-def _use_jemalloc_for_arrow() -> None:
+def _arrow_on_glibc() -> None:
     import pyarrow as pa
 
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # pragma: no cover - a pyarrow built without jemalloc
-        return
-    pa.set_memory_pool(pool)
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _no_numpy_huge_pages() -> None:
