@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import ColumnSpec, SchemaDelta, TableSchema
 from dbmazz.source.pgoutput import Relation
-from dbmazz.source.types import TypeRegistry, arrow_type
+from dbmazz.source.types import BUILTIN_TYPE_NAMES, TypeRegistry, arrow_type
 
 KeyResolver = Callable[[Relation], tuple[str, ...]]
 
@@ -135,4 +135,4 @@ def diff(before: TableSchema | None, after: TableSchema) -> SchemaDelta:
 
 def _type_name(types: TypeRegistry, oid: int) -> str:
     info = types.get(oid)
-    return info.name if info is not None else ""
+    return info.name if info is not None else BUILTIN_TYPE_NAMES.get(oid, "")

@@ -80,6 +80,19 @@ JSON, XML, POINT, BOX, FLOAT4, FLOAT8, UNKNOWN, MONEY = 114, 142, 600, 603, 700,
 BPCHAR, VARCHAR, DATE, TIME, TIMESTAMP, TIMESTAMPTZ = 1042, 1043, 1082, 1083, 1114, 1184
 INTERVAL, TIMETZ, NUMERIC, UUID, JSONB = 1186, 1266, 1700, 2950, 3802
 
+#: pg_type.typname of the built-in scalar types a Relation message names only by OID
+#: (pgoutput sends Type messages for non-built-in types alone). Sinks map on these names
+#: (json/jsonb → JSON, varchar(n) → VARCHAR(4n), …).
+BUILTIN_TYPE_NAMES: dict[int, str] = {
+    BOOL: "bool", BYTEA: "bytea", CHAR: "char", NAME: "name", INT8: "int8", INT2: "int2",
+    INT4: "int4", TEXT: "text", OID: "oid", JSON: "json", XML: "xml", POINT: "point",
+    BOX: "box", FLOAT4: "float4", FLOAT8: "float8", MONEY: "money", BPCHAR: "bpchar",
+    VARCHAR: "varchar", DATE: "date", TIME: "time", TIMESTAMP: "timestamp",
+    TIMESTAMPTZ: "timestamptz", INTERVAL: "interval", TIMETZ: "timetz", NUMERIC: "numeric",
+    UUID: "uuid", JSONB: "jsonb", 650: "cidr", 869: "inet", 829: "macaddr", 774: "macaddr8",
+    1560: "bit", 1562: "varbit", 3614: "tsvector", 3615: "tsquery", 4072: "jsonpath",
+}
+
 #: Built-in array type → element type (pg_type rows of category 'A'). int2vector (22) and
 #: oidvector (30) are left out on purpose: their text form is space-separated, not ``{…}``.
 ARRAY_ELEMENT: dict[int, int] = {
