@@ -86,7 +86,11 @@ class Config(BaseSettings):
     )
     setup: Literal["auto", "skip"] = Field(default="auto", description="Run setup of both ends.")
     create_tables: bool = Field(default=True, description="Create missing target tables.")
-    load_format: Literal["json", "csv"] = Field(default="json", description="Stream Load format.")
+    load_format: Literal["json", "csv"] = Field(
+        default="csv",
+        description="Stream Load format. CSV is lighter on both ends; a batch whose text "
+        "could be misread as CSV goes as JSON.",
+    )
     delete_mode: Literal["soft", "hard"] = Field(default="soft", description="Delete handling.")
     dropped_columns: Literal["keep", "fill_null"] = Field(
         default="fill_null",

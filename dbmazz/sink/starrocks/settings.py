@@ -26,7 +26,7 @@ class StarRocksSettings:
     mysql_host: str | None = None
     #: Part of every label, so two pipelines loading one database never collide.
     slot_name: str = "dbmazz_slot"
-    load_format: Literal["json", "csv"] = "json"
+    load_format: Literal["json", "csv"] = "csv"
     delete_mode: Literal["soft", "hard"] = "soft"
     setup: Literal["auto", "skip"] = "auto"
     create_tables: bool = True
