@@ -47,6 +47,7 @@ class Stats:
         self.loads = 0
         self.bytes = 0
         self.requests = 0
+        self._key = record_key
         self._pattern = (re.compile(rb'"' + re.escape(record_key.encode()) + rb'":(-?\d+)')
                          if record_key else None)
         self.arrivals: list[tuple[int, float]] = []
@@ -56,14 +57,24 @@ class Stats:
             self.loads = self.bytes = self.requests = 0
             self.arrivals = []
 
-    def record(self, body: bytes | None, size: int) -> None:
+    def record(self, body: bytes | None, size: int, headers: Any = None) -> None:
         now = time.time()
         keys = ([int(k) for k in self._pattern.findall(body)]
                 if self._pattern is not None and body is not None else [])
+        if body and headers is not None and headers.get("format") == "csv":
+            keys = self._csv_keys(body, headers.get("columns", ""))
         with self.lock:
             self.loads += 1
             self.bytes += size
             self.arrivals.extend((k, now) for k in keys)
+
+    def _csv_keys(self, body: bytes, columns: str) -> list[int]:
+        """The key column of every record of a CSV body (``columns`` header order)."""
+        names = [c.strip().strip("`") for c in columns.split(",")]
+        if self._key not in names:
+            return []
+        at = names.index(self._key)
+        return [int(record.split(b"\x01")[at]) for record in body.split(b"\x02") if record]
 
     def snapshot(self, arrivals: bool = False) -> dict[str, Any]:
         with self.lock:
@@ -151,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         keep = self.server.stats._pattern is not None
         body, size = self._drain_body(keep)
-        self.server.stats.record(body, size)
+        self.server.stats.record(body, size, self.headers)
         self.server.txn_id += 1
         if self.path.endswith("/api/transaction/load"):
             self._reply({"Status": "OK", "Message": "", "Label": label,
@@ -206,7 +217,8 @@ def main() -> int:
     parser.add_argument("--db", default="bench")
     parser.add_argument("--ddl", action="append", default=[],
                         help="CREATE TABLE statement run on the emulator's MySQL port")
-    parser.add_argument("--record-key", help="JSON key whose values' arrival times to keep")
+    parser.add_argument("--record-key",
+                        help="column (JSON key or CSV column) whose values' arrival times to keep")
     parser.add_argument("--no-redirect", dest="redirect", action="store_false")
     args = parser.parse_args()
 
