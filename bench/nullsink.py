@@ -59,10 +59,12 @@ class Stats:
 
     def record(self, body: bytes | None, size: int, headers: Any = None) -> None:
         now = time.time()
-        keys = ([int(k) for k in self._pattern.findall(body)]
-                if self._pattern is not None and body is not None else [])
-        if body and headers is not None and headers.get("format") == "csv":
-            keys = self._csv_keys(body, headers.get("columns", ""))
+        keys: list[int] = []
+        if self._pattern is not None and body:
+            if headers is not None and headers.get("format") == "csv":
+                keys = self._csv_keys(body, headers.get("columns", ""))
+            else:
+                keys = [int(k) for k in self._pattern.findall(body)]
         with self.lock:
             self.loads += 1
             self.bytes += size

@@ -196,7 +196,7 @@ def _is_nested(t: pa.DataType) -> bool:
 # Both formats are one Arrow kernel call per slice of rows: every column rendered as text
 # (NULL kept), then ``binary_join_element_wise`` over [literal, column, literal, column, …]
 # writes each record with its punctuation, NULLs replaced by the format's NULL. The
-# records' data buffer *is* the body: no per-row Python, no intermediate frame.
+# records' bytes become the body in one join: no per-row Python, no intermediate frame.
 
 
 def _as_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
@@ -223,17 +223,18 @@ _Template = list[str | tuple[pa.Array, bool]]
 
 def _records(template: _Template, start: int, rows: int, null: str) -> pa.Array:
     """Rows ``start … start + rows`` of ``template`` joined into one text per record."""
-    columns = [item[0].slice(start, rows) for item in template if not isinstance(item, str)]
-    literal_bytes = sum(len(item) for item in template if isinstance(item, str))
-    target = _text_type(columns, literal_bytes)
+    part = [item if isinstance(item, str) else (item[0].slice(start, rows), item[1])
+            for item in template]
+    target = _text_type([item[0] for item in part if not isinstance(item, str)],
+                        sum(len(item) for item in part if isinstance(item, str)))
     pieces: list[pa.Scalar | pa.Array] = []
     literal = ""
-    for item in template:
+    for item in part:
         if isinstance(item, str):
             literal += item
             continue
         arr, quoted = item
-        text = _as_text(arr.slice(start, rows), target)
+        text = _as_text(arr, target)
         if quoted and text.null_count:
             # A NULL must stay the bare literal null: quotes around the values only.
             text = _as_text(pc.binary_join_element_wise('"', text, '"', ""), target)

@@ -322,7 +322,6 @@ class StreamLoadClient:
             response = self.transport.send_following("GET", url, auth=False)
         except TransportError as exc:
             return f"(could not fetch {url}: {exc})"
-        # CSV rows come back with their control-character separators: shown readably.
         text = response.body.decode("utf-8", "replace")
         # Rejected CSV rows come back with their control-character separators: shown readably.
         text = text.replace("\x01", " | ").replace("\x02", "\n").strip()
