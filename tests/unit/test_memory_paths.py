@@ -105,7 +105,7 @@ def test_batches_that_need_merging_do_not_take_the_bulk_path(
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 17])
-def test_ndjson_body_in_slices_equals_one_piece(monkeypatch: pytest.MonkeyPatch,
+def test_json_body_with_hostile_text_in_slices_equals_one_piece(monkeypatch: pytest.MonkeyPatch,
                                                rows: int) -> None:
     notes = ['a,b', 'q"uote', "ünï", "x\ny\r\n", "", None, "\\", "]\n["]
     table = pa.table({

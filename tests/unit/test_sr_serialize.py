@@ -333,16 +333,17 @@ def test_a_column_with_one_value_renders_as_if_it_varied(
     assert body.format == fmt
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_a_body_rendered_in_slices_equals_one_piece(
-    monkeypatch: pytest.MonkeyPatch, fmt: str
+def test_a_csv_body_rendered_in_slices_equals_one_piece(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # (JSON bodies: tests/unit/test_throughput_paths.py, tests/unit/test_memory_paths.py)
     t = pa.table({
         "id": pa.array(range(7), pa.int64()),
         "note": ["a", None, "b,c", 'q"', "", None, "ü"],
         "at": pa.array([datetime(2024, 1, d) if d % 3 else None for d in range(1, 8)],
                        pa.timestamp("us")),
     })
-    whole = serialize(t, fmt)
+    whole = serialize(t, "csv")
+    assert whole.format == "csv"
     monkeypatch.setattr(serialize_module, "_SLICE_ROWS", 2)
-    assert serialize(t, fmt).data == whole.data
+    assert serialize(t, "csv").data == whole.data

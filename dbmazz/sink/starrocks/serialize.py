@@ -84,7 +84,19 @@ def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str
         if body is not None:
             return body
     prepared = {name: _prepare(arr, csv=False) for name, arr in columns.items()}
-    return _json(prepared, constant, table.num_rows, raw)
+    # Numbers, dates, times and hex are rendered without quotes, backslashes or control
+    # characters: only the other columns need the escaping scan.
+    plain = {f.name for f in table.schema if _renders_plain(_value_type(f.type))}
+    return _json(prepared, constant, table.num_rows, raw, plain)
+
+
+def _renders_plain(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_decimal(t) or pa.types.is_floating(t) or pa.types.is_date(t)
+        or pa.types.is_timestamp(t) or pa.types.is_time(t) or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+        or pa.types.is_fixed_size_binary(t)
+    )
 
 
 def _is_constant(arr: pa.Array) -> bool:
@@ -285,6 +297,15 @@ def _bytes_of(arr: pa.Array) -> np.ndarray:
     return np.frombuffer(_data_of(arr), dtype=np.uint8)
 
 
+def _nested_json_text(arr: pa.Array) -> pa.Array:
+    """A nested column as JSON text per row (NULL stays NULL)."""
+    frame = pl.DataFrame([pl.Series("v", arr)])
+    encoded = pl.struct(pl.col("v")).struct.json_encode()
+    text = encoded.str.slice(len('{"v":')).str.head(-1)
+    rendered = frame.select(pl.when(pl.col("v").is_null()).then(None).otherwise(text))
+    return rendered.to_series().to_arrow().cast(pa.large_string())
+
+
 # -- JSON --------------------------------------------------------------------------------
 
 #: Short escapes JSON defines; every other control character becomes ``\u00XX``.
@@ -311,7 +332,7 @@ def _json_string_content(arr: pa.Array) -> pa.Array:
     return arr
 
 
-def _json_value(arr: pa.Array, raw: bool) -> tuple[pa.Array, bool]:
+def _json_value(arr: pa.Array, raw: bool, plain: bool) -> tuple[pa.Array, bool]:
     """A prepared column as JSON value text, and whether it must be put in quotes."""
     t = arr.type
     if raw:
@@ -322,17 +343,17 @@ def _json_value(arr: pa.Array, raw: bool) -> tuple[pa.Array, bool]:
         pa.types.is_floating(t)
     ):
         return arr, False  # finite floats only: _prepare made the others text
-    return _json_string_content(arr), True
+    return (arr if plain else _json_string_content(arr)), True
 
 
 def _json(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
-          raw: set[str]) -> Body:
+          raw: set[str], plain: Collection[str]) -> Body:
     if rows == 0:
         return Body(b"[]", "json", 0, JSON_HEADERS)
     template: _Template = []
     for i, (name, arr) in enumerate(prepared.items()):
         template.append(("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":")
-        value, quoted = _json_value(arr, name in raw)
+        value, quoted = _json_value(arr, name in raw, name in plain)
         if name in constant:
             text = _as_text(value, pa.string())[0].as_py()
             template.append(json.dumps(text, ensure_ascii=False) if quoted else text)
@@ -344,15 +365,6 @@ def _json(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int
 
 
 # -- CSV ---------------------------------------------------------------------------------
-
-
-def _nested_json_text(arr: pa.Array) -> pa.Array:
-    """A nested column as JSON text per row (NULL stays NULL)."""
-    frame = pl.DataFrame([pl.Series("v", arr)])
-    encoded = pl.struct(pl.col("v")).struct.json_encode()
-    text = encoded.str.slice(len('{"v":')).str.head(-1)
-    rendered = frame.select(pl.when(pl.col("v").is_null()).then(None).otherwise(text))
-    return rendered.to_series().to_arrow().cast(pa.large_string())
 
 
 def _csv(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
