@@ -69,6 +69,14 @@ class Config(BaseSettings):
         "connection that auto cannot recognize.",
     )
 
+    pgoutput_protocol: Literal["auto", "1", "2", "3", "4"] = Field(
+        default="auto",
+        description="pgoutput protocol version: auto (the highest the server speaks: 2 on "
+        "PostgreSQL 14, 3 on 15, 4 on 16+) or 1-4. 2 and higher stream large transactions "
+        "while they run (spooled until they commit; 4 as streaming = parallel); 1 receives "
+        "them whole at commit.",
+    )
+
     # --- sink ---------------------------------------------------------------------------
     sink: Literal["starrocks", "duckdb"] | None = Field(
         default=None,

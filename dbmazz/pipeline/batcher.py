@@ -230,7 +230,7 @@ class Batcher:
                 f"unexpected pgoutput message type {chr(int(k[bad]))!r} (byte 0x{int(k[bad]):02x})"
                 f" at LSN {int(chunk.lsns[lo + bad])}",
                 "the stream may use a protocol version dbmazz does not support; use "
-                "proto_version 1 or 2",
+                "PGOUTPUT_PROTOCOL auto or 1-4",
             )
         is_begin = k == _B
         is_dml = (k == _I) | (k == _U) | (k == _D)
