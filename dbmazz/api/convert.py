@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pyarrow as pa
@@ -79,6 +80,8 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
         started_at_unix_s=snap.started_at,
         uptime_s=snap.uptime_s,
     )
+    if snap.source is not None:
+        message.source.CopyFrom(pb.SourceChannel(**dataclasses.asdict(snap.source)))
     if snap.error is not None:
         message.last_error.CopyFrom(pb.ErrorInfo(
             message=snap.error.message, hint=snap.error.hint, kind=snap.error.kind,

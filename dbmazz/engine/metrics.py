@@ -15,6 +15,7 @@ import psutil
 
 from dbmazz.engine.core import RunState, Stage
 from dbmazz.engine.snapshot_load import SnapshotProgress
+from dbmazz.source.replication import SourceChannel
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class StatusSnapshot:
     started_at: float = 0.0
     #: The running (else the last) snapshot; None before any.
     snapshot: SnapshotProgress | None = None
+    #: The source connection: TLS (and its version), pgoutput protocol, standby; None
+    #: before a live stream was opened.
+    source: SourceChannel | None = None
     taken_at: float = field(default_factory=time.time)
 
     @property

@@ -406,6 +406,7 @@ class EngineService:
                 version=__version__,
                 started_at=self._started_at,
                 snapshot=engine.snapshot_progress,
+                source=engine.source_channel,
             )
         settings = ({name: int(getattr(config, name)) for name in LIVE_SETTINGS}
                     if config else {})
@@ -451,3 +452,4 @@ class EngineService:
                 in_flight_rows=batch.num_rows if batch is not None else 0,
             ))
         return tuple(out)
+
