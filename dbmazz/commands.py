@@ -149,6 +149,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         slot=config.slot_name,
         replica_identity=config.replica_identity,
         check_only=args.check,
+        primary_dsn=config.primary_dsn if config.primary_url is not None else None,
     )
     tables = target_tables(config, source)
     for warning in source.warnings:

@@ -107,6 +107,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         replica_identity=config.replica_identity,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
+        primary_dsn=config.primary_dsn if config.primary_url is not None else None,
     )
     try:
         return _build_live(config, source, sink)
@@ -136,7 +137,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
 
     dsn = config.source_dsn
     # Tables an on-demand snapshot added stay replicated across restarts.
-    extra = replicated_extra_tables(dsn, config.slot_name, source.tables)
+    extra = replicated_extra_tables(config.primary_dsn, config.slot_name, source.tables)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             if extra:
@@ -155,7 +156,9 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
     target = SnapshotAwareSink(sink or make_sink(config))
     if config.setup == "auto":
         target.setup(tables)
-    checkpoints = PostgresCheckpointStore(dsn, config.slot_name)
+    # On a standby (PRIMARY_URL set) every write goes to the primary.
+    writes = config.primary_dsn
+    checkpoints = PostgresCheckpointStore(writes, config.slot_name)
     checkpoint = checkpoints.load()
     start = checkpoint or 0
     publication = config.publication_name
@@ -180,8 +183,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
     if config.heartbeat_interval_s > 0:
         from dbmazz.source.heartbeat import Heartbeat
 
-        engine.heartbeat = Heartbeat(dsn)
-    attach_snapshots(engine, dsn=dsn, slot=slot, publication=publication,
+        engine.heartbeat = Heartbeat(writes)
+    attach_snapshots(engine, dsn=dsn, store_dsn=writes, slot=slot, publication=publication,
                      replica_identity=config.replica_identity, mode=config.snapshot,
                      workers=config.snapshot_workers, sink=target, schemas=schemas,
                      keys=source.primary_keys, tables=tables, source=source,

@@ -377,7 +377,8 @@ def replicated_extra_tables(dsn: str, slot: str, configured: Sequence[str]) -> l
         store.close()
 
 
-def attach_snapshots(engine: object, *, dsn: str, slot: str, publication: str,
+def attach_snapshots(engine: object, *, dsn: str, store_dsn: str | None = None,
+                     slot: str, publication: str,
                      replica_identity: ReplicaIdentityMode, mode: str, workers: int,
                      sink: SnapshotAwareSink, schemas: SchemaCache,
                      keys: dict[str, tuple[str, ...]], tables: Sequence[TableSchema],
@@ -385,7 +386,7 @@ def attach_snapshots(engine: object, *, dsn: str, slot: str, publication: str,
     """Give a live engine its snapshot side (``engine.snapshots``)."""
     context = SnapshotContext(dsn=dsn, slot=slot, publication=publication,
                               replica_identity=replica_identity, sink=sink, schemas=schemas,
-                              keys=keys, store=SnapshotProgressStore(dsn, slot),
+                              keys=keys, store=SnapshotProgressStore(store_dsn or dsn, slot),
                               workers=workers)
     snapshots = Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
                           source=source, checkpoint=checkpoint)

@@ -338,6 +338,7 @@ def setup_source(
     export_snapshot: bool = False,
     lock_timeout_s: float = 10.0,
     check_only: bool = False,
+    primary_dsn: str | None = None,
 ) -> SourceSetup:
     """Check the source and create what is missing; safe to run any number of times.
 
@@ -348,6 +349,9 @@ def setup_source(
     :attr:`SourceSetup.slot_creation` for an initial snapshot.
     ``check_only``: run every check but change nothing; the result then says what setup
     *would* create or change (``applied`` is False).
+    ``primary_dsn``: ``dsn`` is a hot standby (PostgreSQL 16+); the catalog checks and
+    changes (publication, replica identity) go to the primary, the slot to the standby.
+    A standby without it is refused with what to do.
     """
     if not tables:
         raise SetupError("no tables to replicate", "list them in TABLES (schema.table,...)")
@@ -362,7 +366,8 @@ def setup_source(
         raise SetupError(str(exc)) from None
     target = describe_dsn(dsn)
     warnings: list[str] = []
-    with _connect(dsn) as conn:
+    _check_standby(dsn, target, primary_dsn)
+    with _connect(primary_dsn or dsn) as conn:
         (wal_level,) = conn.execute("SHOW wal_level").fetchone() or ("?",)
         if wal_level != "logical":
             raise SetupError(
@@ -388,7 +393,11 @@ def setup_source(
                 "run setup once as the tables' owner (or a superuser), or make those "
                 "changes by hand",
             )
-        info = read_slot_info(conn, slot)
+        if primary_dsn is None:
+            info = read_slot_info(conn, slot)
+        else:
+            with _connect(dsn) as standby:
+                info = read_slot_info(standby, slot)
         if not info.exists:
             _refuse_dropped_slot(conn, slot, target)
         if info.exists:
@@ -447,6 +456,34 @@ def setup_source(
         warnings=tuple(warnings),
         slot_creation=creation,
     )
+
+
+def _check_standby(dsn: str, target: str, primary_dsn: str | None) -> None:
+    """Decoding from a hot standby needs PostgreSQL 16+ and the primary for every write
+    (a standby is read-only): refuse a standby without PRIMARY_URL, naming what to do."""
+    with _connect(dsn) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery(), current_setting('server_version_num')"
+                           "::int").fetchone()
+    standby, version = (bool(row[0]), int(row[1])) if row else (False, 0)
+    if not standby:
+        if primary_dsn is not None:
+            log.warning("PRIMARY_URL is set but SOURCE_URL (%s) is not a standby; setup and "
+                        "checkpoints go to PRIMARY_URL anyway", target)
+        return
+    if version < 160000:
+        raise SetupError(
+            f"SOURCE_URL ({target}) is a hot standby of PostgreSQL {version // 10000}: "
+            "logical decoding on a standby needs PostgreSQL 16+",
+            "point SOURCE_URL at the primary (or upgrade to PostgreSQL 16+)",
+        )
+    if primary_dsn is None:
+        raise SetupError(
+            f"SOURCE_URL ({target}) is a hot standby: dbmazz can decode there, but the "
+            "publication, replica identity, checkpoint table, heartbeats and snapshot "
+            "progress must be written on the primary, and a standby is read-only",
+            "set PRIMARY_URL to the primary's URL (the slot stays on the standby); the "
+            "standby needs hot_standby_feedback=on and the primary wal_level=logical",
+        )
 
 
 def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> None:
