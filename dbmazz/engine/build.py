@@ -169,7 +169,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
     def open_stream(lsn: int) -> ChunkSource:
         return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
                                       socket_reader=socket_reader,
-                                      proto_version=config.pgoutput_protocol, streaming=None)
+                                      proto_version=config.pgoutput_protocol, streaming=None,
+                                      skip_empty_transactions=True)
 
     log.info("streaming %d table(s) from slot %s into %s", len(tables), slot, target.name)
     engine = Engine(

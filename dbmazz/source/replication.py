@@ -79,6 +79,7 @@ _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01 00:00:00 UTC
 
 _W, _K = ord("w"), ord("k")
+_B, _C = ord("B"), ord("C")
 _S, _E, _STREAM_COMMIT, _A, _O = ord("S"), ord("E"), ord("c"), ord("A"), ord("O")
 _XLOG_HEADER = 25  # 'w' + dataStart + walEnd + sendTime
 _D = ord("d")
@@ -439,6 +440,36 @@ def _run_of(chunk: WalChunk, lo: int, hi: int) -> WalChunk:
     )
 
 
+def drop_empty_transactions(chunk: WalChunk) -> WalChunk | None:
+    """The chunk without Begin/Commit pairs that hold nothing (vectorized).
+
+    PostgreSQL 14 sends every transaction of the database, published changes or not, as
+    at least Begin + Commit; 15+ skips empty ones. Dropping them makes 14 behave like 15:
+    no flush, no checkpoint write (which on 14 would itself come back as an empty
+    transaction) — the idle rule moves the slot past them instead. A pair split across
+    two chunks passes through unchanged (harmless: an empty transaction).
+    """
+    starts = chunk.offsets[:-1]
+    if len(starts) < 2:
+        return chunk
+    kinds = chunk.data[starts]
+    pair = (kinds[:-1] == _B) & (kinds[1:] == _C)
+    if not pair.any():
+        return chunk
+    keep = np.ones(len(kinds), dtype=bool)
+    keep[:-1] &= ~pair
+    keep[1:] &= ~pair
+    if not keep.any():
+        return None
+    ends = chunk.message_ends[keep]
+    return WalChunk(
+        data=chunk.data,
+        offsets=np.append(starts[keep], ends[-1]).astype(np.int64),
+        lsns=chunk.lsns[keep],
+        ends=ends,
+    )
+
+
 def _strip_streamed(chunk: WalChunk, top_xid: int, aborted: set[int]) -> WalChunk:
     """Remove the in-stream xid after each type byte and drop aborted subtransactions.
 
@@ -649,8 +680,10 @@ class ReplicationStream:
         received: bytes = b"",
         standby: bool = False,
         tls_version: str = "",
+        skip_empty: bool = False,
     ) -> None:
         self._pgconn = pgconn
+        self._skip_empty = skip_empty
         self._standby = standby
         self._tls_version = tls_version
         # Socket reading (see the module docstring): the receive buffer and how much of it
@@ -716,6 +749,7 @@ class ReplicationStream:
         spool_dir: str | None = None,
         advance_when_idle: bool = True,
         socket_reader: bool | None = None,
+        skip_empty_transactions: bool = False,
     ) -> ReplicationStream:
         """Connect, check the slot and publications, and start streaming.
 
@@ -729,6 +763,9 @@ class ReplicationStream:
         ``streaming 'parallel'``, so Stream Abort carries the abort LSN and time.
         ``socket_reader``: read the socket directly (None: whenever the connection is not
         encrypted; True where that is impossible raises).
+        ``skip_empty_transactions``: drop Begin/Commit pairs without changes, which
+        PostgreSQL 14 sends for every transaction of the database (see
+        :func:`drop_empty_transactions`); 15+ never sends them.
         """
         if str(proto_version) not in PROTOCOL_CHOICES:
             raise ValueError(f"proto_version must be auto or 1-4, not {proto_version!r}")
@@ -815,6 +852,7 @@ class ReplicationStream:
             parallel=parallel,
             standby=in_recovery == "t",
             tls_version=tls_version or "",
+            skip_empty=skip_empty_transactions and pgconn.server_version < 150000,
             spool_dir=spool_dir,
             advance_when_idle=advance_when_idle,
             wire=wire,
@@ -882,6 +920,8 @@ class ReplicationStream:
             chunk = self._next_pending()
             if chunk is None:
                 chunk = self._read(max_bytes, timeout_s)
+                if chunk is not None and self._skip_empty:
+                    chunk = drop_empty_transactions(chunk)
             if chunk is not None:
                 self._note_delivery(chunk)
             elif not self._pending:

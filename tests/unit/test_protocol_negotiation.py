@@ -1,11 +1,13 @@
-"""pgoutput protocol negotiation: the highest protocol both sides speak, or a clear error."""
+"""pgoutput protocol negotiation (the highest protocol both sides speak, or a clear error)
+and what differs between server versions in the stream."""
 
 from __future__ import annotations
 
 import pytest
 
 from dbmazz.errors import SourceError
-from dbmazz.source.replication import max_protocol, negotiate_protocol
+from dbmazz.source.chunk import WalChunk
+from dbmazz.source.replication import drop_empty_transactions, max_protocol, negotiate_protocol
 
 
 @pytest.mark.parametrize(("server", "highest"), [
@@ -31,3 +33,19 @@ def test_a_protocol_newer_than_the_server_names_the_version_and_the_fix() -> Non
 def test_nonsense_is_refused() -> None:
     with pytest.raises(ValueError, match="auto or 1-4"):
         negotiate_protocol("5", 180004, "db")
+
+
+def _chunk(kinds: str) -> WalChunk:
+    return WalChunk.from_messages([k.encode() + bytes([i]) for i, k in enumerate(kinds)],
+                                  range(len(kinds)))
+
+
+def test_empty_transactions_of_postgresql_14_are_dropped() -> None:
+    # B C = an empty transaction; B I C and B M C hold something; a lone trailing B stays.
+    chunk = drop_empty_transactions(_chunk("BCBICBCBMCB"))
+    assert chunk is not None
+    assert [m[:1].decode() for m in chunk.messages()] == list("BICBMCB")
+    assert chunk.lsns.tolist() == [2, 3, 4, 7, 8, 9, 10]
+    assert drop_empty_transactions(_chunk("BCBC")) is None
+    untouched = _chunk("BIC")
+    assert drop_empty_transactions(untouched) is untouched
