@@ -19,6 +19,7 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
+from dbmazz.contract import SEQ_COLUMN
 from dbmazz.engine.audit import AuditLog
 from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SplitPart, TableBatch, TableSchema
@@ -151,9 +152,9 @@ class FlushApplier:
         changes = pa.Table.from_batches(decoded)
         if len(decoded) > 1:
             # Each slab numbers its changes from 0; the merge needs one order across slabs.
-            position = changes.schema.get_field_index("__dbmazz_seq")
+            position = changes.schema.get_field_index(SEQ_COLUMN)
             changes = changes.set_column(
-                position, "__dbmazz_seq", pa.array(np.arange(changes.num_rows, dtype=np.uint32))
+                position, SEQ_COLUMN, pa.array(np.arange(changes.num_rows, dtype=np.uint32))
             )
         if self._on_decoded is not None:
             self._on_decoded(table, changes)

@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
+from dbmazz.contract import OP_INSERT, with_audit
 from dbmazz.errors import DbmazzError, SinkError, SourceConnectionError
 from dbmazz.lsn import format_lsn
-from dbmazz.pipeline.batch import AUDIT_NAMES, OP_INSERT, TableBatch, TableSchema, UpsertGroup
+from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
 from dbmazz.source.snapshot import Chunk, ChunkReader, ReaderKind, TableLayout, open_reader
 from dbmazz.source.types import DecodeStats, TypeRegistry
 from dbmazz.state.snapshot_progress import SnapshotProgressStore
@@ -140,15 +141,9 @@ def snapshot_batch(table: TableSchema, rows: pa.Table, version: int, batch_id: s
                    synced_at: datetime | None = None) -> TableBatch:
     """Rows of a snapshot chunk as inserts carrying ``version`` (see docs/snapshot.md)."""
     n = rows.num_rows
-    synced = np.datetime64((synced_at or datetime.now(UTC)).replace(tzinfo=None), "us")
-    audit = [
-        pa.array(np.full(n, OP_INSERT, dtype=np.int8)),
-        pa.array(np.zeros(n, dtype=np.bool_)),
-        pa.array(np.full(n, synced, dtype="datetime64[us]")),
-        pa.array(np.full(n, version, dtype=np.int64)),
-    ]
-    full = pa.Table.from_arrays([*rows.columns, *audit],
-                                names=[*rows.column_names, *AUDIT_NAMES])
+    synced = (synced_at or datetime.now(UTC)).replace(tzinfo=None)
+    full = with_audit(rows, pa.array(np.full(n, OP_INSERT, dtype=np.int8)),
+                      pa.array(np.full(n, version, dtype=np.int64)), synced)
     return TableBatch(table=table, upserts=[UpsertGroup(full, partial=False)] if n else [],
                       first_lsn=version, last_lsn=version, source_changes=n, batch_id=batch_id)
 

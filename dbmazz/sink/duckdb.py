@@ -25,15 +25,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from dbmazz.contract import AUDIT_COLUMNS, AUDIT_NAMES
 from dbmazz.errors import SinkError
-from dbmazz.pipeline.batch import (
-    AUDIT_COLUMNS,
-    AUDIT_NAMES,
-    LoadResult,
-    SchemaDelta,
-    TableBatch,
-    TableSchema,
-)
+from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from dbmazz.contract import AUDIT_COLUMNS, OP_DELETE, OP_INSERT, OP_UPDATE
 from dbmazz.errors import SetupError, SinkError
 from dbmazz.pipeline.batch import (
-    AUDIT_COLUMNS,
-    OP_DELETE,
-    OP_INSERT,
-    OP_UPDATE,
     ColumnSpec,
     SchemaDelta,
     SplitPart,

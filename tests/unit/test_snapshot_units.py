@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from dbmazz.contract import AUDIT_NAMES
 from dbmazz.engine.snapshot_load import TableProgress, snapshot_batch
 from dbmazz.engine.snapshot_sink import Watch
-from dbmazz.pipeline.batch import AUDIT_NAMES, ColumnSpec, TableBatch, TableSchema, UpsertGroup
+from dbmazz.pipeline.batch import ColumnSpec, TableBatch, TableSchema, UpsertGroup
 from dbmazz.source.snapshot import (
     Chunk,
     TableLayout,

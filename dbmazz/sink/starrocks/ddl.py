@@ -24,7 +24,8 @@ from typing import Literal
 
 import pyarrow as pa
 
-from dbmazz.pipeline.batch import AUDIT_COLUMNS, ColumnSpec, TableSchema
+from dbmazz.contract import AUDIT_COLUMNS
+from dbmazz.pipeline.batch import ColumnSpec, TableSchema
 from dbmazz.sink.starrocks.mysql import quote_ident
 
 VARCHAR_MAX = 1_048_576

@@ -12,8 +12,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import SetupError
-from dbmazz.pipeline.batch import AUDIT_NAMES, SchemaDelta, TableSchema
+from dbmazz.pipeline.batch import SchemaDelta, TableSchema
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.ddl import (
     UnsupportedType,
