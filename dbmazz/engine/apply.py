@@ -19,7 +19,6 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
-from dbmazz.contract import SEQ_COLUMN
 from dbmazz.engine.audit import AuditLog
 from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SplitPart, TableBatch, TableSchema
@@ -101,11 +100,7 @@ class FlushApplier:
 
     # ------------------------------------------------------------------ per table
     def _apply_table(self, steps: list[Step], flush: Flush) -> None:
-        split = (
-            SplitPart(commit_lsn=flush.split[0], index=flush.split[1], last=flush.split[2])
-            if flush.split
-            else None
-        )
+        split = flush.split
         loads = sum(1 for s in steps if not isinstance(s, SchemaStep))
         for index, step in enumerate(steps):
             # Batches of one table in one flush can share an LSN range (rows, truncate, rows):
@@ -119,14 +114,14 @@ class FlushApplier:
                 batch = TableBatch(table=table, truncate=True, split=split,
                                    first_lsn=step.lsn, last_lsn=step.lsn, batch_id=batch_id)
                 self._retrying(table.source_name, partial(self.sink.write, batch))
-                self._audit(table, [step.lsn], flush.split)
+                self._audit(table, [step.lsn], split)
                 self.stats.table(table.source_name).truncates += 1
             else:
                 self._apply_rows(step, split, batch_id)
                 if self.audit is not None:
                     lsns = (np.unique(np.concatenate([s.commit_lsns for s in step.slabs]))
-                            if step.slabs else [flush.split[0]] if flush.split else [])
-                    self._audit(self._table(step.relation), lsns, flush.split)
+                            if step.slabs else [split.commit_lsn] if split else [])
+                    self._audit(self._table(step.relation), lsns, split)
 
     def _apply_rows(self, step: RowsStep, split: SplitPart | None, batch_id: str) -> None:
         table = self._table(step.relation)
@@ -137,25 +132,12 @@ class FlushApplier:
                                batch_id=batch_id)
             self._retrying(table.source_name, partial(self.sink.write, empty))
             return
-        decoded = [
-            decode_changes(
-                step.relation,
-                table.key_columns,
-                slab.data,
-                slab.starts,
-                slab.commit_lsns,
-                types=self.schemas.types,
-            )
-            # One call for the whole step: the decoder's cost per call is fixed.
-            for slab in (join_slabs(step.slabs),)
-        ]
-        changes = pa.Table.from_batches(decoded)
-        if len(decoded) > 1:
-            # Each slab numbers its changes from 0; the merge needs one order across slabs.
-            position = changes.schema.get_field_index(SEQ_COLUMN)
-            changes = changes.set_column(
-                position, SEQ_COLUMN, pa.array(np.arange(changes.num_rows, dtype=np.uint32))
-            )
+        # One call for the whole step (slabs joined): the decoder's cost per call is fixed,
+        # and its __dbmazz_seq numbers the changes of all slabs in one order.
+        slab = join_slabs(step.slabs)
+        decoded = decode_changes(step.relation, table.key_columns, slab.data, slab.starts,
+                                 slab.commit_lsns, types=self.schemas.types)
+        changes = pa.Table.from_batches([decoded])
         if self._on_decoded is not None:
             self._on_decoded(table, changes)
         batch = merge_changes(changes, table)
@@ -170,8 +152,7 @@ class FlushApplier:
         stats.batches += 1
         stats.last_load_ms = (time.monotonic() - started) * 1000
 
-    def _audit(self, table: TableSchema, lsns: Iterable[int],
-               split: tuple[int, int, bool] | None) -> None:
+    def _audit(self, table: TableSchema, lsns: Iterable[int], split: SplitPart | None) -> None:
         if self.audit is not None:
             self.audit.ack(table.source_name, lsns, split)
 

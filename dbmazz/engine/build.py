@@ -13,8 +13,8 @@ from dbmazz.config import Config
 from dbmazz.engine.core import ChunkSource, Engine, Settings
 from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
-from dbmazz.sink.base import Sink
+from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
+from dbmazz.sink.base import ReachabilityCheck, Sink
 from dbmazz.source.catalog import describe_relations
 from dbmazz.source.chunk import WalChunk
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
@@ -54,6 +54,9 @@ def settings_from(config: Config, **overrides: object) -> Settings:
 
 class CaptureSource:
     """A capture file as a :class:`ChunkSource`: replays its chunks, then is exhausted."""
+
+    reads_socket = False
+    server_wal_end = 0
 
     def __init__(self, chunks: Iterator[WalChunk]) -> None:
         self._chunks = chunks
@@ -119,9 +122,8 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
 def _check_target_reachable(config: Config, sink: Sink | None) -> None:
     """Log in to StarRocks before the source is touched: a wrong password or an unreachable
     FE then fails setup with nothing created on either side."""
-    catalog = getattr(sink, "catalog", None)
-    if catalog is not None:
-        catalog.version()
+    if isinstance(sink, ReachabilityCheck):
+        sink.check_reachable()
     elif sink is None and config.sink == "starrocks":
         from dbmazz.engine.setup.starrocks import check_connection
 
@@ -130,29 +132,29 @@ def _check_target_reachable(config: Config, sink: Sink | None) -> None:
 
 def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engine:
     from dbmazz.engine.setup.postgres import primary_keys
-    from dbmazz.engine.snapshot import attach_snapshots, replicated_extra_tables
+    from dbmazz.engine.snapshot import build_snapshots, replicated_extra_tables
     from dbmazz.engine.snapshot_sink import SnapshotAwareSink
     from dbmazz.source.replication import ReplicationStream
 
     dsn = config.source_dsn
     # Tables an on-demand snapshot added stay replicated across restarts.
     extra = replicated_extra_tables(dsn, config.slot_name, source.tables)
+    keys = TableKeys(source.primary_keys)  # on-demand snapshots add to them while streaming
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             if extra:
-                source.primary_keys.update(primary_keys(conn, extra, strict=False))
+                keys.add(primary_keys(conn, extra, strict=False))
             relations = describe_relations(conn, [*source.tables, *extra])
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
-    keys = source.primary_keys  # on-demand snapshots add to it while streaming
-    schemas = SchemaCache(keys_from_map(keys), config.table_map,
-                          accept=lambda relation: relation.qualified_name in keys)
+    schemas = SchemaCache(keys.resolve, config.table_map, accept=keys.replicated)
     tables = []
     for relation in relations.values():
         schemas.on_relation(relation)
         tables.append(schemas.table(relation.oid))
     _check_target_names(tables)
-    target = SnapshotAwareSink(sink or make_sink(config))
+    inner = sink or make_sink(config)
+    target = SnapshotAwareSink(inner)
     if config.setup == "auto":
         target.setup(tables)
     checkpoints = PostgresCheckpointStore(dsn, config.slot_name)
@@ -167,25 +169,27 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
         return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
                                       socket_reader=socket_reader)
 
+    snapshots = build_snapshots(dsn=dsn, slot=slot, publication=publication,
+                                replica_identity=config.replica_identity, mode=config.snapshot,
+                                workers=config.snapshot_workers, sink=target, schemas=schemas,
+                                keys=keys, tables=tables, source=source, checkpoint=checkpoint)
+    heartbeat = None
+    if config.heartbeat_interval_s > 0:
+        from dbmazz.source.heartbeat import Heartbeat
+
+        heartbeat = Heartbeat(dsn)
     log.info("streaming %d table(s) from slot %s into %s", len(tables), slot, target.name)
-    engine = Engine(
+    return Engine(
         source_factory=open_stream,
-        sink=target,
+        sink=inner,
+        writer=target,
         schemas=schemas,
         checkpoints=checkpoints,
         settings=settings_from(config),
         start_lsn=start,
+        heartbeat=heartbeat,
+        snapshots=snapshots,
     )
-    if config.heartbeat_interval_s > 0:
-        from dbmazz.source.heartbeat import Heartbeat
-
-        engine.heartbeat = Heartbeat(dsn)
-    attach_snapshots(engine, dsn=dsn, slot=slot, publication=publication,
-                     replica_identity=config.replica_identity, mode=config.snapshot,
-                     workers=config.snapshot_workers, sink=target, schemas=schemas,
-                     keys=source.primary_keys, tables=tables, source=source,
-                     checkpoint=checkpoint)
-    return engine
 
 
 def _check_target_names(tables: list[TableSchema]) -> None:

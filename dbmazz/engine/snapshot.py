@@ -33,7 +33,7 @@ from dbmazz.engine.snapshot_sink import SnapshotAwareSink
 from dbmazz.errors import DbmazzError, SetupError, SourceConnectionError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.pipeline.schema_cache import SchemaCache
+from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
 from dbmazz.source.snapshot import (
     DEFAULT_CHUNK_PAGES,
     Chunk,
@@ -85,8 +85,8 @@ class SnapshotContext:
     replica_identity: ReplicaIdentityMode
     sink: SnapshotAwareSink
     schemas: SchemaCache
-    #: The key map the schema cache resolves keys from (on-demand snapshots extend it).
-    keys: dict[str, tuple[str, ...]]
+    #: The keys the schema cache resolves from (on-demand snapshots add to them).
+    keys: TableKeys
     store: SnapshotProgressStore
     workers: int = 2
     reader_kind: ReaderKind = "auto"
@@ -377,17 +377,15 @@ def replicated_extra_tables(dsn: str, slot: str, configured: Sequence[str]) -> l
         store.close()
 
 
-def attach_snapshots(engine: object, *, dsn: str, slot: str, publication: str,
-                     replica_identity: ReplicaIdentityMode, mode: str, workers: int,
-                     sink: SnapshotAwareSink, schemas: SchemaCache,
-                     keys: dict[str, tuple[str, ...]], tables: Sequence[TableSchema],
-                     source: SourceSetup, checkpoint: int | None) -> Snapshots:
-    """Give a live engine its snapshot side (``engine.snapshots``)."""
+def build_snapshots(*, dsn: str, slot: str, publication: str,
+                    replica_identity: ReplicaIdentityMode, mode: str, workers: int,
+                    sink: SnapshotAwareSink, schemas: SchemaCache, keys: TableKeys,
+                    tables: Sequence[TableSchema], source: SourceSetup | None,
+                    checkpoint: int | None) -> Snapshots:
+    """The snapshot side of a live engine (its ``snapshots`` constructor argument)."""
     context = SnapshotContext(dsn=dsn, slot=slot, publication=publication,
                               replica_identity=replica_identity, sink=sink, schemas=schemas,
                               keys=keys, store=SnapshotProgressStore(dsn, slot),
                               workers=workers)
-    snapshots = Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
-                          source=source, checkpoint=checkpoint)
-    engine.snapshots = snapshots  # type: ignore[attr-defined]
-    return snapshots
+    return Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
+                     source=source, checkpoint=checkpoint)

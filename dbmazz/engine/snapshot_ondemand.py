@@ -183,7 +183,7 @@ class OnDemandSnapshot:
         with ctx.connect() as conn:
             keys = primary_keys(conn, self.tables, strict=True)
             relations = describe_relations(conn, self.tables)
-        ctx.keys.update(keys)
+        ctx.keys.add(keys)
         schemas = {name: ctx.schemas.build(relation) for name, relation in relations.items()}
         taken = {t.target_name: t.source_name for t in self.snapshots.tables.values()}
         for schema in schemas.values():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -130,10 +129,6 @@ class SnapshotAwareSink:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._watches: dict[str, Watch] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        # Sink-specific extras (DuckDBSink.query, …) stay reachable through the wrapper.
-        return getattr(self.inner, name)
 
     def _lock(self, table: str) -> threading.Lock:
         with self._locks_guard:

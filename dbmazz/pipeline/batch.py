@@ -88,7 +88,8 @@ class UpsertGroup:
 
 @dataclass(frozen=True, slots=True)
 class SplitPart:
-    """Marks a batch that carries part of a source transaction too large for one batch."""
+    """Marks a flush or batch that carries part of a source transaction too large for one
+    batch."""
 
     commit_lsn: int
     index: int

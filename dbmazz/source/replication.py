@@ -709,6 +709,11 @@ class ReplicationStream:
         )
 
     @property
+    def exhausted(self) -> bool:
+        """A live stream never runs out (see :class:`dbmazz.engine.core.ChunkSource`)."""
+        return False
+
+    @property
     def reads_socket(self) -> bool:
         """Whether this stream reads the socket directly (else one libpq call a frame)."""
         return self._wire is not None

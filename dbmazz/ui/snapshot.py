@@ -184,27 +184,27 @@ def _on_demand(config: Config, tables: list[str]) -> int:
 
     from dbmazz.engine.build import make_sink
     from dbmazz.engine.setup.postgres import primary_keys
-    from dbmazz.engine.snapshot import SnapshotContext, Snapshots
+    from dbmazz.engine.snapshot import build_snapshots
     from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
     from dbmazz.engine.snapshot_sink import SnapshotAwareSink
-    from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
+    from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
     from dbmazz.source.catalog import describe_relations
-    from dbmazz.state.snapshot_progress import SnapshotProgressStore
 
     dsn = config.source_dsn
     others = [_qualified(t) for t in config.tables if _qualified(t) not in tables]
     with psycopg.connect(dsn, autocommit=True) as conn:
         keys = primary_keys(conn, others, strict=False)
         relations = describe_relations(conn, others)
-    schemas = SchemaCache(keys_from_map(keys), config.table_map)
-    known = {name: schemas.build(rel) for name, rel in relations.items() if keys.get(name)}
+    table_keys = TableKeys(keys)
+    schemas = SchemaCache(table_keys.resolve, config.table_map)
+    known = [schemas.build(rel) for name, rel in relations.items() if keys.get(name)]
     sink = SnapshotAwareSink(make_sink(config))
-    context = SnapshotContext(
+    snapshots = build_snapshots(
         dsn=dsn, slot=config.slot_name, publication=config.publication_name,
-        replica_identity=config.replica_identity, sink=sink, schemas=schemas, keys=keys,
-        store=SnapshotProgressStore(dsn, config.slot_name), workers=config.snapshot_workers,
-    )
-    snapshots = Snapshots(context, mode="never", tables=known, source=None, checkpoint=None)
+        replica_identity=config.replica_identity, mode="never",
+        workers=config.snapshot_workers, sink=sink, schemas=schemas, keys=table_keys,
+        tables=known, source=None, checkpoint=None)
+    context = snapshots.context
     stop = threading.Event()
     handle = OnDemandSnapshot(snapshots, tables, engine=None, should_stop=stop.is_set)
     handle.start()

@@ -120,6 +120,10 @@ class StarRocksSink:
 
     # -- setup and schema ----------------------------------------------------------------
 
+    def check_reachable(self) -> None:
+        """Log in to the FE (:class:`~dbmazz.sink.base.ReachabilityCheck`)."""
+        self.catalog.version()
+
     def setup(self, tables: Sequence[TableSchema]) -> None:
         with self._lock:
             known = {s.source_name: s for s in self._sources.values()}
