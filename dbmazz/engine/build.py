@@ -94,8 +94,12 @@ def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None =
     )
 
 
-def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
-    """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``."""
+def build_live_engine(config: Config, *, sink: Sink | None = None,
+                      snapshot_hold_after: int | None = None) -> Engine:
+    """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``.
+
+    ``snapshot_hold_after`` is a test hook: the initial snapshot holds after that many
+    chunks (see :class:`~dbmazz.engine.snapshot_load.ChunkLoader`)."""
     from dbmazz.engine.setup.postgres import setup_source
 
     dsn = config.source_dsn
@@ -112,7 +116,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         export_snapshot=config.snapshot != "never",
     )
     try:
-        return _build_live(config, source, sink)
+        return _build_live(config, source, sink, snapshot_hold_after)
     except BaseException:
         if source.slot_creation is not None:
             source.slot_creation.close()
@@ -130,7 +134,8 @@ def _check_target_reachable(config: Config, sink: Sink | None) -> None:
         check_connection(config=config)
 
 
-def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engine:
+def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
+                hold_after_chunks: int | None) -> Engine:
     from dbmazz.engine.setup.postgres import primary_keys
     from dbmazz.engine.snapshot import build_snapshots, replicated_extra_tables
     from dbmazz.engine.snapshot_sink import SnapshotAwareSink
@@ -172,7 +177,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
     snapshots = build_snapshots(dsn=dsn, slot=slot, publication=publication,
                                 replica_identity=config.replica_identity, mode=config.snapshot,
                                 workers=config.snapshot_workers, sink=target, schemas=schemas,
-                                keys=keys, tables=tables, source=source, checkpoint=checkpoint)
+                                keys=keys, tables=tables, source=source, checkpoint=checkpoint,
+                                hold_after_chunks=hold_after_chunks)
     heartbeat = None
     if config.heartbeat_interval_s > 0:
         from dbmazz.source.heartbeat import Heartbeat

@@ -92,6 +92,8 @@ class SnapshotContext:
     reader_kind: ReaderKind = "auto"
     chunk_pages: int = field(default_factory=lambda: _env_int(CHUNK_PAGES_ENV,
                                                                DEFAULT_CHUNK_PAGES))
+    #: Test hook (:class:`~dbmazz.engine.snapshot_load.ChunkLoader` ``hold_after``).
+    hold_after_chunks: int | None = None
 
     def connect(self) -> psycopg.Connection:
         try:
@@ -269,6 +271,7 @@ class Snapshots:
             reader_kind=ctx.reader_kind,
             registry=ctx.schemas.types,
             table_loaded=lambda name: self._finish_bulk(bulk, tables[name]),
+            hold_after=ctx.hold_after_chunks,
         )
         reporter = _Reporter(self, progress)
         reporter.start()
@@ -381,11 +384,12 @@ def build_snapshots(*, dsn: str, slot: str, publication: str,
                     replica_identity: ReplicaIdentityMode, mode: str, workers: int,
                     sink: SnapshotAwareSink, schemas: SchemaCache, keys: TableKeys,
                     tables: Sequence[TableSchema], source: SourceSetup | None,
-                    checkpoint: int | None) -> Snapshots:
+                    checkpoint: int | None, hold_after_chunks: int | None = None
+                    ) -> Snapshots:
     """The snapshot side of a live engine (its ``snapshots`` constructor argument)."""
     context = SnapshotContext(dsn=dsn, slot=slot, publication=publication,
                               replica_identity=replica_identity, sink=sink, schemas=schemas,
                               keys=keys, store=SnapshotProgressStore(dsn, slot),
-                              workers=workers)
+                              workers=workers, hold_after_chunks=hold_after_chunks)
     return Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
                      source=source, checkpoint=checkpoint)

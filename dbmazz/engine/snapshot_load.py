@@ -11,7 +11,6 @@ are interleaved across tables so workers tend to write different tables at once.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import threading
@@ -32,10 +31,6 @@ from dbmazz.source.types import DecodeStats, TypeRegistry
 from dbmazz.state.snapshot_progress import SnapshotProgressStore
 
 log = logging.getLogger("dbmazz.snapshot")
-
-#: Test hook: after this many chunks are recorded as done, the workers stop taking chunks
-#: and wait until the engine is stopped (kill -9 tests use it to interrupt deterministically).
-HOLD_AFTER_ENV = "DBMAZZ_SNAPSHOT_TEST_HOLD_AFTER_CHUNKS"
 
 _READ_ATTEMPTS = 3
 
@@ -191,7 +186,11 @@ class ChunkLoader:
         registry: TypeRegistry | None = None,
         stats: DecodeStats | None = None,
         table_loaded: Callable[[str], None] | None = None,
+        hold_after: int | None = None,
     ) -> None:
+        """``hold_after`` (a test hook): after this many chunks are recorded as done, the
+        workers take no more and :meth:`run` waits until stopped (kill -9 tests use it to
+        interrupt a snapshot deterministically)."""
         self.dsn = dsn
         self.snapshot_name = snapshot_name
         self.tables = tables
@@ -217,8 +216,7 @@ class ChunkLoader:
         self._failed = threading.Event()
         self._errors: list[BaseException] = []
         self._completed = 0
-        hold = os.environ.get(HOLD_AFTER_ENV, "")
-        self._hold_after = int(hold) if hold.isdigit() else None
+        self._hold_after = hold_after
         self._held = threading.Event()
 
     def run(self) -> bool:
@@ -338,8 +336,8 @@ class ChunkLoader:
             with self.lock:
                 self._completed += 1
                 if self._hold_after is not None and self._completed >= self._hold_after:
-                    log.warning("%s reached: holding the snapshot until stopped",
-                                HOLD_AFTER_ENV)
+                    log.warning("%d chunk(s) done: holding the snapshot until stopped (a "
+                                "test hook)", self._hold_after)
                     self._held.set()
             log.debug("snapshot %s chunk %d: %d rows (version %s)", chunk.table, chunk.index,
                       loaded.rows, format_lsn(self.version))
