@@ -18,9 +18,9 @@ from dbmazz.engine.metrics import (
     snapshot_eta_s,
     snapshot_rows_per_s,
 )
-from dbmazz.engine.snapshot_load import SnapshotProgress, TableProgress
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
+from dbmazz.snapshot.progress import SnapshotProgress, TableProgress
 
 # Typed Any: the generated stubs type enum fields as their wrapper classes, not int.
 _STAGES: dict[Stage, Any] = {stage: pb.Stage.Value(f"STAGE_{stage.value}") for stage in Stage}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,12 +15,14 @@ from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
 from dbmazz.sink.base import ReachabilityCheck, Sink
-from dbmazz.source.catalog import describe_relations
+from dbmazz.source.catalog import describe_relations, split_table_name
 from dbmazz.source.chunk import WalChunk
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
 
 if TYPE_CHECKING:
     from dbmazz.engine.setup.postgres import SourceSetup
+    from dbmazz.snapshot.sink import SnapshotAwareSink
+    from dbmazz.snapshot.stage import Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None,
     """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``.
 
     ``snapshot_hold_after`` is a test hook: the initial snapshot holds after that many
-    chunks (see :class:`~dbmazz.engine.snapshot_load.ChunkLoader`)."""
+    chunks (see :class:`~dbmazz.snapshot.load.ChunkLoader`)."""
     from dbmazz.engine.setup.postgres import setup_source
 
     dsn = config.source_dsn
@@ -137,8 +139,8 @@ def _check_target_reachable(config: Config, sink: Sink | None) -> None:
 def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
                 hold_after_chunks: int | None) -> Engine:
     from dbmazz.engine.setup.postgres import primary_keys
-    from dbmazz.engine.snapshot import build_snapshots, replicated_extra_tables
-    from dbmazz.engine.snapshot_sink import SnapshotAwareSink
+    from dbmazz.snapshot.sink import SnapshotAwareSink
+    from dbmazz.snapshot.stage import replicated_extra_tables
     from dbmazz.source.replication import ReplicationStream
 
     dsn = config.source_dsn
@@ -174,11 +176,9 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
                                       socket_reader=socket_reader)
 
-    snapshots = build_snapshots(dsn=dsn, slot=slot, publication=publication,
-                                replica_identity=config.replica_identity, mode=config.snapshot,
-                                workers=config.snapshot_workers, sink=target, schemas=schemas,
-                                keys=keys, tables=tables, source=source, checkpoint=checkpoint,
-                                hold_after_chunks=hold_after_chunks)
+    snapshots = _snapshots(config, mode=config.snapshot, sink=target, schemas=schemas,
+                           keys=keys, tables=tables, source=source, checkpoint=checkpoint,
+                           hold_after_chunks=hold_after_chunks)
     heartbeat = None
     if config.heartbeat_interval_s > 0:
         from dbmazz.source.heartbeat import Heartbeat
@@ -196,6 +196,44 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         heartbeat=heartbeat,
         snapshots=snapshots,
     )
+
+
+def build_standalone_snapshots(config: Config, tables: Sequence[str]) -> Snapshots:
+    """The snapshot side without an engine, for on-demand snapshots of ``tables`` while
+    dbmazz is stopped (``dbmazz snapshot --table``). The caller closes
+    ``snapshots.context`` (sink and progress store) when done."""
+    from dbmazz.engine.setup.postgres import primary_keys
+    from dbmazz.snapshot.sink import SnapshotAwareSink
+
+    others = [name for name in (".".join(split_table_name(t)) for t in config.tables)
+              if name not in tables]
+    try:
+        with psycopg.connect(config.source_dsn, autocommit=True) as conn:
+            keys = TableKeys(primary_keys(conn, others, strict=False))
+            relations = describe_relations(conn, others)
+    except psycopg.OperationalError as exc:
+        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+    schemas = SchemaCache(keys.resolve, config.table_map)
+    known = [schemas.build(rel) for name, rel in relations.items() if keys.get(name)]
+    return _snapshots(config, mode="never", sink=SnapshotAwareSink(make_sink(config)),
+                      schemas=schemas, keys=keys, tables=known, source=None, checkpoint=None)
+
+
+def _snapshots(config: Config, *, mode: str, sink: SnapshotAwareSink, schemas: SchemaCache,
+               keys: TableKeys, tables: Sequence[TableSchema], source: SourceSetup | None,
+               checkpoint: int | None, hold_after_chunks: int | None = None) -> Snapshots:
+    from dbmazz.snapshot.context import SnapshotContext
+    from dbmazz.snapshot.progress import SnapshotProgressStore
+    from dbmazz.snapshot.stage import Snapshots
+
+    dsn, slot = config.source_dsn, config.slot_name
+    context = SnapshotContext(dsn=dsn, slot=slot, publication=config.publication_name,
+                              replica_identity=config.replica_identity, sink=sink,
+                              schemas=schemas, keys=keys, store=SnapshotProgressStore(dsn, slot),
+                              workers=config.snapshot_workers,
+                              hold_after_chunks=hold_after_chunks)
+    return Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
+                     source=source, checkpoint=checkpoint)
 
 
 def _check_target_names(tables: list[TableSchema]) -> None:

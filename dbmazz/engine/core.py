@@ -40,9 +40,9 @@ from dbmazz.source.replication import concat_chunks
 from dbmazz.state.checkpoint import CheckpointStore
 
 if TYPE_CHECKING:
-    from dbmazz.engine.snapshot import Snapshots
-    from dbmazz.engine.snapshot_load import SnapshotProgress
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.progress import SnapshotProgress
+    from dbmazz.snapshot.stage import Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class Engine:
     ) -> None:
         """``sink`` is the target (what ``engine.sink`` gives users); ``writer`` what the
         applier writes through (default: ``sink``; live engines: a
-        :class:`~dbmazz.engine.snapshot_sink.SnapshotAwareSink` around it).
+        :class:`~dbmazz.snapshot.sink.SnapshotAwareSink` around it).
         ``heartbeat`` writes heartbeats into the source's WAL, ``snapshots`` takes the
         initial and on-demand snapshots (live engines, see :mod:`dbmazz.engine.build`)."""
         tune_allocators()  # once per process: allocators give freed memory back

@@ -26,7 +26,7 @@ from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.sink.base import Sink
 
 if TYPE_CHECKING:
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
 

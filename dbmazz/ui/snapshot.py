@@ -41,8 +41,8 @@ def _qualified(name: str) -> str:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from dbmazz.snapshot.progress import INITIAL, SnapshotProgressStore
     from dbmazz.source.slots import slot_info
-    from dbmazz.state.snapshot_progress import INITIAL, SnapshotProgressStore
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
@@ -180,34 +180,12 @@ def _initial(config: Config) -> int:
 
 
 def _on_demand(config: Config, tables: list[str]) -> int:
-    import psycopg
+    from dbmazz.engine.build import build_standalone_snapshots
 
-    from dbmazz.engine.build import make_sink
-    from dbmazz.engine.setup.postgres import primary_keys
-    from dbmazz.engine.snapshot import build_snapshots
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
-    from dbmazz.engine.snapshot_sink import SnapshotAwareSink
-    from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
-    from dbmazz.source.catalog import describe_relations
-
-    dsn = config.source_dsn
-    others = [_qualified(t) for t in config.tables if _qualified(t) not in tables]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        keys = primary_keys(conn, others, strict=False)
-        relations = describe_relations(conn, others)
-    table_keys = TableKeys(keys)
-    schemas = SchemaCache(table_keys.resolve, config.table_map)
-    known = [schemas.build(rel) for name, rel in relations.items() if keys.get(name)]
-    sink = SnapshotAwareSink(make_sink(config))
-    snapshots = build_snapshots(
-        dsn=dsn, slot=config.slot_name, publication=config.publication_name,
-        replica_identity=config.replica_identity, mode="never",
-        workers=config.snapshot_workers, sink=sink, schemas=schemas, keys=table_keys,
-        tables=known, source=None, checkpoint=None)
+    snapshots = build_standalone_snapshots(config, tables)
     context = snapshots.context
     stop = threading.Event()
-    handle = OnDemandSnapshot(snapshots, tables, engine=None, should_stop=stop.is_set)
-    handle.start()
+    handle = snapshots.request(tables, None, stop.is_set)
     try:
         show_progress(lambda: handle.progress.copy(), lambda: handle.wait(0.2))
     except KeyboardInterrupt:
@@ -215,7 +193,7 @@ def _on_demand(config: Config, tables: list[str]) -> int:
         handle.wait(60)
         raise
     finally:
-        sink.close()
+        context.sink.close()
         context.store.close()
     if handle.error is not None:
         if isinstance(handle.error, DbmazzError):

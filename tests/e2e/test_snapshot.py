@@ -19,9 +19,9 @@ import pytest
 
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
-from dbmazz.engine.snapshot import CHUNK_PAGES_ENV
 from dbmazz.lsn import parse_lsn
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.snapshot.context import CHUNK_PAGES_ENV
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import assert_replicated, duckdb_config, mark, wait_until_loaded
 

@@ -17,109 +17,43 @@ Initial snapshot (``SNAPSHOT=initial|initial_only``):
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
-import psycopg
-
-from dbmazz.engine.setup.postgres import ReplicaIdentityMode, SourceSetup
-from dbmazz.engine.snapshot_load import ChunkLoader, SnapshotProgress, progress_for
-from dbmazz.engine.snapshot_sink import SnapshotAwareSink
-from dbmazz.errors import DbmazzError, SetupError, SourceConnectionError
+from dbmazz.engine.setup.postgres import SourceSetup
+from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
-from dbmazz.source.snapshot import (
-    DEFAULT_CHUNK_PAGES,
+from dbmazz.snapshot.context import (
+    LiveEngine,
+    Plan,
+    SnapshotContext,
+    StopCheck,
+    on_demand_tables,
+)
+from dbmazz.snapshot.load import ChunkLoader
+from dbmazz.snapshot.ondemand import OnDemandSnapshot
+from dbmazz.snapshot.progress import (
+    INITIAL,
+    ON_DEMAND,
+    ChunkRecord,
+    SnapshotProgress,
+    SnapshotProgressStore,
+    progress_for,
+)
+from dbmazz.snapshot.read import (
     Chunk,
-    ReaderKind,
     TableLayout,
     plan_chunks,
     server_supports_tid_ranges,
     table_layouts,
 )
-from dbmazz.state.snapshot_progress import (
-    INITIAL,
-    ON_DEMAND,
-    ChunkRecord,
-    SnapshotProgressStore,
-)
-
-if TYPE_CHECKING:
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
 
 log = logging.getLogger("dbmazz.snapshot")
 
-StopCheck = Callable[[], bool]
-
-#: Tuning/test knob: pages per chunk (default 4096 = 32 MiB of heap).
-CHUNK_PAGES_ENV = "DBMAZZ_SNAPSHOT_CHUNK_PAGES"
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() and int(value) > 0 else default
-
-
-class LiveEngine(Protocol):
-    """What an on-demand snapshot needs of the running engine."""
-
-    def wait_durable(self, lsn: int, timeout: float | None = None) -> bool: ...
-
-
 _REPORT_EVERY_S = 10.0
-
-
-@dataclass
-class SnapshotContext:
-    """What any snapshot of this engine needs."""
-
-    dsn: str
-    slot: str
-    publication: str
-    replica_identity: ReplicaIdentityMode
-    sink: SnapshotAwareSink
-    schemas: SchemaCache
-    #: The keys the schema cache resolves from (on-demand snapshots add to them).
-    keys: TableKeys
-    store: SnapshotProgressStore
-    workers: int = 2
-    reader_kind: ReaderKind = "auto"
-    chunk_pages: int = field(default_factory=lambda: _env_int(CHUNK_PAGES_ENV,
-                                                               DEFAULT_CHUNK_PAGES))
-    #: Test hook (:class:`~dbmazz.engine.snapshot_load.ChunkLoader` ``hold_after``).
-    hold_after_chunks: int | None = None
-
-    def connect(self) -> psycopg.Connection:
-        try:
-            return psycopg.connect(self.dsn, autocommit=True,
-                                   application_name="dbmazz-snapshot")
-        except psycopg.OperationalError as exc:
-            raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
-
-
-@dataclass
-class Plan:
-    """Chunks to load, the version their rows carry, the snapshot to read them in."""
-
-    version: int
-    snapshot_name: str | None
-    chunks: list[Chunk]
-    layouts: list[TableLayout]
-    done: dict[str, tuple[int, int]]
-
-
-def on_demand_tables(store: SnapshotProgressStore) -> list[str]:
-    """Tables an on-demand snapshot added to this slot's replication (kept across restarts)."""
-    try:
-        return sorted({r.chunk.table for r in store.load(ON_DEMAND)})
-    except psycopg.Error:
-        return []
 
 
 class Snapshots:
@@ -321,9 +255,7 @@ class Snapshots:
     def request(self, tables: Sequence[str], engine: LiveEngine | None,
                 should_stop: StopCheck) -> OnDemandSnapshot:
         """Start an on-demand snapshot of ``tables`` on its own thread; returns its handle
-        (:class:`dbmazz.engine.snapshot_ondemand.OnDemandSnapshot`)."""
-        from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
-
+        (:class:`dbmazz.snapshot.ondemand.OnDemandSnapshot`)."""
         with self._lock:
             busy = {t for h in self._on_demand if h.running for t in h.tables}
         wanted = [t if "." in t else f"public.{t}" for t in tables]
@@ -378,18 +310,3 @@ def replicated_extra_tables(dsn: str, slot: str, configured: Sequence[str]) -> l
         return [t for t in on_demand_tables(store) if t not in set(configured)]
     finally:
         store.close()
-
-
-def build_snapshots(*, dsn: str, slot: str, publication: str,
-                    replica_identity: ReplicaIdentityMode, mode: str, workers: int,
-                    sink: SnapshotAwareSink, schemas: SchemaCache, keys: TableKeys,
-                    tables: Sequence[TableSchema], source: SourceSetup | None,
-                    checkpoint: int | None, hold_after_chunks: int | None = None
-                    ) -> Snapshots:
-    """The snapshot side of a live engine (its ``snapshots`` constructor argument)."""
-    context = SnapshotContext(dsn=dsn, slot=slot, publication=publication,
-                              replica_identity=replica_identity, sink=sink, schemas=schemas,
-                              keys=keys, store=SnapshotProgressStore(dsn, slot),
-                              workers=workers, hold_after_chunks=hold_after_chunks)
-    return Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
-                     source=source, checkpoint=checkpoint)

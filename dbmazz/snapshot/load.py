@@ -1,10 +1,10 @@
-"""Chunks → sink: the worker pool shared by the initial and the on-demand snapshots,
-and the progress it reports.
+"""Chunks → sink: the worker pool shared by the initial and the on-demand snapshots
+(it reports into a :class:`~dbmazz.snapshot.progress.SnapshotProgress`).
 
 ``SNAPSHOT_WORKERS`` threads each hold one reader (one connection inside the snapshot) and
 take chunks from a shared queue: read (Arrow, GIL released by the driver), cast, write
 through the sink (one write per chunk; writes of one table are serialized by the
-:class:`~dbmazz.engine.snapshot_sink.SnapshotAwareSink`), record the chunk as done. Chunks
+:class:`~dbmazz.snapshot.sink.SnapshotAwareSink`), record the chunk as done. Chunks
 are interleaved across tables so workers tend to write different tables at once.
 """
 
@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -26,109 +26,13 @@ from dbmazz.contract import OP_INSERT, with_audit
 from dbmazz.errors import DbmazzError, SinkError, SourceConnectionError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
-from dbmazz.source.snapshot import Chunk, ChunkReader, ReaderKind, TableLayout, open_reader
+from dbmazz.snapshot.progress import SnapshotProgress, SnapshotProgressStore
+from dbmazz.snapshot.read import Chunk, ChunkReader, ReaderKind, open_reader
 from dbmazz.source.types import DecodeStats, TypeRegistry
-from dbmazz.state.snapshot_progress import SnapshotProgressStore
 
 log = logging.getLogger("dbmazz.snapshot")
 
 _READ_ATTEMPTS = 3
-
-
-# --- progress -------------------------------------------------------------------------------
-@dataclass
-class TableProgress:
-    """One table of a snapshot, for Status, metrics and progress bars."""
-
-    table: str
-    pages: int
-    rows_estimate: int
-    chunks_total: int
-    chunks_done: int = 0
-    rows_done: int = 0
-    started_at: float | None = None  # unix time of the first chunk started
-    finished_at: float | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.chunks_done >= self.chunks_total
-
-    @property
-    def rows_per_s(self) -> float:
-        if self.started_at is None or not self.rows_done:
-            return 0.0
-        end = self.finished_at or time.time()
-        return self.rows_done / max(end - self.started_at, 1e-6)
-
-    @property
-    def rows_expected(self) -> int:
-        """Best guess of the table's rows: the planner's estimate, else extrapolated from
-        the chunks done (an empty or never analyzed table has no estimate)."""
-        if self.done:
-            return self.rows_done
-        guess = self.rows_estimate
-        if self.chunks_done:
-            guess = max(guess, self.rows_done * self.chunks_total // self.chunks_done)
-        return max(guess, self.rows_done)
-
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left at the current rate (None: unknown)."""
-        if self.done:
-            return 0.0
-        rate = self.rows_per_s
-        if not rate:
-            return None
-        return max(self.rows_expected - self.rows_done, 0) / rate
-
-
-@dataclass
-class SnapshotProgress:
-    """A snapshot (initial or on demand) as it runs: a plain object, read from any thread."""
-
-    kind: str  # 'initial' | 'on_demand'
-    version: int = 0
-    active: bool = False
-    tables: dict[str, TableProgress] = field(default_factory=dict)
-    started_at: float | None = None
-    finished_at: float | None = None
-    #: What the snapshot waits for, if anything (e.g. CDC reaching the watermark).
-    waiting: str = ""
-    error: str | None = None
-    reader: str = ""
-
-    @property
-    def tables_total(self) -> int:
-        return len(self.tables)
-
-    @property
-    def tables_done(self) -> int:
-        return sum(1 for t in self.tables.values() if t.done)
-
-    @property
-    def rows_copied(self) -> int:
-        return sum(t.rows_done for t in self.tables.values())
-
-    @property
-    def rows_estimate(self) -> int:
-        return sum(t.rows_expected for t in self.tables.values())
-
-    def copy(self) -> SnapshotProgress:
-        return replace(self, tables={k: replace(v) for k, v in self.tables.items()})
-
-
-def progress_for(kind: str, version: int, layouts: Sequence[TableLayout],
-                 chunks: Sequence[Chunk], done: dict[str, tuple[int, int]] | None = None
-                 ) -> SnapshotProgress:
-    """``done``: table → (chunks, rows) already loaded by an earlier (interrupted) run."""
-    done = done or {}
-    tables = {}
-    for layout in layouts:
-        total = sum(1 for c in chunks if c.table == layout.table)
-        chunks_done, rows_done = done.get(layout.table, (0, 0))
-        tables[layout.table] = TableProgress(layout.table, layout.pages, layout.rows_estimate,
-                                             total + chunks_done, chunks_done, rows_done)
-    return SnapshotProgress(kind=kind, version=version, tables=tables)
 
 
 # --- one chunk's rows as a sink batch ---------------------------------------------------------

@@ -25,22 +25,21 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from dbmazz.engine.snapshot import LiveEngine, Plan, Snapshots, StopCheck
-from dbmazz.engine.snapshot_load import SnapshotProgress, progress_for
-from dbmazz.engine.snapshot_sink import Watch
 from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableBatch, TableSchema
-from dbmazz.source.catalog import describe_relations
-from dbmazz.source.slots import SlotCreation
-from dbmazz.source.snapshot import (
+from dbmazz.snapshot.context import LiveEngine, Plan, SnapshotHost, StopCheck
+from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, progress_for
+from dbmazz.snapshot.read import (
     create_temporary_slot,
     emit_marker,
     plan_chunks,
     server_supports_tid_ranges,
     table_layouts,
 )
-from dbmazz.state.snapshot_progress import ON_DEMAND
+from dbmazz.snapshot.sink import Watch
+from dbmazz.source.catalog import describe_relations
+from dbmazz.source.slots import SlotCreation
 
 log = logging.getLogger("dbmazz.snapshot")
 
@@ -81,7 +80,7 @@ def publish_tables(dsn: str, publication: str, tables: Sequence[str],
 class OnDemandSnapshot:
     """One on-demand snapshot: ``start()`` runs it on a thread, ``run()`` in the caller."""
 
-    def __init__(self, snapshots: Snapshots, tables: Sequence[str], *,
+    def __init__(self, snapshots: SnapshotHost, tables: Sequence[str], *,
                  engine: LiveEngine | None, should_stop: StopCheck) -> None:
         self.snapshots = snapshots
         self.tables = list(dict.fromkeys(tables))
