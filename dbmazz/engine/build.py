@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,13 +16,12 @@ from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
 from dbmazz.sink.base import ReachabilityCheck, Sink
 from dbmazz.source.catalog import describe_relations, split_table_name
-from dbmazz.source.chunk import WalChunk
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
 
 if TYPE_CHECKING:
-    from dbmazz.engine.setup.postgres import SourceSetup
     from dbmazz.snapshot.sink import SnapshotAwareSink
     from dbmazz.snapshot.stage import Snapshots
+    from dbmazz.source.setup import SourceSetup
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +53,8 @@ def settings_from(config: Config, **overrides: object) -> Settings:
     return settings
 
 
-class CaptureSource:
-    """A capture file as a :class:`ChunkSource`: replays its chunks, then is exhausted."""
-
-    reads_socket = False
-    server_wal_end = 0
-
-    def __init__(self, chunks: Iterator[WalChunk]) -> None:
-        self._chunks = chunks
-        self.exhausted = False
-
-    def read_chunk(self, max_bytes: int = 0, timeout_s: float = 0.0) -> WalChunk | None:
-        if self.exhausted:
-            return None
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            self.exhausted = True
-        return chunk
-
-    def confirm(self, lsn: int) -> None:
-        pass
-
-    def keepalive(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None) -> Engine:
-    from dbmazz.source.capture import capture_metadata, iter_capture
+    from dbmazz.source.capture import CaptureSource, capture_metadata, iter_capture
 
     metadata = capture_metadata(path)
     schemas = SchemaCache(keys_from_map(metadata.primary_keys), config.table_map)
@@ -102,7 +73,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None,
 
     ``snapshot_hold_after`` is a test hook: the initial snapshot holds after that many
     chunks (see :class:`~dbmazz.snapshot.load.ChunkLoader`)."""
-    from dbmazz.engine.setup.postgres import setup_source
+    from dbmazz.source.setup import setup_source
 
     dsn = config.source_dsn
     if not config.tables:
@@ -131,17 +102,17 @@ def _check_target_reachable(config: Config, sink: Sink | None) -> None:
     if isinstance(sink, ReachabilityCheck):
         sink.check_reachable()
     elif sink is None and config.sink == "starrocks":
-        from dbmazz.engine.setup.starrocks import check_connection
+        from dbmazz.sink.starrocks.setup import check_connection
 
         check_connection(config=config)
 
 
 def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
                 hold_after_chunks: int | None) -> Engine:
-    from dbmazz.engine.setup.postgres import primary_keys
     from dbmazz.snapshot.sink import SnapshotAwareSink
     from dbmazz.snapshot.stage import replicated_extra_tables
     from dbmazz.source.replication import ReplicationStream
+    from dbmazz.source.setup import primary_keys
 
     dsn = config.source_dsn
     # Tables an on-demand snapshot added stay replicated across restarts.
@@ -202,8 +173,8 @@ def build_standalone_snapshots(config: Config, tables: Sequence[str]) -> Snapsho
     """The snapshot side without an engine, for on-demand snapshots of ``tables`` while
     dbmazz is stopped (``dbmazz snapshot --table``). The caller closes
     ``snapshots.context`` (sink and progress store) when done."""
-    from dbmazz.engine.setup.postgres import primary_keys
     from dbmazz.snapshot.sink import SnapshotAwareSink
+    from dbmazz.source.setup import primary_keys
 
     others = [name for name in (".".join(split_table_name(t)) for t in config.tables)
               if name not in tables]

@@ -275,7 +275,7 @@ class EngineService:
 
     @staticmethod
     def _check_tables(engine: Engine, names: list[str]) -> None:
-        from dbmazz.engine.setup.postgres import primary_keys
+        from dbmazz.source.setup import primary_keys
 
         assert engine.snapshots is not None
         with engine.snapshots.context.connect() as conn:

@@ -12,13 +12,13 @@ from typing import Protocol
 
 import psycopg
 
-from dbmazz.engine.setup.postgres import ReplicaIdentityMode
 from dbmazz.errors import SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
 from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, SnapshotProgressStore
 from dbmazz.snapshot.read import DEFAULT_CHUNK_PAGES, Chunk, ReaderKind, TableLayout
 from dbmazz.snapshot.sink import SnapshotAwareSink
+from dbmazz.source.setup import ReplicaIdentityMode
 
 StopCheck = Callable[[], bool]
 

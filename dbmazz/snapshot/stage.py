@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from dbmazz.engine.setup.postgres import SourceSetup
 from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableSchema
@@ -50,6 +49,7 @@ from dbmazz.snapshot.read import (
     server_supports_tid_ranges,
     table_layouts,
 )
+from dbmazz.source.setup import SourceSetup
 
 log = logging.getLogger("dbmazz.snapshot")
 

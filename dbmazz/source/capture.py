@@ -389,3 +389,32 @@ def _account(summary: CaptureSummary, chunk: WalChunk, in_txn: bool) -> bool:
         last_c = int(commits[-1]) if len(commits) else -1
         return last_b > last_c
     return in_txn
+
+
+class CaptureSource:
+    """A capture file as a :class:`~dbmazz.engine.core.ChunkSource`: replays its chunks, then
+    is exhausted (``dbmazz replay``)."""
+
+    reads_socket = False
+    server_wal_end = 0
+
+    def __init__(self, chunks: Iterator[WalChunk]) -> None:
+        self._chunks = chunks
+        self.exhausted = False
+
+    def read_chunk(self, max_bytes: int = 0, timeout_s: float = 0.0) -> WalChunk | None:
+        if self.exhausted:
+            return None
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self.exhausted = True
+        return chunk
+
+    def confirm(self, lsn: int) -> None:
+        pass
+
+    def keepalive(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

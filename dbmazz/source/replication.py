@@ -183,36 +183,43 @@ def connect_error(text: str, target: str) -> SourceError:
 def server_error(
     *, sqlstate: str | None, message: str, target: str, slot: str | None = None
 ) -> SourceError:
-    """Classify an error the server reported on a replication connection."""
+    """Classify an error the server reported on a replication connection.
+
+    By SQLSTATE first; the message text only refines a SQLSTATE that does not say which
+    object is meant (42704 ``undefined_object``: slot or publication; 55000: an invalidated
+    slot among other prerequisite failures) or stands in when there is no SQLSTATE (a lost
+    connection: libpq's text is all there is)."""
     text = " ".join(message.split())
     low = text.lower()
     state = sqlstate or ""
-    if "can no longer get changes from replication slot" in low or "invalidated" in low:
+    slot_lost = "can no longer get changes from replication slot" in low or "invalidated" in low
+    if state == "55006" or (not state and "replication slot" in low and "is active" in low):
+        return SlotInUseError(
+            f"replication slot {slot!r} on {target} is in use by another session: {text}",
+            "stop the other consumer (see pg_stat_replication); after a crash the old "
+            "session releases the slot within wal_sender_timeout",
+        )
+    if state == "42704" or (not state and "does not exist" in low):
+        if "publication" in low:
+            return SourceError(
+                f"{text} (on {target})",
+                "run `dbmazz setup` to create the publication, then restart",
+            )
+        if "replication slot" in low:
+            return SlotLostError(
+                f"replication slot {slot!r} does not exist on {target}",
+                "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the "
+                "slot was dropped outside dbmazz and changes since the last checkpoint were "
+                f"not captured: delete its row from dbmazz_checkpoints (slot_name = '{slot}') "
+                "and run with SNAPSHOT=initial to start over",
+            )
+    if state in ("55000", "") and slot_lost:
         return SlotLostError(
             f"replication slot {slot!r} on {target} was invalidated: {text}",
             "PostgreSQL removed WAL the slot still needed (usually max_slot_wal_keep_size "
             "was exceeded while dbmazz was behind or stopped). Changes were lost: drop the "
             "slot, run setup again and take a new snapshot (SNAPSHOT=initial); raise "
             "max_slot_wal_keep_size to avoid it",
-        )
-    if "replication slot" in low and "does not exist" in low:
-        return SlotLostError(
-            f"replication slot {slot!r} does not exist on {target}",
-            "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the slot "
-            "was dropped outside dbmazz and changes since the last checkpoint were not "
-            f"captured: delete its row from dbmazz_checkpoints (slot_name = '{slot}') and run "
-            "with SNAPSHOT=initial to start over",
-        )
-    if state == "55006" or ("replication slot" in low and "is active" in low):
-        return SlotInUseError(
-            f"replication slot {slot!r} on {target} is in use by another session: {text}",
-            "stop the other consumer (see pg_stat_replication); after a crash the old "
-            "session releases the slot within wal_sender_timeout",
-        )
-    if "publication" in low and "does not exist" in low:
-        return SourceError(
-            f"{text} (on {target})",
-            "run `dbmazz setup` to create the publication, then restart",
         )
     if state[:2] in ("08", "57", "53") or not state:
         return SourceConnectionError(

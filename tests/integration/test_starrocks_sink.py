@@ -538,7 +538,7 @@ def test_unicode_column_names(starrocks: StarRocksEmulator, make_sink: SinkFacto
 def test_setup_creates_database_table_and_adds_missing_audit_columns(
     starrocks: StarRocksEmulator, make_sink: SinkFactory
 ) -> None:
-    from dbmazz.engine.setup.starrocks import check_connection, setup_starrocks
+    from dbmazz.sink.starrocks.setup import check_connection, setup_starrocks
 
     settings = StarRocksSettings(starrocks.url, database=DB, mysql_port=starrocks.mysql_port)
     assert check_connection(settings) == "3.3.0-emulator"

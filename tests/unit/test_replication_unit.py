@@ -77,6 +77,16 @@ def test_error_classification() -> None:
     assert isinstance(gone, SourceConnectionError) and gone.retryable
     other = server_error(sqlstate="42601", message="syntax error", target="h:1/d")
     assert type(other) is SourceError and not other.retryable
+    publication = server_error(sqlstate="42704", message='publication "p" does not exist',
+                               target="h:1/d", slot="s1")
+    assert type(publication) is SourceError and "dbmazz setup" in str(publication)
+    # The SQLSTATE decides: a message that merely mentions a slot is not a lost slot.
+    mention = server_error(sqlstate="42P01", message='relation "replication slot x" does '
+                           "not exist", target="h:1/d", slot="s1")
+    assert type(mention) is SourceError and "SQLSTATE 42P01" in str(mention)
+    dropped = server_error(sqlstate=None, message='connection lost: replication slot "s1" '
+                           "does not exist", target="h:1/d", slot="s1")
+    assert isinstance(dropped, SlotLostError)  # no SQLSTATE: libpq's text is all there is
     assert not connect_error("FATAL: password authentication failed for user x", "t").retryable
     assert connect_error("Connection refused", "t").retryable
 

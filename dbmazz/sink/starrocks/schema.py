@@ -1,7 +1,7 @@
 """Making target tables match source tables: create, verify, add columns, widen types.
 
 Used by :class:`~dbmazz.sink.starrocks.sink.StarRocksSink` and by
-:mod:`dbmazz.engine.setup.starrocks`. With ``setup="skip"`` nothing is changed: tables are
+:mod:`dbmazz.sink.starrocks.setup`. With ``setup="skip"`` nothing is changed: tables are
 only checked against information_schema and every missing column is reported at once.
 """
 
