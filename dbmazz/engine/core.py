@@ -189,6 +189,9 @@ class Engine:
         tune_allocators()  # once per process: allocators give freed memory back
         self.settings = settings or Settings()
         self.sink = sink
+        #: What the applier writes through: writes beside the engine's (repairs) go here too,
+        #: so they are serialized per table with CDC and snapshot writes.
+        self.writer = writer if writer is not None else sink
         self.schemas = schemas
         self.checkpoints = checkpoints
         self.progress = Progress()
@@ -225,7 +228,7 @@ class Engine:
         self.audit = audit_from_env()
         self.heartbeat = heartbeat
         self.applier = FlushApplier(
-            writer if writer is not None else sink,
+            self.writer,
             schemas,
             max_workers=self.settings.load_workers,
             stop_event=self._stop,
