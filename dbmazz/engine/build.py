@@ -16,6 +16,7 @@ from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
 from dbmazz.sink.base import ReachabilityCheck, Sink
 from dbmazz.source.catalog import describe_relations, split_table_name
+from dbmazz.source.database import SourceDatabase
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
 
 if TYPE_CHECKING:
@@ -119,12 +120,12 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     extra = replicated_extra_tables(dsn, config.slot_name, source.tables)
     keys = TableKeys(source.primary_keys)  # on-demand snapshots add to them while streaming
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with SourceDatabase(dsn).connect("setup") as conn:
             if extra:
                 keys.add(primary_keys(conn, extra, strict=False))
             relations = describe_relations(conn, [*source.tables, *extra])
     except psycopg.OperationalError as exc:
-        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+        raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys.resolve, config.table_map, accept=keys.replicated)
     tables = []
     for relation in relations.values():
@@ -179,11 +180,11 @@ def build_standalone_snapshots(config: Config, tables: Sequence[str]) -> Snapsho
     others = [name for name in (".".join(split_table_name(t)) for t in config.tables)
               if name not in tables]
     try:
-        with psycopg.connect(config.source_dsn, autocommit=True) as conn:
+        with SourceDatabase(config.source_dsn).connect("setup") as conn:
             keys = TableKeys(primary_keys(conn, others, strict=False))
             relations = describe_relations(conn, others)
     except psycopg.OperationalError as exc:
-        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+        raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys.resolve, config.table_map)
     known = [schemas.build(rel) for name, rel in relations.items() if keys.get(name)]
     return _snapshots(config, mode="never", sink=SnapshotAwareSink(make_sink(config)),
@@ -224,10 +225,10 @@ def _check_target_names(tables: list[TableSchema]) -> None:
 def target_tables(config: Config, source: SourceSetup) -> list[TableSchema]:
     """The target shape of every configured table, read from the source catalog."""
     try:
-        with psycopg.connect(config.source_dsn, autocommit=True) as conn:
+        with SourceDatabase(config.source_dsn).connect("setup") as conn:
             relations = describe_relations(conn, list(source.tables))
     except psycopg.OperationalError as exc:
-        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+        raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)
     tables = [schemas.build(relation) for relation in relations.values()]
     _check_target_names(tables)

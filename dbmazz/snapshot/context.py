@@ -12,12 +12,12 @@ from typing import Protocol
 
 import psycopg
 
-from dbmazz.errors import SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
 from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, SnapshotProgressStore
 from dbmazz.snapshot.read import DEFAULT_CHUNK_PAGES, Chunk, ReaderKind, TableLayout
 from dbmazz.snapshot.sink import SnapshotAwareSink
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.setup import ReplicaIdentityMode
 
 StopCheck = Callable[[], bool]
@@ -58,11 +58,7 @@ class SnapshotContext:
     hold_after_chunks: int | None = None
 
     def connect(self) -> psycopg.Connection:
-        try:
-            return psycopg.connect(self.dsn, autocommit=True,
-                                   application_name="dbmazz-snapshot")
-        except psycopg.OperationalError as exc:
-            raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+        return SourceDatabase(self.dsn).connect("snapshot")
 
 
 @dataclass

@@ -27,13 +27,13 @@ from types import TracebackType
 from typing import Literal
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 
 from dbmazz.errors import CaptureFormatError
 from dbmazz.lsn import format_lsn
 from dbmazz.source.chunk import CAPTURE_SCHEMA, WalChunk
-from dbmazz.source.replication import ReplicationStream, connect_error, describe_dsn
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.replication import ReplicationStream
 
 CAPTURE_VERSION = "1"
 META_VERSION = "dbmazz.capture.version"
@@ -231,11 +231,7 @@ class CaptureSummary:
 
 def _publication_keys(dsn: str, publication: str) -> dict[str, tuple[str, ...]]:
     """Key columns (primary key, else replica identity index) of the published tables."""
-    try:
-        conn = psycopg.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), describe_dsn(dsn)) from None
-    with conn:
+    with SourceDatabase(dsn).connect("capture") as conn:
         rows = conn.execute(
             """
             SELECT pt.schemaname, pt.tablename,

@@ -24,8 +24,8 @@ from psycopg import sql
 
 from dbmazz.errors import SetupError, SlotLostError, SourceError
 from dbmazz.source.catalog import split_table_name
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.replication import (
-    connect_error,
     describe_dsn,
     server_error,
     validate_slot_name,
@@ -101,12 +101,7 @@ def _qualified(schema: str, table: str) -> str:
 
 
 def _connect(dsn: str) -> psycopg.Connection:
-    try:
-        return psycopg.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), describe_dsn(dsn)) from None
-    except psycopg.ProgrammingError as exc:
-        raise SetupError(f"invalid PostgreSQL connection string: {exc}") from None
+    return SourceDatabase(dsn).connect("setup")
 
 
 def _resolve(conn: psycopg.Connection, tables: Sequence[str]) -> list[_Table]:
