@@ -1,0 +1,229 @@
+"""Compare one table: ranges first, then the keys and columns of the ranges that differ.
+
+Pass 1 reduces every range on both ends to (rows, hash sum). Rows the pipeline changed at
+or after the snapshot LSN (their ``dbmazz_cdc_version`` is ≥ it) are *in flight*: the
+snapshot cannot show them, so their keys are left out on both ends and counted. Soft-deleted
+rows older than the snapshot are not live and are left out as well.
+
+Pass 2 runs only when ranges differ: both ends are read again, keeping the rows of those
+ranges with one hash per column, and joined on the canonical key — giving the missing, extra
+and changed keys and, for changed keys, the columns that differ. The source rows of the
+missing and changed keys are kept (up to ``keep_rows``) for a repair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dbmazz.pipeline.batch import TableSchema
+from dbmazz.verify.canonical import canonical_frame, column_hashes, key_hashes, row_hashes
+from dbmazz.verify.ranges import RangeSums, buckets, differing, sampled
+from dbmazz.verify.report import KeyDiff, TableResult
+from dbmazz.verify.target import DELETED, VERSION
+
+_ROW = "__dbmazz_verify_row"
+_HASH = "__dbmazz_verify_hash"
+_SIDE = "__dbmazz_verify_side"
+
+
+@dataclass
+class TableDiff:
+    """What a repair needs: source rows to upsert (missing + changed), target keys to
+    delete (extra)."""
+
+    table: TableSchema
+    upserts: pa.Table
+    deletes: pa.Table
+
+
+@dataclass(frozen=True)
+class Options:
+    ranges: int = 64
+    sample: float = 1.0
+    max_keys: int = 20
+    seed: int = 0
+    #: Source rows kept for a repair (beyond: counted, reported, not repaired).
+    keep_rows: int = 1_000_000
+
+
+Scan = Callable[[TableSchema], Iterator[pa.Table]]
+
+
+class TableCheck:
+    """One table's comparison; ``run()`` fills a :class:`TableResult`."""
+
+    def __init__(self, table: TableSchema, source: Scan, target: Scan, *, snapshot_lsn: int,
+                 json_text: bool, options: Options, target_name: str) -> None:
+        self.table = table
+        self.keys = table.key_columns
+        self._source = source
+        self._target = target
+        self.lsn = snapshot_lsn
+        self.json_text = json_text
+        self.options = options
+        self.result = TableResult(table=table.source_name, target=target_name,
+                                  ranges=options.ranges)
+        self.checked = sampled(options.ranges, options.sample, options.seed)
+        self.result.ranges_checked = int(self.checked.sum())
+        self._in_flight = pl.DataFrame()
+        self.diff: TableDiff | None = None
+
+    # --------------------------------------------------------------- helpers
+    def _canonical(self, rows: pa.Table) -> pl.DataFrame:
+        return canonical_frame(rows, self.table, json_text=self.json_text)
+
+    def _live_target(self, batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+        """(live rows older than the snapshot, rows changed at or after it)."""
+        version = batch.column(VERSION)
+        newer = pc.fill_null(pc.greater_equal(version, self.lsn), False)
+        deleted = pc.fill_null(batch.column(DELETED), False)
+        live = pc.and_(pc.invert(newer), pc.invert(deleted))
+        cols = list(self.table.column_names)
+        return batch.filter(live).select(cols), batch.filter(newer).select(cols)
+
+    def _without_in_flight(self, frame: pl.DataFrame) -> pl.DataFrame:
+        if self._in_flight.height == 0 or frame.height == 0:
+            return frame
+        return frame.join(self._in_flight, on=list(self.keys), how="anti", nulls_equal=True)
+
+    def _target_frames(self) -> Iterator[tuple[pa.Table, pl.DataFrame]]:
+        for batch in self._target(self.table):
+            live, newer = self._live_target(batch)
+            if newer.num_rows:
+                keys = self._canonical(newer).select(list(self.keys))
+                self._in_flight = pl.concat([self._in_flight, keys]) if self._in_flight.height \
+                    else keys
+            yield live, self._canonical(live)
+
+    def _source_frames(self) -> Iterator[tuple[pa.Table, pl.DataFrame]]:
+        for rows in self._source(self.table):
+            frame = self._canonical(rows)
+            if self._in_flight.height and frame.height:
+                frame = frame.with_row_index(_ROW)
+                frame = self._without_in_flight(frame)
+                rows = rows.take(frame[_ROW].to_numpy())
+                frame = frame.drop(_ROW)
+            yield rows, frame
+
+    def _bucket(self, frame: pl.DataFrame) -> np.ndarray:
+        return buckets(key_hashes(frame, self.keys), self.options.ranges)
+
+    # --------------------------------------------------------------- passes
+    def run(self) -> TableResult:
+        started = time.monotonic()
+        target_sums = RangeSums(self.options.ranges)
+        source_sums = RangeSums(self.options.ranges)
+        # Target first: its in-flight keys are then left out of the source as it is read.
+        for _, frame in self._target_frames():
+            self._add(target_sums, frame)
+        self.result.in_flight = self._in_flight.unique().height if self._in_flight.height else 0
+        for _, frame in self._source_frames():
+            self._add(source_sums, frame)
+        self.result.source_rows = source_sums.rows
+        self.result.target_rows = target_sums.rows
+        mask = differing(source_sums, target_sums, self.checked)
+        self.result.ranges_differing = int(mask.sum())
+        if mask.any():
+            self._pass_two(mask)
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def _add(self, sums: RangeSums, frame: pl.DataFrame) -> None:
+        bucket = self._bucket(frame)
+        keep = self.checked[bucket]
+        sums.add(bucket[keep], row_hashes(frame)[keep])
+
+    def _pass_two(self, mask: np.ndarray) -> None:
+        keys = list(self.keys)
+        target_parts = []
+        for _, frame in self._target_frames():
+            picked = frame.filter(pl.Series(mask[self._bucket(frame)]))
+            if picked.height:
+                target_parts.append(self._hashed(picked))
+        source_parts = []
+        source_rows: list[pa.Table] = []
+        kept = 0
+        for rows, frame in self._source_frames():
+            keep = mask[self._bucket(frame)]
+            if keep.any():
+                picked = frame.filter(pl.Series(keep))
+                source_parts.append(self._hashed(picked))
+                taken = rows.filter(pa.array(keep))
+                source_rows.append(taken)
+                kept += taken.num_rows
+        empty = self._hashed(self._canonical(self.table.arrow_schema(False).empty_table()))
+        src = pl.concat(source_parts) if source_parts else empty
+        tgt = pl.concat(target_parts) if target_parts else empty
+        # The in-flight keys met during pass 2 (rows changed since pass 1) are left out too.
+        # Row numbers first: they point into the source rows kept above.
+        src = self._without_in_flight(src.with_row_index(_ROW))
+        tgt = self._without_in_flight(tgt.with_row_index(_ROW))
+        joined = src.join(tgt, on=keys, how="full", suffix="_t", nulls_equal=True,
+                          coalesce=True)
+        missing = joined.filter(pl.col(f"{_ROW}_t").is_null())
+        extra = joined.filter(pl.col(_ROW).is_null())
+        changed = joined.filter(pl.col(_ROW).is_not_null() & pl.col(f"{_ROW}_t").is_not_null()
+                                & (pl.col(_HASH) != pl.col(f"{_HASH}_t")))
+        self.result.missing = missing.height
+        self.result.extra = extra.height
+        self.result.changed = changed.height
+        all_source = pa.concat_tables(source_rows) if source_rows else \
+            self.table.arrow_schema(False).empty_table()
+        self._report_keys(all_source, missing, extra, changed, tgt)
+        upsert_rows = pl.concat([missing[_ROW], changed[_ROW]]).cast(pl.Int64).to_numpy()
+        upsert_rows = upsert_rows[: self.options.keep_rows]
+        self.diff = TableDiff(
+            self.table,
+            upserts=all_source.take(upsert_rows) if kept else all_source,
+            deletes=self._extra_keys(extra),
+        )
+
+    def _hashed(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Key columns (canonical), the row hash and one hash per non-key column."""
+        others = [c for c in frame.columns if c not in self.keys]
+        hashes = column_hashes(frame.select(others)) if others else pl.DataFrame()
+        out = frame.select(list(self.keys)).with_columns(
+            pl.Series(_HASH, row_hashes(frame)))
+        return pl.concat([out, hashes.rename({c: f"{_SIDE}{c}" for c in others})],
+                         how="horizontal") if others else out
+
+    def _report_keys(self, source_rows: pa.Table, missing: pl.DataFrame, extra: pl.DataFrame,
+                     changed: pl.DataFrame, target: pl.DataFrame) -> None:
+        limit = self.options.max_keys
+        keys = list(self.keys)
+        diffs: list[KeyDiff] = []
+        key_table = source_rows.select(keys)
+
+        def source_key(row: int) -> dict[str, object]:
+            return {k: v[0] for k, v in key_table.slice(row, 1).to_pydict().items()}
+
+        for row in missing[_ROW].head(limit).to_list():
+            diffs.append(KeyDiff("missing", source_key(int(row))))
+        others = [c for c in self.table.column_names if c not in keys]
+        for record in changed.head(limit).iter_rows(named=True):
+            columns = tuple(c for c in others
+                            if record[f"{_SIDE}{c}"] != record[f"{_SIDE}{c}_t"])
+            diffs.append(KeyDiff("changed", source_key(int(record[_ROW])), columns))
+        for record in extra.head(limit).select(keys).iter_rows(named=True):
+            diffs.append(KeyDiff("extra", dict(record)))
+        self.result.diffs = diffs[: max(limit, 0) * 3]
+
+    def _extra_keys(self, extra: pl.DataFrame) -> pa.Table:
+        """Keys only in the target, in the in-flight key types (a delete batch's keys)."""
+        keys = list(self.keys)
+        fields = [self.table.arrow_schema(False).field(k) for k in keys]
+        frame = extra.select(keys).to_arrow()
+        columns = []
+        for f in fields:
+            column = frame.column(f.name)
+            if pa.types.is_timestamp(f.type):
+                column = column.cast(pa.int64()).cast(pa.timestamp("us", tz="UTC")).cast(f.type)
+            columns.append(column.cast(f.type))
+        return pa.table(columns, schema=pa.schema(fields))
