@@ -34,6 +34,10 @@ log = logging.getLogger("dbmazz.verify")
 _FIRST_USER_OID = 10000
 
 
+class BadVerifyRequest(DbmazzError):
+    """Arguments of a verify that cannot work (ranges, sample)."""
+
+
 @dataclass(frozen=True)
 class VerifyRequest:
     tables: tuple[str, ...] = ()
@@ -44,9 +48,9 @@ class VerifyRequest:
 
     def options(self) -> Options:
         if self.ranges < 1:
-            raise DbmazzError(f"--ranges must be at least 1, got {self.ranges}")
+            raise BadVerifyRequest(f"--ranges must be at least 1, got {self.ranges}")
         if not 0 < self.sample <= 1:
-            raise DbmazzError(f"--sample must be in (0, 1], got {self.sample}",
+            raise BadVerifyRequest(f"--sample must be in (0, 1], got {self.sample}",
                               "e.g. --sample 0.1 checks a tenth of the ranges")
         return Options(ranges=self.ranges, sample=self.sample, max_keys=self.max_keys,
                        seed=secrets.randbits(32))
