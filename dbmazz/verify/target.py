@@ -73,6 +73,9 @@ def _coerce_column(column: pa.ChunkedArray | pa.Array, target: pa.DataType, name
             return _unhex(column)
         if pa.types.is_boolean(target) and pa.types.is_string(column.type):
             return pc.not_equal(column, "0")
+        if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(column.type):
+            # A StarRocks DATETIME holding UTC: naive text, read as UTC.
+            return column.cast(pa.timestamp(target.unit)).cast(target)
         return column.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise SinkError(f"verify: target column {table.target_name}.{name} ({column.type}) "
@@ -164,7 +167,9 @@ class StarRocksTarget:
         try:
             self._conn = pymysql.connect(
                 host=host, port=port, user=user, password=password, autocommit=True,
-                charset="utf8mb4", conv={}, read_timeout=max(1, int(read_timeout_s)),
+                charset="utf8mb4", read_timeout=max(1, int(read_timeout_s)),
+                # Encoders only, no decoders: every value arrives as the server's text.
+                conv=dict(pymysql.converters.encoders),
                 cursorclass=pymysql.cursors.SSCursor, connect_timeout=10,
             )
         except pymysql.err.OperationalError as exc:
