@@ -101,10 +101,11 @@ def _parse_lists(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.
 
 
 def _unhex(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Hex text (a StarRocks key column holding bytea) → bytes."""
-    texts = column.to_pylist()
-    return pa.array([None if t is None else bytes.fromhex(t.removeprefix("\\x"))
-                     for t in texts], pa.binary())
+    """Lowercase hex text (a StarRocks key column holding bytea) → bytes, vectorized."""
+    import polars as pl
+
+    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pl.Series(values=combined).str.decode("hex").to_arrow().cast(pa.binary())
 
 
 def _select_list(table: TableSchema, quote: Any) -> str:
@@ -201,8 +202,7 @@ class StarRocksTarget:
 
 
 def _text_array(values: tuple[Any, ...]) -> pa.Array:
-    """The driver's raw values: str (text columns) or bytes (binary columns)."""
-    if any(isinstance(v, bytes | bytearray) for v in values):
-        return pa.array([None if v is None else bytes(v) if isinstance(v, bytes | bytearray)
-                         else str(v).encode() for v in values], pa.binary())
-    return pa.array(values, pa.string())
+    """The driver's raw values: str (text columns) or bytes (binary columns; the driver
+    returns bytes exactly for columns of the binary charset)."""
+    first = next((v for v in values if v is not None), None)
+    return pa.array(values, pa.binary() if isinstance(first, bytes) else pa.string())
