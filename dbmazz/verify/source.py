@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pyarrow as pa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from dbmazz.errors import SourceError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.source.slots import SlotCreation
 from dbmazz.source.snapshot import (
@@ -41,10 +42,13 @@ class RateLimit:
     """Keeps rows read per second at or under ``max_rows_per_s`` (0: unlimited) by pausing
     between chunks; the pause is the point (it spares the source), not a synchronisation."""
 
-    def __init__(self, max_rows_per_s: int) -> None:
+    def __init__(self, max_rows_per_s: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.max_rows_per_s = max_rows_per_s
         self.rows = 0
-        self.started = time.monotonic()
+        self._clock = clock
+        self._sleep = sleep
+        self.started = clock()
         self.paused_s = 0.0
 
     def took(self, rows: int) -> None:
@@ -52,10 +56,10 @@ class RateLimit:
         if self.max_rows_per_s <= 0:
             return
         due = self.started + self.rows / self.max_rows_per_s
-        wait = due - time.monotonic()
+        wait = due - self._clock()
         if wait > 0:
             self.paused_s += wait
-            time.sleep(wait)
+            self._sleep(wait)
 
 
 def with_statement_timeout(dsn: str, seconds: float) -> str:
@@ -72,15 +76,15 @@ class SourceSnapshot:
 
     def __init__(self, dsn: str, registry: TypeRegistry | None, *, max_rows_per_s: int,
                  statement_timeout_s: float, chunk_pages: int = CHUNK_PAGES) -> None:
-        self.dsn = dsn
+        #: Every statement of the verify on the source runs under the timeout.
+        self.dsn = with_statement_timeout(dsn, statement_timeout_s)
         self.chunk_pages = chunk_pages
         self._reader: ChunkReader | None = None
         self._creation: SlotCreation | None = create_temporary_slot(dsn, "dbmazz_verify")
         self.lsn = self._creation.consistent_point
         try:
-            self._reader = open_reader(
-                "auto", with_statement_timeout(dsn, statement_timeout_s),
-                self._creation.snapshot_name, registry)
+            self._reader = open_reader("auto", self.dsn, self._creation.snapshot_name,
+                                       registry)
         except BaseException:
             self.close()
             raise
@@ -92,7 +96,12 @@ class SourceSnapshot:
             tid_ranges = server_supports_tid_ranges(conn)
         assert self._reader is not None, "scan after close"
         for chunk in plan_chunks(layout, self.chunk_pages, tid_ranges):
-            rows = self._reader.read(table, chunk)
+            try:
+                rows = self._reader.read(table, chunk)
+            except SourceError as exc:
+                raise SourceError(exc.message, exc.hint or (
+                    "a read that hits the statement timeout is cancelled: raise "
+                    "VERIFY_STATEMENT_TIMEOUT_S (0 = none)")) from None
             self.rate.took(rows.num_rows)
             yield rows
 

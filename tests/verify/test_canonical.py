@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
 from dbmazz.verify.canonical import canonical_frame, row_hashes
@@ -79,3 +80,23 @@ def test_sample_checks_that_share_of_ranges() -> None:
     assert sampled(64, 0.25, 1).sum() == 16
     assert sampled(64, 0.001, 1).sum() == 1
     assert sampled(64, 1.0, 1).all()
+
+
+def test_rate_limit_pauses_to_keep_the_rate() -> None:
+    from dbmazz.verify.source import RateLimit
+
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limit = RateLimit(1000, clock=lambda: now[0], sleep=sleep)
+    limit.took(500)  # 0.5 s worth of rows at once: pause 0.5 s
+    now[0] += 0.2    # the next read took 0.2 s
+    limit.took(500)  # due at 1.0 s, now 0.7 s: pause 0.3 s
+    assert slept == pytest.approx([0.5, 0.3])
+    unlimited = RateLimit(0, clock=lambda: now[0], sleep=sleep)
+    unlimited.took(10**9)
+    assert len(slept) == 2

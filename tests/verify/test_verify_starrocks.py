@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from dbmazz import cli
 from dbmazz.config import Config
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
@@ -101,3 +104,37 @@ def test_drift_per_type_found_and_repaired(running: tuple[Config, Engine],
     assert [t.repaired for t in repaired.tables] == [len(COLUMNS), 1, 2]
     again = verify(config, engine)
     assert again.equal, again.to_dict()
+
+
+def test_cli_waits_for_an_engine_it_cannot_reach_while_cdc_runs(
+        running: tuple[Config, Engine], pg_db: Database, starrocks: StarRocksEmulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No control plane answers (GRPC_PORT=0), but the slot is active: the CLI waits on the
+    engine's checkpoint row, then compares; CDC keeps changing rows meanwhile."""
+    config, _ = running
+    stop = threading.Event()
+
+    def load() -> None:
+        i = 0
+        with pg_db.connect() as conn:
+            while not stop.is_set():
+                i += 1
+                conn.execute("UPDATE public.lines SET qty = qty + 1 WHERE order_id = %s",
+                             (i % 30,))
+                conn.execute("DELETE FROM public.names WHERE v = %s", (i,))
+
+    writer = threading.Thread(target=load, daemon=True)
+    writer.start()
+    try:
+        code = cli.main([
+            "verify", "--json", "--ranges", "4", "--source-url", pg_db.dsn,
+            "--tables", ",".join(TABLES), "--sink", "starrocks", "--starrocks-url",
+            starrocks.url, "--starrocks-mysql-port", str(starrocks.mysql_port),
+            "--starrocks-db", DB, "--slot-name", config.slot_name, "--grpc-port", "0",
+        ])
+    finally:
+        stop.set()
+        writer.join(30)
+    out = json.loads(capsys.readouterr().out)
+    assert out["target_state"] == "durable" and not out["notes"]
+    assert code == 0 and out["equal"], out
