@@ -5,10 +5,13 @@ or after the snapshot LSN (their ``dbmazz_cdc_version`` is ≥ it) are *in fligh
 snapshot cannot show them, so their keys are left out on both ends and counted. Soft-deleted
 rows older than the snapshot are not live and are left out as well.
 
-Pass 2 runs only when ranges differ: both ends are read again, keeping the rows of those
-ranges with one hash per column, and joined on the canonical key — giving the missing, extra
-and changed keys and, for changed keys, the columns that differ. The source rows of the
-missing and changed keys are kept (up to ``keep_rows``) for a repair.
+When ranges differ they are bisected: while their rows are more than ``collect_rows``,
+both ends are read again and each differing range is split into up to 4096 sub-ranges
+(counts and sums only, so memory stays small), keeping the sub-ranges that differ. Then a
+last read keeps the rows of the differing (sub-)ranges with one hash per column, joined on
+the canonical key — giving the missing, extra and changed keys and, for changed keys, the
+columns that differ. The source rows of the missing and changed keys are kept for a
+repair.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ import pyarrow.compute as pc
 
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.verify.canonical import canonical_frame, column_hashes, key_hashes, row_hashes
-from dbmazz.verify.ranges import RangeSums, buckets, differing, sampled
+from dbmazz.verify.ranges import (
+    RangeSums,
+    SubRangeSums,
+    buckets,
+    differing,
+    members,
+    refine_factor,
+    sampled,
+)
 from dbmazz.verify.report import KeyDiff, TableResult
 from dbmazz.verify.target import DELETED, VERSION
 
@@ -49,8 +60,11 @@ class Options:
     sample: float = 1.0
     max_keys: int = 20
     seed: int = 0
-    #: Source rows kept for a repair (beyond: counted, reported, not repaired).
-    keep_rows: int = 1_000_000
+    #: Rows (per end) the last pass may hold in memory; while differing ranges hold more,
+    #: they are split further (one more read of both ends per level).
+    collect_rows: int = 200_000
+    #: Levels of splitting at most (each multiplies the ranges by up to 4096).
+    max_levels: int = 3
 
 
 Scan = Callable[[TableSchema], Iterator[pa.Table]]
@@ -131,7 +145,10 @@ class TableCheck:
         mask = differing(source_sums, target_sums, self.checked)
         self.result.ranges_differing = int(mask.sum())
         if mask.any():
-            self._pass_two(mask)
+            modulus, selected = self._bisect(
+                self.options.ranges, np.flatnonzero(mask).astype(np.uint64),
+                int(np.maximum(source_sums.counts, target_sums.counts)[mask].sum()))
+            self._collect(modulus, selected)
         self.result.seconds = time.monotonic() - started
         return self.result
 
@@ -140,29 +157,50 @@ class TableCheck:
         keep = self.checked[bucket]
         sums.add(bucket[keep], row_hashes(frame)[keep])
 
-    def _pass_two(self, mask: np.ndarray) -> None:
+    def _bisect(self, modulus: int, selected: np.ndarray, rows: int
+                ) -> tuple[int, np.ndarray]:
+        """Split the differing ranges until their rows fit ``collect_rows`` (or the levels
+        run out): each level reads both ends once more, keeping only counts and sums."""
+        level = 0
+        while rows > self.options.collect_rows and level < self.options.max_levels:
+            factor = refine_factor(len(selected))
+            source = SubRangeSums(modulus, selected, factor)
+            target = SubRangeSums(modulus, selected, factor)
+            for _, frame in self._target_frames():
+                target.add(key_hashes(frame, self.keys), row_hashes(frame))
+            for _, frame in self._source_frames():
+                source.add(key_hashes(frame, self.keys), row_hashes(frame))
+            cells = np.flatnonzero((source.counts != target.counts)
+                                   | (source.sums != target.sums))
+            rows = int(np.maximum(source.counts, target.counts)[cells].sum())
+            selected = source.bucket_ids(cells)
+            modulus *= factor
+            level += 1
+            self.result.passes += 1
+        return modulus, selected
+
+    def _collect(self, modulus: int, selected: np.ndarray) -> None:
+        """The last pass: the rows of the differing (sub-)ranges on both ends, joined on the
+        key, give the missing, extra and changed keys and the columns that differ."""
+        self.result.passes += 1
         keys = list(self.keys)
         target_parts = []
         for _, frame in self._target_frames():
-            picked = frame.filter(pl.Series(mask[self._bucket(frame)]))
-            if picked.height:
-                target_parts.append(self._hashed(picked))
+            inside = members(key_hashes(frame, self.keys), modulus, selected) >= 0
+            if inside.any():
+                target_parts.append(self._hashed(frame.filter(pl.Series(inside))))
         source_parts = []
         source_rows: list[pa.Table] = []
-        kept = 0
         for rows, frame in self._source_frames():
-            keep = mask[self._bucket(frame)]
-            if keep.any():
-                picked = frame.filter(pl.Series(keep))
-                source_parts.append(self._hashed(picked))
-                taken = rows.filter(pa.array(keep))
-                source_rows.append(taken)
-                kept += taken.num_rows
+            inside = members(key_hashes(frame, self.keys), modulus, selected) >= 0
+            if inside.any():
+                source_parts.append(self._hashed(frame.filter(pl.Series(inside))))
+                source_rows.append(rows.filter(pa.array(inside)))
         empty = self._hashed(self._canonical(self.table.arrow_schema(False).empty_table()))
         src = pl.concat(source_parts) if source_parts else empty
         tgt = pl.concat(target_parts) if target_parts else empty
-        # The in-flight keys met during pass 2 (rows changed since pass 1) are left out too.
-        # Row numbers first: they point into the source rows kept above.
+        # Row numbers first: they point into the source rows kept above. In-flight keys met
+        # during these passes (rows changed since the first) are left out too.
         src = self._without_in_flight(src.with_row_index(_ROW))
         tgt = self._without_in_flight(tgt.with_row_index(_ROW))
         joined = src.join(tgt, on=keys, how="full", suffix="_t", nulls_equal=True,
@@ -176,14 +214,10 @@ class TableCheck:
         self.result.changed = changed.height
         all_source = pa.concat_tables(source_rows) if source_rows else \
             self.table.arrow_schema(False).empty_table()
-        self._report_keys(all_source, missing, extra, changed, tgt)
+        self._report_keys(all_source, missing, extra, changed)
         upsert_rows = pl.concat([missing[_ROW], changed[_ROW]]).cast(pl.Int64).to_numpy()
-        upsert_rows = upsert_rows[: self.options.keep_rows]
-        self.diff = TableDiff(
-            self.table,
-            upserts=all_source.take(upsert_rows) if kept else all_source,
-            deletes=self._extra_keys(extra),
-        )
+        self.diff = TableDiff(self.table, upserts=all_source.take(upsert_rows),
+                              deletes=self._extra_keys(extra))
 
     def _hashed(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Key columns (canonical), the row hash and one hash per non-key column."""
@@ -195,7 +229,7 @@ class TableCheck:
                          how="horizontal") if others else out
 
     def _report_keys(self, source_rows: pa.Table, missing: pl.DataFrame, extra: pl.DataFrame,
-                     changed: pl.DataFrame, target: pl.DataFrame) -> None:
+                     changed: pl.DataFrame) -> None:
         limit = self.options.max_keys
         keys = list(self.keys)
         diffs: list[KeyDiff] = []

@@ -33,6 +33,8 @@ class TableResult:
     #: Keys changed by CDC at or after the snapshot (checked next time, not now).
     in_flight: int = 0
     repaired: int = 0
+    #: Reads of both ends beyond the first (bisection levels and the final row pass).
+    passes: int = 0
     seconds: float = 0.0
     diffs: list[KeyDiff] = field(default_factory=list)
     error: str | None = None

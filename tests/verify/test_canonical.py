@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -100,3 +101,33 @@ def test_rate_limit_pauses_to_keep_the_rate() -> None:
     unlimited = RateLimit(0, clock=lambda: now[0], sleep=sleep)
     unlimited.took(10**9)
     assert len(slept) == 2
+
+
+def _check_in_memory(rows: int, collect_rows: int, max_levels: int = 3) -> Any:
+    from dbmazz.verify.compare import Options, TableCheck
+
+    t = schema(("id", pa.int64(), 20, "int8"), ("v", pa.string(), 25, "text"))
+    ids = np.arange(rows, dtype=np.int64)
+    source = pa.table({"id": ids, "v": pa.array([f"v{i}" for i in ids])})
+    values = source.column("v").to_pylist()
+    values[17] = "drift"
+    target = pa.table({"id": np.delete(ids, 4242), "v": np.delete(np.array(values), 4242),
+                       "dbmazz_cdc_version": np.ones(rows - 1, dtype=np.int64),
+                       "dbmazz_is_deleted": np.zeros(rows - 1, dtype=np.bool_)})
+    check = TableCheck(
+        t, lambda _: iter([source.slice(i, 1000) for i in range(0, rows, 1000)]),
+        lambda _: iter([target.slice(i, 777) for i in range(0, rows, 777)]),
+        snapshot_lsn=100, json_text=True, target_name="t",
+        options=Options(ranges=8, collect_rows=collect_rows, max_levels=max_levels))
+    return check.run()
+
+
+def test_bisection_narrows_differing_ranges_before_collecting_rows() -> None:
+    result = _check_in_memory(20_000, collect_rows=50)
+    assert result.passes >= 2  # at least one level of sub-ranges, then the rows
+    assert sorted((d.kind, d.key["id"], d.columns) for d in result.diffs) == [
+        ("changed", 17, ("v",)), ("missing", 4242, ())]
+    direct = _check_in_memory(20_000, collect_rows=10**9)
+    assert direct.passes == 1 and sorted(map(repr, direct.diffs)) == sorted(map(repr, result.diffs))
+    capped = _check_in_memory(20_000, collect_rows=1, max_levels=1)
+    assert capped.passes == 2 and sorted(d.key["id"] for d in capped.diffs) == [17, 4242]
