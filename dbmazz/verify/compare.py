@@ -115,6 +115,9 @@ class TableCheck:
                 self._in_flight = pl.concat([self._in_flight, keys]) if self._in_flight.height \
                     else keys
             yield live, self._canonical(live)
+        if self._in_flight.height:
+            # Every pass meets the same keys again (and maybe new ones): keep each once.
+            self._in_flight = self._in_flight.unique()
 
     def _source_frames(self) -> Iterator[tuple[pa.Table, pl.DataFrame]]:
         for rows in self._source(self.table):
@@ -137,7 +140,7 @@ class TableCheck:
         # Target first: its in-flight keys are then left out of the source as it is read.
         for _, frame in self._target_frames():
             self._add(target_sums, frame)
-        self.result.in_flight = self._in_flight.unique().height if self._in_flight.height else 0
+        self.result.in_flight = self._in_flight.height
         for _, frame in self._source_frames():
             self._add(source_sums, frame)
         self.result.source_rows = source_sums.rows

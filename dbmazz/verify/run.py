@@ -51,7 +51,7 @@ class VerifyRequest:
             raise BadVerifyRequest(f"--ranges must be at least 1, got {self.ranges}")
         if not 0 < self.sample <= 1:
             raise BadVerifyRequest(f"--sample must be in (0, 1], got {self.sample}",
-                              "e.g. --sample 0.1 checks a tenth of the ranges")
+                                   "e.g. --sample 0.1 checks a tenth of the ranges")
         return Options(ranges=self.ranges, sample=self.sample, max_keys=self.max_keys,
                        seed=secrets.randbits(32))
 
