@@ -89,15 +89,26 @@ def _parse_lists(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.
     combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     encoded = pc.dictionary_encode(combined)
     element = target.value_type
-    parsed = [None if t is None else json.loads(t) for t in encoded.dictionary.to_pylist()]
-    if pa.types.is_string(element) or pa.types.is_large_string(element):
-        values = pa.array([None if p is None else [None if e is None else str(e) for e in p]
-                           for p in parsed], pa.list_(pa.string()))
+    texts = encoded.dictionary.to_pylist()
+    if pa.types.is_temporal(element):
+        # Dates and datetimes hold no commas; quoted or not, split them as they come.
+        parsed = [None if t is None else _split_items(t) for t in texts]
     else:
-        texts = pa.array([None if p is None else [None if e is None else str(e) for e in p]
-                          for p in parsed], pa.list_(pa.string()))
-        values = texts.cast(target)
-    return pc.take(values, encoded.indices)
+        parsed = [None if t is None else
+                  [None if e is None else str(e) for e in json.loads(t)] for t in texts]
+    values = pa.array(parsed, pa.list_(pa.string()))
+    if pa.types.is_timestamp(element) and element.tz:
+        # DATETIME items hold UTC: read them as naive, then as UTC.
+        values = values.cast(pa.list_(pa.timestamp(element.unit)))
+    return pc.take(values.cast(target), encoded.indices)
+
+
+def _split_items(text: str) -> list[str | None]:
+    inner = text.strip()[1:-1].strip()
+    if not inner:
+        return []
+    items = [item.strip().strip('"') for item in inner.split(",")]
+    return [None if item.lower() == "null" else item for item in items]
 
 
 def _unhex(column: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -23,13 +23,18 @@ from tests.e2e.harness import duckdb_config, mark, wait_until_loaded
 TYPES = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN money2 AS numeric(10,2);
+CREATE TYPE pair AS (a int, b text);
 CREATE TABLE public.all_types (
     id int PRIMARY KEY, c_bool bool, c_int2 int2, c_int4 int4, c_int8 int8, c_oid oid,
     c_float4 float4, c_float8 float8, c_num numeric(12,2), c_numu numeric, c_bytea bytea,
     c_date date, c_ts timestamp, c_tstz timestamptz, c_time time, c_timetz timetz,
     c_interval interval, c_json json, c_jsonb jsonb, c_text text, c_varchar varchar(10),
     c_bpchar char(5), c_uuid uuid, c_inet inet, c_enum mood, c_domain money2,
-    c_int_arr int4[], c_text_arr text[], c_num_arr numeric(10,2)[]
+    c_int_arr int4[], c_text_arr text[], c_num_arr numeric(10,2)[],
+    c_name name, c_char "char", c_cidr cidr, c_macaddr macaddr, c_money money, c_xml xml,
+    c_bit bit(4), c_varbit varbit, c_lsn pg_lsn, c_range int4range, c_point point,
+    c_tsvector tsvector, c_pair pair, c_bignum numeric(50,10), c_tstz_arr timestamptz[],
+    c_bool_arr bool[], c_date_arr date[]
 );
 """
 ROW = """
@@ -40,13 +45,28 @@ INSERT INTO public.all_types SELECT g, g %% 2 = 0, g, g * 10, g::int8 * 10000000
     TIMETZ '12:00+02', interval '1 year 2 mons 3 days' * g,
     ('{"b": 1, "a": [' || g || ', "x"]}')::json, ('{"b": 1, "a": ' || g || '}')::jsonb,
     't' || g, 'v' || g, 'c' || g, md5(g::text)::uuid, '10.0.0.1', 'ok', g * 0.5,
-    ARRAY[g, NULL, 3], ARRAY['a', 'b' || g], ARRAY[g * 1.10, 2.00]::numeric(10,2)[]
+    ARRAY[g, NULL, 3], ARRAY['a', 'b' || g], ARRAY[g * 1.10, 2.00]::numeric(10,2)[],
+    'n' || g, 'x', '10.1.0.0/16', '08:00:2b:01:02:03', g * 1.5, ('<a>' || g || '</a>')::xml,
+    B'1010', B'101', ('0/' || to_hex(g))::pg_lsn, int4range(g, g + 10), point(g, 1.5),
+    to_tsvector('simple', 'a b' || g), ROW(g, 'p' || g)::pair,
+    g * 1234567890123456789.0123456789,
+    ARRAY[TIMESTAMPTZ '2024-01-01 00:00:00.5+00' + g * interval '1 min'],
+    ARRAY[true, false, NULL], ARRAY[DATE '2024-01-01' + g]
 FROM generate_series(1, %s) g
+"""
+#: Values with defined fallbacks (docs/types.md): NaN, ±Infinity, -0, infinite dates.
+SPECIAL = """
+INSERT INTO public.all_types (id, c_float4, c_float8, c_num, c_numu, c_date, c_ts, c_tstz,
+                              c_text, c_varchar)
+VALUES (1000, 'NaN', '-0', 'NaN', NULL, 'infinity', 'infinity', 'infinity', '', ' ')
 """
 COLUMNS = ["c_bool", "c_int2", "c_int4", "c_int8", "c_oid", "c_float4", "c_float8", "c_num",
            "c_numu", "c_bytea", "c_date", "c_ts", "c_tstz", "c_time", "c_timetz",
            "c_interval", "c_json", "c_jsonb", "c_text", "c_varchar", "c_bpchar", "c_uuid",
-           "c_inet", "c_enum", "c_domain", "c_int_arr", "c_text_arr", "c_num_arr"]
+           "c_inet", "c_enum", "c_domain", "c_int_arr", "c_text_arr", "c_num_arr",
+           "c_name", "c_char", "c_cidr", "c_macaddr", "c_money", "c_xml", "c_bit",
+           "c_varbit", "c_lsn", "c_range", "c_point", "c_tsvector", "c_pair", "c_bignum",
+           "c_tstz_arr", "c_bool_arr", "c_date_arr"]
 
 OTHERS = """
 CREATE TABLE public.lines (order_id int, line int, qty int, note text,
@@ -61,6 +81,7 @@ def running(pg_db: Database, tmp_path: Path) -> Iterator[tuple[Config, Engine, D
     pg_db.execute(TYPES)
     pg_db.execute(OTHERS)
     pg_db.execute(ROW, (200,))
+    pg_db.execute(SPECIAL)
     pg_db.execute("INSERT INTO public.lines SELECT g / 10, g % 10, g, 'n' || g "
                   "FROM generate_series(1, 300) g")
     pg_db.execute("INSERT INTO public.names SELECT 'n-' || g || 'é', g "
