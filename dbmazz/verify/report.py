@@ -96,14 +96,18 @@ def render(report: VerifyReport, max_keys: int = 20) -> Any:
 
     table = Table(title=f"dbmazz verify at {report.snapshot_lsn} (target: "
                   f"{report.target_state})")
-    for name in ("table", "ranges", "rows (src / tgt)", "equal", "differing", "missing",
-                 "extra", "changed", "in flight", "time"):
-        table.add_column(name, justify="left" if name == "table" else "right")
+    for name in ("table", "ranges checked", "ranges equal", "ranges differing",
+                 "source rows", "target rows", "missing", "extra", "changed", "in flight",
+                 "time"):
+        if name == "table":
+            table.add_column(name, no_wrap=True)
+        else:
+            table.add_column(name, justify="right")
     for t in report.tables:
-        equal_ranges = t.ranges_checked - t.ranges_differing
         table.add_row(
-            t.table, f"{t.ranges_checked}/{t.ranges}", f"{t.source_rows} / {t.target_rows}",
-            str(equal_ranges), str(t.ranges_differing), str(t.missing), str(t.extra),
+            t.table, f"{t.ranges_checked}/{t.ranges}",
+            str(t.ranges_checked - t.ranges_differing), str(t.ranges_differing),
+            f"{t.source_rows:,}", f"{t.target_rows:,}", str(t.missing), str(t.extra),
             str(t.changed), str(t.in_flight), f"{t.seconds:.1f}s",
         )
     parts: list[Any] = [table]
