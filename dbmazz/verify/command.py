@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from dbmazz.cli import load_config
 from dbmazz.config import Config
-from dbmazz.errors import SetupError
 from dbmazz.log import configure_logging
 from dbmazz.pipeline.batch import TableBatch, TableSchema
 from dbmazz.verify.report import KeyDiff, TableResult, VerifyReport, render
-from dbmazz.verify.run import VerifyRequest, open_target, run_verify
+from dbmazz.verify.run import RepairRefused, VerifyRequest, open_target, run_verify
 from dbmazz.verify.target import DuckDBTarget, TargetReader
 
 if TYPE_CHECKING:
@@ -53,7 +52,7 @@ def _locally(config: Config, request: VerifyRequest) -> VerifyReport:
     from dbmazz.source.slots import slot_info
 
     if request.repair and slot_info(config.source_dsn, config.slot_name).active:
-        raise SetupError(
+        raise RepairRefused(
             f"replication slot {config.slot_name!r} is in use: dbmazz is running, but no "
             "control plane of it answers, so the repair cannot be ordered against its writes",
             "point GRPC_HOST/GRPC_PORT (and GRPC_TOKEN) at the running engine, or stop it",

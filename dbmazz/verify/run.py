@@ -38,6 +38,10 @@ class BadVerifyRequest(DbmazzError):
     """Arguments of a verify that cannot work (ranges, sample)."""
 
 
+class RepairRefused(DbmazzError):
+    """A repair that cannot be ordered against the running pipeline's writes."""
+
+
 @dataclass(frozen=True)
 class VerifyRequest:
     tables: tuple[str, ...] = ()
@@ -121,7 +125,7 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
         else:
             state, notes = "as-is", []
         if request.repair and state == "durable" and config.delete_mode == "hard":
-            raise SetupError(
+            raise RepairRefused(
                 "--repair beside a running engine needs DELETE_MODE=soft: a hard delete "
                 "leaves no version to order the repair against CDC",
                 "stop the engine (dbmazz drain) and run `dbmazz verify --repair` again",

@@ -17,7 +17,13 @@ from dbmazz.engine.snapshot_sink import SnapshotAwareSink
 from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.verify.report import VerifyReport
-from dbmazz.verify.run import BadVerifyRequest, VerifyRequest, open_target, run_verify
+from dbmazz.verify.run import (
+    BadVerifyRequest,
+    RepairRefused,
+    VerifyRequest,
+    open_target,
+    run_verify,
+)
 from dbmazz.verify.target import DuckDBTarget, TargetReader
 
 
@@ -88,6 +94,8 @@ def verify_in_service(service: EngineService, request: VerifyRequest) -> VerifyR
         try:
             report = run_verify(config, request, target=target, engine=engine,
                                 write=engine.sink.write, should_stop=lambda: not service.serving)
+        except RepairRefused as exc:
+            raise ServiceStateError(exc.message, exc.hint) from None
         except (BadVerifyRequest, SetupError) as exc:
             # Missing or keyless tables, bad ranges/sample: the request is to change.
             raise InvalidRequestError(exc.message, exc.hint) from None

@@ -106,3 +106,23 @@ def test_cli_alone_compares_as_is_and_repairs(pg_db: Database, tmp_path: Path,
     assert cli.main([*args, "--repair"]) == 1
     capsys.readouterr()
     assert cli.main(args) == 0
+
+
+def test_sampled_verify_checks_that_share_of_ranges(live: Live) -> None:
+    report = live.client.verify(ranges=8, sample=0.25)
+    [table] = report["tables"]
+    assert (table["ranges"], table["ranges_checked"]) == (8, 2)
+    assert report["equal"] and 0 < table["source_rows"] < 500
+
+
+def test_repair_beside_the_engine_is_refused_under_hard_deletes(pg_db: Database,
+                                                               tmp_path: Path) -> None:
+    _items(pg_db)
+    with _start_live(pg_db, tmp_path, delete_mode="hard") as live:
+        eventually(lambda: live.client.status().stage == pb.STAGE_CDC,
+                   "streaming (stage CDC)", 120)
+        assert live.client.verify()["equal"]  # comparing is fine
+        with pytest.raises(EngineRequestError) as refused:
+            live.client.verify(repair=True)
+    assert "FAILED_PRECONDITION" in str(refused.value)
+    assert "DELETE_MODE=soft" in str(refused.value)
