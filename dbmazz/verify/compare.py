@@ -188,10 +188,13 @@ class TableCheck:
         self.result.passes += 1
         keys = list(self.keys)
         target_parts = []
-        for _, frame in self._target_frames():
+        target_keys: list[pa.Table] = []
+        for live, frame in self._target_frames():
             inside = members(key_hashes(frame, self.keys), modulus, selected) >= 0
             if inside.any():
                 target_parts.append(self._hashed(frame.filter(pl.Series(inside))))
+                # The target's own key values (not their canonical form) name the extra rows.
+                target_keys.append(live.select(keys).filter(pa.array(inside)))
         source_parts = []
         source_rows: list[pa.Table] = []
         for rows, frame in self._source_frames():
@@ -217,10 +220,13 @@ class TableCheck:
         self.result.changed = changed.height
         all_source = pa.concat_tables(source_rows) if source_rows else \
             self.table.arrow_schema(False).empty_table()
-        self._report_keys(all_source, missing, extra, changed)
+        all_target_keys = pa.concat_tables(target_keys) if target_keys else \
+            self.table.arrow_schema(False).empty_table().select(keys)
+        extra_keys = all_target_keys.take(extra[f"{_ROW}_t"].cast(pl.Int64).to_numpy())
+        self._report_keys(all_source, missing, changed, extra_keys)
         upsert_rows = pl.concat([missing[_ROW], changed[_ROW]]).cast(pl.Int64).to_numpy()
         self.diff = TableDiff(self.table, upserts=all_source.take(upsert_rows),
-                              deletes=self._extra_keys(extra))
+                              deletes=extra_keys)
 
     def _hashed(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Key columns (canonical), the row hash and one hash per non-key column."""
@@ -231,36 +237,23 @@ class TableCheck:
         return pl.concat([out, hashes.rename({c: f"{_SIDE}{c}" for c in others})],
                          how="horizontal") if others else out
 
-    def _report_keys(self, source_rows: pa.Table, missing: pl.DataFrame, extra: pl.DataFrame,
-                     changed: pl.DataFrame) -> None:
-        limit = self.options.max_keys
+    def _report_keys(self, source_rows: pa.Table, missing: pl.DataFrame,
+                     changed: pl.DataFrame, extra_keys: pa.Table) -> None:
+        limit = max(self.options.max_keys, 0)
         keys = list(self.keys)
         diffs: list[KeyDiff] = []
         key_table = source_rows.select(keys)
 
-        def source_key(row: int) -> dict[str, object]:
-            return {k: v[0] for k, v in key_table.slice(row, 1).to_pydict().items()}
+        def key_of(table: pa.Table, row: int) -> dict[str, object]:
+            return {k: v[0] for k, v in table.slice(row, 1).to_pydict().items()}
 
         for row in missing[_ROW].head(limit).to_list():
-            diffs.append(KeyDiff("missing", source_key(int(row))))
+            diffs.append(KeyDiff("missing", key_of(key_table, int(row))))
         others = [c for c in self.table.column_names if c not in keys]
         for record in changed.head(limit).iter_rows(named=True):
             columns = tuple(c for c in others
                             if record[f"{_SIDE}{c}"] != record[f"{_SIDE}{c}_t"])
-            diffs.append(KeyDiff("changed", source_key(int(record[_ROW])), columns))
-        for record in extra.head(limit).select(keys).iter_rows(named=True):
-            diffs.append(KeyDiff("extra", dict(record)))
-        self.result.diffs = diffs[: max(limit, 0) * 3]
-
-    def _extra_keys(self, extra: pl.DataFrame) -> pa.Table:
-        """Keys only in the target, in the in-flight key types (a delete batch's keys)."""
-        keys = list(self.keys)
-        fields = [self.table.arrow_schema(False).field(k) for k in keys]
-        frame = extra.select(keys).to_arrow()
-        columns = []
-        for f in fields:
-            column = frame.column(f.name)
-            if pa.types.is_timestamp(f.type):
-                column = column.cast(pa.int64()).cast(pa.timestamp("us", tz="UTC")).cast(f.type)
-            columns.append(column.cast(f.type))
-        return pa.table(columns, schema=pa.schema(fields))
+            diffs.append(KeyDiff("changed", key_of(key_table, int(record[_ROW])), columns))
+        for row in range(min(limit, extra_keys.num_rows)):
+            diffs.append(KeyDiff("extra", key_of(extra_keys, row)))
+        self.result.diffs = diffs
