@@ -35,8 +35,7 @@ from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
 from dbmazz.sink.base import Sink
-from dbmazz.source.chunk import WalChunk
-from dbmazz.source.replication import concat_chunks
+from dbmazz.source.chunk import WalChunk, concat_chunks
 from dbmazz.state.checkpoint import CheckpointStore
 
 if TYPE_CHECKING:

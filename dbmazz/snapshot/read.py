@@ -42,13 +42,8 @@ from dbmazz.lsn import parse_lsn
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.source.catalog import split_table_name
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.replication import (
-    SESSION_SETTINGS,
-    connect_error,
-    describe_dsn,
-    quote_ident,
-    quote_literal,
-)
+from dbmazz.source.names import describe_dsn, quote_ident, quote_literal
+from dbmazz.source.replication import SESSION_SETTINGS, connect_error
 from dbmazz.source.slots import SlotCreation
 from dbmazz.source.types import (
     BOOL,

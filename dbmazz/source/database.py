@@ -15,7 +15,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from dbmazz.errors import SourceError
-from dbmazz.source.replication import connect_error, describe_dsn, replication_conninfo
+from dbmazz.source.names import describe_dsn
+from dbmazz.source.replication import connect_error, replication_conninfo
 
 
 class SourceDatabase:

@@ -25,11 +25,8 @@ from psycopg import sql
 from dbmazz.errors import SetupError, SlotLostError, SourceError
 from dbmazz.source.catalog import split_table_name
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.replication import (
-    describe_dsn,
-    server_error,
-    validate_slot_name,
-)
+from dbmazz.source.names import describe_dsn, validate_slot_name
+from dbmazz.source.replication import server_error
 from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 

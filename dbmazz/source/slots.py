@@ -14,12 +14,8 @@ import psycopg
 from dbmazz.errors import SetupError, SourceConnectionError
 from dbmazz.lsn import parse_lsn
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.replication import (
-    describe_dsn,
-    quote_ident,
-    server_error,
-    validate_slot_name,
-)
+from dbmazz.source.names import describe_dsn, quote_ident, validate_slot_name
+from dbmazz.source.replication import server_error
 
 
 @dataclass

@@ -9,18 +9,16 @@ from psycopg.conninfo import conninfo_to_dict
 
 from dbmazz.errors import SlotInUseError, SlotLostError, SourceConnectionError, SourceError
 from dbmazz.source import pgoutput as po
-from dbmazz.source.chunk import WalChunk
+from dbmazz.source.chunk import WalChunk, concat_chunks
+from dbmazz.source.names import describe_dsn
 from dbmazz.source.replication import (
-    _Spool,
-    _strip_streamed,
-    concat_chunks,
     connect_error,
-    describe_dsn,
     parse_duration_ms,
     replication_conninfo,
     server_error,
     status_interval_for,
 )
+from dbmazz.source.spool import Spool, strip_streamed
 
 
 def test_describe_dsn_never_shows_the_password() -> None:
@@ -107,12 +105,12 @@ def test_strip_streamed_drops_aborted_subtransactions() -> None:
     msgs = [origin, rel(100), ins(100, b"a"), ins(101, b"gone"), rel(101), ins(102, b"b"),
             ins(101, b"gone too")]
     chunk = WalChunk.from_messages(msgs, range(1, len(msgs) + 1))
-    out = _strip_streamed(chunk, top_xid=100, aborted={101})
+    out = strip_streamed(chunk, top_xid=100, aborted={101})
     assert out.messages() == [origin, rel(100)[:1] + rel(100)[5:], ins(None, b"a"),
                               ins(None, b"b")]
     assert out.lsns.tolist() == [1, 2, 3, 6]
     # Nothing aborted: only the xids go.
-    kept = _strip_streamed(chunk, top_xid=100, aborted=set())
+    kept = strip_streamed(chunk, top_xid=100, aborted=set())
     assert len(kept) == len(msgs)
     for message in kept.messages():
         po.parse_message(message)  # every stripped message parses as an ordinary one
@@ -126,9 +124,9 @@ def frame(payload: bytes, lsn: int) -> memoryview:
 def test_spool_delivers_in_order_in_memory_or_spilled(
     memory_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_Spool, "SEGMENT_BYTES", 64)
-    monkeypatch.setattr(_Spool, "MIN_SEGMENT_BYTES", 64)
-    spool = _Spool(100, memory_limit, None)
+    monkeypatch.setattr(Spool, "SEGMENT_BYTES", 64)
+    monkeypatch.setattr(Spool, "MIN_SEGMENT_BYTES", 64)
+    spool = Spool(100, memory_limit, None)
     expected = []
     for i in range(50):
         xid = 100 if i % 3 else 101
