@@ -93,6 +93,11 @@ class UpsertGroup:
 
     rows: pa.Table
     partial: bool
+    #: Rows whose primary key changed in this batch and whose absent columns live in the
+    #: target under another key (REPLICA IDENTITY DEFAULT, unchanged TOAST): candidate
+    #: keys per row (see :mod:`dbmazz.pipeline.carry`). The engine resolves these before
+    #: ``Sink.write``; a sink never receives a group with ``carry`` set.
+    carry: pa.Table | None = None
 
 
 @dataclass(frozen=True, slots=True)
