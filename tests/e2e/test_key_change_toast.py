@@ -18,15 +18,18 @@ from typing import Any
 import pytest
 
 from dbmazz.engine.build import build_live_engine
-from dbmazz.engine.core import Engine
+from dbmazz.engine.core import Engine, RunState
+from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.fixtures import Database
+from dbmazz.testing.sinks import NullSink
 from dbmazz.testing.starrocks import StarRocksEmulator
 from tests.e2e.harness import assert_replicated as assert_duckdb_replicated
 from tests.e2e.harness import duckdb_config, mark, wait_until_loaded
 from tests.e2e.test_starrocks_e2e import DB as SR_DB
 from tests.e2e.test_starrocks_e2e import assert_replicated as assert_sr_replicated
 from tests.e2e.test_starrocks_e2e import starrocks_config
+from tests.reliability.helpers import poll
 
 TABLES = {
     "public.kc_int": ["id"],
@@ -178,3 +181,88 @@ def test_key_change_keeps_unchanged_toast_starrocks(
         assert_sr_replicated(pg_db, lambda table: starrocks.rows(SR_DB, table), TABLES)
 
     run_workload(pg_db, engine, check)
+
+
+def split_transaction(db: Database, rng: random.Random, *, touch_first: bool) -> None:
+    """One transaction larger than FLUSH_ROWS (so split into parts): filler rows, then a
+    key change in a later part; with ``touch_first`` the moved row was also changed (its
+    TOAST value unchanged) in the first part."""
+    with db.connect() as conn, conn.transaction():
+        if touch_first:
+            conn.execute("UPDATE kc_int SET v = v + 1 WHERE id = 12")
+        # Spans several reads of the stream, so it is cut into parts of FLUSH_ROWS.
+        conn.execute("INSERT INTO kc_text SELECT 'filler' || g, NULL, g "
+                     "FROM generate_series(1, 20000) g")
+        conn.execute("UPDATE kc_int SET id = 4012 WHERE id = 12")
+        conn.execute("UPDATE kc_int SET id = 4013 WHERE id = 13")
+
+
+def test_split_transaction_key_change_duckdb(pg_db: Database, tmp_path: Path,
+                                             engines: list[Engine]) -> None:
+    """DuckDB commits each part: a later part reads what earlier parts wrote."""
+    pg_db.execute(SCHEMA)
+    config = duckdb_config(pg_db, tmp_path, list(TABLES), replica_identity="keep",
+                           flush_rows=2000)
+    sink = DuckDBSink(config.duckdb_path)
+    engine = build_live_engine(config, sink=sink)
+    engines.append(engine)
+    engine.start()
+    rng = random.Random(21)
+    load_rows(pg_db, rng)
+    wait_until_loaded(engine, mark(pg_db))
+    split_transaction(pg_db, rng, touch_first=True)
+    wait_until_loaded(engine, mark(pg_db))
+    assert_duckdb_replicated(pg_db, sink, TABLES)
+
+
+def test_split_transaction_key_change_starrocks(
+        pg_db: Database, starrocks: StarRocksEmulator, engines: list[Engine]) -> None:
+    """A key change in a later part of a split transaction, of a row no earlier part
+    loaded: the committed target row is the right source."""
+    pg_db.execute(SCHEMA)
+    config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, list(TABLES),
+                              replica_identity="keep", flush_rows=2000)
+    engine = build_live_engine(config)
+    engines.append(engine)
+    engine.start()
+    rng = random.Random(22)
+    load_rows(pg_db, rng)
+    wait_until_loaded(engine, mark(pg_db))
+    split_transaction(pg_db, rng, touch_first=False)
+    wait_until_loaded(engine, mark(pg_db))
+    assert_sr_replicated(pg_db, lambda table: starrocks.rows(SR_DB, table), TABLES)
+
+
+def test_split_transaction_reading_its_own_open_rows_is_refused_starrocks(
+        pg_db: Database, starrocks: StarRocksEmulator, engines: list[Engine]) -> None:
+    """The moved row's old version was loaded by an earlier, still uncommitted part:
+    StarRocks cannot read it. The engine stops with an error that names the table and the
+    fix, and loads nothing of the transaction (never a NULL)."""
+    pg_db.execute(SCHEMA)
+    config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, list(TABLES),
+                              replica_identity="keep", flush_rows=2000)
+    engine = build_live_engine(config)
+    engines.append(engine)
+    engine.start()
+    rng = random.Random(23)
+    load_rows(pg_db, rng)
+    wait_until_loaded(engine, mark(pg_db))
+    split_transaction(pg_db, rng, touch_first=True)
+    poll(lambda: engine.progress.state == RunState.FAILED, "the engine to refuse the batch")
+    error = engine.progress.last_error or ""
+    assert "public.kc_int" in error and "split source transaction" in error, error
+    rows = {r["id"]: r for r in starrocks.rows(SR_DB, "kc_int")}
+    assert 4012 not in rows and 4013 not in rows and rows[12]["v"] == 0
+
+
+def test_sink_that_cannot_read_back_is_refused_at_setup(pg_db: Database) -> None:
+    pg_db.execute(SCHEMA)
+    pg_db.execute("CREATE TABLE public.kc_full (id int PRIMARY KEY, doc text)")
+    pg_db.execute("ALTER TABLE public.kc_full REPLICA IDENTITY FULL")
+    config = duckdb_config(pg_db, Path("/nonexistent"), [*TABLES, "public.kc_full"],
+                           replica_identity="keep")
+    with pytest.raises(SetupError) as caught:
+        build_live_engine(config, sink=NullSink())
+    message = f"{caught.value.message} {caught.value.hint}"
+    assert "public.kc_int" in message and "public.kc_text" in message
+    assert "public.kc_full" not in message and "REPLICA IDENTITY FULL" in message
