@@ -8,12 +8,15 @@ What the merge guarantees:
 * **Last change wins per primary key**, in stream order.
 * **Primary-key changes** become a delete of the old key followed by an upsert of the new
   one (the delete sorts just before the update that moved the key).
-* **TOAST unchanged columns** are filled from the latest earlier change of the same key in
-  the batch that carried a value. Values the decoder could take from the old row
+* **TOAST unchanged columns** are filled from the latest earlier change of the same row in
+  the batch that carried a value — of the same key, or across key changes of the old key
+  (:mod:`dbmazz.pipeline.carry`). Values the decoder could take from the old row
   (REPLICA IDENTITY FULL) were filled already.
 * Rows whose unchanged columns could not be filled are **grouped by the set of columns they
   do carry**, so the sink can send each group as a partial update and never write NULL
-  over a value the source did not change.
+  over a value the source did not change. Such rows whose key changed in the batch form
+  groups of their own, first, with ``carry`` candidates: the value is in the target under
+  an old key, and the engine resolves them before the write.
 
 Every step is a polars expression over whole columns; the only Python loops are over
 columns and over distinct unchanged-column patterns (a handful per batch).
