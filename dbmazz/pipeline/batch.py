@@ -43,6 +43,9 @@ class TableSchema:
     key_columns: tuple[str, ...]
     #: Target table name (after TABLE_MAP); sinks qualify it with their database/schema.
     target_name: str
+    #: The source's REPLICA IDENTITY (``d``, ``f``, ``i``, ``n``; empty when unknown). Under
+    #: ``f`` a key change never needs values read back from the target (pipeline/carry.py).
+    replica_identity: str = field(default="", compare=False)
 
     @property
     def source_name(self) -> str:

@@ -410,7 +410,10 @@ class StarRocksSink:
                     txn.segments.clear()
                     self._truncate_once(table, txn.truncate_marker())
                 sent = txn.load_part(part.index, loads)
-                txn.touched += _keys_of(batch)
+                if batch.table.replica_identity != "f":
+                    # Only then can a later part need to read them (pipeline/carry.py); the
+                    # keys of a FULL-identity table's transaction are not kept.
+                    txn.touched += _keys_of(batch)
             if part.last:
                 txn.finish()
         except TransactionBroken as exc:
@@ -483,7 +486,8 @@ def _keys_of(batch: TableBatch) -> list[pa.Table]:
     parts = [g.rows.select(keys) for g in batch.upserts]
     if batch.deletes is not None:
         parts.append(batch.deletes.select(keys))
-    return [pa.concat_tables(parts).combine_chunks()] if parts else []
+    return [pa.concat_tables(parts, promote_options="permissive").combine_chunks()
+            ] if parts else []
 
 
 def _overlap(touched: list[pa.Table], keys: pa.Table) -> bool:
