@@ -27,6 +27,12 @@ commit LSNs of the moves into and out of that key within the chain):
   (deleted by this very move, values intact) — the normal case: every earlier flush is
   applied, nothing later is.
 
+The first qualifying candidate in rank order wins (the key nearest the row); in a part of
+a split transaction the oldest wins, since earlier parts of the same transaction wrote
+versions equal to the move's (see :func:`resolve_carries`). Versions alone cannot order
+two changes of one transaction, so a restart in the middle of a split transaction whose
+later parts reuse an old key may take the reused row's value (not shown by any test).
+
 When no candidate qualifies the column stays absent and a warning says so (a replay of
 changes a restart had applied, whose row a later change deleted again; or a target that
 lost rows).
@@ -195,6 +201,14 @@ def resolve_carries(batch: TableBatch, current: pa.Table) -> TableBatch:
     :func:`carry_columns`, ``dbmazz_cdc_version``, ``dbmazz_is_deleted``)."""
     keys = list(batch.table.key_columns)
     names = list(batch.table.column_names)
+    # Which qualifying candidate wins. Versions equal to the move's commit LSN are
+    # ambiguous: written by an earlier run that applied this transaction (a replay: the
+    # key nearest the row holds it), or by earlier parts of this same transaction when it
+    # is split across batches (the row has not moved yet: the oldest key holds it). Outside
+    # a split only the first can happen; inside one the second is the normal case (DuckDB
+    # commits each part; StarRocks refuses reads of keys its open transaction loaded and
+    # skips the parts of a transaction committed before).
+    oldest_first = batch.split is not None
     now = pl.from_arrow(current)
     assert isinstance(now, pl.DataFrame)
     resolved: list[UpsertGroup] = []
@@ -222,7 +236,8 @@ def resolve_carries(batch: TableBatch, current: pa.Table) -> TableBatch:
             .otherwise(alive & (version >= pl.col(LO)) & (version < pl.col(HI)))
         )
         best = (cands.join(target, on=keys, how="inner").filter(qualifies)
-                .sort([ROW, RANK]).unique(ROW, keep="first", maintain_order=True)
+                .sort([ROW, RANK], descending=[False, oldest_first])
+                .unique(ROW, keep="first", maintain_order=True)
                 .select([ROW, RANK, *absent]))
         indexed = rows.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
         joined = indexed.join(best, on=ROW, how="left")

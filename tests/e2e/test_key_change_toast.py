@@ -189,12 +189,17 @@ def split_transaction(db: Database, rng: random.Random, *, touch_first: bool) ->
     TOAST value unchanged) in the first part."""
     with db.connect() as conn, conn.transaction():
         if touch_first:
-            conn.execute("UPDATE kc_int SET v = v + 1 WHERE id = 12")
+            conn.execute("UPDATE kc_int SET v = v + 1 WHERE id IN (12, 15, 16)")
         # Spans several reads of the stream, so it is cut into parts of FLUSH_ROWS.
         conn.execute("INSERT INTO kc_text SELECT 'filler' || g, NULL, g "
                      "FROM generate_series(1, 20000) g")
         conn.execute("UPDATE kc_int SET id = 4012 WHERE id = 12")
         conn.execute("UPDATE kc_int SET id = 4013 WHERE id = 13")
+        if touch_first:
+            # Onto a key whose old row an earlier part changed and this part deletes: the
+            # target holds that old row, at the same version as the moved row's old key.
+            conn.execute("DELETE FROM kc_int WHERE id = 16")
+            conn.execute("UPDATE kc_int SET id = 16 WHERE id = 15")
 
 
 def test_split_transaction_key_change_duckdb(pg_db: Database, tmp_path: Path,

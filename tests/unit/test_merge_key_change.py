@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from dbmazz.pipeline.batch import TableBatch
+from dbmazz.pipeline.batch import SplitPart, TableBatch
 from dbmazz.pipeline.carry import carry_columns, carry_keys, resolve_carries
 from dbmazz.pipeline.merge import merge_changes
 from tests.unit.test_merge import INS, TABLE, D, U, changes
@@ -198,3 +198,25 @@ def test_resolve_two_hops_prefers_the_key_nearest_the_row() -> None:
     rows = resolved_rows(resolve_carries(
         batch, current([(1, "D", 20, True), (1001, "D", 20, False)])))
     assert rows[2001][1]["doc"] == "D" and not rows[2001][0]
+
+
+def test_resolve_in_a_split_part_prefers_the_old_key_over_ties_of_earlier_parts() -> None:
+    # Part 1 of transaction 20: earlier parts changed 1 (still there) and the old row 1001,
+    # deleted just before the move (not applied yet): both rows carry version 20.
+    batch = merged([
+        {"op": D, "id": 1001, "lsn": 20},
+        {"op": U, "id": 1001, "name": "a", "unchanged": DOC, "old_id": 1, "lsn": 20},
+    ])
+    batch.split = SplitPart(commit_lsn=20, index=1, last=False)
+    rows = resolved_rows(resolve_carries(
+        batch, current([(1001, "OLD ROW", 20, False), (1, "D", 20, False)])))
+    assert rows[1001][1]["doc"] == "D" and not rows[1001][0]
+    # The same rows outside a split mean an earlier run applied the move: 1001 is kept.
+    batch.split = None
+    batch = merged([
+        {"op": D, "id": 1001, "lsn": 20},
+        {"op": U, "id": 1001, "name": "a", "unchanged": DOC, "old_id": 1, "lsn": 20},
+    ])
+    rows = resolved_rows(resolve_carries(
+        batch, current([(1001, "D", 20, False), (1, "REUSED", 20, False)])))
+    assert rows[1001][0] and "doc" not in rows[1001][1]
