@@ -82,7 +82,6 @@ def fill_along_chains(
     toasted: list[int],
     moved: pl.Expr,
     *,
-    op: str,
     lsn: str,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Fill unchanged values along predecessor chains (see the module docstring).
@@ -160,7 +159,7 @@ def fill_along_chains(
         keep = prior >= 0
         rows, moves = rows[keep], prior[keep]
         rank += 1
-    return df, pl.concat(parts, how="vertical")
+    return df, pl.concat(parts, how="vertical_relaxed")
 
 
 def group_candidates(candidates: pl.DataFrame, group_rows: pl.Series) -> pa.Table:

@@ -228,7 +228,7 @@ def _fill_unchanged(
     df = df.sort(_ORDER).with_row_index(ROW)
     old = [old_key_column(k) for k in keys]
     if all(c in df.columns for c in old) and df.select(_moved(keys).any()).item():
-        return fill_along_chains(df, keys, old, columns, toasted, _moved(keys), op=OP, lsn=LSN)
+        return fill_along_chains(df, keys, old, columns, toasted, _moved(keys), lsn=LSN)
     fills = []
     for i in toasted:
         flag = f"__u{i}"
