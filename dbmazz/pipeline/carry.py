@@ -140,13 +140,13 @@ def fill_along_chains(
         df.select(keys)[rows].to_dict().values(),
     ).with_columns(pl.Series(LO, versions.gather(pl.Series(moves)), dtype=pl.Int64),
                    pl.lit(None, dtype=pl.Int64).alias(HI)))
+    old_keys = df.select([pl.col(o).alias(k) for k, o in zip(keys, old, strict=True)])
     rank = 1
     while len(rows):
         # The key each move left, held from the move before it on the chain (if any).
         before = pred[moves]
         prior = np.where(before >= 0, last_move[np.maximum(before, 0)], -1)
         prior = np.where((prior >= 0) & is_moved[np.maximum(prior, 0)], prior, -1)
-        old_keys = df.select([pl.col(o).alias(k) for k, o in zip(keys, old, strict=True)])
         lo = versions.gather(pl.Series(np.maximum(prior, 0)))
         parts.append(pl.DataFrame({
             ROW: rows, RANK: np.full(len(rows), rank, dtype=np.int32),
