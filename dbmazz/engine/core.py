@@ -34,7 +34,7 @@ from dbmazz.memory import tune_allocators
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
-from dbmazz.sink.base import Sink
+from dbmazz.sink.base import RowReader, Sink
 from dbmazz.source.chunk import WalChunk, concat_chunks
 from dbmazz.state.checkpoint import CheckpointStore
 
@@ -233,6 +233,7 @@ class Engine:
             stop_event=self._stop,
             on_decoded=self._remember_batch,
             audit=self.audit,
+            rows=sink if isinstance(sink, RowReader) else None,
         )
         self._done = threading.Event()
         self._started = False
