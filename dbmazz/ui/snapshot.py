@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from dbmazz.api.client import engine_address, running_engine
 from dbmazz.cli import load_config
 from dbmazz.config import Config
 from dbmazz.errors import DbmazzError, SetupError
@@ -48,7 +49,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     dsn = config.source_dsn
     wanted = [_qualified(t) for t in args.table]
-    client = _running_engine(config)
+    client = running_engine(config)
     if client is not None:
         with client:
             return _through_engine(client, wanted or [_qualified(t) for t in config.tables])
@@ -56,7 +57,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if info.exists and info.active:
         raise SetupError(
             f"replication slot {config.slot_name!r} is in use (pid {info.active_pid}): dbmazz "
-            f"is running, but no control plane of it answers at {_address(config)}",
+            f"is running, but no control plane of it answers at {engine_address(config)}",
             "point GRPC_HOST/GRPC_PORT (and GRPC_TOKEN) at the running engine so this command "
             "asks it to take the snapshot; or stop it and run this command again",
         )
@@ -72,38 +73,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return _on_demand(config, wanted or [_qualified(t) for t in config.tables])
 
 
-# --- through a running engine ---------------------------------------------------------------
-def _address(config: Config) -> str:
-    host = config.grpc_host
-    if host in ("", "0.0.0.0", "::"):  # listening everywhere: reach it locally
-        host = "127.0.0.1"
-    return f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
-
-
-def _running_engine(config: Config) -> Client | None:
-    """A client of the engine that streams SLOT_NAME, if its control plane answers."""
-    from dbmazz.api.client import Client, EngineUnreachable
-
-    if not config.grpc_port:
-        return None
-    token = config.grpc_token.get_secret_value() if config.grpc_token else None
-    client = Client(_address(config), token=token, ca_cert=config.grpc_tls_cert,
-                    timeout_s=5.0)
-    try:
-        client.health()  # open to everyone: tells "nobody there" from "wrong token"
-        status = client.status()
-    except EngineUnreachable:
-        client.close()
-        return None
-    except BaseException:
-        client.close()
-        raise
-    if status.slot != config.slot_name:  # another pipeline's engine: not ours to ask
-        client.close()
-        return None
-    return client
-
-
+# --- through a running engine (api.client.running_engine finds it) ---------------------------
 def _through_engine(client: Client, tables: list[str], console: Console | None = None) -> int:
     """Ask the running engine for the snapshot (Snapshot RPC, waiting on a thread) and draw
     the progress its Status reports until the call returns."""
