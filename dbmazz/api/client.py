@@ -27,6 +27,8 @@ from dbmazz.pipeline.batch import TableSchema
 if TYPE_CHECKING:
     import polars as pl
 
+    from dbmazz.config import Config
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 R = TypeVar("R")
 
@@ -157,6 +159,24 @@ class Client:
         except grpc.RpcError as exc:
             raise self._translate(exc) from None
 
+    def verify(self, tables: list[str] | None = None, *, ranges: int = 64, sample: float = 1.0,
+               max_keys: int = 20, repair: bool = False,
+               timeout_s: float | None = None) -> dict[str, Any]:
+        """Compare the target with the source (``dbmazz verify`` run by the engine) and
+        return the report as a dict: ``equal``, per table ``missing``/``extra``/``changed``
+        counts and ``diffs`` (key, columns). ``repair``: re-copy what differs. Waits until
+        done (``timeout_s``: give up waiting; default none — large tables take long)."""
+        import json
+
+        request = pb.VerifyRequest(tables=tables or [], ranges=ranges, sample=sample,
+                                   max_keys=max_keys, repair=repair)
+        try:
+            reply = self._control.Verify(request, timeout=timeout_s, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from None
+        report: dict[str, Any] = json.loads(reply.report_json)
+        return report
+
     def metrics(self, interval_ms: int = 1000,
                 max_samples: int = 0) -> Generator[pb.MetricsSample, None, None]:
         """Samples every ``interval_ms`` (the first at once), until cancelled or
@@ -227,3 +247,34 @@ def connect(
     if token is None:
         token = os.environ.get("GRPC_TOKEN") or None
     return Client(address, token=token, ca_cert=ca_cert, timeout_s=timeout_s)
+
+
+# --- the engine of a configuration (dbmazz snapshot / verify ask it first) ------------------
+def engine_address(config: Config) -> str:
+    """Where a local client reaches the engine CONFIG describes (GRPC_HOST/GRPC_PORT)."""
+    host = config.grpc_host
+    if host in ("", "0.0.0.0", "::"):  # listening everywhere: reach it locally
+        host = "127.0.0.1"
+    return f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
+
+
+def running_engine(config: Config) -> Client | None:
+    """A client of the engine that streams SLOT_NAME, if its control plane answers."""
+    if not config.grpc_port:
+        return None
+    token = config.grpc_token.get_secret_value() if config.grpc_token else None
+    client = Client(engine_address(config), token=token, ca_cert=config.grpc_tls_cert,
+                    timeout_s=5.0)
+    try:
+        client.health()  # open to everyone: tells "nobody there" from "wrong token"
+        status = client.status()
+    except EngineUnreachable:
+        client.close()
+        return None
+    except BaseException:
+        client.close()
+        raise
+    if status.slot != config.slot_name:  # another pipeline's engine: not ours to ask
+        client.close()
+        return None
+    return client

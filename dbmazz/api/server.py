@@ -27,7 +27,7 @@ from dbmazz.engine.service import EngineService, InvalidRequestError, ServiceSta
 from dbmazz.errors import ConfigError, DbmazzError
 
 if TYPE_CHECKING:
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,21 @@ class ControlService(pb_grpc.ControlServicer):
         if request.wait:
             _wait_for(handle, request.wait_timeout_s, context)
         return snapshot_reply(handle)
+
+
+    def Verify(self, request: pb.VerifyRequest,
+               context: grpc.ServicerContext) -> pb.VerifyReply:
+        from dbmazz.verify.run import VerifyRequest
+        from dbmazz.verify.service import verify_in_service
+
+        wanted = VerifyRequest(tables=tuple(request.tables), ranges=request.ranges or 64,
+                               sample=request.sample or 1.0, max_keys=request.max_keys or 20,
+                               repair=request.repair)
+        log.info("verify of %s requested over gRPC%s",
+                 ", ".join(wanted.tables) or "every table", " with repair" if wanted.repair
+                 else "")
+        report = _guard(context, lambda: verify_in_service(self._service, wanted))
+        return convert.verify_reply(report)
 
 
 def _wait_for(handle: OnDemandSnapshot, timeout_s: float,
