@@ -1108,7 +1108,12 @@ class ReplicationStream:
         if (
             self._reply_pending
             or elapsed >= self.status_interval_s
-            # A newly confirmed position goes out within a second, not a full interval.
+            # A newly durable LSN goes out at the reader's next step (≤ one wait slice,
+            # 20 ms, while idle): the slot follows durability within the flush interval.
+            # One update per confirm, i.e. per flush. Never ahead of it: what is sent is
+            # _flush_position(), which only passes the durable LSN by the idle rule.
+            or self._durable > self._reported
+            # The idle rule's advances (walEnd past confirmed work) within a second.
             or (
                 self._flush_position() != self._reported
                 and elapsed >= min(1.0, self.status_interval_s)
