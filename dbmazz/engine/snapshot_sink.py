@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import (
     LoadResult,
     SchemaDelta,
@@ -33,6 +33,11 @@ from dbmazz.pipeline.batch import (
     UpsertGroup,
 )
 from dbmazz.sink.base import Sink, SnapshotLoader
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 VERSION = "dbmazz_cdc_version"
 

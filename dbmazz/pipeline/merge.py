@@ -22,12 +22,13 @@ columns and over distinct unchanged-column patterns (a handful per batch).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import (
     OP_DELETE,
     OP_INSERT,
@@ -37,6 +38,11 @@ from dbmazz.pipeline.batch import (
     UpsertGroup,
 )
 from dbmazz.source.columnar import unchanged_mask
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 OP = "__dbmazz_op"
 LSN = "__dbmazz_lsn"
