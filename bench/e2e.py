@@ -237,9 +237,10 @@ def run_recvlogical(dsn: str, slot: str, end: int, changes: int) -> Run:
 
 
 def run_child(kind: str, dsn: str, slot: str, end: int, changes: int, args: dict[str, Any],
-              sink: psutil.Process | None = None) -> Run:
-    """Run this script as a child contender; it prints its own timings as JSON."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
+              sink: psutil.Process | None = None, root: Path = ROOT) -> Run:
+    """Run this script as a child contender; it prints its own timings as JSON. With another
+    ``root`` (a checkout of other code, ``--baseline``), that tree's script and dbmazz run."""
+    cmd = [sys.executable, str(root / "bench" / "e2e.py"), "--child", kind,
            "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": end, **args})]
     busy = machine_busy_s()
     loadavg = os.getloadavg()
@@ -771,6 +772,9 @@ def main() -> int:
     parser.add_argument("--skip-latency", action="store_true", help="no latency runs")
     parser.add_argument("--latency-runs", default=DEFAULT_LATENCY_RUNS,
                         help="comma-separated rate:FLUSH_INTERVAL_MS:seconds latency runs")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of other dbmazz code (e.g. `git archive main`): every "
+                        "dbmazz contender also runs from it, as <name>_base, interleaved")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -791,6 +795,9 @@ def main() -> int:
     contenders = [c for c in wanted
                   if not (c == "peer" and args.skip_peer)
                   and not (c == "dbmazz_duckdb" and args.skip_duckdb)]
+    if args.baseline:
+        contenders = [x for c in contenders
+                      for x in ((c, f"{c}_base") if c.startswith("dbmazz") else (c,))]
     if "peer" in contenders:
         ensure_psycopg2()
     tls = any(c.endswith("_tls") for c in contenders)
@@ -804,9 +811,9 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="dbmazz-bench-") as tmp:
         if tls:
             enable_tls(cluster)
-        base = cluster.dsn(cluster.create_database(DB))
-        dsn = with_sslmode(base, "disable")
-        dsn_tls = with_sslmode(base, "require")
+        plain = cluster.dsn(cluster.create_database(DB))
+        dsn = with_sslmode(plain, "disable")
+        dsn_tls = with_sslmode(plain, "require")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(PG_DDL)  # type: ignore[arg-type]
             conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")  # type: ignore[arg-type]
@@ -821,8 +828,10 @@ def main() -> int:
             for rep in range(args.repeat):
                 for contender in contenders:
                     slot = f"b{rep}_{contender}"
-                    source = dsn_tls if contender.endswith("_tls") else dsn
-                    kind = contender.removesuffix("_tls")
+                    base = contender.endswith("_base")
+                    name = contender.removesuffix("_base")
+                    source = dsn_tls if name.endswith("_tls") else dsn
+                    kind = name.removesuffix("_tls")
                     try:
                         if kind == "pg_recvlogical":
                             run = run_recvlogical(source, slot, end, changes)
@@ -834,7 +843,8 @@ def main() -> int:
                             config = dbmazz_config(source, slot, sink, ports, Path(tmp))
                             run = run_child("dbmazz", source, slot, end, changes,
                                             {"name": contender, "config": config},
-                                            sink_process if sink == "starrocks" else None)
+                                            sink_process if sink == "starrocks" else None,
+                                            root=args.baseline if base else ROOT)
                     except RuntimeError as exc:
                         failures[contender] = str(exc)[-2000:]
                         log(f"run {rep + 1}/{args.repeat}: {contender} FAILED: {exc}")
@@ -910,6 +920,11 @@ def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace
         "tls_cpu_ratio": ratio("dbmazz_null_tls", "dbmazz_null", "cpu_us_per_change", 2),
         "tls_ratio_vs_limit_tls": ratio("dbmazz_null_tls", "limit_tls", "rows_per_s"),
         "limit_tls_cpu_ratio": ratio("limit_tls", "limit", "cpu_us_per_change", 2),
+        "base_tls_cpu_ratio": ratio("dbmazz_null_tls_base", "dbmazz_null_base",
+                                    "cpu_us_per_change", 2),
+        "cpu_vs_base": ratio("dbmazz_null", "dbmazz_null_base", "cpu_us_per_change", 2),
+        "tls_cpu_vs_base": ratio("dbmazz_null_tls", "dbmazz_null_tls_base",
+                                 "cpu_us_per_change", 2),
     }
     out.update({k: v for k, v in ratios.items() if v is not None})
     if latency:

@@ -1,7 +1,8 @@
 """The limit consumer: the least a logical replication client can do, for benchmarks.
 
 It speaks the PostgreSQL wire protocol itself (startup, SCRAM-SHA-256 or trust, optional
-TLS through ``SSLRequest``), starts ``START_REPLICATION … LOGICAL`` (pgoutput), then reads
+TLS through ``SSLRequest``, records decrypted from memory BIOs fed by large socket reads),
+starts ``START_REPLICATION … LOGICAL`` (pgoutput), then reads
 the socket in large coalesced reads (``--bufsize``, 8 MiB by default; optionally with a
 receive low-water mark like dbmazz's reader), walks the CopyData frame headers only to count
 XLogData messages and answer keepalives, and sends a standby status update (flush = last
@@ -48,29 +49,79 @@ class Wire:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE  # sslmode=require: encrypted, not verified
-            sock = ctx.wrap_socket(sock)
+            # TLS over memory BIOs: the socket is read in large reads and the records
+            # decrypted from memory. The walsender sends one record per message, and an
+            # SSL socket would make two recv() calls per record.
+            self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self._tls = ctx.wrap_bio(self._in, self._out)
+            self._raw = bytearray(4 << 20)
         self.sock: socket.socket = sock
         self._buf = b""
+        if self.tls:
+            self._handshake()
         params = {"user": str(info.get("user", "postgres")),
                   "database": str(info.get("dbname", "postgres"))}
         if replication:
             params["replication"] = "database"
         body = struct.pack("!i", 196608) + b"".join(
             k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-        sock.sendall(_I32.pack(len(body) + 4) + body)
+        self.sendall(_I32.pack(len(body) + 4) + body)
         self._authenticate()
         while True:  # ParameterStatus, BackendKeyData, … until ReadyForQuery
             kind, _ = self.message()
             if kind == b"Z":
                 break
 
+    # -- transport ------------------------------------------------------------------
+    def _handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush_out()
+                data = self.sock.recv(65536)
+                if not data:
+                    raise RuntimeError("server closed the connection during TLS") from None
+                self._in.write(data)
+        self._flush_out()
+
+    def _flush_out(self) -> None:
+        if pending := self._out.read():
+            self.sock.sendall(pending)
+
+    def sendall(self, data: bytes) -> None:
+        if self.tls:
+            self._tls.write(data)
+            self._flush_out()
+        else:
+            self.sock.sendall(data)
+
+    def recv_into(self, view: memoryview) -> int:
+        """Blocking: at least one byte (0 at EOF), as much as one socket read brings."""
+        if not self.tls:
+            return self.sock.recv_into(view)
+        got = 0
+        while not got:
+            n = self.sock.recv_into(self._raw)
+            if not n:
+                return 0
+            self._in.write(memoryview(self._raw)[:n])
+            while got < len(view):
+                try:
+                    got += self._tls.read(len(view) - got, view[got:])
+                except ssl.SSLWantReadError:
+                    break
+        return got
+
     # -- framing (startup phase only; streaming reads the socket itself) -------------
     def _recv_exact(self, n: int) -> bytes:
         while len(self._buf) < n:
-            data = self.sock.recv(max(65536, n))
-            if not data:
+            chunk = bytearray(max(65536, n))
+            got = self.recv_into(memoryview(chunk))
+            if not got:
                 raise RuntimeError("server closed the connection")
-            self._buf += data
+            self._buf += bytes(chunk[:got])
         out, self._buf = self._buf[:n], self._buf[n:]
         return out
 
@@ -83,7 +134,7 @@ class Wire:
         return head[:1], body
 
     def send(self, kind: bytes, body: bytes) -> None:
-        self.sock.sendall(kind + _I32.pack(len(body) + 4) + body)
+        self.sendall(kind + _I32.pack(len(body) + 4) + body)
 
     def _authenticate(self) -> None:
         _, body = self.message()
@@ -145,14 +196,11 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
     unpack_i32 = _I32.unpack_from
     done = False
     while not done:
-        n = sock.recv_into(view[have:])
+        n = wire.recv_into(view[have:])
         if n == 0:
             raise RuntimeError("server closed the stream")
         have += n
         reads += 1
-        if isinstance(sock, ssl.SSLSocket):  # one TLS record per recv: take what is decrypted
-            while have < bufsize and (pending := sock.pending()):
-                have += sock.recv_into(view[have:], min(pending, bufsize - have))
         pos = 0
         last_w = -1
         while pos + 5 <= have:
@@ -167,7 +215,7 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
             elif inner == 0x6B:  # 'k' keepalive: answer when asked
                 keepalives += 1
                 if buf[pos + 22]:
-                    sock.sendall(_status(last_lsn))
+                    wire.sendall(_status(last_lsn))
             pos = stop
         if last_w >= 0:
             last_lsn = int.from_bytes(buf[last_w + 6:last_w + 14], "big")
@@ -177,11 +225,11 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
             have -= pos
         now = time.monotonic()
         if now - last_status >= 1.0:
-            sock.sendall(_status(last_lsn))
+            wire.sendall(_status(last_lsn))
             last_status = now
     wall = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    sock.sendall(_status(last_lsn))
+    wire.sendall(_status(last_lsn))
     sock.close()
     return {"stream_s": wall,
             "stream_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),

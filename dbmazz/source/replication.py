@@ -776,6 +776,7 @@ class ReplicationStream:
         # Counts spooled frames too, so a long streamed transaction cannot keep the caller
         # inside this loop (away from its stop checks) indefinitely.
         consumed = 0
+        progressed = True  # a frame came since the last consume_input
         deadline: float | None = None
         while consumed < max_bytes:
             try:
@@ -786,6 +787,7 @@ class ReplicationStream:
                 consumed += n
                 kind = frame[0]
                 if kind == _W:
+                    progressed = True
                     frames += 1
                     last = frame
                     if streaming and self._route_streamed(frame):
@@ -804,6 +806,18 @@ class ReplicationStream:
                     )
                 continue
             if n == 0:
+                if offsets and progressed and consumed < max_bytes:
+                    # Take what the socket holds already into this chunk (consume_input never
+                    # blocks; a second empty get_copy_data ends the chunk). Over TLS libpq
+                    # reads one record per call, and the walsender sends one message per
+                    # record, while every chunk has a fixed cost downstream (wrapping,
+                    # routing, joining) that chunks of a few messages multiply.
+                    progressed = False
+                    try:
+                        pgconn.consume_input()
+                    except psycopg.OperationalError as exc:
+                        raise self._lost(exc) from None
+                    continue
                 if offsets or self._pending:
                     break
                 now = time.monotonic()
