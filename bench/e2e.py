@@ -290,6 +290,7 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
 
     configure_logging("WARNING")
     rss_imports = _rss_now_mb()
+    late_imports = _watch_imports([m for m in HEAVY_MODULES if m not in sys.modules])
     config = Config.load(args["config"], env_file=None)
     started = time.perf_counter()
     engine = build_live_engine(config)
@@ -318,6 +319,7 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
         "x_rss_after_imports_mb": rss_imports,
         "x_rss_after_setup_mb": rss_ready,
         "x_heavy_modules": sorted(m for m in HEAVY_MODULES if m in sys.modules),
+        "x_imported_late_by": late_imports,
         "x_flushes": engine.progress.flushes,
         "x_rows_applied": engine.progress.rows_applied,
         "error": None if ok else (engine.progress.last_error or "did not reach the end LSN"),
@@ -341,6 +343,26 @@ def _rss_now_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _watch_imports(names: list[str]) -> dict[str, str]:
+    """Record which dbmazz code first imports each of ``names`` (a meta path hook that
+    only looks, then defers to the normal finders)."""
+    import importlib.abc
+    import traceback
+
+    found: dict[str, str] = {}
+
+    class Watch(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+            if fullname in names and fullname not in found:
+                frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                          for f in traceback.extract_stack() if "dbmazz" in f.filename]
+                found[fullname] = " <- ".join(reversed(frames[-4:]))
+            return None
+
+    sys.meta_path.insert(0, Watch())
+    return found
 
 
 def child_limit(args: dict[str, Any]) -> dict[str, Any]:
@@ -894,6 +916,7 @@ def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace
             out[name]["null_sink_cpu_s"] = round(best.sink_cpu_s, 2)
         for key in ("x_warmup_s", "x_first_event_after_s", "x_startup_cpu_s",
                     "x_rss_after_imports_mb", "x_rss_after_setup_mb", "x_heavy_modules",
+                    "x_imported_late_by",
                     "x_reads"):
             if key in best.extra:
                 out[name][key.removeprefix("x_")] = best.extra[key]

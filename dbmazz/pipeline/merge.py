@@ -152,6 +152,24 @@ def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
     return bool(frame.select(unique.is_unique().all()).item())
 
 
+def as_polars_delivers(dtype: pa.DataType) -> pa.DataType | None:
+    """The Arrow type polars' ``to_arrow`` gives back for a column of ``dtype``, for the
+    types where that is known without importing polars (None for the others: nested,
+    dictionary, time, non-UTC zones, ...). Checked against polars in the unit tests."""
+    t = pa.types
+    if t.is_string(dtype) or t.is_large_string(dtype) or t.is_string_view(dtype):
+        return pa.large_string()
+    if t.is_binary(dtype) or t.is_large_binary(dtype):
+        return pa.large_binary()
+    if t.is_timestamp(dtype):
+        return dtype if dtype.tz in (None, "UTC") else None
+    if (t.is_integer(dtype) or t.is_boolean(dtype) or t.is_date32(dtype)
+            or t.is_duration(dtype) or t.is_decimal128(dtype) or t.is_null(dtype)
+            or dtype in (pa.float32(), pa.float64())):
+        return dtype
+    return None
+
+
 def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Table:
     """The user columns plus the audit columns, as the polars path computes them."""
     op = arrow.column(OP)
@@ -167,12 +185,16 @@ def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Tab
     rows = arrow.select(columns)
     # The same column types as the polars path delivers (e.g. large_string), so a sink
     # sees one schema whichever path a batch took: string → large_string reuses the data.
-    empty = pl.from_arrow(rows.slice(0, 0))
-    assert isinstance(empty, pl.DataFrame)
-    for i, target in enumerate(empty.to_arrow().schema):
-        if rows.field(i).type != target.type:
-            rows = rows.set_column(i, rows.field(i).with_type(target.type),
-                                   rows.column(i).cast(target.type))
+    targets = [as_polars_delivers(field.type) for field in rows.schema]
+    if any(t is None for t in targets):  # a type polars may convert otherwise: ask it
+        empty = pl.from_arrow(rows.slice(0, 0))
+        assert isinstance(empty, pl.DataFrame)
+        targets = list(empty.to_arrow().schema.types)
+    for i, target in enumerate(targets):
+        assert target is not None
+        if rows.field(i).type != target:
+            rows = rows.set_column(i, rows.field(i).with_type(target),
+                                   rows.column(i).cast(target))
     for name, values in audit.items():
         rows = rows.append_column(name, values)
     return rows

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pyarrow as pa
+import pytest
+
 from dbmazz.lazy import lazy_module
+from dbmazz.pipeline.merge import as_polars_delivers
 
 
 def test_building_the_engine_does_not_import_polars() -> None:
@@ -39,3 +43,33 @@ def test_a_lazy_module_is_the_module() -> None:
     lazy_json = lazy_module("json")
     assert lazy_json.dumps({"a": 1}) == '{"a": 1}'
     assert lazy_json.JSONDecodeError is __import__("json").JSONDecodeError
+
+
+ARROW_TYPES = [
+    pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint64(), pa.float16(),
+    pa.float32(), pa.float64(), pa.bool_(), pa.string(), pa.large_string(), pa.string_view(),
+    pa.binary(), pa.large_binary(), pa.binary(16), pa.date32(), pa.date64(), pa.time64("us"),
+    pa.timestamp("us"), pa.timestamp("ms"), pa.timestamp("us", tz="UTC"),
+    pa.timestamp("us", tz="+00:00"), pa.timestamp("us", tz="Europe/Paris"),
+    pa.duration("us"), pa.decimal128(12, 2), pa.decimal128(38, 10), pa.decimal256(40, 2),
+    pa.list_(pa.int32()), pa.struct([("a", pa.string())]), pa.null(),
+    pa.dictionary(pa.int32(), pa.string()),
+]
+
+
+@pytest.mark.parametrize("dtype", ARROW_TYPES, ids=str)
+def test_types_known_without_polars_are_what_polars_delivers(dtype: pa.DataType) -> None:
+    import polars as pl
+
+    known = as_polars_delivers(dtype)
+    if known is None:
+        return  # asked of polars at run time
+    frame = pl.from_arrow(pa.table({"c": pa.array([], type=dtype)}))
+    assert isinstance(frame, pl.DataFrame)
+    assert frame.to_arrow().schema.field(0).type == known
+
+
+def test_common_cdc_types_need_no_polars() -> None:
+    assert all(as_polars_delivers(t) is not None for t in (
+        pa.int64(), pa.int32(), pa.string(), pa.timestamp("us", tz="UTC"),
+        pa.decimal128(12, 2), pa.float64(), pa.bool_(), pa.binary(), pa.date32()))
