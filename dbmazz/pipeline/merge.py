@@ -134,8 +134,8 @@ def merge_changes(
 
 
 def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
-    """Only inserts, and no key twice (checked without leaving Arrow for the common
-    single integer key in ascending order)."""
+    """Only inserts, and no key twice (checked without leaving Arrow for a single-column
+    key; in ascending integer order without even hashing)."""
     if not pc.all(pc.equal(arrow.column(OP), OP_INSERT)).as_py():
         return False
     if arrow.num_rows < 2:
@@ -146,6 +146,9 @@ def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
             values = key.to_numpy()
             if bool((values[1:] > values[:-1]).all()):
                 return True
+        if not pa.types.is_null(key.type):
+            # Arrow's hash count, null counted as one value like polars' is_unique.
+            return bool(pc.count_distinct(key, mode="all").as_py() == arrow.num_rows)
     frame = pl.from_arrow(arrow.select(keys))
     assert isinstance(frame, pl.DataFrame)
     unique = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
