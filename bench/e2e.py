@@ -310,8 +310,10 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
         ok = True
     done = time.perf_counter()
     cpu1 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+    threads_cpu = _thread_cpu()
     report = {
         "name": args["name"],
+        "x_thread_cpu_s": threads_cpu,
         "stream_s": done - ready,
         "stream_cpu_s": cpu1 - cpu0,
         "setup_s": ready - started,
@@ -343,6 +345,22 @@ def _rss_now_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per live thread (by Python thread name, else the kernel's), whole run."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            stat = (task / "stat").read_text()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            cpu = (int(fields[11]) + int(fields[12])) / tick
+            name = names.get(int(task.name), comm)
+            out[name] = round(out.get(name, 0.0) + cpu, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _watch_imports(names: list[str]) -> dict[str, str]:
@@ -916,7 +934,7 @@ def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace
             out[name]["null_sink_cpu_s"] = round(best.sink_cpu_s, 2)
         for key in ("x_warmup_s", "x_first_event_after_s", "x_startup_cpu_s",
                     "x_rss_after_imports_mb", "x_rss_after_setup_mb", "x_heavy_modules",
-                    "x_imported_late_by",
+                    "x_imported_late_by", "x_thread_cpu_s",
                     "x_reads"):
             if key in best.extra:
                 out[name][key.removeprefix("x_")] = best.extra[key]
