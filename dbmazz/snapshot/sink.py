@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from dbmazz.contract import VERSION_COLUMN
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import (
     LoadResult,
     SchemaDelta,
@@ -34,6 +35,10 @@ from dbmazz.pipeline.batch import (
 )
 from dbmazz.sink.base import Sink, SnapshotLoader
 
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 class Watch:
     """What CDC did to one table while its on-demand snapshot runs.
