@@ -82,8 +82,8 @@ def test_common_cdc_types_need_no_polars() -> None:
 def test_bulk_insert_check_on_one_key_column(keys: list[object], expected: bool) -> None:
     import polars as pl
 
-    from dbmazz.pipeline import merge
     from dbmazz.contract import OP_INSERT
+    from dbmazz.pipeline import merge
 
     table = pa.table({"k": keys, merge.OP: pa.array([OP_INSERT] * len(keys), pa.int8())})
     assert merge._bulk_inserts(table, ["k"]) is expected
