@@ -141,7 +141,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
         with psycopg.connect(dsn, autocommit=True) as conn:
             if extra:
                 source.primary_keys.update(primary_keys(conn, extra, strict=False))
-            relations = describe_relations(conn, [*source.tables, *extra])
+            relations = describe_relations(conn, [*source.tables, *extra],
+                                           config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
     keys = source.primary_keys  # on-demand snapshots add to it while streaming
@@ -206,7 +207,8 @@ def target_tables(config: Config, source: SourceSetup) -> list[TableSchema]:
     """The target shape of every configured table, read from the source catalog."""
     try:
         with psycopg.connect(config.source_dsn, autocommit=True) as conn:
-            relations = describe_relations(conn, list(source.tables))
+            relations = describe_relations(conn, list(source.tables),
+                                           config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)

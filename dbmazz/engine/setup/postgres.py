@@ -22,6 +22,7 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
+from dbmazz.engine.setup import publication as pubinfo
 from dbmazz.errors import SetupError, SlotLostError, SourceError
 from dbmazz.source.catalog import split_table_name
 from dbmazz.source.replication import (
@@ -272,6 +273,7 @@ def _publication_state(
     conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
 ) -> tuple[bool, list[_Table], list[str]]:
     """(exists, tables to add, warnings)."""
+    pubinfo.check_partitions(conn, publication, {t.oid: t.name for t in tables})
     row = conn.execute(
         "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
         "FROM pg_publication WHERE pubname = %s",
@@ -302,30 +304,91 @@ def _publication_state(
             f"publication {publication!r} also publishes tables not configured: "
             f"{', '.join(extra)} (left as they are; their changes are ignored)"
         )
-    if conn.info.server_version >= 150000:
-        filtered = conn.execute(
-            """
-            SELECT n.nspname || '.' || c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL
-            FROM pg_publication_rel pr
-            JOIN pg_publication p ON p.oid = pr.prpubid
-            JOIN pg_class c ON c.oid = pr.prrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE p.pubname = %s AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)
-            """,
-            (publication,),
-        ).fetchall()
-        for name, has_filter, has_columns in filtered:
-            if name in wanted:
-                what = " and ".join(
-                    w for w, on in (("a row filter", has_filter), ("a column list", has_columns))
-                    if on
-                )
-                warnings.append(
-                    f"publication {publication!r} has {what} on {name}; only the filtered "
-                    "rows/columns are replicated"
-                )
+    warnings += _narrowing_warnings(conn, publication, tables)
     to_add = [] if all_tables else [t for t in tables if t.name not in published]
     return True, to_add, warnings
+
+
+def _narrowing_warnings(
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+) -> list[str]:
+    """What the publication's row filters and column lists leave out (reported, never
+    widened)."""
+    return [
+        f"publication {publication!r} publishes {n.table} with a {n.describe()}: only those "
+        "rows and columns reach the target (setup never widens a publication)"
+        for n in pubinfo.narrowings(conn, publication, {t.oid: t.name for t in tables})
+    ]
+
+
+def _partition_identity_changes(
+    conn: psycopg.Connection, tables: Sequence[_Table], mode: ReplicaIdentityMode
+) -> list[_Table]:
+    """Leaf partitions of the listed partitioned tables whose REPLICA IDENTITY must change.
+
+    ALTER TABLE ... REPLICA IDENTITY on a partitioned table does not reach its partitions,
+    yet each partition's own identity decides which old row its WAL carries; the root's
+    decides how pgoutput labels it. Both must agree, so the partitions follow the root."""
+    roots = pubinfo.partitioned_oids(conn, [t.oid for t in tables])
+    leaves = [
+        _Table(_qualified(p.schema, p.table), p.schema, p.table, p.oid, p.identity,
+               p.may_alter)
+        for p in pubinfo.leaf_partitions(conn, sorted(roots))
+    ]
+    if not leaves:
+        return []
+    keys = _keys_by_oid(conn, [t.oid for t in leaves])
+    keyless = [t.name for t in leaves if t.oid not in keys]
+    if keyless:
+        raise _keyless_error(keyless)
+    return _plan_identity(leaves, keys, mode)
+
+
+def _log_partition_root(
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+) -> None:
+    roots = pubinfo.partitioned_oids(conn, [t.oid for t in tables])
+    if roots:
+        log.info(
+            "publication %s created with publish_via_partition_root = true: the changes of "
+            "every partition of %s are published as the partitioned table's, so each loads "
+            "into one target table", publication,
+            ", ".join(t.name for t in tables if t.oid in roots),
+        )
+
+
+def _check_narrowed_identity(
+    conn: psycopg.Connection,
+    publication: str,
+    tables: Sequence[_Table],
+    identity_changes: Sequence[_Table],
+    identity_code: str,
+) -> list[str]:
+    """Refuse a replica identity change that a row filter or column list would turn into
+    rejected UPDATEs/DELETEs in PostgreSQL; warn about such a conflict that already exists.
+    """
+    if not pubinfo.publishes_old_rows(conn, publication):
+        return []
+    changing = {t.oid for t in identity_changes}
+    warnings = []
+    for narrowing in pubinfo.narrowings(conn, publication, {t.oid: t.name for t in tables}):
+        table = next(t for t in tables if t.oid == narrowing.oid)
+        identity = identity_code if table.oid in changing else table.identity
+        problems = pubinfo.identity_conflicts(conn, narrowing, identity)
+        if not problems:
+            continue
+        text = (f"publication {publication!r} narrows {table.name} ({narrowing.describe()}) "
+                f"and under REPLICA IDENTITY {_IDENTITY_NAME[identity]} "
+                f"{'; '.join(problems)}: PostgreSQL rejects its UPDATEs and DELETEs")
+        if table.oid in changing:
+            raise SetupError(
+                text.replace("rejects", "would reject"),
+                "set REPLICA_IDENTITY to a mode the publication allows ('default' when the "
+                "key columns are published and filtered on, or 'keep'), or change the "
+                "publication's column list / row filter yourself",
+            )
+        warnings.append(text)
+    return warnings
 
 
 def setup_source(
@@ -376,8 +439,13 @@ def setup_source(
         if keyless:
             raise _keyless_error(keyless)
         identity_changes = _plan_identity(resolved, keys, replica_identity)
+        identity_changes += _partition_identity_changes(conn, resolved, replica_identity)
         pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
         warnings += pub_warnings
+        warnings += _check_narrowed_identity(
+            conn, publication, resolved, identity_changes,
+            _IDENTITY_CODE.get(replica_identity, "d"),
+        )
         not_owned = sorted(
             {t.name for t in [*identity_changes, *to_add] if not t.may_alter}
         )
@@ -424,6 +492,8 @@ def setup_source(
             _IDENTITY_CODE.get(replica_identity, "d"),
             lock_timeout_s,
         )
+        if not pub_exists:
+            _log_partition_root(conn, publication, resolved)
 
     for w in warnings:
         log.warning("%s", w)
@@ -538,8 +608,9 @@ def _apply(
                 )
             if not pub_exists:
                 conn.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                        pub, sql.SQL(", ").join(t.ident for t in to_add)
+                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                        pub, sql.SQL(", ").join(t.ident for t in to_add),
+                        pubinfo.create_options(conn),
                     )
                 )
             elif to_add:
