@@ -50,6 +50,7 @@ def describe_relations(conn: psycopg.Connection, tables: Sequence[str],
     """
     out: dict[str, Relation] = {}
     published = published_columns(conn, publication, tables) if publication else {}
+    generated = conn.info.server_version >= 180000
     for name in tables:
         namespace, table = split_table_name(name)
         row = conn.execute(
@@ -70,11 +71,12 @@ def describe_relations(conn: psycopg.Connection, tables: Sequence[str],
             SELECT a.attname, a.atttypid::int, a.atttypmod
             FROM pg_attribute a
             WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-              AND (CASE WHEN %s::text[] IS NULL THEN a.attgenerated = ''
-                        ELSE a.attname = ANY(%s::text[]) END)
+              AND (a.attgenerated = '' OR (%s AND a.attgenerated = 's'))
+              AND (%s::text[] IS NULL OR a.attname = ANY(%s::text[]))
             ORDER BY a.attnum
             """,
-            (oid, names, names),
+            # Before 18 pgoutput never sends generated columns (15 lists them in attnames).
+            (oid, names is not None and generated, names, names),
         ).fetchall()
         out[f"{namespace}.{table}"] = Relation(
             oid=oid,

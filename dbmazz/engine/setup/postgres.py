@@ -317,7 +317,8 @@ def _narrowing_warnings(
     return [
         f"publication {publication!r} publishes {n.table} with a {n.describe()}: only those "
         "rows and columns reach the target (setup never widens a publication)"
-        for n in pubinfo.narrowings(conn, publication, {t.oid: t.name for t in tables})
+        for n in pubinfo.narrowings(conn, {t.oid: t.name for t in tables}, publication)
+        if n.narrows
     ]
 
 
@@ -359,33 +360,32 @@ def _log_partition_root(
 
 def _check_narrowed_identity(
     conn: psycopg.Connection,
-    publication: str,
     tables: Sequence[_Table],
     identity_changes: Sequence[_Table],
     identity_code: str,
 ) -> list[str]:
-    """Refuse a replica identity change that a row filter or column list would turn into
-    rejected UPDATEs/DELETEs in PostgreSQL; warn about such a conflict that already exists.
-    """
-    if not pubinfo.publishes_old_rows(conn, publication):
-        return []
+    """Refuse a replica identity change that makes PostgreSQL reject a table's UPDATEs and
+    DELETEs because of what a publication — dbmazz's or any other — leaves out of it (a
+    column list, a row filter, PostgreSQL 18's unpublished generated columns); warn about
+    such a conflict that already exists."""
     changing = {t.oid for t in identity_changes}
+    by_oid = {t.oid: t for t in tables}
     warnings = []
-    for narrowing in pubinfo.narrowings(conn, publication, {t.oid: t.name for t in tables}):
-        table = next(t for t in tables if t.oid == narrowing.oid)
+    for narrowing in pubinfo.narrowings(conn, {t.oid: t.name for t in tables}):
+        table = by_oid[narrowing.oid]
         identity = identity_code if table.oid in changing else table.identity
         problems = pubinfo.identity_conflicts(conn, narrowing, identity)
         if not problems:
             continue
-        text = (f"publication {publication!r} narrows {table.name} ({narrowing.describe()}) "
-                f"and under REPLICA IDENTITY {_IDENTITY_NAME[identity]} "
-                f"{'; '.join(problems)}: PostgreSQL rejects its UPDATEs and DELETEs")
+        text = (f"under REPLICA IDENTITY {_IDENTITY_NAME[identity]}, PostgreSQL rejects "
+                f"UPDATEs and DELETEs of {table.name}: publication "
+                f"{narrowing.publication!r} publishes it, but {'; '.join(problems)}")
         if table.oid in changing:
             raise SetupError(
                 text.replace("rejects", "would reject"),
                 "set REPLICA_IDENTITY to a mode the publication allows ('default' when the "
                 "key columns are published and filtered on, or 'keep'), or change the "
-                "publication's column list / row filter yourself",
+                "publication's column list / row filter / publish_generated_columns yourself",
             )
         warnings.append(text)
     return warnings
@@ -443,7 +443,7 @@ def setup_source(
         pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
         warnings += pub_warnings
         warnings += _check_narrowed_identity(
-            conn, publication, resolved, identity_changes,
+            conn, resolved, identity_changes,
             _IDENTITY_CODE.get(replica_identity, "d"),
         )
         not_owned = sorted(

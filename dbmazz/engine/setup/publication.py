@@ -29,6 +29,8 @@ from dbmazz.errors import SetupError
 #: PostgreSQL 13 brought ``publish_via_partition_root``; 15 row filters and column lists.
 VIA_ROOT_VERSION = 130000
 FILTERS_VERSION = 150000
+#: PostgreSQL 18: ``publish_generated_columns``.
+GENERATED_VERSION = 180000
 
 #: A Var of the filtered table in ``pg_publication_rel.prqual``'s node tree text. A row
 #: filter references only its own table (no subqueries, no other relations), so every
@@ -161,75 +163,107 @@ def _name(conn: psycopg.Connection, oid: int) -> str:
 
 
 def create_options(conn: psycopg.Connection) -> sql.Composable:
-    """``WITH (...)`` for a publication dbmazz creates (empty before PostgreSQL 13)."""
+    """``WITH (...)`` for a publication dbmazz creates: through the partition root
+    (PostgreSQL 13+), and with stored generated columns (PostgreSQL 18+; before 18 pgoutput
+    cannot send them, and on 18 a REPLICA IDENTITY FULL table whose stored generated columns
+    a publication leaves out has its UPDATEs and DELETEs rejected)."""
+    options = []
     if conn.info.server_version >= VIA_ROOT_VERSION:
-        return sql.SQL(" WITH (publish_via_partition_root = true)")
-    return sql.SQL("")
+        options.append("publish_via_partition_root = true")
+    if conn.info.server_version >= GENERATED_VERSION:
+        options.append("publish_generated_columns = stored")
+    return sql.SQL(f" WITH ({', '.join(options)})" if options else "")
 
 
-# --- row filters and column lists ---------------------------------------------------------
+# --- row filters, column lists, generated columns -----------------------------------------
 @dataclass(frozen=True)
 class Narrowing:
-    """How a publication narrows one listed table (PostgreSQL 15+)."""
+    """What one publication publishes of one listed table (PostgreSQL 15+)."""
 
+    publication: str
     table: str
     oid: int
     #: The row filter's text as ``pg_publication_tables.rowfilter`` shows it.
     row_filter: str | None
-    #: Published column names, when a column list restricts them.
-    columns: tuple[str, ...] | None
-    #: attnums the row filter reads, and the column list's attnums.
+    #: The publication names the table with a column list.
+    column_list: bool
+    #: Published column names (``pg_publication_tables.attnames``).
+    columns: tuple[str, ...]
+    #: attnums the row filter reads.
     filter_attnums: frozenset[int]
-    list_attnums: frozenset[int] | None
+    #: The publication publishes UPDATE or DELETE (only then does PostgreSQL hold row
+    #: filters and published columns against the replica identity).
+    old_rows: bool
+    #: Stored generated columns the publication leaves out (PostgreSQL 18+).
+    unpublished_generated: tuple[str, ...] = ()
+
+    @property
+    def narrows(self) -> bool:
+        return (self.row_filter is not None or self.column_list
+                or bool(self.unpublished_generated))
 
     def describe(self) -> str:
         parts = []
         if self.row_filter is not None:
             parts.append(f"row filter WHERE {self.row_filter}")
-        if self.columns is not None:
+        if self.column_list:
             parts.append(f"column list ({', '.join(self.columns)})")
+        if self.unpublished_generated:
+            parts.append(f"stored generated column(s) {', '.join(self.unpublished_generated)} "
+                         "left out (publish_generated_columns = none)")
         return " and ".join(parts)
 
 
-def narrowings(conn: psycopg.Connection, publication: str,
-               tables: dict[int, str]) -> list[Narrowing]:
-    """Row filters and column lists of ``publication`` on the listed tables."""
-    if conn.info.server_version < FILTERS_VERSION or not tables:
+def narrowings(conn: psycopg.Connection, tables: dict[int, str],
+               publication: str | None = None) -> list[Narrowing]:
+    """What each publication (or only ``publication``) publishes of the listed tables."""
+    version = conn.info.server_version
+    if version < FILTERS_VERSION or not tables:
         return []
     rows = conn.execute(
         """
-        SELECT pr.prrelid::int, pr.prqual::text, pr.prattrs::int2[],
-               pg_get_expr(pr.prqual, pr.prrelid),
-               ARRAY(SELECT a.attname::text FROM pg_attribute a
-                     WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs)
+        SELECT p.pubname, c.oid::int, pt.attnames::text[], pt.rowfilter,
+               p.pubupdate OR p.pubdelete, pr.prqual::text, pr.prattrs IS NOT NULL,
+               ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid
+                     AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's'
                      ORDER BY a.attnum)
-        FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-        WHERE p.pubname = %s AND pr.prrelid = ANY(%s)
-          AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)
-        ORDER BY pr.prrelid
+        FROM pg_publication_tables pt
+        JOIN pg_publication p ON p.pubname = pt.pubname
+        JOIN pg_namespace n ON n.nspname = pt.schemaname
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+        LEFT JOIN pg_publication_rel pr ON pr.prpubid = p.oid AND pr.prrelid = c.oid
+        WHERE c.oid = ANY(%s) AND (%s::text IS NULL OR p.pubname = %s)
+        ORDER BY p.pubname, c.oid
         """,
-        (publication, list(tables)),
+        (list(tables), publication, publication),
     ).fetchall()
     out = []
-    for oid, qual_tree, attrs, qual, names in rows:
+    for pub, oid, names, row_filter, old_rows, qual_tree, has_list, generated in rows:
+        published = tuple(names or ())
         out.append(Narrowing(
+            publication=str(pub),
             table=tables[int(oid)],
             oid=int(oid),
-            row_filter=str(qual) if qual is not None else None,
-            columns=tuple(names) if attrs is not None else None,
+            row_filter=str(row_filter) if row_filter is not None else None,
+            column_list=bool(has_list),
+            columns=published,
             filter_attnums=frozenset(int(a) for a in _VARATTNO.findall(qual_tree or "")),
-            list_attnums=frozenset(int(a) for a in attrs) if attrs is not None else None,
+            old_rows=bool(old_rows),
+            unpublished_generated=tuple(g for g in generated if g not in published)
+            if version >= GENERATED_VERSION else (),
         ))
     return out
 
 
 def identity_attnums(conn: psycopg.Connection, oid: int, identity: str) -> dict[int, str]:
-    """attnum → name of the columns a replica identity covers (FULL: every stored column)."""
+    """attnum → name of the columns a replica identity covers (FULL: every stored column,
+    stored generated ones included from PostgreSQL 18 on, which publishes them)."""
     if identity == "n":
         return {}
     if identity == "f":
+        generated = "'', 's'" if conn.info.server_version >= GENERATED_VERSION else "''"
         query = ("SELECT attnum::int, attname::text FROM pg_attribute WHERE attrelid = %s "
-                 "AND attnum > 0 AND NOT attisdropped AND attgenerated = ''")
+                 f"AND attnum > 0 AND NOT attisdropped AND attgenerated IN ({generated})")
     else:
         flag = "indisprimary" if identity == "d" else "indisreplident"
         query = (  # flag is one of two constants, never input
@@ -240,26 +274,17 @@ def identity_attnums(conn: psycopg.Connection, oid: int, identity: str) -> dict[
     return {int(n): str(name) for n, name in conn.execute(query, (oid,)).fetchall()}
 
 
-def publishes_old_rows(conn: psycopg.Connection, publication: str) -> bool:
-    """Whether the publication publishes UPDATE or DELETE (only then does PostgreSQL hold
-    row filters and column lists against the replica identity)."""
-    row = conn.execute("SELECT pubupdate OR pubdelete FROM pg_publication WHERE pubname = %s",
-                       (publication,)).fetchone()
-    return bool(row and row[0])
-
-
 def identity_conflicts(conn: psycopg.Connection, narrowing: Narrowing,
                        identity: str) -> list[str]:
     """Why PostgreSQL would reject UPDATE/DELETE of the table under ``identity``
-    (``relreplident`` code); empty when it would not."""
+    (``relreplident`` code) because of this publication; empty when it would not."""
+    if not narrowing.old_rows:
+        return []
     covered = identity_attnums(conn, narrowing.oid, identity)
     problems = []
-    if narrowing.list_attnums is not None:
-        missing = sorted(name for n, name in covered.items()
-                         if n not in narrowing.list_attnums)
-        if missing:
-            problems.append(f"its column list lacks replica identity column(s) "
-                            f"{', '.join(missing)}")
+    missing = [name for name in covered.values() if name not in narrowing.columns]
+    if missing:
+        problems.append(f"it does not publish replica identity column(s) {', '.join(missing)}")
     if identity != "f" and narrowing.filter_attnums - set(covered):
         names = identity_attnums(conn, narrowing.oid, "f")
         outside = sorted(names.get(n, str(n)) for n in narrowing.filter_attnums - set(covered))
