@@ -105,6 +105,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        slot_failover=config.slot_failover,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
     )
@@ -177,6 +178,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
         settings=settings_from(config),
         start_lsn=start,
     )
+    engine.slot_failover, engine.slot_synced = source.slot_failover, source.slot_synced
     if config.heartbeat_interval_s > 0:
         from dbmazz.source.heartbeat import Heartbeat
 

@@ -208,6 +208,10 @@ class Engine:
         self._done = threading.Event()
         #: Initial and on-demand snapshots (live engines; set by engine.build).
         self.snapshots: Snapshots | None = None
+        #: The slot's failover/synced flags as setup left them (None: unknown or before
+        #: PostgreSQL 17), for Status.
+        self.slot_failover: bool | None = None
+        self.slot_synced: bool | None = None
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:

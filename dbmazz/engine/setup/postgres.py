@@ -31,7 +31,15 @@ from dbmazz.source.replication import (
     server_error,
     validate_slot_name,
 )
-from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
+from dbmazz.source.slots import (
+    FAILOVER_VERSION,
+    SlotCreation,
+    SlotInfo,
+    create_slot,
+    failover_unsupported,
+    read_slot_info,
+    set_failover,
+)
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 
 log = logging.getLogger("dbmazz.setup")
@@ -65,6 +73,12 @@ class SourceSetup:
     slot_creation: SlotCreation | None = field(default=None, compare=False)
     #: False for ``check_only``: the change fields then describe what setup would do.
     applied: bool = True
+    #: ``SLOT_FAILOVER``: an existing slot was (or, check_only, would be) made a failover
+    #: slot.
+    slot_failover_set: bool = False
+    #: The slot's ``failover`` / ``synced`` flags after setup (None before PostgreSQL 17).
+    slot_failover: bool | None = None
+    slot_synced: bool | None = None
 
     @property
     def pending_changes(self) -> list[str]:
@@ -80,6 +94,8 @@ class SourceSetup:
             )
         if self.slot_created:
             changes.append("create the replication slot")
+        if self.slot_failover_set:
+            changes.append("make the replication slot a failover slot")
         return changes
 
 
@@ -401,6 +417,7 @@ def setup_source(
     export_snapshot: bool = False,
     lock_timeout_s: float = 10.0,
     check_only: bool = False,
+    slot_failover: bool = False,
 ) -> SourceSetup:
     """Check the source and create what is missing; safe to run any number of times.
 
@@ -411,6 +428,8 @@ def setup_source(
     :attr:`SourceSetup.slot_creation` for an initial snapshot.
     ``check_only``: run every check but change nothing; the result then says what setup
     *would* create or change (``applied`` is False).
+    ``slot_failover``: create the slot as a failover slot, or make the existing one one
+    (PostgreSQL 17+).
     """
     if not tables:
         raise SetupError("no tables to replicate", "list them in TABLES (schema.table,...)")
@@ -457,6 +476,8 @@ def setup_source(
                 "changes by hand",
             )
         info = read_slot_info(conn, slot)
+        warnings += _check_failover(conn, slot_failover, target)
+        set_failover_now = slot_failover and info.exists and not info.failover
         if not info.exists:
             _refuse_dropped_slot(conn, slot, target)
         if info.exists:
@@ -480,6 +501,9 @@ def setup_source(
                 replica_identity_changed=tuple(t.name for t in identity_changes),
                 warnings=tuple(warnings),
                 applied=False,
+                slot_failover_set=set_failover_now,
+                slot_failover=info.failover,
+                slot_synced=info.synced,
             )
 
         # -- everything checked; now change what is missing ----------------------------
@@ -500,11 +524,16 @@ def setup_source(
     creation: SlotCreation | None = None
     consistent_point: int | None = None
     if not info.exists:
-        creation = create_slot(dsn, slot, export_snapshot=export_snapshot)
+        creation = create_slot(dsn, slot, export_snapshot=export_snapshot,
+                               failover=slot_failover)
         consistent_point = creation.consistent_point
         if not export_snapshot:
             creation.close()
             creation = None
+    elif set_failover_now:
+        set_failover(dsn, slot)
+        log.info("replication slot %s is now a failover slot", slot)
+    after = slot_info_after(dsn, slot, info, slot_failover)
     return SourceSetup(
         primary_keys={t.name: keys[t.oid][1] for t in resolved},
         slot_created=not info.exists,
@@ -516,7 +545,37 @@ def setup_source(
         replica_identity_changed=tuple(changed),
         warnings=tuple(warnings),
         slot_creation=creation,
+        slot_failover_set=set_failover_now,
+        slot_failover=after.failover,
+        slot_synced=after.synced,
     )
+
+
+def slot_info_after(dsn: str, slot: str, before: SlotInfo, failover: bool) -> SlotInfo:
+    """The slot's flags once setup is done (read again only when setup changed them)."""
+    if before.exists and not (failover and not before.failover):
+        return before
+    with _connect(dsn) as conn:
+        return read_slot_info(conn, slot)
+
+
+def _check_failover(conn: psycopg.Connection, failover: bool, target: str) -> list[str]:
+    """``SLOT_FAILOVER``: refused before PostgreSQL 17; a warning when no standby is
+    waited for, so a failover could lose changes dbmazz already loaded."""
+    if not failover:
+        return []
+    version = conn.info.server_version
+    if version < FAILOVER_VERSION:
+        raise failover_unsupported(version, target)
+    (standbys,) = conn.execute("SHOW synchronized_standby_slots").fetchone() or ("",)
+    if not standbys:
+        return [
+            "SLOT_FAILOVER=true but synchronized_standby_slots is empty on the primary: "
+            "dbmazz may receive changes a standby has not yet received, and a failover to "
+            "that standby would lose them from the source while the target keeps them; list "
+            "the standbys' physical slots in synchronized_standby_slots"
+        ]
+    return []
 
 
 def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> None:
