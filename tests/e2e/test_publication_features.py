@@ -131,6 +131,18 @@ def test_partitioned_table_loads_into_one_target(pg_db: Database, tmp_path: Path
     assert target_rows(sink, "public.events", "id, region, amount, note") == expected
     assert ("1001", "apac", 1, "touched") in [(str(r[0]), *r[1:]) for r in expected]
 
+    # TRUNCATE of one partition is not published through the root (PostgreSQL's rule):
+    # its rows stay in the target. TRUNCATE of the root is.
+    eu = {r for r in expected if r[1] == "eu"}
+    assert eu
+    pg_db.execute("TRUNCATE public.events_eu")
+    pg_db.execute("INSERT INTO public.events VALUES (1005, 'us', 5, 'after')")
+    wait_until_loaded(engine, mark(pg_db))
+    assert eu <= set(target_rows(sink, "public.events", "id, region, amount, note"))
+    pg_db.execute("TRUNCATE public.events")
+    wait_until_loaded(engine, mark(pg_db))
+    assert target_rows(sink, "public.events", "id") == []
+
 
 def test_existing_publication_without_root_is_refused(pg_db: Database) -> None:
     pg_db.execute(PARTITIONED)
