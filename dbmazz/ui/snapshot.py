@@ -195,7 +195,7 @@ def _on_demand(config: Config, tables: list[str]) -> int:
     others = [_qualified(t) for t in config.tables if _qualified(t) not in tables]
     with psycopg.connect(dsn, autocommit=True) as conn:
         keys = primary_keys(conn, others, strict=False)
-        relations = describe_relations(conn, others)
+        relations = describe_relations(conn, others, config.publication_name)
     schemas = SchemaCache(keys_from_map(keys), config.table_map)
     known = {name: schemas.build(rel) for name, rel in relations.items() if keys.get(name)}
     sink = SnapshotAwareSink(make_sink(config))

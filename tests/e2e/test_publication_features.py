@@ -144,6 +144,28 @@ def test_partitioned_table_loads_into_one_target(pg_db: Database, tmp_path: Path
     assert target_rows(sink, "public.events", "id") == []
 
 
+def test_partitioned_table_added_on_demand(pg_db: Database, tmp_path: Path,
+                                           engines: list[Engine]) -> None:
+    pg_db.execute("CREATE TABLE public.a (id int PRIMARY KEY)")
+    engine, sink = start(pg_db, tmp_path, engines, ["public.a"])
+    wait_until_loaded(engine, mark(pg_db))
+    pg_db.execute(PARTITIONED)
+    pg_db.execute("INSERT INTO public.events SELECT g, (ARRAY['eu','us','mx'])[g % 3 + 1], "
+                  "g, 'n' || g FROM generate_series(1, 90) g")
+    handle = engine.request_snapshot(["public.events"])
+    assert handle.wait(180)
+    assert handle.error is None and handle.completed
+    # Its partitions got the identity setup gives (FULL), like at start.
+    assert {str(r[0]) for r in pg_db.query(
+        "SELECT relreplident::text FROM pg_class WHERE relname LIKE 'events%' "
+        "AND relkind IN ('r', 'p')")} == {"f"}
+    pg_db.execute("UPDATE public.events SET region = 'eu' WHERE region = 'us' AND id < 30")
+    pg_db.execute("DELETE FROM public.events WHERE id % 4 = 0")
+    wait_until_loaded(engine, mark(pg_db))
+    assert target_rows(sink, "public.events", "id, region, amount, note") == sorted(
+        pg_db.query("SELECT id, region, amount, note FROM public.events"))
+
+
 def test_existing_publication_without_root_is_refused(pg_db: Database) -> None:
     pg_db.execute(PARTITIONED)
     pg_db.execute("CREATE PUBLICATION leafy FOR TABLE public.events")
