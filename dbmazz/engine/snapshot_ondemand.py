@@ -66,7 +66,7 @@ def publish_tables(dsn: str, publication: str, tables: Sequence[str],
         changes = pg_setup._plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
         changes += pg_setup._partition_identity_changes(conn, resolved, mode)  # type: ignore[arg-type]
         exists, to_add, warnings = pg_setup._publication_state(conn, publication, resolved)
-        warnings += pg_setup._check_narrowed_identity(conn, resolved, changes,
+        warnings += pg_setup._check_narrowed_identity(conn, publication, resolved, changes,
                                                       pg_setup._IDENTITY_CODE.get(mode, "d"))
         not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
         if not_owned:

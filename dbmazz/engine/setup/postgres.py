@@ -374,8 +374,31 @@ def _log_partition_root(
         )
 
 
+def _toast_risk(
+    conn: psycopg.Connection,
+    narrowing: pubinfo.Narrowing,
+    identity: str,
+    table: _Table,
+    changing: set[int],
+) -> list[str]:
+    """A row filter under a replica identity other than FULL: a row entering the filter
+    (its key changed) comes as an insert whose unchanged TOASTed values are unknown, and
+    would load as NULL. Refused when setup would make it so, reported when it is so."""
+    columns = pubinfo.unfillable_toast(conn, narrowing, identity)
+    if not columns:
+        return []
+    text = (f"publication {narrowing.publication!r} has a row filter on {table.name} and its "
+            f"REPLICA IDENTITY is {_IDENTITY_NAME[identity]}: a row that enters the filter "
+            "arrives as an insert without the TOASTed values its UPDATE did not change "
+            f"({', '.join(columns)}), which the target cannot fill")
+    if table.oid in changing:
+        raise SetupError(text, "use REPLICA_IDENTITY=full: PostgreSQL then sends those values")
+    return [text + "; use REPLICA IDENTITY FULL on it"]
+
+
 def _check_narrowed_identity(
     conn: psycopg.Connection,
+    publication: str,
     tables: Sequence[_Table],
     identity_changes: Sequence[_Table],
     identity_code: str,
@@ -391,19 +414,21 @@ def _check_narrowed_identity(
         table = by_oid[narrowing.oid]
         identity = identity_code if table.oid in changing else table.identity
         problems = pubinfo.identity_conflicts(conn, narrowing, identity)
-        if not problems:
-            continue
-        text = (f"under REPLICA IDENTITY {_IDENTITY_NAME[identity]}, PostgreSQL rejects "
-                f"UPDATEs and DELETEs of {table.name}: publication "
-                f"{narrowing.publication!r} publishes it, but {'; '.join(problems)}")
-        if table.oid in changing:
-            raise SetupError(
-                text.replace("rejects", "would reject"),
-                "set REPLICA_IDENTITY to a mode the publication allows ('default' when the "
-                "key columns are published and filtered on, or 'keep'), or change the "
-                "publication's column list / row filter / publish_generated_columns yourself",
-            )
-        warnings.append(text)
+        if problems:
+            text = (f"under REPLICA IDENTITY {_IDENTITY_NAME[identity]}, PostgreSQL rejects "
+                    f"UPDATEs and DELETEs of {table.name}: publication "
+                    f"{narrowing.publication!r} publishes it, but {'; '.join(problems)}")
+            if table.oid in changing:
+                raise SetupError(
+                    text.replace("rejects", "would reject"),
+                    "set REPLICA_IDENTITY to a mode the publication allows ('default' when "
+                    "the key columns are published and filtered on, or 'keep'), or change "
+                    "the publication's column list / row filter / publish_generated_columns "
+                    "yourself",
+                )
+            warnings.append(text)
+        if narrowing.publication == publication:
+            warnings += _toast_risk(conn, narrowing, identity, table, changing)
     return warnings
 
 
@@ -462,7 +487,7 @@ def setup_source(
         pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
         warnings += pub_warnings
         warnings += _check_narrowed_identity(
-            conn, resolved, identity_changes,
+            conn, publication, resolved, identity_changes,
             _IDENTITY_CODE.get(replica_identity, "d"),
         )
         not_owned = sorted(

@@ -274,6 +274,24 @@ def identity_attnums(conn: psycopg.Connection, oid: int, identity: str) -> dict[
     return {int(n): str(name) for n, name in conn.execute(query, (oid,)).fetchall()}
 
 
+def unfillable_toast(conn: psycopg.Connection, narrowing: Narrowing,
+                     identity: str) -> list[str]:
+    """Published TOAST-able columns outside the replica identity, when a row filter can turn
+    an UPDATE into an INSERT: a row entering the filter arrives as an insert, and a TOASTed
+    value the UPDATE did not change comes as "unchanged" with no old row to take it from
+    unless the identity is FULL (PostgreSQL fills it from the old row then). Empty when
+    there is no such risk."""
+    if narrowing.row_filter is None or identity == "f":
+        return []
+    covered = set(identity_attnums(conn, narrowing.oid, identity).values())
+    rows = conn.execute(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+        "AND NOT attisdropped AND attlen = -1 AND attstorage <> 'p' ORDER BY attnum",
+        (narrowing.oid,),
+    ).fetchall()
+    return [str(r[0]) for r in rows if r[0] in narrowing.columns and r[0] not in covered]
+
+
 def identity_conflicts(conn: psycopg.Connection, narrowing: Narrowing,
                        identity: str) -> list[str]:
     """Why PostgreSQL would reject UPDATE/DELETE of the table under ``identity``
