@@ -103,33 +103,9 @@ def test_partitioned_table_loads_into_one_target(pg_db: Database, tmp_path: Path
     pg_db.execute("UPDATE public.events SET region = 'us' WHERE region = 'eu' AND id < 60")
     pg_db.execute("UPDATE public.events SET region = 'eu', note = 'moved' "
                   "WHERE region = 'mx' AND id < 60")
-    # A partition attached while streaming: its rows arrive as the root's.
-    pg_db.execute("CREATE TABLE public.events_apac (LIKE public.events INCLUDING ALL)")
-    pg_db.execute("ALTER TABLE public.events_apac REPLICA IDENTITY FULL")
-    pg_db.execute("INSERT INTO public.events_apac VALUES (1001, 'apac', 1, 'pre-attach')")
-    pg_db.execute("ALTER TABLE public.events DETACH PARTITION public.events_rest")
-    pg_db.execute("CREATE TABLE public.events_mx PARTITION OF public.events "
-                  "FOR VALUES IN ('mx')")
-    pg_db.execute("ALTER TABLE public.events ATTACH PARTITION public.events_apac "
-                  "FOR VALUES IN ('apac')")
-    pg_db.execute("INSERT INTO public.events VALUES (1002, 'apac', 2, 'attached'), "
-                  "(1003, 'mx', 3, 'new partition')")
-    pg_db.execute("UPDATE public.events SET note = 'touched' WHERE id = 1001")
     wait_until_loaded(engine, mark(pg_db))
-    # Detaching deletes nothing: the detached partition's rows stay in the target as they
-    # were, and its later changes are no longer published.
-    detached = pg_db.query("SELECT id, region, amount, note FROM public.events_rest")
-    assert detached
-    pg_db.execute("UPDATE public.events_rest SET note = 'after detach'")
-    pg_db.execute("INSERT INTO public.events VALUES (1004, 'eu', 4, 'last')")
-    wait_until_loaded(engine, mark(pg_db))
-
-    # 1001 was inserted before its table was attached (ATTACH moves no rows through the
-    # WAL), but its update after the attach carries the whole row (FULL identity).
-    expected = sorted([*pg_db.query("SELECT id, region, amount, note FROM public.events"),
-                       *detached])
+    expected = sorted(pg_db.query("SELECT id, region, amount, note FROM public.events"))
     assert target_rows(sink, "public.events", "id, region, amount, note") == expected
-    assert ("1001", "apac", 1, "touched") in [(str(r[0]), *r[1:]) for r in expected]
 
     # TRUNCATE of one partition is not published through the root (PostgreSQL's rule):
     # its rows stay in the target. TRUNCATE of the root is.
@@ -142,6 +118,53 @@ def test_partitioned_table_loads_into_one_target(pg_db: Database, tmp_path: Path
     pg_db.execute("TRUNCATE public.events")
     wait_until_loaded(engine, mark(pg_db))
     assert target_rows(sink, "public.events", "id") == []
+
+
+@pytest.mark.parametrize("drained", [False, True], ids=["streaming", "drained"])
+def test_partitions_attached_and_detached(pg_db: Database, tmp_path: Path,
+                                          engines: list[Engine], drained: bool) -> None:
+    """``streaming``: ATTACH/DETACH while dbmazz streams (PostgreSQL 15+: 14's pgoutput
+    keeps a table's partition state from before the DDL for the rest of the session).
+    ``drained``: dbmazz drained before the DDL and started after it (every version)."""
+    if not drained:
+        require(pg_db, 150000, "ATTACH/DETACH PARTITION while streaming")
+    pg_db.execute(PARTITIONED)
+    pg_db.execute("INSERT INTO public.events SELECT g, (ARRAY['eu','us','mx'])[g % 3 + 1], "
+                  "g, 'n' || g FROM generate_series(1, 90) g")
+    engine, sink = start(pg_db, tmp_path, engines, ["public.events"])
+    # Loaded before the partitions change: a partition detached while the snapshot reads
+    # the root may or may not be read (docs/operations.md).
+    wait_until_loaded(engine, mark(pg_db))
+    pg_db.execute("CREATE TABLE public.events_apac (LIKE public.events INCLUDING ALL)")
+    pg_db.execute("ALTER TABLE public.events_apac REPLICA IDENTITY FULL")
+    pg_db.execute("INSERT INTO public.events_apac VALUES (1001, 'apac', 1, 'pre-attach')")
+    pg_db.execute("UPDATE public.events SET note = 'before' WHERE region = 'mx'")
+    wait_until_loaded(engine, mark(pg_db))
+    if drained:
+        engine.drain()
+        assert engine.wait(60)
+    pg_db.execute("ALTER TABLE public.events DETACH PARTITION public.events_rest")
+    pg_db.execute("CREATE TABLE public.events_mx PARTITION OF public.events "
+                  "FOR VALUES IN ('mx')")
+    pg_db.execute("ALTER TABLE public.events ATTACH PARTITION public.events_apac "
+                  "FOR VALUES IN ('apac')")
+    if drained:
+        engine, sink = start(pg_db, tmp_path, engines, ["public.events"], snapshot="never")
+    pg_db.execute("INSERT INTO public.events VALUES (1002, 'apac', 2, 'attached'), "
+                  "(1003, 'mx', 3, 'new partition')")
+    pg_db.execute("UPDATE public.events SET note = 'touched' WHERE id = 1001")
+    # Detaching deletes nothing: the detached partition's rows stay in the target as they
+    # were, and its later changes are no longer published.
+    detached = pg_db.query("SELECT id, region, amount, note FROM public.events_rest")
+    assert detached
+    pg_db.execute("UPDATE public.events_rest SET note = 'after detach'")
+    wait_until_loaded(engine, mark(pg_db))
+    # 1001 was written before its table was attached (ATTACH moves no rows through the
+    # WAL); its update after the attach carries the whole row (FULL identity).
+    expected = sorted([*pg_db.query("SELECT id, region, amount, note FROM public.events"),
+                       *detached])
+    assert (1001, "apac", 1, "touched") in expected
+    assert target_rows(sink, "public.events", "id, region, amount, note") == expected
 
 
 def test_partitioned_table_added_on_demand(pg_db: Database, tmp_path: Path,
