@@ -9,10 +9,12 @@ An existing publication without it would send each partition's changes under the
 partition's own name, which is not in ``TABLES``; setup refuses it with the ``ALTER
 PUBLICATION`` that fixes it rather than change an option other subscribers may rely on.
 
-Row filters and column lists (PostgreSQL 15+) narrow what a publication sends. Setup never
-widens them; it reports them, and it refuses a replica identity change that PostgreSQL
-would answer by rejecting the table's UPDATEs and DELETEs (a column list must contain every
-replica identity column, a row filter may use only replica identity columns).
+Row filters and column lists (PostgreSQL 15+), and on PostgreSQL 18 stored generated
+columns left out (``publish_generated_columns = none``), narrow what a publication sends.
+Setup never widens them; it reports them, and it refuses a replica identity change that
+PostgreSQL would answer by rejecting the table's UPDATEs and DELETEs (every replica identity
+column must be published, a row filter may read only replica identity columns), or that
+would leave rows entering a row filter without their unchanged TOASTed values.
 """
 
 from __future__ import annotations
