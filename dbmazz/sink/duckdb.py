@@ -25,16 +25,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from dbmazz.contract import AUDIT_COLUMNS, AUDIT_NAMES
 from dbmazz.errors import SinkError
-from dbmazz.pipeline.batch import (
-    AUDIT_COLUMNS,
-    AUDIT_NAMES,
-    LoadResult,
-    SchemaDelta,
-    SplitPart,
-    TableBatch,
-    TableSchema,
-)
+from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import pytest
 
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
-from dbmazz.engine.setup.postgres import setup_source
 from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.source.setup import setup_source
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import duckdb_config, mark, wait_until_loaded
 

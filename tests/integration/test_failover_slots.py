@@ -11,9 +11,9 @@ from dbmazz.api.client import Client
 from dbmazz.api.server import GrpcServer
 from dbmazz.engine.core import RunState
 from dbmazz.engine.service import EngineService
-from dbmazz.engine.setup.postgres import setup_source
 from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.source.setup import setup_source
 from dbmazz.testing.fixtures import Database
 from dbmazz.ui.format import slot_flags
 from tests.e2e.harness import duckdb_config, mark

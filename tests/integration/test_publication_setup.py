@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dbmazz.engine.setup.postgres import setup_source
 from dbmazz.errors import SetupError
+from dbmazz.source.setup import setup_source
 from dbmazz.testing.fixtures import Database
 
 

@@ -1,6 +1,6 @@
 """What a publication does to the tables dbmazz replicates: partitions, row filters,
 column lists. Read-only checks and reports; the changes themselves are made by
-:mod:`dbmazz.engine.setup.postgres`.
+:mod:`dbmazz.source.setup`.
 
 Partitioned tables are published through their root (``publish_via_partition_root =
 true``): every partition's changes then arrive as the root's, under the root's name and
