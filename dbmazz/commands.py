@@ -148,6 +148,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        slot_failover=config.slot_failover,
         check_only=args.check,
     )
     tables = target_tables(config, source)

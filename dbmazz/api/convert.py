@@ -82,6 +82,10 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
         started_at_unix_s=snap.started_at,
         uptime_s=snap.uptime_s,
     )
+    if snap.slot_failover is not None:
+        message.slot_failover = snap.slot_failover
+    if snap.slot_synced is not None:
+        message.slot_synced = snap.slot_synced
     if snap.error is not None:
         message.last_error.CopyFrom(pb.ErrorInfo(
             message=snap.error.message, hint=snap.error.hint, kind=snap.error.kind,
