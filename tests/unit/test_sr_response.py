@@ -9,7 +9,7 @@ import pytest
 
 from dbmazz.sink.starrocks.http import HttpResponse
 from dbmazz.sink.starrocks.response import Outcome, classify, parse_reply
-from dbmazz.sink.starrocks.retry import RetryPolicy
+from dbmazz.retry import RetryPolicy
 
 
 def reply(body: object, status: int = 200) -> Outcome:

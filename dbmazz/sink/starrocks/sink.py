@@ -28,12 +28,12 @@ import pyarrow as pa
 
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
+from dbmazz.retry import Waiter
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
 from dbmazz.sink.starrocks.http import Transport
 from dbmazz.sink.starrocks.labels import make_label
 from dbmazz.sink.starrocks.mysql import FeClient, quote_ident
-from dbmazz.sink.starrocks.retry import Waiter
 from dbmazz.sink.starrocks.schema import apply_delta, check_target_names, prepare_tables
 from dbmazz.sink.starrocks.serialize import JSON_HEADERS, serialize
 from dbmazz.sink.starrocks.settings import StarRocksSettings
@@ -72,7 +72,7 @@ class StarRocksSink:
         """``sleep`` replaces real waiting between retries and polls (tests pass a function
         that moves an emulator's clock)."""
         self.settings = settings
-        self._waiter = Waiter(sleep)
+        self._waiter = Waiter(sleep=sleep)
         self._transport = Transport(
             settings.user,
             settings.password,
