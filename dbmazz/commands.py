@@ -148,6 +148,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        lock_timeout_s=config.setup_lock_timeout_s,
         check_only=args.check,
     )
     tables = target_tables(config, source)

@@ -105,6 +105,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        lock_timeout_s=config.setup_lock_timeout_s,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
     )

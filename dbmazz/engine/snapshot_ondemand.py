@@ -52,30 +52,10 @@ _GATE_POLL_S = 0.5
 def publish_tables(dsn: str, publication: str, tables: Sequence[str],
                    replica_identity: str) -> None:
     """Add ``tables`` to the publication (and set their replica identity) the way setup
-    does. ``setup_source`` itself refuses while our own stream holds the slot, so this
-    reuses its checks and changes without the slot part."""
-    from dbmazz.engine.setup import postgres as pg_setup
+    does, without the slot part (``setup_source`` refuses while our own stream holds it)."""
+    from dbmazz.engine.setup.postgres import publish_tables as publish
 
-    with pg_setup._connect(dsn) as conn:
-        resolved = pg_setup._resolve(conn, tables)
-        keys = pg_setup._keys_by_oid(conn, [t.oid for t in resolved])
-        keyless = [t.name for t in resolved if t.oid not in keys]
-        if keyless:
-            raise pg_setup._keyless_error(keyless)
-        mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
-        changes = pg_setup._plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
-        exists, to_add, warnings = pg_setup._publication_state(conn, publication, resolved)
-        not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
-        if not_owned:
-            raise SetupError(
-                f"the connecting role does not own {', '.join(not_owned)}, so it cannot add "
-                f"them to publication {publication!r}",
-                "run the snapshot as the tables' owner (or a superuser), or add them by hand",
-            )
-        for warning in warnings:
-            log.warning("%s", warning)
-        pg_setup._apply(conn, publication, exists, to_add, changes,
-                        pg_setup._IDENTITY_CODE.get(mode, "d"), 10.0)
+    publish(dsn, publication, tables, replica_identity)
 
 
 class OnDemandSnapshot:
