@@ -83,28 +83,38 @@ class Cancelled(Exception):
 
 class Waiter:
     """Sleeps between attempts; setting ``stop`` (or ``cancel()``) wakes every sleeper,
-    which then raises :class:`Cancelled`. ``sleep`` replaces real sleeping (tests)."""
+    which then raises :class:`Cancelled`. ``stopping`` is a further stop condition for
+    owners that have no event (checked every ``poll_s``); ``sleep`` replaces real sleeping
+    (tests)."""
 
     def __init__(self, stop: threading.Event | None = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 sleep: Callable[[float], None] | None = None,
+                 stopping: Callable[[], bool] | None = None, poll_s: float = 0.05) -> None:
         self._cancel = stop if stop is not None else threading.Event()
         self._sleep = sleep
+        self._stopping = stopping
+        self._poll_s = poll_s
 
     def cancel(self) -> None:
         self._cancel.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancel.is_set() or (self._stopping is not None and self._stopping())
 
     def wait(self, seconds: float) -> None:
-        if self._cancel.is_set():
+        if self.cancelled:
             raise Cancelled()
         if self._sleep is not None:
             self._sleep(seconds)
-        elif seconds > 0:
-            self._cancel.wait(seconds)
-        if self._cancel.is_set():
+        elif self._stopping is None:
+            if seconds > 0:
+                self._cancel.wait(seconds)
+        else:
+            deadline = time.monotonic() + seconds
+            while not self.cancelled and (left := deadline - time.monotonic()) > 0:
+                self._cancel.wait(min(left, self._poll_s))
+        if self.cancelled:
             raise Cancelled()
 
 

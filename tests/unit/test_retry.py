@@ -189,3 +189,23 @@ def test_contention_is_deadlock_lock_timeout_or_serialization() -> None:
     assert is_contention(errors.SerializationFailure("x"))
     assert not is_contention(errors.AdminShutdown("x"))
     assert not is_contention(psycopg.OperationalError("x"))
+
+
+def test_a_stop_condition_without_an_event_ends_the_wait() -> None:
+    """Owners with only a predicate (the snapshot loader) are woken by it as well."""
+    flag = threading.Event()  # stands for the owner's own state, read through a predicate
+    waiter = Waiter(stopping=flag.is_set, poll_s=0.01)
+    outcome: list[str] = []
+
+    def sleeper() -> None:
+        try:
+            waiter.wait(3600)
+            outcome.append("slept")
+        except Cancelled:
+            outcome.append("cancelled")
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    flag.set()
+    thread.join(timeout=30)
+    assert outcome == ["cancelled"] and waiter.cancelled
