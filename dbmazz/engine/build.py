@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,8 +92,10 @@ def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None =
     )
 
 
-def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
-    """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``."""
+def build_live_engine(config: Config, *, sink: Sink | None = None,
+                      stop: threading.Event | None = None) -> Engine:
+    """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``.
+    ``stop`` interrupts setup's retry backoffs (shutdown requested during setup)."""
     from dbmazz.engine.setup.postgres import setup_source
 
     dsn = config.source_dsn
@@ -106,6 +109,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         slot=config.slot_name,
         replica_identity=config.replica_identity,
         lock_timeout_s=config.setup_lock_timeout_s,
+        stop=stop,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
     )

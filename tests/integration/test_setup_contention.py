@@ -11,14 +11,17 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from dbmazz.engine.service import EngineService
 from dbmazz.engine.setup.postgres import SourceSetup, setup_source
 from dbmazz.errors import SetupError
 from dbmazz.retry import RetryPolicy
 from dbmazz.testing.fixtures import Database
+from tests.e2e.harness import duckdb_config
 from tests.integration._replication_helpers import wait_for
 
 FAST = RetryPolicy(max_attempts=None, max_elapsed=None, base_delay=0.05, max_delay=0.2)
@@ -167,3 +170,25 @@ def test_setup_gives_up_saying_what_it_retried_and_what_to_do(tables: Database) 
     assert identity(tables, "a") == "f" and identity(tables, "b") == "d"
     setup_source(tables.dsn, ["a", "b"], "pub", "s1")
     assert identity(tables, "b") == "f" and published(tables) == {"a", "b"}
+
+
+def test_a_stop_during_setup_retries_ends_the_service_promptly(
+    tables: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGTERM (service.stop) while setup backs off: no waiting out the retry policy."""
+    caplog.set_level(logging.WARNING, logger="dbmazz.setup")
+    config = duckdb_config(tables, tmp_path, ["public.a", "public.b"], snapshot="never",
+                           setup_lock_timeout_s=0.05)
+    with application(tables) as app:
+        app.execute("LOCK TABLE b IN ACCESS SHARE MODE")
+        service = EngineService(config)
+        service.start()
+        try:
+            wait_for(lambda: any("retrying" in r.getMessage() for r in caplog.records)
+                     or service.wait(0), 60, "setup to retry")
+            assert not service.wait(0), f"setup ended early: {service.error}"
+            outcome = service.stop(timeout=10)  # the policy would retry for 15-30 s more
+            assert outcome.completed, outcome.message
+        finally:
+            service.stop(timeout=60)
+    assert identity(tables, "b") == "d"  # nothing half done: setup runs again later
