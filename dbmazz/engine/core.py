@@ -35,7 +35,7 @@ from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
 from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter, is_transient
-from dbmazz.sink.base import Sink
+from dbmazz.sink.base import Sink, StopAware
 from dbmazz.source.chunk import WalChunk
 from dbmazz.source.replication import concat_chunks
 from dbmazz.state.checkpoint import CheckpointStore
@@ -189,6 +189,8 @@ class Engine:
         self._source_factory = source_factory
         self._start_lsn = start_lsn
         self._stop = threading.Event()
+        if isinstance(sink, StopAware):
+            sink.stop_on(self._stop)  # a stop ends the sink's retry backoffs at once
         self._drain = threading.Event()
         self._paused = threading.Event()
         # Set by the applier when the sink needs the stream resent from the checkpoint;
@@ -614,6 +616,10 @@ class Engine:
                     self._restart.set()
                     self._discard(flush)
                     continue
+                except DbmazzError:
+                    if self._stop.is_set():
+                        break  # stopped while the load was retried: resent next time
+                    raise
                 self.progress.flushes += 1
                 self.progress.rows_applied += flush.rows
                 if flush.end_lsn > self._durable_lsn:

@@ -32,7 +32,7 @@ from dbmazz.pipeline.batch import (
     TableSchema,
     UpsertGroup,
 )
-from dbmazz.sink.base import Sink, SnapshotLoader
+from dbmazz.sink.base import Sink, SnapshotLoader, StopAware
 
 VERSION = "dbmazz_cdc_version"
 
@@ -160,6 +160,10 @@ class SnapshotAwareSink:
 
     def close(self) -> None:
         self.inner.close()
+
+    def stop_on(self, stop: threading.Event) -> None:
+        if isinstance(self.inner, StopAware):
+            self.inner.stop_on(stop)
 
     # ------------------------------------------------------------------ snapshots
     def watch(self, table: TableSchema) -> Watch:

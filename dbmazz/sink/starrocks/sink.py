@@ -72,7 +72,8 @@ class StarRocksSink:
         """``sleep`` replaces real waiting between retries and polls (tests pass a function
         that moves an emulator's clock)."""
         self.settings = settings
-        self._waiter = Waiter(sleep=sleep)
+        self._engine_stop: threading.Event | None = None
+        self._waiter = Waiter(sleep=sleep, stopping=self._engine_stopping)
         self._transport = Transport(
             settings.user,
             settings.password,
@@ -110,6 +111,14 @@ class StarRocksSink:
     def cancel(self) -> None:
         """Interrupt retry back-offs and polls (engine shutdown); they raise SinkError."""
         self._waiter.cancel()
+
+    def stop_on(self, stop: threading.Event) -> None:
+        """Retry back-offs and polls end once ``stop`` (the engine's) is set."""
+        self._engine_stop = stop
+
+    def _engine_stopping(self) -> bool:
+        stop = self._engine_stop
+        return stop is not None and stop.is_set()
 
     def _state(self, table: str) -> _TableState:
         with self._lock:
