@@ -134,6 +134,11 @@ class DuckDBSink:
         """Run a read query (tests, demo, notebooks)."""
         return self._cursor().execute(sql).fetchall()
 
+    def read_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor of this database for a long read beside the engine's writes
+        (``dbmazz verify``); the caller closes it."""
+        return self._db.cursor()
+
     # ------------------------------------------------------------------ Sink protocol
     def setup(self, tables: Sequence[TableSchema]) -> None:
         with self._ddl_lock:
