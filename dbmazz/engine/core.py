@@ -30,6 +30,7 @@ import pyarrow as pa
 from dbmazz.engine.apply import FlushApplier
 from dbmazz.engine.audit import audit_from_env
 from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired, SourceConnectionError
+from dbmazz.lsn import format_lsn
 from dbmazz.memory import tune_allocators
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
@@ -688,16 +689,17 @@ class Engine:
                             f"the checkpoint could not be written ({attempts.summary()} with "
                             f"the stream closed): {exc}",
                             "check that PostgreSQL is up and accepts connections") from exc
-                    log.warning("the checkpoint of %X could not be written after %s (%s); "
+                    log.warning("the checkpoint of %s could not be written after %s (%s); "
                                 "holding its confirmation and closing the stream until it "
-                                "can be", lsn, attempts.summary(), exc)
+                                "can be", format_lsn(lsn), attempts.summary(), exc)
                     self._holding.set()
                     attempts = Attempts(self.settings.reconnect, waiter)
                     attempts.start()
                     attempts.backoff()
         except Cancelled:
-            log.warning("stopped while the checkpoint of %X could not be written: it is not "
-                        "confirmed (the slot stays behind; its changes are resent)", lsn)
+            log.warning("stopped while the checkpoint of %s could not be written: it is not "
+                        "confirmed (the slot stays behind; its changes are resent)",
+                        format_lsn(lsn))
             return False
         finally:
             self._holding.clear()
