@@ -384,13 +384,9 @@ def setup_source(
     target = describe_dsn(dsn)
     warnings: list[str] = []
     waiter = Waiter(stop)
-    try:
-        first = retry.call(partial(_connect, dsn), policy=retry_policy,
-                           transient=retry.is_transient, what=f"connecting to {target}",
-                           waiter=waiter, log=log)
-    except retry.GaveUp as gave_up:
-        raise _gave_up_error(f"connecting to {target}", gave_up, lock_timeout_s) from None
-    with first as conn:
+    # The first connection is not retried: failing it is almost always configuration
+    # (host, port, credentials), reported at once. Losing it later is retried in _apply.
+    with _connect(dsn) as conn:
         (wal_level,) = conn.execute("SHOW wal_level").fetchone() or ("?",)
         if wal_level != "logical":
             raise SetupError(
