@@ -122,20 +122,22 @@ class Attempts:
     """Book-keeping of one retried operation: ``start()`` before each attempt; after a
     failure ``can_retry()``, then ``backoff()``. ``elapsed`` runs from the first attempt."""
 
-    def __init__(self, policy: RetryPolicy, waiter: Waiter | None = None) -> None:
+    def __init__(self, policy: RetryPolicy, waiter: Waiter | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.waiter = waiter or Waiter()
         self.count = 0
+        self._clock = clock
         self._first: float | None = None
 
     @property
     def elapsed(self) -> float:
-        return 0.0 if self._first is None else time.monotonic() - self._first
+        return 0.0 if self._first is None else self._clock() - self._first
 
     def start(self) -> int:
         """Count one attempt; returns its 1-based number."""
         if self._first is None:
-            self._first = time.monotonic()
+            self._first = self._clock()
         self.count += 1
         return self.count
 
