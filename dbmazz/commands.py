@@ -135,8 +135,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_setup(args: argparse.Namespace) -> int:
     """Prepare both ends (or with --check only verify them); exit 1 when not ready."""
     from dbmazz.engine.build import make_sink, target_tables
-    from dbmazz.engine.setup.postgres import setup_source
     from dbmazz.errors import ConfigError
+    from dbmazz.source.setup import setup_source
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
@@ -156,7 +156,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     if args.check:
         if config.sink == "starrocks":
-            from dbmazz.engine.setup.starrocks import check_connection
+            from dbmazz.sink.starrocks.setup import check_connection
 
             print(f"target: StarRocks {check_connection(config=config)} reachable")
         else:

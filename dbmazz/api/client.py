@@ -27,6 +27,8 @@ from dbmazz.pipeline.batch import TableSchema
 if TYPE_CHECKING:
     import polars as pl
 
+    from dbmazz.config import Config
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 R = TypeVar("R")
 
@@ -245,3 +247,34 @@ def connect(
     if token is None:
         token = os.environ.get("GRPC_TOKEN") or None
     return Client(address, token=token, ca_cert=ca_cert, timeout_s=timeout_s)
+
+
+# --- the engine of a configuration (dbmazz snapshot / verify ask it first) ------------------
+def engine_address(config: Config) -> str:
+    """Where a local client reaches the engine CONFIG describes (GRPC_HOST/GRPC_PORT)."""
+    host = config.grpc_host
+    if host in ("", "0.0.0.0", "::"):  # listening everywhere: reach it locally
+        host = "127.0.0.1"
+    return f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
+
+
+def running_engine(config: Config) -> Client | None:
+    """A client of the engine that streams SLOT_NAME, if its control plane answers."""
+    if not config.grpc_port:
+        return None
+    token = config.grpc_token.get_secret_value() if config.grpc_token else None
+    client = Client(engine_address(config), token=token, ca_cert=config.grpc_tls_cert,
+                    timeout_s=5.0)
+    try:
+        client.health()  # open to everyone: tells "nobody there" from "wrong token"
+        status = client.status()
+    except EngineUnreachable:
+        client.close()
+        return None
+    except BaseException:
+        client.close()
+        raise
+    if status.slot != config.slot_name:  # another pipeline's engine: not ours to ask
+        client.close()
+        return None
+    return client

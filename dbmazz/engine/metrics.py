@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from dbmazz.engine.core import RunState, Stage
-from dbmazz.engine.snapshot_load import SnapshotProgress
+from dbmazz.snapshot.progress import SnapshotProgress
 
 
 @dataclass(frozen=True)

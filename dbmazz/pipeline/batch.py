@@ -10,16 +10,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-#: Audit columns every target table carries (DESIGN.md §3), in this order.
-AUDIT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
-    ("dbmazz_op_type", pa.int8()),
-    ("dbmazz_is_deleted", pa.bool_()),
-    ("dbmazz_synced_at", pa.timestamp("us")),
-    ("dbmazz_cdc_version", pa.int64()),
-)
-AUDIT_NAMES: tuple[str, ...] = tuple(name for name, _ in AUDIT_COLUMNS)
-
-OP_INSERT, OP_UPDATE, OP_DELETE = 0, 1, 2
+from dbmazz.contract import AUDIT_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +34,9 @@ class TableSchema:
     key_columns: tuple[str, ...]
     #: Target table name (after TABLE_MAP); sinks qualify it with their database/schema.
     target_name: str
+    #: The source's REPLICA IDENTITY (``d``, ``f``, ``i``, ``n``; empty when unknown). Under
+    #: ``f`` a key change never needs values read back from the target (pipeline/carry.py).
+    replica_identity: str = field(default="", compare=False)
 
     @property
     def source_name(self) -> str:
@@ -93,11 +87,17 @@ class UpsertGroup:
 
     rows: pa.Table
     partial: bool
+    #: Rows whose primary key changed in this batch and whose absent columns live in the
+    #: target under another key (REPLICA IDENTITY DEFAULT, unchanged TOAST): candidate
+    #: keys per row (see :mod:`dbmazz.pipeline.carry`). The engine resolves these before
+    #: ``Sink.write``; a sink never receives a group with ``carry`` set.
+    carry: pa.Table | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SplitPart:
-    """Marks a batch that carries part of a source transaction too large for one batch."""
+    """Marks a flush or batch that carries part of a source transaction too large for one
+    batch."""
 
     commit_lsn: int
     index: int

@@ -8,12 +8,15 @@ What the merge guarantees:
 * **Last change wins per primary key**, in stream order.
 * **Primary-key changes** become a delete of the old key followed by an upsert of the new
   one (the delete sorts just before the update that moved the key).
-* **TOAST unchanged columns** are filled from the latest earlier change of the same key in
-  the batch that carried a value. Values the decoder could take from the old row
+* **TOAST unchanged columns** are filled from the latest earlier change of the same row in
+  the batch that carried a value — of the same key, or across key changes of the old key
+  (:mod:`dbmazz.pipeline.carry`). Values the decoder could take from the old row
   (REPLICA IDENTITY FULL) were filled already.
 * Rows whose unchanged columns could not be filled are **grouped by the set of columns they
   do carry**, so the sink can send each group as a partial update and never write NULL
-  over a value the source did not change.
+  over a value the source did not change. Such rows whose key changed in the batch form
+  groups of their own, first, with ``carry`` candidates: the value is in the target under
+  an old key, and the engine resolves them before the write.
 
 Every step is a polars expression over whole columns; the only Python loops are over
 columns and over distinct unchanged-column patterns (a handful per batch).
@@ -23,32 +26,28 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dbmazz.pipeline.batch import (
+from dbmazz.contract import LSN_COLUMN as LSN
+from dbmazz.contract import OP_COLUMN as OP
+from dbmazz.contract import (
     OP_DELETE,
     OP_INSERT,
     OP_UPDATE,
-    TableBatch,
-    TableSchema,
-    UpsertGroup,
+    audit_exprs,
+    old_key_column,
+    with_audit,
 )
+from dbmazz.contract import SEQ_COLUMN as SEQ
+from dbmazz.contract import UNCHANGED_COLUMN as UNCHANGED
+from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
+from dbmazz.pipeline.carry import CARRY, ROW, fill_along_chains, group_candidates
 from dbmazz.source.columnar import unchanged_mask
 
-OP = "__dbmazz_op"
-LSN = "__dbmazz_lsn"
-SEQ = "__dbmazz_seq"
-UNCHANGED = "__dbmazz_unchanged"
-OLD_PREFIX = "__dbmazz_old_"
 _ORDER = "__dbmazz_order"
 _PATTERN = "__dbmazz_pattern"
-
-
-def old_key_column(name: str) -> str:
-    return f"{OLD_PREFIX}{name}"
 
 
 def merge_changes(
@@ -86,14 +85,9 @@ def merge_changes(
         + [(pl.col(SEQ).cast(pl.Int64) * 2 + 1).alias(_ORDER)]
     )
 
+    df, candidates = _fill_unchanged(df, keys, columns, toasted)
     df = _expand_key_changes(df, keys, toasted)
-    df = _fill_unchanged(df, keys, columns, toasted)
-    audit = [
-        pl.col(OP).cast(pl.Int8).alias("dbmazz_op_type"),
-        (pl.col(OP) == OP_DELETE).alias("dbmazz_is_deleted"),
-        pl.lit(synced, dtype=pl.Datetime("us")).alias("dbmazz_synced_at"),
-        pl.col(LSN).cast(pl.Int64).alias("dbmazz_cdc_version"),
-    ]
+    audit = audit_exprs(OP, LSN, synced)
     last = df.sort(_ORDER).unique(subset=keys, keep="last", maintain_order=True)
 
     deleted = last.filter(pl.col(OP) == OP_DELETE)
@@ -107,12 +101,22 @@ def merge_changes(
             alive = alive.with_columns(
                 pl.concat_str([pl.col(f"__u{i}").cast(pl.Int8) for i in toasted]).alias(_PATTERN)
             )
-            for (code,), group in alive.group_by([_PATTERN], maintain_order=True):
+            carried: list[UpsertGroup] = []
+            by = [_PATTERN, CARRY] if candidates is not None else [_PATTERN]
+            for values, group in alive.group_by(by, maintain_order=True):
+                code = values[0]
                 absent = {columns[i] for i, bit in zip(toasted, str(code), strict=True)
                           if bit == "1"}
                 present = [c for c in columns if c not in absent]
-                rows = group.sort(_ORDER).select([*present, *audit]).to_arrow()
-                upserts.append(UpsertGroup(rows=rows, partial=bool(absent)))
+                group = group.sort(_ORDER)
+                rows = group.select([*present, *audit]).to_arrow()
+                if candidates is not None and values[1]:
+                    carry = group_candidates(candidates, group[ROW])
+                    carried.append(UpsertGroup(rows=rows, partial=True, carry=carry))
+                else:
+                    upserts.append(UpsertGroup(rows=rows, partial=bool(absent)))
+            # Carry groups first: see dbmazz.pipeline.carry.resolve_carries.
+            upserts = carried + upserts
         else:
             rows = alive.sort(_ORDER).select([*columns, *audit]).to_arrow()
             upserts.append(UpsertGroup(rows=rows, partial=False))
@@ -148,16 +152,6 @@ def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
 
 def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Table:
     """The user columns plus the audit columns, as the polars path computes them."""
-    op = arrow.column(OP)
-    n = arrow.num_rows
-    audit = {
-        "dbmazz_op_type": op.cast(pa.int8()),
-        "dbmazz_is_deleted": pc.equal(op, OP_DELETE),
-        "dbmazz_synced_at": pa.array(
-            np.full(n, np.datetime64(synced, "us")), type=pa.timestamp("us")
-        ),
-        "dbmazz_cdc_version": arrow.column(LSN).cast(pa.int64()),
-    }
     rows = arrow.select(columns)
     # The same column types as the polars path delivers (e.g. large_string), so a sink
     # sees one schema whichever path a batch took: string → large_string reuses the data.
@@ -167,9 +161,7 @@ def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Tab
         if rows.field(i).type != target.type:
             rows = rows.set_column(i, rows.field(i).with_type(target.type),
                                    rows.column(i).cast(target.type))
-    for name, values in audit.items():
-        rows = rows.append_column(name, values)
-    return rows
+    return with_audit(rows, arrow.column(OP), arrow.column(LSN), synced)
 
 
 def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -> pl.DataFrame:
@@ -177,11 +169,7 @@ def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -
     old = [old_key_column(k) for k in keys]
     if not all(c in df.columns for c in old):
         return df
-    moved = (pl.col(OP) == OP_UPDATE) & pl.any_horizontal(
-        [pl.col(o).is_not_null() & pl.col(o).ne_missing(pl.col(k)) for k, o in zip(keys, old,
-                                                                                   strict=True)]
-    )
-    changed = df.filter(moved)
+    changed = df.filter(_moved(keys))
     if changed.height == 0:
         return df
     tombstones = changed.with_columns(
@@ -195,18 +183,35 @@ def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -
     return pl.concat([df, tombstones.select(df.columns)], how="vertical")
 
 
+def _moved(keys: list[str]) -> pl.Expr:
+    """Updates that changed the primary key (their old key differs from the new one)."""
+    old = [old_key_column(k) for k in keys]
+    return (pl.col(OP) == OP_UPDATE) & pl.any_horizontal(
+        [pl.col(o).is_not_null() & pl.col(o).ne_missing(pl.col(k))
+         for k, o in zip(keys, old, strict=True)]
+    )
+
+
 def _fill_unchanged(
     df: pl.DataFrame, keys: list[str], columns: list[str], toasted: list[int]
-) -> pl.DataFrame:
-    """Fill unchanged TOAST values from the latest earlier change of the same key."""
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Fill unchanged TOAST values from the latest earlier change of the same row.
+
+    Without key changes that is the latest earlier change of the same key that carried a
+    value. With them, the row's chain is followed across its old keys, and rows whose
+    value is only in the target under an old key come back with carry candidates
+    (:mod:`dbmazz.pipeline.carry`)."""
     if not toasted:
-        return df
-    df = df.sort(_ORDER).with_row_index("__row")
+        return df, None
+    df = df.sort(_ORDER).with_row_index(ROW)
+    old = [old_key_column(k) for k in keys]
+    if all(c in df.columns for c in old) and df.select(_moved(keys).any()).item():
+        return fill_along_chains(df, keys, old, columns, toasted, _moved(keys), lsn=LSN)
     fills = []
     for i in toasted:
         flag = f"__u{i}"
         source_row = (
-            pl.when(~pl.col(flag)).then(pl.col("__row")).otherwise(None).forward_fill().over(keys)
+            pl.when(~pl.col(flag)).then(pl.col(ROW)).otherwise(None).forward_fill().over(keys)
         )
         fills.append(source_row.alias(f"__src{i}"))
     df = df.with_columns(fills)
@@ -221,4 +226,4 @@ def _fill_unchanged(
             .alias(name)
         )
         updates.append((pl.col(flag) & pl.col(src).is_null()).alias(flag))
-    return df.with_columns(updates).drop(["__row", *[f"__src{i}" for i in toasted]])
+    return df.with_columns(updates).drop([f"__src{i}" for i in toasted]), None

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 
 from dbmazz.engine.service import EngineService
-from dbmazz.engine.setup.postgres import SourceSetup, setup_source
 from dbmazz.errors import SetupError
 from dbmazz.retry import RetryPolicy
+from dbmazz.source.setup import SourceSetup, setup_source
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import duckdb_config
 from tests.integration._replication_helpers import wait_for

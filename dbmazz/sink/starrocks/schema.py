@@ -1,7 +1,7 @@
 """Making target tables match source tables: create, verify, add columns, widen types.
 
 Used by :class:`~dbmazz.sink.starrocks.sink.StarRocksSink` and by
-:mod:`dbmazz.engine.setup.starrocks`. With ``setup="skip"`` nothing is changed: tables are
+:mod:`dbmazz.sink.starrocks.setup`. With ``setup="skip"`` nothing is changed: tables are
 only checked against information_schema and every missing column is reported at once.
 """
 
@@ -12,8 +12,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import SetupError
-from dbmazz.pipeline.batch import AUDIT_NAMES, SchemaDelta, TableSchema
+from dbmazz.pipeline.batch import SchemaDelta, TableSchema
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.ddl import (
     UnsupportedType,

@@ -34,12 +34,9 @@ from dbmazz.errors import (
 )
 from dbmazz.retry import RetryPolicy, Waiter
 from dbmazz.source.catalog import split_table_name
-from dbmazz.source.replication import (
-    connect_error,
-    describe_dsn,
-    server_error,
-    validate_slot_name,
-)
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.names import describe_dsn, validate_slot_name
+from dbmazz.source.replication import server_error
 from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 
@@ -117,12 +114,7 @@ def _qualified(schema: str, table: str) -> str:
 
 
 def _connect(dsn: str) -> psycopg.Connection:
-    try:
-        return psycopg.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), describe_dsn(dsn)) from None
-    except psycopg.ProgrammingError as exc:
-        raise SetupError(f"invalid PostgreSQL connection string: {exc}") from None
+    return SourceDatabase(dsn).connect("setup")
 
 
 def _resolve(conn: psycopg.Connection, tables: Sequence[str]) -> list[_Table]:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from dbmazz.contract import VERSION_COLUMN
 from dbmazz.pipeline.batch import (
     LoadResult,
     SchemaDelta,
@@ -32,9 +32,7 @@ from dbmazz.pipeline.batch import (
     TableSchema,
     UpsertGroup,
 )
-from dbmazz.sink.base import Sink, SnapshotLoader, StopAware
-
-VERSION = "dbmazz_cdc_version"
+from dbmazz.sink.base import Sink, SnapshotLoader
 
 
 class Watch:
@@ -91,15 +89,15 @@ class Watch:
             if batch.truncate:
                 self.truncates += 1
             for rows in parts:
-                if rows.num_rows and VERSION in rows.column_names:
-                    touched = self._older_pruned(rows.select([*self.keys, VERSION]))
+                if rows.num_rows and VERSION_COLUMN in rows.column_names:
+                    touched = self._older_pruned(rows.select([*self.keys, VERSION_COLUMN]))
                     if touched.num_rows:
                         self._touched.append(touched)
 
     def _older_pruned(self, rows: pa.Table) -> pa.Table:
         if self.watermark is None:
             return rows
-        versions = rows.column(VERSION).to_numpy()
+        versions = rows.column(VERSION_COLUMN).to_numpy()
         return rows.filter(pa.array(versions >= self.watermark))
 
     def filter(self, rows: pa.Table) -> pa.Table:
@@ -132,10 +130,6 @@ class SnapshotAwareSink:
         self._locks_guard = threading.Lock()
         self._watches: dict[str, Watch] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        # Sink-specific extras (DuckDBSink.query, …) stay reachable through the wrapper.
-        return getattr(self.inner, name)
-
     def _lock(self, table: str) -> threading.Lock:
         with self._locks_guard:
             lock = self._locks.get(table)
@@ -160,10 +154,6 @@ class SnapshotAwareSink:
 
     def close(self) -> None:
         self.inner.close()
-
-    def stop_on(self, stop: threading.Event) -> None:
-        if isinstance(self.inner, StopAware):
-            self.inner.stop_on(stop)
 
     # ------------------------------------------------------------------ snapshots
     def watch(self, table: TableSchema) -> Watch:
