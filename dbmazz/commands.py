@@ -149,6 +149,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         slot=config.slot_name,
         replica_identity=config.replica_identity,
         slot_failover=config.slot_failover,
+        lock_timeout_s=config.setup_lock_timeout_s,
         check_only=args.check,
     )
     tables = target_tables(config, source)

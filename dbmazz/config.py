@@ -91,6 +91,12 @@ class Config(BaseSettings):
         description="Target renames: 'schema.table:target,...'.",
     )
     setup: Literal["auto", "skip"] = Field(default="auto", description="Run setup of both ends.")
+    setup_lock_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Setup changes each table's REPLICA IDENTITY in its own transaction and "
+        "waits at most this long for the table's lock; contention is retried with backoff.",
+    )
     create_tables: bool = Field(default=True, description="Create missing target tables.")
     load_format: Literal["json", "csv"] = Field(
         default="csv",

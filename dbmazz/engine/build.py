@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,9 +72,11 @@ def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None =
 
 
 def build_live_engine(config: Config, *, sink: Sink | None = None,
+                      stop: threading.Event | None = None,
                       snapshot_hold_after: int | None = None) -> Engine:
     """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``.
 
+    ``stop`` interrupts setup's retry backoffs (shutdown requested during setup).
     ``snapshot_hold_after`` is a test hook: the initial snapshot holds after that many
     chunks (see :class:`~dbmazz.snapshot.load.ChunkLoader`)."""
     from dbmazz.source.setup import setup_source
@@ -89,6 +92,8 @@ def build_live_engine(config: Config, *, sink: Sink | None = None,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
         slot_failover=config.slot_failover,
+        lock_timeout_s=config.setup_lock_timeout_s,
+        stop=stop,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
     )

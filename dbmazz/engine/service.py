@@ -88,7 +88,7 @@ class EngineService:
             def builder() -> Engine:
                 from dbmazz.engine.build import build_live_engine
 
-                return build_live_engine(live_config, sink=sink)
+                return build_live_engine(live_config, sink=sink, stop=self._exit_requested)
 
         self.config = config
         self._builder = builder

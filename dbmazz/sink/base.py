@@ -8,6 +8,7 @@ LSNs to PostgreSQL on that basis) and must be idempotent: the same batch written
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +31,15 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release connections; pending work has been written or abandoned."""
+
+
+@runtime_checkable
+class StopAware(Protocol):
+    """Optional: a sink that retries and polls inside ``write`` (StarRocks). The engine
+    hands it its stop event; once the event is set, those waits end at once (raising
+    SinkError) instead of waiting out the retry policy, so a shutdown is prompt."""
+
+    def stop_on(self, stop: threading.Event) -> None: ...
 
 
 @runtime_checkable

@@ -15,14 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import psycopg
 from psycopg import sql
 
-from dbmazz.errors import SetupError, SlotLostError, SourceError
+from dbmazz import retry
+from dbmazz.errors import (
+    DbmazzError,
+    SetupError,
+    SlotLostError,
+    SourceConnectionError,
+    SourceError,
+)
+from dbmazz.retry import RetryPolicy, Waiter
 from dbmazz.source import publication as pubinfo
 from dbmazz.source.catalog import split_table_name
 from dbmazz.source.database import SourceDatabase
@@ -46,6 +56,12 @@ _IDENTITY_CODE = {"full": "f", "default": "d"}
 _IDENTITY_SQL = {"f": "FULL", "d": "DEFAULT"}
 _IDENTITY_NAME = {"d": "DEFAULT", "f": "FULL", "i": "USING INDEX", "n": "NOTHING"}
 _NAMEDATALEN = 63
+
+#: Contention and lost connections during setup: about a minute of attempts (each may also
+#: wait up to the lock timeout for its lock) before setup reports what it retried.
+SETUP_RETRY = RetryPolicy(max_attempts=6, max_elapsed=120.0, base_delay=1.0, max_delay=15.0)
+#: How long one ALTER TABLE waits for its table's lock (SETUP_LOCK_TIMEOUT_S).
+DEFAULT_LOCK_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -353,16 +369,18 @@ def _partition_identity_changes(
     return _plan_identity(leaves, keys, mode)
 
 
-def _log_partition_root(
-    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
-) -> None:
+def _partitioned(conn: psycopg.Connection, tables: Sequence[_Table]) -> list[str]:
+    """The names of the partitioned tables among ``tables``."""
     roots = pubinfo.partitioned_oids(conn, [t.oid for t in tables])
-    if roots:
+    return [t.name for t in tables if t.oid in roots]
+
+
+def _log_partition_root(publication: str, partitioned: Sequence[str]) -> None:
+    if partitioned:
         log.info(
             "publication %s created with publish_via_partition_root = true: the changes of "
             "every partition of %s are published as the partitioned table's, so each loads "
-            "into one target table", publication,
-            ", ".join(t.name for t in tables if t.oid in roots),
+            "into one target table", publication, ", ".join(partitioned),
         )
 
 
@@ -432,9 +450,11 @@ def setup_source(
     replica_identity: ReplicaIdentityMode = "full",
     *,
     export_snapshot: bool = False,
-    lock_timeout_s: float = 10.0,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     check_only: bool = False,
     slot_failover: bool = False,
+    retry_policy: RetryPolicy = SETUP_RETRY,
+    stop: threading.Event | None = None,
 ) -> SourceSetup:
     """Check the source and create what is missing; safe to run any number of times.
 
@@ -445,6 +465,9 @@ def setup_source(
     :attr:`SourceSetup.slot_creation` for an initial snapshot.
     ``check_only``: run every check but change nothing; the result then says what setup
     *would* create or change (``applied`` is False).
+    ``lock_timeout_s``, ``retry_policy``: each replica identity change waits this long for
+    its table's lock; contention and lost connections are retried under the policy.
+    ``stop`` interrupts a retry's backoff (shutdown).
     ``slot_failover``: create the slot as a failover slot, or make the existing one one
     (PostgreSQL 17+).
     """
@@ -461,6 +484,9 @@ def setup_source(
         raise SetupError(str(exc)) from None
     target = describe_dsn(dsn)
     warnings: list[str] = []
+    waiter = Waiter(stop)
+    # The first connection is not retried: failing it is almost always configuration
+    # (host, port, credentials), reported at once. Losing it later is retried in _apply.
     with _connect(dsn) as conn:
         (wal_level,) = conn.execute("SHOW wal_level").fetchone() or ("?",)
         if wal_level != "logical":
@@ -524,17 +550,23 @@ def setup_source(
             )
 
         # -- everything checked; now change what is missing ----------------------------
-        changed = _apply(
-            conn,
-            publication,
-            pub_exists,
-            to_add,
-            identity_changes,
-            _IDENTITY_CODE.get(replica_identity, "d"),
-            lock_timeout_s,
-        )
-        if not pub_exists:
-            _log_partition_root(conn, publication, resolved)
+        # Read before the changes: a lost connection is replaced inside _apply, not here.
+        partitioned = _partitioned(conn, resolved) if not pub_exists else []
+        connection = _Connection(dsn, conn)
+        try:
+            changed = _apply(
+                connection,
+                publication,
+                resolved,
+                identity_changes,
+                _IDENTITY_CODE.get(replica_identity, "d"),
+                lock_timeout_s,
+                retry_policy,
+                waiter,
+            )
+        finally:
+            connection.close()
+        _log_partition_root(publication, partitioned)
 
     for w in warnings:
         log.warning("%s", w)
@@ -595,21 +627,32 @@ def _check_failover(conn: psycopg.Connection, failover: bool, target: str) -> li
     return []
 
 
-def publish_tables(dsn: str, publication: str, tables: Sequence[str],
-                   replica_identity: str) -> None:
-    """Add ``tables`` to the publication (and set their replica identity) the way setup
-    does, for an on-demand snapshot. :func:`setup_source` itself refuses while our own
-    stream holds the slot, so this reuses its checks and changes without the slot part."""
+def publish_tables(
+    dsn: str,
+    publication: str,
+    tables: Sequence[str],
+    replica_identity: str,
+    *,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    retry_policy: RetryPolicy = SETUP_RETRY,
+    stop: threading.Event | None = None,
+) -> None:
+    """Add ``tables`` to ``publication`` and set their replica identity, with setup's
+    checks and retries but without its slot part (on-demand snapshots: the engine's own
+    stream holds the slot)."""
+    mode: ReplicaIdentityMode = (
+        "default" if replica_identity == "default"
+        else "keep" if replica_identity == "keep" else "full")
+    waiter = Waiter(stop)
     with _connect(dsn) as conn:
         resolved = _resolve(conn, tables)
         keys = _keys_by_oid(conn, [t.oid for t in resolved])
         keyless = [t.name for t in resolved if t.oid not in keys]
         if keyless:
             raise _keyless_error(keyless)
-        mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
-        changes = _plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
-        changes += _partition_identity_changes(conn, resolved, mode)  # type: ignore[arg-type]
-        exists, to_add, warnings = _publication_state(conn, publication, resolved)
+        changes = _plan_identity(resolved, keys, mode)
+        changes += _partition_identity_changes(conn, resolved, mode)
+        _, to_add, warnings = _publication_state(conn, publication, resolved)
         warnings += _check_narrowed_identity(conn, publication, resolved, changes,
                                              _IDENTITY_CODE.get(mode, "d"))
         not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
@@ -621,7 +664,12 @@ def publish_tables(dsn: str, publication: str, tables: Sequence[str],
             )
         for warning in warnings:
             log.warning("%s", warning)
-        _apply(conn, publication, exists, to_add, changes, _IDENTITY_CODE.get(mode, "d"), 10.0)
+        connection = _Connection(dsn, conn)
+        try:
+            _apply(connection, publication, resolved, changes, _IDENTITY_CODE.get(mode, "d"),
+                   lock_timeout_s, retry_policy, waiter)
+        finally:
+            connection.close()
 
 
 def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> None:
@@ -685,55 +733,109 @@ def _check_existing_slot(info: SlotInfo, dbname: str, target: str) -> None:
         )
 
 
+class _Connection:
+    """The setup connection, opened again after PostgreSQL dropped it (a retry needs one)."""
+
+    def __init__(self, dsn: str, conn: psycopg.Connection) -> None:
+        self._dsn = dsn
+        self._conn = conn
+        self._extra: list[psycopg.Connection] = []
+
+    def get(self) -> psycopg.Connection:
+        if self._conn.closed or self._conn.broken:
+            self._conn = _connect(self._dsn)
+            self._extra.append(self._conn)
+        return self._conn
+
+    def close(self) -> None:
+        for conn in self._extra:
+            conn.close()
+
+
 def _apply(
-    conn: psycopg.Connection,
+    connection: _Connection,
     publication: str,
-    pub_exists: bool,
-    to_add: Sequence[_Table],
+    tables: Sequence[_Table],
     identity_changes: Sequence[_Table],
     identity_code: str,
     lock_timeout_s: float,
+    policy: RetryPolicy,
+    waiter: Waiter,
 ) -> list[str]:
-    """Replica identity and publication changes, in one transaction."""
-    pub = sql.Identifier(publication)
-    try:
+    """Replica identity changes, one table per transaction, then the publication.
+
+    ``ALTER TABLE`` takes an ACCESS EXCLUSIVE lock: held over several tables in one
+    transaction it deadlocks with an application transaction that writes them in another
+    order, and it queues every later query of the table behind it. So each table is its
+    own short transaction that waits at most ``lock_timeout_s`` for its lock, and
+    contention (deadlock, lock timeout, serialization failure) or a lost connection is
+    retried under ``policy``. Every step is idempotent, so a retry after a lost COMMIT
+    reply is harmless.
+    """
+    timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(
+        sql.Literal(f"{max(1, int(lock_timeout_s * 1000))}ms"))
+    identity = sql.SQL(_IDENTITY_SQL[identity_code])
+
+    def set_identity(table: _Table) -> None:
+        conn = connection.get()
         with conn.transaction():
-            # ALTER TABLE waits for an exclusive lock; do not queue the application behind
-            # it for long.
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(
-                    sql.Literal(f"{int(lock_timeout_s * 1000)}ms")
-                )
-            )
-            for t in identity_changes:
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
-                        t.ident, sql.SQL(_IDENTITY_SQL[identity_code])
-                    )
-                )
-            if not pub_exists:
-                conn.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
-                        pub, sql.SQL(", ").join(t.ident for t in to_add),
-                        pubinfo.create_options(conn),
-                    )
-                )
+            conn.execute(timeout)
+            conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
+                table.ident, identity))
+
+    def publish() -> None:
+        conn = connection.get()
+        with conn.transaction():
+            conn.execute(timeout)
+            # Read again on each attempt: an earlier one may have committed unseen.
+            exists, to_add, _ = _publication_state(conn, publication, tables)
+            pub = sql.Identifier(publication)
+            if not exists:
+                conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                    pub, sql.SQL(", ").join(t.ident for t in to_add),
+                    pubinfo.create_options(conn)))
             elif to_add:
-                conn.execute(
-                    sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                        pub, sql.SQL(", ").join(t.ident for t in to_add)
-                    )
-                )
-    except psycopg.errors.LockNotAvailable as exc:
-        raise SetupError(
-            f"could not lock a table to change its replica identity within "
-            f"{lock_timeout_s:g} s: {exc}",
-            "long transactions hold the table; retry setup when it is quieter",
-        ) from None
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise SetupError(
-            f"not allowed to create or change publication {publication!r}: {exc}",
-            "grant CREATE on the database to the connecting role, or run setup as the "
-            "tables' owner",
-        ) from None
-    return [t.name for t in identity_changes]
+                conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    pub, sql.SQL(", ").join(t.ident for t in to_add)))
+
+    def attempt(what: str, action: Callable[[], None]) -> None:
+        try:
+            retry.call(action, policy=policy, transient=retry.is_transient, what=what,
+                       waiter=waiter, log=log)
+        except retry.GaveUp as gave_up:
+            raise _gave_up_error(what, gave_up, lock_timeout_s) from gave_up.last
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SetupError(
+                f"{what}: not allowed: {exc}",
+                "grant CREATE on the database to the connecting role, or run setup as the "
+                "tables' owner",
+            ) from None
+
+    done = []
+    for t in identity_changes:
+        attempt(f"setting REPLICA IDENTITY {_IDENTITY_SQL[identity_code]} on {t.name}",
+                partial(set_identity, t))
+        done.append(t.name)
+    attempt(f"adding the tables to publication {publication!r}", publish)
+    return done
+
+
+def _gave_up_error(what: str, gave_up: retry.GaveUp, lock_timeout_s: float) -> DbmazzError:
+    """Setup stopped retrying: say what was retried, how often, why, and what to do."""
+    last = retry.first_line(gave_up.last)
+    tried = gave_up.attempts.summary()
+    if gave_up.cancelled:
+        return SetupError(f"{what}: stopped while retrying ({tried}; last error: {last})")
+    if retry.is_contention(gave_up.last):
+        return SetupError(
+            f"{what} failed after {tried}: other transactions held the table "
+            f"(lock contention: {last})",
+            "run setup at a quieter time, raise SETUP_LOCK_TIMEOUT_S (now "
+            f"{lock_timeout_s:g} s) so setup waits longer for the lock, or set the replica "
+            "identity by hand (ALTER TABLE ... REPLICA IDENTITY FULL) and run with "
+            "REPLICA_IDENTITY=keep",
+        )
+    return SourceConnectionError(
+        f"{what} failed after {tried}: {last}",
+        "check that PostgreSQL is up and reachable, then run setup again",
+    )

@@ -6,13 +6,13 @@ explicit ``--drop-slot`` and for tests.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import psycopg
 
 from dbmazz.errors import SetupError, SourceConnectionError
 from dbmazz.lsn import parse_lsn
+from dbmazz.retry import Attempts, RetryPolicy
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, quote_ident, validate_slot_name
 from dbmazz.source.replication import server_error
@@ -204,9 +204,12 @@ def drop_slot(dsn: str, slot: str, *, wait_s: float = 10.0, missing_ok: bool = T
     session to release it. Returns whether a slot was dropped."""
     validate_slot_name(slot)
     target = describe_dsn(dsn)
-    deadline = time.monotonic() + wait_s
+    # The walsender releases the slot on its own schedule: ask again every 50 ms.
+    attempts = Attempts(RetryPolicy(max_attempts=None, max_elapsed=wait_s, base_delay=0.05,
+                                    max_delay=0.05, jitter=0.0))
     with _connect(dsn, replication=False) as conn:
         while True:
+            attempts.start()
             try:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
                 return True
@@ -220,9 +223,9 @@ def drop_slot(dsn: str, slot: str, *, wait_s: float = 10.0, missing_ok: bool = T
                     slot=slot,
                 ) from None
             except psycopg.errors.ObjectInUse as exc:
-                if time.monotonic() >= deadline:
+                if not attempts.can_retry():
                     raise SetupError(
                         f"replication slot {slot!r} on {target} is in use: {exc}",
                         "stop the consumer using it (see pg_stat_replication), then retry",
                     ) from None
-                time.sleep(0.05)  # the walsender releases the slot on its own schedule
+                attempts.backoff()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbmazz.errors import SetupError
+from dbmazz.retry import Cancelled, Waiter
 from dbmazz.sink.starrocks.ddl import qualified
 from dbmazz.sink.starrocks.mysql import (
     FeClient,
@@ -22,7 +23,6 @@ from dbmazz.sink.starrocks.mysql import (
     quote_ident,
     quote_literal,
 )
-from dbmazz.sink.starrocks.retry import Cancelled, Waiter
 
 log = logging.getLogger("dbmazz.sink.starrocks")
 

@@ -30,13 +30,13 @@ from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
 from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
+from dbmazz.retry import Waiter
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
 from dbmazz.sink.starrocks.http import Transport
 from dbmazz.sink.starrocks.labels import make_label
 from dbmazz.sink.starrocks.mysql import FeClient, quote_ident
-from dbmazz.sink.starrocks.retry import Waiter
 from dbmazz.sink.starrocks.schema import apply_delta, check_target_names, prepare_tables
 from dbmazz.sink.starrocks.serialize import JSON_HEADERS, serialize
 from dbmazz.sink.starrocks.settings import StarRocksSettings
@@ -79,7 +79,8 @@ class StarRocksSink:
         """``sleep`` replaces real waiting between retries and polls (tests pass a function
         that moves an emulator's clock)."""
         self.settings = settings
-        self._waiter = Waiter(sleep)
+        self._engine_stop: threading.Event | None = None
+        self._waiter = Waiter(sleep=sleep, stopping=self._engine_stopping)
         self._transport = Transport(
             settings.user,
             settings.password,
@@ -117,6 +118,14 @@ class StarRocksSink:
     def cancel(self) -> None:
         """Interrupt retry back-offs and polls (engine shutdown); they raise SinkError."""
         self._waiter.cancel()
+
+    def stop_on(self, stop: threading.Event) -> None:
+        """Retry back-offs and polls end once ``stop`` (the engine's) is set."""
+        self._engine_stop = stop
+
+    def _engine_stopping(self) -> bool:
+        stop = self._engine_stop
+        return stop is not None and stop.is_set()
 
     def _state(self, table: str) -> _TableState:
         with self._lock:

@@ -26,9 +26,9 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from dbmazz.errors import SinkError
+from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter
 from dbmazz.sink.starrocks.http import HttpResponse, Transport, TransportError
 from dbmazz.sink.starrocks.response import Outcome, Reply, classify, is_auth_failure, parse_reply
-from dbmazz.sink.starrocks.retry import Attempts, Cancelled, RetryPolicy, Waiter
 
 log = logging.getLogger("dbmazz.sink.starrocks")
 
@@ -276,7 +276,7 @@ class StreamLoadClient:
         if not attempts.can_retry():
             raise SinkError(
                 f"Stream Load into {table} (label {label}) still failing after "
-                f"{attempts.count} attempts over {attempts.elapsed:.0f}s: {reason}",
+                f"{attempts.summary()}: {reason}",
                 "StarRocks is unreachable or overloaded; it will be retried when the "
                 "engine restarts the load",
                 table=table,
