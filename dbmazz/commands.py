@@ -11,7 +11,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from dbmazz.cli import load_config
-from dbmazz.errors import DbmazzError
+from dbmazz.errors import ConfigError
 from dbmazz.log import configure_logging
 from dbmazz.lsn import format_lsn, parse_lsn
 
@@ -50,8 +50,9 @@ def _drain_on_signals(engine: _Drainable) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Serve the control plane, run setup → snapshot → CDC; exit 0 after drain/stop.
 
-    A failure keeps the process up while gRPC is on (health NOT_SERVING, Status carries
-    the error) until drain/stop; without gRPC it exits 1 with the error at once.
+    A failure exits 1 with the error as the last line (``ON_ERROR=exit``, the default), or
+    with ``ON_ERROR=serve`` and gRPC on keeps the process up (health NOT_SERVING, Status
+    carries the error, a log line every minute says so) until drain/stop.
     """
     from dbmazz.api.runtime import start_control_plane
     from dbmazz.engine.service import EngineService
@@ -63,13 +64,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     _drain_on_signals(service)
     try:
         service.start()
-        code = service.wait_for_exit(stay_up_on_failure=plane.grpc is not None)
+        code = service.wait_for_exit(
+            stay_up_on_failure=plane.grpc is not None and config.on_error == "serve")
     finally:
         plane.stop()
         _close_sink(service)
     if code:
-        if plane.grpc is None and isinstance(service.exception, DbmazzError):
-            raise service.exception
+        exc = service.exception
+        if isinstance(exc, ConfigError):  # exit 2 as at start, the problems on one line
+            print(f"dbmazz: error: invalid configuration: {'; '.join(exc.problems)}",
+                  file=sys.stderr)
+            return 2
         print(f"dbmazz: error: {service.error.text if service.error else 'failed'}",
               file=sys.stderr)
         return code

@@ -131,6 +131,12 @@ class Config(BaseSettings):
         "in a container whose port is published deliberately).",
     )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port (0 = off).")
+    on_error: Literal["exit", "serve"] = Field(
+        default="exit",
+        description="After a fatal error: exit (non-zero exit code, the error as the last "
+        "line) or serve (keep the gRPC control plane up with health NOT_SERVING and the "
+        "error in Status, logging it every minute, until `dbmazz stop` or SIGTERM).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

@@ -69,6 +69,8 @@ def error_snapshot(exc: BaseException, fatal: bool = True) -> ErrorSnapshot:
 class EngineService:
     #: How long Pause waits for the reader to stop (it may be reconnecting meanwhile).
     pause_ack_timeout_s = 10.0
+    #: How often a failed service kept up by ``ON_ERROR=serve`` repeats that it failed.
+    serve_notice_interval_s = 60.0
 
     def __init__(
         self,
@@ -163,16 +165,28 @@ class EngineService:
     def wait_for_exit(self, stay_up_on_failure: bool) -> int:
         """What ``dbmazz run`` blocks on: 0 after a drain/stop, 1 after a failure.
 
-        With ``stay_up_on_failure`` a failed service keeps waiting for drain/stop, so the
-        gRPC server can report the error meanwhile.
+        With ``stay_up_on_failure`` (``ON_ERROR=serve`` with gRPC on) a failed service keeps
+        waiting for drain/stop, so the gRPC server can report the error meanwhile; it says
+        so in the log every :attr:`serve_notice_interval_s`, so a process kept up on
+        purpose never reads as hung.
         """
         # Short waits keep the main thread responsive to signals on every platform.
         while not self._ended.wait(0.5):
             pass
         if self.failed and stay_up_on_failure:
+            next_notice = time.monotonic()
             while not self._exit_requested.wait(0.5):
-                pass
+                if time.monotonic() >= next_notice:
+                    self._log_serving_failed()
+                    next_notice = time.monotonic() + self.serve_notice_interval_s
         return 1 if self.failed else 0
+
+    def _log_serving_failed(self) -> None:
+        error = self._error
+        log.error("dbmazz failed and is NOT serving (health NOT_SERVING): %s. The control "
+                  "plane stays up because ON_ERROR=serve; stop with `dbmazz stop` or SIGTERM "
+                  "(ON_ERROR=exit ends the process on a fatal error instead)",
+                  error.text if error else "unknown error")
 
     # ------------------------------------------------------------------ control
     def pause(self) -> None:
