@@ -131,6 +131,12 @@ class Config(BaseSettings):
         "in a container whose port is published deliberately).",
     )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port (0 = off).")
+    unhealthy_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Health turns NOT_SERVING once loads into the target have been failing "
+        "(and retrying) for this many seconds; it turns SERVING again after a load succeeds.",
+    )
     on_error: Literal["exit", "serve"] = Field(
         default="exit",
         description="After a fatal error: exit (non-zero exit code, the error as the last "

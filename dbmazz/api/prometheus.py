@@ -57,6 +57,14 @@ class ServiceCollector(Collector):
                                 value=1.0 if snap.serving else 0.0)
         yield GaugeMetricFamily("dbmazz_failed", "1 when a fatal error stopped the engine",
                                 value=1.0 if snap.error is not None and snap.error.fatal else 0.0)
+        yield GaugeMetricFamily("dbmazz_load_failing_seconds",
+                                "Seconds loads into the target have been failing and "
+                                "retrying (0 while they succeed)", value=snap.load_failing_s)
+        yield GaugeMetricFamily("dbmazz_retrying",
+                                "1 while a retried problem (failing loads, a lost "
+                                "connection) is current",
+                                value=1.0 if snap.error is not None and not snap.error.fatal
+                                else 0.0)
 
         counters = (
             ("dbmazz_events", "pgoutput messages received", snap.messages),

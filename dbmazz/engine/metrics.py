@@ -68,6 +68,8 @@ class StatusSnapshot:
     started_at: float = 0.0
     #: The running (else the last) snapshot; None before any.
     snapshot: SnapshotProgress | None = None
+    #: Seconds the longest-failing table's loads have been failing (0: loads succeed).
+    load_failing_s: float = 0.0
     taken_at: float = field(default_factory=time.time)
 
     @property

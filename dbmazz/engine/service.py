@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING
 from dbmazz._version import __version__
 from dbmazz.config import Config
 from dbmazz.engine.core import LIVE_SETTINGS, Engine, RunState, Stage
+from dbmazz.engine.load_health import LoadFailure, LoadHealth
 from dbmazz.engine.metrics import ErrorSnapshot, StatusSnapshot, TableSnapshot
+from dbmazz.engine.snapshot_sink import SnapshotAwareSink
 from dbmazz.errors import DbmazzError, SetupError
-from dbmazz.sink.base import Sink
+from dbmazz.sink.base import Interruptible, Sink
 
 if TYPE_CHECKING:
     from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
@@ -219,7 +221,15 @@ class EngineService:
             self._drain_requested = True
             engine = self._engine
         if engine is not None and not self._ended.is_set():
-            engine.drain()
+            failure = self._load_failure()
+            if failure is not None:
+                # A drain would wait for loads that keep failing: stop instead. Nothing
+                # unloaded was confirmed; the next start reads it again from the slot.
+                log.warning("not draining: %s; stopping instead (what is not loaded is read "
+                            "again from the slot on the next start)", failure.text)
+                self._interrupt(engine)
+            else:
+                engine.drain()
         self._notify()
         if timeout:
             self._ended.wait(timeout)
@@ -232,7 +242,7 @@ class EngineService:
             self._exit_requested.set()
             engine = self._engine
         if engine is not None:
-            engine.stop()
+            self._interrupt(engine)
         if drop_slot and not timeout:
             timeout = 60.0
         if timeout:
@@ -245,6 +255,15 @@ class EngineService:
         dropped = self._drop_slot() if drop_slot else False
         self._notify()
         return StopOutcome(True, dropped, "stopped" + ("; slot dropped" if dropped else ""))
+
+    @staticmethod
+    def _interrupt(engine: Engine) -> None:
+        """Stop the engine and wake the sink's retry back-offs, so a stop while loads fail
+        takes seconds, not the rest of a retry schedule."""
+        engine.stop()
+        inner = engine.sink.inner if isinstance(engine.sink, SnapshotAwareSink) else engine.sink
+        if isinstance(inner, Interruptible):
+            inner.cancel()
 
     def reload(self, **settings: int) -> list[str]:
         """Apply flush settings to the running pipeline; return the names that changed."""
@@ -361,7 +380,25 @@ class EngineService:
 
     @property
     def serving(self) -> bool:
-        return self.state in _SERVING
+        """Health SERVING: running, and loads not failing for UNHEALTHY_AFTER_S or longer."""
+        if self.state not in _SERVING:
+            return False
+        failure = self._load_failure()
+        return failure is None or failure.failing_for() < self._unhealthy_after_s
+
+    @property
+    def _unhealthy_after_s(self) -> float:
+        return self.config.unhealthy_after_s if self.config is not None else 120.0
+
+    def _load_health(self) -> LoadHealth | None:
+        engine = self._engine
+        if engine is not None and isinstance(engine.sink, SnapshotAwareSink):
+            return engine.sink.health
+        return None
+
+    def _load_failure(self) -> LoadFailure | None:
+        health = self._load_health()
+        return health.current() if health is not None else None
 
     @property
     def exit_requested(self) -> bool:
@@ -391,6 +428,14 @@ class EngineService:
         engine = self._engine
         config = self.config
         error = self._error
+        failure = self._load_failure()
+        if error is None and failure is not None:
+            # Loads retrying right now: the operator sees it while it happens.
+            error = ErrorSnapshot(
+                message=failure.text, kind="retrying", fatal=False, at=failure.since,
+                hint=("health is NOT_SERVING (failing for UNHEALTHY_AFTER_S); " if not
+                      self.serving and self.state in _SERVING else "")
+                + "check that the target is reachable on both ports and accepts loads")
         if error is None and engine is not None and engine.progress.last_error:
             # A retried problem (e.g. a dropped connection): show it, not fatal.
             error = ErrorSnapshot(message=engine.progress.last_error, kind="retrying",
@@ -420,6 +465,7 @@ class EngineService:
                 version=__version__,
                 started_at=self._started_at,
                 snapshot=engine.snapshot_progress,
+                load_failing_s=failure.failing_for() if failure is not None else 0.0,
             )
         settings = ({name: int(getattr(config, name)) for name in LIVE_SETTINGS}
                     if config else {})
@@ -448,6 +494,7 @@ class EngineService:
             counters = dict(stats.tables)
         schemas = engine.table_schemas()
         names = list(dict.fromkeys([*self._configured_tables(), *schemas, *counters]))
+        health = self._load_health()
         out = []
         for name in sorted(names):
             table = counters.get(name)
@@ -460,7 +507,9 @@ class EngineService:
                 rows_loaded=table.rows_loaded if table else 0,
                 batches=table.batches if table else 0,
                 truncates=table.truncates if table else 0,
-                retries=table.retries if table else 0,
+                # Every failed load attempt (CDC and snapshot), as the loads see them.
+                retries=max(table.retries if table else 0,
+                            health.failed_attempts(name) if health is not None else 0),
                 last_load_ms=table.last_load_ms if table else 0.0,
                 in_flight_rows=batch.num_rows if batch is not None else 0,
             ))

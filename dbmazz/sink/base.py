@@ -8,7 +8,7 @@ LSNs to PostgreSQL on that basis) and must be idempotent: the same batch written
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
@@ -47,3 +47,22 @@ class SnapshotLoader(Protocol):
     def load_snapshot_chunk(self, batch: TableBatch) -> LoadResult: ...
 
     def finish_snapshot(self, table: TableSchema) -> None: ...
+
+
+#: Called with (table, reason) after each failed attempt a sink retries by itself.
+RetryListener = Callable[[str, str], None]
+
+
+@runtime_checkable
+class ReportsRetries(Protocol):
+    """Optional: a sink that retries inside ``write`` (StarRocks) reports each failed
+    attempt as it happens, so the engine's status shows a load failing while it retries."""
+
+    def report_retries(self, listener: RetryListener) -> None: ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """Optional: a sink whose retry waits ``cancel()`` cuts short on shutdown."""
+
+    def cancel(self) -> None: ...

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
+from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
 from dbmazz.sink.starrocks.http import Transport
@@ -106,6 +107,10 @@ class StarRocksSink:
     def __repr__(self) -> str:
         s = self.settings
         return f"StarRocksSink({s.fe_url}, db={s.database!r}, user={s.user!r})"
+
+    def report_retries(self, listener: RetryListener) -> None:
+        """Call ``listener(target table, reason)`` after each failed Stream Load attempt."""
+        self.client.retry_listener = listener
 
     def cancel(self) -> None:
         """Interrupt retry back-offs and polls (engine shutdown); they raise SinkError."""
