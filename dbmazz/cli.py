@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("snapshot", "Snapshot tables into the target (also while CDC runs).",
                 _lazy("dbmazz.ui.snapshot", "cmd_snapshot"), config=True)
     p.add_argument("--table", action="append", default=[], help="table to snapshot (repeatable)")
+    p.add_argument("--address", default=None,
+                   help="gRPC address of the running engine to ask (default GRPC_HOST:GRPC_PORT)")
     p = command("capture", "Record the replication stream of a slot into an Arrow IPC file.",
                 _lazy("dbmazz.commands", "cmd_capture"), config=True)
     p.add_argument("--slot", help="replication slot (default SLOT_NAME)")
@@ -125,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("top", "Live dashboard of a running engine."),
     ):
         p = command(name, text, _lazy("dbmazz.ui.commands", f"cmd_{name}"))
-        p.add_argument("--address", default="127.0.0.1:50051", help="engine gRPC address")
+        p.add_argument("--address", default=None,
+                       help="engine gRPC address host:port (default GRPC_HOST:GRPC_PORT from "
+                       "the environment and .env, as `dbmazz run` serves)")
         if name == "stop":
             p.add_argument("--drop-slot", action="store_true",
                            help="also drop the replication slot (changes not yet loaded are lost)")

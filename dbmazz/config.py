@@ -294,3 +294,46 @@ def _describe(exc: ValidationError) -> list[str]:
             message = f"must be true or false; got {error.get('input')!r}"
         problems.append(f"{variable}: {message}" if variable else message)
     return problems
+
+
+def reachable_address(host: str, port: int) -> str:
+    """Where a client on this machine reaches a server bound to ``host:port`` (a wildcard
+    bind is reached on the loopback address)."""
+    host = host.strip()
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ControlPlaneSettings(BaseSettings):
+    """The engine's control-plane settings as its clients read them: the same variables
+    (and the same field definitions) as :class:`Config`, from the environment and ``.env``,
+    without the rest of the engine's settings (a client must not fail on those)."""
+
+    # The same fields (defaults, descriptions, bounds) as Config: one definition of each.
+    model_config = Config.model_config
+
+    grpc_host: str = Config.model_fields["grpc_host"]  # type: ignore[assignment]
+    grpc_port: int = Config.model_fields["grpc_port"]  # type: ignore[assignment]
+    grpc_token: SecretStr | None = Config.model_fields["grpc_token"]  # type: ignore[assignment]
+    grpc_tls_cert: str | None = Config.model_fields["grpc_tls_cert"]  # type: ignore[assignment]
+
+    @classmethod
+    def load(cls, env_file: str | None = ".env") -> ControlPlaneSettings:
+        try:
+            return cls(_env_file=env_file)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @property
+    def address(self) -> str:
+        """``GRPC_HOST:GRPC_PORT`` as reachable from here; ConfigError when gRPC is off."""
+        if not self.grpc_port:
+            raise ConfigError(["GRPC_PORT: 0 means the engine serves no control plane; set "
+                               "GRPC_PORT to the engine's port or pass --address host:port"])
+        return reachable_address(self.grpc_host, self.grpc_port)
+
+    @property
+    def token(self) -> str | None:
+        return self.grpc_token.get_secret_value() or None if self.grpc_token else None

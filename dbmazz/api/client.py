@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -217,13 +216,22 @@ class Client:
 
 
 def connect(
-    address: str = DEFAULT_ADDRESS,
+    address: str | None = None,
     *,
     token: str | None = None,
     ca_cert: str | None = None,
     timeout_s: float = 10.0,
 ) -> Client:
-    """A client of the engine at ``address`` (token defaults to ``GRPC_TOKEN``)."""
+    """A client of the engine at ``address``; by default where ``dbmazz run`` with the same
+    settings serves: ``GRPC_HOST:GRPC_PORT`` (token ``GRPC_TOKEN``), from the environment
+    and ``.env`` (:class:`dbmazz.config.ControlPlaneSettings`)."""
+    from dbmazz.config import ControlPlaneSettings
+
+    settings = ControlPlaneSettings.load() if address is None or token is None else None
+    if address is None:
+        assert settings is not None
+        address = settings.address
     if token is None:
-        token = os.environ.get("GRPC_TOKEN") or None
+        assert settings is not None
+        token = settings.token
     return Client(address, token=token, ca_cert=ca_cert, timeout_s=timeout_s)

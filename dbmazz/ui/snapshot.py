@@ -48,7 +48,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     dsn = config.source_dsn
     wanted = [_qualified(t) for t in args.table]
-    client = _running_engine(config)
+    client = _running_engine(config, args.address)
     if client is not None:
         with client:
             return _through_engine(client, wanted or [_qualified(t) for t in config.tables])
@@ -56,7 +56,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if info.exists and info.active:
         raise SetupError(
             f"replication slot {config.slot_name!r} is in use (pid {info.active_pid}): dbmazz "
-            f"is running, but no control plane of it answers at {_address(config)}",
+            f"is running, but no control plane of it answers at "
+            f"{_address(config, args.address)}",
             "point GRPC_HOST/GRPC_PORT (and GRPC_TOKEN) at the running engine so this command "
             "asks it to take the snapshot; or stop it and run this command again",
         )
@@ -73,21 +74,20 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 # --- through a running engine ---------------------------------------------------------------
-def _address(config: Config) -> str:
-    host = config.grpc_host
-    if host in ("", "0.0.0.0", "::"):  # listening everywhere: reach it locally
-        host = "127.0.0.1"
-    return f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
+def _address(config: Config, override: str | None = None) -> str:
+    from dbmazz.config import reachable_address
+
+    return override or reachable_address(config.grpc_host, config.grpc_port)
 
 
-def _running_engine(config: Config) -> Client | None:
+def _running_engine(config: Config, address: str | None = None) -> Client | None:
     """A client of the engine that streams SLOT_NAME, if its control plane answers."""
     from dbmazz.api.client import Client, EngineUnreachable
 
-    if not config.grpc_port:
+    if not config.grpc_port and address is None:
         return None
     token = config.grpc_token.get_secret_value() if config.grpc_token else None
-    client = Client(_address(config), token=token, ca_cert=config.grpc_tls_cert,
+    client = Client(_address(config, address), token=token, ca_cert=config.grpc_tls_cert,
                     timeout_s=5.0)
     try:
         client.health()  # open to everyone: tells "nobody there" from "wrong token"
