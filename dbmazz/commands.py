@@ -11,11 +11,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from dbmazz.cli import load_config
-from dbmazz.errors import ConfigError
+from dbmazz.errors import ConfigError, DbmazzError
 from dbmazz.log import configure_logging
 from dbmazz.lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:
+    from dbmazz.config import Config
     from dbmazz.engine.service import EngineService
 
 log = logging.getLogger("dbmazz")
@@ -141,38 +142,23 @@ def cmd_setup(args: argparse.Namespace) -> int:
     """Prepare both ends (or with --check only verify them); exit 1 when not ready."""
     from dbmazz.engine.build import make_sink, target_tables
     from dbmazz.engine.setup.postgres import setup_source
-    from dbmazz.errors import ConfigError
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
     if not config.tables:
         raise ConfigError(["TABLES: required; list the tables to replicate, e.g. public.orders"])
+    if args.check:
+        return _setup_check(config)
     source = setup_source(
         config.source_dsn,
         config.tables,
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
-        check_only=args.check,
     )
     tables = target_tables(config, source)
     for warning in source.warnings:
         print(f"warning: {warning}")
-    if args.check:
-        if config.sink == "starrocks":
-            from dbmazz.engine.setup.starrocks import check_connection
-
-            print(f"target: StarRocks {check_connection(config=config)} reachable")
-        else:
-            make_sink(config).close()
-            print(f"target: DuckDB {config.duckdb_path} opens")
-        pending = source.pending_changes
-        if pending:
-            print("source not ready; `dbmazz setup` would " + "; ".join(pending))
-            return 1
-        print(f"source ready: {len(source.tables)} table(s), publication "
-              f"{config.publication_name!r}, slot {config.slot_name!r}")
-        return 0
     sink = make_sink(config)
     try:
         sink.setup(tables)
@@ -180,4 +166,46 @@ def cmd_setup(args: argparse.Namespace) -> int:
         sink.close()
     print(f"ready: {len(tables)} table(s) on both ends; slot {config.slot_name!r} "
           f"{'created' if source.slot_created else 'reused'}")
+    return 0
+
+
+def _setup_check(config: Config) -> int:
+    """Check both ends, change nothing (no slot, no publication, no target file or table),
+    and report every problem found, not only the first."""
+    from dbmazz.engine.setup.check import check_target
+    from dbmazz.engine.setup.postgres import setup_source
+
+    problems: list[str] = []
+    try:
+        source = setup_source(
+            config.source_dsn,
+            config.tables,
+            publication=config.publication_name,
+            slot=config.slot_name,
+            replica_identity=config.replica_identity,
+            check_only=True,
+        )
+    except DbmazzError as exc:
+        problems.append(f"source: {exc}")
+    else:
+        for warning in source.warnings:
+            print(f"warning: {warning}")
+        if source.pending_changes:
+            print("source: `dbmazz setup` would " + "; ".join(source.pending_changes))
+        print(f"source{' ready' if not source.pending_changes else ''}: "
+              f"{len(source.tables)} table(s), publication {config.publication_name!r}, "
+              f"slot {config.slot_name!r}")
+    target = check_target(config)
+    for line in target.found:
+        print(line)
+    problems += target.problems
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        print(f"not ready: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    if source.pending_changes:
+        print("not ready: run `dbmazz setup` (or `dbmazz run`, which sets up first)")
+        return 1
+    print("ready")
     return 0
