@@ -111,10 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot", help="replication slot (default SLOT_NAME)")
     p.add_argument("--publication", help="publication (default PUBLICATION_NAME)")
     p.add_argument("--out", required=True, help="output file (.arrows)")
+    p.add_argument("--create-slot", action="store_true",
+                   help="create the slot when it does not exist (the capture then starts at "
+                   "its creation point)")
     stop_at = p.add_mutually_exclusive_group()
     stop_at.add_argument("--until-lsn", help="stop after the transaction committing at this LSN")
     stop_at.add_argument("--duration", type=float, help="stop after this many seconds")
     stop_at.add_argument("--max-messages", type=int, help="stop after this many messages")
+    p = command("slots", "List the source's replication slots (no running engine needed).",
+                _lazy("dbmazz.ui.slots", "cmd_slots"), config=True)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    slots = p.add_subparsers(dest="slots_action", metavar="ACTION")
+    drop = slots.add_parser("drop", help="Drop an inactive slot (and its dbmazz checkpoint).",
+                            description="Drop an inactive replication slot after "
+                            "confirmation; its dbmazz checkpoint is deleted with it.")
+    drop.add_argument("name", help="slot name")
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _add_config_flags(drop)
     p = command("replay", "Run the pipeline over a capture file into the sink, then exit.",
                 _lazy("dbmazz.commands", "cmd_replay"), config=True)
     p.add_argument("file", help="capture file written by `dbmazz capture`")

@@ -119,9 +119,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
+    slot = args.slot or config.slot_name
+    _capture_slot(config.source_dsn, slot, create=args.create_slot)
     summary = capture(
         config.source_dsn,
-        args.slot or config.slot_name,
+        slot,
         args.publication or config.publication_name,
         args.out,
         until_lsn=parse_lsn(args.until_lsn) if args.until_lsn else None,
@@ -136,6 +138,23 @@ def cmd_capture(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _capture_slot(dsn: str, slot: str, *, create: bool) -> None:
+    """The slot a capture records from exists, or is created with ``--create-slot``."""
+    from dbmazz.errors import SetupError
+    from dbmazz.source.slots import create_slot, slot_info
+
+    if slot_info(dsn, slot).exists:
+        return
+    if not create:
+        raise SetupError(
+            f"replication slot {slot!r} does not exist: `dbmazz capture` records from an "
+            "existing slot",
+            "pass --create-slot to create it (the capture starts at its creation point), or "
+            "name an existing slot with --slot (`dbmazz slots` lists them)")
+    create_slot(dsn, slot, export_snapshot=False).close()
+    print(f"created replication slot {slot!r}", file=sys.stderr)
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
