@@ -137,6 +137,13 @@ class Config(BaseSettings):
         description="Health turns NOT_SERVING once loads into the target have been failing "
         "(and retrying) for this many seconds; it turns SERVING again after a load succeeds.",
     )
+    slot_wal_warn_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Warn (log, Status, Prometheus dbmazz_slot_warning, top) when the slot "
+        "retains this many bytes of WAL, or is closer than this to invalidation by "
+        "max_slot_wal_keep_size (0 = off).",
+    )
     on_error: Literal["exit", "serve"] = Field(
         default="exit",
         description="After a fatal error: exit (non-zero exit code, the error as the last "

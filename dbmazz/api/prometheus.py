@@ -24,7 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from dbmazz.engine.core import RunState, Stage
-from dbmazz.engine.metrics import SnapshotTotals
+from dbmazz.engine.metrics import SnapshotTotals, StatusSnapshot
 from dbmazz.engine.service import EngineService
 from dbmazz.engine.snapshot_load import SnapshotProgress
 from dbmazz.errors import ConfigError
@@ -92,6 +92,8 @@ class ServiceCollector(Collector):
         for name, text, gauge in gauges:
             yield GaugeMetricFamily(name, text, value=gauge)
 
+        yield from _slot_metrics(snap)
+
         per_table = {
             "changes": CounterMetricFamily("dbmazz_table_changes", "Source changes applied",
                                            labels=["table"]),
@@ -117,6 +119,36 @@ class ServiceCollector(Collector):
         yield last_load
         yield in_flight
         yield from _snapshot_metrics(snap.snapshot)
+
+
+def _slot_metrics(snap: StatusSnapshot) -> Iterator[Metric]:
+    """The replication slot's health; no series before the first sample."""
+    slot = snap.slot_health
+    if slot is None:
+        return
+    yield GaugeMetricFamily("dbmazz_slot_exists", "1 when the replication slot exists",
+                            value=1.0 if slot.exists else 0.0)
+    yield GaugeMetricFamily("dbmazz_slot_active", "1 when a session streams from the slot",
+                            value=1.0 if slot.active else 0.0)
+    if slot.retained_bytes is not None:
+        yield GaugeMetricFamily("dbmazz_slot_retained_wal_bytes",
+                                "WAL the server keeps for the slot (current LSN - restart_lsn)",
+                                value=float(slot.retained_bytes))
+    if slot.safe_wal_size is not None:
+        yield GaugeMetricFamily("dbmazz_slot_safe_wal_size_bytes",
+                                "Bytes before max_slot_wal_keep_size invalidates the slot",
+                                value=float(slot.safe_wal_size))
+    if slot.wal_status:
+        status = GaugeMetricFamily("dbmazz_slot_wal_status",
+                                   "The slot's wal_status (1 for the current one)",
+                                   labels=["wal_status"])
+        for name in ("reserved", "extended", "unreserved", "lost"):
+            status.add_metric([name], 1.0 if slot.wal_status == name else 0.0)
+        yield status
+    yield GaugeMetricFamily("dbmazz_slot_warning",
+                            "1 when the slot needs attention (SLOT_WAL_WARN_BYTES, "
+                            "wal_status unreserved/lost, missing)",
+                            value=1.0 if slot.warning else 0.0)
 
 
 def _snapshot_metrics(progress: SnapshotProgress | None) -> Iterator[Metric]:

@@ -28,6 +28,7 @@ from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.sink.base import Interruptible, Sink
 
 if TYPE_CHECKING:
+    from dbmazz.engine.slot_health import SlotMonitor
     from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class EngineService:
     pause_ack_timeout_s = 10.0
     #: How often a failed service kept up by ``ON_ERROR=serve`` repeats that it failed.
     serve_notice_interval_s = 60.0
+    #: How often the replication slot's health is sampled.
+    slot_sample_interval_s = 10.0
 
     def __init__(
         self,
@@ -112,6 +115,7 @@ class EngineService:
         self._exit_requested = threading.Event()
         self._drain_requested = False
         self._slot_dropped = False
+        self._slot_monitor: SlotMonitor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -120,6 +124,17 @@ class EngineService:
             return
         self._thread = threading.Thread(target=self._run, name="dbmazz-service", daemon=True)
         self._thread.start()
+
+    def _start_slot_monitor(self) -> None:
+        config = self.config
+        if config is None or config.source_url is None or self._slot_monitor is not None:
+            return
+        from dbmazz.engine.slot_health import SlotMonitor
+
+        self._slot_monitor = SlotMonitor(config.source_dsn, config.slot_name,
+                                         config.slot_wal_warn_bytes,
+                                         interval_s=self.slot_sample_interval_s)
+        self._slot_monitor.start()
 
     def _run(self) -> None:
         try:
@@ -138,6 +153,7 @@ class EngineService:
             if self._snapshot is not None:
                 self._set(stage=Stage.SNAPSHOT, state=RunState.RUNNING)
                 self._snapshot(self, engine)
+            self._start_slot_monitor()  # the slot exists once setup is done
             if engine.progress.state == RunState.STARTING:
                 engine.start()
             self._set(stage=Stage.CDC)
@@ -145,6 +161,8 @@ class EngineService:
         except BaseException as exc:  # noqa: BLE001 - reported through status and health
             self._fail(exc)
         finally:
+            if self._slot_monitor is not None:
+                self._slot_monitor.stop()
             self._ended.set()
             self._notify()
 
@@ -466,6 +484,7 @@ class EngineService:
                 started_at=self._started_at,
                 snapshot=engine.snapshot_progress,
                 load_failing_s=failure.failing_for() if failure is not None else 0.0,
+                slot_health=self._slot_monitor.latest if self._slot_monitor else None,
             )
         settings = ({name: int(getattr(config, name)) for name in LIVE_SETTINGS}
                     if config else {})

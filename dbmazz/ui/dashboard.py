@@ -21,6 +21,7 @@ from dbmazz.ui.format import (
     human_bytes,
     human_count,
     human_duration,
+    slot_text,
     snapshot_panel,
     snapshot_shown,
     sparkline,
@@ -87,11 +88,14 @@ def _summary(status: pb.EngineStatus, last: pb.MetricsSample | None) -> Renderab
         f"CPU {last.cpu_percent:.0f}%" if last else "CPU -", sep,
         f"uptime {human_duration(status.uptime_s)}",
     )
+    lines: list[RenderableType] = [line1, line2]
+    if status.HasField("slot_health"):
+        lines.append(Text.assemble("slot ", slot_text(status.slot_health)))
     memory = Table.grid(padding=(0, 1))
     memory.add_row("in flight", ProgressBar(total=max(1, limit), completed=min(inflight, limit),
                                             width=30),
                    f"{human_bytes(inflight)} / {human_bytes(limit)}")
-    return Group(line1, line2, memory)
+    return Group(*lines, memory)
 
 
 def _throughput(samples: list[pb.MetricsSample]) -> Panel:
