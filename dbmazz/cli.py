@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("replay", "Run the pipeline over a capture file into the sink, then exit.",
                 _lazy("dbmazz.commands", "cmd_replay"), config=True)
     p.add_argument("file", help="capture file written by `dbmazz capture`")
+    p.add_argument("--primary-keys", default=None, metavar="SCHEMA.TABLE=COL[,COL];...",
+                   help="primary keys of tables the capture does not record keys for "
+                   "(default: the capture's metadata, then SOURCE_URL's catalog if set)")
     for name, text in (
         ("status", "Show the state of a running engine."),
         ("pause", "Pause reading (status updates to PostgreSQL continue)."),

@@ -102,7 +102,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
-    engine = build_replay_engine(config, args.file)
+    from dbmazz.engine.replay_keys import parse_primary_keys
+
+    keys = parse_primary_keys(args.primary_keys) if args.primary_keys else None
+    engine = build_replay_engine(config, args.file, primary_keys=keys)
     _drain_on_signals(engine)
     engine.run()
     print(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,11 +77,18 @@ class CaptureSource:
         pass
 
 
-def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None) -> Engine:
+def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None,
+                        primary_keys: Mapping[str, tuple[str, ...]] | None = None) -> Engine:
+    """``primary_keys`` (``--primary-keys``) win over the capture's recorded keys; tables
+    known to neither are looked up in SOURCE_URL's catalog when it is set."""
+    from dbmazz.engine.replay_keys import replay_key_resolver
     from dbmazz.source.capture import capture_metadata, iter_capture
 
     metadata = capture_metadata(path)
-    schemas = SchemaCache(keys_from_map(metadata.primary_keys), config.table_map)
+    resolver = replay_key_resolver(
+        {**metadata.primary_keys, **(primary_keys or {})},
+        config.source_dsn if config.source_url is not None else None)
+    schemas = SchemaCache(resolver, config.table_map)
     return Engine(
         source_factory=lambda _lsn: CaptureSource(iter_capture(path)),
         sink=sink or make_sink(config),
