@@ -209,7 +209,11 @@ def _setup_check(config: Config) -> int:
         )
     except DbmazzError as exc:
         problems.append(f"source: {exc}")
+        tables = []
     else:
+        from dbmazz.engine.build import target_tables
+
+        tables = target_tables(config, source)
         for warning in source.warnings:
             print(f"warning: {warning}")
         if source.pending_changes:
@@ -217,7 +221,7 @@ def _setup_check(config: Config) -> int:
         print(f"source{' ready' if not source.pending_changes else ''}: "
               f"{len(source.tables)} table(s), publication {config.publication_name!r}, "
               f"slot {config.slot_name!r}")
-    target = check_target(config)
+    target = check_target(config, tables)
     for line in target.found:
         print(line)
     problems += target.problems

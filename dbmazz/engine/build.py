@@ -14,7 +14,7 @@ from dbmazz.engine.core import ChunkSource, Engine, Settings
 from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
-from dbmazz.sink.base import Sink
+from dbmazz.sink.base import Sink, TargetChecked
 from dbmazz.source.catalog import describe_relations
 from dbmazz.source.chunk import WalChunk
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
@@ -159,9 +159,12 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
         schemas.on_relation(relation)
         tables.append(schemas.table(relation.oid))
     _check_target_names(tables)
-    target = SnapshotAwareSink(sink or make_sink(config))
+    inner = sink or make_sink(config)
+    target = SnapshotAwareSink(inner)
     if config.setup == "auto":
         target.setup(tables)
+    elif isinstance(inner, TargetChecked):
+        inner.check_target(tables)  # SETUP=skip: tables made by hand, checked before loads
     checkpoints = PostgresCheckpointStore(dsn, config.slot_name)
     checkpoint = checkpoints.load()
     start = checkpoint or 0

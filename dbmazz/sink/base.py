@@ -66,3 +66,12 @@ class Interruptible(Protocol):
     """Optional: a sink whose retry waits ``cancel()`` cuts short on shutdown."""
 
     def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class TargetChecked(Protocol):
+    """Optional: a sink that can check existing target tables without changing them
+    (``SETUP=skip``): every column must take what dbmazz sends; raises
+    :class:`dbmazz.errors.SetupError` naming every problem."""
+
+    def check_target(self, tables: Sequence[TableSchema]) -> None: ...

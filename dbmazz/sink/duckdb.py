@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from dbmazz.errors import SinkError
+from dbmazz.errors import SetupError, SinkError
 from dbmazz.pipeline.batch import (
     AUDIT_COLUMNS,
     AUDIT_NAMES,
@@ -137,6 +137,7 @@ class DuckDBSink:
     # ------------------------------------------------------------------ Sink protocol
     def setup(self, tables: Sequence[TableSchema]) -> None:
         with self._ddl_lock:
+            self._check_column_types(tables)
             cur = self._cursor()
             for table in tables:
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(table.namespace)}")
@@ -169,6 +170,25 @@ class DuckDBSink:
                             f"ALTER TABLE {self.target(table)} ADD COLUMN {quote(name)} "
                             f"{duckdb_type(arrow_type)}"
                         )
+
+    def check_target(self, tables: Sequence[TableSchema]) -> None:
+        """SETUP=skip: the tables that exist must take what dbmazz sends."""
+        with self._ddl_lock:
+            self._check_column_types(tables)
+
+    def _check_column_types(self, tables: Sequence[TableSchema]) -> None:
+        """Tables that exist (made by hand, or by an older run) must take what dbmazz
+        sends: every mismatch in one error, before the first load."""
+        from dbmazz.sink.duckdb_types import duckdb_mismatches
+        from dbmazz.sink.starrocks.typecheck import describe_mismatches
+
+        mismatches = duckdb_mismatches(self._cursor(), tables)
+        if mismatches:
+            raise SetupError(
+                f"DuckDB columns cannot take what dbmazz sends: "
+                f"{describe_mismatches(mismatches)}",
+                "change those columns to the types in docs/types.md, or drop the tables and "
+                "let dbmazz create them")
 
     def apply_schema_delta(self, delta: SchemaDelta) -> None:
         table = delta.after

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from dbmazz.config import Config
 from dbmazz.errors import DbmazzError
 
 if TYPE_CHECKING:
+    from dbmazz.pipeline.batch import TableSchema
+    from dbmazz.sink.starrocks.catalog import Catalog
     from dbmazz.sink.starrocks.settings import StarRocksSettings
 
 
@@ -33,13 +36,15 @@ class TargetCheck:
     problems: list[str] = field(default_factory=list)
 
 
-def check_target(config: Config) -> TargetCheck:
+def check_target(config: Config, tables: Sequence[TableSchema] = ()) -> TargetCheck:
+    """``tables``: the target tables the run would load (their types are checked where they
+    exist already)."""
     if config.sink == "starrocks":
-        return check_starrocks(config)
-    return check_duckdb(config)
+        return check_starrocks(config, tables)
+    return check_duckdb(config, tables)
 
 
-def check_starrocks(config: Config) -> TargetCheck:
+def check_starrocks(config: Config, tables: Sequence[TableSchema] = ()) -> TargetCheck:
     from dbmazz.sink.starrocks.catalog import Catalog
     from dbmazz.sink.starrocks.mysql import FeClient
     from dbmazz.sink.starrocks.settings import StarRocksSettings
@@ -55,6 +60,8 @@ def check_starrocks(config: Config) -> TargetCheck:
         try:
             version = catalog.version()
             db_exists = catalog.database_exists()  # SHOW DATABASES
+            if db_exists:
+                _check_starrocks_tables(catalog, tables, settings, result)
         finally:
             client.close()
     except DbmazzError as exc:
@@ -72,6 +79,26 @@ def check_starrocks(config: Config) -> TargetCheck:
     else:
         result.problems.append(problem)
     return result
+
+
+def _check_starrocks_tables(catalog: Catalog, tables: Sequence[TableSchema],
+                            settings: StarRocksSettings, result: TargetCheck) -> None:
+    from dbmazz.sink.starrocks.typecheck import type_mismatches
+
+    for schema in tables:
+        target = catalog.describe(schema.target_name)
+        if target is None:
+            if settings.setup == "skip" or not settings.create_tables:
+                result.problems.append(
+                    f"StarRocks table {catalog.db}.{schema.target_name} (for "
+                    f"{schema.source_name}) does not exist — create it, or run with "
+                    "SETUP=auto and CREATE_TABLES=true")
+            continue
+        for mismatch in type_mismatches(schema, target, settings.type_options):
+            if mismatch.severity == "warning":
+                result.found.append(f"warning: {mismatch.text}")
+            else:
+                result.problems.append(mismatch.text)
 
 
 def _check_http(settings: StarRocksSettings, db: str) -> str | None:
@@ -104,7 +131,7 @@ def _check_http(settings: StarRocksSettings, db: str) -> str | None:
     return None
 
 
-def check_duckdb(config: Config) -> TargetCheck:
+def check_duckdb(config: Config, tables: Sequence[TableSchema] = ()) -> TargetCheck:
     """Open an existing file read-only; for a file not there yet, check only that its
     directory exists and is writable (creating nothing)."""
     result = TargetCheck()
@@ -112,12 +139,18 @@ def check_duckdb(config: Config) -> TargetCheck:
     if path.exists():
         import duckdb
 
+        from dbmazz.sink.duckdb_types import duckdb_mismatches
+
         try:
-            duckdb.connect(str(path), read_only=True).close()
+            con = duckdb.connect(str(path), read_only=True)
         except duckdb.Error as exc:
             result.problems.append(f"DuckDB file {path} (DUCKDB_PATH) cannot be opened: {exc}")
-        else:
-            result.found.append(f"target: DuckDB {path} opens")
+            return result
+        try:
+            result.problems += [m.text for m in duckdb_mismatches(con, tables)]
+        finally:
+            con.close()
+        result.found.append(f"target: DuckDB {path} opens")
         return result
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():

@@ -193,7 +193,28 @@ def prepare_tables(
     report = PrepareReport()
     for schema in tables:
         prepare_table(catalog, schema, settings, report)
+    if settings.setup == "skip":
+        check_types(tables, report, settings)
     return report
+
+
+def check_types(tables: Sequence[TableSchema], report: PrepareReport,
+                settings: StarRocksSettings) -> None:
+    """SETUP=skip: every column must take what dbmazz sends; all mismatches in one error,
+    before the first load (tables dbmazz created or altered match by construction)."""
+    from dbmazz.sink.starrocks.typecheck import describe_mismatches, type_mismatches
+
+    found = [m for schema in tables if schema.target_name in report.tables
+             for m in type_mismatches(schema, report.tables[schema.target_name],
+                                      settings.type_options)]
+    for mismatch in (m for m in found if m.severity == "warning"):
+        log.warning("%s", mismatch.text)
+    errors = [m for m in found if m.severity != "warning"]
+    if errors:
+        raise SetupError(
+            f"StarRocks columns cannot take what dbmazz sends: {describe_mismatches(errors)}",
+            "widen or change those columns to the types in docs/types.md (ALTER TABLE ... "
+            "MODIFY COLUMN), or let dbmazz create the tables (SETUP=auto)")
 
 
 def apply_delta(catalog: Catalog, delta: SchemaDelta, settings: StarRocksSettings) -> TargetTable:

@@ -145,6 +145,12 @@ class StarRocksSink:
             with self._lock:
                 self._sources[schema.target_name] = schema
 
+    def check_target(self, tables: Sequence[TableSchema]) -> None:
+        """SETUP=skip: the database and every table must exist with columns that take what
+        dbmazz sends (setup under SETUP=skip changes nothing, it only verifies)."""
+        if self.settings.setup == "skip":
+            self.setup(tables)
+
     def apply_schema_delta(self, delta: SchemaDelta) -> None:
         if delta.before is None and delta.after.source_name not in {
             s.source_name for s in self._sources.values()
