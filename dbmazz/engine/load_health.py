@@ -42,6 +42,7 @@ class LoadHealth:
         self._lock = threading.Lock()
         self._failing: dict[str, LoadFailure] = {}
         self._failed_attempts: dict[str, int] = {}
+        self._snapshot_rows: dict[str, int] = {}
 
     def failed(self, table: str, message: str) -> None:
         with self._lock:
@@ -55,6 +56,20 @@ class LoadHealth:
         if table in self._failing:  # racy read is fine: the pop below is locked
             with self._lock:
                 self._failing.pop(table, None)
+
+    def snapshot_loaded(self, table: str, rows: int) -> None:
+        """Rows a snapshot chunk wrote (CDC rows are counted by the applier)."""
+        with self._lock:
+            self._snapshot_rows[table] = self._snapshot_rows.get(table, 0) + rows
+
+    def snapshot_tables(self) -> list[str]:
+        """Tables a snapshot loaded rows into (an on-demand one may precede any CDC)."""
+        with self._lock:
+            return list(self._snapshot_rows)
+
+    def snapshot_rows(self, table: str) -> int:
+        with self._lock:
+            return self._snapshot_rows.get(table, 0)
 
     def failed_attempts(self, table: str) -> int:
         """Failed load attempts of ``table`` since the engine started (CDC and snapshot)."""

@@ -512,8 +512,10 @@ class EngineService:
         with stats.lock:
             counters = dict(stats.tables)
         schemas = engine.table_schemas()
-        names = list(dict.fromkeys([*self._configured_tables(), *schemas, *counters]))
         health = self._load_health()
+        snapshotted = health.snapshot_tables() if health is not None else []
+        names = list(dict.fromkeys([*self._configured_tables(), *schemas, *counters,
+                                    *snapshotted]))
         out = []
         for name in sorted(names):
             table = counters.get(name)
@@ -523,7 +525,9 @@ class EngineService:
                 table=name,
                 target=schema.target_name if schema is not None else "",
                 changes=table.changes if table else 0,
-                rows_loaded=table.rows_loaded if table else 0,
+                # CDC rows plus the rows snapshots loaded (initial and on demand).
+                rows_loaded=(table.rows_loaded if table else 0)
+                + (health.snapshot_rows(name) if health is not None else 0),
                 batches=table.batches if table else 0,
                 truncates=table.truncates if table else 0,
                 # Every failed load attempt (CDC and snapshot), as the loads see them.

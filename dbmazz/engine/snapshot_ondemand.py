@@ -64,7 +64,9 @@ def publish_tables(dsn: str, publication: str, tables: Sequence[str],
             raise pg_setup._keyless_error(keyless)
         mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
         changes = pg_setup._plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
-        exists, to_add, warnings = pg_setup._publication_state(conn, publication, resolved)
+        # The publication's other tables are the pipeline's own: no "not configured" notice.
+        exists, to_add, warnings = pg_setup._publication_state(conn, publication, resolved,
+                                                               report_extra=False)
         not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
         if not_owned:
             raise SetupError(

@@ -213,6 +213,7 @@ class SnapshotAwareSink:
                 self._observed(batch, self.inner.load_snapshot_chunk)
             else:
                 self._observed(batch, self.inner.write)
+            self.health.snapshot_loaded(batch.table.source_name, batch.num_rows)
             return batch.num_rows
 
     def begin_snapshot(self, table: TableSchema) -> bool:

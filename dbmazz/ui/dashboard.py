@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -51,7 +55,7 @@ def render(state: DashboardState) -> RenderableType:
     with state.lock:
         status, samples, problem = state.status, list(state.samples), state.problem
     header = Text.assemble(("dbmazz top", "bold"), f"  {state.address}  ",
-                           (time.strftime("%H:%M:%S"), "dim"))
+                           (time.strftime("%H:%M:%S"), "dim"), ("  q or Ctrl-C quits", "dim"))
     if status is None:
         return Panel(Text(problem or "connecting…", style="red" if problem else "dim"),
                      title=header)
@@ -129,6 +133,38 @@ def _follow_metrics(client: Client, state: DashboardState, interval_ms: int,
         stop.wait(1.0)
 
 
+@contextlib.contextmanager
+def _quit_key(done: threading.Event) -> Iterator[None]:
+    """On a terminal, ``q`` sets ``done`` (keys are read unbuffered, without echo, and the
+    terminal is restored afterwards); elsewhere Ctrl-C remains the way out."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    import select
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    stop = threading.Event()
+
+    def read_keys() -> None:
+        while not stop.is_set() and not done.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready and os.read(fd, 1) in (b"q", b"Q"):
+                done.set()
+
+    reader = threading.Thread(target=read_keys, name="dbmazz-top-keys", daemon=True)
+    tty.setcbreak(fd)
+    reader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reader.join(1.0)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def once(client: Client, console: Console) -> None:
     """Render one frame: Status plus one Metrics sample."""
     state = DashboardState(client.address)
@@ -150,7 +186,8 @@ def run(client: Client, console: Console, interval_s: float = 1.0,
         name="dbmazz-top-metrics", daemon=True)
     follower.start()
     try:
-        with Live(render(state), console=console, refresh_per_second=4, screen=False) as live:
+        with _quit_key(done), Live(render(state), console=console, refresh_per_second=4,
+                                   screen=False) as live:
             while not done.is_set():
                 try:
                     status = client.status()

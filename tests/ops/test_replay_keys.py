@@ -81,5 +81,5 @@ def test_replay_keys_from_flag_catalog_or_a_clear_error(
 
 def test_parse_primary_keys() -> None:
     assert parse_primary_keys("s.t=a, b; u=id") == {"s.t": ("a", "b"), "public.u": ("id",)}
-    with pytest.raises(ConfigError, match="is not 'schema.table=col"):
+    with pytest.raises(ConfigError, match=r"is not 'schema\.table=col"):
         parse_primary_keys("s.t")

@@ -269,9 +269,12 @@ def _plan_identity(
 
 
 def _publication_state(
-    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table],
+    *, report_extra: bool = True,
 ) -> tuple[bool, list[_Table], list[str]]:
-    """(exists, tables to add, warnings)."""
+    """(exists, tables to add, warnings). ``report_extra``: warn about published tables
+    not in ``tables`` (False when ``tables`` are only being added, as by an on-demand
+    snapshot, and the others are the pipeline's own)."""
     row = conn.execute(
         "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
         "FROM pg_publication WHERE pubname = %s",
@@ -297,7 +300,7 @@ def _publication_state(
     }
     wanted = {t.name for t in tables}
     extra = sorted(published - wanted)
-    if extra and not all_tables:
+    if extra and not all_tables and report_extra:
         warnings.append(
             f"publication {publication!r} also publishes tables not configured: "
             f"{', '.join(extra)} (left as they are; their changes are ignored)"
