@@ -106,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="append", default=[], help="table to snapshot (repeatable)")
     p.add_argument("--address", default=None,
                    help="gRPC address of the running engine to ask (default GRPC_HOST:GRPC_PORT)")
+    p = command("verify", "Compare the target with the source (and --repair what differs); "
+                "exit 0 only when equal.", _lazy("dbmazz.verify.command", "cmd_verify"),
+                config=True)
+    p.add_argument("--table", action="append", default=[],
+                   help="table to verify (repeatable; default: TABLES)")
+    p.add_argument("--ranges", type=int, default=64,
+                   help="ranges per table (rows are grouped by their key's hash)")
+    p.add_argument("--sample", type=float, default=1.0,
+                   help="share of the ranges to check, (0, 1]")
+    p.add_argument("--max-keys", type=int, default=20,
+                   help="differing keys listed per table and kind")
+    p.add_argument("--repair", action="store_true",
+                   help="re-copy the differing keys from the source")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p = command("capture", "Record the replication stream of a slot into an Arrow IPC file.",
                 _lazy("dbmazz.commands", "cmd_capture"), config=True)
     p.add_argument("--slot", help="replication slot (default SLOT_NAME)")

@@ -119,6 +119,24 @@ class Config(BaseSettings):
     )
     snapshot_workers: int = Field(default=2, ge=1, le=64, description="Snapshot connections.")
 
+    # --- verify -------------------------------------------------------------------------
+    verify_max_rows_per_s: int = Field(
+        default=200_000,
+        ge=0,
+        description="`dbmazz verify`: source rows read per second at most (0 = unlimited).",
+    )
+    verify_statement_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="`dbmazz verify`: statement timeout of its source reads (0 = none).",
+    )
+    verify_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="`dbmazz verify`: how long to wait for a running engine to load every "
+        "change before the verify's snapshot.",
+    )
+
     # --- service ------------------------------------------------------------------------
     grpc_host: str = Field(default="127.0.0.1", description="gRPC bind address.")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0 = off).")

@@ -156,6 +156,24 @@ class Client:
         except grpc.RpcError as exc:
             raise self._translate(exc) from None
 
+    def verify(self, tables: list[str] | None = None, *, ranges: int = 64, sample: float = 1.0,
+               max_keys: int = 20, repair: bool = False,
+               timeout_s: float | None = None) -> dict[str, Any]:
+        """Compare the target with the source (``dbmazz verify`` run by the engine) and
+        return the report as a dict: ``equal``, per table ``missing``/``extra``/``changed``
+        counts and ``diffs`` (key, columns). ``repair``: re-copy what differs. Waits until
+        done (``timeout_s``: give up waiting; default none — large tables take long)."""
+        import json
+
+        request = pb.VerifyRequest(tables=tables or [], ranges=ranges, sample=sample,
+                                   max_keys=max_keys, repair=repair)
+        try:
+            reply = self._control.Verify(request, timeout=timeout_s, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._translate(exc) from None
+        report: dict[str, Any] = json.loads(reply.report_json)
+        return report
+
     def metrics(self, interval_ms: int = 1000,
                 max_samples: int = 0) -> Generator[pb.MetricsSample, None, None]:
         """Samples every ``interval_ms`` (the first at once), until cancelled or

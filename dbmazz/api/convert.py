@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +20,9 @@ from dbmazz.engine.metrics import (
 from dbmazz.engine.snapshot_load import SnapshotProgress, TableProgress
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
+
+if TYPE_CHECKING:
+    from dbmazz.verify.report import VerifyReport
 
 # Typed Any: the generated stubs type enum fields as their wrapper classes, not int.
 _STAGES: dict[Stage, Any] = {stage: pb.Stage.Value(f"STAGE_{stage.value}") for stage in Stage}
@@ -253,3 +256,22 @@ def _normalize(message: Any, data: dict[str, Any]) -> None:
                     _normalize(item, sub)
             else:
                 _normalize(value, data[field.name])
+
+
+def verify_reply(report: VerifyReport) -> pb.VerifyReply:
+    """A verify's report as the Verify RPC's reply (the full report also as JSON)."""
+    import json
+
+    tables = [
+        pb.VerifyTableResult(
+            table=t.table, ranges=t.ranges, ranges_checked=t.ranges_checked,
+            ranges_differing=t.ranges_differing, source_rows=t.source_rows,
+            target_rows=t.target_rows, missing=t.missing, extra=t.extra, changed=t.changed,
+            in_flight=t.in_flight, repaired=t.repaired, seconds=t.seconds,
+            error=t.error or "", equal=t.equal,
+        )
+        for t in report.tables
+    ]
+    return pb.VerifyReply(equal=report.equal, snapshot_lsn=report.snapshot_lsn,
+                          target_state=report.target_state, tables=tables,
+                          report_json=json.dumps(report.to_dict()))

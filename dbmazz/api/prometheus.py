@@ -119,6 +119,41 @@ class ServiceCollector(Collector):
         yield last_load
         yield in_flight
         yield from _snapshot_metrics(snap.snapshot)
+        yield from _verify_metrics()
+
+
+def _verify_metrics() -> Iterator[Metric]:
+    """The last verify of each table run by this engine (the Verify RPC)."""
+    from dbmazz.verify.service import LAST_RESULTS
+
+    families = {
+        "equal": GaugeMetricFamily("dbmazz_verify_equal",
+                                   "1 when the table's last verify found it equal",
+                                   labels=["table"]),
+        "missing": GaugeMetricFamily("dbmazz_verify_missing_rows",
+                                     "Keys in the source missing in the target (last verify)",
+                                     labels=["table"]),
+        "extra": GaugeMetricFamily("dbmazz_verify_extra_rows",
+                                   "Keys in the target only (last verify)", labels=["table"]),
+        "changed": GaugeMetricFamily("dbmazz_verify_changed_rows",
+                                     "Keys whose columns differ (last verify)",
+                                     labels=["table"]),
+        "rows": GaugeMetricFamily("dbmazz_verify_rows", "Source rows compared (last verify)",
+                                  labels=["table"]),
+        "seconds": GaugeMetricFamily("dbmazz_verify_duration_seconds",
+                                     "Duration of the table's last verify", labels=["table"]),
+        "at": GaugeMetricFamily("dbmazz_verify_timestamp_seconds",
+                                "Unix time of the table's last verify", labels=["table"]),
+    }
+    for r in LAST_RESULTS.snapshot():
+        families["equal"].add_metric([r.table], 1.0 if r.equal else 0.0)
+        families["missing"].add_metric([r.table], r.missing)
+        families["extra"].add_metric([r.table], r.extra)
+        families["changed"].add_metric([r.table], r.changed)
+        families["rows"].add_metric([r.table], r.rows)
+        families["seconds"].add_metric([r.table], r.seconds)
+        families["at"].add_metric([r.table], r.at_unix_s)
+    yield from families.values()
 
 
 def _slot_metrics(snap: StatusSnapshot) -> Iterator[Metric]:

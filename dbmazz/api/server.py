@@ -146,6 +146,21 @@ class ControlService(pb_grpc.ControlServicer):
         return snapshot_reply(handle)
 
 
+    def Verify(self, request: pb.VerifyRequest,
+               context: grpc.ServicerContext) -> pb.VerifyReply:
+        from dbmazz.verify.run import VerifyRequest
+        from dbmazz.verify.service import verify_in_service
+
+        wanted = VerifyRequest(tables=tuple(request.tables), ranges=request.ranges or 64,
+                               sample=request.sample or 1.0, max_keys=request.max_keys or 20,
+                               repair=request.repair)
+        log.info("verify of %s requested over gRPC%s",
+                 ", ".join(wanted.tables) or "every table", " with repair" if wanted.repair
+                 else "")
+        report = _guard(context, lambda: verify_in_service(self._service, wanted))
+        return convert.verify_reply(report)
+
+
 def _wait_for(handle: OnDemandSnapshot, timeout_s: float,
               context: grpc.ServicerContext) -> None:
     """Wait for the snapshot to end, the timeout, or the caller to hang up (the snapshot

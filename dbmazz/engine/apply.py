@@ -23,9 +23,10 @@ from dbmazz.engine.audit import AuditLog
 from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SplitPart, TableBatch, TableSchema
 from dbmazz.pipeline.batcher import Flush, RowsStep, SchemaStep, Step, TruncateStep, join_slabs
+from dbmazz.pipeline.carry import carry_columns, carry_keys, resolve_carries
 from dbmazz.pipeline.merge import merge_changes
 from dbmazz.pipeline.schema_cache import SchemaCache
-from dbmazz.sink.base import Sink
+from dbmazz.sink.base import RowReader, Sink
 from dbmazz.source.columnar import decode_changes
 from dbmazz.source.pgoutput import Relation
 
@@ -160,6 +161,8 @@ class FlushApplier:
         batch = merge_changes(changes, table)
         batch.split = split
         batch.batch_id = batch_id
+        if any(group.carry is not None for group in batch.upserts):
+            batch = self._carry(batch)
         started = time.monotonic()
         result = self._retrying(table.source_name, lambda: self.sink.write(batch))
         assert isinstance(result, LoadResult)
@@ -168,6 +171,29 @@ class FlushApplier:
         stats.rows_loaded += result.rows
         stats.batches += 1
         stats.last_load_ms = (time.monotonic() - started) * 1000
+
+    def _carry(self, batch: TableBatch) -> TableBatch:
+        """Fill the absent columns of moved rows from the target (pipeline/carry.py)."""
+        table = batch.table
+        if not isinstance(self.sink, RowReader):
+            raise SinkError(
+                f"{table.source_name}: a primary-key change arrived without its unchanged "
+                f"TOAST value(s) ({', '.join(carry_columns(batch))}) and the {self.sink.name} "
+                "sink cannot read them back from the target",
+                f"ALTER TABLE {table.source_name} REPLICA IDENTITY FULL (or "
+                "REPLICA_IDENTITY=full), then resnapshot the table",
+                table=table.source_name,
+            )
+        reader = self.sink
+        keys = carry_keys(batch)
+        assert keys is not None
+        columns = carry_columns(batch)
+        current = self._retrying(
+            table.source_name,
+            lambda: reader.read_rows(table, keys, columns, batch.split),
+        )
+        assert isinstance(current, pa.Table)
+        return resolve_carries(batch, current)
 
     def _audit(self, table: TableSchema, lsns: Iterable[int],
                split: tuple[int, int, bool] | None) -> None:

@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
+import pyarrow as pa
 
 from dbmazz.config import Config
 from dbmazz.engine.core import ChunkSource, Engine, Settings
 from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
-from dbmazz.sink.base import Sink, TargetChecked
+from dbmazz.sink.base import RowReader, Sink, TargetChecked
 from dbmazz.source.catalog import describe_relations
 from dbmazz.source.chunk import WalChunk
+from dbmazz.source.pgoutput import Relation
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
 
 if TYPE_CHECKING:
@@ -161,6 +163,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
     _check_target_names(tables)
     inner = sink or make_sink(config)
     target = SnapshotAwareSink(inner)
+    _check_key_changes_supported(target, list(relations.values()), tables)
     if config.setup == "auto":
         target.setup(tables)
     elif isinstance(inner, TargetChecked):
@@ -196,6 +199,33 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
                      keys=source.primary_keys, tables=tables, source=source,
                      checkpoint=checkpoint)
     return engine
+
+
+def _check_key_changes_supported(sink: Sink, relations: list[Relation],
+                                 tables: list[TableSchema]) -> None:
+    """Refuse, at setup, tables a sink could not replicate exactly: under REPLICA IDENTITY
+    other than FULL, a primary-key change of a row with an unchanged TOASTed value arrives
+    without that value, which only a sink that can read its rows back can carry to the new
+    key (:class:`~dbmazz.sink.base.RowReader`)."""
+    if isinstance(sink, RowReader):
+        return
+    fixed = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean,
+             pa.types.is_temporal)
+    exposed = [
+        table.source_name
+        for relation, table in zip(relations, tables, strict=True)
+        if relation.replica_identity != "f" and any(
+            not any(test(c.arrow_type) for test in fixed)
+            for c in table.columns if c.name not in table.key_columns)
+    ]
+    if exposed:
+        raise SetupError(
+            f"the {sink.name} sink cannot read rows back, so a primary-key change of a row "
+            "whose TOASTed value did not change would lose that value on "
+            f"{', '.join(exposed)} (their REPLICA IDENTITY is not FULL)",
+            f"ALTER TABLE … REPLICA IDENTITY FULL on {', '.join(exposed)} "
+            "(REPLICA_IDENTITY=full), or use the duckdb or starrocks sink",
+        )
 
 
 def _check_target_names(tables: list[TableSchema]) -> None:

@@ -43,6 +43,9 @@ class TableSchema:
     key_columns: tuple[str, ...]
     #: Target table name (after TABLE_MAP); sinks qualify it with their database/schema.
     target_name: str
+    #: The source's REPLICA IDENTITY (``d``, ``f``, ``i``, ``n``; empty when unknown). Under
+    #: ``f`` a key change never needs values read back from the target (pipeline/carry.py).
+    replica_identity: str = field(default="", compare=False)
 
     @property
     def source_name(self) -> str:
@@ -93,6 +96,11 @@ class UpsertGroup:
 
     rows: pa.Table
     partial: bool
+    #: Rows whose primary key changed in this batch and whose absent columns live in the
+    #: target under another key (REPLICA IDENTITY DEFAULT, unchanged TOAST): candidate
+    #: keys per row (see :mod:`dbmazz.pipeline.carry`). The engine resolves these before
+    #: ``Sink.write``; a sink never receives a group with ``carry`` set.
+    carry: pa.Table | None = None
 
 
 @dataclass(frozen=True, slots=True)

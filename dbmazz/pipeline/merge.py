@@ -8,12 +8,15 @@ What the merge guarantees:
 * **Last change wins per primary key**, in stream order.
 * **Primary-key changes** become a delete of the old key followed by an upsert of the new
   one (the delete sorts just before the update that moved the key).
-* **TOAST unchanged columns** are filled from the latest earlier change of the same key in
-  the batch that carried a value. Values the decoder could take from the old row
+* **TOAST unchanged columns** are filled from the latest earlier change of the same row in
+  the batch that carried a value — of the same key, or across key changes of the old key
+  (:mod:`dbmazz.pipeline.carry`). Values the decoder could take from the old row
   (REPLICA IDENTITY FULL) were filled already.
 * Rows whose unchanged columns could not be filled are **grouped by the set of columns they
   do carry**, so the sink can send each group as a partial update and never write NULL
-  over a value the source did not change.
+  over a value the source did not change. Such rows whose key changed in the batch form
+  groups of their own, first, with ``carry`` candidates: the value is in the target under
+  an old key, and the engine resolves them before the write.
 
 Every step is a polars expression over whole columns; the only Python loops are over
 columns and over distinct unchanged-column patterns (a handful per batch).
@@ -36,6 +39,7 @@ from dbmazz.pipeline.batch import (
     TableSchema,
     UpsertGroup,
 )
+from dbmazz.pipeline.carry import CARRY, ROW, fill_along_chains, group_candidates
 from dbmazz.source.columnar import unchanged_mask
 
 OP = "__dbmazz_op"
@@ -86,8 +90,8 @@ def merge_changes(
         + [(pl.col(SEQ).cast(pl.Int64) * 2 + 1).alias(_ORDER)]
     )
 
+    df, candidates = _fill_unchanged(df, keys, columns, toasted)
     df = _expand_key_changes(df, keys, toasted)
-    df = _fill_unchanged(df, keys, columns, toasted)
     audit = [
         pl.col(OP).cast(pl.Int8).alias("dbmazz_op_type"),
         (pl.col(OP) == OP_DELETE).alias("dbmazz_is_deleted"),
@@ -107,12 +111,22 @@ def merge_changes(
             alive = alive.with_columns(
                 pl.concat_str([pl.col(f"__u{i}").cast(pl.Int8) for i in toasted]).alias(_PATTERN)
             )
-            for (code,), group in alive.group_by([_PATTERN], maintain_order=True):
+            carried: list[UpsertGroup] = []
+            by = [_PATTERN, CARRY] if candidates is not None else [_PATTERN]
+            for values, group in alive.group_by(by, maintain_order=True):
+                code = values[0]
                 absent = {columns[i] for i, bit in zip(toasted, str(code), strict=True)
                           if bit == "1"}
                 present = [c for c in columns if c not in absent]
-                rows = group.sort(_ORDER).select([*present, *audit]).to_arrow()
-                upserts.append(UpsertGroup(rows=rows, partial=bool(absent)))
+                group = group.sort(_ORDER)
+                rows = group.select([*present, *audit]).to_arrow()
+                if candidates is not None and values[1]:
+                    carry = group_candidates(candidates, group[ROW])
+                    carried.append(UpsertGroup(rows=rows, partial=True, carry=carry))
+                else:
+                    upserts.append(UpsertGroup(rows=rows, partial=bool(absent)))
+            # Carry groups first: see dbmazz.pipeline.carry.resolve_carries.
+            upserts = carried + upserts
         else:
             rows = alive.sort(_ORDER).select([*columns, *audit]).to_arrow()
             upserts.append(UpsertGroup(rows=rows, partial=False))
@@ -177,11 +191,7 @@ def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -
     old = [old_key_column(k) for k in keys]
     if not all(c in df.columns for c in old):
         return df
-    moved = (pl.col(OP) == OP_UPDATE) & pl.any_horizontal(
-        [pl.col(o).is_not_null() & pl.col(o).ne_missing(pl.col(k)) for k, o in zip(keys, old,
-                                                                                   strict=True)]
-    )
-    changed = df.filter(moved)
+    changed = df.filter(_moved(keys))
     if changed.height == 0:
         return df
     tombstones = changed.with_columns(
@@ -195,18 +205,35 @@ def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -
     return pl.concat([df, tombstones.select(df.columns)], how="vertical")
 
 
+def _moved(keys: list[str]) -> pl.Expr:
+    """Updates that changed the primary key (their old key differs from the new one)."""
+    old = [old_key_column(k) for k in keys]
+    return (pl.col(OP) == OP_UPDATE) & pl.any_horizontal(
+        [pl.col(o).is_not_null() & pl.col(o).ne_missing(pl.col(k))
+         for k, o in zip(keys, old, strict=True)]
+    )
+
+
 def _fill_unchanged(
     df: pl.DataFrame, keys: list[str], columns: list[str], toasted: list[int]
-) -> pl.DataFrame:
-    """Fill unchanged TOAST values from the latest earlier change of the same key."""
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Fill unchanged TOAST values from the latest earlier change of the same row.
+
+    Without key changes that is the latest earlier change of the same key that carried a
+    value. With them, the row's chain is followed across its old keys, and rows whose
+    value is only in the target under an old key come back with carry candidates
+    (:mod:`dbmazz.pipeline.carry`)."""
     if not toasted:
-        return df
-    df = df.sort(_ORDER).with_row_index("__row")
+        return df, None
+    df = df.sort(_ORDER).with_row_index(ROW)
+    old = [old_key_column(k) for k in keys]
+    if all(c in df.columns for c in old) and df.select(_moved(keys).any()).item():
+        return fill_along_chains(df, keys, old, columns, toasted, _moved(keys), lsn=LSN)
     fills = []
     for i in toasted:
         flag = f"__u{i}"
         source_row = (
-            pl.when(~pl.col(flag)).then(pl.col("__row")).otherwise(None).forward_fill().over(keys)
+            pl.when(~pl.col(flag)).then(pl.col(ROW)).otherwise(None).forward_fill().over(keys)
         )
         fills.append(source_row.alias(f"__src{i}"))
     df = df.with_columns(fills)
@@ -221,4 +248,4 @@ def _fill_unchanged(
             .alias(name)
         )
         updates.append((pl.col(flag) & pl.col(src).is_null()).alias(flag))
-    return df.with_columns(updates).drop(["__row", *[f"__src{i}" for i in toasted]])
+    return df.with_columns(updates).drop([f"__src{i}" for i in toasted]), None

@@ -113,6 +113,7 @@ class SchemaCache:
             columns=columns,
             key_columns=keys,
             target_name=self.target_name(relation),
+            replica_identity=relation.replica_identity,
         )
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
+import pyarrow as pa
+
+from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 
 
 class Sink(Protocol):
@@ -47,6 +49,24 @@ class SnapshotLoader(Protocol):
     def load_snapshot_chunk(self, batch: TableBatch) -> LoadResult: ...
 
     def finish_snapshot(self, table: TableSchema) -> None: ...
+
+
+@runtime_checkable
+class RowReader(Protocol):
+    """Optional: the target's current rows of some keys. The engine needs it for primary-key
+    changes whose unchanged TOAST values live in the target under the old key (REPLICA
+    IDENTITY DEFAULT, :mod:`dbmazz.pipeline.carry`); without it such a change is refused.
+
+    ``read_rows`` is called before ``write`` of the same batch, on the same table's worker
+    (so it sees every earlier write). It returns, for each of ``keys`` (key columns only)
+    that has a row, the key columns, ``columns``, ``dbmazz_cdc_version`` and
+    ``dbmazz_is_deleted``, with the batch's Arrow types. ``split`` is the batch's part of a
+    split source transaction: a sink that cannot read rows written by earlier parts must
+    raise :class:`dbmazz.errors.SinkError` when asked for one of their keys.
+    """
+
+    def read_rows(self, table: TableSchema, keys: pa.Table, columns: Sequence[str],
+                  split: SplitPart | None) -> pa.Table: ...
 
 
 #: Called with (table, reason) after each failed attempt a sink retries by itself.

@@ -31,6 +31,7 @@ from dbmazz.pipeline.batch import (
     AUDIT_NAMES,
     LoadResult,
     SchemaDelta,
+    SplitPart,
     TableBatch,
     TableSchema,
 )
@@ -133,6 +134,11 @@ class DuckDBSink:
     def query(self, sql: str) -> list[tuple[object, ...]]:
         """Run a read query (tests, demo, notebooks)."""
         return self._cursor().execute(sql).fetchall()
+
+    def read_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor of this database for a long read beside the engine's writes
+        (``dbmazz verify``); the caller closes it."""
+        return self._db.cursor()
 
     # ------------------------------------------------------------------ Sink protocol
     def setup(self, tables: Sequence[TableSchema]) -> None:
@@ -242,6 +248,35 @@ class DuckDBSink:
                 table=table.source_name,
             ) from None
         return LoadResult(rows=batch.num_rows, bytes=0)
+
+    def read_rows(self, table: TableSchema, keys: pa.Table, columns: Sequence[str],
+                  split: SplitPart | None = None) -> pa.Table:
+        """The current rows of ``keys`` (:class:`~dbmazz.sink.base.RowReader`): key
+        columns, ``columns``, version and deleted flag, as Arrow.
+
+        Exact without sharing ``write``'s transaction: the engine calls it on the table's
+        worker just before writing the same batch, every earlier batch of the table is
+        committed (split parts included: each is its own transaction), and nothing else
+        writes the table in between."""
+        cur = self._cursor()
+        target = self.target(table)
+        key_names = list(table.key_columns)
+        wanted = [*key_names, *columns, "dbmazz_cdc_version", "dbmazz_is_deleted"]
+        select = ", ".join(f"t.{quote(c)}" for c in wanted)
+        match = " AND ".join(f"t.{quote(k)} = k.{quote(k)}" for k in key_names)
+        cur.register("__dbmazz_keys", keys)
+        try:
+            return cur.sql(
+                f"SELECT {select} FROM {target} t JOIN __dbmazz_keys k ON {match}"
+            ).to_arrow_table()
+        except duckdb.Error as exc:
+            raise SinkError(
+                f"cannot read the current rows of {table.source_name} from DuckDB: {exc}",
+                "check the target table's columns match the source (or drop it to recreate)",
+                table=table.source_name,
+            ) from None
+        finally:
+            cur.unregister("__dbmazz_keys")
 
     # ------------------------------------------------------------------ snapshots
     def begin_snapshot(self, table: TableSchema) -> bool:

@@ -16,7 +16,9 @@ Evidence, not luck:
 * at the end the target equals the source exactly (invariant 3).
 
 Seeded: a failure reproduces with the same seed. Both targets: DuckDB, and the StarRocks
-emulator as a separate process (it survives dbmazz's kills).
+emulator as a separate process (it survives dbmazz's kills). Both replica identities:
+FULL, and DEFAULT kept (``REPLICA_IDENTITY=keep``), where the writer's key changes of rows
+with an unchanged TOAST value must be carried from the old key (issue 20).
 """
 
 from __future__ import annotations
@@ -121,12 +123,23 @@ def _kill_moment(rng: random.Random, proc: DbmazzProcess, tail: JournalTail,
     return moment
 
 
+@pytest.fixture(params=["full", "keep"])
+def identity(request: pytest.FixtureRequest) -> str:
+    """REPLICA_IDENTITY: FULL (old rows complete) or the tables' DEFAULT kept, where a key
+    change of a row with an unchanged TOAST value arrives without it (issue 20)."""
+    return str(request.param)
+
+
 def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int, pace_s: float,
-              seed: int) -> dict[str, Any]:
+              seed: int, identity: str = "full") -> dict[str, Any]:
     db.execute(CRASH_SCHEMA)
     observer = Observer(db, "obs_crash", CRASH_KEYS)
     # The slot exists before the first write, so the stream sees every transaction.
-    setup_source(db.dsn, list(CRASH_KEYS), PUBLICATION, SLOT)
+    setup_source(db.dsn, list(CRASH_KEYS), PUBLICATION, SLOT, replica_identity=identity)
+    if identity == "keep":
+        [(kept,)] = db.query("SELECT count(*) FROM pg_class WHERE relname IN ('acct', 'ledger') "
+                             "AND relreplident = 'd'")
+        assert kept == 2, "the crash tables must keep REPLICA IDENTITY DEFAULT"
     journal = tmp_path / "audit.jsonl"
     env = {
         **os.environ,
@@ -140,6 +153,7 @@ def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int, pace_
         "HEARTBEAT_INTERVAL_S": "1",
         "SNAPSHOT": "never",  # the slot is made before any write: nothing to snapshot
         "DBMAZZ_AUDIT_LOG": str(journal),
+        "REPLICA_IDENTITY": identity,
         **target.env,
     }
     rng = random.Random(seed)
@@ -187,14 +201,16 @@ def crash_run(db: Database, tmp_path: Path, target: Target, *, kills: int, pace_
 
 
 def test_sigkill_under_load_loses_nothing_and_never_confirms_early(
-        pg_db: Database, tmp_path: Path, target: Target) -> None:
-    report = crash_run(pg_db, tmp_path, target, kills=3, seed=20240611, pace_s=0.01)
+        pg_db: Database, tmp_path: Path, target: Target, identity: str) -> None:
+    report = crash_run(pg_db, tmp_path, target, kills=3, seed=20240611, pace_s=0.01,
+                       identity=identity)
     assert report["transactions"] > 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_many_times(pg_db: Database, tmp_path: Path, target: Target,
-                            seed: int) -> None:
-    report = crash_run(pg_db, tmp_path, target, kills=20, seed=seed, pace_s=0.005)
+                            seed: int, identity: str) -> None:
+    report = crash_run(pg_db, tmp_path, target, kills=20, seed=seed, pace_s=0.005,
+                       identity=identity)
     assert report["transactions"] > 0

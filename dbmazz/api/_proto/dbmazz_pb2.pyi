@@ -315,6 +315,66 @@ class SnapshotReply(_message.Message):
     progress: SnapshotProgress
     def __init__(self, accepted: _Optional[bool] = ..., completed: _Optional[bool] = ..., message: _Optional[str] = ..., error: _Optional[str] = ..., tables: _Optional[_Iterable[str]] = ..., progress: _Optional[_Union[SnapshotProgress, _Mapping]] = ...) -> None: ...
 
+class VerifyRequest(_message.Message):
+    __slots__ = ("tables", "ranges", "sample", "max_keys", "repair")
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    MAX_KEYS_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    ranges: int
+    sample: float
+    max_keys: int
+    repair: bool
+    def __init__(self, tables: _Optional[_Iterable[str]] = ..., ranges: _Optional[int] = ..., sample: _Optional[float] = ..., max_keys: _Optional[int] = ..., repair: _Optional[bool] = ...) -> None: ...
+
+class VerifyTableResult(_message.Message):
+    __slots__ = ("table", "ranges", "ranges_checked", "ranges_differing", "source_rows", "target_rows", "missing", "extra", "changed", "in_flight", "repaired", "seconds", "error", "equal")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    RANGES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    RANGES_DIFFERING_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EQUAL_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    ranges: int
+    ranges_checked: int
+    ranges_differing: int
+    source_rows: int
+    target_rows: int
+    missing: int
+    extra: int
+    changed: int
+    in_flight: int
+    repaired: int
+    seconds: float
+    error: str
+    equal: bool
+    def __init__(self, table: _Optional[str] = ..., ranges: _Optional[int] = ..., ranges_checked: _Optional[int] = ..., ranges_differing: _Optional[int] = ..., source_rows: _Optional[int] = ..., target_rows: _Optional[int] = ..., missing: _Optional[int] = ..., extra: _Optional[int] = ..., changed: _Optional[int] = ..., in_flight: _Optional[int] = ..., repaired: _Optional[int] = ..., seconds: _Optional[float] = ..., error: _Optional[str] = ..., equal: _Optional[bool] = ...) -> None: ...
+
+class VerifyReply(_message.Message):
+    __slots__ = ("equal", "snapshot_lsn", "target_state", "tables", "report_json")
+    EQUAL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_LSN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_STATE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    equal: bool
+    snapshot_lsn: str
+    target_state: str
+    tables: _containers.RepeatedCompositeFieldContainer[VerifyTableResult]
+    report_json: str
+    def __init__(self, equal: _Optional[bool] = ..., snapshot_lsn: _Optional[str] = ..., target_state: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[VerifyTableResult, _Mapping]]] = ..., report_json: _Optional[str] = ...) -> None: ...
+
 class MetricsRequest(_message.Message):
     __slots__ = ("interval_ms", "max_samples")
     INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]

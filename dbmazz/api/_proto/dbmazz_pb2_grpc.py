@@ -136,6 +136,11 @@ class ControlStub:
                 request_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotReply.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/dbmazz.v1.Control/Verify',
+                request_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.VerifyReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -185,6 +190,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Compare the target with the source (and with repair, fix what differs); see
+        docs/operations.md, "Verify".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +230,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotRequest.FromString,
                     response_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotReply.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=dbmazz_dot_v1_dot_dbmazz__pb2.VerifyRequest.FromString,
+                    response_serializer=dbmazz_dot_v1_dot_dbmazz__pb2.VerifyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -381,6 +399,33 @@ class Control:
             '/dbmazz.v1.Control/Snapshot',
             dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotRequest.SerializeToString,
             dbmazz_dot_v1_dot_dbmazz__pb2.SnapshotReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dbmazz.v1.Control/Verify',
+            dbmazz_dot_v1_dot_dbmazz__pb2.VerifyRequest.SerializeToString,
+            dbmazz_dot_v1_dot_dbmazz__pb2.VerifyReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,12 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import polars as pl
 import pyarrow as pa
 
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
-from dbmazz.pipeline.batch import LoadResult, SchemaDelta, TableBatch, TableSchema
+from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
+from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
 from dbmazz.sink.starrocks.http import Transport
 from dbmazz.sink.starrocks.labels import make_label
@@ -327,6 +329,43 @@ class StarRocksSink:
         self.catalog.truncate(table)
         self.client.load(db, table, marker, b"[]", JSON_HEADERS)
 
+    # -- reading current rows (RowReader) ------------------------------------------------
+
+    def read_rows(self, table: TableSchema, keys: pa.Table, columns: Sequence[str],
+                  split: SplitPart | None = None) -> pa.Table:
+        """Current rows of ``keys`` over the FE MySQL port (:mod:`.current`).
+
+        Every earlier batch of the table is committed, except the parts of an open split
+        transaction: a transaction of an earlier source transaction is committed first (as
+        ``write`` would); one of this source transaction is invisible until its last part,
+        so a read of a key it loaded is refused rather than answered with stale values.
+        """
+        name = table.target_name
+        state = self._state(name)
+        with state.lock:
+            try:
+                txn = state.split
+                if txn is not None and (split is None or split.commit_lsn != txn.commit_lsn):
+                    self._settle(name, state)
+                elif txn is not None and txn.pending and _overlap(txn.touched, keys):
+                    raise SinkError(
+                        f"{table.source_name}: a primary-key change in a later part of the "
+                        f"split source transaction {txn.commit_lsn} needs the unchanged TOAST "
+                        f"value(s) of a row an earlier part of the same transaction changed; "
+                        "StarRocks cannot read the open transaction's rows",
+                        "raise FLUSH_ROWS/FLUSH_BYTES above the transaction's size so it loads "
+                        f"as one batch, and ALTER TABLE {table.source_name} REPLICA IDENTITY "
+                        "FULL (REPLICA_IDENTITY=full) so later key changes carry their values",
+                        table=name,
+                    )
+                target = self._target(state, table)
+                return read_current(self._fe, self.settings.database, target, table, keys,
+                                    columns)
+            except SetupError as exc:
+                raise SinkError(
+                    exc.message, exc.hint, table=name, retryable=exc.retryable
+                ) from None
+
     # -- split source transactions -------------------------------------------------------
 
     def _write_split(
@@ -382,6 +421,10 @@ class StarRocksSink:
                     txn.segments.clear()
                     self._truncate_once(table, txn.truncate_marker())
                 sent = txn.load_part(part.index, loads)
+                if batch.table.replica_identity != "f":
+                    # Only then can a later part need to read them (pipeline/carry.py); the
+                    # keys of a FULL-identity table's transaction are not kept.
+                    txn.touched += _keys_of(batch)
             if part.last:
                 txn.finish()
         except TransactionBroken as exc:
@@ -446,6 +489,28 @@ class _MissingColumns(SinkError):
 def _is(target: TargetTable, name: str, *data_types: str) -> bool:
     column = target.column(name)
     return column is not None and column.data_type in data_types
+
+
+def _keys_of(batch: TableBatch) -> list[pa.Table]:
+    """The keys a batch writes (copied: the batch's buffers are not kept alive)."""
+    keys = list(batch.table.key_columns)
+    parts = [g.rows.select(keys) for g in batch.upserts]
+    if batch.deletes is not None:
+        parts.append(batch.deletes.select(keys))
+    return [pa.concat_tables(parts, promote_options="permissive").combine_chunks()
+            ] if parts else []
+
+
+def _overlap(touched: list[pa.Table], keys: pa.Table) -> bool:
+    if not touched:
+        return False
+    names = keys.column_names
+    loaded = pl.from_arrow(pa.concat_tables([t.select(names) for t in touched],
+                                            promote_options="permissive"))
+    wanted = pl.from_arrow(keys)
+    assert isinstance(loaded, pl.DataFrame) and isinstance(wanted, pl.DataFrame)
+    loaded = loaded.cast(dict(wanted.schema))  # type: ignore[arg-type]
+    return bool(wanted.join(loaded, on=names, how="semi").height)
 
 
 def _drop(state: _TableState, txn: SplitTransaction) -> None:

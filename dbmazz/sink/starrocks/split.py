@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow as pa
+
 from dbmazz.sink.starrocks.serialize import Body
 from dbmazz.sink.starrocks.stream_load import StreamLoadClient, TransactionBroken
 
@@ -73,6 +75,9 @@ class SplitTransaction:
         self.timeout_s = timeout_s
         self.next_index = 0
         self.segments: list[Segment] = []
+        #: Keys of the rows loaded by this transaction (invisible to reads until it
+        #: commits): a read of one of them must be refused (see StarRocksSink.read_rows).
+        self.touched: list[pa.Table] = []
         self._seq = 0
         self._truncates = 0
 

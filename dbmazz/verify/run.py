@@ -1,0 +1,156 @@
+"""One verify from start to end: schemas, snapshot, wait, compare, repair, report.
+
+Used by ``dbmazz verify`` (in its own process, when no engine answers), by the engine's
+Verify RPC (in the engine's process, through its own target connection and sink) and by
+notebooks through ``client.verify()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from dbmazz.config import Config
+from dbmazz.errors import DbmazzError, SetupError, SourceConnectionError
+from dbmazz.lsn import format_lsn
+from dbmazz.pipeline.batch import TableSchema
+from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
+from dbmazz.source.catalog import describe_relations, split_table_name
+from dbmazz.source.types import TypeRegistry
+from dbmazz.verify.compare import Options, TableCheck, TableDiff
+from dbmazz.verify.durable import DurableEngine, wait_for_pipeline
+from dbmazz.verify.repair import Write, repair
+from dbmazz.verify.report import TableResult, VerifyReport
+from dbmazz.verify.source import SourceSnapshot
+from dbmazz.verify.target import DuckDBTarget, StarRocksTarget, TargetReader
+
+log = logging.getLogger("dbmazz.verify")
+
+_FIRST_USER_OID = 10000
+
+
+class BadVerifyRequest(DbmazzError):
+    """Arguments of a verify that cannot work (ranges, sample)."""
+
+
+class RepairRefused(DbmazzError):
+    """A repair that cannot be ordered against the running pipeline's writes."""
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    tables: tuple[str, ...] = ()
+    ranges: int = 64
+    sample: float = 1.0
+    max_keys: int = 20
+    repair: bool = False
+
+    def options(self) -> Options:
+        if self.ranges < 1:
+            raise BadVerifyRequest(f"--ranges must be at least 1, got {self.ranges}")
+        if not 0 < self.sample <= 1:
+            raise BadVerifyRequest(f"--sample must be in (0, 1], got {self.sample}",
+                                   "e.g. --sample 0.1 checks a tenth of the ranges")
+        return Options(ranges=self.ranges, sample=self.sample, max_keys=self.max_keys,
+                       seed=secrets.randbits(32))
+
+
+def qualified(name: str) -> str:
+    schema, table = split_table_name(name)
+    return f"{schema}.{table}"
+
+
+def load_schemas(dsn: str, tables: Sequence[str], table_map: dict[str, str]
+                 ) -> tuple[list[TableSchema], TypeRegistry]:
+    """The in-flight shape of each table, as the engine builds it."""
+    from dbmazz.engine.setup.postgres import primary_keys
+
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            keys = primary_keys(conn, list(tables), strict=True)
+            relations = describe_relations(conn, list(tables))
+            registry = TypeRegistry()
+            user_oids = {c.type_oid for r in relations.values() for c in r.columns
+                         if c.type_oid >= _FIRST_USER_OID}
+            if user_oids:
+                registry.load_catalog(conn, user_oids)
+    except psycopg.OperationalError as exc:
+        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+    cache = SchemaCache(keys_from_map(keys), table_map, types=registry)
+    return [cache.build(relations[t]) for t in tables], registry
+
+
+def open_target(config: Config) -> TargetReader:
+    """A reader of the configured target from this process."""
+    if config.sink == "starrocks":
+        from dbmazz.sink.starrocks.settings import StarRocksSettings
+
+        settings = StarRocksSettings.from_config(config)
+        host, port = settings.mysql_address
+        return StarRocksTarget(host, port, settings.user, settings.password,
+                               settings.database)
+    return DuckDBTarget.open(config.duckdb_path)
+
+
+def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
+               engine: DurableEngine | None = None, write: Write | None = None,
+               engine_elsewhere: bool = True,
+               should_stop: Callable[[], bool] = lambda: False) -> VerifyReport:
+    """Verify ``request.tables`` (default: TABLES). ``engine``: the engine of this process
+    (awaited directly); otherwise a running engine is detected by its active slot and
+    awaited through its checkpoint (``engine_elsewhere``). ``write``: where a repair goes
+    (required with ``request.repair``)."""
+    started = time.monotonic()
+    options = request.options()
+    names = [qualified(t) for t in (request.tables or tuple(config.tables))]
+    if not names:
+        raise SetupError("no tables to verify", "name them with --table or set TABLES")
+    if request.repair and write is None:
+        raise DbmazzError("no target to write the repair to")
+    schemas, registry = load_schemas(config.source_dsn, names, config.table_map)
+    with SourceSnapshot(config.source_dsn, registry,
+                        max_rows_per_s=config.verify_max_rows_per_s,
+                        statement_timeout_s=config.verify_statement_timeout_s) as source:
+        lsn = source.lsn
+        log.info("verify of %s at snapshot LSN %s", ", ".join(names), format_lsn(lsn))
+        if engine is not None or engine_elsewhere:
+            state, notes = wait_for_pipeline(config.source_dsn, config.slot_name, lsn,
+                                             engine=engine, timeout_s=config.verify_wait_s,
+                                             should_stop=should_stop)
+        else:
+            state, notes = "as-is", []
+        if request.repair and state == "durable" and config.delete_mode == "hard":
+            raise RepairRefused(
+                "--repair beside a running engine needs DELETE_MODE=soft: a hard delete "
+                "leaves no version to order the repair against CDC",
+                "stop the engine (dbmazz drain) and run `dbmazz verify --repair` again",
+            )
+        report = VerifyReport(snapshot_lsn=format_lsn(lsn), target_state=state,
+                              sample=request.sample, repaired=request.repair, notes=notes)
+        diffs: list[TableDiff] = []
+        for schema in schemas:
+            if should_stop():
+                raise DbmazzError("verify cancelled")
+            check = TableCheck(schema, source.scan, target.scan, snapshot_lsn=lsn,
+                               json_text=target.json_text, options=options,
+                               target_name=schema.target_name)
+            try:
+                result = check.run()
+            except DbmazzError as exc:
+                result = TableResult(table=schema.source_name, target=schema.target_name,
+                                     ranges=options.ranges, error=exc.message)
+            report.tables.append(result)
+            if check.diff is not None:
+                diffs.append(check.diff)
+        if request.repair and write is not None:
+            run_id = secrets.token_hex(4)
+            by_name = {r.table: r for r in report.tables}
+            for diff in diffs:
+                by_name[diff.table.source_name].repaired = repair(diff, lsn, write, run_id)
+    report.seconds = time.monotonic() - started
+    return report

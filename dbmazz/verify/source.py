@@ -1,0 +1,120 @@
+"""The source side of a verify: one exported snapshot at a known LSN, read gently.
+
+A TEMPORARY logical slot is created with an exported snapshot (as an on-demand snapshot
+does): its consistent point is the exact LSN the snapshot shows — commits before it are in
+it, commits from it on are not. One connection imports the snapshot and reads each table by
+``ctid`` page ranges (sequential reads, any key type; the same reader and casts as the
+initial snapshot, so rows arrive as the in-flight Arrow types) under a statement timeout
+and a rows-per-second limit. The slot and the snapshot vanish when the verify closes (or
+dies).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pyarrow as pa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from dbmazz.errors import SourceError
+from dbmazz.pipeline.batch import TableSchema
+from dbmazz.source.slots import SlotCreation
+from dbmazz.source.snapshot import (
+    ChunkReader,
+    create_temporary_slot,
+    open_reader,
+    plan_chunks,
+    server_supports_tid_ranges,
+    table_layouts,
+)
+from dbmazz.source.types import TypeRegistry
+
+log = logging.getLogger("dbmazz.verify")
+
+#: Smaller than a snapshot's chunks: the rate limit acts between chunks.
+CHUNK_PAGES = 1024
+
+
+class RateLimit:
+    """Keeps rows read per second at or under ``max_rows_per_s`` (0: unlimited) by pausing
+    between chunks; the pause is the point (it spares the source), not a synchronisation."""
+
+    def __init__(self, max_rows_per_s: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.max_rows_per_s = max_rows_per_s
+        self.rows = 0
+        self._clock = clock
+        self._sleep = sleep
+        self.started = clock()
+        self.paused_s = 0.0
+
+    def took(self, rows: int) -> None:
+        self.rows += rows
+        if self.max_rows_per_s <= 0:
+            return
+        due = self.started + self.rows / self.max_rows_per_s
+        wait = due - self._clock()
+        if wait > 0:
+            self.paused_s += wait
+            self._sleep(wait)
+
+
+def with_statement_timeout(dsn: str, seconds: float) -> str:
+    """``dsn`` whose sessions cancel any statement running longer than ``seconds``."""
+    if seconds <= 0:
+        return dsn
+    info = conninfo_to_dict(dsn)
+    options = f"{info.get('options') or ''} -c statement_timeout={int(seconds * 1000)}"
+    return make_conninfo(dsn, options=options.strip())
+
+
+class SourceSnapshot:
+    """The source at one LSN; ``scan(table)`` yields its rows chunk by chunk."""
+
+    def __init__(self, dsn: str, registry: TypeRegistry | None, *, max_rows_per_s: int,
+                 statement_timeout_s: float, chunk_pages: int = CHUNK_PAGES) -> None:
+        #: Every statement of the verify on the source runs under the timeout.
+        self.dsn = with_statement_timeout(dsn, statement_timeout_s)
+        self.chunk_pages = chunk_pages
+        self._reader: ChunkReader | None = None
+        self._creation: SlotCreation | None = create_temporary_slot(dsn, "dbmazz_verify")
+        self.lsn = self._creation.consistent_point
+        try:
+            self._reader = open_reader("auto", self.dsn, self._creation.snapshot_name,
+                                       registry)
+        except BaseException:
+            self.close()
+            raise
+        self.rate = RateLimit(max_rows_per_s)
+
+    def scan(self, table: TableSchema) -> Iterator[pa.Table]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            layout = table_layouts(conn, [table.source_name])[table.source_name]
+            tid_ranges = server_supports_tid_ranges(conn)
+        assert self._reader is not None, "scan after close"
+        for chunk in plan_chunks(layout, self.chunk_pages, tid_ranges):
+            try:
+                rows = self._reader.read(table, chunk)
+            except SourceError as exc:
+                raise SourceError(exc.message, exc.hint or (
+                    "a read that hits the statement timeout is cancelled: raise "
+                    "VERIFY_STATEMENT_TIMEOUT_S (0 = none)")) from None
+            self.rate.took(rows.num_rows)
+            yield rows
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._creation is not None:
+            self._creation.close()
+            self._creation = None
+
+    def __enter__(self) -> SourceSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,219 @@
+"""The target side of a verify: a table's rows as the in-flight Arrow types.
+
+Each reader streams the whole table in batches with the two audit columns the comparison
+needs (``dbmazz_cdc_version``: the commit LSN of the row's last change, and
+``dbmazz_is_deleted``) and coerces what the target stored back to the types CDC loaded:
+
+* DuckDB (in process): Arrow record batches straight from the query, cast per column.
+* StarRocks (the FE's MySQL port): the text protocol's values arrive as strings and are
+  cast column by column with Arrow; ``ARRAY`` text is parsed per *distinct* value. Decoding
+  the MySQL text protocol itself is the driver's per-row work: StarRocks offers no Arrow
+  endpoint on its MySQL port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dbmazz.errors import SinkError
+from dbmazz.pipeline.batch import TableSchema
+
+VERSION = "dbmazz_cdc_version"
+DELETED = "dbmazz_is_deleted"
+BATCH_ROWS = 65536
+
+
+class TargetReader(Protocol):
+    name: str
+    #: JSON columns hold PostgreSQL's text unchanged (compare the text); else normalise.
+    json_text: bool
+
+    def scan(self, table: TableSchema) -> Iterator[pa.Table]:
+        """The table's columns (in-flight types) plus ``VERSION`` and ``DELETED``."""
+
+    def close(self) -> None: ...
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _bquote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def coerce(batch: pa.Table, table: TableSchema) -> pa.Table:
+    """Cast each column to its in-flight type (exact casts only; strings parsed by Arrow)."""
+    columns = []
+    for spec in table.columns:
+        column = batch.column(spec.name)
+        columns.append(_coerce_column(column, spec.arrow_type, spec.name, table))
+    version = batch.column(VERSION).cast(pa.int64())
+    deleted = batch.column(DELETED)
+    if not pa.types.is_boolean(deleted.type):
+        deleted = pc.not_equal(deleted.cast(pa.string()), "0")
+    return pa.table([*columns, version, deleted],
+                    names=[*table.column_names, VERSION, DELETED])
+
+
+def _coerce_column(column: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str,
+                   table: TableSchema) -> pa.ChunkedArray | pa.Array:
+    if column.type == target:
+        return column
+    try:
+        if pa.types.is_list(target) and (pa.types.is_string(column.type)
+                                         or pa.types.is_large_string(column.type)):
+            return _parse_lists(column, target)
+        if pa.types.is_binary(target) and pa.types.is_string(column.type):
+            return _unhex(column)
+        if pa.types.is_boolean(target) and pa.types.is_string(column.type):
+            return pc.not_equal(column, "0")
+        if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(column.type):
+            # A StarRocks DATETIME holding UTC: naive text, read as UTC.
+            return column.cast(pa.timestamp(target.unit)).cast(target)
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise SinkError(f"verify: target column {table.target_name}.{name} ({column.type}) "
+                        f"cannot be read as {target}: {exc}",
+                        "the target column's type differs from what dbmazz creates for it "
+                        "(docs/types.md); fix the column or exclude the table") from None
+
+
+def _parse_lists(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.Array:
+    """``[1,2,null]`` (StarRocks ARRAY text) → list values, per distinct text."""
+    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = pc.dictionary_encode(combined)
+    element = target.value_type
+    texts = encoded.dictionary.to_pylist()
+    if pa.types.is_temporal(element):
+        # Dates and datetimes hold no commas; quoted or not, split them as they come.
+        parsed = [None if t is None else _split_items(t) for t in texts]
+    else:
+        parsed = [None if t is None else
+                  [None if e is None else str(e) for e in json.loads(t)] for t in texts]
+    values = pa.array(parsed, pa.list_(pa.string()))
+    if pa.types.is_timestamp(element) and element.tz:
+        # DATETIME items hold UTC: read them as naive, then as UTC.
+        values = values.cast(pa.list_(pa.timestamp(element.unit)))
+    return pc.take(values.cast(target), encoded.indices)
+
+
+def _split_items(text: str) -> list[str | None]:
+    inner = text.strip()[1:-1].strip()
+    if not inner:
+        return []
+    items = [item.strip().strip('"') for item in inner.split(",")]
+    return [None if item.lower() == "null" else item for item in items]
+
+
+def _unhex(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Lowercase hex text (a StarRocks key column holding bytea) → bytes, vectorized."""
+    import polars as pl
+
+    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pl.Series(values=combined).str.decode("hex").to_arrow().cast(pa.binary())
+
+
+def _select_list(table: TableSchema, quote: Any) -> str:
+    return ", ".join(quote(c) for c in [*table.column_names, VERSION, DELETED])
+
+
+class DuckDBTarget:
+    """Reads through a DuckDB connection (the engine's, or a read-only one of the file)."""
+
+    name = "duckdb"
+    json_text = True
+
+    def __init__(self, connection: Any, *, owned: bool) -> None:
+        self._conn = connection
+        self._owned = owned
+
+    @classmethod
+    def open(cls, path: str) -> DuckDBTarget:
+        import duckdb
+
+        try:
+            return cls(duckdb.connect(path, read_only=True), owned=True)
+        except duckdb.Error as exc:
+            raise SinkError(
+                f"verify cannot open DuckDB database {path}: {exc}",
+                "a running engine holds the file: run `dbmazz verify` with GRPC_HOST/"
+                "GRPC_PORT pointing at it, so the engine verifies through its own connection",
+            ) from None
+
+    def scan(self, table: TableSchema) -> Iterator[pa.Table]:
+        import duckdb
+
+        target = f"{_quote(table.namespace)}.{_quote(table.target_name)}"
+        try:
+            reader = self._conn.sql(
+                f"SELECT {_select_list(table, _quote)} FROM {target}"
+            ).to_arrow_reader(BATCH_ROWS)
+            for batch in reader:
+                yield coerce(pa.Table.from_batches([batch]), table)
+        except duckdb.CatalogException as exc:
+            raise SinkError(f"verify: DuckDB table {target} cannot be read: {exc}",
+                            "run `dbmazz setup` (or check TABLE_MAP)") from None
+
+    def close(self) -> None:
+        if self._owned:
+            self._conn.close()
+
+
+class StarRocksTarget:
+    """Reads over the FE's MySQL port; every value arrives as text and is cast by Arrow."""
+
+    name = "starrocks"
+    json_text = False
+
+    def __init__(self, host: str, port: int, user: str, password: str, database: str,
+                 *, read_timeout_s: float = 600.0) -> None:
+        import pymysql
+
+        self.database = database
+        try:
+            self._conn = pymysql.connect(
+                host=host, port=port, user=user, password=password, autocommit=True,
+                charset="utf8mb4", read_timeout=max(1, int(read_timeout_s)),
+                # Encoders only, no decoders: every value arrives as the server's text.
+                conv=dict(pymysql.converters.encoders),
+                cursorclass=pymysql.cursors.SSCursor, connect_timeout=10,
+            )
+        except pymysql.err.OperationalError as exc:
+            raise SinkError(f"verify cannot connect to the StarRocks FE {host}:{port}: {exc}",
+                            "check STARROCKS_URL / STARROCKS_MYSQL_PORT and the user") from None
+
+    def scan(self, table: TableSchema) -> Iterator[pa.Table]:
+        import pymysql
+
+        names = [*table.column_names, VERSION, DELETED]
+        sql = (f"SELECT {_select_list(table, _bquote)} FROM {_bquote(self.database)}."
+               f"{_bquote(table.target_name)}")
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(sql)
+                while True:
+                    rows = cur.fetchmany(BATCH_ROWS)
+                    if not rows:
+                        break
+                    columns = list(zip(*rows, strict=True))
+                    arrays = [_text_array(values) for values in columns]
+                    yield coerce(pa.table(arrays, names=names), table)
+        except pymysql.err.Error as exc:
+            raise SinkError(f"verify: reading StarRocks table {self.database}."
+                            f"{table.target_name} failed: {exc}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _text_array(values: tuple[Any, ...]) -> pa.Array:
+    """The driver's raw values: str (text columns) or bytes (binary columns; the driver
+    returns bytes exactly for columns of the binary charset)."""
+    first = next((v for v in values if v is not None), None)
+    return pa.array(values, pa.binary() if isinstance(first, bytes) else pa.string())
