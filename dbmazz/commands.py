@@ -163,7 +163,7 @@ def _capture_slot(dsn: str, slot: str, *, create: bool) -> None:
 def cmd_setup(args: argparse.Namespace) -> int:
     """Prepare both ends (or with --check only verify them); exit 1 when not ready."""
     from dbmazz.engine.build import make_sink, target_tables
-    from dbmazz.engine.setup.postgres import setup_source
+    from dbmazz.source.setup import setup_source
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
@@ -194,8 +194,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def _setup_check(config: Config) -> int:
     """Check both ends, change nothing (no slot, no publication, no target file or table),
     and report every problem found, not only the first."""
-    from dbmazz.engine.setup.check import check_target
-    from dbmazz.engine.setup.postgres import setup_source
+    from dbmazz.engine.check import check_target
+    from dbmazz.source.setup import setup_source
 
     problems: list[str] = []
     try:

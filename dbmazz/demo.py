@@ -209,6 +209,11 @@ def run_demo(duration_s: float | None = None, sink: str | None = None, rate: flo
 
     console = Console()
     sink = sink or os.environ.get("DEMO_SINK", "duckdb")
+    if sink == "starrocks":
+        # Before the PostgreSQL cluster starts: the emulator is an optional extra.
+        from dbmazz.testing.starrocks.requirements import require_emulator
+
+        require_emulator()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -30,6 +30,8 @@ class ScriptedSource:
         self.confirmed = 0
         self.keepalives = 0
         self.server_wal_end = 0
+        self.reads_socket = False
+        self.exhausted = False
 
     def read_chunk(self, max_bytes: int = 0, timeout_s: float = 0.1) -> WalChunk | None:
         try:

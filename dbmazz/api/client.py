@@ -26,6 +26,8 @@ from dbmazz.pipeline.batch import TableSchema
 if TYPE_CHECKING:
     import polars as pl
 
+    from dbmazz.config import Config
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 R = TypeVar("R")
 
@@ -253,3 +255,35 @@ def connect(
         assert settings is not None
         token = settings.token
     return Client(address, token=token, ca_cert=ca_cert, timeout_s=timeout_s)
+
+
+# --- the engine of a configuration (dbmazz snapshot / verify ask it first) ------------------
+def engine_address(config: Config, override: str | None = None) -> str:
+    """Where a local client reaches the engine CONFIG describes (GRPC_HOST/GRPC_PORT), or
+    ``override`` (a command's ``--address``)."""
+    from dbmazz.config import reachable_address
+
+    return override or reachable_address(config.grpc_host, config.grpc_port)
+
+
+def running_engine(config: Config, address: str | None = None) -> Client | None:
+    """A client of the engine that streams SLOT_NAME, if its control plane answers (at
+    ``address`` when given, else where CONFIG's engine serves)."""
+    if not config.grpc_port and address is None:
+        return None
+    token = config.grpc_token.get_secret_value() if config.grpc_token else None
+    client = Client(engine_address(config, address), token=token,
+                    ca_cert=config.grpc_tls_cert, timeout_s=5.0)
+    try:
+        client.health()  # open to everyone: tells "nobody there" from "wrong token"
+        status = client.status()
+    except EngineUnreachable:
+        client.close()
+        return None
+    except BaseException:
+        client.close()
+        raise
+    if status.slot != config.slot_name:  # another pipeline's engine: not ours to ask
+        client.close()
+        return None
+    return client

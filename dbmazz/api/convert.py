@@ -10,6 +10,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from dbmazz.api._proto import dbmazz_pb2 as pb
+from dbmazz.contract import LSN_COLUMN, METADATA_PREFIX, OP_COLUMN
 from dbmazz.engine.core import RecentBatch, RunState, Stage
 from dbmazz.engine.metrics import (
     MetricsSample,
@@ -17,9 +18,9 @@ from dbmazz.engine.metrics import (
     snapshot_eta_s,
     snapshot_rows_per_s,
 )
-from dbmazz.engine.snapshot_load import SnapshotProgress, TableProgress
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
+from dbmazz.snapshot.progress import SnapshotProgress, TableProgress
 
 if TYPE_CHECKING:
     from dbmazz.verify.report import VerifyReport
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 # Typed Any: the generated stubs type enum fields as their wrapper classes, not int.
 _STAGES: dict[Stage, Any] = {stage: pb.Stage.Value(f"STAGE_{stage.value}") for stage in Stage}
 _STATES: dict[RunState, Any] = {s: pb.State.Value(f"STATE_{s.value}") for s in RunState}
-_OP, _LSN = "__dbmazz_op", "__dbmazz_lsn"
 
 
 def stage_pb(stage: Stage) -> Any:
@@ -184,11 +184,11 @@ def batch_info(recent: RecentBatch) -> pb.BatchInfo:
         key_columns=list(recent.table.key_columns),
     )
     names = set(batch.column_names)
-    if batch.num_rows and _LSN in names:
-        info.first_lsn = int(pc.min(batch.column(_LSN)).as_py())
-        info.last_lsn = int(pc.max(batch.column(_LSN)).as_py())
-    if batch.num_rows and _OP in names:
-        counts = pc.value_counts(batch.column(_OP)).to_pylist()
+    if batch.num_rows and LSN_COLUMN in names:
+        info.first_lsn = int(pc.min(batch.column(LSN_COLUMN)).as_py())
+        info.last_lsn = int(pc.max(batch.column(LSN_COLUMN)).as_py())
+    if batch.num_rows and OP_COLUMN in names:
+        counts = pc.value_counts(batch.column(OP_COLUMN)).to_pylist()
         by_op = {int(c["values"]): int(c["counts"]) for c in counts}
         info.inserts, info.updates, info.deletes = (by_op.get(i, 0) for i in range(3))
     return info
@@ -219,7 +219,7 @@ def table_schema_from(name: str, schema: pa.Schema, keys: list[str]) -> TableSch
     columns = tuple(
         ColumnSpec(name=f.name, arrow_type=f.type, pg_type_oid=0, pg_type_modifier=-1)
         for f in schema
-        if not f.name.startswith("__dbmazz_")
+        if not f.name.startswith(METADATA_PREFIX)
     )
     return TableSchema(namespace=namespace or "public", name=table, columns=columns,
                        key_columns=tuple(keys), target_name=table)

@@ -26,8 +26,8 @@ from prometheus_client.registry import Collector
 from dbmazz.engine.core import RunState, Stage
 from dbmazz.engine.metrics import SnapshotTotals, StatusSnapshot
 from dbmazz.engine.service import EngineService
-from dbmazz.engine.snapshot_load import SnapshotProgress
 from dbmazz.errors import ConfigError
+from dbmazz.snapshot.progress import SnapshotProgress
 
 log = logging.getLogger(__name__)
 

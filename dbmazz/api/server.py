@@ -27,7 +27,7 @@ from dbmazz.engine.service import EngineService, InvalidRequestError, ServiceSta
 from dbmazz.errors import ConfigError, DbmazzError
 
 if TYPE_CHECKING:
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -69,8 +69,12 @@ class FlushApplier:
         stop_event: threading.Event | None = None,
         on_decoded: DecodedHook | None = None,
         audit: AuditLog | None = None,
+        rows: RowReader | None = None,
     ) -> None:
+        """``sink``: what flushes are written through; ``rows``: the target's row reader,
+        when it has one (the sink itself may be a wrapper without that capability)."""
         self.sink = sink
+        self.rows = rows
         #: Journal of sink acknowledgements (DBMAZZ_AUDIT_LOG), or None.
         self.audit = audit
         self.schemas = schemas
@@ -101,11 +105,7 @@ class FlushApplier:
 
     # ------------------------------------------------------------------ per table
     def _apply_table(self, steps: list[Step], flush: Flush) -> None:
-        split = (
-            SplitPart(commit_lsn=flush.split[0], index=flush.split[1], last=flush.split[2])
-            if flush.split
-            else None
-        )
+        split = flush.split
         loads = sum(1 for s in steps if not isinstance(s, SchemaStep))
         for index, step in enumerate(steps):
             # Batches of one table in one flush can share an LSN range (rows, truncate, rows):
@@ -119,14 +119,14 @@ class FlushApplier:
                 batch = TableBatch(table=table, truncate=True, split=split,
                                    first_lsn=step.lsn, last_lsn=step.lsn, batch_id=batch_id)
                 self._retrying(table.source_name, partial(self.sink.write, batch))
-                self._audit(table, [step.lsn], flush.split)
+                self._audit(table, [step.lsn], split)
                 self.stats.table(table.source_name).truncates += 1
             else:
                 self._apply_rows(step, split, batch_id)
                 if self.audit is not None:
                     lsns = (np.unique(np.concatenate([s.commit_lsns for s in step.slabs]))
-                            if step.slabs else [flush.split[0]] if flush.split else [])
-                    self._audit(self._table(step.relation), lsns, flush.split)
+                            if step.slabs else [split.commit_lsn] if split else [])
+                    self._audit(self._table(step.relation), lsns, split)
 
     def _apply_rows(self, step: RowsStep, split: SplitPart | None, batch_id: str) -> None:
         table = self._table(step.relation)
@@ -137,25 +137,12 @@ class FlushApplier:
                                batch_id=batch_id)
             self._retrying(table.source_name, partial(self.sink.write, empty))
             return
-        decoded = [
-            decode_changes(
-                step.relation,
-                table.key_columns,
-                slab.data,
-                slab.starts,
-                slab.commit_lsns,
-                types=self.schemas.types,
-            )
-            # One call for the whole step: the decoder's cost per call is fixed.
-            for slab in (join_slabs(step.slabs),)
-        ]
-        changes = pa.Table.from_batches(decoded)
-        if len(decoded) > 1:
-            # Each slab numbers its changes from 0; the merge needs one order across slabs.
-            position = changes.schema.get_field_index("__dbmazz_seq")
-            changes = changes.set_column(
-                position, "__dbmazz_seq", pa.array(np.arange(changes.num_rows, dtype=np.uint32))
-            )
+        # One call for the whole step (slabs joined): the decoder's cost per call is fixed,
+        # and its __dbmazz_seq numbers the changes of all slabs in one order.
+        slab = join_slabs(step.slabs)
+        decoded = decode_changes(step.relation, table.key_columns, slab.data, slab.starts,
+                                 slab.commit_lsns, types=self.schemas.types)
+        changes = pa.Table.from_batches([decoded])
         if self._on_decoded is not None:
             self._on_decoded(table, changes)
         batch = merge_changes(changes, table)
@@ -175,7 +162,8 @@ class FlushApplier:
     def _carry(self, batch: TableBatch) -> TableBatch:
         """Fill the absent columns of moved rows from the target (pipeline/carry.py)."""
         table = batch.table
-        if not isinstance(self.sink, RowReader):
+        reader = self.rows
+        if reader is None:
             raise SinkError(
                 f"{table.source_name}: a primary-key change arrived without its unchanged "
                 f"TOAST value(s) ({', '.join(carry_columns(batch))}) and the {self.sink.name} "
@@ -184,7 +172,6 @@ class FlushApplier:
                 "REPLICA_IDENTITY=full), then resnapshot the table",
                 table=table.source_name,
             )
-        reader = self.sink
         keys = carry_keys(batch)
         assert keys is not None
         columns = carry_columns(batch)
@@ -195,8 +182,7 @@ class FlushApplier:
         assert isinstance(current, pa.Table)
         return resolve_carries(batch, current)
 
-    def _audit(self, table: TableSchema, lsns: Iterable[int],
-               split: tuple[int, int, bool] | None) -> None:
+    def _audit(self, table: TableSchema, lsns: Iterable[int], split: SplitPart | None) -> None:
         if self.audit is not None:
             self.audit.ack(table.source_name, lsns, split)
 

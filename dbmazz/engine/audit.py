@@ -26,6 +26,10 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dbmazz.pipeline.batch import SplitPart
 
 ENV = "DBMAZZ_AUDIT_LOG"
 
@@ -40,9 +44,9 @@ class AuditLog:
         self._write({"k": "start"}, lead="\n")
 
     def ack(self, table: str, lsns: Iterable[int],
-            split: tuple[int, int, bool] | None = None) -> None:
+            split: SplitPart | None = None) -> None:
         self._write({"k": "ack", "table": table, "lsns": sorted({int(x) for x in lsns}),
-                     "split": list(split) if split else None})
+                     "split": [split.commit_lsn, split.index, split.last] if split else None})
 
     def confirm(self, lsn: int) -> None:
         self._write({"k": "confirm", "lsn": int(lsn)})

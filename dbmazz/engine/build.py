@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,15 +14,17 @@ from dbmazz.config import Config
 from dbmazz.engine.core import ChunkSource, Engine, Settings
 from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
-from dbmazz.sink.base import RowReader, Sink, TargetChecked
-from dbmazz.source.catalog import describe_relations
-from dbmazz.source.chunk import WalChunk
+from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
+from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink, TargetChecked
+from dbmazz.source.catalog import describe_relations, split_table_name
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.pgoutput import Relation
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
 
 if TYPE_CHECKING:
-    from dbmazz.engine.setup.postgres import SourceSetup
+    from dbmazz.snapshot.sink import SnapshotAwareSink
+    from dbmazz.snapshot.stage import Snapshots
+    from dbmazz.source.setup import SourceSetup
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +56,12 @@ def settings_from(config: Config, **overrides: object) -> Settings:
     return settings
 
 
-class CaptureSource:
-    """A capture file as a :class:`ChunkSource`: replays its chunks, then is exhausted."""
-
-    def __init__(self, chunks: Iterator[WalChunk]) -> None:
-        self._chunks = chunks
-        self.exhausted = False
-
-    def read_chunk(self, max_bytes: int = 0, timeout_s: float = 0.0) -> WalChunk | None:
-        if self.exhausted:
-            return None
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            self.exhausted = True
-        return chunk
-
-    def confirm(self, lsn: int) -> None:
-        pass
-
-    def keepalive(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None,
                         primary_keys: Mapping[str, tuple[str, ...]] | None = None) -> Engine:
     """``primary_keys`` (``--primary-keys``) win over the capture's recorded keys; tables
     known to neither are looked up in SOURCE_URL's catalog when it is set."""
     from dbmazz.engine.replay_keys import replay_key_resolver
-    from dbmazz.source.capture import capture_metadata, iter_capture
+    from dbmazz.source.capture import CaptureSource, capture_metadata, iter_capture
 
     metadata = capture_metadata(path)
     resolver = replay_key_resolver(
@@ -100,9 +77,13 @@ def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None =
     )
 
 
-def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
-    """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``."""
-    from dbmazz.engine.setup.postgres import setup_source
+def build_live_engine(config: Config, *, sink: Sink | None = None,
+                      snapshot_hold_after: int | None = None) -> Engine:
+    """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``.
+
+    ``snapshot_hold_after`` is a test hook: the initial snapshot holds after that many
+    chunks (see :class:`~dbmazz.snapshot.load.ChunkLoader`)."""
+    from dbmazz.source.setup import setup_source
 
     dsn = config.source_dsn
     if not config.tables:
@@ -118,7 +99,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
         export_snapshot=config.snapshot != "never",
     )
     try:
-        return _build_live(config, source, sink)
+        return _build_live(config, source, sink, snapshot_hold_after)
     except BaseException:
         if source.slot_creation is not None:
             source.slot_creation.close()
@@ -128,34 +109,33 @@ def build_live_engine(config: Config, *, sink: Sink | None = None) -> Engine:
 def _check_target_reachable(config: Config, sink: Sink | None) -> None:
     """Log in to StarRocks before the source is touched: a wrong password or an unreachable
     FE then fails setup with nothing created on either side."""
-    catalog = getattr(sink, "catalog", None)
-    if catalog is not None:
-        catalog.version()
+    if isinstance(sink, ReachabilityCheck):
+        sink.check_reachable()
     elif sink is None and config.sink == "starrocks":
-        from dbmazz.engine.setup.starrocks import check_connection
+        from dbmazz.sink.starrocks.setup import check_connection
 
         check_connection(config=config)
 
 
-def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engine:
-    from dbmazz.engine.setup.postgres import primary_keys
-    from dbmazz.engine.snapshot import attach_snapshots, replicated_extra_tables
-    from dbmazz.engine.snapshot_sink import SnapshotAwareSink
+def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
+                hold_after_chunks: int | None) -> Engine:
+    from dbmazz.snapshot.sink import SnapshotAwareSink
+    from dbmazz.snapshot.stage import replicated_extra_tables
     from dbmazz.source.replication import ReplicationStream
+    from dbmazz.source.setup import primary_keys
 
     dsn = config.source_dsn
     # Tables an on-demand snapshot added stay replicated across restarts.
     extra = replicated_extra_tables(dsn, config.slot_name, source.tables)
+    keys = TableKeys(source.primary_keys)  # on-demand snapshots add to them while streaming
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with SourceDatabase(dsn).connect("setup") as conn:
             if extra:
-                source.primary_keys.update(primary_keys(conn, extra, strict=False))
+                keys.add(primary_keys(conn, extra, strict=False))
             relations = describe_relations(conn, [*source.tables, *extra])
     except psycopg.OperationalError as exc:
-        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
-    keys = source.primary_keys  # on-demand snapshots add to it while streaming
-    schemas = SchemaCache(keys_from_map(keys), config.table_map,
-                          accept=lambda relation: relation.qualified_name in keys)
+        raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
+    schemas = SchemaCache(keys.resolve, config.table_map, accept=keys.replicated)
     tables = []
     for relation in relations.values():
         schemas.on_relation(relation)
@@ -163,7 +143,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
     _check_target_names(tables)
     inner = sink or make_sink(config)
     target = SnapshotAwareSink(inner)
-    _check_key_changes_supported(target, list(relations.values()), tables)
+    _check_key_changes_supported(inner, list(relations.values()), tables)
     if config.setup == "auto":
         target.setup(tables)
     elif isinstance(inner, TargetChecked):
@@ -180,25 +160,64 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None) -> Engin
         return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
                                       socket_reader=socket_reader)
 
+    snapshots = _snapshots(config, mode=config.snapshot, sink=target, schemas=schemas,
+                           keys=keys, tables=tables, source=source, checkpoint=checkpoint,
+                           hold_after_chunks=hold_after_chunks)
+    heartbeat = None
+    if config.heartbeat_interval_s > 0:
+        from dbmazz.source.heartbeat import Heartbeat
+
+        heartbeat = Heartbeat(dsn)
     log.info("streaming %d table(s) from slot %s into %s", len(tables), slot, target.name)
-    engine = Engine(
+    return Engine(
         source_factory=open_stream,
-        sink=target,
+        sink=inner,
+        writer=target,
         schemas=schemas,
         checkpoints=checkpoints,
         settings=settings_from(config),
         start_lsn=start,
+        heartbeat=heartbeat,
+        snapshots=snapshots,
     )
-    if config.heartbeat_interval_s > 0:
-        from dbmazz.source.heartbeat import Heartbeat
 
-        engine.heartbeat = Heartbeat(dsn)
-    attach_snapshots(engine, dsn=dsn, slot=slot, publication=publication,
-                     replica_identity=config.replica_identity, mode=config.snapshot,
-                     workers=config.snapshot_workers, sink=target, schemas=schemas,
-                     keys=source.primary_keys, tables=tables, source=source,
-                     checkpoint=checkpoint)
-    return engine
+
+def build_standalone_snapshots(config: Config, tables: Sequence[str]) -> Snapshots:
+    """The snapshot side without an engine, for on-demand snapshots of ``tables`` while
+    dbmazz is stopped (``dbmazz snapshot --table``). The caller closes
+    ``snapshots.context`` (sink and progress store) when done."""
+    from dbmazz.snapshot.sink import SnapshotAwareSink
+    from dbmazz.source.setup import primary_keys
+
+    others = [name for name in (".".join(split_table_name(t)) for t in config.tables)
+              if name not in tables]
+    try:
+        with SourceDatabase(config.source_dsn).connect("setup") as conn:
+            keys = TableKeys(primary_keys(conn, others, strict=False))
+            relations = describe_relations(conn, others)
+    except psycopg.OperationalError as exc:
+        raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
+    schemas = SchemaCache(keys.resolve, config.table_map)
+    known = [schemas.build(rel) for name, rel in relations.items() if keys.get(name)]
+    return _snapshots(config, mode="never", sink=SnapshotAwareSink(make_sink(config)),
+                      schemas=schemas, keys=keys, tables=known, source=None, checkpoint=None)
+
+
+def _snapshots(config: Config, *, mode: str, sink: SnapshotAwareSink, schemas: SchemaCache,
+               keys: TableKeys, tables: Sequence[TableSchema], source: SourceSetup | None,
+               checkpoint: int | None, hold_after_chunks: int | None = None) -> Snapshots:
+    from dbmazz.snapshot.context import SnapshotContext
+    from dbmazz.snapshot.progress import SnapshotProgressStore
+    from dbmazz.snapshot.stage import Snapshots
+
+    dsn, slot = config.source_dsn, config.slot_name
+    context = SnapshotContext(dsn=dsn, slot=slot, publication=config.publication_name,
+                              replica_identity=config.replica_identity, sink=sink,
+                              schemas=schemas, keys=keys, store=SnapshotProgressStore(dsn, slot),
+                              workers=config.snapshot_workers,
+                              hold_after_chunks=hold_after_chunks)
+    return Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
+                     source=source, checkpoint=checkpoint)
 
 
 def _check_key_changes_supported(sink: Sink, relations: list[Relation],
@@ -245,10 +264,10 @@ def _check_target_names(tables: list[TableSchema]) -> None:
 def target_tables(config: Config, source: SourceSetup) -> list[TableSchema]:
     """The target shape of every configured table, read from the source catalog."""
     try:
-        with psycopg.connect(config.source_dsn, autocommit=True) as conn:
+        with SourceDatabase(config.source_dsn).connect("setup") as conn:
             relations = describe_relations(conn, list(source.tables))
     except psycopg.OperationalError as exc:
-        raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
+        raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)
     tables = [schemas.build(relation) for relation in relations.values()]
     _check_target_names(tables)

@@ -34,15 +34,14 @@ from dbmazz.memory import tune_allocators
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
-from dbmazz.sink.base import Sink
-from dbmazz.source.chunk import WalChunk
-from dbmazz.source.replication import concat_chunks
+from dbmazz.sink.base import RowReader, Sink
+from dbmazz.source.chunk import WalChunk, concat_chunks
 from dbmazz.state.checkpoint import CheckpointStore
 
 if TYPE_CHECKING:
-    from dbmazz.engine.snapshot import Snapshots
-    from dbmazz.engine.snapshot_load import SnapshotProgress
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.progress import SnapshotProgress
+    from dbmazz.snapshot.stage import Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +73,18 @@ class _RestartStream(Exception):
 class ChunkSource(Protocol):
     """What the engine reads from: a live replication stream or a capture file."""
 
+    @property
+    def reads_socket(self) -> bool:
+        """The source gathers reads in the kernel already (no extra reads to gather)."""
+
+    @property
+    def exhausted(self) -> bool:
+        """No more chunks will come (the end of a capture file; never for a live stream)."""
+
+    @property
+    def server_wal_end(self) -> int:
+        """The latest WAL end the server reported (0 when the source does not say)."""
+
     def read_chunk(self, max_bytes: int = ..., timeout_s: float = ...) -> WalChunk | None: ...
 
     def confirm(self, lsn: int) -> None: ...
@@ -84,6 +95,14 @@ class ChunkSource(Protocol):
 
 
 SourceFactory = Callable[[int], ChunkSource]
+
+
+class HeartbeatWriter(Protocol):
+    """Writes a heartbeat into the source's WAL (:class:`dbmazz.source.heartbeat.Heartbeat`)."""
+
+    def __call__(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -157,10 +176,21 @@ class Engine:
         checkpoints: CheckpointStore,
         settings: Settings | None = None,
         start_lsn: int = 0,
+        writer: Sink | None = None,
+        heartbeat: HeartbeatWriter | None = None,
+        snapshots: Snapshots | None = None,
     ) -> None:
+        """``sink`` is the target (what ``engine.sink`` gives users); ``writer`` what the
+        applier writes through (default: ``sink``; live engines: a
+        :class:`~dbmazz.snapshot.sink.SnapshotAwareSink` around it).
+        ``heartbeat`` writes heartbeats into the source's WAL, ``snapshots`` takes the
+        initial and on-demand snapshots (live engines, see :mod:`dbmazz.engine.build`)."""
         tune_allocators()  # once per process: allocators give freed memory back
         self.settings = settings or Settings()
         self.sink = sink
+        #: What the applier writes through: writes beside the engine's (repairs) go here too,
+        #: so they are serialized per table with CDC and snapshot writes.
+        self.writer = writer if writer is not None else sink
         self.schemas = schemas
         self.checkpoints = checkpoints
         self.progress = Progress()
@@ -195,28 +225,38 @@ class Engine:
         self._server_wal_end = 0
         #: Journal of acks and confirmations when DBMAZZ_AUDIT_LOG is set (engine.audit).
         self.audit = audit_from_env()
-        #: Writes a heartbeat into the source's WAL (live engines; set by engine.build).
-        self.heartbeat: Callable[[], None] | None = None
+        self.heartbeat = heartbeat
         self.applier = FlushApplier(
-            sink,
+            self.writer,
             schemas,
             max_workers=self.settings.load_workers,
             stop_event=self._stop,
             on_decoded=self._remember_batch,
             audit=self.audit,
+            rows=sink if isinstance(sink, RowReader) else None,
         )
         self._done = threading.Event()
-        #: Initial and on-demand snapshots (live engines; set by engine.build).
-        self.snapshots: Snapshots | None = None
+        self._started = False
+        self.snapshots = snapshots
 
     # ------------------------------------------------------------------ control
+    @property
+    def started(self) -> bool:
+        """:meth:`start` was called (the threads run or ran)."""
+        return self._started
+
+    def enter(self, stage: Stage, state: RunState = RunState.RUNNING) -> None:
+        """Move the stage machine before :meth:`start` (the service's snapshot hook)."""
+        self.progress.stage = stage
+        self.progress.state = state
+
     def start(self) -> None:
         """Start the reader and applier threads (returns at once). With an initial
         snapshot to take, a snapshot thread takes it first and then starts them."""
+        self._started = True
         snapshots = self.snapshots
         if snapshots is not None and snapshots.wants_initial:
-            self.progress.stage = Stage.SNAPSHOT
-            self.progress.state = RunState.RUNNING
+            self.enter(Stage.SNAPSHOT)
             thread = threading.Thread(target=self._guard(self._snapshot_then_stream),
                                       name="dbmazz-snapshot", daemon=True)
             thread.start()
@@ -242,8 +282,7 @@ class Engine:
         snapshots.resume_on_demand(self, lambda: self._stop.is_set())
 
     def _start_stream(self) -> None:
-        self.progress.stage = Stage.CDC
-        self.progress.state = RunState.RUNNING
+        self.enter(Stage.CDC)
         threads = [("dbmazz-reader", self._reader), ("dbmazz-applier", self._applier)]
         if self.heartbeat is not None and self.settings.heartbeat_interval_s > 0:
             threads.append(("dbmazz-heartbeat", self._heartbeats))
@@ -341,9 +380,7 @@ class Engine:
         return self.table_schemas().get(table)
 
     def table_schemas(self) -> dict[str, TableSchema]:
-        # SchemaCache has no public iterator; its table map is read-only here.
-        cached: dict[int, TableSchema] = getattr(self.schemas, "_tables", {})
-        known = {t.source_name: t for t in list(cached.values())}
+        known = {t.source_name: t for t in self.schemas.tables()}
         known.update(self._table_schemas)
         return known
 
@@ -378,8 +415,7 @@ class Engine:
         """The latest WAL end the server reported (0 when the source does not say)."""
         source = self._source
         if source is not None:
-            self._server_wal_end = max(self._server_wal_end,
-                                       int(getattr(source, "server_wal_end", 0) or 0))
+            self._server_wal_end = max(self._server_wal_end, source.server_wal_end)
         return self._server_wal_end
 
     @property
@@ -500,7 +536,7 @@ class Engine:
                         self._note_received(int(chunk.lsns.max()))
                     for flush in batcher.add(chunk):
                         self._enqueue(flush)
-                elif getattr(source, "exhausted", False) and self.settings.stop_when_exhausted:
+                elif source.exhausted and self.settings.stop_when_exhausted:
                     self.drain()
                     continue
                 for flush in batcher.poll():
@@ -520,7 +556,7 @@ class Engine:
         extra read waits at most ``gather_wait_s``), so latency does not grow.
         """
         limit = self.settings.gather_bytes
-        if chunk.nbytes >= limit or getattr(source, "reads_socket", False):
+        if chunk.nbytes >= limit or source.reads_socket:
             # A socket reader gathers in the kernel already (a low-water mark): asking it
             # again at once would only split off a few more kilobytes per call.
             return chunk
@@ -646,9 +682,7 @@ class Engine:
                 except DbmazzError as exc:  # the reader reports and handles outages
                     log.warning("heartbeat failed: %s", exc.message)
         finally:
-            close = getattr(beat, "close", None)
-            if close is not None:
-                close()
+            beat.close()
 
     def _remember_batch(self, table: TableSchema, batch: pa.Table) -> None:
         self._in_flight_batches[table.source_name] = batch

@@ -15,7 +15,7 @@ import psutil
 
 from dbmazz.engine.core import RunState, Stage
 from dbmazz.engine.slot_health import SlotHealth
-from dbmazz.engine.snapshot_load import SnapshotProgress
+from dbmazz.snapshot.progress import SnapshotProgress
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,8 @@ def replay_key_resolver(keys: Mapping[str, tuple[str, ...]], dsn: str | None) ->
 
 
 def _catalog_keys(dsn: str, table: str) -> tuple[str, ...]:
-    import psycopg
+    from dbmazz.source.database import SourceDatabase
+    from dbmazz.source.setup import primary_keys
 
-    from dbmazz.engine.setup.postgres import primary_keys
-    from dbmazz.source.replication import connect_error
-
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10,
-                             application_name="dbmazz-replay") as conn:
-            return primary_keys(conn, [table], strict=False).get(table, ())
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), "the SOURCE_URL database") from None
+    with SourceDatabase(dsn).connect("replay") as conn:
+        return primary_keys(conn, [table], strict=False).get(table, ())

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING
 from dbmazz._version import __version__
 from dbmazz.config import Config
 from dbmazz.engine.core import LIVE_SETTINGS, Engine, RunState, Stage
-from dbmazz.engine.load_health import LoadFailure, LoadHealth
 from dbmazz.engine.metrics import ErrorSnapshot, StatusSnapshot, TableSnapshot
-from dbmazz.engine.snapshot_sink import SnapshotAwareSink
 from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.sink.base import Interruptible, Sink
+from dbmazz.sink.load_health import LoadFailure, LoadHealth
+from dbmazz.snapshot.sink import SnapshotAwareSink
 
 if TYPE_CHECKING:
     from dbmazz.engine.slot_health import SlotMonitor
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+    from dbmazz.snapshot.ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,9 @@ class EngineService:
         self.config = config
         self._builder = builder
         self._snapshot = snapshot
-        self._stage = Stage.INIT
-        self._state = RunState.STARTING
+        # Stage and state are the engine's (Engine.progress); before it exists the service
+        # only knows whether setup has begun.
+        self._setting_up = False
         self._error: ErrorSnapshot | None = None
         self._exception: BaseException | None = None
         self._engine: Engine | None = None
@@ -138,7 +139,8 @@ class EngineService:
 
     def _run(self) -> None:
         try:
-            self._set(stage=Stage.SETUP)
+            self._setting_up = True
+            self._notify()
             engine = self._builder()
             with self._lock:
                 self._engine = engine
@@ -148,15 +150,15 @@ class EngineService:
                 if engine.progress.state != RunState.STARTING:
                     engine.stop()
                     engine.wait()
-                self._set(state=RunState.STOPPED)
                 return
             if self._snapshot is not None:
-                self._set(stage=Stage.SNAPSHOT, state=RunState.RUNNING)
+                engine.enter(Stage.SNAPSHOT)
+                self._notify()
                 self._snapshot(self, engine)
             self._start_slot_monitor()  # the slot exists once setup is done
-            if engine.progress.state == RunState.STARTING:
+            if not engine.started:
                 engine.start()
-            self._set(stage=Stage.CDC)
+            self._notify()
             engine.wait()
         except BaseException as exc:  # noqa: BLE001 - reported through status and health
             self._fail(exc)
@@ -171,10 +173,9 @@ class EngineService:
         with self._lock:
             self._error = error
             self._exception = exc
-            self._state = RunState.FAILED
-        if self._stage != Stage.CDC:
+        if self.stage != Stage.CDC:
             # The engine logs its own fatal errors; setup/snapshot errors are ours to log.
-            log.error("%s failed: %s", self._stage.value.lower(), error.text,
+            log.error("%s failed: %s", self.stage.value.lower(), error.text,
                       exc_info=not isinstance(exc, DbmazzError))
         self._notify()
 
@@ -279,9 +280,8 @@ class EngineService:
         """Stop the engine and wake the sink's retry back-offs, so a stop while loads fail
         takes seconds, not the rest of a retry schedule."""
         engine.stop()
-        inner = engine.sink.inner if isinstance(engine.sink, SnapshotAwareSink) else engine.sink
-        if isinstance(inner, Interruptible):
-            inner.cancel()
+        if isinstance(engine.sink, Interruptible):  # the target itself (engine.sink)
+            engine.sink.cancel()
 
     def reload(self, **settings: int) -> list[str]:
         """Apply flush settings to the running pipeline; return the names that changed."""
@@ -325,7 +325,7 @@ class EngineService:
 
     @staticmethod
     def _check_tables(engine: Engine, names: list[str]) -> None:
-        from dbmazz.engine.setup.postgres import primary_keys
+        from dbmazz.source.setup import primary_keys
 
         assert engine.snapshots is not None
         with engine.snapshots.context.connect() as conn:
@@ -381,20 +381,18 @@ class EngineService:
     @property
     def stage(self) -> Stage:
         engine = self._engine
-        if engine is not None and self._stage == Stage.CDC:
+        if engine is not None and engine.progress.stage != Stage.INIT:
             return engine.progress.stage
-        return self._stage
+        return Stage.SETUP if self._setting_up else Stage.INIT
 
     @property
     def state(self) -> RunState:
         if self._error is not None:
             return RunState.FAILED
         engine = self._engine
-        if engine is not None and self._stage == Stage.CDC:
+        if engine is not None and engine.progress.state != RunState.STARTING:
             return engine.progress.state
-        if self._ended.is_set():
-            return RunState.STOPPED
-        return self._state
+        return RunState.STOPPED if self._ended.is_set() else RunState.STARTING
 
     @property
     def serving(self) -> bool:
@@ -410,8 +408,10 @@ class EngineService:
 
     def _load_health(self) -> LoadHealth | None:
         engine = self._engine
-        if engine is not None and isinstance(engine.sink, SnapshotAwareSink):
-            return engine.sink.health
+        # Every load (CDC and snapshot) passes the engine's locked writer, which observes
+        # their outcomes; a replay engine writes to its target directly (no health).
+        if engine is not None and isinstance(engine.writer, SnapshotAwareSink):
+            return engine.writer.health
         return None
 
     def _load_failure(self) -> LoadFailure | None:
@@ -426,14 +426,6 @@ class EngineService:
         """Call ``listener()`` after every state change (health status follows it)."""
         self._listeners.append(listener)
         listener()
-
-    def _set(self, stage: Stage | None = None, state: RunState | None = None) -> None:
-        with self._lock:
-            if stage is not None:
-                self._stage = stage
-            if state is not None:
-                self._state = state
-        self._notify()
 
     def _notify(self) -> None:
         for listener in list(self._listeners):
@@ -479,7 +471,7 @@ class EngineService:
                 settings=settings,
                 slot=config.slot_name if config else "",
                 publication=config.publication_name if config else "",
-                sink=str(getattr(engine.sink, "name", "")),
+                sink=engine.sink.name,
                 version=__version__,
                 started_at=self._started_at,
                 snapshot=engine.snapshot_progress,

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import psycopg
 
+from dbmazz.errors import DbmazzError
+from dbmazz.log import human_bytes
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.slots import read_slots
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,6 @@ class SlotHealth:
 def assess(slot: str, retained: int | None, wal_status: str | None, safe: int | None,
            warn_bytes: int) -> str:
     """The warning for a sample ("" when there is nothing to warn about)."""
-    from dbmazz.ui.format import human_bytes
-
     if wal_status == "lost":
         return (f"slot {slot} was invalidated (wal_status lost): the WAL it needed is gone; "
                 "drop it, run setup again and take a new snapshot")
@@ -85,10 +86,9 @@ class SlotMonitor:
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
-                                           application_name="dbmazz-slot-health")
+                    conn = SourceDatabase(self.dsn).connect("slot-health")
                 self._latest = self.sample(conn)
-            except psycopg.Error as exc:
+            except (psycopg.Error, DbmazzError) as exc:
                 previous = self._latest
                 self._latest = SlotHealth(
                     self.slot, previous.exists if previous else False,

@@ -10,16 +10,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-#: Audit columns every target table carries (DESIGN.md §3), in this order.
-AUDIT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
-    ("dbmazz_op_type", pa.int8()),
-    ("dbmazz_is_deleted", pa.bool_()),
-    ("dbmazz_synced_at", pa.timestamp("us")),
-    ("dbmazz_cdc_version", pa.int64()),
-)
-AUDIT_NAMES: tuple[str, ...] = tuple(name for name, _ in AUDIT_COLUMNS)
-
-OP_INSERT, OP_UPDATE, OP_DELETE = 0, 1, 2
+from dbmazz.contract import AUDIT_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +96,8 @@ class UpsertGroup:
 
 @dataclass(frozen=True, slots=True)
 class SplitPart:
-    """Marks a batch that carries part of a source transaction too large for one batch."""
+    """Marks a flush or batch that carries part of a source transaction too large for one
+    batch."""
 
     commit_lsn: int
     index: int

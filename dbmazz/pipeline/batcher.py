@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dbmazz.errors import ProtocolError
-from dbmazz.pipeline.batch import SchemaDelta
+from dbmazz.pipeline.batch import SchemaDelta, SplitPart
 from dbmazz.pipeline.schema_cache import SchemaCache
 from dbmazz.source import pgoutput
 from dbmazz.source.chunk import WalChunk
@@ -102,8 +102,8 @@ class Flush:
     end_lsn: int
     rows: int
     nbytes: int
-    #: For split parts of a large transaction: (commit LSN, part index, last part?).
-    split: tuple[int, int, bool] | None = None
+    #: For split parts of a large transaction: which part of which transaction.
+    split: SplitPart | None = None
 
 
 @dataclass(slots=True)
@@ -365,7 +365,7 @@ class Batcher:
     def _cut_committed(self) -> Flush:
         pieces = self._pieces[: self._committed_pieces]
         self._pieces = self._pieces[self._committed_pieces :]
-        split = (self._split_lsn, self._split_part, True) if self._split_part else None
+        split = SplitPart(self._split_lsn, self._split_part, True) if self._split_part else None
         flush = self._build(pieces, self._committed_end_lsn, self._committed_rows,
                             self._committed_bytes, split)
         if split is not None:
@@ -387,7 +387,7 @@ class Batcher:
         if self._split_part == 0:
             self._split_lsn = self._txn_lsn
         flush = self._build(pieces, 0, self._rows, self._bytes,
-                            (self._split_lsn, self._split_part, False))
+                            SplitPart(self._split_lsn, self._split_part, False))
         self._split_oids.update(flush.steps)
         self._split_part += 1
         self._rows = self._bytes = 0
@@ -400,7 +400,7 @@ class Batcher:
         end_lsn: int,
         rows: int,
         nbytes: int,
-        split: tuple[int, int, bool] | None,
+        split: SplitPart | None,
     ) -> Flush:
         steps: dict[int, list[Step]] = {}
         shape = self._shape_at_start

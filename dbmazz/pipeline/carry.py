@@ -47,6 +47,7 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 
+from dbmazz.contract import VERSION_COLUMN
 from dbmazz.pipeline.batch import TableBatch, UpsertGroup
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ CARRY = "__dbmazz_carry"
 RANK = "__dbmazz_rank"
 LO = "__dbmazz_lo"
 HI = "__dbmazz_hi"
-VERSION = "dbmazz_cdc_version"
+VERSION = VERSION_COLUMN
 DELETED = "dbmazz_is_deleted"
 
 I64 = npt.NDArray[np.int64]

@@ -26,33 +26,28 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dbmazz.pipeline.batch import (
+from dbmazz.contract import LSN_COLUMN as LSN
+from dbmazz.contract import OP_COLUMN as OP
+from dbmazz.contract import (
     OP_DELETE,
     OP_INSERT,
     OP_UPDATE,
-    TableBatch,
-    TableSchema,
-    UpsertGroup,
+    audit_exprs,
+    old_key_column,
+    with_audit,
 )
+from dbmazz.contract import SEQ_COLUMN as SEQ
+from dbmazz.contract import UNCHANGED_COLUMN as UNCHANGED
+from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
 from dbmazz.pipeline.carry import CARRY, ROW, fill_along_chains, group_candidates
 from dbmazz.source.columnar import unchanged_mask
 
-OP = "__dbmazz_op"
-LSN = "__dbmazz_lsn"
-SEQ = "__dbmazz_seq"
-UNCHANGED = "__dbmazz_unchanged"
-OLD_PREFIX = "__dbmazz_old_"
 _ORDER = "__dbmazz_order"
 _PATTERN = "__dbmazz_pattern"
-
-
-def old_key_column(name: str) -> str:
-    return f"{OLD_PREFIX}{name}"
 
 
 def merge_changes(
@@ -92,12 +87,7 @@ def merge_changes(
 
     df, candidates = _fill_unchanged(df, keys, columns, toasted)
     df = _expand_key_changes(df, keys, toasted)
-    audit = [
-        pl.col(OP).cast(pl.Int8).alias("dbmazz_op_type"),
-        (pl.col(OP) == OP_DELETE).alias("dbmazz_is_deleted"),
-        pl.lit(synced, dtype=pl.Datetime("us")).alias("dbmazz_synced_at"),
-        pl.col(LSN).cast(pl.Int64).alias("dbmazz_cdc_version"),
-    ]
+    audit = audit_exprs(OP, LSN, synced)
     last = df.sort(_ORDER).unique(subset=keys, keep="last", maintain_order=True)
 
     deleted = last.filter(pl.col(OP) == OP_DELETE)
@@ -162,16 +152,6 @@ def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
 
 def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Table:
     """The user columns plus the audit columns, as the polars path computes them."""
-    op = arrow.column(OP)
-    n = arrow.num_rows
-    audit = {
-        "dbmazz_op_type": op.cast(pa.int8()),
-        "dbmazz_is_deleted": pc.equal(op, OP_DELETE),
-        "dbmazz_synced_at": pa.array(
-            np.full(n, np.datetime64(synced, "us")), type=pa.timestamp("us")
-        ),
-        "dbmazz_cdc_version": arrow.column(LSN).cast(pa.int64()),
-    }
     rows = arrow.select(columns)
     # The same column types as the polars path delivers (e.g. large_string), so a sink
     # sees one schema whichever path a batch took: string → large_string reuses the data.
@@ -181,9 +161,7 @@ def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Tab
         if rows.field(i).type != target.type:
             rows = rows.set_column(i, rows.field(i).with_type(target.type),
                                    rows.column(i).cast(target.type))
-    for name, values in audit.items():
-        rows = rows.append_column(name, values)
-    return rows
+    return with_audit(rows, arrow.column(OP), arrow.column(LSN), synced)
 
 
 def _expand_key_changes(df: pl.DataFrame, keys: list[str], toasted: list[int]) -> pl.DataFrame:

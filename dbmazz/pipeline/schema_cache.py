@@ -6,7 +6,8 @@ changed, so a message is a change only if its content differs from the cached on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Mapping, Sequence
 
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import ColumnSpec, SchemaDelta, TableSchema
@@ -16,14 +17,37 @@ from dbmazz.source.types import BUILTIN_TYPE_NAMES, TypeRegistry, arrow_type
 KeyResolver = Callable[[Relation], tuple[str, ...]]
 
 
-def keys_from_map(primary_keys: Mapping[str, tuple[str, ...] | list[str]]) -> KeyResolver:
-    """Resolve keys from ``{'schema.table': (cols…)}``; fall back to the identity columns
-    when the relation's identity is an index or the primary key (not FULL)."""
+class TableKeys:
+    """The replicated tables and their primary keys, by ``'schema.table'``.
 
-    def resolve(relation: Relation) -> tuple[str, ...]:
-        keys = primary_keys.get(relation.qualified_name)
+    A live engine's set grows while it streams (an on-demand snapshot adds tables from its
+    own thread while the reader resolves keys), so additions go through :meth:`add`.
+    """
+
+    def __init__(self, keys: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._keys = {name: tuple(cols) for name, cols in (keys or {}).items()}
+        self._lock = threading.Lock()
+
+    def add(self, keys: Mapping[str, Sequence[str]]) -> None:
+        with self._lock:
+            self._keys = {**self._keys, **{name: tuple(cols) for name, cols in keys.items()}}
+
+    def get(self, table: str) -> tuple[str, ...] | None:
+        return self._keys.get(table)
+
+    def __contains__(self, table: object) -> bool:
+        return table in self._keys
+
+    def replicated(self, relation: Relation) -> bool:
+        """Whether ``relation`` is one of the tables (a :class:`SchemaCache` ``accept``)."""
+        return relation.qualified_name in self._keys
+
+    def resolve(self, relation: Relation) -> tuple[str, ...]:
+        """The relation's key; falls back to the identity columns when its identity is an
+        index or the primary key (not FULL)."""
+        keys = self._keys.get(relation.qualified_name)
         if keys:
-            return tuple(keys)
+            return keys
         if relation.replica_identity in ("d", "i") and relation.identity_columns:
             return relation.identity_columns
         raise SetupError(
@@ -31,7 +55,10 @@ def keys_from_map(primary_keys: Mapping[str, tuple[str, ...] | list[str]]) -> Ke
             "add a PRIMARY KEY to the table (dbmazz upserts by primary key)",
         )
 
-    return resolve
+
+def keys_from_map(primary_keys: Mapping[str, Sequence[str]]) -> KeyResolver:
+    """Resolve keys from ``{'schema.table': (cols…)}`` (see :meth:`TableKeys.resolve`)."""
+    return TableKeys(primary_keys).resolve
 
 
 class SchemaCache:
@@ -82,6 +109,10 @@ class SchemaCache:
 
     def table(self, oid: int) -> TableSchema:
         return self._tables[oid]
+
+    def tables(self) -> list[TableSchema]:
+        """Every table built so far (a copy: safe while the reader adds more)."""
+        return list(self._tables.values())
 
     def __contains__(self, oid: int) -> bool:
         return oid in self._relations

@@ -33,6 +33,15 @@ class Sink(Protocol):
 
 
 @runtime_checkable
+class ReachabilityCheck(Protocol):
+    """Optional: a sink that can log in to its target without touching data, so setup fails
+    on a wrong password or an unreachable target before the source is changed."""
+
+    def check_reachable(self) -> None:
+        """Raise :class:`dbmazz.errors.SetupError` naming what to fix when unreachable."""
+
+
+@runtime_checkable
 class SnapshotLoader(Protocol):
     """Optional: a sink with a faster path for snapshot chunks (DuckDB). Other sinks get
     ``write`` for every chunk (StarRocks' primary-key upserts are idempotent as they are).

@@ -27,13 +27,13 @@ from types import TracebackType
 from typing import Literal
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 
 from dbmazz.errors import CaptureFormatError
 from dbmazz.lsn import format_lsn
 from dbmazz.source.chunk import CAPTURE_SCHEMA, WalChunk
-from dbmazz.source.replication import ReplicationStream, connect_error, describe_dsn
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.replication import ReplicationStream
 
 CAPTURE_VERSION = "1"
 META_VERSION = "dbmazz.capture.version"
@@ -231,11 +231,7 @@ class CaptureSummary:
 
 def _publication_keys(dsn: str, publication: str) -> dict[str, tuple[str, ...]]:
     """Key columns (primary key, else replica identity index) of the published tables."""
-    try:
-        conn = psycopg.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), describe_dsn(dsn)) from None
-    with conn:
+    with SourceDatabase(dsn).connect("capture") as conn:
         rows = conn.execute(
             """
             SELECT pt.schemaname, pt.tablename,
@@ -389,3 +385,32 @@ def _account(summary: CaptureSummary, chunk: WalChunk, in_txn: bool) -> bool:
         last_c = int(commits[-1]) if len(commits) else -1
         return last_b > last_c
     return in_txn
+
+
+class CaptureSource:
+    """A capture file as a :class:`~dbmazz.engine.core.ChunkSource`: replays its chunks, then
+    is exhausted (``dbmazz replay``)."""
+
+    reads_socket = False
+    server_wal_end = 0
+
+    def __init__(self, chunks: Iterator[WalChunk]) -> None:
+        self._chunks = chunks
+        self.exhausted = False
+
+    def read_chunk(self, max_bytes: int = 0, timeout_s: float = 0.0) -> WalChunk | None:
+        if self.exhausted:
+            return None
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self.exhausted = True
+        return chunk
+
+    def confirm(self, lsn: int) -> None:
+        pass
+
+    def keepalive(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -142,3 +142,21 @@ class WalChunk:
         )
         lsns = batch.column("lsn").to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
         return cls(data=data, offsets=(offsets - base).astype(np.int64), lsns=lsns)
+
+
+def concat_chunks(chunks: Sequence[WalChunk]) -> WalChunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    shifts = np.cumsum([0, *[len(c.data) for c in chunks[:-1]]])
+    starts = np.concatenate([c.starts + s for c, s in zip(chunks, shifts, strict=True)])
+    ends = np.concatenate([c.message_ends + s for c, s in zip(chunks, shifts, strict=True)])
+    back_to_back = all(
+        c.ends is None and (not len(c) or (c.offsets[0] == 0 and c.offsets[-1] == len(c.data)))
+        for c in chunks
+    )
+    return WalChunk(
+        data=np.concatenate([c.data for c in chunks]),
+        offsets=np.append(starts, ends[-1] if len(ends) else 0).astype(np.int64),
+        lsns=np.concatenate([c.lsns for c in chunks]).astype(np.uint64),
+        ends=None if back_to_back else ends.astype(np.int64),
+    )

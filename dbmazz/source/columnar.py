@@ -25,6 +25,16 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from dbmazz.contract import (
+    LSN_COLUMN,
+    OP_COLUMN,
+    OP_DELETE,
+    OP_INSERT,
+    OP_UPDATE,
+    SEQ_COLUMN,
+    UNCHANGED_COLUMN,
+    old_key_column,
+)
 from dbmazz.errors import ProtocolError
 from dbmazz.source.pgoutput import Relation
 from dbmazz.source.types import (
@@ -40,14 +50,6 @@ from dbmazz.source.types import (
 )
 
 __all__ = [
-    "LSN_COLUMN",
-    "OLD_KEY_PREFIX",
-    "OP_COLUMN",
-    "OP_DELETE",
-    "OP_INSERT",
-    "OP_UPDATE",
-    "SEQ_COLUMN",
-    "UNCHANGED_COLUMN",
     "DecodeStats",
     "TypeRegistry",
     "arrow_type",
@@ -56,12 +58,6 @@ __all__ = [
     "unchanged_mask",
 ]
 
-OP_COLUMN = "__dbmazz_op"
-LSN_COLUMN = "__dbmazz_lsn"
-SEQ_COLUMN = "__dbmazz_seq"
-UNCHANGED_COLUMN = "__dbmazz_unchanged"
-OLD_KEY_PREFIX = "__dbmazz_old_"
-OP_INSERT, OP_UPDATE, OP_DELETE = 0, 1, 2
 
 _MAX_BUFFER = 2**31 - 64  # int32 cursors and string_view offsets
 _BLOCK_BYTES = 2 << 20  # message bytes per block: measured best of 1–16 MiB (L2 1 MiB, L3 32 MiB)
@@ -107,7 +103,7 @@ def batch_schema(relation: Relation, key_columns: Sequence[str],
         if key not in by_name:
             raise ValueError(f"key column {key!r} is not a column of {relation.qualified_name}")
         col = by_name[key]
-        fields.append(pa.field(OLD_KEY_PREFIX + key,
+        fields.append(pa.field(old_key_column(key),
                                arrow_type(col.type_oid, col.type_modifier, types)))
     return pa.schema(fields)
 
@@ -438,10 +434,10 @@ def _decode_block(relation: Relation, key_columns: Sequence[str], schema: pa.Sch
     for key in key_columns:
         c = index_of[key]
         if not updates_with_old.size:
-            arrays.append(pa.nulls(n, schema.field(OLD_KEY_PREFIX + key).type))
+            arrays.append(pa.nulls(n, schema.field(old_key_column(key)).type))
             continue
         old_text, old_kinds = _gather_text(data, old_pos[c, old_index[updates_with_old]])
         text, _ = _scatter(starts32, [(updates_with_old, old_text, old_kinds)])
-        arrays.append(cast_text(text, plans[c], stats, OLD_KEY_PREFIX + key))
+        arrays.append(cast_text(text, plans[c], stats, old_key_column(key)))
 
     return arrays

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from dbmazz.source.chunk import WalChunk
+
 _D = ord("d")
 _W = ord("w")
 _K = ord("k")
@@ -170,3 +172,29 @@ def split_messages_reference(data: bytes, start: int = 0) -> Frames:
         kinds=np.array(kinds, dtype=np.uint8),
         consumed=pos,
     )
+
+
+#: XLogData header: 'w' + dataStart + walEnd + sendTime.
+XLOG_HEADER = 25
+
+
+def xlog_chunk(buf: bytearray, offsets: list[int], headers: bytearray) -> WalChunk:
+    """XLogData payloads gathered by a reader (``buf``, each starting at ``offsets``, their
+    dataStart headers in ``headers``) as a chunk, without copying the payload bytes."""
+    n = len(offsets)
+    off = np.empty(n + 1, dtype=np.int64)
+    off[:n] = offsets
+    off[n] = len(buf)
+    return WalChunk(
+        data=np.frombuffer(buf, dtype=np.uint8),
+        offsets=off,
+        lsns=np.frombuffer(headers, dtype=">u8").astype(np.uint64),
+    )
+
+
+def be_u64_at(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    """Big-endian uint64 at each position (all ``<= len(data) - 8``)."""
+    if not len(at):
+        return np.zeros(0, dtype=np.uint64)
+    words = np.ndarray(buffer=data, dtype=">u8", shape=(len(data) - 7,), strides=(1,))
+    return words[at].astype(np.uint64)

@@ -15,7 +15,7 @@ import threading
 import psycopg
 
 from dbmazz.errors import SourceConnectionError
-from dbmazz.source.replication import describe_dsn
+from dbmazz.source.names import describe_dsn
 
 PREFIX = "dbmazz_heartbeat"
 

@@ -25,16 +25,13 @@ import logging
 import re
 import selectors
 import struct
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -49,7 +46,9 @@ from dbmazz.errors import (
 )
 from dbmazz.lsn import format_lsn, parse_lsn
 from dbmazz.source.chunk import WalChunk
-from dbmazz.source.frames import FRAME_HEADER, split_messages
+from dbmazz.source.frames import FRAME_HEADER, XLOG_HEADER, be_u64_at, split_messages, xlog_chunk
+from dbmazz.source.names import describe_dsn, quote_ident, quote_literal, validate_slot_name
+from dbmazz.source.spool import Spool
 from dbmazz.source.wire import (
     COPY_DONE,
     LOW_WATER_BYTES,
@@ -72,12 +71,10 @@ MAX_STATUS_INTERVAL_S = 10.0
 
 log = logging.getLogger(__name__)
 
-_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01 00:00:00 UTC
 
 _W, _K = ord("w"), ord("k")
 _S, _E, _STREAM_COMMIT, _A, _O = ord("S"), ord("E"), ord("c"), ord("A"), ord("O")
-_XLOG_HEADER = 25  # 'w' + dataStart + walEnd + sendTime
 _D = ord("d")
 # Backend messages other than CopyData that may arrive while streaming (socket reader).
 _ERROR, _NOTICE, _READY = ord("E"), ord("N"), ord("Z")
@@ -102,28 +99,6 @@ _COMMIT = struct.Struct(">cBQQq")
 # --------------------------------------------------------------------------------------
 # Connection strings and errors
 # --------------------------------------------------------------------------------------
-
-
-def describe_dsn(dsn: str) -> str:
-    """``user@host:port/dbname`` for messages: never the password, never the raw string."""
-    try:
-        info = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparsable connection string>"
-    host = str(info.get("host") or info.get("hostaddr") or "localhost")
-    port = str(info.get("port") or "5432")
-    user = str(info.get("user") or "")
-    db = str(info.get("dbname") or user)
-    return f"{user + '@' if user else ''}{host}:{port}/{db}"
-
-
-def validate_slot_name(slot: str) -> None:
-    if not _SLOT_NAME.match(slot):
-        raise SourceError(
-            f"invalid replication slot name {slot!r}",
-            "PostgreSQL slot names use only lower-case letters, digits and underscores "
-            "(at most 63 characters)",
-        )
 
 
 def _escape_option(value: str) -> str:
@@ -183,36 +158,43 @@ def connect_error(text: str, target: str) -> SourceError:
 def server_error(
     *, sqlstate: str | None, message: str, target: str, slot: str | None = None
 ) -> SourceError:
-    """Classify an error the server reported on a replication connection."""
+    """Classify an error the server reported on a replication connection.
+
+    By SQLSTATE first; the message text only refines a SQLSTATE that does not say which
+    object is meant (42704 ``undefined_object``: slot or publication; 55000: an invalidated
+    slot among other prerequisite failures) or stands in when there is no SQLSTATE (a lost
+    connection: libpq's text is all there is)."""
     text = " ".join(message.split())
     low = text.lower()
     state = sqlstate or ""
-    if "can no longer get changes from replication slot" in low or "invalidated" in low:
+    slot_lost = "can no longer get changes from replication slot" in low or "invalidated" in low
+    if state == "55006" or (not state and "replication slot" in low and "is active" in low):
+        return SlotInUseError(
+            f"replication slot {slot!r} on {target} is in use by another session: {text}",
+            "stop the other consumer (see pg_stat_replication); after a crash the old "
+            "session releases the slot within wal_sender_timeout",
+        )
+    if state == "42704" or (not state and "does not exist" in low):
+        if "publication" in low:
+            return SourceError(
+                f"{text} (on {target})",
+                "run `dbmazz setup` to create the publication, then restart",
+            )
+        if "replication slot" in low:
+            return SlotLostError(
+                f"replication slot {slot!r} does not exist on {target}",
+                "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the "
+                "slot was dropped outside dbmazz and changes since the last checkpoint were "
+                f"not captured: delete its row from dbmazz_checkpoints (slot_name = '{slot}') "
+                "and run with SNAPSHOT=initial to start over",
+            )
+    if state in ("55000", "") and slot_lost:
         return SlotLostError(
             f"replication slot {slot!r} on {target} was invalidated: {text}",
             "PostgreSQL removed WAL the slot still needed (usually max_slot_wal_keep_size "
             "was exceeded while dbmazz was behind or stopped). Changes were lost: drop the "
             "slot, run setup again and take a new snapshot (SNAPSHOT=initial); raise "
             "max_slot_wal_keep_size to avoid it",
-        )
-    if "replication slot" in low and "does not exist" in low:
-        return SlotLostError(
-            f"replication slot {slot!r} does not exist on {target}",
-            "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the slot "
-            "was dropped outside dbmazz and changes since the last checkpoint were not "
-            f"captured: delete its row from dbmazz_checkpoints (slot_name = '{slot}') and run "
-            "with SNAPSHOT=initial to start over",
-        )
-    if state == "55006" or ("replication slot" in low and "is active" in low):
-        return SlotInUseError(
-            f"replication slot {slot!r} on {target} is in use by another session: {text}",
-            "stop the other consumer (see pg_stat_replication); after a crash the old "
-            "session releases the slot within wal_sender_timeout",
-        )
-    if "publication" in low and "does not exist" in low:
-        return SourceError(
-            f"{text} (on {target})",
-            "run `dbmazz setup` to create the publication, then restart",
         )
     if state[:2] in ("08", "57", "53") or not state:
         return SourceConnectionError(
@@ -273,14 +255,6 @@ def simple_query(
     ]
 
 
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def quote_ident(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"'
-
-
 def parse_duration_ms(text: str) -> float:
     """A duration GUC as SHOW prints it (``60s``, ``1min``, ``500ms``, ``0``) → ms."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h|d)?\s*", text)
@@ -299,32 +273,6 @@ def status_interval_for(wal_sender_timeout_ms: float) -> float:
 
 def _pg_now_us() -> int:
     return int((time.time() - _PG_EPOCH_UNIX_S) * 1_000_000)
-
-
-# --------------------------------------------------------------------------------------
-# Chunks
-# --------------------------------------------------------------------------------------
-
-
-def _make_chunk(buf: bytearray, offsets: list[int], headers: bytearray) -> WalChunk:
-    """Wrap the reader's buffers without copying the payload bytes."""
-    n = len(offsets)
-    off = np.empty(n + 1, dtype=np.int64)
-    off[:n] = offsets
-    off[n] = len(buf)
-    return WalChunk(
-        data=np.frombuffer(buf, dtype=np.uint8),
-        offsets=off,
-        lsns=np.frombuffer(headers, dtype=">u8").astype(np.uint64),
-    )
-
-
-def _be_u64_at(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-    """Big-endian uint64 at each position (all ``<= len(data) - 8``)."""
-    if not len(at):
-        return np.zeros(0, dtype=np.uint64)
-    words = np.ndarray(buffer=data, dtype=">u8", shape=(len(data) - 7,), strides=(1,))
-    return words[at].astype(np.uint64)
 
 
 def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes:
@@ -369,148 +317,6 @@ def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes
                 "if the connection is GSS-encrypted, set REPLICATION_READER=libpq (or add "
                 "gssencmode=disable to SOURCE_URL)",
             )
-
-
-def concat_chunks(chunks: Sequence[WalChunk]) -> WalChunk:
-    if len(chunks) == 1:
-        return chunks[0]
-    shifts = np.cumsum([0, *[len(c.data) for c in chunks[:-1]]])
-    starts = np.concatenate([c.starts + s for c, s in zip(chunks, shifts, strict=True)])
-    ends = np.concatenate([c.message_ends + s for c, s in zip(chunks, shifts, strict=True)])
-    back_to_back = all(
-        c.ends is None and (not len(c) or (c.offsets[0] == 0 and c.offsets[-1] == len(c.data)))
-        for c in chunks
-    )
-    return WalChunk(
-        data=np.concatenate([c.data for c in chunks]),
-        offsets=np.append(starts, ends[-1] if len(ends) else 0).astype(np.int64),
-        lsns=np.concatenate([c.lsns for c in chunks]).astype(np.uint64),
-        ends=None if back_to_back else ends.astype(np.int64),
-    )
-
-
-def _strip_streamed(chunk: WalChunk, top_xid: int, aborted: set[int]) -> WalChunk:
-    """Remove the in-stream xid after each type byte and drop aborted subtransactions.
-
-    Vectorized over the chunk. Relation/Type messages of an aborted subtransaction are
-    dropped too, as PostgreSQL's own subscriber does: pgoutput re-sends every schema after
-    a stream abort, so later changes never depend on them.
-    """
-    chunk = chunk.compact()
-    data, offsets = chunk.data, chunk.offsets
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
-    has_xid = data[starts] != _O  # Origin is the only in-stream message without an xid
-    pos = np.minimum(starts[:, None] + np.arange(1, 5), max(len(data) - 1, 0))
-    xb = data[pos].astype(np.uint32)
-    xids = (xb[:, 0] << 24) | (xb[:, 1] << 16) | (xb[:, 2] << 8) | xb[:, 3]
-    xids = np.where(has_xid, xids, np.uint32(top_xid))
-    keep = ~np.isin(xids, np.fromiter(aborted, dtype=np.uint32)) if aborted else None
-    if keep is None:
-        keep = np.ones(len(starts), dtype=bool)
-    byte_mask = np.repeat(keep, lengths)
-    strip = keep & has_xid
-    byte_mask[(starts[strip][:, None] + np.arange(1, 5)).ravel()] = False
-    new_lengths = lengths[keep] - 4 * has_xid[keep]
-    new_offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
-    np.cumsum(new_lengths, out=new_offsets[1:])
-    return WalChunk(data=data[byte_mask], offsets=new_offsets, lsns=chunk.lsns[keep])
-
-
-class _Spool:
-    """One streamed (protocol 2) transaction's raw messages, held until Stream Commit.
-
-    Segments of about ``SEGMENT_BYTES`` stay in memory up to ``memory_limit`` bytes, then
-    go to an anonymous temporary file, so a streamed transaction of any size costs bounded
-    memory (invariant 4).
-    """
-
-    SEGMENT_BYTES = 8 << 20
-    MIN_SEGMENT_BYTES = 64 << 10
-
-    def __init__(self, xid: int, memory_limit: int, spool_dir: str | None) -> None:
-        self.xid = xid
-        self.aborted: set[int] = set()
-        self.memory_limit = memory_limit
-        # Several segments fit in the memory limit, so spilling starts well before it.
-        self.segment_bytes = max(
-            self.MIN_SEGMENT_BYTES, min(self.SEGMENT_BYTES, memory_limit // 8)
-        )
-        self.spool_dir = spool_dir
-        self.memory = 0
-        self.spilled = 0
-        self.segments: list[WalChunk | tuple[int, int, int]] = []
-        self.file: IO[bytes] | None = None
-        self._reset()
-
-    def _reset(self) -> None:
-        self.buf = bytearray()
-        self.offsets: list[int] = []
-        self.headers = bytearray()
-
-    def append(self, frame: memoryview) -> None:
-        self.offsets.append(len(self.buf))
-        self.headers += frame[1:9]
-        self.buf += frame[_XLOG_HEADER:]
-        if len(self.buf) >= self.segment_bytes:
-            self.seal()
-
-    def seal(self, *, in_memory: bool = False) -> None:
-        if not self.offsets:
-            return
-        chunk = _make_chunk(self.buf, self.offsets, self.headers)
-        self._reset()
-        if in_memory or self.memory + chunk.nbytes <= self.memory_limit:
-            self.memory += chunk.nbytes
-            self.segments.append(chunk)
-            return
-        if self.file is None:
-            # Closed in discard(); lives as long as the transaction it spools.
-            self.file = tempfile.TemporaryFile(  # noqa: SIM115
-                prefix="dbmazz-spool-", dir=self.spool_dir
-            )
-        position = self.file.seek(0, 2)
-        self.file.write(chunk.offsets.tobytes())
-        self.file.write(chunk.lsns.tobytes())
-        self.file.write(chunk.data.tobytes())
-        self.spilled += chunk.nbytes
-        self.segments.append((position, len(chunk), len(chunk.data)))
-
-    def _load(self, segment: WalChunk | tuple[int, int, int]) -> WalChunk:
-        if isinstance(segment, WalChunk):
-            return segment
-        assert self.file is not None
-        position, n, nbytes = segment
-        self.file.seek(position)
-        offsets = np.frombuffer(self.file.read(8 * (n + 1)), dtype=np.int64)
-        lsns = np.frombuffer(self.file.read(8 * n), dtype=np.uint64)
-        data = np.frombuffer(self.file.read(nbytes), dtype=np.uint8)
-        return WalChunk(data=data, offsets=offsets, lsns=lsns)
-
-    def deliver(self, begin: WalChunk, commit: WalChunk) -> Iterator[WalChunk]:
-        """The committed transaction as ``B … C`` chunks of about a segment each, loaded
-        lazily (a spilled transaction is never all in memory at once)."""
-        self.seal(in_memory=True)  # the tail is needed right away: no round trip to disk
-        try:
-            pending = [begin]
-            size = 0
-            for segment in self.segments:
-                piece = _strip_streamed(self._load(segment), self.xid, self.aborted)
-                if size and size + len(piece.data) > self.segment_bytes:
-                    yield concat_chunks(pending)
-                    pending, size = [], 0
-                pending.append(piece)
-                size += len(piece.data)
-            pending.append(commit)
-            yield concat_chunks(pending)
-        finally:
-            self.discard()
-
-    def discard(self) -> None:
-        self.segments.clear()
-        if self.file is not None:
-            self.file.close()
-            self.file = None
 
 
 # --------------------------------------------------------------------------------------
@@ -604,8 +410,8 @@ class ReplicationStream:
         self._closed = False
         # Chunks due before reading more: a streamed transaction's delivery, lazily.
         self._pending: deque[Iterator[WalChunk]] = deque()
-        self._spools: dict[int, _Spool] = {}
-        self._in_stream: _Spool | None = None
+        self._spools: dict[int, Spool] = {}
+        self._in_stream: Spool | None = None
         self._selector = selectors.DefaultSelector()
         self._selector.register(pgconn.socket, selectors.EVENT_READ)
 
@@ -709,6 +515,11 @@ class ReplicationStream:
         )
 
     @property
+    def exhausted(self) -> bool:
+        """A live stream never runs out (see :class:`dbmazz.engine.core.ChunkSource`)."""
+        return False
+
+    @property
     def reads_socket(self) -> bool:
         """Whether this stream reads the socket directly (else one libpq call a frame)."""
         return self._wire is not None
@@ -794,7 +605,7 @@ class ReplicationStream:
                         continue
                     offsets.append(len(buf))
                     headers += frame[1:9]
-                    buf += frame[_XLOG_HEADER:]
+                    buf += frame[XLOG_HEADER:]
                 elif kind == _K:
                     self._on_keepalive(frame, clean=not offsets and not self._pending)
                 else:
@@ -827,7 +638,7 @@ class ReplicationStream:
         if not offsets:
             return self._next_pending()
         # Messages read before a streamed commit come before it (pending is then drained).
-        return _make_chunk(buf, offsets, headers)
+        return xlog_chunk(buf, offsets, headers)
 
     def _read_socket(self, wire: SocketWire, max_bytes: int, timeout_s: float
                      ) -> WalChunk | None:
@@ -916,12 +727,12 @@ class ReplicationStream:
             starts = starts - lo
             ends = ends - lo
             last = int(starts[-1]) + FRAME_HEADER
-            self._note_position(memoryview(own[last : last + _XLOG_HEADER].tobytes()))
+            self._note_position(memoryview(own[last : last + XLOG_HEADER].tobytes()))
             self.stats.frames += len(starts)
             chunk = WalChunk(
                 data=own,
-                offsets=np.append(starts + (FRAME_HEADER + _XLOG_HEADER), ends[-1]),
-                lsns=_be_u64_at(own, starts + FRAME_HEADER + 1),
+                offsets=np.append(starts + (FRAME_HEADER + XLOG_HEADER), ends[-1]),
+                lsns=be_u64_at(own, starts + FRAME_HEADER + 1),
                 ends=ends,
             )
         del data
@@ -981,7 +792,7 @@ class ReplicationStream:
 
     def _route_streamed(self, frame: memoryview) -> bool:
         """Handle protocol-2 stream messages; False means "an ordinary message"."""
-        kind = frame[_XLOG_HEADER]
+        kind = frame[XLOG_HEADER]
         spool = self._in_stream
         if spool is not None:
             if kind == _E:
@@ -992,15 +803,15 @@ class ReplicationStream:
                 spool.append(frame)
             return True
         if kind == _S:
-            xid, _first = _STREAM_START.unpack_from(frame, _XLOG_HEADER + 1)
+            xid, _first = _STREAM_START.unpack_from(frame, XLOG_HEADER + 1)
             spool = self._spools.get(xid)
             if spool is None:
-                spool = self._spools[xid] = _Spool(xid, self._spool_memory, self._spool_dir)
+                spool = self._spools[xid] = Spool(xid, self._spool_memory, self._spool_dir)
             self._in_stream = spool
             self.stats.stream_blocks += 1
             return True
         if kind == _A:
-            xid, subxid = _STREAM_ABORT.unpack_from(frame, _XLOG_HEADER + 1)
+            xid, subxid = _STREAM_ABORT.unpack_from(frame, XLOG_HEADER + 1)
             spool = self._spools.get(xid)
             if spool is not None:
                 if subxid == xid:
@@ -1018,7 +829,7 @@ class ReplicationStream:
 
     def _stream_commit(self, frame: memoryview) -> None:
         xid, flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT_BODY.unpack_from(
-            frame, _XLOG_HEADER + 1
+            frame, XLOG_HEADER + 1
         )
         spool = self._spools.pop(xid, None)
         if spool is None:

@@ -11,16 +11,11 @@ from dataclasses import dataclass
 
 import psycopg
 
-from dbmazz.errors import SetupError, SourceConnectionError, SourceError
+from dbmazz.errors import SetupError, SourceConnectionError
 from dbmazz.lsn import parse_lsn
-from dbmazz.source.replication import (
-    connect_error,
-    describe_dsn,
-    quote_ident,
-    replication_conninfo,
-    server_error,
-    validate_slot_name,
-)
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.names import describe_dsn, quote_ident, validate_slot_name
+from dbmazz.source.replication import server_error
 
 
 @dataclass
@@ -65,15 +60,7 @@ class SlotInfo:
 
 
 def _connect(dsn: str, replication: bool) -> psycopg.Connection:
-    target = describe_dsn(dsn)
-    try:
-        if replication:
-            return psycopg.connect(replication_conninfo(dsn), autocommit=True)
-        return psycopg.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), target) from None
-    except psycopg.ProgrammingError as exc:
-        raise SourceError(f"invalid PostgreSQL connection string for {target}: {exc}") from None
+    return SourceDatabase(dsn).connect("slots", replication=replication)
 
 
 def create_slot(dsn: str, slot: str, *, export_snapshot: bool) -> SlotCreation:

@@ -20,9 +20,9 @@ from rich.text import Text
 from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.api.client import Client
 from dbmazz.errors import DbmazzError
+from dbmazz.log import human_bytes
 from dbmazz.ui.format import (
     error_panel,
-    human_bytes,
     human_count,
     human_duration,
     slot_text,

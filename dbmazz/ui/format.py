@@ -1,4 +1,6 @@
-"""Human rendering of engine status: sizes, durations, sparklines, the status table."""
+"""Human rendering of engine status: sizes, durations, sparklines, the status table.
+
+Sizes use :func:`dbmazz.log.human_bytes`, shared with log and error messages below the UI."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from rich.text import Text
 
 from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.api.convert import stage_name, state_name
+from dbmazz.log import human_bytes
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 #: A finished snapshot stays on screen this long (then only Status --json has it).
@@ -26,14 +29,6 @@ STATE_STYLES = {
     "STOPPED": "bold white",
     "FAILED": "bold red",
 }
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_count(n: float) -> str:

@@ -9,9 +9,9 @@ import sys
 
 from dbmazz.cli import load_config
 from dbmazz.errors import SetupError
+from dbmazz.log import human_bytes
 from dbmazz.lsn import format_lsn
 from dbmazz.source.slots import SlotRow, list_slots
-from dbmazz.ui.format import human_bytes
 
 
 def _used_by(row: SlotRow, configured: str) -> str:
@@ -81,9 +81,9 @@ def _drop(dsn: str, name: str, yes: bool, configured: str) -> int:
             f"replication slot {name!r} is in use by the session with pid {info.active_pid}",
             "stop its consumer first (`dbmazz stop`, or see pg_stat_replication); an active "
             "slot is never dropped")
-    import psycopg
+    from dbmazz.source.database import SourceDatabase
 
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with SourceDatabase(dsn).connect("slots") as conn:
         [row] = read_slots(conn, only=name)
     retained = human_bytes(row.retained_bytes) if row.retained_bytes is not None else "?"
     summary = (f"slot {name!r} ({row.plugin or row.slot_type}, retains {retained} of WAL, "

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from dbmazz.api.client import engine_address, running_engine
 from dbmazz.cli import load_config
 from dbmazz.config import Config
 from dbmazz.errors import DbmazzError, SetupError
@@ -41,14 +42,14 @@ def _qualified(name: str) -> str:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from dbmazz.snapshot.progress import INITIAL, SnapshotProgressStore
     from dbmazz.source.slots import slot_info
-    from dbmazz.state.snapshot_progress import INITIAL, SnapshotProgressStore
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
     dsn = config.source_dsn
     wanted = [_qualified(t) for t in args.table]
-    client = _running_engine(config, args.address)
+    client = running_engine(config, args.address)
     if client is not None:
         with client:
             return _through_engine(client, wanted or [_qualified(t) for t in config.tables])
@@ -57,7 +58,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         raise SetupError(
             f"replication slot {config.slot_name!r} is in use (pid {info.active_pid}): dbmazz "
             f"is running, but no control plane of it answers at "
-            f"{_address(config, args.address)}",
+            f"{engine_address(config, args.address)}",
             "point GRPC_HOST/GRPC_PORT (and GRPC_TOKEN) at the running engine so this command "
             "asks it to take the snapshot; or stop it and run this command again",
         )
@@ -73,37 +74,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return _on_demand(config, wanted or [_qualified(t) for t in config.tables])
 
 
-# --- through a running engine ---------------------------------------------------------------
-def _address(config: Config, override: str | None = None) -> str:
-    from dbmazz.config import reachable_address
-
-    return override or reachable_address(config.grpc_host, config.grpc_port)
-
-
-def _running_engine(config: Config, address: str | None = None) -> Client | None:
-    """A client of the engine that streams SLOT_NAME, if its control plane answers."""
-    from dbmazz.api.client import Client, EngineUnreachable
-
-    if not config.grpc_port and address is None:
-        return None
-    token = config.grpc_token.get_secret_value() if config.grpc_token else None
-    client = Client(_address(config, address), token=token, ca_cert=config.grpc_tls_cert,
-                    timeout_s=5.0)
-    try:
-        client.health()  # open to everyone: tells "nobody there" from "wrong token"
-        status = client.status()
-    except EngineUnreachable:
-        client.close()
-        return None
-    except BaseException:
-        client.close()
-        raise
-    if status.slot != config.slot_name:  # another pipeline's engine: not ours to ask
-        client.close()
-        return None
-    return client
-
-
+# --- through a running engine (api.client.running_engine finds it) ---------------------------
 def _through_engine(client: Client, tables: list[str], console: Console | None = None) -> int:
     """Ask the running engine for the snapshot (Snapshot RPC, waiting on a thread) and draw
     the progress its Status reports until the call returns."""
@@ -180,34 +151,12 @@ def _initial(config: Config) -> int:
 
 
 def _on_demand(config: Config, tables: list[str]) -> int:
-    import psycopg
+    from dbmazz.engine.build import build_standalone_snapshots
 
-    from dbmazz.engine.build import make_sink
-    from dbmazz.engine.setup.postgres import primary_keys
-    from dbmazz.engine.snapshot import SnapshotContext, Snapshots
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
-    from dbmazz.engine.snapshot_sink import SnapshotAwareSink
-    from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
-    from dbmazz.source.catalog import describe_relations
-    from dbmazz.state.snapshot_progress import SnapshotProgressStore
-
-    dsn = config.source_dsn
-    others = [_qualified(t) for t in config.tables if _qualified(t) not in tables]
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        keys = primary_keys(conn, others, strict=False)
-        relations = describe_relations(conn, others)
-    schemas = SchemaCache(keys_from_map(keys), config.table_map)
-    known = {name: schemas.build(rel) for name, rel in relations.items() if keys.get(name)}
-    sink = SnapshotAwareSink(make_sink(config))
-    context = SnapshotContext(
-        dsn=dsn, slot=config.slot_name, publication=config.publication_name,
-        replica_identity=config.replica_identity, sink=sink, schemas=schemas, keys=keys,
-        store=SnapshotProgressStore(dsn, config.slot_name), workers=config.snapshot_workers,
-    )
-    snapshots = Snapshots(context, mode="never", tables=known, source=None, checkpoint=None)
+    snapshots = build_standalone_snapshots(config, tables)
+    context = snapshots.context
     stop = threading.Event()
-    handle = OnDemandSnapshot(snapshots, tables, engine=None, should_stop=stop.is_set)
-    handle.start()
+    handle = snapshots.request(tables, None, stop.is_set)
     try:
         show_progress(lambda: handle.progress.copy(), lambda: handle.wait(0.2))
     except KeyboardInterrupt:
@@ -215,7 +164,7 @@ def _on_demand(config: Config, tables: list[str]) -> int:
         handle.wait(60)
         raise
     finally:
-        sink.close()
+        context.sink.close()
         context.store.close()
     if handle.error is not None:
         if isinstance(handle.error, DbmazzError):

@@ -13,6 +13,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from dbmazz.api.client import running_engine
 from dbmazz.cli import load_config
 from dbmazz.config import Config
 from dbmazz.log import configure_logging
@@ -22,7 +23,6 @@ from dbmazz.verify.run import RepairRefused, VerifyRequest, open_target, run_ver
 from dbmazz.verify.target import DuckDBTarget, TargetReader
 
 if TYPE_CHECKING:
-    from dbmazz.api.client import Client
     from dbmazz.sink.base import Sink
 
 
@@ -31,7 +31,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     request = VerifyRequest(tables=tuple(args.table), ranges=args.ranges, sample=args.sample,
                             max_keys=args.max_keys, repair=args.repair)
-    client = _running_engine(config)
+    client = running_engine(config)
     if client is not None:
         with client:
             report = report_from_dict(client.verify(
@@ -104,37 +104,5 @@ def report_from_dict(data: dict[str, Any]) -> VerifyReport:
                         sample=data.get("sample", 1.0), repaired=data.get("repaired", False),
                         tables=tables, seconds=data.get("seconds", 0.0),
                         notes=list(data.get("notes", [])))
-
-
-def _address(config: Config) -> str:
-    host = config.grpc_host
-    if host in ("", "0.0.0.0", "::"):  # listening everywhere: reach it locally
-        host = "127.0.0.1"
-    return f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
-
-
-def _running_engine(config: Config) -> Client | None:
-    """A client of the engine that streams SLOT_NAME, if its control plane answers (as
-    ``dbmazz snapshot`` finds it)."""
-    from dbmazz.api.client import Client, EngineUnreachable
-
-    if not config.grpc_port:
-        return None
-    token = config.grpc_token.get_secret_value() if config.grpc_token else None
-    client = Client(_address(config), token=token, ca_cert=config.grpc_tls_cert,
-                    timeout_s=5.0)
-    try:
-        client.health()
-        status = client.status()
-    except EngineUnreachable:
-        client.close()
-        return None
-    except BaseException:
-        client.close()
-        raise
-    if status.slot != config.slot_name:  # another pipeline's engine: not ours to ask
-        client.close()
-        return None
-    return client
 
 

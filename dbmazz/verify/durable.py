@@ -19,8 +19,8 @@ import psycopg
 
 from dbmazz.errors import DbmazzError
 from dbmazz.lsn import format_lsn
+from dbmazz.snapshot.read import emit_marker
 from dbmazz.source.slots import slot_info
-from dbmazz.source.snapshot import emit_marker
 from dbmazz.state.checkpoint import PostgresCheckpointStore
 
 MARKER_PREFIX = "dbmazz_verify"

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from dbmazz.engine.snapshot_load import snapshot_batch  # the snapshot path's batch builder
-from dbmazz.pipeline.batch import AUDIT_NAMES, OP_DELETE, TableBatch
+from dbmazz.contract import OP_DELETE, with_audit
+from dbmazz.pipeline.batch import TableBatch
+from dbmazz.snapshot.load import snapshot_batch  # the snapshot path's batch builder
 from dbmazz.verify.compare import TableDiff
 
 Write = Callable[[TableBatch], object]
@@ -30,15 +31,9 @@ def delete_batch(diff: TableDiff, version: int, batch_id: str) -> TableBatch | N
     n = keys.num_rows
     if not n:
         return None
-    synced = np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
-    audit = [
-        pa.array(np.full(n, OP_DELETE, dtype=np.int8)),
-        pa.array(np.ones(n, dtype=np.bool_)),
-        pa.array(np.full(n, synced, dtype="datetime64[us]")),
-        pa.array(np.full(n, version, dtype=np.int64)),
-    ]
-    deletes = pa.Table.from_arrays([*keys.columns, *audit],
-                                   names=[*keys.column_names, *AUDIT_NAMES])
+    deletes = with_audit(keys, pa.array(np.full(n, OP_DELETE, dtype=np.int8)),
+                         pa.array(np.full(n, version, dtype=np.int64)),
+                         datetime.now(UTC).replace(tzinfo=None))
     return TableBatch(table=diff.table, deletes=deletes, first_lsn=version, last_lsn=version,
                       source_changes=n, batch_id=batch_id)
 

@@ -68,7 +68,7 @@ def qualified(name: str) -> str:
 def load_schemas(dsn: str, tables: Sequence[str], table_map: dict[str, str]
                  ) -> tuple[list[TableSchema], TypeRegistry]:
     """The in-flight shape of each table, as the engine builds it."""
-    from dbmazz.engine.setup.postgres import primary_keys
+    from dbmazz.source.setup import primary_keys
 
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from dbmazz.engine.core import Stage
 from dbmazz.engine.service import EngineService, InvalidRequestError, ServiceStateError
-from dbmazz.engine.snapshot_sink import SnapshotAwareSink
 from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.verify.report import VerifyReport
@@ -66,9 +65,8 @@ _RUNNING = threading.Lock()
 
 
 def _engine_target(service: EngineService, sink: object) -> TargetReader:
-    inner = sink.inner if isinstance(sink, SnapshotAwareSink) else sink
-    if isinstance(inner, DuckDBSink):
-        return DuckDBTarget(inner.read_cursor(), owned=True)
+    if isinstance(sink, DuckDBSink):
+        return DuckDBTarget(sink.read_cursor(), owned=True)
     assert service.config is not None
     return open_target(service.config)
 
@@ -93,7 +91,7 @@ def verify_in_service(service: EngineService, request: VerifyRequest) -> VerifyR
         target = _engine_target(service, engine.sink)
         try:
             report = run_verify(config, request, target=target, engine=engine,
-                                write=engine.sink.write, should_stop=lambda: not service.serving)
+                                write=engine.writer.write, should_stop=lambda: not service.serving)
         except RepairRefused as exc:
             raise ServiceStateError(exc.message, exc.hint) from None
         except (BadVerifyRequest, SetupError) as exc:

@@ -21,8 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbmazz.errors import SourceError
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.source.slots import SlotCreation
-from dbmazz.source.snapshot import (
+from dbmazz.snapshot.read import (
     ChunkReader,
     create_temporary_slot,
     open_reader,
@@ -30,6 +29,7 @@ from dbmazz.source.snapshot import (
     server_supports_tid_ranges,
     table_layouts,
 )
+from dbmazz.source.slots import SlotCreation
 from dbmazz.source.types import TypeRegistry
 
 log = logging.getLogger("dbmazz.verify")

@@ -20,11 +20,12 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dbmazz.contract import IS_DELETED_COLUMN, VERSION_COLUMN
 from dbmazz.errors import SinkError
 from dbmazz.pipeline.batch import TableSchema
 
-VERSION = "dbmazz_cdc_version"
-DELETED = "dbmazz_is_deleted"
+VERSION = VERSION_COLUMN
+DELETED = IS_DELETED_COLUMN
 BATCH_ROWS = 65536
 
 

@@ -174,7 +174,7 @@ def test_kill_9_then_restart_loses_nothing(pg_db: Database, tmp_path: Path) -> N
         return subprocess.Popen([sys.executable, "-m", "dbmazz", "run"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    from dbmazz.engine.setup.postgres import setup_source
+    from dbmazz.source.setup import setup_source
 
     # The slot exists before the first row is written, so nothing precedes the stream.
     setup_source(pg_db.dsn, ["public.k"], "dbmazz_kill", "dbmazz_kill")
@@ -214,8 +214,8 @@ def _wait_for_checkpoint(db: Database, proc: subprocess.Popen[bytes], after: int
 
 
 def test_replay_of_a_capture_reproduces_the_source(pg_db: Database, tmp_path: Path) -> None:
-    from dbmazz.engine.setup.postgres import setup_source
     from dbmazz.source.capture import capture
+    from dbmazz.source.setup import setup_source
 
     create(pg_db)
     setup = setup_source(pg_db.dsn, list(TABLES), publication="cap_pub", slot="cap_slot",

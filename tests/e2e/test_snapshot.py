@@ -19,10 +19,9 @@ import pytest
 
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
-from dbmazz.engine.snapshot import CHUNK_PAGES_ENV
-from dbmazz.engine.snapshot_load import HOLD_AFTER_ENV
 from dbmazz.lsn import parse_lsn
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.snapshot.context import CHUNK_PAGES_ENV
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import assert_replicated, duckdb_config, mark, wait_until_loaded
 
@@ -227,11 +226,15 @@ def test_kill_9_mid_snapshot_then_restart_reads_only_unfinished_chunks(
         "GRPC_PORT": "0", CHUNK_PAGES_ENV: "4",
     }
 
-    def start(**extra: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "dbmazz", "run"], env={**env, **extra},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def start(*command: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, *(command or ("-m", "dbmazz", "run"))],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    proc = start(**{HOLD_AFTER_ENV: "3"})
+    # The engine `dbmazz run` builds, with the snapshot held after 3 chunks (a test hook).
+    proc = start("-c", "from dbmazz.config import Config\n"
+                       "from dbmazz.engine.build import build_live_engine\n"
+                       "build_live_engine(Config.load(env_file=None), "
+                       "snapshot_hold_after=3).run()\n")
     done_before = _wait_for(pg_db, proc, lambda: _done_chunks(pg_db) if len(
         _done_chunks(pg_db)) >= 3 else None)
     total = pg_db.query("SELECT count(*) FROM dbmazz_snapshot_progress")[0][0]

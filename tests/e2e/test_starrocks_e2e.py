@@ -170,8 +170,8 @@ def test_no_lsn_confirmed_before_the_load_is_acknowledged(
 
 
 def test_replay_cli_against_standalone_emulator(pg_db: Database, tmp_path: Path) -> None:
-    from dbmazz.engine.setup.postgres import setup_source
     from dbmazz.source.capture import capture
+    from dbmazz.source.setup import setup_source
 
     create(pg_db)
     setup_source(pg_db.dsn, list(TABLES), publication="cap_pub", slot="cap_slot")
@@ -218,8 +218,8 @@ def test_replay_cli_against_standalone_emulator(pg_db: Database, tmp_path: Path)
 
 def test_replay_engine_into_emulator_values(pg_db: Database, tmp_path: Path,
                                             starrocks: StarRocksEmulator) -> None:
-    from dbmazz.engine.setup.postgres import setup_source
     from dbmazz.source.capture import capture
+    from dbmazz.source.setup import setup_source
 
     create(pg_db)
     setup_source(pg_db.dsn, list(TABLES), publication="cap_pub2", slot="cap_slot2")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from dbmazz.engine.setup.postgres import setup_source
 from dbmazz.lsn import format_lsn
 from dbmazz.source.pgoutput import Insert, parse_message
+from dbmazz.source.setup import setup_source
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import mark
 

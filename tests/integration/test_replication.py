@@ -9,7 +9,6 @@ import time
 import psycopg
 import pytest
 
-from dbmazz.engine.setup.postgres import setup_source
 from dbmazz.errors import (
     SlotInUseError,
     SlotLostError,
@@ -19,6 +18,7 @@ from dbmazz.errors import (
 from dbmazz.lsn import format_lsn, parse_lsn
 from dbmazz.source import pgoutput as po
 from dbmazz.source.replication import ReplicationStream
+from dbmazz.source.setup import setup_source
 from dbmazz.source.slots import create_slot, drop_slot, slot_info
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster

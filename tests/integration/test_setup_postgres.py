@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from dbmazz.engine.setup.postgres import primary_keys, setup_source
 from dbmazz.errors import SetupError
 from dbmazz.source.replication import ReplicationStream
+from dbmazz.source.setup import primary_keys, setup_source
 from dbmazz.source.slots import slot_info
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster

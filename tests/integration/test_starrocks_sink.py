@@ -12,12 +12,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from dbmazz.contract import AUDIT_COLUMNS, OP_DELETE, OP_INSERT, OP_UPDATE
 from dbmazz.errors import SetupError, SinkError
 from dbmazz.pipeline.batch import (
-    AUDIT_COLUMNS,
-    OP_DELETE,
-    OP_INSERT,
-    OP_UPDATE,
     ColumnSpec,
     SchemaDelta,
     SplitPart,
@@ -541,7 +538,7 @@ def test_unicode_column_names(starrocks: StarRocksEmulator, make_sink: SinkFacto
 def test_setup_creates_database_table_and_adds_missing_audit_columns(
     starrocks: StarRocksEmulator, make_sink: SinkFactory
 ) -> None:
-    from dbmazz.engine.setup.starrocks import check_connection, setup_starrocks
+    from dbmazz.sink.starrocks.setup import check_connection, setup_starrocks
 
     settings = StarRocksSettings(starrocks.url, database=DB, mysql_port=starrocks.mysql_port)
     assert check_connection(settings) == "3.3.0-emulator"

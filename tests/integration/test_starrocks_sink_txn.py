@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from dbmazz.contract import OP_UPDATE
 from dbmazz.errors import SinkReplayRequired
-from dbmazz.pipeline.batch import OP_UPDATE, SplitPart, TableBatch
+from dbmazz.pipeline.batch import SplitPart, TableBatch
 from dbmazz.sink.starrocks.labels import make_label
 from dbmazz.testing.starrocks import StarRocksEmulator
 from tests.integration import test_starrocks_sink as base

@@ -14,9 +14,9 @@ import pytest
 
 from dbmazz.config import Config
 from dbmazz.engine.replay_keys import parse_primary_keys
-from dbmazz.engine.setup.postgres import setup_source
 from dbmazz.errors import ConfigError
 from dbmazz.lsn import format_lsn
+from dbmazz.source.setup import setup_source
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import mark
 

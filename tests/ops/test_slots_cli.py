@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from dbmazz.config import Config
-from dbmazz.engine.setup.postgres import setup_source
+from dbmazz.source.setup import setup_source
 from dbmazz.state.checkpoint import PostgresCheckpointStore
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import mark

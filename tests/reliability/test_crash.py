@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from dbmazz.engine.setup.postgres import setup_source
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.source.setup import setup_source
 from dbmazz.testing.compare import compare
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import assert_replicated, mark

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbmazz.errors import ProtocolError
+from dbmazz.pipeline.batch import SplitPart
 from dbmazz.pipeline.batcher import Batcher, Flush, RowsStep, SchemaStep, TruncateStep
 from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
 from dbmazz.source.chunk import WalChunk
@@ -96,9 +97,9 @@ def test_large_transaction_is_split_and_its_commit_ends_a_flush() -> None:
     assert summary == [
         (108, None, 1),  # the small committed transaction goes out on its own first
         # Parts are cut exactly at FLUSH_ROWS, wherever the chunk boundaries fall.
-        (0, (500, 0, False), 10),
-        (0, (500, 1, False), 10),
-        (508, (500, 2, True), 5),
+        (0, SplitPart(500, 0, False), 10),
+        (0, SplitPart(500, 1, False), 10),
+        (508, SplitPart(500, 2, True), 5),
         (608, None, 1),
     ]
 

@@ -23,8 +23,8 @@ def test_split_part_of_a_transaction_begun_earlier_keeps_its_commit_lsn() -> Non
     ))
     parts = [f for f in flushes if f.split is not None]
     assert parts, flushes
-    assert {f.split[0] for f in parts if f.split} == {100}
-    last = [f for f in parts if f.split and f.split[2]]
+    assert {f.split.commit_lsn for f in parts if f.split} == {100}
+    last = [f for f in parts if f.split and f.split.last]
     assert [f.end_lsn for f in last] == [108]
     assert all(set(rows_of(f, T1.oid) + rows_of(f, T2.oid)) <= {100} for f in parts)
     [rest] = b.drain() or [None]

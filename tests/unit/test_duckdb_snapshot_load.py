@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dbmazz.engine.snapshot_load import snapshot_batch
-from dbmazz.engine.snapshot_sink import SnapshotAwareSink
 from dbmazz.pipeline.batch import ColumnSpec, LoadResult, TableBatch, TableSchema, UpsertGroup
 from dbmazz.sink.base import SnapshotLoader
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.snapshot.load import snapshot_batch
+from dbmazz.snapshot.sink import SnapshotAwareSink
 from dbmazz.source.types import INT8, TEXT
 
 TABLE = TableSchema("public", "t", (ColumnSpec("id", pa.int64(), INT8, -1),
@@ -203,9 +203,10 @@ def test_only_the_initial_snapshot_loads_in_bulk(sink: DuckDBSink) -> None:
     """An on-demand snapshot runs while CDC upserts into the table, which needs the key."""
     from types import SimpleNamespace
 
-    from dbmazz.engine.snapshot import Plan, Snapshots
-    from dbmazz.source.snapshot import Chunk
-    from dbmazz.state.snapshot_progress import INITIAL, ON_DEMAND
+    from dbmazz.snapshot.context import Plan
+    from dbmazz.snapshot.progress import INITIAL, ON_DEMAND
+    from dbmazz.snapshot.read import Chunk
+    from dbmazz.snapshot.stage import Snapshots
 
     snapshots = Snapshots(SimpleNamespace(sink=SnapshotAwareSink(sink)),  # type: ignore[arg-type]
                           mode="initial", tables={"public.t": TABLE}, source=None,

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbmazz.pipeline.batcher import Slab, join_slabs
-from dbmazz.source.chunk import WalChunk
+from dbmazz.source.chunk import WalChunk, concat_chunks
 from dbmazz.source.frames import split_messages, split_messages_reference
-from dbmazz.source.replication import concat_chunks
 
 
 def copy_data(payload: bytes) -> bytes:

@@ -9,18 +9,16 @@ from psycopg.conninfo import conninfo_to_dict
 
 from dbmazz.errors import SlotInUseError, SlotLostError, SourceConnectionError, SourceError
 from dbmazz.source import pgoutput as po
-from dbmazz.source.chunk import WalChunk
+from dbmazz.source.chunk import WalChunk, concat_chunks
+from dbmazz.source.names import describe_dsn
 from dbmazz.source.replication import (
-    _Spool,
-    _strip_streamed,
-    concat_chunks,
     connect_error,
-    describe_dsn,
     parse_duration_ms,
     replication_conninfo,
     server_error,
     status_interval_for,
 )
+from dbmazz.source.spool import Spool, strip_streamed
 
 
 def test_describe_dsn_never_shows_the_password() -> None:
@@ -77,6 +75,16 @@ def test_error_classification() -> None:
     assert isinstance(gone, SourceConnectionError) and gone.retryable
     other = server_error(sqlstate="42601", message="syntax error", target="h:1/d")
     assert type(other) is SourceError and not other.retryable
+    publication = server_error(sqlstate="42704", message='publication "p" does not exist',
+                               target="h:1/d", slot="s1")
+    assert type(publication) is SourceError and "dbmazz setup" in str(publication)
+    # The SQLSTATE decides: a message that merely mentions a slot is not a lost slot.
+    mention = server_error(sqlstate="42P01", message='relation "replication slot x" does '
+                           "not exist", target="h:1/d", slot="s1")
+    assert type(mention) is SourceError and "SQLSTATE 42P01" in str(mention)
+    dropped = server_error(sqlstate=None, message='connection lost: replication slot "s1" '
+                           "does not exist", target="h:1/d", slot="s1")
+    assert isinstance(dropped, SlotLostError)  # no SQLSTATE: libpq's text is all there is
     assert not connect_error("FATAL: password authentication failed for user x", "t").retryable
     assert connect_error("Connection refused", "t").retryable
 
@@ -97,12 +105,12 @@ def test_strip_streamed_drops_aborted_subtransactions() -> None:
     msgs = [origin, rel(100), ins(100, b"a"), ins(101, b"gone"), rel(101), ins(102, b"b"),
             ins(101, b"gone too")]
     chunk = WalChunk.from_messages(msgs, range(1, len(msgs) + 1))
-    out = _strip_streamed(chunk, top_xid=100, aborted={101})
+    out = strip_streamed(chunk, top_xid=100, aborted={101})
     assert out.messages() == [origin, rel(100)[:1] + rel(100)[5:], ins(None, b"a"),
                               ins(None, b"b")]
     assert out.lsns.tolist() == [1, 2, 3, 6]
     # Nothing aborted: only the xids go.
-    kept = _strip_streamed(chunk, top_xid=100, aborted=set())
+    kept = strip_streamed(chunk, top_xid=100, aborted=set())
     assert len(kept) == len(msgs)
     for message in kept.messages():
         po.parse_message(message)  # every stripped message parses as an ordinary one
@@ -116,9 +124,9 @@ def frame(payload: bytes, lsn: int) -> memoryview:
 def test_spool_delivers_in_order_in_memory_or_spilled(
     memory_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_Spool, "SEGMENT_BYTES", 64)
-    monkeypatch.setattr(_Spool, "MIN_SEGMENT_BYTES", 64)
-    spool = _Spool(100, memory_limit, None)
+    monkeypatch.setattr(Spool, "SEGMENT_BYTES", 64)
+    monkeypatch.setattr(Spool, "MIN_SEGMENT_BYTES", 64)
+    spool = Spool(100, memory_limit, None)
     expected = []
     for i in range(50):
         xid = 100 if i % 3 else 101

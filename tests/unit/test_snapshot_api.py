@@ -17,7 +17,7 @@ from dbmazz.api.client import Client, EngineRequestError
 from dbmazz.api.prometheus import ServiceCollector
 from dbmazz.engine.core import RunState, Stage
 from dbmazz.engine.metrics import MetricsSampler, StatusSnapshot
-from dbmazz.engine.snapshot_load import SnapshotProgress, TableProgress
+from dbmazz.snapshot.progress import SnapshotProgress, TableProgress
 from dbmazz.ui.format import snapshot_shown, status_renderable
 from dbmazz.ui.snapshot import RemoteProgress, show_progress
 from tests.unit.test_control_plane import TOKEN, Running, _running

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from dbmazz.engine.snapshot_load import TableProgress, snapshot_batch
-from dbmazz.engine.snapshot_sink import Watch
-from dbmazz.pipeline.batch import AUDIT_NAMES, ColumnSpec, TableBatch, TableSchema, UpsertGroup
-from dbmazz.source.snapshot import (
+from dbmazz.contract import AUDIT_NAMES
+from dbmazz.pipeline.batch import ColumnSpec, TableBatch, TableSchema, UpsertGroup
+from dbmazz.snapshot.load import snapshot_batch
+from dbmazz.snapshot.progress import TableProgress
+from dbmazz.snapshot.read import (
     Chunk,
     TableLayout,
     column_expression,
@@ -16,6 +17,7 @@ from dbmazz.source.snapshot import (
     select_sql,
     typed_table,
 )
+from dbmazz.snapshot.sink import Watch
 from dbmazz.source.types import BOOL, INT8, NUMERIC, TEXT, TIMESTAMPTZ
 
 
@@ -133,7 +135,7 @@ def test_progress_bars_render_rows_rate_and_eta() -> None:
 
     from rich.console import Console
 
-    from dbmazz.engine.snapshot_load import SnapshotProgress
+    from dbmazz.snapshot.progress import SnapshotProgress
     from dbmazz.ui.snapshot import show_progress
 
     table = TableProgress("public.t", pages=8, rows_estimate=4000, chunks_total=2,

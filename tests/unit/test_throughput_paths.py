@@ -127,6 +127,10 @@ def test_join_slabs_of_nothing_and_of_one() -> None:
 class _Trickle:
     """A source handing out one message per read, like a socket read of a few bytes."""
 
+    reads_socket = False
+    exhausted = False
+    server_wal_end = 0
+
     def __init__(self, messages: list[bytes]) -> None:
         self._chunks = _chunks(messages, list(range(1, len(messages))))
         self.reads = 0
@@ -251,7 +255,7 @@ def test_split_parts_respect_the_limits_whatever_the_chunking(seed: int) -> None
                 assert f.nbytes < flush_bytes + 200  # at most one message past the limit
         # Parts of one transaction are numbered 0, 1, … and only the last one ends it.
         parts = [f.split for f in flushes if f.split is not None]
-        for lsn in {p[0] for p in parts}:
-            mine = [p for p in parts if p[0] == lsn]
-            assert [p[1] for p in mine] == list(range(len(mine)))
-            assert [p[2] for p in mine] == [False] * (len(mine) - 1) + [True]
+        for lsn in {p.commit_lsn for p in parts}:
+            mine = [p for p in parts if p.commit_lsn == lsn]
+            assert [p.index for p in mine] == list(range(len(mine)))
+            assert [p.last for p in mine] == [False] * (len(mine) - 1) + [True]

@@ -15,7 +15,7 @@ from dbmazz import cli
 from dbmazz.config import Config
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
-from dbmazz.engine.snapshot_load import snapshot_batch
+from dbmazz.snapshot.load import snapshot_batch
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.starrocks import StarRocksEmulator
 from dbmazz.verify.report import VerifyReport

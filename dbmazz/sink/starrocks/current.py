@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SinkError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.sink.starrocks.catalog import TargetTable
@@ -25,7 +26,7 @@ from dbmazz.sink.starrocks.mysql import FeClient, FeConnectionError, FeError, qu
 #: Keys per SELECT: far below StarRocks' limits on IN-list length and statement size.
 CHUNK = 1000
 
-VERSION = "dbmazz_cdc_version"
+VERSION = VERSION_COLUMN
 DELETED = "dbmazz_is_deleted"
 
 

@@ -24,7 +24,8 @@ from typing import Literal
 
 import pyarrow as pa
 
-from dbmazz.pipeline.batch import AUDIT_COLUMNS, ColumnSpec, TableSchema
+from dbmazz.contract import AUDIT_COLUMNS
+from dbmazz.pipeline.batch import ColumnSpec, TableSchema
 from dbmazz.sink.starrocks.mysql import quote_ident
 
 VARCHAR_MAX = 1_048_576
@@ -119,7 +120,7 @@ def arrow_type_sql(t: pa.DataType, *, key: bool = False) -> str:
         return "VARCHAR(32)"
     if pa.types.is_duration(t):
         return "BIGINT"
-    if _is_list(t):
+    if is_list_type(t):
         if key:
             raise UnsupportedType("an array cannot be part of a StarRocks primary key")
         return f"ARRAY<{arrow_type_sql(t.value_type)}>"
@@ -143,7 +144,8 @@ def _is_binary(t: pa.DataType) -> bool:
     )
 
 
-def _is_list(t: pa.DataType) -> bool:
+def is_list_type(t: pa.DataType) -> bool:
+    """Any Arrow list layout (StarRocks ARRAY; serialized as nested JSON)."""
     return (
         pa.types.is_list(t)
         or pa.types.is_large_list(t)

@@ -1,20 +1,20 @@
 """Making target tables match source tables: create, verify, add columns, widen types.
 
 Used by :class:`~dbmazz.sink.starrocks.sink.StarRocksSink` and by
-:mod:`dbmazz.engine.setup.starrocks`. With ``setup="skip"`` nothing is changed: tables are
+:mod:`dbmazz.sink.starrocks.setup`. With ``setup="skip"`` nothing is changed: tables are
 only checked against information_schema and every missing column is reported at once.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import SetupError
-from dbmazz.pipeline.batch import AUDIT_NAMES, SchemaDelta, TableSchema
-from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
+from dbmazz.pipeline.batch import SchemaDelta, TableSchema
+from dbmazz.sink.starrocks.catalog import Catalog, TargetTable, normalise_info_type
 from dbmazz.sink.starrocks.ddl import (
     UnsupportedType,
     add_columns_sql,
@@ -29,8 +29,6 @@ from dbmazz.sink.starrocks.ddl import (
 from dbmazz.sink.starrocks.settings import StarRocksSettings
 
 log = logging.getLogger("dbmazz.sink.starrocks")
-
-_INT_DISPLAY = re.compile(r"^(tinyint|smallint|int|bigint)\(\d+\)( unsigned)?$")
 
 
 @dataclass
@@ -63,20 +61,6 @@ def check_target_names(tables: Iterable[TableSchema]) -> None:
                 f"rename one with TABLE_MAP, e.g. TABLE_MAP={t.source_name}:{t.namespace}_{t.name}",
             )
         seen[t.target_name] = t.source_name
-
-
-def normalise_info_type(column_type: str) -> str:
-    """information_schema COLUMN_TYPE → the type text :mod:`.ddl` produces."""
-    text = column_type.strip().lower()
-    match = _INT_DISPLAY.match(text)
-    if match:
-        name, unsigned = match.groups()
-        if unsigned:
-            return "LARGEINT"
-        if text == "tinyint(1)":
-            return "BOOLEAN"
-        return name.upper()
-    return text.upper()
 
 
 def _check_keys(schema: TableSchema, target: TargetTable) -> None:

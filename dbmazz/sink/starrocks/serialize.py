@@ -39,6 +39,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dbmazz.sink.starrocks.ddl import is_list_type
+
 Format = Literal["json", "csv"]
 
 CSV_SEPARATOR = "\x01"
@@ -158,7 +160,7 @@ def _prepare(arr: pa.Array, *, csv: bool) -> pa.Array:
     if pa.types.is_duration(t):
         micros = arr.cast(pa.duration("us"), safe=False).cast(pa.int64())
         return micros.cast(pa.string()) if csv else micros
-    if _is_list(t):
+    if is_list_type(t):
         return _prepare_list(arr)
     if pa.types.is_struct(t):
         children = [_prepare(arr.field(i), csv=False) for i in range(t.num_fields)]
@@ -178,16 +180,6 @@ def _hex(arr: pa.Array) -> pa.Array:
     return pl.Series(values=arr).bin.encode("hex").to_arrow()
 
 
-def _is_list(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_list(t)
-        or pa.types.is_large_list(t)
-        or pa.types.is_fixed_size_list(t)
-        or pa.types.is_list_view(t)
-        or pa.types.is_large_list_view(t)
-    )
-
-
 def _prepare_list(arr: pa.Array) -> pa.Array:
     t = arr.type
     if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
@@ -200,7 +192,7 @@ def _prepare_list(arr: pa.Array) -> pa.Array:
 
 
 def _is_nested(t: pa.DataType) -> bool:
-    return _is_list(t) or pa.types.is_struct(t)
+    return is_list_type(t) or pa.types.is_struct(t)
 
 
 # -- assembling records ----------------------------------------------------------------

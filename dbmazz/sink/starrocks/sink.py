@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import pyarrow as pa
 
+from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.sink.base import RetryListener
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbmazz.sink.starrocks")
 
-MERGE_COLUMN = "dbmazz_cdc_version"
 _HEX_PREFIX = "__dbmazz_hex_"
 
 
@@ -126,6 +126,10 @@ class StarRocksSink:
             return state
 
     # -- setup and schema ----------------------------------------------------------------
+
+    def check_reachable(self) -> None:
+        """Log in to the FE (:class:`~dbmazz.sink.base.ReachabilityCheck`)."""
+        self.catalog.version()
 
     def setup(self, tables: Sequence[TableSchema]) -> None:
         with self._lock:
@@ -276,8 +280,8 @@ class StarRocksSink:
         headers["strict_mode"] = "true"
         if partial and not delete:
             headers["partial_update"] = "true"
-        merge = target.column(MERGE_COLUMN)
-        if not delete and merge is not None and MERGE_COLUMN in present:
+        merge = target.column(VERSION_COLUMN)
+        if not delete and merge is not None and VERSION_COLUMN in present:
             headers["merge_condition"] = merge.name
         return PlannedLoad(suffix, body, headers)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.sink.starrocks.catalog import TargetTable
+from dbmazz.sink.starrocks.catalog import TargetTable, normalise_info_type
 from dbmazz.sink.starrocks.ddl import (
     VARCHAR_MAX,
     TypeOptions,
@@ -23,7 +23,6 @@ from dbmazz.sink.starrocks.ddl import (
     is_safe_widening,
     parse_type,
 )
-from dbmazz.sink.starrocks.schema import normalise_info_type
 
 Severity = Literal["rejecting", "rejecting and lossy", "lossy", "incompatible", "warning"]
 

@@ -18,10 +18,14 @@ fixture) or standalone: ``python -m dbmazz.testing.starrocks --http-port 8030
 --mysql-port 9030``.
 """
 
-from dbmazz.testing.starrocks.clock import Clock, ManualClock, SystemClock
-from dbmazz.testing.starrocks.core import EmulatorConfig
-from dbmazz.testing.starrocks.emulator import StarRocksEmulator
-from dbmazz.testing.starrocks.faults import Fault, FaultKind, Faults
+from dbmazz.testing.starrocks.requirements import require_emulator
+
+require_emulator()  # a clear error, not a ModuleNotFoundError deep in the emulator
+
+from dbmazz.testing.starrocks.clock import Clock, ManualClock, SystemClock  # noqa: E402
+from dbmazz.testing.starrocks.core import EmulatorConfig  # noqa: E402
+from dbmazz.testing.starrocks.emulator import StarRocksEmulator  # noqa: E402
+from dbmazz.testing.starrocks.faults import Fault, FaultKind, Faults  # noqa: E402
 
 __all__ = [
     "Clock",

@@ -2,7 +2,7 @@
 
 The retry loops (CDC applier, snapshot loader, the sink's own) decide when to try again;
 this only observes outcomes at the one place every load passes (the live engine's
-:class:`~dbmazz.engine.snapshot_sink.SnapshotAwareSink`), so Status, Prometheus, ``dbmazz
+:class:`~dbmazz.snapshot.sink.SnapshotAwareSink`), so Status, Prometheus, ``dbmazz
 top`` and health see a pipeline that cannot load while it retries, not only once it gives
 up.
 """

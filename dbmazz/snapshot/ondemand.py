@@ -25,22 +25,22 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from dbmazz.engine.snapshot import LiveEngine, Plan, Snapshots, StopCheck
-from dbmazz.engine.snapshot_load import SnapshotProgress, progress_for
-from dbmazz.engine.snapshot_sink import Watch
 from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableBatch, TableSchema
-from dbmazz.source.catalog import describe_relations
-from dbmazz.source.slots import SlotCreation
-from dbmazz.source.snapshot import (
+from dbmazz.snapshot.context import LiveEngine, Plan, SnapshotHost, StopCheck
+from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, progress_for
+from dbmazz.snapshot.read import (
     create_temporary_slot,
     emit_marker,
     plan_chunks,
     server_supports_tid_ranges,
     table_layouts,
 )
-from dbmazz.state.snapshot_progress import ON_DEMAND
+from dbmazz.snapshot.sink import Watch
+from dbmazz.source.catalog import describe_relations
+from dbmazz.source.setup import primary_keys, publish_tables
+from dbmazz.source.slots import SlotCreation
 
 log = logging.getLogger("dbmazz.snapshot")
 
@@ -49,41 +49,10 @@ _WATERMARK_ATTEMPTS = 3
 _GATE_POLL_S = 0.5
 
 
-def publish_tables(dsn: str, publication: str, tables: Sequence[str],
-                   replica_identity: str) -> None:
-    """Add ``tables`` to the publication (and set their replica identity) the way setup
-    does. ``setup_source`` itself refuses while our own stream holds the slot, so this
-    reuses its checks and changes without the slot part."""
-    from dbmazz.engine.setup import postgres as pg_setup
-
-    with pg_setup._connect(dsn) as conn:
-        resolved = pg_setup._resolve(conn, tables)
-        keys = pg_setup._keys_by_oid(conn, [t.oid for t in resolved])
-        keyless = [t.name for t in resolved if t.oid not in keys]
-        if keyless:
-            raise pg_setup._keyless_error(keyless)
-        mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
-        changes = pg_setup._plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
-        # The publication's other tables are the pipeline's own: no "not configured" notice.
-        exists, to_add, warnings = pg_setup._publication_state(conn, publication, resolved,
-                                                               report_extra=False)
-        not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
-        if not_owned:
-            raise SetupError(
-                f"the connecting role does not own {', '.join(not_owned)}, so it cannot add "
-                f"them to publication {publication!r}",
-                "run the snapshot as the tables' owner (or a superuser), or add them by hand",
-            )
-        for warning in warnings:
-            log.warning("%s", warning)
-        pg_setup._apply(conn, publication, exists, to_add, changes,
-                        pg_setup._IDENTITY_CODE.get(mode, "d"), 10.0)
-
-
 class OnDemandSnapshot:
     """One on-demand snapshot: ``start()`` runs it on a thread, ``run()`` in the caller."""
 
-    def __init__(self, snapshots: Snapshots, tables: Sequence[str], *,
+    def __init__(self, snapshots: SnapshotHost, tables: Sequence[str], *,
                  engine: LiveEngine | None, should_stop: StopCheck) -> None:
         self.snapshots = snapshots
         self.tables = list(dict.fromkeys(tables))
@@ -179,13 +148,11 @@ class OnDemandSnapshot:
     def _register(self) -> dict[str, TableSchema]:
         """Keys into the engine's key map, target tables created: before the table is
         published, so its first streamed change finds both."""
-        from dbmazz.engine.setup.postgres import primary_keys
-
         ctx = self.snapshots.context
         with ctx.connect() as conn:
             keys = primary_keys(conn, self.tables, strict=True)
             relations = describe_relations(conn, self.tables)
-        ctx.keys.update(keys)
+        ctx.keys.add(keys)
         schemas = {name: ctx.schemas.build(relation) for name, relation in relations.items()}
         taken = {t.target_name: t.source_name for t in self.snapshots.tables.values()}
         for schema in schemas.values():

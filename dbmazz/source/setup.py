@@ -24,12 +24,9 @@ from psycopg import sql
 
 from dbmazz.errors import SetupError, SlotLostError, SourceError
 from dbmazz.source.catalog import split_table_name
-from dbmazz.source.replication import (
-    connect_error,
-    describe_dsn,
-    server_error,
-    validate_slot_name,
-)
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.names import describe_dsn, validate_slot_name
+from dbmazz.source.replication import server_error
 from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 
@@ -101,12 +98,7 @@ def _qualified(schema: str, table: str) -> str:
 
 
 def _connect(dsn: str) -> psycopg.Connection:
-    try:
-        return psycopg.connect(dsn, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), describe_dsn(dsn)) from None
-    except psycopg.ProgrammingError as exc:
-        raise SetupError(f"invalid PostgreSQL connection string: {exc}") from None
+    return SourceDatabase(dsn).connect("setup")
 
 
 def _resolve(conn: psycopg.Connection, tables: Sequence[str]) -> list[_Table]:
@@ -450,6 +442,34 @@ def setup_source(
         warnings=tuple(warnings),
         slot_creation=creation,
     )
+
+
+def publish_tables(dsn: str, publication: str, tables: Sequence[str],
+                   replica_identity: str) -> None:
+    """Add ``tables`` to the publication (and set their replica identity) the way setup
+    does, for an on-demand snapshot. :func:`setup_source` itself refuses while our own
+    stream holds the slot, so this reuses its checks and changes without the slot part."""
+    with _connect(dsn) as conn:
+        resolved = _resolve(conn, tables)
+        keys = _keys_by_oid(conn, [t.oid for t in resolved])
+        keyless = [t.name for t in resolved if t.oid not in keys]
+        if keyless:
+            raise _keyless_error(keyless)
+        mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
+        changes = _plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
+        # The publication's other tables are the pipeline's own: no "not configured" notice.
+        exists, to_add, warnings = _publication_state(conn, publication, resolved,
+                                                      report_extra=False)
+        not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
+        if not_owned:
+            raise SetupError(
+                f"the connecting role does not own {', '.join(not_owned)}, so it cannot add "
+                f"them to publication {publication!r}",
+                "run the snapshot as the tables' owner (or a superuser), or add them by hand",
+            )
+        for warning in warnings:
+            log.warning("%s", warning)
+        _apply(conn, publication, exists, to_add, changes, _IDENTITY_CODE.get(mode, "d"), 10.0)
 
 
 def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> None:

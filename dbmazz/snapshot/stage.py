@@ -17,107 +17,43 @@ Initial snapshot (``SNAPSHOT=initial|initial_only``):
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
-import psycopg
-
-from dbmazz.engine.setup.postgres import ReplicaIdentityMode, SourceSetup
-from dbmazz.engine.snapshot_load import ChunkLoader, SnapshotProgress, progress_for
-from dbmazz.engine.snapshot_sink import SnapshotAwareSink
-from dbmazz.errors import DbmazzError, SetupError, SourceConnectionError
+from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.pipeline.schema_cache import SchemaCache
-from dbmazz.source.snapshot import (
-    DEFAULT_CHUNK_PAGES,
+from dbmazz.snapshot.context import (
+    LiveEngine,
+    Plan,
+    SnapshotContext,
+    StopCheck,
+    on_demand_tables,
+)
+from dbmazz.snapshot.load import ChunkLoader
+from dbmazz.snapshot.ondemand import OnDemandSnapshot
+from dbmazz.snapshot.progress import (
+    INITIAL,
+    ON_DEMAND,
+    ChunkRecord,
+    SnapshotProgress,
+    SnapshotProgressStore,
+    progress_for,
+)
+from dbmazz.snapshot.read import (
     Chunk,
-    ReaderKind,
     TableLayout,
     plan_chunks,
     server_supports_tid_ranges,
     table_layouts,
 )
-from dbmazz.state.snapshot_progress import (
-    INITIAL,
-    ON_DEMAND,
-    ChunkRecord,
-    SnapshotProgressStore,
-)
-
-if TYPE_CHECKING:
-    from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
+from dbmazz.source.setup import SourceSetup
 
 log = logging.getLogger("dbmazz.snapshot")
 
-StopCheck = Callable[[], bool]
-
-#: Tuning/test knob: pages per chunk (default 4096 = 32 MiB of heap).
-CHUNK_PAGES_ENV = "DBMAZZ_SNAPSHOT_CHUNK_PAGES"
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() and int(value) > 0 else default
-
-
-class LiveEngine(Protocol):
-    """What an on-demand snapshot needs of the running engine."""
-
-    def wait_durable(self, lsn: int, timeout: float | None = None) -> bool: ...
-
-
 _REPORT_EVERY_S = 10.0
-
-
-@dataclass
-class SnapshotContext:
-    """What any snapshot of this engine needs."""
-
-    dsn: str
-    slot: str
-    publication: str
-    replica_identity: ReplicaIdentityMode
-    sink: SnapshotAwareSink
-    schemas: SchemaCache
-    #: The key map the schema cache resolves keys from (on-demand snapshots extend it).
-    keys: dict[str, tuple[str, ...]]
-    store: SnapshotProgressStore
-    workers: int = 2
-    reader_kind: ReaderKind = "auto"
-    chunk_pages: int = field(default_factory=lambda: _env_int(CHUNK_PAGES_ENV,
-                                                               DEFAULT_CHUNK_PAGES))
-
-    def connect(self) -> psycopg.Connection:
-        try:
-            return psycopg.connect(self.dsn, autocommit=True,
-                                   application_name="dbmazz-snapshot")
-        except psycopg.OperationalError as exc:
-            raise SourceConnectionError(f"cannot connect to PostgreSQL: {exc}") from None
-
-
-@dataclass
-class Plan:
-    """Chunks to load, the version their rows carry, the snapshot to read them in."""
-
-    version: int
-    snapshot_name: str | None
-    chunks: list[Chunk]
-    layouts: list[TableLayout]
-    done: dict[str, tuple[int, int]]
-
-
-def on_demand_tables(store: SnapshotProgressStore) -> list[str]:
-    """Tables an on-demand snapshot added to this slot's replication (kept across restarts)."""
-    try:
-        return sorted({r.chunk.table for r in store.load(ON_DEMAND)})
-    except psycopg.Error:
-        return []
 
 
 class Snapshots:
@@ -269,6 +205,7 @@ class Snapshots:
             reader_kind=ctx.reader_kind,
             registry=ctx.schemas.types,
             table_loaded=lambda name: self._finish_bulk(bulk, tables[name]),
+            hold_after=ctx.hold_after_chunks,
         )
         reporter = _Reporter(self, progress)
         reporter.start()
@@ -318,9 +255,7 @@ class Snapshots:
     def request(self, tables: Sequence[str], engine: LiveEngine | None,
                 should_stop: StopCheck) -> OnDemandSnapshot:
         """Start an on-demand snapshot of ``tables`` on its own thread; returns its handle
-        (:class:`dbmazz.engine.snapshot_ondemand.OnDemandSnapshot`)."""
-        from dbmazz.engine.snapshot_ondemand import OnDemandSnapshot
-
+        (:class:`dbmazz.snapshot.ondemand.OnDemandSnapshot`)."""
         with self._lock:
             busy = {t for h in self._on_demand if h.running for t in h.tables}
         wanted = [t if "." in t else f"public.{t}" for t in tables]
@@ -375,19 +310,3 @@ def replicated_extra_tables(dsn: str, slot: str, configured: Sequence[str]) -> l
         return [t for t in on_demand_tables(store) if t not in set(configured)]
     finally:
         store.close()
-
-
-def attach_snapshots(engine: object, *, dsn: str, slot: str, publication: str,
-                     replica_identity: ReplicaIdentityMode, mode: str, workers: int,
-                     sink: SnapshotAwareSink, schemas: SchemaCache,
-                     keys: dict[str, tuple[str, ...]], tables: Sequence[TableSchema],
-                     source: SourceSetup, checkpoint: int | None) -> Snapshots:
-    """Give a live engine its snapshot side (``engine.snapshots``)."""
-    context = SnapshotContext(dsn=dsn, slot=slot, publication=publication,
-                              replica_identity=replica_identity, sink=sink, schemas=schemas,
-                              keys=keys, store=SnapshotProgressStore(dsn, slot),
-                              workers=workers)
-    snapshots = Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},
-                          source=source, checkpoint=checkpoint)
-    engine.snapshots = snapshots  # type: ignore[attr-defined]
-    return snapshots

@@ -1,138 +1,38 @@
-"""Chunks → sink: the worker pool shared by the initial and the on-demand snapshots,
-and the progress it reports.
+"""Chunks → sink: the worker pool shared by the initial and the on-demand snapshots
+(it reports into a :class:`~dbmazz.snapshot.progress.SnapshotProgress`).
 
 ``SNAPSHOT_WORKERS`` threads each hold one reader (one connection inside the snapshot) and
 take chunks from a shared queue: read (Arrow, GIL released by the driver), cast, write
 through the sink (one write per chunk; writes of one table are serialized by the
-:class:`~dbmazz.engine.snapshot_sink.SnapshotAwareSink`), record the chunk as done. Chunks
+:class:`~dbmazz.snapshot.sink.SnapshotAwareSink`), record the chunk as done. Chunks
 are interleaved across tables so workers tend to write different tables at once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
+from dbmazz.contract import OP_INSERT, with_audit
 from dbmazz.errors import DbmazzError, SinkError, SourceConnectionError
 from dbmazz.lsn import format_lsn
-from dbmazz.pipeline.batch import AUDIT_NAMES, OP_INSERT, TableBatch, TableSchema, UpsertGroup
-from dbmazz.source.snapshot import Chunk, ChunkReader, ReaderKind, TableLayout, open_reader
+from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
+from dbmazz.snapshot.progress import SnapshotProgress, SnapshotProgressStore
+from dbmazz.snapshot.read import Chunk, ChunkReader, ReaderKind, open_reader
 from dbmazz.source.types import DecodeStats, TypeRegistry
-from dbmazz.state.snapshot_progress import SnapshotProgressStore
 
 log = logging.getLogger("dbmazz.snapshot")
 
-#: Test hook: after this many chunks are recorded as done, the workers stop taking chunks
-#: and wait until the engine is stopped (kill -9 tests use it to interrupt deterministically).
-HOLD_AFTER_ENV = "DBMAZZ_SNAPSHOT_TEST_HOLD_AFTER_CHUNKS"
-
 _READ_ATTEMPTS = 3
-
-
-# --- progress -------------------------------------------------------------------------------
-@dataclass
-class TableProgress:
-    """One table of a snapshot, for Status, metrics and progress bars."""
-
-    table: str
-    pages: int
-    rows_estimate: int
-    chunks_total: int
-    chunks_done: int = 0
-    rows_done: int = 0
-    started_at: float | None = None  # unix time of the first chunk started
-    finished_at: float | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.chunks_done >= self.chunks_total
-
-    @property
-    def rows_per_s(self) -> float:
-        if self.started_at is None or not self.rows_done:
-            return 0.0
-        end = self.finished_at or time.time()
-        return self.rows_done / max(end - self.started_at, 1e-6)
-
-    @property
-    def rows_expected(self) -> int:
-        """Best guess of the table's rows: the planner's estimate, else extrapolated from
-        the chunks done (an empty or never analyzed table has no estimate)."""
-        if self.done:
-            return self.rows_done
-        guess = self.rows_estimate
-        if self.chunks_done:
-            guess = max(guess, self.rows_done * self.chunks_total // self.chunks_done)
-        return max(guess, self.rows_done)
-
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left at the current rate (None: unknown)."""
-        if self.done:
-            return 0.0
-        rate = self.rows_per_s
-        if not rate:
-            return None
-        return max(self.rows_expected - self.rows_done, 0) / rate
-
-
-@dataclass
-class SnapshotProgress:
-    """A snapshot (initial or on demand) as it runs: a plain object, read from any thread."""
-
-    kind: str  # 'initial' | 'on_demand'
-    version: int = 0
-    active: bool = False
-    tables: dict[str, TableProgress] = field(default_factory=dict)
-    started_at: float | None = None
-    finished_at: float | None = None
-    #: What the snapshot waits for, if anything (e.g. CDC reaching the watermark).
-    waiting: str = ""
-    error: str | None = None
-    reader: str = ""
-
-    @property
-    def tables_total(self) -> int:
-        return len(self.tables)
-
-    @property
-    def tables_done(self) -> int:
-        return sum(1 for t in self.tables.values() if t.done)
-
-    @property
-    def rows_copied(self) -> int:
-        return sum(t.rows_done for t in self.tables.values())
-
-    @property
-    def rows_estimate(self) -> int:
-        return sum(t.rows_expected for t in self.tables.values())
-
-    def copy(self) -> SnapshotProgress:
-        return replace(self, tables={k: replace(v) for k, v in self.tables.items()})
-
-
-def progress_for(kind: str, version: int, layouts: Sequence[TableLayout],
-                 chunks: Sequence[Chunk], done: dict[str, tuple[int, int]] | None = None
-                 ) -> SnapshotProgress:
-    """``done``: table → (chunks, rows) already loaded by an earlier (interrupted) run."""
-    done = done or {}
-    tables = {}
-    for layout in layouts:
-        total = sum(1 for c in chunks if c.table == layout.table)
-        chunks_done, rows_done = done.get(layout.table, (0, 0))
-        tables[layout.table] = TableProgress(layout.table, layout.pages, layout.rows_estimate,
-                                             total + chunks_done, chunks_done, rows_done)
-    return SnapshotProgress(kind=kind, version=version, tables=tables)
 
 
 # --- one chunk's rows as a sink batch ---------------------------------------------------------
@@ -140,15 +40,9 @@ def snapshot_batch(table: TableSchema, rows: pa.Table, version: int, batch_id: s
                    synced_at: datetime | None = None) -> TableBatch:
     """Rows of a snapshot chunk as inserts carrying ``version`` (see docs/snapshot.md)."""
     n = rows.num_rows
-    synced = np.datetime64((synced_at or datetime.now(UTC)).replace(tzinfo=None), "us")
-    audit = [
-        pa.array(np.full(n, OP_INSERT, dtype=np.int8)),
-        pa.array(np.zeros(n, dtype=np.bool_)),
-        pa.array(np.full(n, synced, dtype="datetime64[us]")),
-        pa.array(np.full(n, version, dtype=np.int64)),
-    ]
-    full = pa.Table.from_arrays([*rows.columns, *audit],
-                                names=[*rows.column_names, *AUDIT_NAMES])
+    synced = (synced_at or datetime.now(UTC)).replace(tzinfo=None)
+    full = with_audit(rows, pa.array(np.full(n, OP_INSERT, dtype=np.int8)),
+                      pa.array(np.full(n, version, dtype=np.int64)), synced)
     return TableBatch(table=table, upserts=[UpsertGroup(full, partial=False)] if n else [],
                       first_lsn=version, last_lsn=version, source_changes=n, batch_id=batch_id)
 
@@ -196,7 +90,11 @@ class ChunkLoader:
         registry: TypeRegistry | None = None,
         stats: DecodeStats | None = None,
         table_loaded: Callable[[str], None] | None = None,
+        hold_after: int | None = None,
     ) -> None:
+        """``hold_after`` (a test hook): after this many chunks are recorded as done, the
+        workers take no more and :meth:`run` waits until stopped (kill -9 tests use it to
+        interrupt a snapshot deterministically)."""
         self.dsn = dsn
         self.snapshot_name = snapshot_name
         self.tables = tables
@@ -222,8 +120,7 @@ class ChunkLoader:
         self._failed = threading.Event()
         self._errors: list[BaseException] = []
         self._completed = 0
-        hold = os.environ.get(HOLD_AFTER_ENV, "")
-        self._hold_after = int(hold) if hold.isdigit() else None
+        self._hold_after = hold_after
         self._held = threading.Event()
 
     def run(self) -> bool:
@@ -343,8 +240,8 @@ class ChunkLoader:
             with self.lock:
                 self._completed += 1
                 if self._hold_after is not None and self._completed >= self._hold_after:
-                    log.warning("%s reached: holding the snapshot until stopped",
-                                HOLD_AFTER_ENV)
+                    log.warning("%d chunk(s) done: holding the snapshot until stopped (a "
+                                "test hook)", self._hold_after)
                     self._held.set()
             log.debug("snapshot %s chunk %d: %d rows (version %s)", chunk.table, chunk.index,
                       loaded.rows, format_lsn(self.version))

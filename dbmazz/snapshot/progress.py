@@ -1,18 +1,20 @@
-"""Snapshot chunk progress, kept in the source database beside the checkpoints.
+"""Snapshot progress: in memory as a snapshot runs (:class:`SnapshotProgress`, for Status,
+metrics and progress bars), and per chunk in the source database beside the checkpoints.
 
 Table ``dbmazz_snapshot_progress (slot_name, table_name, chunk, pages, rows, done_at, …)``:
 one row per planned chunk. A plan is written in one transaction before any chunk is read;
 a chunk's row gets ``rows`` and ``done_at`` once the sink acknowledged its rows. After a
 crash only chunks without ``done_at`` are read again. ``version`` is the
 ``dbmazz_cdc_version`` the chunk's rows carry; ``kind`` tells the initial snapshot from an
-on-demand one (whose tables are replicated from then on, see :mod:`dbmazz.engine.snapshot`).
+on-demand one (whose tables are replicated from then on, see :mod:`dbmazz.snapshot.stage`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -20,7 +22,7 @@ from psycopg import sql
 
 from dbmazz.errors import SourceConnectionError
 from dbmazz.lsn import format_lsn, parse_lsn
-from dbmazz.source.snapshot import Chunk
+from dbmazz.snapshot.read import Chunk, TableLayout
 
 TABLE = "dbmazz_snapshot_progress"
 INITIAL, ON_DEMAND = "initial", "on_demand"
@@ -136,3 +138,99 @@ class SnapshotProgressStore:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# --- in memory ------------------------------------------------------------------------------
+@dataclass
+class TableProgress:
+    """One table of a snapshot, for Status, metrics and progress bars."""
+
+    table: str
+    pages: int
+    rows_estimate: int
+    chunks_total: int
+    chunks_done: int = 0
+    rows_done: int = 0
+    started_at: float | None = None  # unix time of the first chunk started
+    finished_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.chunks_done >= self.chunks_total
+
+    @property
+    def rows_per_s(self) -> float:
+        if self.started_at is None or not self.rows_done:
+            return 0.0
+        end = self.finished_at or time.time()
+        return self.rows_done / max(end - self.started_at, 1e-6)
+
+    @property
+    def rows_expected(self) -> int:
+        """Best guess of the table's rows: the planner's estimate, else extrapolated from
+        the chunks done (an empty or never analyzed table has no estimate)."""
+        if self.done:
+            return self.rows_done
+        guess = self.rows_estimate
+        if self.chunks_done:
+            guess = max(guess, self.rows_done * self.chunks_total // self.chunks_done)
+        return max(guess, self.rows_done)
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate (None: unknown)."""
+        if self.done:
+            return 0.0
+        rate = self.rows_per_s
+        if not rate:
+            return None
+        return max(self.rows_expected - self.rows_done, 0) / rate
+
+
+@dataclass
+class SnapshotProgress:
+    """A snapshot (initial or on demand) as it runs: a plain object, read from any thread."""
+
+    kind: str  # 'initial' | 'on_demand'
+    version: int = 0
+    active: bool = False
+    tables: dict[str, TableProgress] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: What the snapshot waits for, if anything (e.g. CDC reaching the watermark).
+    waiting: str = ""
+    error: str | None = None
+    reader: str = ""
+
+    @property
+    def tables_total(self) -> int:
+        return len(self.tables)
+
+    @property
+    def tables_done(self) -> int:
+        return sum(1 for t in self.tables.values() if t.done)
+
+    @property
+    def rows_copied(self) -> int:
+        return sum(t.rows_done for t in self.tables.values())
+
+    @property
+    def rows_estimate(self) -> int:
+        return sum(t.rows_expected for t in self.tables.values())
+
+    def copy(self) -> SnapshotProgress:
+        return replace(self, tables={k: replace(v) for k, v in self.tables.items()})
+
+
+def progress_for(kind: str, version: int, layouts: Sequence[TableLayout],
+                 chunks: Sequence[Chunk], done: dict[str, tuple[int, int]] | None = None
+                 ) -> SnapshotProgress:
+    """``done``: table → (chunks, rows) already loaded by an earlier (interrupted) run."""
+    done = done or {}
+    tables = {}
+    for layout in layouts:
+        total = sum(1 for c in chunks if c.table == layout.table)
+        chunks_done, rows_done = done.get(layout.table, (0, 0))
+        tables[layout.table] = TableProgress(layout.table, layout.pages, layout.rows_estimate,
+                                             total + chunks_done, chunks_done, rows_done)
+    return SnapshotProgress(kind=kind, version=version, tables=tables)

@@ -41,14 +41,9 @@ from dbmazz.errors import SetupError, SourceConnectionError, SourceError
 from dbmazz.lsn import parse_lsn
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.source.catalog import split_table_name
-from dbmazz.source.replication import (
-    SESSION_SETTINGS,
-    connect_error,
-    describe_dsn,
-    quote_ident,
-    quote_literal,
-    replication_conninfo,
-)
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.names import describe_dsn, quote_ident, quote_literal
+from dbmazz.source.replication import SESSION_SETTINGS, connect_error
 from dbmazz.source.slots import SlotCreation
 from dbmazz.source.types import (
     BOOL,
@@ -410,10 +405,7 @@ def create_temporary_slot(dsn: str, prefix: str) -> SlotCreation:
     and the snapshot vanish when the returned connection closes (also on a crash)."""
     name = f"{prefix[:48]}_{secrets.token_hex(4)}"
     target = describe_dsn(dsn)
-    try:
-        conn = psycopg.connect(replication_conninfo(dsn), autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise connect_error(str(exc), target) from None
+    conn = SourceDatabase(dsn).connect("snapshot-slot", replication=True)
     try:
         modern = conn.info.server_version >= 150000
         suffix = "(SNAPSHOT 'export')" if modern else "EXPORT_SNAPSHOT"

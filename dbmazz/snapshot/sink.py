@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dbmazz.engine.load_health import LoadHealth
+from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SinkError
 from dbmazz.pipeline.batch import (
     LoadResult,
@@ -35,10 +35,9 @@ from dbmazz.pipeline.batch import (
     UpsertGroup,
 )
 from dbmazz.sink.base import ReportsRetries, Sink, SnapshotLoader
+from dbmazz.sink.load_health import LoadHealth
 
 T = TypeVar("T")
-
-VERSION = "dbmazz_cdc_version"
 
 
 class Watch:
@@ -95,15 +94,15 @@ class Watch:
             if batch.truncate:
                 self.truncates += 1
             for rows in parts:
-                if rows.num_rows and VERSION in rows.column_names:
-                    touched = self._older_pruned(rows.select([*self.keys, VERSION]))
+                if rows.num_rows and VERSION_COLUMN in rows.column_names:
+                    touched = self._older_pruned(rows.select([*self.keys, VERSION_COLUMN]))
                     if touched.num_rows:
                         self._touched.append(touched)
 
     def _older_pruned(self, rows: pa.Table) -> pa.Table:
         if self.watermark is None:
             return rows
-        versions = rows.column(VERSION).to_numpy()
+        versions = rows.column(VERSION_COLUMN).to_numpy()
         return rows.filter(pa.array(versions >= self.watermark))
 
     def filter(self, rows: pa.Table) -> pa.Table:
@@ -141,10 +140,6 @@ class SnapshotAwareSink:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._watches: dict[str, Watch] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        # Sink-specific extras (DuckDBSink.query, …) stay reachable through the wrapper.
-        return getattr(self.inner, name)
 
     def _lock(self, table: str) -> threading.Lock:
         with self._locks_guard:

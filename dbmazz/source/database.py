@@ -1,0 +1,42 @@
+"""The source database: one place that opens PostgreSQL connections and classifies their
+failures.
+
+Every module that talks to the source connects through :class:`SourceDatabase` with a
+purpose (it becomes the connection's ``application_name``, ``dbmazz-<purpose>``, so
+``pg_stat_activity`` says what each connection is for, unless SOURCE_URL names one), and a
+failure to connect comes back the same way everywhere: :func:`~dbmazz.source.replication.
+connect_error` (wrong credentials, pg_hba, a missing database: not retryable; anything
+else: :class:`~dbmazz.errors.SourceConnectionError`, retried).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from dbmazz.errors import SourceError
+from dbmazz.source.names import describe_dsn
+from dbmazz.source.replication import connect_error, replication_conninfo
+
+
+class SourceDatabase:
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        #: The server as errors name it (host, port, database; never the password).
+        self.target = describe_dsn(dsn)
+
+    def connect(self, purpose: str, *, replication: bool = False) -> psycopg.Connection:
+        """An autocommit connection for ``purpose``; ``replication``: a logical replication
+        connection (replication commands and SQL)."""
+        try:
+            named = bool(conninfo_to_dict(self.dsn).get("application_name"))
+            conninfo = replication_conninfo(self.dsn) if replication else self.dsn
+            if named:
+                return psycopg.connect(conninfo, autocommit=True)
+            return psycopg.connect(conninfo, autocommit=True,
+                                   application_name=f"dbmazz-{purpose}")
+        except psycopg.OperationalError as exc:
+            raise connect_error(str(exc), self.target) from None
+        except psycopg.ProgrammingError as exc:
+            raise SourceError(f"invalid PostgreSQL connection string for {self.target}: {exc}",
+                              "check SOURCE_URL") from None
