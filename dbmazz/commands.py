@@ -177,6 +177,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        slot_failover=config.slot_failover,
     )
     tables = target_tables(config, source)
     for warning in source.warnings:
@@ -205,6 +206,7 @@ def _setup_check(config: Config) -> int:
             publication=config.publication_name,
             slot=config.slot_name,
             replica_identity=config.replica_identity,
+            slot_failover=config.slot_failover,
             check_only=True,
         )
     except DbmazzError as exc:

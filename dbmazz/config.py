@@ -52,6 +52,12 @@ class Config(BaseSettings):
     )
     slot_name: str = Field(default="dbmazz_slot", description="Logical replication slot name.")
     publication_name: str = Field(default="dbmazz_pub", description="Publication name.")
+    slot_failover: bool = Field(
+        default=False,
+        description="Create the slot as a failover slot (PostgreSQL 17+), synchronized to "
+        "standbys with sync_replication_slots=on so it survives a failover; an existing slot "
+        "is switched to failover by setup.",
+    )
     tables: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Tables to replicate, comma-separated: 'schema.table' or 'table' (public).",

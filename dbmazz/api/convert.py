@@ -92,6 +92,10 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
             safe_wal_size=slot.safe_wal_size or 0, warning=slot.warning, error=slot.error,
             sampled_at_unix_s=slot.sampled_at,
         ))
+    if snap.slot_failover is not None:
+        message.slot_failover = snap.slot_failover
+    if snap.slot_synced is not None:
+        message.slot_synced = snap.slot_synced
     if snap.error is not None:
         message.last_error.CopyFrom(pb.ErrorInfo(
             message=snap.error.message, hint=snap.error.hint, kind=snap.error.kind,

@@ -95,6 +95,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None,
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        slot_failover=config.slot_failover,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
     )
@@ -132,7 +133,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         with SourceDatabase(dsn).connect("setup") as conn:
             if extra:
                 keys.add(primary_keys(conn, extra, strict=False))
-            relations = describe_relations(conn, [*source.tables, *extra])
+            relations = describe_relations(conn, [*source.tables, *extra],
+                                           config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys.resolve, config.table_map, accept=keys.replicated)
@@ -179,6 +181,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         start_lsn=start,
         heartbeat=heartbeat,
         snapshots=snapshots,
+        slot_failover=source.slot_failover,
+        slot_synced=source.slot_synced,
     )
 
 
@@ -194,7 +198,7 @@ def build_standalone_snapshots(config: Config, tables: Sequence[str]) -> Snapsho
     try:
         with SourceDatabase(config.source_dsn).connect("setup") as conn:
             keys = TableKeys(primary_keys(conn, others, strict=False))
-            relations = describe_relations(conn, others)
+            relations = describe_relations(conn, others, config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys.resolve, config.table_map)
@@ -265,7 +269,8 @@ def target_tables(config: Config, source: SourceSetup) -> list[TableSchema]:
     """The target shape of every configured table, read from the source catalog."""
     try:
         with SourceDatabase(config.source_dsn).connect("setup") as conn:
-            relations = describe_relations(conn, list(source.tables))
+            relations = describe_relations(conn, list(source.tables),
+                                           config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)

@@ -179,12 +179,16 @@ class Engine:
         writer: Sink | None = None,
         heartbeat: HeartbeatWriter | None = None,
         snapshots: Snapshots | None = None,
+        slot_failover: bool | None = None,
+        slot_synced: bool | None = None,
     ) -> None:
         """``sink`` is the target (what ``engine.sink`` gives users); ``writer`` what the
         applier writes through (default: ``sink``; live engines: a
         :class:`~dbmazz.snapshot.sink.SnapshotAwareSink` around it).
         ``heartbeat`` writes heartbeats into the source's WAL, ``snapshots`` takes the
-        initial and on-demand snapshots (live engines, see :mod:`dbmazz.engine.build`)."""
+        initial and on-demand snapshots (live engines, see :mod:`dbmazz.engine.build`).
+        ``slot_failover``/``slot_synced``: the slot's flags as setup left them (None:
+        unknown or before PostgreSQL 17), for Status."""
         tune_allocators()  # once per process: allocators give freed memory back
         self.settings = settings or Settings()
         self.sink = sink
@@ -238,6 +242,8 @@ class Engine:
         self._done = threading.Event()
         self._started = False
         self.snapshots = snapshots
+        self.slot_failover = slot_failover
+        self.slot_synced = slot_synced
 
     # ------------------------------------------------------------------ control
     @property

@@ -63,6 +63,9 @@ class StatusSnapshot:
     error: ErrorSnapshot | None = None
     settings: dict[str, int] = field(default_factory=dict)
     slot: str = ""
+    #: pg_replication_slots.failover / .synced at setup (None before PostgreSQL 17).
+    slot_failover: bool | None = None
+    slot_synced: bool | None = None
     publication: str = ""
     sink: str = ""
     version: str = ""

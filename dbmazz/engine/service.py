@@ -470,6 +470,8 @@ class EngineService:
                 error=error,
                 settings=settings,
                 slot=config.slot_name if config else "",
+                slot_failover=engine.slot_failover,
+                slot_synced=engine.slot_synced,
                 publication=config.publication_name if config else "",
                 sink=engine.sink.name,
                 version=__version__,

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SinkError
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import (
     LoadResult,
     SchemaDelta,
@@ -38,6 +38,11 @@ from dbmazz.sink.base import ReportsRetries, Sink, SnapshotLoader
 from dbmazz.sink.load_health import LoadHealth
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 
 class Watch:

@@ -23,11 +23,20 @@ import psycopg
 from psycopg import sql
 
 from dbmazz.errors import SetupError, SlotLostError, SourceError
+from dbmazz.source import publication as pubinfo
 from dbmazz.source.catalog import split_table_name
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, validate_slot_name
 from dbmazz.source.replication import server_error
-from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
+from dbmazz.source.slots import (
+    FAILOVER_VERSION,
+    SlotCreation,
+    SlotInfo,
+    create_slot,
+    failover_unsupported,
+    read_slot_info,
+    set_failover,
+)
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 
 log = logging.getLogger("dbmazz.setup")
@@ -61,6 +70,12 @@ class SourceSetup:
     slot_creation: SlotCreation | None = field(default=None, compare=False)
     #: False for ``check_only``: the change fields then describe what setup would do.
     applied: bool = True
+    #: ``SLOT_FAILOVER``: an existing slot was (or, check_only, would be) made a failover
+    #: slot.
+    slot_failover_set: bool = False
+    #: The slot's ``failover`` / ``synced`` flags after setup (None before PostgreSQL 17).
+    slot_failover: bool | None = None
+    slot_synced: bool | None = None
 
     @property
     def pending_changes(self) -> list[str]:
@@ -76,6 +91,8 @@ class SourceSetup:
             )
         if self.slot_created:
             changes.append("create the replication slot")
+        if self.slot_failover_set:
+            changes.append("make the replication slot a failover slot")
         return changes
 
 
@@ -267,6 +284,7 @@ def _publication_state(
     """(exists, tables to add, warnings). ``report_extra``: warn about published tables
     not in ``tables`` (False when ``tables`` are only being added, as by an on-demand
     snapshot, and the others are the pipeline's own)."""
+    pubinfo.check_partitions(conn, publication, {t.oid: t.name for t in tables})
     row = conn.execute(
         "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
         "FROM pg_publication WHERE pubname = %s",
@@ -297,30 +315,116 @@ def _publication_state(
             f"publication {publication!r} also publishes tables not configured: "
             f"{', '.join(extra)} (left as they are; their changes are ignored)"
         )
-    if conn.info.server_version >= 150000:
-        filtered = conn.execute(
-            """
-            SELECT n.nspname || '.' || c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL
-            FROM pg_publication_rel pr
-            JOIN pg_publication p ON p.oid = pr.prpubid
-            JOIN pg_class c ON c.oid = pr.prrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE p.pubname = %s AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)
-            """,
-            (publication,),
-        ).fetchall()
-        for name, has_filter, has_columns in filtered:
-            if name in wanted:
-                what = " and ".join(
-                    w for w, on in (("a row filter", has_filter), ("a column list", has_columns))
-                    if on
-                )
-                warnings.append(
-                    f"publication {publication!r} has {what} on {name}; only the filtered "
-                    "rows/columns are replicated"
-                )
+    warnings += _narrowing_warnings(conn, publication, tables)
     to_add = [] if all_tables else [t for t in tables if t.name not in published]
     return True, to_add, warnings
+
+
+def _narrowing_warnings(
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+) -> list[str]:
+    """What the publication's row filters and column lists leave out (reported, never
+    widened)."""
+    return [
+        f"publication {publication!r} publishes {n.table} with a {n.describe()}: only those "
+        "rows and columns reach the target (setup never widens a publication)"
+        for n in pubinfo.narrowings(conn, {t.oid: t.name for t in tables}, publication)
+        if n.narrows
+    ]
+
+
+def _partition_identity_changes(
+    conn: psycopg.Connection, tables: Sequence[_Table], mode: ReplicaIdentityMode
+) -> list[_Table]:
+    """Leaf partitions of the listed partitioned tables whose REPLICA IDENTITY must change.
+
+    ALTER TABLE ... REPLICA IDENTITY on a partitioned table does not reach its partitions,
+    yet each partition's own identity decides which old row its WAL carries; the root's
+    decides how pgoutput labels it. Both must agree, so the partitions follow the root."""
+    roots = pubinfo.partitioned_oids(conn, [t.oid for t in tables])
+    leaves = [
+        _Table(_qualified(p.schema, p.table), p.schema, p.table, p.oid, p.identity,
+               p.may_alter)
+        for p in pubinfo.leaf_partitions(conn, sorted(roots))
+    ]
+    if not leaves:
+        return []
+    keys = _keys_by_oid(conn, [t.oid for t in leaves])
+    keyless = [t.name for t in leaves if t.oid not in keys]
+    if keyless:
+        raise _keyless_error(keyless)
+    return _plan_identity(leaves, keys, mode)
+
+
+def _log_partition_root(
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+) -> None:
+    roots = pubinfo.partitioned_oids(conn, [t.oid for t in tables])
+    if roots:
+        log.info(
+            "publication %s created with publish_via_partition_root = true: the changes of "
+            "every partition of %s are published as the partitioned table's, so each loads "
+            "into one target table", publication,
+            ", ".join(t.name for t in tables if t.oid in roots),
+        )
+
+
+def _toast_risk(
+    conn: psycopg.Connection,
+    narrowing: pubinfo.Narrowing,
+    identity: str,
+    table: _Table,
+    changing: set[int],
+) -> list[str]:
+    """A row filter under a replica identity other than FULL: a row entering the filter
+    (its key changed) comes as an insert whose unchanged TOASTed values are unknown, and
+    would load as NULL. Refused when setup would make it so, reported when it is so."""
+    columns = pubinfo.unfillable_toast(conn, narrowing, identity)
+    if not columns:
+        return []
+    text = (f"publication {narrowing.publication!r} has a row filter on {table.name} and its "
+            f"REPLICA IDENTITY is {_IDENTITY_NAME[identity]}: a row that enters the filter "
+            "arrives as an insert without the TOASTed values its UPDATE did not change "
+            f"({', '.join(columns)}), which the target cannot fill")
+    if table.oid in changing:
+        raise SetupError(text, "use REPLICA_IDENTITY=full: PostgreSQL then sends those values")
+    return [text + "; use REPLICA IDENTITY FULL on it"]
+
+
+def _check_narrowed_identity(
+    conn: psycopg.Connection,
+    publication: str,
+    tables: Sequence[_Table],
+    identity_changes: Sequence[_Table],
+    identity_code: str,
+) -> list[str]:
+    """Refuse a replica identity change that makes PostgreSQL reject a table's UPDATEs and
+    DELETEs because of what a publication — dbmazz's or any other — leaves out of it (a
+    column list, a row filter, PostgreSQL 18's unpublished generated columns); warn about
+    such a conflict that already exists."""
+    changing = {t.oid for t in identity_changes}
+    by_oid = {t.oid: t for t in tables}
+    warnings = []
+    for narrowing in pubinfo.narrowings(conn, {t.oid: t.name for t in tables}):
+        table = by_oid[narrowing.oid]
+        identity = identity_code if table.oid in changing else table.identity
+        problems = pubinfo.identity_conflicts(conn, narrowing, identity)
+        if problems:
+            text = (f"under REPLICA IDENTITY {_IDENTITY_NAME[identity]}, PostgreSQL rejects "
+                    f"UPDATEs and DELETEs of {table.name}: publication "
+                    f"{narrowing.publication!r} publishes it, but {'; '.join(problems)}")
+            if table.oid in changing:
+                raise SetupError(
+                    text.replace("rejects", "would reject"),
+                    "set REPLICA_IDENTITY to a mode the publication allows ('default' when "
+                    "the key columns are published and filtered on, or 'keep'), or change "
+                    "the publication's column list / row filter / publish_generated_columns "
+                    "yourself",
+                )
+            warnings.append(text)
+        if narrowing.publication == publication:
+            warnings += _toast_risk(conn, narrowing, identity, table, changing)
+    return warnings
 
 
 def setup_source(
@@ -333,6 +437,7 @@ def setup_source(
     export_snapshot: bool = False,
     lock_timeout_s: float = 10.0,
     check_only: bool = False,
+    slot_failover: bool = False,
 ) -> SourceSetup:
     """Check the source and create what is missing; safe to run any number of times.
 
@@ -343,6 +448,8 @@ def setup_source(
     :attr:`SourceSetup.slot_creation` for an initial snapshot.
     ``check_only``: run every check but change nothing; the result then says what setup
     *would* create or change (``applied`` is False).
+    ``slot_failover``: create the slot as a failover slot, or make the existing one one
+    (PostgreSQL 17+).
     """
     if not tables:
         raise SetupError("no tables to replicate", "list them in TABLES (schema.table,...)")
@@ -371,8 +478,13 @@ def setup_source(
         if keyless:
             raise _keyless_error(keyless)
         identity_changes = _plan_identity(resolved, keys, replica_identity)
+        identity_changes += _partition_identity_changes(conn, resolved, replica_identity)
         pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
         warnings += pub_warnings
+        warnings += _check_narrowed_identity(
+            conn, publication, resolved, identity_changes,
+            _IDENTITY_CODE.get(replica_identity, "d"),
+        )
         not_owned = sorted(
             {t.name for t in [*identity_changes, *to_add] if not t.may_alter}
         )
@@ -384,6 +496,8 @@ def setup_source(
                 "changes by hand",
             )
         info = read_slot_info(conn, slot)
+        warnings += _check_failover(conn, slot_failover, target)
+        set_failover_now = slot_failover and info.exists and not info.failover
         if not info.exists:
             _refuse_dropped_slot(conn, slot, target)
         if info.exists:
@@ -407,6 +521,9 @@ def setup_source(
                 replica_identity_changed=tuple(t.name for t in identity_changes),
                 warnings=tuple(warnings),
                 applied=False,
+                slot_failover_set=set_failover_now,
+                slot_failover=info.failover,
+                slot_synced=info.synced,
             )
 
         # -- everything checked; now change what is missing ----------------------------
@@ -419,17 +536,24 @@ def setup_source(
             _IDENTITY_CODE.get(replica_identity, "d"),
             lock_timeout_s,
         )
+        if not pub_exists:
+            _log_partition_root(conn, publication, resolved)
 
     for w in warnings:
         log.warning("%s", w)
     creation: SlotCreation | None = None
     consistent_point: int | None = None
     if not info.exists:
-        creation = create_slot(dsn, slot, export_snapshot=export_snapshot)
+        creation = create_slot(dsn, slot, export_snapshot=export_snapshot,
+                               failover=slot_failover)
         consistent_point = creation.consistent_point
         if not export_snapshot:
             creation.close()
             creation = None
+    elif set_failover_now:
+        set_failover(dsn, slot)
+        log.info("replication slot %s is now a failover slot", slot)
+    after = slot_info_after(dsn, slot, info, slot_failover)
     return SourceSetup(
         primary_keys={t.name: keys[t.oid][1] for t in resolved},
         slot_created=not info.exists,
@@ -441,7 +565,37 @@ def setup_source(
         replica_identity_changed=tuple(changed),
         warnings=tuple(warnings),
         slot_creation=creation,
+        slot_failover_set=set_failover_now,
+        slot_failover=after.failover,
+        slot_synced=after.synced,
     )
+
+
+def slot_info_after(dsn: str, slot: str, before: SlotInfo, failover: bool) -> SlotInfo:
+    """The slot's flags once setup is done (read again only when setup changed them)."""
+    if before.exists and not (failover and not before.failover):
+        return before
+    with _connect(dsn) as conn:
+        return read_slot_info(conn, slot)
+
+
+def _check_failover(conn: psycopg.Connection, failover: bool, target: str) -> list[str]:
+    """``SLOT_FAILOVER``: refused before PostgreSQL 17; a warning when no standby is
+    waited for, so a failover could lose changes dbmazz already loaded."""
+    if not failover:
+        return []
+    version = conn.info.server_version
+    if version < FAILOVER_VERSION:
+        raise failover_unsupported(version, target)
+    (standbys,) = conn.execute("SHOW synchronized_standby_slots").fetchone() or ("",)
+    if not standbys:
+        return [
+            "SLOT_FAILOVER=true but synchronized_standby_slots is empty on the primary: "
+            "dbmazz may receive changes a standby has not yet received, and a failover to "
+            "that standby would lose them from the source while the target keeps them; list "
+            "the standbys' physical slots in synchronized_standby_slots"
+        ]
+    return []
 
 
 def publish_tables(dsn: str, publication: str, tables: Sequence[str],
@@ -457,9 +611,12 @@ def publish_tables(dsn: str, publication: str, tables: Sequence[str],
             raise _keyless_error(keyless)
         mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
         changes = _plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
+        changes += _partition_identity_changes(conn, resolved, mode)  # type: ignore[arg-type]
         # The publication's other tables are the pipeline's own: no "not configured" notice.
         exists, to_add, warnings = _publication_state(conn, publication, resolved,
                                                       report_extra=False)
+        warnings += _check_narrowed_identity(conn, publication, resolved, changes,
+                                             _IDENTITY_CODE.get(mode, "d"))
         not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
         if not_owned:
             raise SetupError(
@@ -561,8 +718,9 @@ def _apply(
                 )
             if not pub_exists:
                 conn.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                        pub, sql.SQL(", ").join(t.ident for t in to_add)
+                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                        pub, sql.SQL(", ").join(t.ident for t in to_add),
+                        pubinfo.create_options(conn),
                     )
                 )
             elif to_add:

@@ -57,14 +57,35 @@ class SlotInfo:
     restart_lsn: int | None = None
     #: ``reserved``, ``extended``, ``unreserved`` or ``lost`` (invalidated).
     wal_status: str | None = None
+    #: PostgreSQL 17+ (None before): the slot is synchronized to standbys that have
+    #: ``sync_replication_slots`` on, so it survives a failover to one of them.
+    failover: bool | None = None
+    #: PostgreSQL 17+ (None before): the slot was synchronized from a primary — on a
+    #: standby, a copy kept for failover; on a promoted standby, the slot it took over.
+    synced: bool | None = None
 
 
 def _connect(dsn: str, replication: bool) -> psycopg.Connection:
     return SourceDatabase(dsn).connect("slots", replication=replication)
 
 
-def create_slot(dsn: str, slot: str, *, export_snapshot: bool) -> SlotCreation:
-    """``CREATE_REPLICATION_SLOT slot LOGICAL pgoutput``, exporting a snapshot if asked.
+#: PostgreSQL 17 brought failover slots.
+FAILOVER_VERSION = 170000
+
+
+def failover_unsupported(server_version: int, target: str) -> SetupError:
+    return SetupError(
+        f"SLOT_FAILOVER=true needs PostgreSQL 17 or newer (failover slots); {target} runs "
+        f"PostgreSQL {server_version // 10000}",
+        "upgrade the server, or set SLOT_FAILOVER=false (after a failover the slot is then "
+        "lost and dbmazz stops with an error naming how to start over)",
+    )
+
+
+def create_slot(dsn: str, slot: str, *, export_snapshot: bool,
+                failover: bool = False) -> SlotCreation:
+    """``CREATE_REPLICATION_SLOT slot LOGICAL pgoutput``, exporting a snapshot if asked,
+    as a failover slot if asked (PostgreSQL 17+; older servers raise :class:`SetupError`).
 
     Waits for the server to reach a consistent point (for running transactions to end).
     """
@@ -72,10 +93,13 @@ def create_slot(dsn: str, slot: str, *, export_snapshot: bool) -> SlotCreation:
     target = describe_dsn(dsn)
     conn = _connect(dsn, replication=True)
     try:
-        modern = conn.info.server_version >= 150000
+        version = conn.info.server_version
+        if failover and version < FAILOVER_VERSION:
+            raise failover_unsupported(version, target)
+        modern = version >= 150000
         if modern:
             mode = "'export'" if export_snapshot else "'nothing'"
-            suffix = f"(SNAPSHOT {mode})"
+            suffix = f"(SNAPSHOT {mode}{', FAILOVER' if failover else ''})"
         else:
             suffix = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
         command = f"CREATE_REPLICATION_SLOT {quote_ident(slot)} LOGICAL pgoutput {suffix}"
@@ -115,19 +139,45 @@ def create_slot(dsn: str, slot: str, *, export_snapshot: bool) -> SlotCreation:
     )
 
 
+def set_failover(dsn: str, slot: str) -> None:
+    """``ALTER_REPLICATION_SLOT slot (FAILOVER)`` on an existing, inactive slot
+    (PostgreSQL 17+; older servers raise :class:`SetupError`)."""
+    validate_slot_name(slot)
+    target = describe_dsn(dsn)
+    with _connect(dsn, replication=True) as conn:
+        if conn.info.server_version < FAILOVER_VERSION:
+            raise failover_unsupported(conn.info.server_version, target)
+        try:
+            conn.execute(f"ALTER_REPLICATION_SLOT {quote_ident(slot)} (FAILOVER)".encode())
+        except psycopg.errors.ObjectInUse as exc:
+            raise SetupError(
+                f"cannot make replication slot {slot!r} on {target} a failover slot: {exc}",
+                "stop the consumer using it (see pg_stat_replication), then retry",
+            ) from None
+        except psycopg.errors.FeatureNotSupported as exc:
+            # E.g. on a standby: a failover slot is set up on the primary.
+            raise SetupError(
+                f"cannot make replication slot {slot!r} on {target} a failover slot: {exc}",
+                "run setup against the primary",
+            ) from None
+
+
 def read_slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo:
     """:func:`slot_info` over an existing ordinary connection."""
+    failover = ("failover, synced" if conn.info.server_version >= FAILOVER_VERSION
+                else "NULL::bool, NULL::bool")
     row = conn.execute(
-        """
+        f"""
         SELECT plugin, slot_type, database, active, active_pid,
-               confirmed_flush_lsn::text, restart_lsn::text, wal_status
+               confirmed_flush_lsn::text, restart_lsn::text, wal_status, {failover}
         FROM pg_replication_slots WHERE slot_name = %s
-        """,
+        """,  # failover: one of two constant column lists, never input
         (slot,),
     ).fetchone()
     if row is None:
         return SlotInfo(slot=slot, exists=False)
-    plugin, slot_type, database, active, pid, confirmed, restart, wal_status = row
+    (plugin, slot_type, database, active, pid, confirmed, restart, wal_status, is_failover,
+     synced) = row
     return SlotInfo(
         slot=slot,
         exists=True,
@@ -139,6 +189,8 @@ def read_slot_info(conn: psycopg.Connection, slot: str) -> SlotInfo:
         confirmed_flush_lsn=parse_lsn(confirmed) if confirmed else None,
         restart_lsn=parse_lsn(restart) if restart else None,
         wal_status=wal_status,
+        failover=is_failover,
+        synced=synced,
     )
 
 

@@ -76,13 +76,24 @@ def error_panel(status: pb.EngineStatus) -> Panel | None:
     return Panel(body, title=title, border_style="red" if error.fatal else "yellow")
 
 
+def slot_flags(status: pb.EngineStatus) -> str:
+    """`` (failover)``, `` (failover, synced)``… from PostgreSQL 17's slot flags."""
+    flags = []
+    if status.HasField("slot_failover"):
+        flags.append("failover" if status.slot_failover else "no failover")
+    if status.HasField("slot_synced") and status.slot_synced:
+        flags.append("synced")
+    return f" ({', '.join(flags)})" if flags else ""
+
+
 def overview_table(status: pb.EngineStatus) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim")
     grid.add_column()
     grid.add_row("state", Text.assemble(state_text(status), f"  (stage {stage_name(status.stage)}"
                                         f", {'serving' if status.serving else 'not serving'})"))
-    grid.add_row("source", f"slot {status.slot or '-'}, publication {status.publication or '-'}")
+    grid.add_row("source", f"slot {status.slot or '-'}{slot_flags(status)}, "
+                           f"publication {status.publication or '-'}")
     grid.add_row("sink", status.sink or "-")
     grid.add_row("received LSN", status.received_lsn.text or "0/0")
     grid.add_row("confirmed LSN", status.confirmed_lsn.text or "0/0")

@@ -24,11 +24,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import polars as pl
 import pyarrow as pa
 
 from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
@@ -43,6 +43,11 @@ from dbmazz.sink.starrocks.serialize import JSON_HEADERS, serialize
 from dbmazz.sink.starrocks.settings import StarRocksSettings
 from dbmazz.sink.starrocks.split import PlannedLoad, SplitTransaction
 from dbmazz.sink.starrocks.stream_load import FINAL_OK, StreamLoadClient, TransactionBroken
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 if TYPE_CHECKING:
     from dbmazz.config import Config
