@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from dbmazz.engine.core import ChunkSource, Engine, Settings
 from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
-from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink
+from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink, TargetChecked
 from dbmazz.source.catalog import describe_relations, split_table_name
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.pgoutput import Relation
@@ -57,11 +57,18 @@ def settings_from(config: Config, **overrides: object) -> Settings:
     return settings
 
 
-def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None) -> Engine:
+def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None,
+                        primary_keys: Mapping[str, tuple[str, ...]] | None = None) -> Engine:
+    """``primary_keys`` (``--primary-keys``) win over the capture's recorded keys; tables
+    known to neither are looked up in SOURCE_URL's catalog when it is set."""
+    from dbmazz.engine.replay_keys import replay_key_resolver
     from dbmazz.source.capture import CaptureSource, capture_metadata, iter_capture
 
     metadata = capture_metadata(path)
-    schemas = SchemaCache(keys_from_map(metadata.primary_keys), config.table_map)
+    resolver = replay_key_resolver(
+        {**metadata.primary_keys, **(primary_keys or {})},
+        config.source_dsn if config.source_url is not None else None)
+    schemas = SchemaCache(resolver, config.table_map)
     return Engine(
         source_factory=lambda _lsn: CaptureSource(iter_capture(path)),
         sink=sink or make_sink(config),
@@ -146,6 +153,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     _check_key_changes_supported(inner, list(relations.values()), tables)
     if config.setup == "auto":
         target.setup(tables)
+    elif isinstance(inner, TargetChecked):
+        inner.check_target(tables)  # SETUP=skip: tables made by hand, checked before loads
     checkpoints = PostgresCheckpointStore(dsn, config.slot_name)
     checkpoint = checkpoints.load()
     start = checkpoint or 0

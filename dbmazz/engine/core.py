@@ -455,8 +455,14 @@ class Engine:
     @property
     def replication_lag_ms(self) -> float:
         """Age of the oldest received change that is not durable yet (0 when caught up)."""
+        marks = self._lag_marks
         try:
-            _, since = self._lag_marks[0]
+            lsn, since = marks[0]
+            if lsn <= self._durable_lsn:
+                # A chunk ending in a Commit is marked at the commit's end LSN, which is
+                # exactly the LSN made durable; the confirmation keeps marks >= it, so the
+                # first mark can be one that is loaded already (and only the first).
+                _, since = marks[1]
         except IndexError:
             return 0.0
         return max(0.0, (time.monotonic() - since) * 1000)

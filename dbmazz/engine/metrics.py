@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from dbmazz.engine.core import RunState, Stage
+from dbmazz.engine.slot_health import SlotHealth
 from dbmazz.snapshot.progress import SnapshotProgress
 
 
@@ -71,6 +72,10 @@ class StatusSnapshot:
     started_at: float = 0.0
     #: The running (else the last) snapshot; None before any.
     snapshot: SnapshotProgress | None = None
+    #: Seconds the longest-failing table's loads have been failing (0: loads succeed).
+    load_failing_s: float = 0.0
+    #: The replication slot's latest health sample (None before one, or without a source).
+    slot_health: SlotHealth | None = None
     taken_at: float = field(default_factory=time.time)
 
     @property

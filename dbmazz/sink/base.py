@@ -9,7 +9,7 @@ LSNs to PostgreSQL on that basis) and must be idempotent: the same batch written
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -86,3 +86,31 @@ class RowReader(Protocol):
 
     def read_rows(self, table: TableSchema, keys: pa.Table, columns: Sequence[str],
                   split: SplitPart | None) -> pa.Table: ...
+
+
+#: Called with (table, reason) after each failed attempt a sink retries by itself.
+RetryListener = Callable[[str, str], None]
+
+
+@runtime_checkable
+class ReportsRetries(Protocol):
+    """Optional: a sink that retries inside ``write`` (StarRocks) reports each failed
+    attempt as it happens, so the engine's status shows a load failing while it retries."""
+
+    def report_retries(self, listener: RetryListener) -> None: ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """Optional: a sink whose retry waits ``cancel()`` cuts short on shutdown."""
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class TargetChecked(Protocol):
+    """Optional: a sink that can check existing target tables without changing them
+    (``SETUP=skip``): every column must take what dbmazz sends; raises
+    :class:`dbmazz.errors.SetupError` naming every problem."""
+
+    def check_target(self, tables: Sequence[TableSchema]) -> None: ...

@@ -294,9 +294,12 @@ def _plan_identity(
 
 
 def _publication_state(
-    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table],
+    *, report_extra: bool = True,
 ) -> tuple[bool, list[_Table], list[str]]:
-    """(exists, tables to add, warnings)."""
+    """(exists, tables to add, warnings). ``report_extra``: warn about published tables
+    not in ``tables`` (False when ``tables`` are only being added, as by an on-demand
+    snapshot, and the others are the pipeline's own)."""
     pubinfo.check_partitions(conn, publication, {t.oid: t.name for t in tables})
     row = conn.execute(
         "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
@@ -323,7 +326,7 @@ def _publication_state(
     }
     wanted = {t.name for t in tables}
     extra = sorted(published - wanted)
-    if extra and not all_tables:
+    if extra and not all_tables and report_extra:
         warnings.append(
             f"publication {publication!r} also publishes tables not configured: "
             f"{', '.join(extra)} (left as they are; their changes are ignored)"
@@ -652,7 +655,9 @@ def publish_tables(
             raise _keyless_error(keyless)
         changes = _plan_identity(resolved, keys, mode)
         changes += _partition_identity_changes(conn, resolved, mode)
-        _, to_add, warnings = _publication_state(conn, publication, resolved)
+        # The publication's other tables are the pipeline's own: no "not configured" notice.
+        _, to_add, warnings = _publication_state(conn, publication, resolved,
+                                                 report_extra=False)
         warnings += _check_narrowed_identity(conn, publication, resolved, changes,
                                              _IDENTITY_CODE.get(mode, "d"))
         not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})

@@ -229,3 +229,73 @@ def drop_slot(dsn: str, slot: str, *, wait_s: float = 10.0, missing_ok: bool = T
                         "stop the consumer using it (see pg_stat_replication), then retry",
                     ) from None
                 attempts.backoff()
+
+
+# --- listing and health (``dbmazz slots``, the engine's slot health) -----------------------
+
+@dataclass(frozen=True)
+class SlotRow:
+    """A replication slot of the source as ``dbmazz slots`` lists it."""
+
+    name: str
+    plugin: str | None
+    slot_type: str
+    database: str | None
+    active: bool
+    active_pid: int | None
+    #: ``pg_current_wal_lsn() - restart_lsn``: WAL the server keeps for this slot.
+    retained_bytes: int | None
+    confirmed_flush_lsn: int | None
+    #: ``reserved``/``extended``/``unreserved``/``lost`` (PG13+; None before).
+    wal_status: str | None
+    #: Bytes left before ``max_slot_wal_keep_size`` invalidates the slot (None: no limit).
+    safe_wal_size: int | None
+    #: ``application_name`` of the session streaming from it (``dbmazz`` for dbmazz).
+    consumer: str | None
+    #: LSN of its row in ``dbmazz_checkpoints`` (a dbmazz pipeline uses it), else None.
+    checkpoint_lsn: int | None
+
+
+_SLOTS_QUERY = """
+SELECT s.slot_name, s.plugin, s.slot_type, s.database, s.active, s.active_pid,
+       CASE WHEN s.restart_lsn IS NULL THEN NULL
+            ELSE pg_wal_lsn_diff(
+                CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                     ELSE pg_current_wal_lsn() END, s.restart_lsn)::bigint END,
+       s.confirmed_flush_lsn::text, {wal_status}, {safe_wal_size},
+       (SELECT r.application_name FROM pg_stat_replication r WHERE r.pid = s.active_pid)
+FROM pg_replication_slots s {where}
+ORDER BY s.slot_name
+"""
+
+
+def read_slots(conn: psycopg.Connection, only: str | None = None) -> list[SlotRow]:
+    """Every replication slot of the server (or only ``only``), with dbmazz's checkpoints."""
+    modern = conn.info.server_version >= 130000
+    query = _SLOTS_QUERY.format(
+        wal_status="s.wal_status" if modern else "NULL::text",
+        safe_wal_size="s.safe_wal_size" if modern else "NULL::bigint",
+        where="WHERE s.slot_name = %s" if only is not None else "")
+    rows = conn.execute(query.encode(), (only,) if only is not None else ()).fetchall()
+    checkpoints = _checkpoints(conn)
+    return [SlotRow(name, plugin, slot_type, database, bool(active), pid,
+                    int(retained) if retained is not None else None,
+                    parse_lsn(confirmed) if confirmed else None, wal_status,
+                    int(safe) if safe is not None else None, consumer,
+                    checkpoints.get(name))
+            for (name, plugin, slot_type, database, active, pid, retained, confirmed,
+                 wal_status, safe, consumer) in rows]
+
+
+def _checkpoints(conn: psycopg.Connection) -> dict[str, int]:
+    """slot → checkpoint LSN from ``public.dbmazz_checkpoints`` of this database."""
+    row = conn.execute("SELECT to_regclass('public.dbmazz_checkpoints') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return {}
+    return {str(slot): parse_lsn(str(lsn)) for slot, lsn in conn.execute(
+        "SELECT slot_name, lsn::text FROM public.dbmazz_checkpoints").fetchall()}
+
+
+def list_slots(dsn: str) -> list[SlotRow]:
+    with _connect(dsn, replication=False) as conn:
+        return read_slots(conn)

@@ -9,6 +9,7 @@ returning, bounded by a deadline. Every name is backtick-quoted, every value quo
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,21 @@ from dbmazz.sink.starrocks.mysql import (
 log = logging.getLogger("dbmazz.sink.starrocks")
 
 _NOT_NORMAL = "is not normal"
+_INT_DISPLAY = re.compile(r"^(tinyint|smallint|int|bigint)\(\d+\)( unsigned)?$")
+
+
+def normalise_info_type(column_type: str) -> str:
+    """information_schema COLUMN_TYPE → the type text :mod:`.ddl` produces."""
+    text = column_type.strip().lower()
+    match = _INT_DISPLAY.match(text)
+    if match:
+        name, unsigned = match.groups()
+        if unsigned:
+            return "LARGEINT"
+        if text == "tinyint(1)":
+            return "BOOLEAN"
+        return name.upper()
+    return text.upper()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
 from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.retry import Waiter
+from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
@@ -115,6 +116,10 @@ class StarRocksSink:
         s = self.settings
         return f"StarRocksSink({s.fe_url}, db={s.database!r}, user={s.user!r})"
 
+    def report_retries(self, listener: RetryListener) -> None:
+        """Call ``listener(target table, reason)`` after each failed Stream Load attempt."""
+        self.client.retry_listener = listener
+
     def cancel(self) -> None:
         """Interrupt retry back-offs and polls (engine shutdown); they raise SinkError."""
         self._waiter.cancel()
@@ -159,6 +164,12 @@ class StarRocksSink:
                 state.target = report.tables.get(schema.target_name)
             with self._lock:
                 self._sources[schema.target_name] = schema
+
+    def check_target(self, tables: Sequence[TableSchema]) -> None:
+        """SETUP=skip: the database and every table must exist with columns that take what
+        dbmazz sends (setup under SETUP=skip changes nothing, it only verifies)."""
+        if self.settings.setup == "skip":
+            self.setup(tables)
 
     def apply_schema_delta(self, delta: SchemaDelta) -> None:
         if delta.before is None and delta.after.source_name not in {
