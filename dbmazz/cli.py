@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("snapshot", "Snapshot tables into the target (also while CDC runs).",
                 _lazy("dbmazz.ui.snapshot", "cmd_snapshot"), config=True)
     p.add_argument("--table", action="append", default=[], help="table to snapshot (repeatable)")
+    p.add_argument("--address", default=None,
+                   help="gRPC address of the running engine to ask (default GRPC_HOST:GRPC_PORT)")
     p = command("verify", "Compare the target with the source (and --repair what differs); "
                 "exit 0 only when equal.", _lazy("dbmazz.verify.command", "cmd_verify"),
                 config=True)
@@ -123,13 +125,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot", help="replication slot (default SLOT_NAME)")
     p.add_argument("--publication", help="publication (default PUBLICATION_NAME)")
     p.add_argument("--out", required=True, help="output file (.arrows)")
+    p.add_argument("--create-slot", action="store_true",
+                   help="create the slot when it does not exist (the capture then starts at "
+                   "its creation point)")
     stop_at = p.add_mutually_exclusive_group()
     stop_at.add_argument("--until-lsn", help="stop after the transaction committing at this LSN")
     stop_at.add_argument("--duration", type=float, help="stop after this many seconds")
     stop_at.add_argument("--max-messages", type=int, help="stop after this many messages")
+    p = command("slots", "List the source's replication slots (no running engine needed).",
+                _lazy("dbmazz.ui.slots", "cmd_slots"), config=True)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    slots = p.add_subparsers(dest="slots_action", metavar="ACTION")
+    drop = slots.add_parser("drop", help="Drop an inactive slot (and its dbmazz checkpoint).",
+                            description="Drop an inactive replication slot after "
+                            "confirmation; its dbmazz checkpoint is deleted with it.")
+    drop.add_argument("name", help="slot name")
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _add_config_flags(drop)
     p = command("replay", "Run the pipeline over a capture file into the sink, then exit.",
                 _lazy("dbmazz.commands", "cmd_replay"), config=True)
     p.add_argument("file", help="capture file written by `dbmazz capture`")
+    p.add_argument("--primary-keys", default=None, metavar="SCHEMA.TABLE=COL[,COL];...",
+                   help="primary keys of tables the capture does not record keys for "
+                   "(default: the capture's metadata, then SOURCE_URL's catalog if set)")
     for name, text in (
         ("status", "Show the state of a running engine."),
         ("pause", "Pause reading (status updates to PostgreSQL continue)."),
@@ -139,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("top", "Live dashboard of a running engine."),
     ):
         p = command(name, text, _lazy("dbmazz.ui.commands", f"cmd_{name}"))
-        p.add_argument("--address", default="127.0.0.1:50051", help="engine gRPC address")
+        p.add_argument("--address", default=None,
+                       help="engine gRPC address host:port (default GRPC_HOST:GRPC_PORT from "
+                       "the environment and .env, as `dbmazz run` serves)")
         if name == "stop":
             p.add_argument("--drop-slot", action="store_true",
                            help="also drop the replication slot (changes not yet loaded are lost)")

@@ -11,11 +11,12 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from dbmazz.cli import load_config
-from dbmazz.errors import DbmazzError
+from dbmazz.errors import ConfigError, DbmazzError
 from dbmazz.log import configure_logging
 from dbmazz.lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:
+    from dbmazz.config import Config
     from dbmazz.engine.service import EngineService
 
 log = logging.getLogger("dbmazz")
@@ -50,8 +51,9 @@ def _drain_on_signals(engine: _Drainable) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Serve the control plane, run setup → snapshot → CDC; exit 0 after drain/stop.
 
-    A failure keeps the process up while gRPC is on (health NOT_SERVING, Status carries
-    the error) until drain/stop; without gRPC it exits 1 with the error at once.
+    A failure exits 1 with the error as the last line (``ON_ERROR=exit``, the default), or
+    with ``ON_ERROR=serve`` and gRPC on keeps the process up (health NOT_SERVING, Status
+    carries the error, a log line every minute says so) until drain/stop.
     """
     from dbmazz.api.runtime import start_control_plane
     from dbmazz.engine.service import EngineService
@@ -63,13 +65,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     _drain_on_signals(service)
     try:
         service.start()
-        code = service.wait_for_exit(stay_up_on_failure=plane.grpc is not None)
+        code = service.wait_for_exit(
+            stay_up_on_failure=plane.grpc is not None and config.on_error == "serve")
     finally:
         plane.stop()
         _close_sink(service)
     if code:
-        if plane.grpc is None and isinstance(service.exception, DbmazzError):
-            raise service.exception
+        exc = service.exception
+        if isinstance(exc, ConfigError):  # exit 2 as at start, the problems on one line
+            print(f"dbmazz: error: invalid configuration: {'; '.join(exc.problems)}",
+                  file=sys.stderr)
+            return 2
         print(f"dbmazz: error: {service.error.text if service.error else 'failed'}",
               file=sys.stderr)
         return code
@@ -96,7 +102,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
-    engine = build_replay_engine(config, args.file)
+    from dbmazz.engine.replay_keys import parse_primary_keys
+
+    keys = parse_primary_keys(args.primary_keys) if args.primary_keys else None
+    engine = build_replay_engine(config, args.file, primary_keys=keys)
     _drain_on_signals(engine)
     engine.run()
     print(
@@ -113,9 +122,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
+    slot = args.slot or config.slot_name
+    _capture_slot(config.source_dsn, slot, create=args.create_slot)
     summary = capture(
         config.source_dsn,
-        args.slot or config.slot_name,
+        slot,
         args.publication or config.publication_name,
         args.out,
         until_lsn=parse_lsn(args.until_lsn) if args.until_lsn else None,
@@ -132,43 +143,47 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _capture_slot(dsn: str, slot: str, *, create: bool) -> None:
+    """The slot a capture records from exists, or is created with ``--create-slot``."""
+    from dbmazz.errors import SetupError
+    from dbmazz.source.slots import create_slot, slot_info
+
+    if slot_info(dsn, slot).exists:
+        return
+    if not create:
+        raise SetupError(
+            f"replication slot {slot!r} does not exist: `dbmazz capture` records from an "
+            "existing slot",
+            "pass --create-slot to create it (the capture starts at its creation point), or "
+            "name an existing slot with --slot (`dbmazz slots` lists them)")
+    create_slot(dsn, slot, export_snapshot=False).close()
+    print(f"created replication slot {slot!r}", file=sys.stderr)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     """Prepare both ends (or with --check only verify them); exit 1 when not ready."""
     from dbmazz.engine.build import make_sink, target_tables
-    from dbmazz.errors import ConfigError
     from dbmazz.source.setup import setup_source
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
     if not config.tables:
         raise ConfigError(["TABLES: required; list the tables to replicate, e.g. public.orders"])
+    if args.check:
+        return _setup_check(config)
     source = setup_source(
         config.source_dsn,
         config.tables,
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
-        check_only=args.check,
+        slot_failover=config.slot_failover,
+        lock_timeout_s=config.setup_lock_timeout_s,
         primary_dsn=config.primary_dsn if config.primary_url is not None else None,
     )
     tables = target_tables(config, source)
     for warning in source.warnings:
         print(f"warning: {warning}")
-    if args.check:
-        if config.sink == "starrocks":
-            from dbmazz.sink.starrocks.setup import check_connection
-
-            print(f"target: StarRocks {check_connection(config=config)} reachable")
-        else:
-            make_sink(config).close()
-            print(f"target: DuckDB {config.duckdb_path} opens")
-        pending = source.pending_changes
-        if pending:
-            print("source not ready; `dbmazz setup` would " + "; ".join(pending))
-            return 1
-        print(f"source ready: {len(source.tables)} table(s), publication "
-              f"{config.publication_name!r}, slot {config.slot_name!r}")
-        return 0
     sink = make_sink(config)
     try:
         sink.setup(tables)
@@ -176,4 +191,52 @@ def cmd_setup(args: argparse.Namespace) -> int:
         sink.close()
     print(f"ready: {len(tables)} table(s) on both ends; slot {config.slot_name!r} "
           f"{'created' if source.slot_created else 'reused'}")
+    return 0
+
+
+def _setup_check(config: Config) -> int:
+    """Check both ends, change nothing (no slot, no publication, no target file or table),
+    and report every problem found, not only the first."""
+    from dbmazz.engine.check import check_target
+    from dbmazz.source.setup import setup_source
+
+    problems: list[str] = []
+    try:
+        source = setup_source(
+            config.source_dsn,
+            config.tables,
+            publication=config.publication_name,
+            slot=config.slot_name,
+            replica_identity=config.replica_identity,
+            slot_failover=config.slot_failover,
+            check_only=True,
+            primary_dsn=config.primary_dsn if config.primary_url is not None else None,
+        )
+    except DbmazzError as exc:
+        problems.append(f"source: {exc}")
+        tables = []
+    else:
+        from dbmazz.engine.build import target_tables
+
+        tables = target_tables(config, source)
+        for warning in source.warnings:
+            print(f"warning: {warning}")
+        if source.pending_changes:
+            print("source: `dbmazz setup` would " + "; ".join(source.pending_changes))
+        print(f"source{' ready' if not source.pending_changes else ''}: "
+              f"{len(source.tables)} table(s), publication {config.publication_name!r}, "
+              f"slot {config.slot_name!r}")
+    target = check_target(config, tables)
+    for line in target.found:
+        print(line)
+    problems += target.problems
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        print(f"not ready: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    if source.pending_changes:
+        print("not ready: run `dbmazz setup` (or `dbmazz run`, which sets up first)")
+        return 1
+    print("ready")
     return 0

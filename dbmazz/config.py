@@ -9,7 +9,7 @@ password inside ``SOURCE_URL``) are :class:`pydantic.SecretStr` and never printe
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -58,6 +58,12 @@ class Config(BaseSettings):
     )
     slot_name: str = Field(default="dbmazz_slot", description="Logical replication slot name.")
     publication_name: str = Field(default="dbmazz_pub", description="Publication name.")
+    slot_failover: bool = Field(
+        default=False,
+        description="Create the slot as a failover slot (PostgreSQL 17+), synchronized to "
+        "standbys with sync_replication_slots=on so it survives a failover; an existing slot "
+        "is switched to failover by setup.",
+    )
     tables: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Tables to replicate, comma-separated: 'schema.table' or 'table' (public).",
@@ -99,6 +105,12 @@ class Config(BaseSettings):
         description="Target renames: 'schema.table:target,...'.",
     )
     setup: Literal["auto", "skip"] = Field(default="auto", description="Run setup of both ends.")
+    setup_lock_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Setup changes each table's REPLICA IDENTITY in its own transaction and "
+        "waits at most this long for the table's lock; contention is retried with backoff.",
+    )
     create_tables: bool = Field(default=True, description="Create missing target tables.")
     load_format: Literal["json", "csv"] = Field(
         default="csv",
@@ -163,6 +175,25 @@ class Config(BaseSettings):
         "in a container whose port is published deliberately).",
     )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port (0 = off).")
+    unhealthy_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Health turns NOT_SERVING once loads into the target have been failing "
+        "(and retrying) for this many seconds; it turns SERVING again after a load succeeds.",
+    )
+    slot_wal_warn_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Warn (log, Status, Prometheus dbmazz_slot_warning, top) when the slot "
+        "retains this many bytes of WAL, or is closer than this to invalidation by "
+        "max_slot_wal_keep_size (0 = off).",
+    )
+    on_error: Literal["exit", "serve"] = Field(
+        default="exit",
+        description="After a fatal error: exit (non-zero exit code, the error as the last "
+        "line) or serve (keep the gRPC control plane up with health NOT_SERVING and the "
+        "error in Status, logging it every minute, until `dbmazz stop` or SIGTERM).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )
@@ -173,7 +204,7 @@ class Config(BaseSettings):
     def _check_source_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        url = value.get_secret_value().strip()
+        url = _without_replication_param(value.get_secret_value().strip())
         if "://" in url:
             parts = urlsplit(url)
             if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
@@ -298,13 +329,82 @@ class Config(BaseSettings):
     ) -> Config:
         """Build a Config from env/.env plus explicit overrides (CLI flags win).
 
+        Variables of the original dbmazz (:data:`LEGACY_ALIASES`) are accepted where the
+        current name is not set, each with a one-line deprecation notice on stderr.
         Raises :class:`ConfigError` listing every problem, each naming the variable.
         """
         clean = {k: v for k, v in (overrides or {}).items() if v is not None}
+        clean = {**_legacy_overrides(env_file, clean), **clean}
         try:
             return cls(_env_file=env_file, **clean)  # type: ignore[call-arg]
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
+
+
+#: Variables of the original dbmazz accepted as deprecated aliases:
+#: legacy name → (setting, how its value becomes the setting's, what to write instead).
+LEGACY_ALIASES: dict[str, tuple[str, Callable[[str], str] | None, str]] = {
+    "DATABASE_URL": ("source_url", None, "SOURCE_URL"),
+    "SOURCE_SLOT_NAME": ("slot_name", None, "SLOT_NAME"),
+    "SOURCE_PUBLICATION_NAME": ("publication_name", None, "PUBLICATION_NAME"),
+    "SINK_TYPE": ("sink", None, "SINK"),
+    "SINK_URL": ("starrocks_url", None, "STARROCKS_URL"),
+    "SINK_PORT": ("starrocks_mysql_port", None, "STARROCKS_MYSQL_PORT"),
+    "SINK_DATABASE": ("starrocks_db", None, "STARROCKS_DB"),
+    "SINK_USER": ("starrocks_user", None, "STARROCKS_USER"),
+    "SINK_PASSWORD": ("starrocks_password", None, "STARROCKS_PASSWORD"),
+    "FLUSH_SIZE": ("flush_rows", None, "FLUSH_ROWS"),
+    "SNAPSHOT_PARALLEL_WORKERS": ("snapshot_workers", None, "SNAPSHOT_WORKERS"),
+    "DO_SNAPSHOT": ("snapshot", lambda v: "initial" if _truthy(v) else "never",
+                    "SNAPSHOT=initial (true) or SNAPSHOT=never (false)"),
+    "INITIAL_SNAPSHOT_ONLY": ("snapshot", lambda v: "initial_only" if _truthy(v) else "",
+                              "SNAPSHOT=initial_only"),
+}
+_noticed: set[str] = set()
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _legacy_overrides(env_file: str | None, explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings given only under an original-dbmazz name. The current name (environment,
+    ``.env`` or flag) always wins; each alias used prints its notice once per process."""
+    import os
+    import sys
+
+    values: dict[str, str] = {}
+    if env_file and os.path.isfile(env_file):
+        from dotenv import dotenv_values
+
+        values.update({k.upper(): v for k, v in dotenv_values(env_file).items()
+                       if v is not None})
+    values.update({k.upper(): v for k, v in os.environ.items()})
+    out: dict[str, Any] = {}
+    # INITIAL_SNAPSHOT_ONLY after DO_SNAPSHOT: "only" is the stronger statement.
+    for legacy, (field_name, convert, instead) in LEGACY_ALIASES.items():
+        if legacy not in values or field_name in explicit or field_name.upper() in values:
+            continue
+        value = convert(values[legacy]) if convert else values[legacy]
+        if value == "":
+            continue
+        out[field_name] = value
+        if legacy not in _noticed:
+            _noticed.add(legacy)
+            print(f"dbmazz: notice: {legacy} is deprecated (a setting of the original "
+                  f"dbmazz); use {instead} instead", file=sys.stderr)
+    return out
+
+
+def _without_replication_param(url: str) -> str:
+    """The original dbmazz wanted ``?replication=database`` in its URL; dbmazz opens its
+    replication connections itself, and ordinary connections must not carry it."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    query = "&".join(p for p in parts.query.split("&")
+                     if p and not p.lower().startswith("replication="))
+    return urlunsplit(parts._replace(query=query))
 
 
 def _describe(exc: ValidationError) -> list[str]:
@@ -324,3 +424,46 @@ def _describe(exc: ValidationError) -> list[str]:
             message = f"must be true or false; got {error.get('input')!r}"
         problems.append(f"{variable}: {message}" if variable else message)
     return problems
+
+
+def reachable_address(host: str, port: int) -> str:
+    """Where a client on this machine reaches a server bound to ``host:port`` (a wildcard
+    bind is reached on the loopback address)."""
+    host = host.strip()
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ControlPlaneSettings(BaseSettings):
+    """The engine's control-plane settings as its clients read them: the same variables
+    (and the same field definitions) as :class:`Config`, from the environment and ``.env``,
+    without the rest of the engine's settings (a client must not fail on those)."""
+
+    # The same fields (defaults, descriptions, bounds) as Config: one definition of each.
+    model_config = Config.model_config
+
+    grpc_host: str = Config.model_fields["grpc_host"]  # type: ignore[assignment]
+    grpc_port: int = Config.model_fields["grpc_port"]  # type: ignore[assignment]
+    grpc_token: SecretStr | None = Config.model_fields["grpc_token"]  # type: ignore[assignment]
+    grpc_tls_cert: str | None = Config.model_fields["grpc_tls_cert"]  # type: ignore[assignment]
+
+    @classmethod
+    def load(cls, env_file: str | None = ".env") -> ControlPlaneSettings:
+        try:
+            return cls(_env_file=env_file)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @property
+    def address(self) -> str:
+        """``GRPC_HOST:GRPC_PORT`` as reachable from here; ConfigError when gRPC is off."""
+        if not self.grpc_port:
+            raise ConfigError(["GRPC_PORT: 0 means the engine serves no control plane; set "
+                               "GRPC_PORT to the engine's port or pass --address host:port"])
+        return reachable_address(self.grpc_host, self.grpc_port)
+
+    @property
+    def token(self) -> str | None:
+        return self.grpc_token.get_secret_value() or None if self.grpc_token else None

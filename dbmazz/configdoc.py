@@ -9,7 +9,7 @@ import typing
 
 from pydantic import SecretStr
 
-from dbmazz.config import Config
+from dbmazz.config import LEGACY_ALIASES, Config
 
 _MIB = 1 << 20
 
@@ -71,6 +71,21 @@ def render() -> str:
             f"| `{name.upper()}` | {_accepted(info.annotation)} | {_default(default)} "
             f"| {info.description or ''} |"
         )
+    lines += [
+        "",
+        "## Settings of the original dbmazz",
+        "",
+        "The variable names of the original dbmazz are accepted where they mean the same,",
+        "so its users can switch by changing the image. Each one used prints a one-line",
+        "deprecation notice (`dbmazz: notice: FLUSH_SIZE is deprecated …; use FLUSH_ROWS",
+        "instead`) on stderr; the current name wins when both are set. `?replication=database`",
+        "in `SOURCE_URL`/`DATABASE_URL` is dropped (dbmazz opens replication connections itself).",
+        "",
+        "| original variable | use instead |",
+        "|---|---|",
+    ]
+    lines += [f"| `{legacy}` | `{instead}` |"
+              for legacy, (_, _, instead) in LEGACY_ALIASES.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -18,11 +18,18 @@ so the decoder, the merge, the snapshot and the sinks share it without an upward
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from dbmazz.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 # --- in-flight batch ---------------------------------------------------------------------------
 #: Every metadata column of an in-flight batch starts with this.

@@ -8,6 +8,16 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+
+def human_bytes(n: float) -> str:
+    """A size as log lines, errors and the UI say it (1.5 GiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -237,34 +236,44 @@ class Client:
 
 
 def connect(
-    address: str = DEFAULT_ADDRESS,
+    address: str | None = None,
     *,
     token: str | None = None,
     ca_cert: str | None = None,
     timeout_s: float = 10.0,
 ) -> Client:
-    """A client of the engine at ``address`` (token defaults to ``GRPC_TOKEN``)."""
+    """A client of the engine at ``address``; by default where ``dbmazz run`` with the same
+    settings serves: ``GRPC_HOST:GRPC_PORT`` (token ``GRPC_TOKEN``), from the environment
+    and ``.env`` (:class:`dbmazz.config.ControlPlaneSettings`)."""
+    from dbmazz.config import ControlPlaneSettings
+
+    settings = ControlPlaneSettings.load() if address is None or token is None else None
+    if address is None:
+        assert settings is not None
+        address = settings.address
     if token is None:
-        token = os.environ.get("GRPC_TOKEN") or None
+        assert settings is not None
+        token = settings.token
     return Client(address, token=token, ca_cert=ca_cert, timeout_s=timeout_s)
 
 
 # --- the engine of a configuration (dbmazz snapshot / verify ask it first) ------------------
-def engine_address(config: Config) -> str:
-    """Where a local client reaches the engine CONFIG describes (GRPC_HOST/GRPC_PORT)."""
-    host = config.grpc_host
-    if host in ("", "0.0.0.0", "::"):  # listening everywhere: reach it locally
-        host = "127.0.0.1"
-    return f"[{host}]:{config.grpc_port}" if ":" in host else f"{host}:{config.grpc_port}"
+def engine_address(config: Config, override: str | None = None) -> str:
+    """Where a local client reaches the engine CONFIG describes (GRPC_HOST/GRPC_PORT), or
+    ``override`` (a command's ``--address``)."""
+    from dbmazz.config import reachable_address
+
+    return override or reachable_address(config.grpc_host, config.grpc_port)
 
 
-def running_engine(config: Config) -> Client | None:
-    """A client of the engine that streams SLOT_NAME, if its control plane answers."""
-    if not config.grpc_port:
+def running_engine(config: Config, address: str | None = None) -> Client | None:
+    """A client of the engine that streams SLOT_NAME, if its control plane answers (at
+    ``address`` when given, else where CONFIG's engine serves)."""
+    if not config.grpc_port and address is None:
         return None
     token = config.grpc_token.get_secret_value() if config.grpc_token else None
-    client = Client(engine_address(config), token=token, ca_cert=config.grpc_tls_cert,
-                    timeout_s=5.0)
+    client = Client(engine_address(config, address), token=token,
+                    ca_cert=config.grpc_tls_cert, timeout_s=5.0)
     try:
         client.health()  # open to everyone: tells "nobody there" from "wrong token"
         status = client.status()

@@ -85,6 +85,20 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
     )
     if snap.source is not None:
         message.source.CopyFrom(pb.SourceChannel(**dataclasses.asdict(snap.source)))
+    slot = snap.slot_health
+    if slot is not None:
+        message.slot_health.CopyFrom(pb.SlotHealth(
+            exists=slot.exists, active=slot.active, active_pid=slot.active_pid or 0,
+            retained_known=slot.retained_bytes is not None,
+            retained_wal_bytes=slot.retained_bytes or 0, wal_status=slot.wal_status or "",
+            safe_wal_size_known=slot.safe_wal_size is not None,
+            safe_wal_size=slot.safe_wal_size or 0, warning=slot.warning, error=slot.error,
+            sampled_at_unix_s=slot.sampled_at,
+        ))
+    if snap.slot_failover is not None:
+        message.slot_failover = snap.slot_failover
+    if snap.slot_synced is not None:
+        message.slot_synced = snap.slot_synced
     if snap.error is not None:
         message.last_error.CopyFrom(pb.ErrorInfo(
             message=snap.error.message, hint=snap.error.hint, kind=snap.error.kind,

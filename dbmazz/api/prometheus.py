@@ -24,7 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from dbmazz.engine.core import RunState, Stage
-from dbmazz.engine.metrics import SnapshotTotals
+from dbmazz.engine.metrics import SnapshotTotals, StatusSnapshot
 from dbmazz.engine.service import EngineService
 from dbmazz.errors import ConfigError
 from dbmazz.snapshot.progress import SnapshotProgress
@@ -57,6 +57,14 @@ class ServiceCollector(Collector):
                                 value=1.0 if snap.serving else 0.0)
         yield GaugeMetricFamily("dbmazz_failed", "1 when a fatal error stopped the engine",
                                 value=1.0 if snap.error is not None and snap.error.fatal else 0.0)
+        yield GaugeMetricFamily("dbmazz_load_failing_seconds",
+                                "Seconds loads into the target have been failing and "
+                                "retrying (0 while they succeed)", value=snap.load_failing_s)
+        yield GaugeMetricFamily("dbmazz_retrying",
+                                "1 while a retried problem (failing loads, a lost "
+                                "connection) is current",
+                                value=1.0 if snap.error is not None and not snap.error.fatal
+                                else 0.0)
 
         counters = (
             ("dbmazz_events", "pgoutput messages received", snap.messages),
@@ -83,6 +91,8 @@ class ServiceCollector(Collector):
         )
         for name, text, gauge in gauges:
             yield GaugeMetricFamily(name, text, value=gauge)
+
+        yield from _slot_metrics(snap)
 
         per_table = {
             "changes": CounterMetricFamily("dbmazz_table_changes", "Source changes applied",
@@ -157,6 +167,36 @@ def _verify_metrics() -> Iterator[Metric]:
         families["seconds"].add_metric([r.table], r.seconds)
         families["at"].add_metric([r.table], r.at_unix_s)
     yield from families.values()
+
+
+def _slot_metrics(snap: StatusSnapshot) -> Iterator[Metric]:
+    """The replication slot's health; no series before the first sample."""
+    slot = snap.slot_health
+    if slot is None:
+        return
+    yield GaugeMetricFamily("dbmazz_slot_exists", "1 when the replication slot exists",
+                            value=1.0 if slot.exists else 0.0)
+    yield GaugeMetricFamily("dbmazz_slot_active", "1 when a session streams from the slot",
+                            value=1.0 if slot.active else 0.0)
+    if slot.retained_bytes is not None:
+        yield GaugeMetricFamily("dbmazz_slot_retained_wal_bytes",
+                                "WAL the server keeps for the slot (current LSN - restart_lsn)",
+                                value=float(slot.retained_bytes))
+    if slot.safe_wal_size is not None:
+        yield GaugeMetricFamily("dbmazz_slot_safe_wal_size_bytes",
+                                "Bytes before max_slot_wal_keep_size invalidates the slot",
+                                value=float(slot.safe_wal_size))
+    if slot.wal_status:
+        status = GaugeMetricFamily("dbmazz_slot_wal_status",
+                                   "The slot's wal_status (1 for the current one)",
+                                   labels=["wal_status"])
+        for name in ("reserved", "extended", "unreserved", "lost"):
+            status.add_metric([name], 1.0 if slot.wal_status == name else 0.0)
+        yield status
+    yield GaugeMetricFamily("dbmazz_slot_warning",
+                            "1 when the slot needs attention (SLOT_WAL_WARN_BYTES, "
+                            "wal_status unreserved/lost, missing)",
+                            value=1.0 if slot.warning else 0.0)
 
 
 def _snapshot_metrics(progress: SnapshotProgress | None) -> Iterator[Metric]:

@@ -72,8 +72,11 @@ class HealthService(health.HealthServicer):
 
     def Check(self, request: health_pb2.HealthCheckRequest,
               context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
+        # Serving also depends on time (loads failing for UNHEALTHY_AFTER_S), which no state
+        # change announces: re-evaluate on every check.
+        self.refresh()
         response = super().Check(request, context)
-        error = self._service.error
+        error = self._service.error or self._service.status().error
         if error is not None and response.status != health_pb2.HealthCheckResponse.SERVING:
             context.set_trailing_metadata(((ERROR_METADATA_KEY, error.text.encode()),))
         return response

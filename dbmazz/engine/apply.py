@@ -8,7 +8,6 @@ release the GIL, so the workers overlap for real.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,12 +19,13 @@ import numpy as np
 import pyarrow as pa
 
 from dbmazz.engine.audit import AuditLog
-from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired
+from dbmazz.errors import SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SplitPart, TableBatch, TableSchema
 from dbmazz.pipeline.batcher import Flush, RowsStep, SchemaStep, Step, TruncateStep, join_slabs
 from dbmazz.pipeline.carry import carry_columns, carry_keys, resolve_carries
 from dbmazz.pipeline.merge import merge_changes
 from dbmazz.pipeline.schema_cache import SchemaCache
+from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter
 from dbmazz.sink.base import RowReader, Sink
 from dbmazz.source.columnar import decode_changes
 from dbmazz.source.pgoutput import Relation
@@ -53,6 +53,10 @@ class ApplyStats:
             return self.tables.setdefault(name, TableStats())
 
 
+#: Loads failing with a retryable error (the target away or overloaded) are retried until
+#: they work: the slot keeps the changes meanwhile, and waiting beats failing.
+LOAD_RETRY = RetryPolicy.forever(base_delay=0.4, max_delay=30.0, jitter=0.5)
+
 #: Called with (table, in-flight decoded batch) before merge: Inspect/PeekBatch use it.
 DecodedHook = Callable[[TableSchema, pa.Table], None]
 
@@ -64,8 +68,7 @@ class FlushApplier:
         schemas: SchemaCache,
         *,
         max_workers: int = 4,
-        retry_forever: bool = True,
-        max_backoff_s: float = 30.0,
+        retry: RetryPolicy = LOAD_RETRY,
         stop_event: threading.Event | None = None,
         on_decoded: DecodedHook | None = None,
         audit: AuditLog | None = None,
@@ -80,8 +83,7 @@ class FlushApplier:
         self.schemas = schemas
         self.stats = ApplyStats()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dbmazz-load")
-        self._retry_forever = retry_forever
-        self._max_backoff_s = max_backoff_s
+        self._retry = retry
         self._stop = stop_event or threading.Event()
         self._on_decoded = on_decoded
         self._table_for: dict[Relation, TableSchema] = {}
@@ -195,8 +197,11 @@ class FlushApplier:
             return table
 
     def _retrying(self, table: str, action: Callable[[], object]) -> object:
-        attempt = 0
+        """Run a load, retrying the sink's retryable errors under the load policy (the sink
+        has retried each one under its own first; the engine prefers waiting to failing)."""
+        attempts = Attempts(self._retry, Waiter(self._stop))
         while True:
+            attempts.start()
             try:
                 return action()
             except SinkReplayRequired:
@@ -204,15 +209,15 @@ class FlushApplier:
             except SinkError as exc:
                 if not exc.retryable or self._stop.is_set():
                     raise
-                attempt += 1
-                if not self._retry_forever and attempt > 8:
-                    raise
+                if not attempts.can_retry():
+                    raise SinkError(f"{exc.message} (gave up after {attempts.summary()})",
+                                    exc.hint, table=exc.table, label=exc.label,
+                                    retryable=True) from exc
                 self.stats.table(table).retries += 1
-                delay = min(self._max_backoff_s, 0.2 * 2 ** min(attempt, 10))
-                delay *= 0.5 + random.random() / 2
+                delay = attempts.next_delay()
                 log.warning("load of %s failed (%s); retry %d in %.1fs", table, exc.message,
-                            attempt, delay)
-                if self._stop.wait(delay):
-                    raise
-            except DbmazzError:
-                raise
+                            attempts.count, delay)
+                try:
+                    attempts.backoff(delay)
+                except Cancelled:
+                    raise exc from None

@@ -14,7 +14,8 @@ Lines (``pid`` tells the runs of a restarted process apart, ``t`` is the unix ti
   "split": null | [commit LSN, part index, last part?]}`` — the sink durably holds the
   listed transactions' changes of that table (a split part other than the last is not
   durable on its own: readers count a split transaction once its last part is acked);
-* ``{"k": "confirm", "pid": …, "lsn": end LSN}`` — about to checkpoint and confirm.
+* ``{"k": "confirm", "pid": …, "lsn": end LSN}`` — about to checkpoint and confirm (a stop
+  while the checkpoint cannot be written leaves that LSN unconfirmed).
 
 Off by default; costs one fsync per line when on.
 """

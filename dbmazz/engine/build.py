@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from dbmazz.engine.core import ChunkSource, Engine, Settings
 from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
-from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink
+from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink, TargetChecked
 from dbmazz.source.catalog import describe_relations, split_table_name
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.pgoutput import Relation
@@ -56,11 +57,18 @@ def settings_from(config: Config, **overrides: object) -> Settings:
     return settings
 
 
-def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None) -> Engine:
+def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None,
+                        primary_keys: Mapping[str, tuple[str, ...]] | None = None) -> Engine:
+    """``primary_keys`` (``--primary-keys``) win over the capture's recorded keys; tables
+    known to neither are looked up in SOURCE_URL's catalog when it is set."""
+    from dbmazz.engine.replay_keys import replay_key_resolver
     from dbmazz.source.capture import CaptureSource, capture_metadata, iter_capture
 
     metadata = capture_metadata(path)
-    schemas = SchemaCache(keys_from_map(metadata.primary_keys), config.table_map)
+    resolver = replay_key_resolver(
+        {**metadata.primary_keys, **(primary_keys or {})},
+        config.source_dsn if config.source_url is not None else None)
+    schemas = SchemaCache(resolver, config.table_map)
     return Engine(
         source_factory=lambda _lsn: CaptureSource(iter_capture(path)),
         sink=sink or make_sink(config),
@@ -71,9 +79,11 @@ def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None =
 
 
 def build_live_engine(config: Config, *, sink: Sink | None = None,
+                      stop: threading.Event | None = None,
                       snapshot_hold_after: int | None = None) -> Engine:
     """Set up both ends (unless SETUP=skip) and return an engine ready to ``run``.
 
+    ``stop`` interrupts setup's retry backoffs (shutdown requested during setup).
     ``snapshot_hold_after`` is a test hook: the initial snapshot holds after that many
     chunks (see :class:`~dbmazz.snapshot.load.ChunkLoader`)."""
     from dbmazz.source.setup import setup_source
@@ -88,6 +98,9 @@ def build_live_engine(config: Config, *, sink: Sink | None = None,
         publication=config.publication_name,
         slot=config.slot_name,
         replica_identity=config.replica_identity,
+        slot_failover=config.slot_failover,
+        lock_timeout_s=config.setup_lock_timeout_s,
+        stop=stop,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
         primary_dsn=config.primary_dsn if config.primary_url is not None else None,
@@ -126,7 +139,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         with SourceDatabase(dsn).connect("setup") as conn:
             if extra:
                 keys.add(primary_keys(conn, extra, strict=False))
-            relations = describe_relations(conn, [*source.tables, *extra])
+            relations = describe_relations(conn, [*source.tables, *extra],
+                                           config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys.resolve, config.table_map, accept=keys.replicated)
@@ -140,6 +154,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     _check_key_changes_supported(inner, list(relations.values()), tables)
     if config.setup == "auto":
         target.setup(tables)
+    elif isinstance(inner, TargetChecked):
+        inner.check_target(tables)  # SETUP=skip: tables made by hand, checked before loads
     # On a standby (PRIMARY_URL set) every write goes to the primary.
     writes = config.primary_dsn
     checkpoints = PostgresCheckpointStore(writes, config.slot_name)
@@ -175,6 +191,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         start_lsn=start,
         heartbeat=heartbeat,
         snapshots=snapshots,
+        slot_failover=source.slot_failover,
+        slot_synced=source.slot_synced,
     )
 
 
@@ -190,7 +208,7 @@ def build_standalone_snapshots(config: Config, tables: Sequence[str]) -> Snapsho
     try:
         with SourceDatabase(config.source_dsn).connect("setup") as conn:
             keys = TableKeys(primary_keys(conn, others, strict=False))
-            relations = describe_relations(conn, others)
+            relations = describe_relations(conn, others, config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys.resolve, config.table_map)
@@ -263,7 +281,8 @@ def target_tables(config: Config, source: SourceSetup) -> list[TableSchema]:
     """The target shape of every configured table, read from the source catalog."""
     try:
         with SourceDatabase(config.source_dsn).connect("setup") as conn:
-            relations = describe_relations(conn, list(source.tables))
+            relations = describe_relations(conn, list(source.tables),
+                                           config.publication_name)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)

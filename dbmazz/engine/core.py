@@ -30,11 +30,13 @@ import pyarrow as pa
 from dbmazz.engine.apply import FlushApplier
 from dbmazz.engine.audit import audit_from_env
 from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired, SourceConnectionError
+from dbmazz.lsn import format_lsn
 from dbmazz.memory import tune_allocators
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.batcher import Batcher, Flush
 from dbmazz.pipeline.schema_cache import SchemaCache
-from dbmazz.sink.base import RowReader, Sink
+from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter, is_transient
+from dbmazz.sink.base import RowReader, Sink, StopAware
 from dbmazz.source.chunk import WalChunk, concat_chunks
 from dbmazz.source.replication import SourceChannel
 from dbmazz.state.checkpoint import CheckpointStore
@@ -65,6 +67,22 @@ class RunState(enum.StrEnum):
 
 #: Consecutive sink-requested resends that did not move the durable LSN before giving up.
 MAX_REPLAYS_WITHOUT_PROGRESS = 10  # with backoff: about 2.5 minutes
+
+
+def _reconnect_policy() -> RetryPolicy:
+    return RetryPolicy.forever(base_delay=0.5, max_delay=30.0, jitter=0.0)
+
+
+def _replay_policy() -> RetryPolicy:
+    # The first failure plus MAX_REPLAYS_WITHOUT_PROGRESS resends.
+    return RetryPolicy(max_attempts=MAX_REPLAYS_WITHOUT_PROGRESS + 1, max_elapsed=None,
+                       base_delay=0.5, max_delay=30.0, jitter=0.0)
+
+
+def _checkpoint_policy() -> RetryPolicy:
+    # Quick retries with the stream open (a restart left the connection stale); then the
+    # stream is closed and the write retried under the reconnect policy.
+    return RetryPolicy(max_attempts=4, max_elapsed=5.0, base_delay=0.2, max_delay=2.0)
 
 
 class _RestartStream(Exception):
@@ -121,7 +139,12 @@ class Settings:
     flush_interval_ms: int = 1000
     max_inflight_bytes: int = 64 << 20
     load_workers: int = 4
-    reconnect_max_backoff_s: float = 30.0
+    #: Reopening the stream after the source connection was lost (default: forever).
+    reconnect: RetryPolicy = field(default_factory=_reconnect_policy)
+    #: Resending from the checkpoint when the sink asks (SinkReplayRequired).
+    replay: RetryPolicy = field(default_factory=_replay_policy)
+    #: Writing the checkpoint before a confirmation, with the stream still open.
+    checkpoint: RetryPolicy = field(default_factory=_checkpoint_policy)
     #: Seconds without a newly durable LSN before a heartbeat is written (0 = never).
     heartbeat_interval_s: float = 0.0
     #: Stop when the source is exhausted (replay) instead of waiting for more.
@@ -188,12 +211,16 @@ class Engine:
         writer: Sink | None = None,
         heartbeat: HeartbeatWriter | None = None,
         snapshots: Snapshots | None = None,
+        slot_failover: bool | None = None,
+        slot_synced: bool | None = None,
     ) -> None:
         """``sink`` is the target (what ``engine.sink`` gives users); ``writer`` what the
         applier writes through (default: ``sink``; live engines: a
         :class:`~dbmazz.snapshot.sink.SnapshotAwareSink` around it).
         ``heartbeat`` writes heartbeats into the source's WAL, ``snapshots`` takes the
-        initial and on-demand snapshots (live engines, see :mod:`dbmazz.engine.build`)."""
+        initial and on-demand snapshots (live engines, see :mod:`dbmazz.engine.build`).
+        ``slot_failover``/``slot_synced``: the slot's flags as setup left them (None:
+        unknown or before PostgreSQL 17), for Status."""
         tune_allocators()  # once per process: allocators give freed memory back
         self.settings = settings or Settings()
         self.sink = sink
@@ -206,12 +233,17 @@ class Engine:
         self._source_factory = source_factory
         self._start_lsn = start_lsn
         self._stop = threading.Event()
+        if isinstance(sink, StopAware):
+            sink.stop_on(self._stop)  # a stop ends the sink's retry backoffs at once
         self._drain = threading.Event()
         self._paused = threading.Event()
         # Set by the applier when the sink needs the stream resent from the checkpoint;
         # cleared by the reader once it reopened the stream there.
         self._restart = threading.Event()
-        self._replays_without_progress = 0
+        self._replays = Attempts(self.settings.replay, Waiter(self._stop))
+        # Set by the applier while a checkpoint cannot be written: the confirmation is held
+        # and the reader keeps the stream closed (see _make_durable).
+        self._holding = threading.Event()
         self._pause_ack = threading.Event()  # set by the reader once it stopped reading
         self._queue: queue.Queue[Flush | None] = queue.Queue()
         self._inflight = 0
@@ -249,6 +281,8 @@ class Engine:
         self._done = threading.Event()
         self._started = False
         self.snapshots = snapshots
+        self.slot_failover = slot_failover
+        self.slot_synced = slot_synced
 
     # ------------------------------------------------------------------ control
     @property
@@ -432,8 +466,14 @@ class Engine:
     @property
     def replication_lag_ms(self) -> float:
         """Age of the oldest received change that is not durable yet (0 when caught up)."""
+        marks = self._lag_marks
         try:
-            _, since = self._lag_marks[0]
+            lsn, since = marks[0]
+            if lsn <= self._durable_lsn:
+                # A chunk ending in a Commit is marked at the commit's end LSN, which is
+                # exactly the LSN made durable; the confirmation keeps marks >= it, so the
+                # first mark can be one that is loaded already (and only the first).
+                _, since = marks[1]
         except IndexError:
             return 0.0
         return max(0.0, (time.monotonic() - since) * 1000)
@@ -465,10 +505,10 @@ class Engine:
             self._durable_cv.notify_all()
 
     def _reader(self) -> None:
-        backoff = 0.5
+        reconnects = Attempts(self.settings.reconnect, Waiter(self._stop))
         while not self._stop.is_set():
             try:
-                self._read_session()
+                self._read_session(opened=reconnects.reset)
                 return
             except _RestartStream:
                 # Queued flushes are discarded by the applier; wait until none is left so
@@ -476,8 +516,7 @@ class Engine:
                 self._wait_for_empty_queue()
                 # Back off like a reconnect: what made the target drop the transaction
                 # (too many versions, overload) needs time to clear.
-                delay = min(0.5 * 2 ** max(0, self._replays_without_progress - 1),
-                            self.settings.reconnect_max_backoff_s)
+                delay = self._replays.next_delay()
                 log.info("restarting the stream at the checkpoint in %.1fs, as the sink asked",
                          delay)
                 if self._stop.wait(delay):
@@ -488,17 +527,26 @@ class Engine:
                 if self._stop.is_set():
                     return
                 self.progress.last_error = str(exc)
+                reconnects.start()
+                if not reconnects.can_retry():
+                    raise SourceConnectionError(
+                        f"{exc.message} (gave up reconnecting after {reconnects.summary()})",
+                        exc.hint) from exc
+                delay = reconnects.next_delay()
                 log.warning("source connection lost (%s); reconnecting in %.1fs", exc.message,
-                            backoff)
+                            delay)
                 # Everything queued is whole transactions: let it load, then restart the
                 # stream from the durable LSN with a fresh batcher.
                 self._wait_for_empty_queue()
-                if self._stop.wait(backoff):
+                try:
+                    reconnects.backoff(delay)
+                except Cancelled:
                     return
-                backoff = min(backoff * 2, self.settings.reconnect_max_backoff_s)
 
-    def _read_session(self) -> None:
+    def _read_session(self, opened: Callable[[], None]) -> None:
+        self._check_holding()
         source = self._source_factory(self._durable_lsn)
+        opened()
         self._source = source
         if isinstance(source, DescribesChannel):
             self.source_channel = source.channel
@@ -513,6 +561,7 @@ class Engine:
             while not self._stop.is_set():
                 if self._restart.is_set():
                     raise _RestartStream()
+                self._check_holding()
                 if self._drain.is_set():
                     for flush in batcher.drain():
                         self._enqueue(flush)
@@ -521,6 +570,7 @@ class Engine:
                     with self._inflight_cv:
                         while self._inflight > 0 and not self._stop.is_set():
                             self._inflight_cv.wait(0.1)
+                            self._check_holding()
                             source.keepalive()
                     self._queue.put(None)
                     return
@@ -553,6 +603,13 @@ class Engine:
             self._source = None
             _ = self.server_wal_end  # keep the last position the source reported
             source.close()
+
+    def _check_holding(self) -> None:
+        if self._holding.is_set():
+            raise SourceConnectionError(
+                "the checkpoint cannot be written, so the confirmation is held: the stream "
+                "stays closed until it is written",
+                "check that PostgreSQL is up and accepts connections; dbmazz retries")
 
     def _gather(self, source: ChunkSource, chunk: WalChunk) -> WalChunk:
         """Join the chunks already waiting, up to ``gather_bytes``, into one.
@@ -607,11 +664,12 @@ class Engine:
                 try:
                     self.applier.apply(flush)
                 except SinkReplayRequired as exc:
-                    self._replays_without_progress += 1
-                    if self._replays_without_progress > MAX_REPLAYS_WITHOUT_PROGRESS:
+                    self._replays.start()
+                    if not self._replays.can_retry():
                         raise SinkError(
                             f"{exc.message} (resending from the checkpoint did not help "
-                            f"{MAX_REPLAYS_WITHOUT_PROGRESS} times in a row)",
+                            f"{self._replays.count - 1} times in a row, "
+                            f"{self._replays.summary()})",
                             exc.hint or "check the target's logs for aborted transactions",
                             table=exc.table,
                         ) from exc
@@ -620,6 +678,10 @@ class Engine:
                     self._restart.set()
                     self._discard(flush)
                     continue
+                except DbmazzError:
+                    if self._stop.is_set():
+                        break  # stopped while the load was retried: resent next time
+                    raise
                 self.progress.flushes += 1
                 self.progress.rows_applied += flush.rows
                 if flush.end_lsn > self._durable_lsn:
@@ -642,22 +704,22 @@ class Engine:
             self._inflight_cv.notify_all()
 
     def _make_durable(self, lsn: int) -> None:
-        """The sink holds every change up to ``lsn``: checkpoint it, then confirm it."""
+        """The sink holds every change up to ``lsn``: checkpoint it, then confirm it.
+
+        The one writer of one invariant: PostgreSQL is never told an LSN the checkpoint
+        table does not hold. A failed write is retried (reconnecting) before confirming;
+        while it keeps failing the confirmation is held and the stream closed, because a
+        fast shutdown waits for the walsender, which waits for this confirmation. A stop
+        ends the hold unconfirmed: the slot stays behind, which only means a resend.
+        """
         if self.audit is not None:
             self.audit.confirm(lsn)
-        try:
-            self.checkpoints.save(lsn)
-        except SourceConnectionError as exc:
-            # PostgreSQL is away (restarting, say). The data is durable in the sink, so the
-            # stream may still confirm it: the slot's position is a resume point too, and the
-            # next batch writes a newer checkpoint. Waiting here instead would deadlock a
-            # fast shutdown, which waits for the walsender, which waits for this confirm.
-            self.progress.last_error = str(exc)
-            log.warning("%s; the next batch writes the checkpoint", exc.message)
+        if not self._checkpoint(lsn):
+            return
         with self._durable_cv:
             self._durable_lsn = lsn
             self._durable_cv.notify_all()
-        self._replays_without_progress = 0
+        self._replays.reset()
         marks = self._lag_marks
         while marks and marks[0][0] < lsn:
             marks.popleft()
@@ -665,6 +727,43 @@ class Engine:
         source = self._source
         if source is not None:
             source.confirm(lsn)
+
+    def _checkpoint(self, lsn: int) -> bool:
+        """Write the checkpoint, retrying transient failures; False when stopped first."""
+        waiter = Waiter(self._stop)
+        attempts = Attempts(self.settings.checkpoint, waiter)
+        try:
+            while True:
+                attempts.start()
+                try:
+                    self.checkpoints.save(lsn)
+                    return True
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    self.progress.last_error = str(exc)
+                    if attempts.can_retry():
+                        attempts.backoff()
+                        continue
+                    if self._holding.is_set():  # the reconnect policy gave up as well
+                        raise SourceConnectionError(
+                            f"the checkpoint could not be written ({attempts.summary()} with "
+                            f"the stream closed): {exc}",
+                            "check that PostgreSQL is up and accepts connections") from exc
+                    log.warning("the checkpoint of %s could not be written after %s (%s); "
+                                "holding its confirmation and closing the stream until it "
+                                "can be", format_lsn(lsn), attempts.summary(), exc)
+                    self._holding.set()
+                    attempts = Attempts(self.settings.reconnect, waiter)
+                    attempts.start()
+                    attempts.backoff()
+        except Cancelled:
+            log.warning("stopped while the checkpoint of %s could not be written: it is not "
+                        "confirmed (the slot stays behind; its changes are resent)",
+                        format_lsn(lsn))
+            return False
+        finally:
+            self._holding.clear()
 
     def _heartbeats(self) -> None:
         """Write a heartbeat into the source WAL whenever nothing became durable for

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from dbmazz.engine.core import RunState, Stage
+from dbmazz.engine.slot_health import SlotHealth
 from dbmazz.snapshot.progress import SnapshotProgress
 from dbmazz.source.replication import SourceChannel
 
@@ -63,12 +64,19 @@ class StatusSnapshot:
     error: ErrorSnapshot | None = None
     settings: dict[str, int] = field(default_factory=dict)
     slot: str = ""
+    #: pg_replication_slots.failover / .synced at setup (None before PostgreSQL 17).
+    slot_failover: bool | None = None
+    slot_synced: bool | None = None
     publication: str = ""
     sink: str = ""
     version: str = ""
     started_at: float = 0.0
     #: The running (else the last) snapshot; None before any.
     snapshot: SnapshotProgress | None = None
+    #: Seconds the longest-failing table's loads have been failing (0: loads succeed).
+    load_failing_s: float = 0.0
+    #: The replication slot's latest health sample (None before one, or without a source).
+    slot_health: SlotHealth | None = None
     #: The source connection: TLS (and its version), pgoutput protocol, standby; None
     #: before a live stream was opened.
     source: SourceChannel | None = None

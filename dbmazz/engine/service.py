@@ -23,9 +23,12 @@ from dbmazz.config import Config
 from dbmazz.engine.core import LIVE_SETTINGS, Engine, RunState, Stage
 from dbmazz.engine.metrics import ErrorSnapshot, StatusSnapshot, TableSnapshot
 from dbmazz.errors import DbmazzError, SetupError
-from dbmazz.sink.base import Sink
+from dbmazz.sink.base import Interruptible, Sink
+from dbmazz.sink.load_health import LoadFailure, LoadHealth
+from dbmazz.snapshot.sink import SnapshotAwareSink
 
 if TYPE_CHECKING:
+    from dbmazz.engine.slot_health import SlotMonitor
     from dbmazz.snapshot.ondemand import OnDemandSnapshot
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,10 @@ def error_snapshot(exc: BaseException, fatal: bool = True) -> ErrorSnapshot:
 class EngineService:
     #: How long Pause waits for the reader to stop (it may be reconnecting meanwhile).
     pause_ack_timeout_s = 10.0
+    #: How often a failed service kept up by ``ON_ERROR=serve`` repeats that it failed.
+    serve_notice_interval_s = 60.0
+    #: How often the replication slot's health is sampled.
+    slot_sample_interval_s = 10.0
 
     def __init__(
         self,
@@ -88,7 +95,7 @@ class EngineService:
             def builder() -> Engine:
                 from dbmazz.engine.build import build_live_engine
 
-                return build_live_engine(live_config, sink=sink)
+                return build_live_engine(live_config, sink=sink, stop=self._exit_requested)
 
         self.config = config
         self._builder = builder
@@ -109,6 +116,7 @@ class EngineService:
         self._exit_requested = threading.Event()
         self._drain_requested = False
         self._slot_dropped = False
+        self._slot_monitor: SlotMonitor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -117,6 +125,17 @@ class EngineService:
             return
         self._thread = threading.Thread(target=self._run, name="dbmazz-service", daemon=True)
         self._thread.start()
+
+    def _start_slot_monitor(self) -> None:
+        config = self.config
+        if config is None or config.source_url is None or self._slot_monitor is not None:
+            return
+        from dbmazz.engine.slot_health import SlotMonitor
+
+        self._slot_monitor = SlotMonitor(config.source_dsn, config.slot_name,
+                                         config.slot_wal_warn_bytes,
+                                         interval_s=self.slot_sample_interval_s)
+        self._slot_monitor.start()
 
     def _run(self) -> None:
         try:
@@ -136,6 +155,7 @@ class EngineService:
                 engine.enter(Stage.SNAPSHOT)
                 self._notify()
                 self._snapshot(self, engine)
+            self._start_slot_monitor()  # the slot exists once setup is done
             if not engine.started:
                 engine.start()
             self._notify()
@@ -143,6 +163,8 @@ class EngineService:
         except BaseException as exc:  # noqa: BLE001 - reported through status and health
             self._fail(exc)
         finally:
+            if self._slot_monitor is not None:
+                self._slot_monitor.stop()
             self._ended.set()
             self._notify()
 
@@ -164,16 +186,28 @@ class EngineService:
     def wait_for_exit(self, stay_up_on_failure: bool) -> int:
         """What ``dbmazz run`` blocks on: 0 after a drain/stop, 1 after a failure.
 
-        With ``stay_up_on_failure`` a failed service keeps waiting for drain/stop, so the
-        gRPC server can report the error meanwhile.
+        With ``stay_up_on_failure`` (``ON_ERROR=serve`` with gRPC on) a failed service keeps
+        waiting for drain/stop, so the gRPC server can report the error meanwhile; it says
+        so in the log every :attr:`serve_notice_interval_s`, so a process kept up on
+        purpose never reads as hung.
         """
         # Short waits keep the main thread responsive to signals on every platform.
         while not self._ended.wait(0.5):
             pass
         if self.failed and stay_up_on_failure:
+            next_notice = time.monotonic()
             while not self._exit_requested.wait(0.5):
-                pass
+                if time.monotonic() >= next_notice:
+                    self._log_serving_failed()
+                    next_notice = time.monotonic() + self.serve_notice_interval_s
         return 1 if self.failed else 0
+
+    def _log_serving_failed(self) -> None:
+        error = self._error
+        log.error("dbmazz failed and is NOT serving (health NOT_SERVING): %s. The control "
+                  "plane stays up because ON_ERROR=serve; stop with `dbmazz stop` or SIGTERM "
+                  "(ON_ERROR=exit ends the process on a fatal error instead)",
+                  error.text if error else "unknown error")
 
     # ------------------------------------------------------------------ control
     def pause(self) -> None:
@@ -206,7 +240,15 @@ class EngineService:
             self._drain_requested = True
             engine = self._engine
         if engine is not None and not self._ended.is_set():
-            engine.drain()
+            failure = self._load_failure()
+            if failure is not None:
+                # A drain would wait for loads that keep failing: stop instead. Nothing
+                # unloaded was confirmed; the next start reads it again from the slot.
+                log.warning("not draining: %s; stopping instead (what is not loaded is read "
+                            "again from the slot on the next start)", failure.text)
+                self._interrupt(engine)
+            else:
+                engine.drain()
         self._notify()
         if timeout:
             self._ended.wait(timeout)
@@ -219,7 +261,7 @@ class EngineService:
             self._exit_requested.set()
             engine = self._engine
         if engine is not None:
-            engine.stop()
+            self._interrupt(engine)
         if drop_slot and not timeout:
             timeout = 60.0
         if timeout:
@@ -232,6 +274,14 @@ class EngineService:
         dropped = self._drop_slot() if drop_slot else False
         self._notify()
         return StopOutcome(True, dropped, "stopped" + ("; slot dropped" if dropped else ""))
+
+    @staticmethod
+    def _interrupt(engine: Engine) -> None:
+        """Stop the engine and wake the sink's retry back-offs, so a stop while loads fail
+        takes seconds, not the rest of a retry schedule."""
+        engine.stop()
+        if isinstance(engine.sink, Interruptible):  # the target itself (engine.sink)
+            engine.sink.cancel()
 
     def reload(self, **settings: int) -> list[str]:
         """Apply flush settings to the running pipeline; return the names that changed."""
@@ -346,7 +396,27 @@ class EngineService:
 
     @property
     def serving(self) -> bool:
-        return self.state in _SERVING
+        """Health SERVING: running, and loads not failing for UNHEALTHY_AFTER_S or longer."""
+        if self.state not in _SERVING:
+            return False
+        failure = self._load_failure()
+        return failure is None or failure.failing_for() < self._unhealthy_after_s
+
+    @property
+    def _unhealthy_after_s(self) -> float:
+        return self.config.unhealthy_after_s if self.config is not None else 120.0
+
+    def _load_health(self) -> LoadHealth | None:
+        engine = self._engine
+        # Every load (CDC and snapshot) passes the engine's locked writer, which observes
+        # their outcomes; a replay engine writes to its target directly (no health).
+        if engine is not None and isinstance(engine.writer, SnapshotAwareSink):
+            return engine.writer.health
+        return None
+
+    def _load_failure(self) -> LoadFailure | None:
+        health = self._load_health()
+        return health.current() if health is not None else None
 
     @property
     def exit_requested(self) -> bool:
@@ -368,6 +438,14 @@ class EngineService:
         engine = self._engine
         config = self.config
         error = self._error
+        failure = self._load_failure()
+        if error is None and failure is not None:
+            # Loads retrying right now: the operator sees it while it happens.
+            error = ErrorSnapshot(
+                message=failure.text, kind="retrying", fatal=False, at=failure.since,
+                hint=("health is NOT_SERVING (failing for UNHEALTHY_AFTER_S); " if not
+                      self.serving and self.state in _SERVING else "")
+                + "check that the target is reachable on both ports and accepts loads")
         if error is None and engine is not None and engine.progress.last_error:
             # A retried problem (e.g. a dropped connection): show it, not fatal.
             error = ErrorSnapshot(message=engine.progress.last_error, kind="retrying",
@@ -392,11 +470,15 @@ class EngineService:
                 error=error,
                 settings=settings,
                 slot=config.slot_name if config else "",
+                slot_failover=engine.slot_failover,
+                slot_synced=engine.slot_synced,
                 publication=config.publication_name if config else "",
                 sink=engine.sink.name,
                 version=__version__,
                 started_at=self._started_at,
                 snapshot=engine.snapshot_progress,
+                load_failing_s=failure.failing_for() if failure is not None else 0.0,
+                slot_health=self._slot_monitor.latest if self._slot_monitor else None,
                 source=engine.source_channel,
             )
         settings = ({name: int(getattr(config, name)) for name in LIVE_SETTINGS}
@@ -425,7 +507,10 @@ class EngineService:
         with stats.lock:
             counters = dict(stats.tables)
         schemas = engine.table_schemas()
-        names = list(dict.fromkeys([*self._configured_tables(), *schemas, *counters]))
+        health = self._load_health()
+        snapshotted = health.snapshot_tables() if health is not None else []
+        names = list(dict.fromkeys([*self._configured_tables(), *schemas, *counters,
+                                    *snapshotted]))
         out = []
         for name in sorted(names):
             table = counters.get(name)
@@ -435,10 +520,14 @@ class EngineService:
                 table=name,
                 target=schema.target_name if schema is not None else "",
                 changes=table.changes if table else 0,
-                rows_loaded=table.rows_loaded if table else 0,
+                # CDC rows plus the rows snapshots loaded (initial and on demand).
+                rows_loaded=(table.rows_loaded if table else 0)
+                + (health.snapshot_rows(name) if health is not None else 0),
                 batches=table.batches if table else 0,
                 truncates=table.truncates if table else 0,
-                retries=table.retries if table else 0,
+                # Every failed load attempt (CDC and snapshot), as the loads see them.
+                retries=max(table.retries if table else 0,
+                            health.failed_attempts(name) if health is not None else 0),
                 last_load_ms=table.last_load_ms if table else 0.0,
                 in_flight_rows=batch.num_rows if batch is not None else 0,
             ))

@@ -41,14 +41,20 @@ lost rows).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import polars as pl
 import pyarrow as pa
 
 from dbmazz.contract import VERSION_COLUMN
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import TableBatch, UpsertGroup
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 log = logging.getLogger(__name__)
 

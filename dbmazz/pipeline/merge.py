@@ -25,8 +25,8 @@ columns and over distinct unchanged-column patterns (a handful per batch).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -42,9 +42,15 @@ from dbmazz.contract import (
 )
 from dbmazz.contract import SEQ_COLUMN as SEQ
 from dbmazz.contract import UNCHANGED_COLUMN as UNCHANGED
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
 from dbmazz.pipeline.carry import CARRY, ROW, fill_along_chains, group_candidates
 from dbmazz.source.columnar import unchanged_mask
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 _ORDER = "__dbmazz_order"
 _PATTERN = "__dbmazz_pattern"
@@ -132,8 +138,8 @@ def merge_changes(
 
 
 def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
-    """Only inserts, and no key twice (checked without leaving Arrow for the common
-    single integer key in ascending order)."""
+    """Only inserts, and no key twice (checked without leaving Arrow for a single-column
+    key; in ascending integer order without even hashing)."""
     if not pc.all(pc.equal(arrow.column(OP), OP_INSERT)).as_py():
         return False
     if arrow.num_rows < 2:
@@ -144,10 +150,31 @@ def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:
             values = key.to_numpy()
             if bool((values[1:] > values[:-1]).all()):
                 return True
+        if not pa.types.is_null(key.type):
+            # Arrow's hash count, null counted as one value like polars' is_unique.
+            return bool(pc.count_distinct(key, mode="all").as_py() == arrow.num_rows)
     frame = pl.from_arrow(arrow.select(keys))
     assert isinstance(frame, pl.DataFrame)
     unique = pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)
     return bool(frame.select(unique.is_unique().all()).item())
+
+
+def as_polars_delivers(dtype: pa.DataType) -> pa.DataType | None:
+    """The Arrow type polars' ``to_arrow`` gives back for a column of ``dtype``, for the
+    types where that is known without importing polars (None for the others: nested,
+    dictionary, time, non-UTC zones, ...). Checked against polars in the unit tests."""
+    t = pa.types
+    if t.is_string(dtype) or t.is_large_string(dtype) or t.is_string_view(dtype):
+        return pa.large_string()
+    if t.is_binary(dtype) or t.is_large_binary(dtype):
+        return pa.large_binary()
+    if t.is_timestamp(dtype):
+        return dtype if dtype.tz in (None, "UTC") else None
+    if (t.is_integer(dtype) or t.is_boolean(dtype) or t.is_date32(dtype)
+            or t.is_duration(dtype) or t.is_decimal128(dtype) or t.is_null(dtype)
+            or dtype in (pa.float32(), pa.float64())):
+        return dtype
+    return None
 
 
 def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Table:
@@ -155,12 +182,16 @@ def _with_audit(arrow: pa.Table, columns: list[str], synced: datetime) -> pa.Tab
     rows = arrow.select(columns)
     # The same column types as the polars path delivers (e.g. large_string), so a sink
     # sees one schema whichever path a batch took: string → large_string reuses the data.
-    empty = pl.from_arrow(rows.slice(0, 0))
-    assert isinstance(empty, pl.DataFrame)
-    for i, target in enumerate(empty.to_arrow().schema):
-        if rows.field(i).type != target.type:
-            rows = rows.set_column(i, rows.field(i).with_type(target.type),
-                                   rows.column(i).cast(target.type))
+    targets = [as_polars_delivers(field.type) for field in rows.schema]
+    if any(t is None for t in targets):  # a type polars may convert otherwise: ask it
+        empty = pl.from_arrow(rows.slice(0, 0))
+        assert isinstance(empty, pl.DataFrame)
+        targets = list(empty.to_arrow().schema.types)
+    for i, target in enumerate(targets):
+        assert target is not None
+        if rows.field(i).type != target:
+            rows = rows.set_column(i, rows.field(i).with_type(target),
+                                   rows.column(i).cast(target))
     return with_audit(rows, arrow.column(OP), arrow.column(LSN), synced)
 
 

@@ -8,7 +8,8 @@ LSNs to PostgreSQL on that basis) and must be idempotent: the same batch written
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
@@ -30,6 +31,15 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release connections; pending work has been written or abandoned."""
+
+
+@runtime_checkable
+class StopAware(Protocol):
+    """Optional: a sink that retries and polls inside ``write`` (StarRocks). The engine
+    hands it its stop event; once the event is set, those waits end at once (raising
+    SinkError) instead of waiting out the retry policy, so a shutdown is prompt."""
+
+    def stop_on(self, stop: threading.Event) -> None: ...
 
 
 @runtime_checkable
@@ -76,3 +86,31 @@ class RowReader(Protocol):
 
     def read_rows(self, table: TableSchema, keys: pa.Table, columns: Sequence[str],
                   split: SplitPart | None) -> pa.Table: ...
+
+
+#: Called with (table, reason) after each failed attempt a sink retries by itself.
+RetryListener = Callable[[str, str], None]
+
+
+@runtime_checkable
+class ReportsRetries(Protocol):
+    """Optional: a sink that retries inside ``write`` (StarRocks) reports each failed
+    attempt as it happens, so the engine's status shows a load failing while it retries."""
+
+    def report_retries(self, listener: RetryListener) -> None: ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """Optional: a sink whose retry waits ``cancel()`` cuts short on shutdown."""
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class TargetChecked(Protocol):
+    """Optional: a sink that can check existing target tables without changing them
+    (``SETUP=skip``): every column must take what dbmazz sends; raises
+    :class:`dbmazz.errors.SetupError` naming every problem."""
+
+    def check_target(self, tables: Sequence[TableSchema]) -> None: ...

@@ -26,48 +26,15 @@ import duckdb
 import pyarrow as pa
 
 from dbmazz.contract import AUDIT_COLUMNS, AUDIT_NAMES
-from dbmazz.errors import SinkError
+from dbmazz.errors import SetupError, SinkError
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
+from dbmazz.sink.duckdb_types import duckdb_mismatches, duckdb_type
 
 log = logging.getLogger(__name__)
 
 
 def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
-
-
-def duckdb_type(arrow_type: pa.DataType) -> str:
-    """DuckDB column type for an in-flight Arrow type (DESIGN.md §5)."""
-    t = arrow_type
-    simple = {
-        pa.bool_(): "BOOLEAN",
-        pa.int8(): "TINYINT",
-        pa.int16(): "SMALLINT",
-        pa.int32(): "INTEGER",
-        pa.int64(): "BIGINT",
-        pa.uint32(): "UINTEGER",
-        pa.uint64(): "UBIGINT",
-        pa.float32(): "REAL",
-        pa.float64(): "DOUBLE",
-        pa.date32(): "DATE",
-    }
-    if t in simple:
-        return simple[t]
-    if pa.types.is_decimal(t):
-        return f"DECIMAL({t.precision},{t.scale})"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return "VARCHAR"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-        return "BLOB"
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
-    if pa.types.is_duration(t):
-        return "INTERVAL"
-    if pa.types.is_time(t):
-        return "TIME"
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return f"{duckdb_type(t.value_type)}[]"
-    return "VARCHAR"
 
 
 @contextlib.contextmanager
@@ -136,6 +103,7 @@ class DuckDBSink:
     # ------------------------------------------------------------------ Sink protocol
     def setup(self, tables: Sequence[TableSchema]) -> None:
         with self._ddl_lock:
+            self._check_column_types(tables)
             cur = self._cursor()
             for table in tables:
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(table.namespace)}")
@@ -168,6 +136,24 @@ class DuckDBSink:
                             f"ALTER TABLE {self.target(table)} ADD COLUMN {quote(name)} "
                             f"{duckdb_type(arrow_type)}"
                         )
+
+    def check_target(self, tables: Sequence[TableSchema]) -> None:
+        """SETUP=skip: the tables that exist must take what dbmazz sends."""
+        with self._ddl_lock:
+            self._check_column_types(tables)
+
+    def _check_column_types(self, tables: Sequence[TableSchema]) -> None:
+        """Tables that exist (made by hand, or by an older run) must take what dbmazz
+        sends: every mismatch in one error, before the first load."""
+        from dbmazz.sink.starrocks.typecheck import describe_mismatches
+
+        mismatches = duckdb_mismatches(self._cursor(), tables)
+        if mismatches:
+            raise SetupError(
+                f"DuckDB columns cannot take what dbmazz sends: "
+                f"{describe_mismatches(mismatches)}",
+                "change those columns to the types in docs/types.md, or drop the tables and "
+                "let dbmazz create them")
 
     def apply_schema_delta(self, delta: SchemaDelta) -> None:
         table = delta.after

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,16 +22,20 @@ import numpy as np
 import pyarrow as pa
 
 from dbmazz.contract import OP_INSERT, with_audit
-from dbmazz.errors import DbmazzError, SinkError, SourceConnectionError
+from dbmazz.errors import SinkError, SourceConnectionError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
+from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter
 from dbmazz.snapshot.progress import SnapshotProgress, SnapshotProgressStore
 from dbmazz.snapshot.read import Chunk, ChunkReader, ReaderKind, open_reader
 from dbmazz.source.types import DecodeStats, TypeRegistry
 
 log = logging.getLogger("dbmazz.snapshot")
 
-_READ_ATTEMPTS = 3
+#: A chunk read that lost its connection is read again on a new one, briefly.
+READ_RETRY = RetryPolicy(max_attempts=3, max_elapsed=None, base_delay=0.5, max_delay=2.0)
+#: A chunk write the sink gave up on (after its own retries) is written again.
+WRITE_RETRY = RetryPolicy(max_attempts=9, max_elapsed=None, base_delay=0.4, max_delay=30.0)
 
 
 # --- one chunk's rows as a sink batch ---------------------------------------------------------
@@ -195,7 +198,9 @@ class ChunkLoader:
             entry = self.progress.tables[chunk.table]
             if entry.started_at is None:
                 entry.started_at = time.time()
-        for attempt in range(1, _READ_ATTEMPTS + 1):
+        attempts = Attempts(READ_RETRY, Waiter(stopping=self._stopping))
+        while True:
+            attempts.start()
             try:
                 if reader is None:
                     reader = open_reader(self.reader_kind, self.dsn, self.snapshot_name,
@@ -207,10 +212,18 @@ class ChunkLoader:
                 if reader is not None:
                     reader.close()
                     reader = None
-                if attempt == _READ_ATTEMPTS or self._stopping():
+                if self._stopping():
                     raise
+                if not attempts.can_retry():
+                    raise SourceConnectionError(
+                        f"snapshot read of {chunk.table} chunk {chunk.index} failed after "
+                        f"{attempts.summary()}: {exc.message}", exc.hint) from exc
                 log.warning("snapshot read of %s chunk %d failed (%s); retrying", chunk.table,
                             chunk.index, exc.message)
+                try:
+                    attempts.backoff()
+                except Cancelled:
+                    raise exc from None
         assert reader is not None
         batch = snapshot_batch(table, rows, self.version, f"snap-{self.run_id}-{chunk.index}")
         return reader, _Loaded(chunk, batch, rows.num_rows)
@@ -247,22 +260,26 @@ class ChunkLoader:
                       loaded.rows, format_lsn(self.version))
 
     def _write(self, batch: TableBatch, chunk: Chunk) -> int:
-        attempt = 0
+        attempts = Attempts(WRITE_RETRY, Waiter(stopping=self._stopping))
         while True:
+            attempts.start()
             try:
                 return self.write(batch, chunk)
             except SinkError as exc:
-                attempt += 1
-                if not exc.retryable or attempt > 8 or self._stopping():
+                if not exc.retryable or self._stopping():
                     raise
-                delay = min(30.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2)
+                if not attempts.can_retry():
+                    raise SinkError(
+                        f"snapshot load of {chunk.table} chunk {chunk.index} gave up after "
+                        f"{attempts.summary()} (each retried by the sink): {exc.message}",
+                        exc.hint, table=exc.table, label=exc.label, retryable=True) from exc
+                delay = attempts.next_delay()
                 log.warning("snapshot load of %s failed (%s); retry %d in %.1fs",
-                            chunk.table, exc.message, attempt, delay)
-                deadline = time.monotonic() + delay
-                while time.monotonic() < deadline and not self._stopping():
-                    time.sleep(0.05)
-            except DbmazzError:
-                raise
+                            chunk.table, exc.message, attempts.count, delay)
+                try:
+                    attempts.backoff(delay)
+                except Cancelled:
+                    raise exc from None  # stopping: the chunk is not recorded as done
 
 
 def _interleave(chunks: Sequence[Chunk]) -> list[Chunk]:

@@ -151,7 +151,7 @@ class OnDemandSnapshot:
         ctx = self.snapshots.context
         with ctx.connect() as conn:
             keys = primary_keys(conn, self.tables, strict=True)
-            relations = describe_relations(conn, self.tables)
+            relations = describe_relations(conn, self.tables, ctx.publication)
         ctx.keys.add(keys)
         schemas = {name: ctx.schemas.build(relation) for name, relation in relations.items()}
         taken = {t.target_name: t.source_name for t in self.snapshots.tables.values()}
@@ -171,7 +171,7 @@ class OnDemandSnapshot:
     def _plan(self, watermark: int, snapshot_name: str | None) -> Plan:
         ctx = self.snapshots.context
         with ctx.connect() as conn:
-            layouts = table_layouts(conn, self.tables)
+            layouts = table_layouts(conn, self.tables, ctx.publication)
             tid_ranges = server_supports_tid_ranges(conn)
         chunks = [c for t in self.tables
                   for c in plan_chunks(layouts[t], ctx.chunk_pages, tid_ranges)]

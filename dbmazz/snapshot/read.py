@@ -40,7 +40,7 @@ from psycopg.conninfo import make_conninfo
 from dbmazz.errors import SetupError, SourceConnectionError, SourceError
 from dbmazz.lsn import parse_lsn
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.source.catalog import split_table_name
+from dbmazz.source.catalog import row_filters, split_table_name
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, quote_ident, quote_literal
 from dbmazz.source.replication import SESSION_SETTINGS, connect_error
@@ -94,6 +94,8 @@ class Chunk:
     end_page: int | None
     #: A partitioned parent: read through its partitions, without a TID range.
     partitioned: bool = False
+    #: The publication's row filter (PostgreSQL 15+): only rows it publishes are read.
+    row_filter: str | None = None
 
     @property
     def pages(self) -> int | None:
@@ -105,6 +107,8 @@ class Chunk:
             parts.append(f"ctid >= '({self.first_page},0)'::tid")
         if self.end_page is not None:
             parts.append(f"ctid < '({self.end_page},0)'::tid")
+        if self.row_filter is not None:
+            parts.append(f"({self.row_filter})")
         return " AND ".join(parts)
 
 
@@ -119,11 +123,16 @@ class TableLayout:
     replica_identity: str
     #: Partitioned parents have no pages of their own: one chunk, no TID range.
     partitioned: bool = False
+    #: The publication's row filter on the table, if any (see :class:`Chunk`).
+    row_filter: str | None = None
 
 
-def table_layouts(conn: psycopg.Connection, tables: Iterable[str]) -> dict[str, TableLayout]:
-    """Pages, row estimates and replica identity of ``tables`` ('schema.table')."""
+def table_layouts(conn: psycopg.Connection, tables: Iterable[str],
+                  publication: str | None = None) -> dict[str, TableLayout]:
+    """Pages, row estimates and replica identity of ``tables`` ('schema.table'); with
+    ``publication``, the row filter it has on each (read the same rows it publishes)."""
     names = list(tables)
+    filters = row_filters(conn, publication, names)
     split = [split_table_name(t) for t in names]
     rows = conn.execute(
         """
@@ -144,7 +153,8 @@ def table_layouts(conn: psycopg.Connection, tables: Iterable[str]) -> dict[str, 
     for ord_, pages, estimate, identity, partitioned in rows:
         schema, table = split[int(ord_) - 1]
         name = f"{schema}.{table}"
-        out[name] = TableLayout(name, int(pages), int(estimate), str(identity), bool(partitioned))
+        out[name] = TableLayout(name, int(pages), int(estimate), str(identity), bool(partitioned),
+                                filters.get(name))
     missing = [f"{s}.{t}" for s, t in split if f"{s}.{t}" not in out]
     if missing:
         raise SetupError(f"tables not found for the snapshot: {', '.join(missing)}",
@@ -157,10 +167,11 @@ def plan_chunks(layout: TableLayout, chunk_pages: int = DEFAULT_CHUNK_PAGES,
     """Chunks covering every page of the table (and, via the open last chunk, any page
     added later). An empty table still gets one chunk: rows may arrive before it is read."""
     if layout.partitioned or not tid_ranges or layout.pages <= chunk_pages:
-        return [Chunk(layout.table, 0, 0, None, layout.partitioned)]
+        return [Chunk(layout.table, 0, 0, None, layout.partitioned, layout.row_filter)]
     starts = list(range(0, layout.pages, chunk_pages))
     return [
-        Chunk(layout.table, i, start, starts[i + 1] if i + 1 < len(starts) else None)
+        Chunk(layout.table, i, start, starts[i + 1] if i + 1 < len(starts) else None,
+              row_filter=layout.row_filter)
         for i, start in enumerate(starts)
     ]
 

@@ -18,13 +18,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 
 from dbmazz.contract import VERSION_COLUMN
+from dbmazz.errors import SinkError
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import (
     LoadResult,
     SchemaDelta,
@@ -32,7 +34,15 @@ from dbmazz.pipeline.batch import (
     TableSchema,
     UpsertGroup,
 )
-from dbmazz.sink.base import Sink, SnapshotLoader
+from dbmazz.sink.base import ReportsRetries, Sink, SnapshotLoader
+from dbmazz.sink.load_health import LoadHealth
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 
 class Watch:
@@ -123,8 +133,14 @@ def _frame(table: pa.Table) -> pl.DataFrame:
 
 
 class SnapshotAwareSink:
-    def __init__(self, inner: Sink) -> None:
+    def __init__(self, inner: Sink, health: LoadHealth | None = None) -> None:
         self.inner = inner
+        #: Outcome of every load that passes here (CDC and snapshot), for Status/health.
+        self.health = health or LoadHealth()
+        #: target table → source table, to name the sink's own retries by their source.
+        self._source_of: dict[str, str] = {}
+        if isinstance(inner, ReportsRetries):
+            inner.report_retries(self._sink_retried)
         self.name = inner.name
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -139,6 +155,7 @@ class SnapshotAwareSink:
 
     # ------------------------------------------------------------------ Sink protocol
     def setup(self, tables: Sequence[TableSchema]) -> None:
+        self._source_of.update({t.target_name: t.source_name for t in tables})
         self.inner.setup(tables)
 
     def apply_schema_delta(self, delta: SchemaDelta) -> None:
@@ -150,10 +167,25 @@ class SnapshotAwareSink:
             watch = self._watches.get(batch.table.source_name)
             if watch is not None:
                 watch.observe(batch)
-            return self.inner.write(batch)
+            return self._observed(batch, self.inner.write)
 
     def close(self) -> None:
         self.inner.close()
+
+    def _observed(self, batch: TableBatch, load: Callable[[TableBatch], T]) -> T:
+        """``load(batch)``, its outcome recorded in :attr:`health` (failures re-raised)."""
+        table = batch.table.source_name
+        self._source_of[batch.table.target_name] = table
+        try:
+            result = load(batch)
+        except SinkError as exc:
+            self.health.failed(table, exc.message)
+            raise
+        self.health.succeeded(table)
+        return result
+
+    def _sink_retried(self, target: str, reason: str) -> None:
+        self.health.failed(self._source_of.get(target, target), reason)
 
     # ------------------------------------------------------------------ snapshots
     def watch(self, table: TableSchema) -> Watch:
@@ -178,9 +210,10 @@ class SnapshotAwareSink:
             if batch.is_empty:
                 return 0
             if isinstance(self.inner, SnapshotLoader):
-                self.inner.load_snapshot_chunk(batch)
+                self._observed(batch, self.inner.load_snapshot_chunk)
             else:
-                self.inner.write(batch)
+                self._observed(batch, self.inner.write)
+            self.health.snapshot_loaded(batch.table.source_name, batch.num_rows)
             return batch.num_rows
 
     def begin_snapshot(self, table: TableSchema) -> bool:

@@ -120,7 +120,7 @@ class Snapshots:
         assert self.source is not None
         names = list(self.tables)
         with ctx.connect() as conn:
-            layouts = table_layouts(conn, names)
+            layouts = table_layouts(conn, names, ctx.publication)
             tid_ranges = server_supports_tid_ranges(conn)
         creation = self.source.slot_creation
         if self.source.slot_created and creation is not None:
@@ -168,7 +168,7 @@ class Snapshots:
                 # Chunk-level resume relies on full rows in every update (docs/snapshot.md).
                 left = recs
             chunks += [Chunk(table, r.chunk.index, r.chunk.first_page, r.chunk.end_page,
-                             layout.partitioned) for r in left]
+                             layout.partitioned, layout.row_filter) for r in left]
             finished = [r for r in recs if r.done and r not in left]
             done[table] = (len(finished), sum(r.rows or 0 for r in finished))
         log.info("resuming the interrupted initial snapshot: %d of %d chunk(s) left, "

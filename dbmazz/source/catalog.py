@@ -38,9 +38,19 @@ def split_table_name(name: str) -> tuple[str, str]:
     return parts[0].strip(), parts[1].strip()
 
 
-def describe_relations(conn: psycopg.Connection, tables: Sequence[str]) -> dict[str, Relation]:
-    """``{'schema.table': Relation}`` for each existing table (missing ones are absent)."""
+def describe_relations(conn: psycopg.Connection, tables: Sequence[str],
+                       publication: str | None = None) -> dict[str, Relation]:
+    """``{'schema.table': Relation}`` for each existing table (missing ones are absent).
+
+    With ``publication`` (PostgreSQL 15+), a table the publication publishes has the
+    columns it publishes, as its Relation messages will: a column list leaves columns out,
+    ``publish_generated_columns = stored`` (PostgreSQL 18) adds stored generated ones.
+    Otherwise (older servers, tables not yet published) the columns are every stored,
+    non-generated one — what pgoutput sends without a column list before PostgreSQL 18.
+    """
     out: dict[str, Relation] = {}
+    published = published_columns(conn, publication, tables) if publication else {}
+    generated = conn.info.server_version >= 180000
     for name in tables:
         namespace, table = split_table_name(name)
         row = conn.execute(
@@ -55,15 +65,18 @@ def describe_relations(conn: psycopg.Connection, tables: Sequence[str]) -> dict[
             continue
         oid, identity = int(row[0]), str(row[1])
         identity_cols = _identity_columns(conn, oid, identity)
+        names = published.get(f"{namespace}.{table}")
         columns = conn.execute(
             """
             SELECT a.attname, a.atttypid::int, a.atttypmod
             FROM pg_attribute a
             WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-              AND a.attgenerated = ''
+              AND (a.attgenerated = '' OR (%s AND a.attgenerated = 's'))
+              AND (%s::text[] IS NULL OR a.attname = ANY(%s::text[]))
             ORDER BY a.attnum
             """,
-            (oid,),
+            # Before 18 pgoutput never sends generated columns (15 lists them in attnames).
+            (oid, names is not None and generated, names, names),
         ).fetchall()
         out[f"{namespace}.{table}"] = Relation(
             oid=oid,
@@ -81,6 +94,37 @@ def describe_relations(conn: psycopg.Connection, tables: Sequence[str]) -> dict[
             ),
         )
     return out
+
+
+def published_columns(conn: psycopg.Connection, publication: str | None,
+                      tables: Sequence[str]) -> dict[str, list[str]]:
+    """``'schema.table'`` → the column names ``publication`` publishes of it, for the
+    listed tables it publishes (PostgreSQL 15+: ``pg_publication_tables.attnames``; empty on
+    older servers, where a publication publishes every non-generated column)."""
+    if not publication or conn.info.server_version < 150000:
+        return {}
+    wanted = {"{}.{}".format(*split_table_name(t)) for t in tables}
+    rows = conn.execute(
+        "SELECT schemaname, tablename, attnames::text[] FROM pg_publication_tables "
+        "WHERE pubname = %s",
+        (publication,),
+    ).fetchall()
+    return {f"{s}.{t}": list(names) for s, t, names in rows if f"{s}.{t}" in wanted}
+
+
+def row_filters(conn: psycopg.Connection, publication: str | None,
+                tables: Sequence[str]) -> dict[str, str]:
+    """``'schema.table'`` → the publication's row filter (SQL text) for the listed tables
+    that have one (PostgreSQL 15+)."""
+    if not publication or conn.info.server_version < 150000:
+        return {}
+    wanted = {"{}.{}".format(*split_table_name(t)) for t in tables}
+    rows = conn.execute(
+        "SELECT schemaname, tablename, rowfilter FROM pg_publication_tables "
+        "WHERE pubname = %s AND rowfilter IS NOT NULL",
+        (publication,),
+    ).fetchall()
+    return {f"{s}.{t}": str(f) for s, t, f in rows if f"{s}.{t}" in wanted}
 
 
 def _identity_columns(conn: psycopg.Connection, oid: int, identity: str) -> set[str]:

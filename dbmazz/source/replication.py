@@ -745,6 +745,7 @@ class ReplicationStream:
         # Counts spooled frames too, so a long streamed transaction cannot keep the caller
         # inside this loop (away from its stop checks) indefinitely.
         consumed = 0
+        progressed = True  # a frame came since the last consume_input
         deadline: float | None = None
         while consumed < max_bytes:
             try:
@@ -755,6 +756,7 @@ class ReplicationStream:
                 consumed += n
                 kind = frame[0]
                 if kind == _W:
+                    progressed = True
                     frames += 1
                     last = frame
                     if streaming and self._route_streamed(frame):
@@ -773,6 +775,18 @@ class ReplicationStream:
                     )
                 continue
             if n == 0:
+                if offsets and progressed and consumed < max_bytes:
+                    # Take what the socket holds already into this chunk (consume_input never
+                    # blocks; a second empty get_copy_data ends the chunk). Over TLS libpq
+                    # reads one record per call, and the walsender sends one message per
+                    # record, while every chunk has a fixed cost downstream (wrapping,
+                    # routing, joining) that chunks of a few messages multiply.
+                    progressed = False
+                    try:
+                        pgconn.consume_input()
+                    except psycopg.OperationalError as exc:
+                        raise self._lost(exc) from None
+                    continue
                 if offsets or self._pending:
                     break
                 now = time.monotonic()
@@ -1122,7 +1136,12 @@ class ReplicationStream:
         if (
             self._reply_pending
             or elapsed >= self.status_interval_s
-            # A newly confirmed position goes out within a second, not a full interval.
+            # A newly durable LSN goes out at the reader's next step (≤ one wait slice,
+            # 20 ms, while idle): the slot follows durability within the flush interval.
+            # One update per confirm, i.e. per flush. Never ahead of it: what is sent is
+            # _flush_position(), which only passes the durable LSN by the idle rule.
+            or self._durable > self._reported
+            # The idle rule's advances (walEnd past confirmed work) within a second.
             or (
                 self._flush_position() != self._reported
                 and elapsed >= min(1.0, self.status_interval_s)

@@ -15,19 +15,38 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import psycopg
 from psycopg import sql
 
-from dbmazz.errors import SetupError, SlotLostError, SourceError
+from dbmazz import retry
+from dbmazz.errors import (
+    DbmazzError,
+    SetupError,
+    SlotLostError,
+    SourceConnectionError,
+    SourceError,
+)
+from dbmazz.retry import RetryPolicy, Waiter
+from dbmazz.source import publication as pubinfo
 from dbmazz.source.catalog import split_table_name
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, validate_slot_name
 from dbmazz.source.replication import server_error
-from dbmazz.source.slots import SlotCreation, SlotInfo, create_slot, read_slot_info
+from dbmazz.source.slots import (
+    FAILOVER_VERSION,
+    SlotCreation,
+    SlotInfo,
+    create_slot,
+    failover_unsupported,
+    read_slot_info,
+    set_failover,
+)
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 
 log = logging.getLogger("dbmazz.setup")
@@ -37,6 +56,12 @@ _IDENTITY_CODE = {"full": "f", "default": "d"}
 _IDENTITY_SQL = {"f": "FULL", "d": "DEFAULT"}
 _IDENTITY_NAME = {"d": "DEFAULT", "f": "FULL", "i": "USING INDEX", "n": "NOTHING"}
 _NAMEDATALEN = 63
+
+#: Contention and lost connections during setup: about a minute of attempts (each may also
+#: wait up to the lock timeout for its lock) before setup reports what it retried.
+SETUP_RETRY = RetryPolicy(max_attempts=6, max_elapsed=120.0, base_delay=1.0, max_delay=15.0)
+#: How long one ALTER TABLE waits for its table's lock (SETUP_LOCK_TIMEOUT_S).
+DEFAULT_LOCK_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +86,12 @@ class SourceSetup:
     slot_creation: SlotCreation | None = field(default=None, compare=False)
     #: False for ``check_only``: the change fields then describe what setup would do.
     applied: bool = True
+    #: ``SLOT_FAILOVER``: an existing slot was (or, check_only, would be) made a failover
+    #: slot.
+    slot_failover_set: bool = False
+    #: The slot's ``failover`` / ``synced`` flags after setup (None before PostgreSQL 17).
+    slot_failover: bool | None = None
+    slot_synced: bool | None = None
 
     @property
     def pending_changes(self) -> list[str]:
@@ -76,6 +107,8 @@ class SourceSetup:
             )
         if self.slot_created:
             changes.append("create the replication slot")
+        if self.slot_failover_set:
+            changes.append("make the replication slot a failover slot")
         return changes
 
 
@@ -261,9 +294,13 @@ def _plan_identity(
 
 
 def _publication_state(
-    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table],
+    *, report_extra: bool = True,
 ) -> tuple[bool, list[_Table], list[str]]:
-    """(exists, tables to add, warnings)."""
+    """(exists, tables to add, warnings). ``report_extra``: warn about published tables
+    not in ``tables`` (False when ``tables`` are only being added, as by an on-demand
+    snapshot, and the others are the pipeline's own)."""
+    pubinfo.check_partitions(conn, publication, {t.oid: t.name for t in tables})
     row = conn.execute(
         "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate "
         "FROM pg_publication WHERE pubname = %s",
@@ -289,35 +326,123 @@ def _publication_state(
     }
     wanted = {t.name for t in tables}
     extra = sorted(published - wanted)
-    if extra and not all_tables:
+    if extra and not all_tables and report_extra:
         warnings.append(
             f"publication {publication!r} also publishes tables not configured: "
             f"{', '.join(extra)} (left as they are; their changes are ignored)"
         )
-    if conn.info.server_version >= 150000:
-        filtered = conn.execute(
-            """
-            SELECT n.nspname || '.' || c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL
-            FROM pg_publication_rel pr
-            JOIN pg_publication p ON p.oid = pr.prpubid
-            JOIN pg_class c ON c.oid = pr.prrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE p.pubname = %s AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)
-            """,
-            (publication,),
-        ).fetchall()
-        for name, has_filter, has_columns in filtered:
-            if name in wanted:
-                what = " and ".join(
-                    w for w, on in (("a row filter", has_filter), ("a column list", has_columns))
-                    if on
-                )
-                warnings.append(
-                    f"publication {publication!r} has {what} on {name}; only the filtered "
-                    "rows/columns are replicated"
-                )
+    warnings += _narrowing_warnings(conn, publication, tables)
     to_add = [] if all_tables else [t for t in tables if t.name not in published]
     return True, to_add, warnings
+
+
+def _narrowing_warnings(
+    conn: psycopg.Connection, publication: str, tables: Sequence[_Table]
+) -> list[str]:
+    """What the publication's row filters and column lists leave out (reported, never
+    widened)."""
+    return [
+        f"publication {publication!r} publishes {n.table} with a {n.describe()}: only those "
+        "rows and columns reach the target (setup never widens a publication)"
+        for n in pubinfo.narrowings(conn, {t.oid: t.name for t in tables}, publication)
+        if n.narrows
+    ]
+
+
+def _partition_identity_changes(
+    conn: psycopg.Connection, tables: Sequence[_Table], mode: ReplicaIdentityMode
+) -> list[_Table]:
+    """Leaf partitions of the listed partitioned tables whose REPLICA IDENTITY must change.
+
+    ALTER TABLE ... REPLICA IDENTITY on a partitioned table does not reach its partitions,
+    yet each partition's own identity decides which old row its WAL carries; the root's
+    decides how pgoutput labels it. Both must agree, so the partitions follow the root."""
+    roots = pubinfo.partitioned_oids(conn, [t.oid for t in tables])
+    leaves = [
+        _Table(_qualified(p.schema, p.table), p.schema, p.table, p.oid, p.identity,
+               p.may_alter)
+        for p in pubinfo.leaf_partitions(conn, sorted(roots))
+    ]
+    if not leaves:
+        return []
+    keys = _keys_by_oid(conn, [t.oid for t in leaves])
+    keyless = [t.name for t in leaves if t.oid not in keys]
+    if keyless:
+        raise _keyless_error(keyless)
+    return _plan_identity(leaves, keys, mode)
+
+
+def _partitioned(conn: psycopg.Connection, tables: Sequence[_Table]) -> list[str]:
+    """The names of the partitioned tables among ``tables``."""
+    roots = pubinfo.partitioned_oids(conn, [t.oid for t in tables])
+    return [t.name for t in tables if t.oid in roots]
+
+
+def _log_partition_root(publication: str, partitioned: Sequence[str]) -> None:
+    if partitioned:
+        log.info(
+            "publication %s created with publish_via_partition_root = true: the changes of "
+            "every partition of %s are published as the partitioned table's, so each loads "
+            "into one target table", publication, ", ".join(partitioned),
+        )
+
+
+def _toast_risk(
+    conn: psycopg.Connection,
+    narrowing: pubinfo.Narrowing,
+    identity: str,
+    table: _Table,
+    changing: set[int],
+) -> list[str]:
+    """A row filter under a replica identity other than FULL: a row entering the filter
+    (its key changed) comes as an insert whose unchanged TOASTed values are unknown, and
+    would load as NULL. Refused when setup would make it so, reported when it is so."""
+    columns = pubinfo.unfillable_toast(conn, narrowing, identity)
+    if not columns:
+        return []
+    text = (f"publication {narrowing.publication!r} has a row filter on {table.name} and its "
+            f"REPLICA IDENTITY is {_IDENTITY_NAME[identity]}: a row that enters the filter "
+            "arrives as an insert without the TOASTed values its UPDATE did not change "
+            f"({', '.join(columns)}), which the target cannot fill")
+    if table.oid in changing:
+        raise SetupError(text, "use REPLICA_IDENTITY=full: PostgreSQL then sends those values")
+    return [text + "; use REPLICA IDENTITY FULL on it"]
+
+
+def _check_narrowed_identity(
+    conn: psycopg.Connection,
+    publication: str,
+    tables: Sequence[_Table],
+    identity_changes: Sequence[_Table],
+    identity_code: str,
+) -> list[str]:
+    """Refuse a replica identity change that makes PostgreSQL reject a table's UPDATEs and
+    DELETEs because of what a publication — dbmazz's or any other — leaves out of it (a
+    column list, a row filter, PostgreSQL 18's unpublished generated columns); warn about
+    such a conflict that already exists."""
+    changing = {t.oid for t in identity_changes}
+    by_oid = {t.oid: t for t in tables}
+    warnings = []
+    for narrowing in pubinfo.narrowings(conn, {t.oid: t.name for t in tables}):
+        table = by_oid[narrowing.oid]
+        identity = identity_code if table.oid in changing else table.identity
+        problems = pubinfo.identity_conflicts(conn, narrowing, identity)
+        if problems:
+            text = (f"under REPLICA IDENTITY {_IDENTITY_NAME[identity]}, PostgreSQL rejects "
+                    f"UPDATEs and DELETEs of {table.name}: publication "
+                    f"{narrowing.publication!r} publishes it, but {'; '.join(problems)}")
+            if table.oid in changing:
+                raise SetupError(
+                    text.replace("rejects", "would reject"),
+                    "set REPLICA_IDENTITY to a mode the publication allows ('default' when "
+                    "the key columns are published and filtered on, or 'keep'), or change "
+                    "the publication's column list / row filter / publish_generated_columns "
+                    "yourself",
+                )
+            warnings.append(text)
+        if narrowing.publication == publication:
+            warnings += _toast_risk(conn, narrowing, identity, table, changing)
+    return warnings
 
 
 def setup_source(
@@ -328,8 +453,11 @@ def setup_source(
     replica_identity: ReplicaIdentityMode = "full",
     *,
     export_snapshot: bool = False,
-    lock_timeout_s: float = 10.0,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     check_only: bool = False,
+    slot_failover: bool = False,
+    retry_policy: RetryPolicy = SETUP_RETRY,
+    stop: threading.Event | None = None,
     primary_dsn: str | None = None,
 ) -> SourceSetup:
     """Check the source and create what is missing; safe to run any number of times.
@@ -341,6 +469,11 @@ def setup_source(
     :attr:`SourceSetup.slot_creation` for an initial snapshot.
     ``check_only``: run every check but change nothing; the result then says what setup
     *would* create or change (``applied`` is False).
+    ``lock_timeout_s``, ``retry_policy``: each replica identity change waits this long for
+    its table's lock; contention and lost connections are retried under the policy.
+    ``stop`` interrupts a retry's backoff (shutdown).
+    ``slot_failover``: create the slot as a failover slot, or make the existing one one
+    (PostgreSQL 17+).
     ``primary_dsn``: ``dsn`` is a hot standby (PostgreSQL 16+); the catalog checks and
     changes (publication, replica identity) go to the primary, the slot to the standby.
     A standby without it is refused with what to do.
@@ -358,7 +491,11 @@ def setup_source(
         raise SetupError(str(exc)) from None
     target = describe_dsn(dsn)
     warnings: list[str] = []
+    waiter = Waiter(stop)
     _check_standby(dsn, target, primary_dsn)
+    # The first connection is not retried: failing it is almost always configuration
+    # (host, port, credentials), reported at once. Losing it later is retried in _apply.
+    # On a standby (primary_dsn) the catalog is read and changed on the primary.
     with _connect(primary_dsn or dsn) as conn:
         (wal_level,) = conn.execute("SHOW wal_level").fetchone() or ("?",)
         if wal_level != "logical":
@@ -373,8 +510,13 @@ def setup_source(
         if keyless:
             raise _keyless_error(keyless)
         identity_changes = _plan_identity(resolved, keys, replica_identity)
+        identity_changes += _partition_identity_changes(conn, resolved, replica_identity)
         pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
         warnings += pub_warnings
+        warnings += _check_narrowed_identity(
+            conn, publication, resolved, identity_changes,
+            _IDENTITY_CODE.get(replica_identity, "d"),
+        )
         not_owned = sorted(
             {t.name for t in [*identity_changes, *to_add] if not t.may_alter}
         )
@@ -390,6 +532,8 @@ def setup_source(
         else:
             with _connect(dsn) as standby:
                 info = read_slot_info(standby, slot)
+        warnings += _check_failover(conn, slot_failover, target)
+        set_failover_now = slot_failover and info.exists and not info.failover
         if not info.exists:
             _refuse_dropped_slot(conn, slot, target)
         if info.exists:
@@ -413,29 +557,45 @@ def setup_source(
                 replica_identity_changed=tuple(t.name for t in identity_changes),
                 warnings=tuple(warnings),
                 applied=False,
+                slot_failover_set=set_failover_now,
+                slot_failover=info.failover,
+                slot_synced=info.synced,
             )
 
         # -- everything checked; now change what is missing ----------------------------
-        changed = _apply(
-            conn,
-            publication,
-            pub_exists,
-            to_add,
-            identity_changes,
-            _IDENTITY_CODE.get(replica_identity, "d"),
-            lock_timeout_s,
-        )
+        # Read before the changes: a lost connection is replaced inside _apply, not here.
+        partitioned = _partitioned(conn, resolved) if not pub_exists else []
+        connection = _Connection(primary_dsn or dsn, conn)
+        try:
+            changed = _apply(
+                connection,
+                publication,
+                resolved,
+                identity_changes,
+                _IDENTITY_CODE.get(replica_identity, "d"),
+                lock_timeout_s,
+                retry_policy,
+                waiter,
+            )
+        finally:
+            connection.close()
+        _log_partition_root(publication, partitioned)
 
     for w in warnings:
         log.warning("%s", w)
     creation: SlotCreation | None = None
     consistent_point: int | None = None
     if not info.exists:
-        creation = create_slot(dsn, slot, export_snapshot=export_snapshot)
+        creation = create_slot(dsn, slot, export_snapshot=export_snapshot,
+                               failover=slot_failover)
         consistent_point = creation.consistent_point
         if not export_snapshot:
             creation.close()
             creation = None
+    elif set_failover_now:
+        set_failover(dsn, slot)
+        log.info("replication slot %s is now a failover slot", slot)
+    after = slot_info_after(dsn, slot, info, slot_failover)
     return SourceSetup(
         primary_keys={t.name: keys[t.oid][1] for t in resolved},
         slot_created=not info.exists,
@@ -447,6 +607,9 @@ def setup_source(
         replica_identity_changed=tuple(changed),
         warnings=tuple(warnings),
         slot_creation=creation,
+        slot_failover_set=set_failover_now,
+        slot_failover=after.failover,
+        slot_synced=after.synced,
     )
 
 
@@ -478,20 +641,63 @@ def _check_standby(dsn: str, target: str, primary_dsn: str | None) -> None:
         )
 
 
-def publish_tables(dsn: str, publication: str, tables: Sequence[str],
-                   replica_identity: str) -> None:
-    """Add ``tables`` to the publication (and set their replica identity) the way setup
-    does, for an on-demand snapshot. :func:`setup_source` itself refuses while our own
-    stream holds the slot, so this reuses its checks and changes without the slot part."""
+def slot_info_after(dsn: str, slot: str, before: SlotInfo, failover: bool) -> SlotInfo:
+    """The slot's flags once setup is done (read again only when setup changed them)."""
+    if before.exists and not (failover and not before.failover):
+        return before
+    with _connect(dsn) as conn:
+        return read_slot_info(conn, slot)
+
+
+def _check_failover(conn: psycopg.Connection, failover: bool, target: str) -> list[str]:
+    """``SLOT_FAILOVER``: refused before PostgreSQL 17; a warning when no standby is
+    waited for, so a failover could lose changes dbmazz already loaded."""
+    if not failover:
+        return []
+    version = conn.info.server_version
+    if version < FAILOVER_VERSION:
+        raise failover_unsupported(version, target)
+    (standbys,) = conn.execute("SHOW synchronized_standby_slots").fetchone() or ("",)
+    if not standbys:
+        return [
+            "SLOT_FAILOVER=true but synchronized_standby_slots is empty on the primary: "
+            "dbmazz may receive changes a standby has not yet received, and a failover to "
+            "that standby would lose them from the source while the target keeps them; list "
+            "the standbys' physical slots in synchronized_standby_slots"
+        ]
+    return []
+
+
+def publish_tables(
+    dsn: str,
+    publication: str,
+    tables: Sequence[str],
+    replica_identity: str,
+    *,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    retry_policy: RetryPolicy = SETUP_RETRY,
+    stop: threading.Event | None = None,
+) -> None:
+    """Add ``tables`` to ``publication`` and set their replica identity, with setup's
+    checks and retries but without its slot part (on-demand snapshots: the engine's own
+    stream holds the slot)."""
+    mode: ReplicaIdentityMode = (
+        "default" if replica_identity == "default"
+        else "keep" if replica_identity == "keep" else "full")
+    waiter = Waiter(stop)
     with _connect(dsn) as conn:
         resolved = _resolve(conn, tables)
         keys = _keys_by_oid(conn, [t.oid for t in resolved])
         keyless = [t.name for t in resolved if t.oid not in keys]
         if keyless:
             raise _keyless_error(keyless)
-        mode = replica_identity if replica_identity in ("full", "default", "keep") else "full"
-        changes = _plan_identity(resolved, keys, mode)  # type: ignore[arg-type]
-        exists, to_add, warnings = _publication_state(conn, publication, resolved)
+        changes = _plan_identity(resolved, keys, mode)
+        changes += _partition_identity_changes(conn, resolved, mode)
+        # The publication's other tables are the pipeline's own: no "not configured" notice.
+        _, to_add, warnings = _publication_state(conn, publication, resolved,
+                                                 report_extra=False)
+        warnings += _check_narrowed_identity(conn, publication, resolved, changes,
+                                             _IDENTITY_CODE.get(mode, "d"))
         not_owned = sorted({t.name for t in [*changes, *to_add] if not t.may_alter})
         if not_owned:
             raise SetupError(
@@ -501,7 +707,12 @@ def publish_tables(dsn: str, publication: str, tables: Sequence[str],
             )
         for warning in warnings:
             log.warning("%s", warning)
-        _apply(conn, publication, exists, to_add, changes, _IDENTITY_CODE.get(mode, "d"), 10.0)
+        connection = _Connection(dsn, conn)
+        try:
+            _apply(connection, publication, resolved, changes, _IDENTITY_CODE.get(mode, "d"),
+                   lock_timeout_s, retry_policy, waiter)
+        finally:
+            connection.close()
 
 
 def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> None:
@@ -565,54 +776,109 @@ def _check_existing_slot(info: SlotInfo, dbname: str, target: str) -> None:
         )
 
 
+class _Connection:
+    """The setup connection, opened again after PostgreSQL dropped it (a retry needs one)."""
+
+    def __init__(self, dsn: str, conn: psycopg.Connection) -> None:
+        self._dsn = dsn
+        self._conn = conn
+        self._extra: list[psycopg.Connection] = []
+
+    def get(self) -> psycopg.Connection:
+        if self._conn.closed or self._conn.broken:
+            self._conn = _connect(self._dsn)
+            self._extra.append(self._conn)
+        return self._conn
+
+    def close(self) -> None:
+        for conn in self._extra:
+            conn.close()
+
+
 def _apply(
-    conn: psycopg.Connection,
+    connection: _Connection,
     publication: str,
-    pub_exists: bool,
-    to_add: Sequence[_Table],
+    tables: Sequence[_Table],
     identity_changes: Sequence[_Table],
     identity_code: str,
     lock_timeout_s: float,
+    policy: RetryPolicy,
+    waiter: Waiter,
 ) -> list[str]:
-    """Replica identity and publication changes, in one transaction."""
-    pub = sql.Identifier(publication)
-    try:
+    """Replica identity changes, one table per transaction, then the publication.
+
+    ``ALTER TABLE`` takes an ACCESS EXCLUSIVE lock: held over several tables in one
+    transaction it deadlocks with an application transaction that writes them in another
+    order, and it queues every later query of the table behind it. So each table is its
+    own short transaction that waits at most ``lock_timeout_s`` for its lock, and
+    contention (deadlock, lock timeout, serialization failure) or a lost connection is
+    retried under ``policy``. Every step is idempotent, so a retry after a lost COMMIT
+    reply is harmless.
+    """
+    timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(
+        sql.Literal(f"{max(1, int(lock_timeout_s * 1000))}ms"))
+    identity = sql.SQL(_IDENTITY_SQL[identity_code])
+
+    def set_identity(table: _Table) -> None:
+        conn = connection.get()
         with conn.transaction():
-            # ALTER TABLE waits for an exclusive lock; do not queue the application behind
-            # it for long.
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(
-                    sql.Literal(f"{int(lock_timeout_s * 1000)}ms")
-                )
-            )
-            for t in identity_changes:
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
-                        t.ident, sql.SQL(_IDENTITY_SQL[identity_code])
-                    )
-                )
-            if not pub_exists:
-                conn.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                        pub, sql.SQL(", ").join(t.ident for t in to_add)
-                    )
-                )
+            conn.execute(timeout)
+            conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(
+                table.ident, identity))
+
+    def publish() -> None:
+        conn = connection.get()
+        with conn.transaction():
+            conn.execute(timeout)
+            # Read again on each attempt: an earlier one may have committed unseen.
+            exists, to_add, _ = _publication_state(conn, publication, tables)
+            pub = sql.Identifier(publication)
+            if not exists:
+                conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+                    pub, sql.SQL(", ").join(t.ident for t in to_add),
+                    pubinfo.create_options(conn)))
             elif to_add:
-                conn.execute(
-                    sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                        pub, sql.SQL(", ").join(t.ident for t in to_add)
-                    )
-                )
-    except psycopg.errors.LockNotAvailable as exc:
-        raise SetupError(
-            f"could not lock a table to change its replica identity within "
-            f"{lock_timeout_s:g} s: {exc}",
-            "long transactions hold the table; retry setup when it is quieter",
-        ) from None
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise SetupError(
-            f"not allowed to create or change publication {publication!r}: {exc}",
-            "grant CREATE on the database to the connecting role, or run setup as the "
-            "tables' owner",
-        ) from None
-    return [t.name for t in identity_changes]
+                conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    pub, sql.SQL(", ").join(t.ident for t in to_add)))
+
+    def attempt(what: str, action: Callable[[], None]) -> None:
+        try:
+            retry.call(action, policy=policy, transient=retry.is_transient, what=what,
+                       waiter=waiter, log=log)
+        except retry.GaveUp as gave_up:
+            raise _gave_up_error(what, gave_up, lock_timeout_s) from gave_up.last
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SetupError(
+                f"{what}: not allowed: {exc}",
+                "grant CREATE on the database to the connecting role, or run setup as the "
+                "tables' owner",
+            ) from None
+
+    done = []
+    for t in identity_changes:
+        attempt(f"setting REPLICA IDENTITY {_IDENTITY_SQL[identity_code]} on {t.name}",
+                partial(set_identity, t))
+        done.append(t.name)
+    attempt(f"adding the tables to publication {publication!r}", publish)
+    return done
+
+
+def _gave_up_error(what: str, gave_up: retry.GaveUp, lock_timeout_s: float) -> DbmazzError:
+    """Setup stopped retrying: say what was retried, how often, why, and what to do."""
+    last = retry.first_line(gave_up.last)
+    tried = gave_up.attempts.summary()
+    if gave_up.cancelled:
+        return SetupError(f"{what}: stopped while retrying ({tried}; last error: {last})")
+    if retry.is_contention(gave_up.last):
+        return SetupError(
+            f"{what} failed after {tried}: other transactions held the table "
+            f"(lock contention: {last})",
+            "run setup at a quieter time, raise SETUP_LOCK_TIMEOUT_S (now "
+            f"{lock_timeout_s:g} s) so setup waits longer for the lock, or set the replica "
+            "identity by hand (ALTER TABLE ... REPLICA IDENTITY FULL) and run with "
+            "REPLICA_IDENTITY=keep",
+        )
+    return SourceConnectionError(
+        f"{what} failed after {tried}: {last}",
+        "check that PostgreSQL is up and reachable, then run setup again",
+    )

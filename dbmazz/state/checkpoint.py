@@ -2,7 +2,8 @@
 
 Stored in the source database, table ``dbmazz_checkpoints (slot_name, lsn, updated_at)``,
 so it lives and dies with the slot it describes. A checkpoint only moves forward; the
-engine writes it after the sink acknowledged, then confirms the same LSN to PostgreSQL.
+engine writes it after the sink acknowledged, then confirms the same LSN to PostgreSQL —
+never before: a write that fails is retried, and the confirmation waits for it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from psycopg import sql
 
 from dbmazz.errors import SourceConnectionError
 from dbmazz.lsn import format_lsn, parse_lsn
+from dbmazz.retry import is_transient
 
 TABLE = "dbmazz_checkpoints"
 
@@ -97,11 +99,16 @@ class PostgresCheckpointStore:
                     ).format(t=self._table),
                     (self.slot, format_lsn(lsn)),
                 )
-            except psycopg.OperationalError as exc:
-                self._conn = None
+            except psycopg.Error as exc:
+                if not is_transient(exc):
+                    raise
+                # Lost, or the server is shutting down: the next attempt opens a new one.
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
                 raise SourceConnectionError(
-                    f"lost the connection while writing the checkpoint: {_first_line(exc)}",
-                    "dbmazz reconnects and retries",
+                    f"could not write the checkpoint: {_first_line(exc)}",
+                    "dbmazz reconnects and retries; the confirmation waits for the checkpoint",
                 ) from None
             self._last = lsn
 

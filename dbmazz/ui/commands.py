@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from rich.console import Console
 
 from dbmazz.api._proto import dbmazz_pb2 as pb
-from dbmazz.api.client import Client
+from dbmazz.api.client import Client, connect
 from dbmazz.api.convert import message_dict, state_name
 from dbmazz.ui.format import status_renderable
 
 
 def _client(args: argparse.Namespace) -> Client:
-    token = args.token if args.token is not None else os.environ.get("GRPC_TOKEN") or None
-    return Client(args.address, token=token, ca_cert=args.ca_cert, timeout_s=args.timeout)
+    """The engine at ``--address``, else where ``dbmazz run`` with the same settings serves
+    (GRPC_HOST/GRPC_PORT/GRPC_TOKEN from the environment and ``.env``)."""
+    client = connect(args.address, token=args.token, ca_cert=args.ca_cert,
+                     timeout_s=args.timeout)
+    args.address = client.address  # shown by `status`
+    return client
 
 
 def _console() -> Console:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -16,11 +20,12 @@ from rich.text import Text
 from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.api.client import Client
 from dbmazz.errors import DbmazzError
+from dbmazz.log import human_bytes
 from dbmazz.ui.format import (
     error_panel,
-    human_bytes,
     human_count,
     human_duration,
+    slot_text,
     snapshot_panel,
     snapshot_shown,
     sparkline,
@@ -50,7 +55,7 @@ def render(state: DashboardState) -> RenderableType:
     with state.lock:
         status, samples, problem = state.status, list(state.samples), state.problem
     header = Text.assemble(("dbmazz top", "bold"), f"  {state.address}  ",
-                           (time.strftime("%H:%M:%S"), "dim"))
+                           (time.strftime("%H:%M:%S"), "dim"), ("  q or Ctrl-C quits", "dim"))
     if status is None:
         return Panel(Text(problem or "connecting…", style="red" if problem else "dim"),
                      title=header)
@@ -87,11 +92,14 @@ def _summary(status: pb.EngineStatus, last: pb.MetricsSample | None) -> Renderab
         f"CPU {last.cpu_percent:.0f}%" if last else "CPU -", sep,
         f"uptime {human_duration(status.uptime_s)}",
     )
+    lines: list[RenderableType] = [line1, line2]
+    if status.HasField("slot_health"):
+        lines.append(Text.assemble("slot ", slot_text(status.slot_health)))
     memory = Table.grid(padding=(0, 1))
     memory.add_row("in flight", ProgressBar(total=max(1, limit), completed=min(inflight, limit),
                                             width=30),
                    f"{human_bytes(inflight)} / {human_bytes(limit)}")
-    return Group(line1, line2, memory)
+    return Group(*lines, memory)
 
 
 def _throughput(samples: list[pb.MetricsSample]) -> Panel:
@@ -125,6 +133,38 @@ def _follow_metrics(client: Client, state: DashboardState, interval_ms: int,
         stop.wait(1.0)
 
 
+@contextlib.contextmanager
+def _quit_key(done: threading.Event) -> Iterator[None]:
+    """On a terminal, ``q`` sets ``done`` (keys are read unbuffered, without echo, and the
+    terminal is restored afterwards); elsewhere Ctrl-C remains the way out."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    import select
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    stop = threading.Event()
+
+    def read_keys() -> None:
+        while not stop.is_set() and not done.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready and os.read(fd, 1) in (b"q", b"Q"):
+                done.set()
+
+    reader = threading.Thread(target=read_keys, name="dbmazz-top-keys", daemon=True)
+    tty.setcbreak(fd)
+    reader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reader.join(1.0)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def once(client: Client, console: Console) -> None:
     """Render one frame: Status plus one Metrics sample."""
     state = DashboardState(client.address)
@@ -146,7 +186,8 @@ def run(client: Client, console: Console, interval_s: float = 1.0,
         name="dbmazz-top-metrics", daemon=True)
     follower.start()
     try:
-        with Live(render(state), console=console, refresh_per_second=4, screen=False) as live:
+        with _quit_key(done), Live(render(state), console=console, refresh_per_second=4,
+                                   screen=False) as live:
             while not done.is_set():
                 try:
                     status = client.status()

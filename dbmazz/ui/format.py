@@ -1,4 +1,6 @@
-"""Human rendering of engine status: sizes, durations, sparklines, the status table."""
+"""Human rendering of engine status: sizes, durations, sparklines, the status table.
+
+Sizes use :func:`dbmazz.log.human_bytes`, shared with log and error messages below the UI."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from rich.text import Text
 
 from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.api.convert import stage_name, state_name
+from dbmazz.log import human_bytes
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 #: A finished snapshot stays on screen this long (then only Status --json has it).
@@ -26,14 +29,6 @@ STATE_STYLES = {
     "STOPPED": "bold white",
     "FAILED": "bold red",
 }
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_count(n: float) -> str:
@@ -93,13 +88,24 @@ def channel_text(source: pb.SourceChannel) -> str:
     return ", ".join(parts)
 
 
+def slot_flags(status: pb.EngineStatus) -> str:
+    """`` (failover)``, `` (failover, synced)``… from PostgreSQL 17's slot flags."""
+    flags = []
+    if status.HasField("slot_failover"):
+        flags.append("failover" if status.slot_failover else "no failover")
+    if status.HasField("slot_synced") and status.slot_synced:
+        flags.append("synced")
+    return f" ({', '.join(flags)})" if flags else ""
+
+
 def overview_table(status: pb.EngineStatus) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim")
     grid.add_column()
     grid.add_row("state", Text.assemble(state_text(status), f"  (stage {stage_name(status.stage)}"
                                         f", {'serving' if status.serving else 'not serving'})"))
-    grid.add_row("source", f"slot {status.slot or '-'}, publication {status.publication or '-'}")
+    grid.add_row("source", f"slot {status.slot or '-'}{slot_flags(status)}, "
+                           f"publication {status.publication or '-'}")
     if status.HasField("source"):
         grid.add_row("connection", channel_text(status.source))
     grid.add_row("sink", status.sink or "-")
@@ -107,6 +113,8 @@ def overview_table(status: pb.EngineStatus) -> Table:
     grid.add_row("confirmed LSN", status.confirmed_lsn.text or "0/0")
     grid.add_row("lag", f"{human_bytes(status.lag_bytes)}, "
                         f"{human_duration(status.replication_lag_ms / 1000)}")
+    if status.HasField("slot_health"):
+        grid.add_row("slot", slot_text(status.slot_health))
     grid.add_row("in flight", human_bytes(status.inflight_bytes)
                  + f" of {human_bytes(status.settings.max_inflight_bytes)}")
     grid.add_row("applied", f"{status.rows_applied:,} changes in {status.flushes:,} batches "
@@ -116,6 +124,25 @@ def overview_table(status: pb.EngineStatus) -> Table:
                           f"{settings.flush_interval_ms} ms")
     grid.add_row("uptime", human_duration(status.uptime_s) + f"  (dbmazz {status.version})")
     return grid
+
+
+def slot_text(slot: pb.SlotHealth) -> Text:
+    """The slot's health on one line: retained WAL, wal_status, safe size, activity."""
+    if slot.error:
+        return Text(slot.error, style="yellow")
+    if not slot.exists:
+        return Text("missing", style="red")
+    parts = [f"retains {human_bytes(slot.retained_wal_bytes)}" if slot.retained_known
+             else "retains ?"]
+    if slot.wal_status:
+        parts.append(f"wal_status {slot.wal_status}")
+    if slot.safe_wal_size_known:
+        parts.append(f"{human_bytes(max(slot.safe_wal_size, 0))} before invalidation")
+    parts.append(f"active (pid {slot.active_pid})" if slot.active else "inactive")
+    text = Text(", ".join(parts))
+    if slot.warning:
+        text.append(f"  ⚠ {slot.warning}", style="bold yellow")
+    return text
 
 
 def tables_table(status: pb.EngineStatus) -> Table:

@@ -49,7 +49,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     dsn = config.source_dsn
     wanted = [_qualified(t) for t in args.table]
-    client = running_engine(config)
+    client = running_engine(config, args.address)
     if client is not None:
         with client:
             return _through_engine(client, wanted or [_qualified(t) for t in config.tables])
@@ -57,7 +57,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if info.exists and info.active:
         raise SetupError(
             f"replication slot {config.slot_name!r} is in use (pid {info.active_pid}): dbmazz "
-            f"is running, but no control plane of it answers at {engine_address(config)}",
+            f"is running, but no control plane of it answers at "
+            f"{engine_address(config, args.address)}",
             "point GRPC_HOST/GRPC_PORT (and GRPC_TOKEN) at the running engine so this command "
             "asks it to take the snapshot; or stop it and run this command again",
         )

@@ -97,7 +97,8 @@ def test_local_mode_against_real_postgres(pg_db: Database, tmp_path: Path,
 
 @pytest.fixture
 def remote_engine(pg_db: Database, tmp_path: Path) -> Iterator[GrpcServer]:
-    pg_db.execute("CREATE TABLE public.orders (id int PRIMARY KEY, customer text, "
+    # A key not named `id`: remote mode must sort by the table's own key.
+    pg_db.execute("CREATE TABLE public.orders (order_no int PRIMARY KEY, customer text, "
                   "amount numeric(10,2), status text)")
     config = duckdb_config(pg_db, tmp_path, ["public.orders"])
     sink = DuckDBSink(config.duckdb_path)
@@ -110,7 +111,7 @@ def remote_engine(pg_db: Database, tmp_path: Path) -> Iterator[GrpcServer]:
         with pg_db.connect() as conn, conn.transaction():
             conn.execute("INSERT INTO public.orders SELECT g, 'c' || g, g, 'new' "
                          "FROM generate_series(1, 100) g")
-            conn.execute("UPDATE public.orders SET status = 'paid' WHERE id <= 10")
+            conn.execute("UPDATE public.orders SET status = 'paid' WHERE order_no <= 10")
         engine = service.engine
         assert engine is not None and engine.wait_durable(mark(pg_db), 120)
         yield server

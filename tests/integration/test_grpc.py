@@ -339,7 +339,8 @@ def test_run_drains_on_sigterm_and_keeps_the_slot(pg_db: Database, tmp_path: Pat
 def test_run_stays_up_on_a_setup_error(pg_db: Database, tmp_path: Path,
                                        run_process: list[subprocess.Popen[str]]) -> None:
     port = free_port()
-    proc = _spawn(_env(pg_db, tmp_path, "public.missing", GRPC_PORT=str(port)), run_process)
+    proc = _spawn(_env(pg_db, tmp_path, "public.missing", GRPC_PORT=str(port),
+                       ON_ERROR="serve"), run_process)
     address = f"127.0.0.1:{port}"
     client = Client(address)
     _health_when_up(client, proc)

@@ -295,6 +295,31 @@ def test_status_updates_report_only_the_durable_lsn(pg_db: Database, reader: str
     assert slot_row(pg_db)[0] == target  # close() reported the durable LSN, not more
 
 
+def test_a_newly_durable_lsn_is_reported_at_the_next_read(pg_db: Database, reader: str) -> None:
+    """The slot follows durability at the reader's next step, not on a status cadence (the
+    interval here is an hour, and no update was due by time)."""
+    make_table(pg_db)
+    make_slot(pg_db)
+    for i in range(5):
+        pg_db.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
+    with ReplicationStream.open(pg_db.dsn, "s1", ["pub"], status_interval_s=3600) as stream:
+        msgs = parse_all(read_until(stream, commits(5)))
+        ends = [m.end_lsn for m in msgs if isinstance(m, po.Commit)]
+        stream.read_chunk(timeout_s=0.01)
+        before = stream.stats.status_updates
+        reported = stream.reported_lsn
+        assert reported < ends[2]  # nothing confirmed yet: not reported
+        stream.confirm(ends[2])
+        stream.read_chunk(timeout_s=0.01)
+        assert stream.stats.status_updates == before + 1
+        assert stream.reported_lsn == ends[2]
+        wait_for(lambda: slot_row(pg_db)[0] == ends[2],
+                 what="confirmed_flush_lsn to reach the confirmed LSN")
+        # Nothing newly durable: no further update before the interval.
+        stream.read_chunk(timeout_s=0.01)
+        assert stream.stats.status_updates == before + 1
+
+
 def test_confirm_is_thread_safe_and_monotonic(pg_db: Database) -> None:
     make_table(pg_db)
     make_slot(pg_db)

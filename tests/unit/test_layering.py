@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "dbmazz"
 #: Lowest first. A name is a top-level module or package of dbmazz ("" is dbmazz/__init__).
 LAYERS: tuple[frozenset[str], ...] = (
     # Leaves every layer may use: names, errors, settings, the batch contract.
-    frozenset({"_version", "errors", "lsn", "log", "memory", "config", "contract"}),
+    frozenset({"_version", "errors", "lsn", "log", "memory", "config", "contract", "lazy",
+               "retry"}),
     # The PostgreSQL side: replication, decoding, catalog, setup, and the state dbmazz
     # keeps in the source database (checkpoints).
     frozenset({"source", "state"}),

@@ -43,6 +43,17 @@ def test_small_empty_and_partitioned_tables_are_one_chunk() -> None:
     assert plan_chunks(TableLayout("public.t", 100, 0, "f"), 4, tid_ranges=False)[0].pages is None
 
 
+def test_every_chunk_reads_only_the_rows_the_publication_filters_in() -> None:
+    layout = TableLayout("public.t", 10, 100, "f", row_filter="(amount > 5)")
+    chunks = plan_chunks(layout, chunk_pages=4)
+    assert [c.row_filter for c in chunks] == ["(amount > 5)"] * 3
+    assert chunks[1].predicate() == (
+        "ctid >= '(4,0)'::tid AND ctid < '(8,0)'::tid AND ((amount > 5))")
+    [root] = plan_chunks(TableLayout("public.p", 0, 9, "f", True, "(region = 'eu')"), 4)
+    assert select_sql(schema(("id", pa.int64(), INT8, -1)), root, native=False) == (
+        "SELECT \"id\" FROM \"public\".\"t\" WHERE ((region = 'eu'))")
+
+
 def test_columns_are_read_as_their_output_function_text() -> None:
     assert column_expression("id", INT8, native=True) == '"id"'
     assert column_expression("id", INT8, native=False) == '"id"'

@@ -7,6 +7,7 @@ import pytest
 
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
+from dbmazz.sink.starrocks.catalog import normalise_info_type
 from dbmazz.sink.starrocks.ddl import (
     TypeOptions,
     UnsupportedType,
@@ -17,7 +18,7 @@ from dbmazz.sink.starrocks.ddl import (
     modify_column_sql,
 )
 from dbmazz.sink.starrocks.mysql import quote_ident, quote_literal
-from dbmazz.sink.starrocks.schema import check_target_names, normalise_info_type
+from dbmazz.sink.starrocks.schema import check_target_names
 
 
 def spec(name: str, t: pa.DataType, pg: str = "", typmod: int = -1) -> ColumnSpec:

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
+from dbmazz.retry import RetryPolicy
 from dbmazz.sink.starrocks.http import HttpResponse
 from dbmazz.sink.starrocks.response import Outcome, classify, parse_reply
-from dbmazz.sink.starrocks.retry import RetryPolicy
 
 
 def reply(body: object, status: int = 200) -> Outcome:

@@ -9,11 +9,13 @@ returning, bounded by a deadline. Every name is backtick-quoted, every value quo
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dbmazz.errors import SetupError
+from dbmazz.retry import Cancelled, Waiter
 from dbmazz.sink.starrocks.ddl import qualified
 from dbmazz.sink.starrocks.mysql import (
     FeClient,
@@ -22,11 +24,25 @@ from dbmazz.sink.starrocks.mysql import (
     quote_ident,
     quote_literal,
 )
-from dbmazz.sink.starrocks.retry import Cancelled, Waiter
 
 log = logging.getLogger("dbmazz.sink.starrocks")
 
 _NOT_NORMAL = "is not normal"
+_INT_DISPLAY = re.compile(r"^(tinyint|smallint|int|bigint)\(\d+\)( unsigned)?$")
+
+
+def normalise_info_type(column_type: str) -> str:
+    """information_schema COLUMN_TYPE → the type text :mod:`.ddl` produces."""
+    text = column_type.strip().lower()
+    match = _INT_DISPLAY.match(text)
+    if match:
+        name, unsigned = match.groups()
+        if unsigned:
+            return "LARGEINT"
+        if text == "tinyint(1)":
+            return "BOOLEAN"
+        return name.upper()
+    return text.upper()
 
 
 @dataclass(frozen=True, slots=True)

@@ -249,6 +249,11 @@ def _parse(sql_type: str) -> tuple[str, tuple[int, ...]]:
     return text, ()
 
 
+def parse_type(sql_type: str) -> tuple[str, tuple[int, ...]]:
+    """``'DECIMAL(10,2)'`` → ``('DECIMAL', (10, 2))``; ``'ARRAY<INT>'`` → itself, ``()``."""
+    return _parse(sql_type)
+
+
 def same_type(a: str, b: str) -> bool:
     return _norm(a) == _norm(b)
 

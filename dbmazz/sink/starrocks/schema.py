@@ -8,14 +8,13 @@ only checked against information_schema and every missing column is reported at 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import SchemaDelta, TableSchema
-from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
+from dbmazz.sink.starrocks.catalog import Catalog, TargetTable, normalise_info_type
 from dbmazz.sink.starrocks.ddl import (
     UnsupportedType,
     add_columns_sql,
@@ -30,8 +29,6 @@ from dbmazz.sink.starrocks.ddl import (
 from dbmazz.sink.starrocks.settings import StarRocksSettings
 
 log = logging.getLogger("dbmazz.sink.starrocks")
-
-_INT_DISPLAY = re.compile(r"^(tinyint|smallint|int|bigint)\(\d+\)( unsigned)?$")
 
 
 @dataclass
@@ -64,20 +61,6 @@ def check_target_names(tables: Iterable[TableSchema]) -> None:
                 f"rename one with TABLE_MAP, e.g. TABLE_MAP={t.source_name}:{t.namespace}_{t.name}",
             )
         seen[t.target_name] = t.source_name
-
-
-def normalise_info_type(column_type: str) -> str:
-    """information_schema COLUMN_TYPE → the type text :mod:`.ddl` produces."""
-    text = column_type.strip().lower()
-    match = _INT_DISPLAY.match(text)
-    if match:
-        name, unsigned = match.groups()
-        if unsigned:
-            return "LARGEINT"
-        if text == "tinyint(1)":
-            return "BOOLEAN"
-        return name.upper()
-    return text.upper()
 
 
 def _check_keys(schema: TableSchema, target: TargetTable) -> None:
@@ -194,7 +177,28 @@ def prepare_tables(
     report = PrepareReport()
     for schema in tables:
         prepare_table(catalog, schema, settings, report)
+    if settings.setup == "skip":
+        check_types(tables, report, settings)
     return report
+
+
+def check_types(tables: Sequence[TableSchema], report: PrepareReport,
+                settings: StarRocksSettings) -> None:
+    """SETUP=skip: every column must take what dbmazz sends; all mismatches in one error,
+    before the first load (tables dbmazz created or altered match by construction)."""
+    from dbmazz.sink.starrocks.typecheck import describe_mismatches, type_mismatches
+
+    found = [m for schema in tables if schema.target_name in report.tables
+             for m in type_mismatches(schema, report.tables[schema.target_name],
+                                      settings.type_options)]
+    for mismatch in (m for m in found if m.severity == "warning"):
+        log.warning("%s", mismatch.text)
+    errors = [m for m in found if m.severity != "warning"]
+    if errors:
+        raise SetupError(
+            f"StarRocks columns cannot take what dbmazz sends: {describe_mismatches(errors)}",
+            "widen or change those columns to the types in docs/types.md (ALTER TABLE ... "
+            "MODIFY COLUMN), or let dbmazz create the tables (SETUP=auto)")
 
 
 def apply_delta(catalog: Catalog, delta: SchemaDelta, settings: StarRocksSettings) -> TargetTable:

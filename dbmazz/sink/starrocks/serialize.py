@@ -32,14 +32,19 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dbmazz.lazy import lazy_module
 from dbmazz.sink.starrocks.ddl import is_list_type
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 Format = Literal["json", "csv"]
 

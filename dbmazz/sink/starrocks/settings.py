@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
+from dbmazz.retry import RetryPolicy
 from dbmazz.sink.starrocks.ddl import NumericMode, TypeOptions
-from dbmazz.sink.starrocks.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from dbmazz.config import Config

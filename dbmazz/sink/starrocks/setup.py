@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import TableSchema
+from dbmazz.retry import Waiter
 from dbmazz.sink.starrocks.catalog import Catalog
 from dbmazz.sink.starrocks.mysql import FeClient
-from dbmazz.sink.starrocks.retry import Waiter
 from dbmazz.sink.starrocks.schema import check_target_names, prepare_tables
 from dbmazz.sink.starrocks.settings import StarRocksSettings
 

@@ -24,24 +24,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import polars as pl
 import pyarrow as pa
 
 from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
+from dbmazz.retry import Waiter
+from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
 from dbmazz.sink.starrocks.http import Transport
 from dbmazz.sink.starrocks.labels import make_label
 from dbmazz.sink.starrocks.mysql import FeClient, quote_ident
-from dbmazz.sink.starrocks.retry import Waiter
 from dbmazz.sink.starrocks.schema import apply_delta, check_target_names, prepare_tables
 from dbmazz.sink.starrocks.serialize import JSON_HEADERS, serialize
 from dbmazz.sink.starrocks.settings import StarRocksSettings
 from dbmazz.sink.starrocks.split import PlannedLoad, SplitTransaction
 from dbmazz.sink.starrocks.stream_load import FINAL_OK, StreamLoadClient, TransactionBroken
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
 
 if TYPE_CHECKING:
     from dbmazz.config import Config
@@ -74,7 +80,8 @@ class StarRocksSink:
         """``sleep`` replaces real waiting between retries and polls (tests pass a function
         that moves an emulator's clock)."""
         self.settings = settings
-        self._waiter = Waiter(sleep)
+        self._engine_stop: threading.Event | None = None
+        self._waiter = Waiter(sleep=sleep, stopping=self._engine_stopping)
         self._transport = Transport(
             settings.user,
             settings.password,
@@ -109,9 +116,21 @@ class StarRocksSink:
         s = self.settings
         return f"StarRocksSink({s.fe_url}, db={s.database!r}, user={s.user!r})"
 
+    def report_retries(self, listener: RetryListener) -> None:
+        """Call ``listener(target table, reason)`` after each failed Stream Load attempt."""
+        self.client.retry_listener = listener
+
     def cancel(self) -> None:
         """Interrupt retry back-offs and polls (engine shutdown); they raise SinkError."""
         self._waiter.cancel()
+
+    def stop_on(self, stop: threading.Event) -> None:
+        """Retry back-offs and polls end once ``stop`` (the engine's) is set."""
+        self._engine_stop = stop
+
+    def _engine_stopping(self) -> bool:
+        stop = self._engine_stop
+        return stop is not None and stop.is_set()
 
     def _state(self, table: str) -> _TableState:
         with self._lock:
@@ -145,6 +164,12 @@ class StarRocksSink:
                 state.target = report.tables.get(schema.target_name)
             with self._lock:
                 self._sources[schema.target_name] = schema
+
+    def check_target(self, tables: Sequence[TableSchema]) -> None:
+        """SETUP=skip: the database and every table must exist with columns that take what
+        dbmazz sends (setup under SETUP=skip changes nothing, it only verifies)."""
+        if self.settings.setup == "skip":
+            self.setup(tables)
 
     def apply_schema_delta(self, delta: SchemaDelta) -> None:
         if delta.before is None and delta.after.source_name not in {

@@ -26,9 +26,10 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from dbmazz.errors import SinkError
+from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter
+from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.http import HttpResponse, Transport, TransportError
 from dbmazz.sink.starrocks.response import Outcome, Reply, classify, is_auth_failure, parse_reply
-from dbmazz.sink.starrocks.retry import Attempts, Cancelled, RetryPolicy, Waiter
 
 log = logging.getLogger("dbmazz.sink.starrocks")
 
@@ -76,6 +77,8 @@ class StreamLoadClient:
         self.waiter = waiter or Waiter()
         self.error_log_limit = error_log_limit
         self.user = user
+        #: Told of every failed attempt as it happens (the engine's load health).
+        self.retry_listener: RetryListener | None = None
 
     # -- plain Stream Load ---------------------------------------------------------------
 
@@ -276,13 +279,15 @@ class StreamLoadClient:
         if not attempts.can_retry():
             raise SinkError(
                 f"Stream Load into {table} (label {label}) still failing after "
-                f"{attempts.count} attempts over {attempts.elapsed:.0f}s: {reason}",
+                f"{attempts.summary()}: {reason}",
                 "StarRocks is unreachable or overloaded; it will be retried when the "
                 "engine restarts the load",
                 table=table,
                 label=label,
                 retryable=True,
             )
+        if self.retry_listener is not None and table is not None:
+            self.retry_listener(table, reason)
         log.warning(
             "load %s into %s failed (attempt %d): %s; retrying",
             label,

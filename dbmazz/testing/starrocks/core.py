@@ -29,6 +29,7 @@ from dbmazz.testing.starrocks.loads import (
     plan_load,
     run_load,
 )
+from dbmazz.testing.starrocks.query import INFO_SCHEMA
 from dbmazz.testing.starrocks.responses import (
     LoadCounters,
     LoadTimes,
@@ -507,7 +508,9 @@ class Cluster:
             return rest_result("No database selected.")
         if not label:
             return rest_result("No label selected.")
-        if db not in self.catalog.databases:
+        if db not in self.catalog.databases and db != INFO_SCHEMA:
+            # information_schema exists in every StarRocks (SHOW DATABASES lists it): a
+            # label looked up there is simply UNKNOWN, as on a real FE.
             return rest_result(f"unknown database, database={db}")
         state, reason = self.txns.label_state(db, label)
         fault = self.faults.take(FaultKind.STALE_LOAD_STATE, db=db, label=label)

@@ -1,0 +1,126 @@
+"""The health of the engine's replication slot, sampled in the background: how much WAL the
+server keeps for it (``pg_current_wal_lsn() - restart_lsn``), ``wal_status`` and
+``safe_wal_size`` (PG13+: how close ``max_slot_wal_keep_size`` is to invalidating it), and
+whether a session streams from it. Status, Prometheus and ``dbmazz top`` read the latest
+sample; a warning is logged when the slot crosses ``SLOT_WAL_WARN_BYTES``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from dbmazz.errors import DbmazzError
+from dbmazz.log import human_bytes
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.slots import read_slots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlotHealth:
+    slot: str
+    exists: bool
+    active: bool = False
+    active_pid: int | None = None
+    retained_bytes: int | None = None
+    wal_status: str | None = None
+    safe_wal_size: int | None = None
+    #: Why the slot needs attention ("" when it does not).
+    warning: str = ""
+    #: Why it could not be sampled ("" when the sample is fresh).
+    error: str = ""
+    sampled_at: float = 0.0
+
+
+def assess(slot: str, retained: int | None, wal_status: str | None, safe: int | None,
+           warn_bytes: int) -> str:
+    """The warning for a sample ("" when there is nothing to warn about)."""
+    if wal_status == "lost":
+        return (f"slot {slot} was invalidated (wal_status lost): the WAL it needed is gone; "
+                "drop it, run setup again and take a new snapshot")
+    if wal_status == "unreserved":
+        return (f"slot {slot} is about to be invalidated (wal_status unreserved): "
+                "max_slot_wal_keep_size is exceeded; see docs/operations.md#slots")
+    if warn_bytes and safe is not None and safe < warn_bytes:
+        return (f"slot {slot} is {human_bytes(safe)} from invalidation by "
+                "max_slot_wal_keep_size (safe_wal_size < SLOT_WAL_WARN_BYTES)")
+    if warn_bytes and retained is not None and retained >= warn_bytes:
+        return (f"slot {slot} retains {human_bytes(retained)} of WAL "
+                f"(SLOT_WAL_WARN_BYTES {human_bytes(warn_bytes)})")
+    return ""
+
+
+class SlotMonitor:
+    """Samples ``slot`` every ``interval_s`` on its own thread until :meth:`stop`."""
+
+    def __init__(self, dsn: str, slot: str, warn_bytes: int, interval_s: float = 10.0) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.warn_bytes = warn_bytes
+        self.interval_s = interval_s
+        self._latest: SlotHealth | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned: object = None
+
+    @property
+    def latest(self) -> SlotHealth | None:
+        return self._latest
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dbmazz-slot-health",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = SourceDatabase(self.dsn).connect("slot-health")
+                self._latest = self.sample(conn)
+            except (psycopg.Error, DbmazzError) as exc:
+                previous = self._latest
+                self._latest = SlotHealth(
+                    self.slot, previous.exists if previous else False,
+                    error=f"cannot sample slot {self.slot}: {exc}".strip(),
+                    sampled_at=time.time())
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._log_warning()
+            self._stop.wait(self.interval_s)
+        if conn is not None:
+            conn.close()
+
+    def sample(self, conn: psycopg.Connection) -> SlotHealth:
+        rows = read_slots(conn, only=self.slot)
+        if not rows:
+            return SlotHealth(self.slot, False, warning=f"slot {self.slot} does not exist",
+                              sampled_at=time.time())
+        row = rows[0]
+        return SlotHealth(
+            self.slot, True, row.active, row.active_pid, row.retained_bytes, row.wal_status,
+            row.safe_wal_size,
+            assess(self.slot, row.retained_bytes, row.wal_status, row.safe_wal_size,
+                   self.warn_bytes),
+            sampled_at=time.time())
+
+    def _log_warning(self) -> None:
+        """Log a warning when one appears or changes its cause (not on every sample)."""
+        latest = self._latest
+        warning = latest.warning if latest is not None else ""
+        cause = ((latest.wal_status or "", warning.split(" ")[2:4])
+                 if latest is not None and warning else None)
+        if cause is not None and cause != self._warned:
+            log.warning("%s", warning)
+        self._warned = cause

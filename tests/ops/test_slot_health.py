@@ -1,0 +1,103 @@
+"""Slot health in Status, Prometheus, `dbmazz status` and `dbmazz top`: retained WAL,
+wal_status/safe_wal_size, active, and a warning past SLOT_WAL_WARN_BYTES."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dbmazz.api.prometheus import MetricsServer
+from dbmazz.api.server import GrpcServer
+from dbmazz.engine.service import EngineService
+from dbmazz.pipeline.batch import LoadResult, TableBatch
+from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.testing.fixtures import Database
+from dbmazz.testing.postgres import PostgresCluster
+from tests.e2e.harness import duckdb_config
+from tests.scripted import eventually
+
+
+class GatedSink(DuckDBSink):
+    """Loads wait until the gate opens: received changes stay unconfirmed meanwhile."""
+
+    gate = threading.Event()
+
+    def write(self, batch: TableBatch) -> LoadResult:
+        self.gate.wait(120)
+        return super().write(batch)
+
+
+def test_slot_health_is_reported_and_warned(private_pg_cluster: PostgresCluster,
+                                            tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.WARNING, logger="dbmazz")
+    cluster = private_pg_cluster
+    cluster.set_setting("max_slot_wal_keep_size", "256MB")
+    db = Database(cluster, cluster.create_database())
+    db.execute("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+    monkeypatch.setattr(EngineService, "slot_sample_interval_s", 0.2)
+    config = duckdb_config(db, tmp_path, ["public.t"], snapshot="never",
+                           heartbeat_interval_s=0, slot_wal_warn_bytes=4 << 20)
+    GatedSink.gate.set()
+    service = EngineService(config, sink=GatedSink(config.duckdb_path))
+    server = GrpcServer(service, port=0)
+    server.start()
+    metrics = MetricsServer(service, port=0)
+    metrics.start()
+    service.start()
+    try:
+        eventually(lambda: service.serving, "streaming", 120)
+
+        def sampled_active() -> bool:
+            slot = service.status().slot_health
+            return slot is not None and slot.exists and slot.active
+        eventually(sampled_active, "an active slot sample", 60)
+        slot = service.status().slot_health
+        assert slot is not None and slot.wal_status == "reserved" and not slot.warning
+        # The limit plus up to a few WAL segments.
+        assert slot.safe_wal_size is not None and 0 < slot.safe_wal_size < 320 << 20
+        # Loads held back, nothing is confirmed: WAL written now is retained for the slot.
+        GatedSink.gate.clear()
+        db.execute("INSERT INTO public.t SELECT g, (SELECT string_agg(md5(g::text || x::text), "
+                   "'') FROM generate_series(1, 100) x) FROM generate_series(1, 3000) g")
+
+        def warned() -> bool:
+            health = service.status().slot_health
+            return health is not None and bool(health.warning)
+        eventually(warned, "the retained-WAL warning", 60)
+        slot = service.status().slot_health
+        assert slot is not None and slot.retained_bytes is not None
+        assert slot.retained_bytes >= 4 << 20
+        assert "retains" in slot.warning and "SLOT_WAL_WARN_BYTES 4.0 MiB" in slot.warning
+        assert any("retains" in r.getMessage() and r.levelno == logging.WARNING
+                   for r in caplog.records)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics",
+                                    timeout=30) as reply:
+            text = reply.read().decode()
+        values = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+                  for line in text.splitlines() if line and not line.startswith("#")}
+        assert values["dbmazz_slot_retained_wal_bytes"] >= 4 << 20
+        assert values["dbmazz_slot_warning"] == 1 and values["dbmazz_slot_active"] == 1
+        assert values['dbmazz_slot_wal_status{wal_status="reserved"}'] == 1
+        assert 0 < values["dbmazz_slot_safe_wal_size_bytes"] < 320 << 20
+        env = {**os.environ, "COLUMNS": "250"}
+        for command in (["status"], ["top", "--once"]):
+            shown = subprocess.run([sys.executable, "-m", "dbmazz", *command, "--address",
+                                    server.address], capture_output=True, text=True,
+                                   timeout=60, env=env).stdout
+            assert "wal_status reserved" in shown and "before invalidation" in shown, shown
+            assert "retains" in shown and "active (pid" in shown, shown
+    finally:
+        GatedSink.gate.set()
+        service.stop(timeout=60)
+        server.stop(0)
+        metrics.stop()
+        if service.engine is not None:
+            service.engine.sink.close()
