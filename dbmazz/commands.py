@@ -179,6 +179,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         replica_identity=config.replica_identity,
         slot_failover=config.slot_failover,
         lock_timeout_s=config.setup_lock_timeout_s,
+        primary_dsn=config.primary_dsn if config.primary_url is not None else None,
     )
     tables = target_tables(config, source)
     for warning in source.warnings:
@@ -209,6 +210,7 @@ def _setup_check(config: Config) -> int:
             replica_identity=config.replica_identity,
             slot_failover=config.slot_failover,
             check_only=True,
+            primary_dsn=config.primary_dsn if config.primary_url is not None else None,
         )
     except DbmazzError as exc:
         problems.append(f"source: {exc}")

@@ -50,6 +50,12 @@ class Config(BaseSettings):
         default=None,
         description="PostgreSQL connection URL (postgresql://user:password@host:port/db).",
     )
+    primary_url: SecretStr | None = Field(
+        default=None,
+        description="When SOURCE_URL is a hot standby (PostgreSQL 16+): the primary's URL. "
+        "Setup (publication, replica identity), checkpoints, heartbeats and snapshot progress "
+        "are written there; the slot and the stream stay on the standby.",
+    )
     slot_name: str = Field(default="dbmazz_slot", description="Logical replication slot name.")
     publication_name: str = Field(default="dbmazz_pub", description="Publication name.")
     slot_failover: bool = Field(
@@ -73,6 +79,14 @@ class Config(BaseSettings):
         "call), auto "
         "(socket unless the connection uses SSL or GSS). libpq for a GSS-encrypted "
         "connection that auto cannot recognize.",
+    )
+
+    pgoutput_protocol: Literal["auto", "1", "2", "3", "4"] = Field(
+        default="auto",
+        description="pgoutput protocol version: auto (the highest the server speaks: 2 on "
+        "PostgreSQL 14, 3 on 15, 4 on 16+) or 1-4. 2 and higher stream large transactions "
+        "while they run (spooled until they commit; 4 as streaming = parallel); 1 receives "
+        "them whole at commit.",
     )
 
     # --- sink ---------------------------------------------------------------------------
@@ -185,7 +199,7 @@ class Config(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log format.")
 
-    @field_validator("source_url")
+    @field_validator("source_url", "primary_url")
     @classmethod
     def _check_source_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
@@ -278,6 +292,14 @@ class Config(BaseSettings):
         return self.source_url.get_secret_value()
 
     @property
+    def primary_dsn(self) -> str:
+        """Where dbmazz writes (setup, checkpoints, heartbeats): PRIMARY_URL, else the
+        source itself (contains the password: never log it)."""
+        if self.primary_url is not None:
+            return self.primary_url.get_secret_value()
+        return self.source_dsn
+
+    @property
     def source_url_redacted(self) -> str:
         return redact_url(self.source_url.get_secret_value()) if self.source_url else "(unset)"
 
@@ -289,6 +311,8 @@ class Config(BaseSettings):
         """Settings with secrets redacted, for status output and logs."""
         data = self.model_dump()
         data["source_url"] = self.source_url_redacted
+        data["primary_url"] = (redact_url(self.primary_url.get_secret_value())
+                               if self.primary_url else None)
         for key in ("starrocks_password", "grpc_token"):
             secret = getattr(self, key)
             data[key] = "***" if secret is not None and secret.get_secret_value() else None

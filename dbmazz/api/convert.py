@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -82,6 +83,8 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
         started_at_unix_s=snap.started_at,
         uptime_s=snap.uptime_s,
     )
+    if snap.source is not None:
+        message.source.CopyFrom(pb.SourceChannel(**dataclasses.asdict(snap.source)))
     slot = snap.slot_health
     if slot is not None:
         message.slot_health.CopyFrom(pb.SlotHealth(

@@ -119,6 +119,19 @@ class ServiceCollector(Collector):
         yield last_load
         yield in_flight
         yield from _snapshot_metrics(snap.snapshot)
+        if snap.source is not None:
+            source = snap.source
+            yield GaugeMetricFamily("dbmazz_source_tls",
+                                    "1 when the connection to the source is TLS-encrypted",
+                                    value=1.0 if source.tls else 0.0)
+            channel = InfoMetricFamily("dbmazz_source", "How dbmazz reaches the source")
+            channel.add_metric([], {"tls_version": source.tls_version,
+                                    "protocol": str(source.protocol),
+                                    "streaming": source.streaming,
+                                    "server_version": str(source.server_version),
+                                    "standby": str(source.standby).lower(),
+                                    "reader": source.reader})
+            yield channel
         yield from _verify_metrics()
 
 

@@ -103,6 +103,7 @@ def build_live_engine(config: Config, *, sink: Sink | None = None,
         stop=stop,
         # A new slot keeps its exported snapshot open until the initial snapshot read it.
         export_snapshot=config.snapshot != "never",
+        primary_dsn=config.primary_dsn if config.primary_url is not None else None,
     )
     try:
         return _build_live(config, source, sink, snapshot_hold_after)
@@ -132,7 +133,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
 
     dsn = config.source_dsn
     # Tables an on-demand snapshot added stay replicated across restarts.
-    extra = replicated_extra_tables(dsn, config.slot_name, source.tables)
+    extra = replicated_extra_tables(config.primary_dsn, config.slot_name, source.tables)
     keys = TableKeys(source.primary_keys)  # on-demand snapshots add to them while streaming
     try:
         with SourceDatabase(dsn).connect("setup") as conn:
@@ -155,7 +156,9 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         target.setup(tables)
     elif isinstance(inner, TargetChecked):
         inner.check_target(tables)  # SETUP=skip: tables made by hand, checked before loads
-    checkpoints = PostgresCheckpointStore(dsn, config.slot_name)
+    # On a standby (PRIMARY_URL set) every write goes to the primary.
+    writes = config.primary_dsn
+    checkpoints = PostgresCheckpointStore(writes, config.slot_name)
     checkpoint = checkpoints.load()
     start = checkpoint or 0
     publication = config.publication_name
@@ -165,7 +168,9 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
 
     def open_stream(lsn: int) -> ChunkSource:
         return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
-                                      socket_reader=socket_reader)
+                                      socket_reader=socket_reader,
+                                      proto_version=config.pgoutput_protocol, streaming=None,
+                                      skip_empty_transactions=True)
 
     snapshots = _snapshots(config, mode=config.snapshot, sink=target, schemas=schemas,
                            keys=keys, tables=tables, source=source, checkpoint=checkpoint,
@@ -174,7 +179,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     if config.heartbeat_interval_s > 0:
         from dbmazz.source.heartbeat import Heartbeat
 
-        heartbeat = Heartbeat(dsn)
+        heartbeat = Heartbeat(writes)
     log.info("streaming %d table(s) from slot %s into %s", len(tables), slot, target.name)
     return Engine(
         source_factory=open_stream,
@@ -220,9 +225,11 @@ def _snapshots(config: Config, *, mode: str, sink: SnapshotAwareSink, schemas: S
     from dbmazz.snapshot.stage import Snapshots
 
     dsn, slot = config.source_dsn, config.slot_name
+    # On a standby (PRIMARY_URL set) the progress is written to the primary.
+    store = SnapshotProgressStore(config.primary_dsn, slot)
     context = SnapshotContext(dsn=dsn, slot=slot, publication=config.publication_name,
                               replica_identity=config.replica_identity, sink=sink,
-                              schemas=schemas, keys=keys, store=SnapshotProgressStore(dsn, slot),
+                              schemas=schemas, keys=keys, store=store,
                               workers=config.snapshot_workers,
                               hold_after_chunks=hold_after_chunks)
     return Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -38,6 +38,7 @@ from dbmazz.pipeline.schema_cache import SchemaCache
 from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter, is_transient
 from dbmazz.sink.base import RowReader, Sink, StopAware
 from dbmazz.source.chunk import WalChunk, concat_chunks
+from dbmazz.source.replication import SourceChannel
 from dbmazz.state.checkpoint import CheckpointStore
 
 if TYPE_CHECKING:
@@ -110,6 +111,14 @@ class ChunkSource(Protocol):
     def keepalive(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DescribesChannel(Protocol):
+    """A source that says how it reaches the server (TLS, protocol; for status)."""
+
+    @property
+    def channel(self) -> SourceChannel: ...
 
 
 SourceFactory = Callable[[int], ChunkSource]
@@ -242,6 +251,8 @@ class Engine:
         self._durable_lsn = start_lsn
         self._durable_cv = threading.Condition()
         self._source: ChunkSource | None = None
+        #: How the last opened source reaches the server (None: not a live stream yet).
+        self.source_channel: SourceChannel | None = None
         self._threads: list[threading.Thread] = []
         self._failure: BaseException | None = None
         self._in_flight_batches: dict[str, pa.Table] = {}
@@ -537,6 +548,8 @@ class Engine:
         source = self._source_factory(self._durable_lsn)
         opened()
         self._source = source
+        if isinstance(source, DescribesChannel):
+            self.source_channel = source.channel
         batcher = Batcher(
             self.schemas,
             flush_rows=self.settings.flush_rows,

@@ -16,6 +16,7 @@ import psutil
 from dbmazz.engine.core import RunState, Stage
 from dbmazz.engine.slot_health import SlotHealth
 from dbmazz.snapshot.progress import SnapshotProgress
+from dbmazz.source.replication import SourceChannel
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class StatusSnapshot:
     load_failing_s: float = 0.0
     #: The replication slot's latest health sample (None before one, or without a source).
     slot_health: SlotHealth | None = None
+    #: The source connection: TLS (and its version), pgoutput protocol, standby; None
+    #: before a live stream was opened.
+    source: SourceChannel | None = None
     taken_at: float = field(default_factory=time.time)
 
     @property

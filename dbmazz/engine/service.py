@@ -354,7 +354,7 @@ class EngineService:
         dropped = drop_slot(config.source_dsn, config.slot_name, wait_s=30.0)
         from dbmazz.state.checkpoint import forget_checkpoint
 
-        forget_checkpoint(config.source_dsn, config.slot_name)
+        forget_checkpoint(config.primary_dsn, config.slot_name)
         if dropped:
             log.warning("dropped replication slot %s on request", config.slot_name)
         self._slot_dropped = self._slot_dropped or dropped
@@ -479,6 +479,7 @@ class EngineService:
                 snapshot=engine.snapshot_progress,
                 load_failing_s=failure.failing_for() if failure is not None else 0.0,
                 slot_health=self._slot_monitor.latest if self._slot_monitor else None,
+                source=engine.source_channel,
             )
         settings = ({name: int(getattr(config, name)) for name in LIVE_SETTINGS}
                     if config else {})
@@ -531,3 +532,4 @@ class EngineService:
                 in_flight_rows=batch.num_rows if batch is not None else 0,
             ))
         return tuple(out)
+

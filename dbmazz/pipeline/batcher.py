@@ -180,10 +180,10 @@ class Batcher:
         control = np.flatnonzero(_IS_CONTROL[kinds])
         begin = 0
         for idx in control.tolist():
-            self._segment(chunk, starts, kinds, begin, idx, out)
+            self._segments(chunk, starts, kinds, begin, idx, out)
             self._control(chunk.message(idx), int(chunk.lsns[idx]))
             begin = idx + 1
-        self._segment(chunk, starts, kinds, begin, n, out)
+        self._segments(chunk, starts, kinds, begin, n, out)
         if self._first_pending_at is None and (self._rows or self._has_committed()):
             self._first_pending_at = self._clock()
         return out
@@ -210,6 +210,56 @@ class Batcher:
         return self._committed_pieces > 0 or self._committed_end_lsn > self._cut_end_lsn
 
     # ------------------------------------------------------------------ internals
+    def _segments(
+        self,
+        chunk: WalChunk,
+        starts: npt.NDArray[np.int64],
+        kinds: npt.NDArray[np.uint8],
+        lo: int,
+        hi: int,
+        out: list[Flush],
+    ) -> None:
+        """Route messages ``[lo, hi)`` (no control message among them).
+
+        A transaction larger than the limits is split whether or not it arrives whole in
+        one chunk: how much one read holds depends on how far the reader is behind the
+        walsender (a few KB, or megabytes when it lags), and a committed streamed
+        transaction comes as one piece. So the range is cut right after the Begin of every
+        such transaction; the rest then starts inside it, the case :meth:`_segment` splits.
+        """
+        for cut in self._big_transaction_cuts(chunk, starts, kinds, lo, hi):
+            self._segment(chunk, starts, kinds, lo, cut, out)
+            lo = cut
+        self._segment(chunk, starts, kinds, lo, hi, out)
+
+    def _big_transaction_cuts(
+        self,
+        chunk: WalChunk,
+        starts: npt.NDArray[np.int64],
+        kinds: npt.NDArray[np.uint8],
+        lo: int,
+        hi: int,
+    ) -> list[int]:
+        """Positions just after the Begin of each transaction wholly inside ``[lo, hi)``
+        whose changes exceed ``flush_rows`` or ``flush_bytes`` (vectorized)."""
+        k = kinds[lo:hi]
+        begin_at = np.flatnonzero(k == _B)
+        if not len(begin_at):
+            return []
+        commit_at = np.flatnonzero(k == _C)
+        closing = np.searchsorted(commit_at, begin_at)
+        whole = closing < len(commit_at)
+        begin_at, commit_at = begin_at[whole], commit_at[closing[whole]]
+        if not len(begin_at):
+            return []
+        is_dml = (k == _I) | (k == _U) | (k == _D)
+        rows = np.concatenate(([0], np.cumsum(is_dml)))
+        sizes = np.where(is_dml, chunk.message_ends[lo:hi] - starts[lo:hi], 0)
+        nbytes = np.concatenate(([0], np.cumsum(sizes)))
+        big = ((rows[commit_at] - rows[begin_at] > self.flush_rows)
+               | (nbytes[commit_at] - nbytes[begin_at] > self.flush_bytes))
+        return (begin_at[big] + lo + 1).tolist()
+
     def _segment(
         self,
         chunk: WalChunk,
@@ -230,7 +280,7 @@ class Batcher:
                 f"unexpected pgoutput message type {chr(int(k[bad]))!r} (byte 0x{int(k[bad]):02x})"
                 f" at LSN {int(chunk.lsns[lo + bad])}",
                 "the stream may use a protocol version dbmazz does not support; use "
-                "proto_version 1 or 2",
+                "PGOUTPUT_PROTOCOL auto or 1-4",
             )
         is_begin = k == _B
         is_dml = (k == _I) | (k == _U) | (k == _D)

@@ -444,7 +444,7 @@ def parse_message(
         if kind in _TWO_PHASE_TYPES:
             raise ProtocolError(
                 f"two-phase pgoutput message {_describe(kind)} {where}",
-                "dbmazz requests protocol versions 1-2 without two_phase; check that nothing "
+                "dbmazz requests protocol versions 1-4 without two_phase; check that nothing "
                 "else consumes this slot with other options",
             )
         raise ProtocolError(f"unknown pgoutput message type {_describe(kind)} {where}")

@@ -5,9 +5,12 @@ high-level replication API). Once streaming, the reader takes the walsender's by
 from the socket (:mod:`dbmazz.source.wire`), megabytes per read, and splits them into
 messages without a Python step per message (:mod:`dbmazz.source.frames`): the bytes read
 become the :class:`~dbmazz.source.chunk.WalChunk` with one copy, frame headers left in
-place. On SSL/GSS-encrypted connections, and for protocol-2 streamed transactions, it reads
-one CopyData frame per libpq call instead. Everything else (routing, decoding) happens
-downstream, vectorized over the chunks this module produces.
+place. On SSL/GSS-encrypted connections it reads one CopyData frame per libpq call instead.
+Streamed in-progress transactions (protocol 2+, ``streaming 'parallel'`` with protocol 4
+on PostgreSQL 16+, see :func:`negotiate_protocol`) are split off at their Stream
+Start/Stop/Commit/Abort messages, spooled and delivered at Stream Commit as an ordinary
+``B … C`` run. Everything else (routing, decoding) happens downstream, vectorized over the
+chunks this module produces.
 
 Status updates report the *durable* LSN (what the caller confirmed), never merely received
 data: the slot must keep every change the sink has not acknowledged (invariant 1). One
@@ -74,6 +77,7 @@ log = logging.getLogger(__name__)
 _PG_EPOCH_UNIX_S = 946_684_800  # 2000-01-01 00:00:00 UTC
 
 _W, _K = ord("w"), ord("k")
+_B, _C = ord("B"), ord("C")
 _S, _E, _STREAM_COMMIT, _A, _O = ord("S"), ord("E"), ord("c"), ord("A"), ord("O")
 _D = ord("d")
 # Backend messages other than CopyData that may arrive while streaming (socket reader).
@@ -92,6 +96,41 @@ _XLOG_POS = struct.Struct(">QQ")
 _STREAM_START = struct.Struct(">IB")
 _STREAM_COMMIT_BODY = struct.Struct(">IBQQq")
 _STREAM_ABORT = struct.Struct(">II")
+_STREAM_ABORT_PARALLEL = struct.Struct(">IIQq")  # protocol 4, streaming 'parallel'
+_STREAM_CONTROL = np.array([_S, _E, _STREAM_COMMIT, _A], dtype=np.uint8)
+
+#: Highest pgoutput protocol each server major speaks: 2 (streaming of in-progress
+#: transactions) since PostgreSQL 14, 3 (two-phase) since 15, 4 (parallel streaming, Stream
+#: Abort with abort LSN and time) since 16.
+_PROTOCOL_SINCE = ((160000, 4), (150000, 3), (140000, 2))
+PROTOCOL_CHOICES = ("auto", "1", "2", "3", "4")
+
+
+def max_protocol(server_version_num: int) -> int:
+    """The highest pgoutput protocol version a server of that version speaks."""
+    for since, proto in _PROTOCOL_SINCE:
+        if server_version_num >= since:
+            return proto
+    return 1
+
+
+def negotiate_protocol(requested: int | str, server_version_num: int, target: str) -> int:
+    """``auto``: the highest protocol dbmazz and the server both speak; a number: that one,
+    or a clear error when the server is too old for it."""
+    highest = max_protocol(server_version_num)
+    if str(requested) == "auto":
+        return highest
+    proto = int(requested)
+    if proto not in (1, 2, 3, 4):
+        raise ValueError(f"proto_version must be auto or 1-4, not {requested!r}")
+    if proto > highest:
+        major = server_version_num // 10000
+        raise SourceError(
+            f"PostgreSQL {major} at {target} speaks pgoutput protocol up to {highest}, "
+            f"not {proto}",
+            f"set PGOUTPUT_PROTOCOL=auto (or {highest} or lower)",
+        )
+    return proto
 _BEGIN = struct.Struct(">cQqI")
 _COMMIT = struct.Struct(">cBQQq")
 
@@ -319,6 +358,48 @@ def _start_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes
             )
 
 
+def _run_of(chunk: WalChunk, lo: int, hi: int) -> WalChunk:
+    """Messages ``lo:hi`` of a chunk with frame gaps (views, no copy)."""
+    assert chunk.ends is not None
+    end = int(chunk.ends[hi - 1])
+    return WalChunk(
+        data=chunk.data[:end],
+        offsets=np.append(chunk.offsets[lo:hi], end).astype(np.int64),
+        lsns=chunk.lsns[lo:hi],
+        ends=chunk.ends[lo:hi],
+    )
+
+
+def drop_empty_transactions(chunk: WalChunk) -> WalChunk | None:
+    """The chunk without Begin/Commit pairs that hold nothing (vectorized).
+
+    PostgreSQL 14 sends every transaction of the database, published changes or not, as
+    at least Begin + Commit; 15+ skips empty ones. Dropping them makes 14 behave like 15:
+    no flush, no checkpoint write (which on 14 would itself come back as an empty
+    transaction) — the idle rule moves the slot past them instead. A pair split across
+    two chunks passes through unchanged (harmless: an empty transaction).
+    """
+    starts = chunk.offsets[:-1]
+    if len(starts) < 2:
+        return chunk
+    kinds = chunk.data[starts]
+    pair = (kinds[:-1] == _B) & (kinds[1:] == _C)
+    if not pair.any():
+        return chunk
+    keep = np.ones(len(kinds), dtype=bool)
+    keep[:-1] &= ~pair
+    keep[1:] &= ~pair
+    if not keep.any():
+        return None
+    ends = chunk.message_ends[keep]
+    return WalChunk(
+        data=chunk.data,
+        offsets=np.append(starts[keep], ends[-1]).astype(np.int64),
+        lsns=chunk.lsns[keep],
+        ends=ends,
+    )
+
+
 # --------------------------------------------------------------------------------------
 # The stream
 # --------------------------------------------------------------------------------------
@@ -339,6 +420,8 @@ class StreamStats:
     streamed_aborted: int = 0
     subxacts_aborted: int = 0
     spilled_bytes: int = 0
+    #: Abort LSN of the last Stream Abort (protocol 4 with parallel streaming only).
+    last_abort_lsn: int = 0
 
 
 @dataclass(frozen=True)
@@ -349,6 +432,23 @@ class SystemInfo:
     timeline: int
     xlogpos: int
     dbname: str | None
+
+
+@dataclass(frozen=True)
+class SourceChannel:
+    """How the stream reaches the server, for status: encryption, protocol, server."""
+
+    #: The connection is SSL/TLS-encrypted, and with which TLS version ("" if not).
+    tls: bool
+    tls_version: str
+    #: Negotiated pgoutput protocol and streaming mode ("off", "on" or "parallel").
+    protocol: int
+    streaming: str
+    server_version: int
+    #: The server is a hot standby (logical decoding from a standby, PostgreSQL 16+).
+    standby: bool
+    #: "socket" or "libpq".
+    reader: str
 
 
 class ReplicationStream:
@@ -370,12 +470,20 @@ class ReplicationStream:
         status_interval_s: float,
         streaming: bool,
         spool_memory_bytes: int,
+        proto_version: int = 1,
+        parallel: bool = False,
         spool_dir: str | None,
         advance_when_idle: bool = True,
         wire: SocketWire | None = None,
         received: bytes = b"",
+        standby: bool = False,
+        tls_version: str = "",
+        skip_empty: bool = False,
     ) -> None:
         self._pgconn = pgconn
+        self._skip_empty = skip_empty
+        self._standby = standby
+        self._tls_version = tls_version
         # Socket reading (see the module docstring): the receive buffer and how much of it
         # holds unread bytes (a partial message at its head between reads).
         self._wire = wire
@@ -391,6 +499,10 @@ class ReplicationStream:
         self.status_interval_s = status_interval_s
         self.stats = StreamStats()
         self._streaming = streaming
+        #: The negotiated pgoutput protocol; ``parallel``: streaming 'parallel' (protocol 4),
+        #: so Stream Abort carries the abort LSN and time.
+        self.proto_version = proto_version
+        self.parallel = parallel
         self._spool_memory = spool_memory_bytes
         self._spool_dir = spool_dir
         self._durable = durable_lsn
@@ -425,16 +537,17 @@ class ReplicationStream:
         publications: Sequence[str],
         start_lsn: int = 0,
         *,
-        proto_version: int = 1,
+        proto_version: int | str = 1,
         messages: bool = False,
         binary: bool = False,
-        streaming: bool = False,
+        streaming: bool | None = False,
         status_interval_s: float | None = None,
         settings: Mapping[str, str] | None = None,
         spool_memory_bytes: int = 64 << 20,
         spool_dir: str | None = None,
         advance_when_idle: bool = True,
         socket_reader: bool | None = None,
+        skip_empty_transactions: bool = False,
     ) -> ReplicationStream:
         """Connect, check the slot and publications, and start streaming.
 
@@ -442,13 +555,20 @@ class ReplicationStream:
         ``logical_decoding_work_mem``). Streaming resumes at
         ``max(start_lsn, slot's confirmed_flush_lsn)``; that position is also the initial
         durable LSN (already confirmed, so reporting it changes nothing).
+        ``proto_version``: 1-4, or ``"auto"`` for the highest the server speaks
+        (:func:`negotiate_protocol`). ``streaming``: stream in-progress transactions (True),
+        not (False), or whenever the protocol allows (None); with protocol 4 it is
+        ``streaming 'parallel'``, so Stream Abort carries the abort LSN and time.
         ``socket_reader``: read the socket directly (None: whenever the connection is not
-        encrypted and ``streaming`` is off; True where that is impossible raises).
+        encrypted; True where that is impossible raises).
+        ``skip_empty_transactions``: drop Begin/Commit pairs without changes, which
+        PostgreSQL 14 sends for every transaction of the database (see
+        :func:`drop_empty_transactions`); 15+ never sends them.
         """
-        if proto_version not in (1, 2):
-            raise ValueError(f"proto_version must be 1 or 2, not {proto_version}")
-        if streaming and proto_version < 2:
-            raise ValueError("streaming needs proto_version 2")
+        if str(proto_version) not in PROTOCOL_CHOICES:
+            raise ValueError(f"proto_version must be auto or 1-4, not {proto_version!r}")
+        if streaming and str(proto_version) == "1":
+            raise ValueError("streaming needs proto_version 2 or higher")
         if not publications:
             raise ValueError("at least one publication is required")
         validate_slot_name(slot)
@@ -458,11 +578,20 @@ class ReplicationStream:
             system = _identify(pgconn, target)
             confirmed = _check_slot(pgconn, slot, system, target)
             _check_publications(pgconn, publications, target)
+            proto = negotiate_protocol(proto_version, pgconn.server_version, target)
+            if streaming and proto < 2:
+                raise SourceError(
+                    f"PostgreSQL at {target} cannot stream in-progress transactions "
+                    "(pgoutput protocol 2 needs PostgreSQL 14+)",
+                    "turn streaming off",
+                )
+            stream_on = proto >= 2 if streaming is None else streaming
+            parallel = stream_on and proto >= 4
             if status_interval_s is None:
                 [(timeout,)] = simple_query(pgconn, "SHOW wal_sender_timeout", target=target)
                 status_interval_s = status_interval_for(parse_duration_ms(timeout or "0"))
             options = [
-                f"proto_version '{proto_version}'",
+                f"proto_version '{proto}'",
                 "publication_names "
                 + quote_literal(",".join(quote_ident(p) for p in publications)),
             ]
@@ -470,22 +599,31 @@ class ReplicationStream:
                 options.append("messages 'true'")
             if binary:
                 options.append("binary 'true'")
-            if streaming:
-                options.append("streaming 'on'")
+            if stream_on:
+                # 'parallel' (protocol 4) only changes what Stream Abort carries for a
+                # client that applies serially: it adds the abort LSN and time.
+                options.append("streaming 'parallel'" if parallel else "streaming 'on'")
             command = (
                 f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} "
                 f"({', '.join(options)})"
             )
             encrypted = bool(pgconn.ssl_in_use or pgconn.used_gssapi)
-            if socket_reader and (encrypted or streaming):
+            # For status: psycopg does not wrap PQsslAttribute, the server knows the version.
+            [(in_recovery, tls_version)] = simple_query(
+                pgconn,
+                "SELECT pg_is_in_recovery(), "
+                "(SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
+                target=target,
+            )
+            if socket_reader and encrypted:
                 raise SourceError(
                     f"the socket reader cannot read the connection to {target}: it is "
-                    + ("encrypted (SSL/GSS)" if encrypted else "in protocol-2 streaming mode"),
+                    "encrypted (SSL/GSS)",
                     "set REPLICATION_READER=auto or libpq",
                 )
             wire: SocketWire | None = None
             received = b""
-            if socket_reader is False or encrypted or streaming:
+            if socket_reader is False or encrypted:
                 pgconn.send_query(command.encode())
                 res = pgconn.get_result()
                 if res is None or res.status != pq.ExecStatus.COPY_BOTH:
@@ -506,8 +644,13 @@ class ReplicationStream:
             system=system,
             durable_lsn=max(start_lsn, confirmed),
             status_interval_s=status_interval_s,
-            streaming=streaming,
+            streaming=stream_on,
             spool_memory_bytes=spool_memory_bytes,
+            proto_version=proto,
+            parallel=parallel,
+            standby=in_recovery == "t",
+            tls_version=tls_version or "",
+            skip_empty=skip_empty_transactions and pgconn.server_version < 150000,
             spool_dir=spool_dir,
             advance_when_idle=advance_when_idle,
             wire=wire,
@@ -523,6 +666,19 @@ class ReplicationStream:
     def reads_socket(self) -> bool:
         """Whether this stream reads the socket directly (else one libpq call a frame)."""
         return self._wire is not None
+
+    @property
+    def channel(self) -> SourceChannel:
+        pgconn = self._pgconn
+        return SourceChannel(
+            tls=bool(pgconn.ssl_in_use),
+            tls_version=self._tls_version,
+            protocol=self.proto_version,
+            streaming=("parallel" if self.parallel else "on") if self._streaming else "off",
+            server_version=int(pgconn.server_version),
+            standby=self._standby,
+            reader="socket" if self._wire is not None else "libpq",
+        )
 
     # -- positions -------------------------------------------------------------------
 
@@ -567,6 +723,8 @@ class ReplicationStream:
             chunk = self._next_pending()
             if chunk is None:
                 chunk = self._read(max_bytes, timeout_s)
+                if chunk is not None and self._skip_empty:
+                    chunk = drop_empty_transactions(chunk)
             if chunk is not None:
                 self._note_delivery(chunk)
             elif not self._pending:
@@ -749,6 +907,8 @@ class ReplicationStream:
                 lsns=be_u64_at(own, starts + FRAME_HEADER + 1),
                 ends=ends,
             )
+            if self._streaming:
+                chunk = self._route_run(chunk)
         del data
         rest = self._rlen - consumed
         if len(self._rbuf) > _READ_BUFFER and rest <= _READ_BUFFER:
@@ -796,6 +956,31 @@ class ReplicationStream:
             f"(after LSN {format_lsn(self._received)})"
         )
 
+    def _route_run(self, chunk: WalChunk) -> WalChunk | None:
+        """Socket reader with streaming on: split a run of XLogData at the stream control
+        messages (Start/Stop/Commit/Abort, few per run). Runs inside a stream block go to
+        their transaction's spool whole; ordinary runs and committed streamed transactions
+        are queued in arrival order. Nothing is pending here (read_chunk drained it)."""
+        payload = chunk.offsets[:-1]
+        control = np.flatnonzero(np.isin(chunk.data[payload], _STREAM_CONTROL))
+        if not len(control) and self._in_stream is None:
+            return chunk
+        assert chunk.ends is not None
+        prev = 0
+        for at in [*control.tolist(), len(chunk)]:
+            if at > prev:
+                run = _run_of(chunk, prev, at)
+                if self._in_stream is not None:
+                    self._in_stream.append_run(run)
+                else:
+                    self._pending.append(iter((run,)))
+            if at < len(chunk):
+                start = int(payload[at]) - XLOG_HEADER
+                frame = memoryview(chunk.data[start : int(chunk.ends[at])].tobytes())
+                self._route_streamed(frame)
+            prev = at + 1
+        return self._next_pending()
+
     def _next_pending(self) -> WalChunk | None:
         while self._pending:
             chunk = next(self._pending[0], None)
@@ -825,7 +1010,7 @@ class ReplicationStream:
             self.stats.stream_blocks += 1
             return True
         if kind == _A:
-            xid, subxid = _STREAM_ABORT.unpack_from(frame, XLOG_HEADER + 1)
+            xid, subxid = self._stream_abort(frame)
             spool = self._spools.get(xid)
             if spool is not None:
                 if subxid == xid:
@@ -840,6 +1025,24 @@ class ReplicationStream:
             self._stream_commit(frame)
             return True
         return False
+
+    def _stream_abort(self, frame: memoryview) -> tuple[int, int]:
+        """Stream Abort's (xid, subxid); with parallel streaming it also carries the abort
+        LSN and time (protocol 4), kept in the stats."""
+        size = len(frame) - XLOG_HEADER - 1
+        layout = _STREAM_ABORT_PARALLEL if self.parallel else _STREAM_ABORT
+        if size != layout.size:
+            raise ProtocolError(
+                f"Stream Abort of {size} bytes from {self.target} (expected {layout.size} "
+                f"for protocol {self.proto_version}"
+                + (" with parallel streaming)" if self.parallel else ")")
+            )
+        if self.parallel:
+            xid, subxid, abort_lsn, _abort_time = layout.unpack_from(frame, XLOG_HEADER + 1)
+            self.stats.last_abort_lsn = abort_lsn
+            return xid, subxid
+        xid, subxid = layout.unpack_from(frame, XLOG_HEADER + 1)
+        return xid, subxid
 
     def _stream_commit(self, frame: memoryview) -> None:
         xid, flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT_BODY.unpack_from(

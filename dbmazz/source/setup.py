@@ -458,6 +458,7 @@ def setup_source(
     slot_failover: bool = False,
     retry_policy: RetryPolicy = SETUP_RETRY,
     stop: threading.Event | None = None,
+    primary_dsn: str | None = None,
 ) -> SourceSetup:
     """Check the source and create what is missing; safe to run any number of times.
 
@@ -473,6 +474,9 @@ def setup_source(
     ``stop`` interrupts a retry's backoff (shutdown).
     ``slot_failover``: create the slot as a failover slot, or make the existing one one
     (PostgreSQL 17+).
+    ``primary_dsn``: ``dsn`` is a hot standby (PostgreSQL 16+); the catalog checks and
+    changes (publication, replica identity) go to the primary, the slot to the standby.
+    A standby without it is refused with what to do.
     """
     if not tables:
         raise SetupError("no tables to replicate", "list them in TABLES (schema.table,...)")
@@ -488,9 +492,11 @@ def setup_source(
     target = describe_dsn(dsn)
     warnings: list[str] = []
     waiter = Waiter(stop)
+    _check_standby(dsn, target, primary_dsn)
     # The first connection is not retried: failing it is almost always configuration
     # (host, port, credentials), reported at once. Losing it later is retried in _apply.
-    with _connect(dsn) as conn:
+    # On a standby (primary_dsn) the catalog is read and changed on the primary.
+    with _connect(primary_dsn or dsn) as conn:
         (wal_level,) = conn.execute("SHOW wal_level").fetchone() or ("?",)
         if wal_level != "logical":
             raise SetupError(
@@ -521,7 +527,11 @@ def setup_source(
                 "run setup once as the tables' owner (or a superuser), or make those "
                 "changes by hand",
             )
-        info = read_slot_info(conn, slot)
+        if primary_dsn is None:
+            info = read_slot_info(conn, slot)
+        else:
+            with _connect(dsn) as standby:
+                info = read_slot_info(standby, slot)
         warnings += _check_failover(conn, slot_failover, target)
         set_failover_now = slot_failover and info.exists and not info.failover
         if not info.exists:
@@ -555,7 +565,7 @@ def setup_source(
         # -- everything checked; now change what is missing ----------------------------
         # Read before the changes: a lost connection is replaced inside _apply, not here.
         partitioned = _partitioned(conn, resolved) if not pub_exists else []
-        connection = _Connection(dsn, conn)
+        connection = _Connection(primary_dsn or dsn, conn)
         try:
             changed = _apply(
                 connection,
@@ -601,6 +611,34 @@ def setup_source(
         slot_failover=after.failover,
         slot_synced=after.synced,
     )
+
+
+def _check_standby(dsn: str, target: str, primary_dsn: str | None) -> None:
+    """Decoding from a hot standby needs PostgreSQL 16+ and the primary for every write
+    (a standby is read-only): refuse a standby without PRIMARY_URL, naming what to do."""
+    with _connect(dsn) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery(), current_setting('server_version_num')"
+                           "::int").fetchone()
+    standby, version = (bool(row[0]), int(row[1])) if row else (False, 0)
+    if not standby:
+        if primary_dsn is not None:
+            log.warning("PRIMARY_URL is set but SOURCE_URL (%s) is not a standby; setup and "
+                        "checkpoints go to PRIMARY_URL anyway", target)
+        return
+    if version < 160000:
+        raise SetupError(
+            f"SOURCE_URL ({target}) is a hot standby of PostgreSQL {version // 10000}: "
+            "logical decoding on a standby needs PostgreSQL 16+",
+            "point SOURCE_URL at the primary (or upgrade to PostgreSQL 16+)",
+        )
+    if primary_dsn is None:
+        raise SetupError(
+            f"SOURCE_URL ({target}) is a hot standby: dbmazz can decode there, but the "
+            "publication, replica identity, checkpoint table, heartbeats and snapshot "
+            "progress must be written on the primary, and a standby is read-only",
+            "set PRIMARY_URL to the primary's URL (the slot stays on the standby); the "
+            "standby needs hot_standby_feedback=on and the primary wal_level=logical",
+        )
 
 
 def slot_info_after(dsn: str, slot: str, before: SlotInfo, failover: bool) -> SlotInfo:

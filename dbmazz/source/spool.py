@@ -81,11 +81,19 @@ class Spool:
         if len(self.buf) >= self.segment_bytes:
             self.seal()
 
+    def append_run(self, run: WalChunk) -> None:
+        """A run of in-stream messages read together (socket reader): one segment."""
+        self.seal()
+        self._store(run.compact(), in_memory=False)
+
     def seal(self, *, in_memory: bool = False) -> None:
         if not self.offsets:
             return
         chunk = xlog_chunk(self.buf, self.offsets, self.headers)
         self._reset()
+        self._store(chunk, in_memory=in_memory)
+
+    def _store(self, chunk: WalChunk, *, in_memory: bool) -> None:
         if in_memory or self.memory + chunk.nbytes <= self.memory_limit:
             self.memory += chunk.nbytes
             self.segments.append(chunk)

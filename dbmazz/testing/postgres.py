@@ -9,6 +9,13 @@ because PostgreSQL refuses to run as root.
 Set ``DBMAZZ_TEST_PG_DSN`` to run tests against an existing server instead; it must have
 ``wal_level=logical`` and a role that may create databases and replicate.
 
+``PG_BINDIR`` selects the server binaries (e.g. a build from
+:mod:`dbmazz.testing.pgbinaries` for the version matrix). ``temporary_cluster(tls=True)``
+starts the server with a throwaway CA and a server certificate for ``localhost`` /
+``127.0.0.1`` (``sslmode=verify-full`` works with ``sslrootcert=cluster.tls.ca_file``);
+:func:`temporary_standby` adds a hot standby of a cluster (for logical decoding from a
+standby, PostgreSQL 16+).
+
 This is a test tool, not a way to run PostgreSQL in production.
 """
 
@@ -134,6 +141,7 @@ class PostgresServer:
     user: str
     password: str
     dbname: str = "postgres"
+    _major: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def dsn(self, dbname: str | None = None, **params: str) -> str:
         """A libpq URL for ``dbname`` (default: the maintenance database)."""
@@ -150,6 +158,18 @@ class PostgresServer:
     def execute(self, statement: str, dbname: str | None = None) -> None:
         with self.connect(dbname) as conn:
             conn.execute(statement)
+
+    def version_num(self) -> int:
+        """``server_version_num`` (e.g. 170004)."""
+        with self.connect() as conn:
+            return int(conn.info.server_version)
+
+    @property
+    def major(self) -> int:
+        """The server's major version (14, 15, ...); asked once."""
+        if self._major is None:
+            self._major = self.version_num() // 10000
+        return self._major
 
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database and return its name."""
@@ -187,6 +207,8 @@ class PostgresCluster(PostgresServer):
     bindir: Path = field(default_factory=Path)
     datadir: Path = field(default_factory=Path)
     account: tuple[int, int] | None = None
+    #: The certificates when started with ``tls=True``.
+    tls: TlsFiles | None = None
 
     @property
     def logfile(self) -> Path:
@@ -287,11 +309,101 @@ def _initdb(bindir: Path, datadir: Path, account: tuple[int, int] | None) -> Non
         raise PostgresStartError(f"initdb failed: {result.stderr.strip() or result.stdout}")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and the server certificate it signed (for localhost/127.0.0.1)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls_files(directory: Path, account: tuple[int, int] | None = None) -> TlsFiles:
+    """A CA and a server certificate for ``localhost`` and ``127.0.0.1`` (openssl CLI).
+
+    The key is readable by the server's account only, as PostgreSQL demands.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise PostgresStartError(
+            "openssl is needed to make the test certificates; install it "
+            "(Debian: `apt-get install -y openssl`)"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    ext = directory / "server.ext"
+    ext.write_text(
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n"
+        "basicConstraints = CA:FALSE\n"
+        "keyUsage = digitalSignature, keyEncipherment\n"
+        "extendedKeyUsage = serverAuth\n"
+    )
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=dbmazz test CA", "-keyout", str(ca_key), "-out", str(ca_cert)],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)],
+    ]
+    for step in steps:
+        result = subprocess.run([openssl, *step], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise PostgresStartError(f"openssl {step[0]} failed: {result.stderr.strip()}")
+    os.chmod(key, 0o600)
+    for path in (ca_cert, cert):
+        os.chmod(path, 0o644)
+    if account is not None:
+        os.chown(key, *account)
+    return TlsFiles(ca_file=ca_cert, cert_file=cert, key_file=key)
+
+
+def _write_conf(datadir: Path, conf: Mapping[str, str]) -> None:
+    """Append settings to postgresql.conf (a later line wins over an earlier one)."""
+    with open(datadir / "postgresql.conf", "a") as f:
+        for key, value in conf.items():
+            if not (value.startswith("'") or value.replace(".", "").isdigit()):
+                value = f"'{value}'"
+            f.write(f"{key} = {value}\n")
+
+
+def _start_on_free_port(
+    bindir: Path, datadir: Path, account: tuple[int, int] | None, tls: TlsFiles | None
+) -> PostgresCluster:
+    for attempt in range(5):
+        cluster = PostgresCluster(
+            host="127.0.0.1",
+            port=free_port(),
+            user=SUPERUSER,
+            password=SUPERUSER_PASSWORD,
+            bindir=bindir,
+            datadir=datadir,
+            account=account,
+            tls=tls,
+        )
+        try:
+            cluster.start()
+            return cluster
+        except PostgresStartError:
+            # Another process may have taken the port between probe and bind.
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def temporary_cluster(
-    settings: Mapping[str, str] | None = None, bindir: Path | None = None
+    settings: Mapping[str, str] | None = None,
+    bindir: Path | None = None,
+    *,
+    tls: bool = False,
 ) -> Iterator[PostgresCluster]:
-    """Create, start and finally remove a private logical-replication-ready cluster."""
+    """Create, start and finally remove a private logical-replication-ready cluster.
+
+    ``tls``: serve SSL with a throwaway CA's certificate (``cluster.tls``); plain
+    connections are still accepted, so a test can compare both.
+    """
     bindir = bindir or find_bindir()
     account = _server_account()
     workdir = Path(tempfile.mkdtemp(prefix="dbmazz-pg-"))
@@ -305,34 +417,118 @@ def temporary_cluster(
             listen_addresses="'127.0.0.1'",
             unix_socket_directories=f"'{datadir}'",
         )
-        with open(datadir / "postgresql.conf", "a") as f:
-            for key, value in conf.items():
-                if not (value.startswith("'") or value.replace(".", "").isdigit()):
-                    value = f"'{value}'"
-                f.write(f"{key} = {value}\n")
-        for attempt in range(5):
-            cluster = PostgresCluster(
-                host="127.0.0.1",
-                port=free_port(),
-                user=SUPERUSER,
-                password=SUPERUSER_PASSWORD,
-                bindir=bindir,
-                datadir=datadir,
-                account=account,
+        tls_files: TlsFiles | None = None
+        if tls:
+            tls_files = make_tls_files(workdir / "tls", account)
+            conf.update(
+                ssl="on",
+                ssl_cert_file=f"'{tls_files.cert_file}'",
+                ssl_key_file=f"'{tls_files.key_file}'",
+                ssl_ca_file=f"'{tls_files.ca_file}'",
             )
-            try:
-                cluster.start()
-                break
-            except PostgresStartError:
-                # Another process may have taken the port between probe and bind.
-                if attempt == 4:
-                    raise
-        assert cluster is not None
+        _write_conf(datadir, conf)
+        cluster = _start_on_free_port(bindir, datadir, account, tls_files)
         yield cluster
     finally:
         if cluster is not None:
             cluster.stop("immediate")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+STANDBY_SLOT = "dbmazz_test_standby"
+
+
+@contextlib.contextmanager
+def temporary_standby(primary: PostgresCluster) -> Iterator[PostgresCluster]:
+    """A hot standby of ``primary`` (streaming replication through a physical slot).
+
+    The standby is a copy of the primary's data directory taken while the primary is
+    briefly stopped (a cold base backup: the npm server builds of the version matrix ship
+    no ``pg_basebackup``, and a cold copy needs no tool of the primary's exact version),
+    configured as ``pg_basebackup -R`` would: ``standby.signal`` and ``primary_conninfo``.
+    It runs with ``hot_standby=on`` and ``hot_standby_feedback=on``; the primary must have
+    ``wal_level=logical`` for logical decoding on the standby (PostgreSQL 16+).
+    Returns once the standby streams from the primary.
+    """
+    with primary.connect() as conn:
+        conn.execute(
+            "SELECT pg_create_physical_replication_slot(%s, true) "
+            "WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)",
+            (STANDBY_SLOT, STANDBY_SLOT),
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="dbmazz-pg-standby-"))
+    os.chmod(workdir, 0o755)
+    datadir = workdir / "data"
+    standby: PostgresCluster | None = None
+    try:
+        primary.stop("fast")
+        try:
+            shutil.copytree(
+                primary.datadir, datadir, symlinks=True,
+                ignore=shutil.ignore_patterns("postmaster.pid", "postmaster.opts",
+                                              "server.log"),
+            )
+        finally:
+            primary.start()
+        os.chmod(datadir, 0o700)
+        # The slot the primary keeps for this standby is not the standby's own.
+        shutil.rmtree(datadir / "pg_replslot", ignore_errors=True)
+        (datadir / "pg_replslot").mkdir()
+        (datadir / "standby.signal").touch()
+        conninfo = (
+            f"host={primary.host} port={primary.port} user={primary.user} "
+            f"password={primary.password} application_name=dbmazz_standby"
+        )
+        _write_conf(datadir, {
+            "unix_socket_directories": f"'{datadir}'",
+            "hot_standby": "on",
+            "hot_standby_feedback": "on",
+            "primary_conninfo": f"'{conninfo}'",
+            "primary_slot_name": f"'{STANDBY_SLOT}'",
+        })
+        _chown_tree(workdir, primary.account)
+        standby = _start_on_free_port(primary.bindir, datadir, primary.account, primary.tls)
+        deadline = time.monotonic() + 60
+        with primary.connect() as conn:
+            while not conn.execute(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = 'dbmazz_standby' "
+                "AND state = 'streaming'"
+            ).fetchall():
+                if time.monotonic() > deadline:
+                    raise PostgresStartError(
+                        f"the standby did not start streaming within 60 s:\n{standby.log_tail()}"
+                    )
+                time.sleep(0.05)
+        yield standby
+    finally:
+        if standby is not None:
+            standby.stop("immediate")
+        with contextlib.suppress(psycopg.Error), primary.connect() as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND active_pid IS NULL",
+                (STANDBY_SLOT,),
+            )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_for_replay(
+    primary: PostgresServer, standby: PostgresServer, timeout_s: float = 30
+) -> None:
+    """Wait until the standby has replayed the primary's current WAL position."""
+    with primary.connect() as conn:
+        (target,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone() or (None,)
+    deadline = time.monotonic() + timeout_s
+    with standby.connect() as conn:
+        while True:
+            (done,) = conn.execute(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (str(target),)
+            ).fetchone() or (False,)
+            if done:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the standby did not replay up to {target} in {timeout_s} s")
+            time.sleep(0.02)
 
 
 def external_server(dsn: str) -> PostgresServer:

@@ -76,6 +76,18 @@ def error_panel(status: pb.EngineStatus) -> Panel | None:
     return Panel(body, title=title, border_style="red" if error.fatal else "yellow")
 
 
+def channel_text(source: pb.SourceChannel) -> str:
+    """The source connection in one line: encryption, server, protocol, standby."""
+    tls = f"TLS ({source.tls_version or 'encrypted'})" if source.tls else "not encrypted"
+    major = source.server_version // 10000
+    parts = [tls, f"PostgreSQL {major}" if major else "PostgreSQL",
+             f"pgoutput protocol {source.protocol}, streaming {source.streaming or 'off'}",
+             f"{source.reader} reader"]
+    if source.standby:
+        parts.append("from a standby")
+    return ", ".join(parts)
+
+
 def slot_flags(status: pb.EngineStatus) -> str:
     """`` (failover)``, `` (failover, synced)``… from PostgreSQL 17's slot flags."""
     flags = []
@@ -94,6 +106,8 @@ def overview_table(status: pb.EngineStatus) -> Table:
                                         f", {'serving' if status.serving else 'not serving'})"))
     grid.add_row("source", f"slot {status.slot or '-'}{slot_flags(status)}, "
                            f"publication {status.publication or '-'}")
+    if status.HasField("source"):
+        grid.add_row("connection", channel_text(status.source))
     grid.add_row("sink", status.sink or "-")
     grid.add_row("received LSN", status.received_lsn.text or "0/0")
     grid.add_row("confirmed LSN", status.confirmed_lsn.text or "0/0")

@@ -223,24 +223,42 @@ def test_memory_stays_bounded_through_a_long_outage(
     assert growth < 32 << 20, f"RSS grew {growth >> 20} MiB while 120 MB were written"
 
 
+@pytest.mark.parametrize("delivery", ["at commit", "streamed"])
 def test_too_many_versions_inside_a_split_transaction_resends_it(
-        source: Database, emulator: StarRocksEmulator,
+        delivery: str, source: Database, emulator: StarRocksEmulator,
         caplog: pytest.LogCaptureFixture) -> None:
     """A transaction larger than a batch goes through StarRocks' transaction interface; when
     StarRocks aborts it (too many versions), dbmazz resends it from the checkpoint, backing
-    off while the fault lasts, and loads it exactly once it clears."""
+    off while the fault lasts, and loads it exactly once it clears.
+
+    Both ways the transaction can arrive: at its commit (protocol 1; in as many reads as
+    the reader happens to need, one when it lags) and streamed while it runs (spooled and
+    delivered at Stream Commit in one piece)."""
     caplog.set_level(logging.INFO, logger="dbmazz")
+    streamed = delivery == "streamed"
+    if streamed:
+        # The transaction (~4 MB) exceeds this, so the walsender streams it while it runs.
+        source.server.set_setting("logical_decoding_work_mem", "64kB")
     config = starrocks_config(source, emulator.url, emulator.mysql_port, [TABLE],
-                              flush_rows=500, heartbeat_interval_s=0, snapshot="never")
+                              flush_rows=500, heartbeat_interval_s=0, snapshot="never",
+                              pgoutput_protocol="auto" if streamed else "1")
     with running(build_live_engine(config)) as engine:
         _write(source, 1, 100)
         wait_until_loaded(engine, mark(source))
+        channel = engine.source_channel
+        assert channel is not None
+        # 'parallel' on PostgreSQL 16+ (protocol 4), 'on' on 14 and 15.
+        assert (channel.streaming != "off") == streamed, channel
         emulator.faults.add("too_many_versions", times=None, table="events")
-        _write(source, 10_000, 2_000, per_txn=2_000)  # one transaction, four parts
+        _write(source, 10_000, 2_000, per_txn=2_000)  # one transaction of 2,001 rows: five parts
         poll(lambda: sum("restarting the stream at the checkpoint" in r.getMessage()
                          for r in caplog.records) >= 2, "two resends", timeout_s=120)
         emulator.faults.clear()
         wait_until_loaded(engine, mark(source), timeout_s=300)
         assert engine.progress.state.value == "RUNNING"
+        if streamed:
+            poll(lambda: source.query("SELECT stream_txns FROM pg_stat_replication_slots "
+                                      "WHERE slot_name = %s", (SLOT,))[0][0],
+                 "the transaction streamed", timeout_s=30)
     assert_replicated(source, lambda t: emulator.rows(DB, t), {TABLE: ["id"]})
     assert assert_loaded_once(emulator, "events") > 0

@@ -104,6 +104,57 @@ def test_large_transaction_is_split_and_its_commit_ends_a_flush() -> None:
     ]
 
 
+def test_large_transaction_whole_in_one_chunk_is_split_like_one_spanning_chunks() -> None:
+    """How much of a transaction one read holds depends on how far the reader lags (and a
+    committed streamed transaction comes whole): the flushes must not."""
+    inserts = [wal.insert(T1.oid, [str(i), "v"]) for i in range(25)]
+    messages = [wal.relation(T1), *txn(100, wal.insert(T1.oid, ["0", "v"])),
+                *txn(500, *inserts), *txn(600, wal.insert(T1.oid, ["99", "v"]))]
+
+    def flushes(*cuts: int) -> list[tuple[int, SplitPart | None, int]]:
+        b = make(flush_rows=10)
+        got: list[Flush] = []
+        for lo, hi in zip((0, *cuts), (*cuts, len(messages)), strict=True):
+            got += b.add(chunk(messages[lo:hi]))
+        return [(f.end_lsn, f.split, f.rows) for f in [*got, *b.drain()]]
+
+    whole = flushes()
+    assert whole == [
+        (108, None, 1),
+        (0, SplitPart(500, 0, False), 10),
+        (0, SplitPart(500, 1, False), 10),
+        (508, SplitPart(500, 2, True), 5),
+        (608, None, 1),
+    ]
+    assert flushes(5, 17) == flushes(10) == whole
+
+
+def test_transaction_at_the_limits_in_one_chunk_is_not_split() -> None:
+    b = make(flush_rows=10)
+    inserts = [wal.insert(T1.oid, [str(i), "v"]) for i in range(10)]
+    flushes = b.add(chunk(wal.relation(T1), txn(500, *inserts)))
+    flushes += b.drain()
+    assert [(f.end_lsn, f.split, f.rows) for f in flushes] == [(508, None, 10)]
+
+
+def test_large_transaction_in_one_chunk_is_split_by_bytes() -> None:
+    inserts = [wal.insert(T1.oid, [str(i), "v" * 90]) for i in range(10)]  # 109 bytes each
+
+    def flushes(*chunks: list[bytes]) -> list[tuple[int, SplitPart | None, int, int]]:
+        b = make(flush_bytes=400)
+        got = [f for c in chunks for f in b.add(chunk(c))] + b.drain()
+        return [(f.end_lsn, f.split, f.rows, f.nbytes) for f in got]
+
+    whole = flushes([wal.relation(T1), *txn(500, *inserts)])
+    assert [(lsn, split, rows) for lsn, split, rows, _ in whole] == [
+        (0, SplitPart(500, 0, False), 4),
+        (0, SplitPart(500, 1, False), 4),
+        (508, SplitPart(500, 2, True), 2),
+    ]
+    assert whole == flushes([wal.relation(T1), wal.begin(500), *inserts[:3]],
+                            [*inserts[3:], wal.commit(500, 508)])
+
+
 def test_relation_change_orders_rows_around_the_schema_step() -> None:
     b = make()
     b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]))))

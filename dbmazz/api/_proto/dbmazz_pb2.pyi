@@ -158,7 +158,7 @@ class SnapshotProgress(_message.Message):
     def __init__(self, active: _Optional[bool] = ..., tables_total: _Optional[int] = ..., tables_done: _Optional[int] = ..., rows_copied: _Optional[int] = ..., kind: _Optional[str] = ..., rows_estimate: _Optional[int] = ..., rows_per_s: _Optional[float] = ..., eta_s: _Optional[float] = ..., started_at_unix_s: _Optional[float] = ..., finished_at_unix_s: _Optional[float] = ..., waiting: _Optional[str] = ..., error: _Optional[str] = ..., reader: _Optional[str] = ..., version: _Optional[_Union[Lsn, _Mapping]] = ..., tables: _Optional[_Iterable[_Union[SnapshotTableProgress, _Mapping]]] = ...) -> None: ...
 
 class EngineStatus(_message.Message):
-    __slots__ = ("stage", "state", "serving", "received_lsn", "confirmed_lsn", "server_wal_end", "lag_bytes", "replication_lag_ms", "inflight_bytes", "messages", "bytes_received", "flushes", "rows_applied", "tables", "last_error", "snapshot", "settings", "slot", "publication", "sink", "version", "started_at_unix_s", "uptime_s", "slot_health", "slot_failover", "slot_synced")
+    __slots__ = ("stage", "state", "serving", "received_lsn", "confirmed_lsn", "server_wal_end", "lag_bytes", "replication_lag_ms", "inflight_bytes", "messages", "bytes_received", "flushes", "rows_applied", "tables", "last_error", "snapshot", "settings", "slot", "publication", "sink", "version", "started_at_unix_s", "uptime_s", "slot_health", "slot_failover", "slot_synced", "source")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,7 @@ class EngineStatus(_message.Message):
     SLOT_HEALTH_FIELD_NUMBER: _ClassVar[int]
     SLOT_FAILOVER_FIELD_NUMBER: _ClassVar[int]
     SLOT_SYNCED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     stage: Stage
     state: State
     serving: bool
@@ -211,7 +212,26 @@ class EngineStatus(_message.Message):
     slot_health: SlotHealth
     slot_failover: bool
     slot_synced: bool
-    def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[State, str]] = ..., serving: _Optional[bool] = ..., received_lsn: _Optional[_Union[Lsn, _Mapping]] = ..., confirmed_lsn: _Optional[_Union[Lsn, _Mapping]] = ..., server_wal_end: _Optional[_Union[Lsn, _Mapping]] = ..., lag_bytes: _Optional[int] = ..., replication_lag_ms: _Optional[float] = ..., inflight_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., bytes_received: _Optional[int] = ..., flushes: _Optional[int] = ..., rows_applied: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., last_error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotProgress, _Mapping]] = ..., settings: _Optional[_Union[FlushSettings, _Mapping]] = ..., slot: _Optional[str] = ..., publication: _Optional[str] = ..., sink: _Optional[str] = ..., version: _Optional[str] = ..., started_at_unix_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., slot_health: _Optional[_Union[SlotHealth, _Mapping]] = ..., slot_failover: _Optional[bool] = ..., slot_synced: _Optional[bool] = ...) -> None: ...
+    source: SourceChannel
+    def __init__(self, stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[State, str]] = ..., serving: _Optional[bool] = ..., received_lsn: _Optional[_Union[Lsn, _Mapping]] = ..., confirmed_lsn: _Optional[_Union[Lsn, _Mapping]] = ..., server_wal_end: _Optional[_Union[Lsn, _Mapping]] = ..., lag_bytes: _Optional[int] = ..., replication_lag_ms: _Optional[float] = ..., inflight_bytes: _Optional[int] = ..., messages: _Optional[int] = ..., bytes_received: _Optional[int] = ..., flushes: _Optional[int] = ..., rows_applied: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., last_error: _Optional[_Union[ErrorInfo, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotProgress, _Mapping]] = ..., settings: _Optional[_Union[FlushSettings, _Mapping]] = ..., slot: _Optional[str] = ..., publication: _Optional[str] = ..., sink: _Optional[str] = ..., version: _Optional[str] = ..., started_at_unix_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., slot_health: _Optional[_Union[SlotHealth, _Mapping]] = ..., slot_failover: _Optional[bool] = ..., slot_synced: _Optional[bool] = ..., source: _Optional[_Union[SourceChannel, _Mapping]] = ...) -> None: ...
+
+class SourceChannel(_message.Message):
+    __slots__ = ("tls", "tls_version", "protocol", "streaming", "server_version", "standby", "reader")
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    TLS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_FIELD_NUMBER: _ClassVar[int]
+    READER_FIELD_NUMBER: _ClassVar[int]
+    tls: bool
+    tls_version: str
+    protocol: int
+    streaming: str
+    server_version: int
+    standby: bool
+    reader: str
+    def __init__(self, tls: _Optional[bool] = ..., tls_version: _Optional[str] = ..., protocol: _Optional[int] = ..., streaming: _Optional[str] = ..., server_version: _Optional[int] = ..., standby: _Optional[bool] = ..., reader: _Optional[str] = ...) -> None: ...
 
 class SlotHealth(_message.Message):
     __slots__ = ("exists", "active", "active_pid", "retained_known", "retained_wal_bytes", "wal_status", "safe_wal_size_known", "safe_wal_size", "warning", "error", "sampled_at_unix_s")
