@@ -127,7 +127,8 @@ class DuckDBSink:
                 rejected_cols = ", ".join(f"{quote(f.name)} {duckdb_type(f.type)}"
                                  for f in REJECTED_SCHEMA)
                 pk = ", ".join(quote(k) for k in REJECTED_KEY)
-                cur.execute(f"CREATE TABLE IF NOT EXISTS {_REJECTED} ({spec}, PRIMARY KEY ({pk}))")
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {_REJECTED} "
+                            f"({rejected_cols}, PRIMARY KEY ({pk}))")
             for table in tables:
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(table.namespace)}")
                 cols = [f"{quote(c.name)} {duckdb_type(c.arrow_type)}" for c in table.columns]
