@@ -12,15 +12,24 @@ interface (:mod:`.split`): nothing of it is visible before its last part. When S
 loses an open part, everything is rolled back and :class:`SinkReplayRequired` asks the
 engine to resend the source transaction from its first part.
 
+With ``rejected_rows="table"``, a plain load StarRocks refuses for some of its rows
+(strict mode filtered them; nothing was applied) is split in halves until the failing
+loads hold one row each (:mod:`dbmazz.sink.rejected`); every accepted slice is loaded with a
+label of its own (deterministic: a replay finds them done), the rejected rows go to
+``dbmazz_rejected`` under one more label, so a resent batch neither loses nor double-counts
+them. Loads keep ``max_filter_ratio`` 0: StarRocks never drops a row that dbmazz has not
+recorded first. Split source transactions still stop on a rejected row.
+
 Thread safety: calls for different tables run in parallel (own curl handle per thread,
 per-table state under a per-table lock); DDL is serialised on one MySQL connection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +41,7 @@ from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.retry import Waiter
 from dbmazz.sink.base import RetryListener
+from dbmazz.sink.rejected import REJECTED_TABLE, bisect, records
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
@@ -42,7 +52,12 @@ from dbmazz.sink.starrocks.schema import apply_delta, check_target_names, prepar
 from dbmazz.sink.starrocks.serialize import JSON_HEADERS, serialize
 from dbmazz.sink.starrocks.settings import StarRocksSettings
 from dbmazz.sink.starrocks.split import PlannedLoad, SplitTransaction
-from dbmazz.sink.starrocks.stream_load import FINAL_OK, StreamLoadClient, TransactionBroken
+from dbmazz.sink.starrocks.stream_load import (
+    FINAL_OK,
+    RowsRejected,
+    StreamLoadClient,
+    TransactionBroken,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -55,6 +70,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbmazz.sink.starrocks")
 
 _HEX_PREFIX = "__dbmazz_hex_"
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What one planned load is made of, so slices of it can be planned again."""
+
+    suffix: str
+    rows: pa.Table
+    partial: bool
+    delete: bool = False
 
 
 @dataclass(slots=True)
@@ -158,6 +183,10 @@ class StarRocksSink:
                 "create it, or run with SETUP=auto",
             )
         report = prepare_tables(self.catalog, tables, self.settings)
+        if self.settings.rejected_rows == "table" and self.settings.setup == "auto":
+            self.catalog.execute(_rejected_ddl(self.settings.database,
+                                               self.settings.table_properties),
+                                 f"creating {self.settings.database}.{REJECTED_TABLE}")
         for schema in tables:
             state = self._state(schema.target_name)
             with state.lock:
@@ -199,12 +228,13 @@ class StarRocksSink:
                 except _MissingColumns:
                     # Someone may have added them by hand since setup: look again, once.
                     state.target = None
-                    loads = self.plan(batch, self._target(state, batch.table))
+                    target = self._target(state, batch.table)
+                    loads = self.plan(batch, target)
                 if batch.split is not None:
                     return self._write_split(batch, loads, state)
                 if state.split is not None:
                     self._settle(table, state)
-                return self._write_plain(batch, loads)
+                return self._write_plain(batch, loads, target)
             except SetupError as exc:
                 raise SinkError(
                     exc.message, exc.hint, table=table, retryable=exc.retryable
@@ -223,6 +253,23 @@ class StarRocksSink:
 
     def plan(self, batch: TableBatch, target: TargetTable) -> list[PlannedLoad]:
         """The loads of one batch (without sending anything)."""
+        return [self._plan_part(batch, part, target) for part in self._parts(batch)]
+
+    def _parts(self, batch: TableBatch) -> list[_Part]:
+        parts = [_Part(f"u{i}", group.rows, group.partial)
+                 for i, group in enumerate(batch.upserts) if group.rows.num_rows]
+        deletes = batch.deletes
+        if deletes is not None and deletes.num_rows:
+            if self.settings.delete_mode == "hard":
+                keys = deletes.select(list(batch.table.key_columns))
+                parts.append(_Part("d", keys, False, delete=True))
+            else:
+                parts.append(_Part("d", deletes, True))
+        return parts
+
+    def _plan_part(self, batch: TableBatch, part: _Part, target: TargetTable,
+                   suffix: str | None = None, rows: pa.Table | None = None) -> PlannedLoad:
+        """The load of ``part`` (or of ``rows``, a slice of it, as load ``suffix``)."""
         schema = batch.table
         raw_json = {
             c.name for c in schema.columns if is_json_column(c) and _is(target, c.name, "json")
@@ -232,20 +279,8 @@ class StarRocksSink:
             for c in schema.columns
             if is_binary_column(c) and _is(target, c.name, "varbinary", "binary")
         }
-        loads: list[PlannedLoad] = []
-        for i, group in enumerate(batch.upserts):
-            if group.rows.num_rows:
-                loads.append(
-                    self._load(f"u{i}", group.rows, group.partial, target, raw_json, binary)
-                )
-        deletes = batch.deletes
-        if deletes is not None and deletes.num_rows:
-            if self.settings.delete_mode == "hard":
-                keys = deletes.select(list(schema.key_columns))
-                loads.append(self._load("d", keys, False, target, raw_json, binary, delete=True))
-            else:
-                loads.append(self._load("d", deletes, True, target, raw_json, binary))
-        return loads
+        return self._load(suffix or part.suffix, part.rows if rows is None else rows,
+                          part.partial, target, raw_json, binary, delete=part.delete)
 
     def _load(
         self,
@@ -309,7 +344,8 @@ class StarRocksSink:
             batch_id=batch.batch_id,
         )
 
-    def _write_plain(self, batch: TableBatch, loads: list[PlannedLoad]) -> LoadResult:
+    def _write_plain(self, batch: TableBatch, loads: list[PlannedLoad],
+                     target: TargetTable) -> LoadResult:
         table, db = batch.table.target_name, self.settings.database
         first, last = batch.first_lsn, batch.last_lsn
         if batch.truncate:
@@ -319,10 +355,18 @@ class StarRocksSink:
                 # Without an LSN there is no stable marker label (a constant one would
                 # silence every later truncate), so this truncate is not replay-safe.
                 self.catalog.truncate(table)
-        labels, sent = [], 0
+        labels, sent, rejected = [], 0, 0
+        parts = {part.suffix: part for part in self._parts(batch)}
         for load in loads:
             label = self._label(batch, first, last, load.suffix)
-            outcome = self.client.load(db, table, label, load.body.data, load.headers)
+            try:
+                outcome = self.client.load(db, table, label, load.body.data, load.headers)
+            except RowsRejected as exc:
+                if self.settings.rejected_rows != "table":
+                    raise
+                rejected += self._load_rejecting(batch, parts[load.suffix], target, exc)
+                labels.append(label)
+                continue
             log.debug(
                 "loaded %d rows into %s (label %s%s)",
                 load.body.rows,
@@ -332,7 +376,42 @@ class StarRocksSink:
             )
             labels.append(label)
             sent += len(load.body.data)
-        return LoadResult(rows=batch.num_rows, bytes=sent, label=",".join(labels))
+        return LoadResult(rows=batch.num_rows - rejected, bytes=sent, label=",".join(labels),
+                          rejected=rejected)
+
+    def _load_rejecting(self, batch: TableBatch, part: _Part, target: TargetTable,
+                        exc: RowsRejected) -> int:
+        """Load ``part`` without the rows StarRocks rejects, recording those in
+        ``dbmazz_rejected``; returns how many were recorded now (0 when a earlier attempt
+        of this batch already recorded them: the record load's label exists)."""
+        table, db = batch.table.target_name, self.settings.database
+        first, last = batch.first_lsn, batch.last_lsn
+
+        def attempt(rows: pa.Table, offset: int) -> str | None:
+            suffix = _slice_suffix(part.suffix, offset, rows.num_rows)
+            load = self._plan_part(batch, part, target, suffix, rows)
+            label = self._label(batch, first, last, suffix)
+            try:
+                self.client.load(db, table, label, load.body.data, load.headers)
+            except RowsRejected as failed:
+                return failed.error_log or failed.message
+            return None
+
+        found = bisect(part.rows, attempt, exc.error_log or exc.message)
+        if not found:  # cannot happen: a one-row slice that fails is rejected
+            raise exc
+        recorded = records(batch.table.source_name, batch.table.key_columns, part.rows,
+                           found, last)
+        body = serialize(recorded, "json")
+        headers = dict(body.headers)
+        headers["columns"] = ",".join(quote_ident(n) for n in recorded.column_names)
+        label = self._label(batch, first, last, f"{part.suffix}x")
+        outcome = self.client.load(db, REJECTED_TABLE, label, body.data, headers)
+        log.warning("%d row(s) of %s rejected by StarRocks%s; recorded in %s.%s: %s",
+                    len(found), batch.table.source_name,
+                    " (recorded earlier)" if outcome.already_loaded else "",
+                    db, REJECTED_TABLE, found[0].error.splitlines()[0] if found[0].error else "")
+        return 0 if outcome.already_loaded else len(found)
 
     def _truncate_once(self, table: str, marker: str) -> None:
         """TRUNCATE, unless an earlier run already did it for this batch.
@@ -498,6 +577,36 @@ class StarRocksSink:
                 state.split = None
         self._transport.close()
         self._fe.close()
+
+
+def _slice_suffix(suffix: str, offset: int, length: int) -> str:
+    """The label suffix of rows ``offset…offset+length`` of load ``suffix`` (≤ 16 chars)."""
+    text = f"{suffix}r{offset:x}_{length:x}"
+    if len(text) <= 16:
+        return text
+    return "r" + hashlib.sha1(text.encode()).hexdigest()[:15]
+
+
+def _rejected_ddl(db: str, properties: Mapping[str, str]) -> str:
+    # A duplicate-key table: a primary key is capped at 128 bytes, which a row's key as
+    # JSON may exceed. Records are written once per batch: the label of their load makes
+    # a resend a no-op.
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(db)}.{quote_ident(REJECTED_TABLE)} (\n"
+        "  source_table VARCHAR(1024) NOT NULL,\n"
+        "  row_key VARCHAR(65533) NOT NULL,\n"
+        "  cdc_version BIGINT NOT NULL,\n"
+        "  column_name VARCHAR(1024),\n"
+        "  error VARCHAR(65533),\n"
+        "  row_json VARCHAR(1048576),\n"
+        "  rejected_at DATETIME\n"
+        ")\nDUPLICATE KEY (source_table)\nDISTRIBUTED BY HASH (source_table)\n"
+        f"PROPERTIES ({', '.join(f'{_q(k)} = {_q(v)}' for k, v in properties.items())})"
+    )
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _MissingColumns(SinkError):

@@ -39,6 +39,18 @@ FREE = frozenset({"ABORTED", "UNKNOWN", ""})
 _NOT_SENT = frozenset({5, 6, 7})
 
 
+class RowsRejected(SinkError):
+    """A load StarRocks refused because it filtered some of its rows (strict mode: a value
+    out of range, too long, not valid JSON…): nothing of the load was applied."""
+
+    def __init__(self, message: str, hint: str, *, table: str, label: str, filtered: int,
+                 error_log: str) -> None:
+        super().__init__(message, hint, table=table, label=label, retryable=False)
+        self.filtered = filtered
+        #: The rejected rows and reasons from ``ErrorURL`` (truncated), or "".
+        self.error_log = error_log
+
+
 class TransactionBroken(Exception):
     """A load transaction can no longer complete (StarRocks aborted it or its state is
     unknowable); the caller rolls back and asks for the source transaction again."""
@@ -319,6 +331,10 @@ class StreamLoadClient:
             )
         if details:
             message += f"\nrejected rows (from ErrorURL):\n{details}"
+        filtered = reply.number("NumberFilteredRows")
+        if filtered:
+            raise RowsRejected(message, _hint(reply, self.user), table=table, label=label,
+                               filtered=filtered, error_log=details)
         raise SinkError(message, _hint(reply, self.user), table=table, label=label, retryable=False)
 
     def fetch_error_log(self, url: str) -> str:
@@ -348,7 +364,8 @@ def _hint(reply: Reply, user: str) -> str:
     if "too many filtered rows" in message:
         return (
             "the rejected rows above do not fit the target table (types, NOT NULL, lengths); "
-            "fix the target definition or let dbmazz create it (CREATE_TABLES=true)"
+            "fix the target definition or let dbmazz create it (CREATE_TABLES=true); "
+            "REJECTED_ROWS=table sets such rows aside in dbmazz_rejected instead of stopping"
         )
     if "column" in message:
         return "the target table lacks a source column: run setup (SETUP=auto) or add it"
