@@ -53,6 +53,21 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def _unregister(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a registered Arrow view. In a transaction a failed statement aborted, this fails
+    too ("Current transaction is aborted"): the view then stays until ``_rolled_back``
+    (or the next registration under its name), and the statement's own error — the one
+    that says which rows and why — is what propagates."""
+    with contextlib.suppress(duckdb.Error):
+        cur.unregister(name)
+
+
+def _rolled_back(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute("ROLLBACK")
+    for name in ("__dbmazz_rows", "__dbmazz_deletes", "__dbmazz_rejected"):
+        _unregister(cur, name)
+
+
 @contextlib.contextmanager
 def _transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """``BEGIN … COMMIT``; a DuckDB error rolls back and propagates to the caller, which
@@ -62,7 +77,7 @@ def _transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
         cur.execute("COMMIT")
     except duckdb.Error:
-        cur.execute("ROLLBACK")
+        _rolled_back(cur)
         raise
 
 
@@ -226,8 +241,7 @@ class DuckDBSink:
                 for group in batch.upserts:
                     self._upsert(cur, target, keys, group.rows, table)
         except _ROW_ERRORS as exc:
-            if self.rejected_rows != "table":
-                raise self._batch_error(table, exc) from None
+            # Found either way: with "stop" the error names the rows to fix.
             return self._write_rejecting(batch, str(exc))
         except duckdb.Error as exc:
             raise self._batch_error(table, exc) from None
@@ -262,7 +276,7 @@ class DuckDBSink:
                 except _ROW_ERRORS as exc:
                     return str(exc)
                 finally:
-                    cur.execute("ROLLBACK")
+                    _rolled_back(cur)
             return attempt
 
         parts: list[tuple[pa.Table, Callable[[pa.Table], None]]] = []
@@ -287,6 +301,8 @@ class DuckDBSink:
                 mask[[r.index for r in rejected]] = False
                 kept.append((rows.filter(pa.array(mask)), apply))
                 found.append(records(table.source_name, keys, rows, rejected, batch.last_lsn))
+            if self.rejected_rows != "table":
+                raise self._rows_error(table, error, found)
             with _transaction(cur):
                 if batch.truncate:
                     cur.execute(f"DELETE FROM {target}")
@@ -303,6 +319,21 @@ class DuckDBSink:
         return LoadResult(rows=batch.num_rows - count, bytes=0, rejected=count)
 
     @staticmethod
+    def _rows_error(table: TableSchema, error: str, found: list[pa.Table]) -> SinkError:
+        shown = [f"{key} {error_text}: {row}" for t in found for key, error_text, row in zip(
+            t.column("row_key").to_pylist()[:5], t.column("error").to_pylist()[:5],
+            t.column("row_json").to_pylist()[:5], strict=True)]
+        count = sum(t.num_rows for t in found)
+        return SinkError(
+            f"DuckDB rejected a batch for {table.source_name}: {error}"
+            + (f"\n{count} rejected row(s) (key, error, row):\n" + "\n".join(shown)
+               if shown else ""),
+            "fix the target table (its types or constraints) so it takes these values, or "
+            "set REJECTED_ROWS=table to record such rows in main.dbmazz_rejected and go on",
+            table=table.source_name,
+        )
+
+    @staticmethod
     def _record_rejected(cur: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
         names = ", ".join(quote(n) for n in rows.column_names)
         updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in rows.column_names
@@ -313,7 +344,7 @@ class DuckDBSink:
                         f"__dbmazz_rejected ON CONFLICT "
                         f"({', '.join(quote(k) for k in REJECTED_KEY)}) DO UPDATE SET {updates}")
         finally:
-            cur.unregister("__dbmazz_rejected")
+            _unregister(cur, "__dbmazz_rejected")
 
     def read_rows(self, table: TableSchema, keys: pa.Table, columns: Sequence[str],
                   split: SplitPart | None = None) -> pa.Table:
@@ -510,7 +541,7 @@ class DuckDBSink:
                 f"OR {target}.dbmazz_cdc_version IS NULL"
             )
         finally:
-            cur.unregister("__dbmazz_rows")
+            _unregister(cur, "__dbmazz_rows")
 
     def _delete(
         self, cur: duckdb.DuckDBPyConnection, target: str, keys: list[str], deletes: pa.Table
@@ -534,4 +565,4 @@ class DuckDBSink:
                 f"OR {target}.dbmazz_cdc_version IS NULL"
             )
         finally:
-            cur.unregister("__dbmazz_deletes")
+            _unregister(cur, "__dbmazz_deletes")
