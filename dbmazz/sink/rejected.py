@@ -15,6 +15,7 @@ once the target is fixed: until then they are missing (or stale) in their table.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,17 @@ def bisect(rows: pa.Table, attempt: Attempt, first_error: str) -> list[Rejection
                 pending.append((start, size, failed))
     rejected.sort(key=lambda r: r.index)
     return rejected
+
+
+#: StarRocks names the column in a strict-mode rejection ("… is 5, column: v. Row: …").
+#: Read for display only (the ``column_name`` of a record); nothing is decided on it.
+_COLUMN = re.compile(r"\bcolumn: ?`?([^\s,.`]+)`?")
+
+
+def column_named(error: str) -> str | None:
+    """The column an error text names in StarRocks' ``column: <name>`` form, if any."""
+    found = _COLUMN.search(error)
+    return found.group(1) if found else None
 
 
 def records(source_table: str, key_columns: Sequence[str], rows: pa.Table,

@@ -86,6 +86,7 @@ def test_starrocks_rejected_rows_go_to_the_table_and_the_rest_loads(db: Database
         assert record["cdc_version"] > 0
         # StarRocks' reason and the row, from the single-row load's ErrorURL.
         assert "Row:" in record["error"] and TOO_LONG in record["error"]
+        assert record["column_name"] == "v"
         assert record["rejected_at"] is not None
         # The LSN advanced past the poison row: checkpointed and confirmed to PostgreSQL.
         eventually(lambda: _confirmed(db) >= after, "the slot to confirm past the row", 60)
@@ -95,6 +96,16 @@ def test_starrocks_rejected_rows_go_to_the_table_and_the_rest_loads(db: Database
         assert served.metrics()['dbmazz_rejected_rows_total{table="public.t"}'] == 1
         top = _top_once(served.address)
         assert "rejected" in top, top
+        # The target fixed, verify finds the row missing and --repair brings it back.
+        sr.execute("ALTER TABLE rej.t MODIFY COLUMN v VARCHAR(100)")
+        eventually(lambda: sr.publish_pending() == 0, "the schema change", 60)
+        report = served.client.verify(["public.t"], repair=True, timeout_s=120)
+        [result] = report["tables"]
+        # Row 1 went with the table recreated by hand; row 2 is the rejected one.
+        assert result["missing"] == 2, report
+        assert result["repaired"] == 2, report
+        assert [(r["id"], r["v"]) for r in sr.rows("rej", "t")] == [
+            (1, "short"), (2, TOO_LONG), (3, "ok"), (4, "ok4"), (5, "fine"), (6, "x")]
 
 
 def test_starrocks_stop_is_the_default(db: Database) -> None:

@@ -41,7 +41,7 @@ from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.retry import Waiter
 from dbmazz.sink.base import RetryListener
-from dbmazz.sink.rejected import REJECTED_TABLE, bisect, records
+from dbmazz.sink.rejected import REJECTED_TABLE, Rejection, bisect, column_named, records
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
@@ -397,7 +397,8 @@ class StarRocksSink:
                 return failed.error_log or failed.message
             return None
 
-        found = bisect(part.rows, attempt, exc.error_log or exc.message)
+        found = [Rejection(r.index, r.error, column_named(r.error))
+                 for r in bisect(part.rows, attempt, exc.error_log or exc.message)]
         if not found:  # cannot happen: a one-row slice that fails is rejected
             raise exc
         recorded = records(batch.table.source_name, batch.table.key_columns, part.rows,
