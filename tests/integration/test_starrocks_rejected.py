@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from dbmazz.errors import SinkError
+from dbmazz.errors import SetupError, SinkError
 from dbmazz.testing.starrocks import StarRocksEmulator
 from tests.integration.test_starrocks_sink import (
     DB,
@@ -82,3 +82,16 @@ def test_default_stop_fails_the_load_with_the_row(
     assert select(starrocks, "items") == []  # the first load failed: none applied
     with pytest.raises(Exception, match="dbmazz_rejected"):
         select(starrocks, "dbmazz_rejected", order="row_key")
+
+
+def test_setup_skip_needs_the_rejected_table(
+        starrocks: StarRocksEmulator, make_sink: SinkFactory) -> None:  # noqa: F811
+    make_sink().setup([ITEMS])  # the table, made as dbmazz would
+    skipping = make_sink(rejected_rows="table", setup="skip")
+    with pytest.raises(SetupError) as info:
+        skipping.setup([ITEMS])
+    assert info.value.message == (f"StarRocks table {DB}.dbmazz_rejected does not exist "
+                                  "(REJECTED_ROWS=table records rejected rows there)")
+    assert "CREATE TABLE IF NOT EXISTS" in info.value.hint and "SETUP=auto" in info.value.hint
+    make_sink(rejected_rows="table").setup([ITEMS])  # SETUP=auto creates it
+    skipping.setup([ITEMS])

@@ -183,10 +183,17 @@ class StarRocksSink:
                 "create it, or run with SETUP=auto",
             )
         report = prepare_tables(self.catalog, tables, self.settings)
-        if self.settings.rejected_rows == "table" and self.settings.setup == "auto":
-            self.catalog.execute(_rejected_ddl(self.settings.database,
-                                               self.settings.table_properties),
-                                 f"creating {self.settings.database}.{REJECTED_TABLE}")
+        if self.settings.rejected_rows == "table":
+            ddl = _rejected_ddl(self.settings.database, self.settings.table_properties)
+            if self.settings.setup == "auto":
+                self.catalog.execute(ddl, f"creating {self.settings.database}.{REJECTED_TABLE}")
+            elif self.catalog.describe(REJECTED_TABLE) is None:
+                raise SetupError(
+                    f"StarRocks table {self.settings.database}.{REJECTED_TABLE} does not exist "
+                    "(REJECTED_ROWS=table records rejected rows there)",
+                    f"create it ({' '.join(ddl.split())}), run with SETUP=auto, or use "
+                    "REJECTED_ROWS=stop",
+                )
         for schema in tables:
             state = self._state(schema.target_name)
             with state.lock:
