@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from dbmazz.errors import SetupError, SinkError
+from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
+from dbmazz.pipeline.batch import SplitPart
 from dbmazz.testing.starrocks import StarRocksEmulator
 from tests.integration.test_starrocks_sink import (
     DB,
@@ -95,3 +96,37 @@ def test_setup_skip_needs_the_rejected_table(
     assert "CREATE TABLE IF NOT EXISTS" in info.value.hint and "SETUP=auto" in info.value.hint
     make_sink(rejected_rows="table").setup([ITEMS])  # SETUP=auto creates it
     skipping.setup([ITEMS])
+
+
+def test_rejected_rows_of_a_split_transaction_resend_it_as_plain_loads(
+        starrocks: StarRocksEmulator, make_sink: SinkFactory) -> None:  # noqa: F811
+    """A load transaction cannot drop rows and go on: the part with a rejected row rolls
+    the transaction back and asks for a resend, which loads its parts as plain loads."""
+    sink = make_sink(rejected_rows="table")
+    sink.setup([ITEMS])
+    _narrowed(starrocks)
+    tx = 500
+
+    def part(index: int, ids: range, last: bool) -> object:
+        rows = [{"id": i, "name": "toolong" if i == 7 else "abc", "qty": i} for i in ids]
+        return batch(ITEMS, [upsert(ITEMS, rows, tx, columns=["id", "name", "qty"])],
+                     lsn=tx, split=SplitPart(tx, index, last))
+
+    sink.write(part(0, range(1, 5), False))  # type: ignore[arg-type]
+    with pytest.raises(SinkReplayRequired) as info:
+        sink.write(part(1, range(5, 10), True))  # type: ignore[arg-type]
+    assert "resending the transaction as plain loads" in info.value.message
+    assert select(starrocks, "items") == []  # nothing of the transaction is visible
+    # The engine resends from the checkpoint: the transaction from its first part.
+    first = sink.write(part(0, range(1, 5), False))  # type: ignore[arg-type]
+    second = sink.write(part(1, range(5, 10), True))  # type: ignore[arg-type]
+    assert (first.rejected, second.rejected) == (0, 1)
+    assert [r[0] for r in select(starrocks, "items", "id")] == [1, 2, 3, 4, 5, 6, 8, 9]
+    [(key, version)] = select(starrocks, "dbmazz_rejected", "row_key, cdc_version", "row_key")
+    assert (json.loads(key), version) == ({"id": 7}, tx)
+    # The next source transaction goes through the transaction interface again.
+    later = batch(ITEMS, [upsert(ITEMS, [{"id": 1, "name": "new", "qty": 1}], 600,
+                                 columns=["id", "name", "qty"])],
+                  lsn=600, split=SplitPart(600, 0, True))
+    assert sink.write(later).rejected == 0
+    assert select(starrocks, "items", "name", "id")[0] == ("new",)

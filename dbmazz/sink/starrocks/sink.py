@@ -91,6 +91,10 @@ class _TableState:
     #: rows began with. Only that part may begin it again (a resend from the start); a later
     #: part alone would commit a partial source transaction.
     broken: dict[int, int] = field(default_factory=dict)
+    #: Source transactions (commit LSN) a part of which StarRocks refused for some rows
+    #: while REJECTED_ROWS=table: resent as plain loads, where rejected rows can be set
+    #: aside (a load transaction cannot drop rows and go on).
+    poisoned: set[int] = field(default_factory=set)
 
 
 class StarRocksSink:
@@ -237,6 +241,8 @@ class StarRocksSink:
                     state.target = None
                     target = self._target(state, batch.table)
                     loads = self.plan(batch, target)
+                if batch.split is not None and batch.split.commit_lsn in state.poisoned:
+                    return self._write_poisoned(batch, loads, target, state)
                 if batch.split is not None:
                     return self._write_split(batch, loads, state)
                 if state.split is not None:
@@ -351,13 +357,32 @@ class StarRocksSink:
             batch_id=batch.batch_id,
         )
 
+    def _write_poisoned(self, batch: TableBatch, loads: list[PlannedLoad], target: TargetTable,
+                        state: _TableState) -> LoadResult:
+        """A part of a split source transaction that held rejected rows, resent: loaded
+        like a batch of its own (labels carry the part's index), so its rejected rows are
+        set aside. Its parts become visible one by one rather than at the last one."""
+        part = batch.split
+        assert part is not None
+        if state.split is not None and state.split.commit_lsn != part.commit_lsn:
+            self._settle(batch.table.target_name, state)
+        state.split = None
+        state.broken.pop(part.commit_lsn, None)
+        result = self._write_plain(batch, loads, target, lsns=(part.commit_lsn,) * 2,
+                                   prefix=f"p{part.index}")
+        if part.last:
+            state.poisoned.discard(part.commit_lsn)
+        return result
+
     def _write_plain(self, batch: TableBatch, loads: list[PlannedLoad],
-                     target: TargetTable) -> LoadResult:
+                     target: TargetTable, *, lsns: tuple[int, int] | None = None,
+                     prefix: str = "") -> LoadResult:
+        """``lsns`` and ``prefix`` (of every label suffix) set the labels of a split part."""
         table, db = batch.table.target_name, self.settings.database
-        first, last = batch.first_lsn, batch.last_lsn
+        first, last = lsns or (batch.first_lsn, batch.last_lsn)
         if batch.truncate:
             if first or last or batch.batch_id:
-                self._truncate_once(table, self._label(batch, first, last, "t"))
+                self._truncate_once(table, self._label(batch, first, last, f"{prefix}t"))
             else:
                 # Without an LSN there is no stable marker label (a constant one would
                 # silence every later truncate), so this truncate is not replay-safe.
@@ -365,13 +390,14 @@ class StarRocksSink:
         labels, sent, rejected = [], 0, 0
         parts = {part.suffix: part for part in self._parts(batch)}
         for load in loads:
-            label = self._label(batch, first, last, load.suffix)
+            label = self._label(batch, first, last, f"{prefix}{load.suffix}")
             try:
                 outcome = self.client.load(db, table, label, load.body.data, load.headers)
             except RowsRejected as exc:
                 if self.settings.rejected_rows != "table":
                     raise
-                rejected += self._load_rejecting(batch, parts[load.suffix], target, exc)
+                rejected += self._load_rejecting(batch, parts[load.suffix], target, exc,
+                                                 (first, last), prefix)
                 labels.append(label)
                 continue
             log.debug(
@@ -387,15 +413,15 @@ class StarRocksSink:
                           rejected=rejected)
 
     def _load_rejecting(self, batch: TableBatch, part: _Part, target: TargetTable,
-                        exc: RowsRejected) -> int:
+                        exc: RowsRejected, lsns: tuple[int, int], prefix: str) -> int:
         """Load ``part`` without the rows StarRocks rejects, recording those in
         ``dbmazz_rejected``; returns how many were recorded now (0 when a earlier attempt
         of this batch already recorded them: the record load's label exists)."""
         table, db = batch.table.target_name, self.settings.database
-        first, last = batch.first_lsn, batch.last_lsn
+        first, last = lsns
 
         def attempt(rows: pa.Table, offset: int) -> str | None:
-            suffix = _slice_suffix(part.suffix, offset, rows.num_rows)
+            suffix = _slice_suffix(f"{prefix}{part.suffix}", offset, rows.num_rows)
             load = self._plan_part(batch, part, target, suffix, rows)
             label = self._label(batch, first, last, suffix)
             try:
@@ -413,7 +439,7 @@ class StarRocksSink:
         body = serialize(recorded, "json")
         headers = dict(body.headers)
         headers["columns"] = ",".join(quote_ident(n) for n in recorded.column_names)
-        label = self._label(batch, first, last, f"{part.suffix}x")
+        label = self._label(batch, first, last, f"{prefix}{part.suffix}x")
         outcome = self.client.load(db, REJECTED_TABLE, label, body.data, headers)
         log.warning("%d row(s) of %s rejected by StarRocks%s; recorded in %s.%s: %s",
                     len(found), batch.table.source_name,
@@ -538,6 +564,20 @@ class StarRocksSink:
                 f"StarRocks dropped the load transaction of source transaction "
                 f"{part.commit_lsn} for {table}: {exc}",
                 "resend the transaction from its first part (restart from the checkpoint)",
+                table=table,
+                label=exc.label,
+            ) from None
+        except RowsRejected as exc:
+            _drop(state, txn)
+            if self.settings.rejected_rows != "table":
+                raise
+            state.broken.pop(part.commit_lsn, None)
+            state.poisoned.add(part.commit_lsn)
+            raise SinkReplayRequired(
+                f"StarRocks rejected rows of part {part.index} of source transaction "
+                f"{part.commit_lsn} for {table}; resending the transaction as plain loads "
+                "so they can be set aside in dbmazz_rejected",
+                "nothing to do: the engine resends from the checkpoint",
                 table=table,
                 label=exc.label,
             ) from None

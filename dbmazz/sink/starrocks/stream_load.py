@@ -29,7 +29,14 @@ from dbmazz.errors import SinkError
 from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter
 from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.http import HttpResponse, Transport, TransportError
-from dbmazz.sink.starrocks.response import Outcome, Reply, classify, is_auth_failure, parse_reply
+from dbmazz.sink.starrocks.response import (
+    TOO_MANY_FILTERED,
+    Outcome,
+    Reply,
+    classify,
+    is_auth_failure,
+    parse_reply,
+)
 
 log = logging.getLogger("dbmazz.sink.starrocks")
 
@@ -332,7 +339,9 @@ class StreamLoadClient:
         if details:
             message += f"\nrejected rows (from ErrorURL):\n{details}"
         filtered = reply.number("NumberFilteredRows")
-        if filtered:
+        # A load transaction reports its filtered rows only at prepare/commit, without the
+        # counters, as StarRocks' fixed text (protocol reference §2.3).
+        if filtered or TOO_MANY_FILTERED in reply.message.lower():
             raise RowsRejected(message, _hint(reply, self.user), table=table, label=label,
                                filtered=filtered, error_log=details)
         raise SinkError(message, _hint(reply, self.user), table=table, label=label, retryable=False)
