@@ -189,3 +189,16 @@ def test_duckdb_stop_names_the_rejected_row(db: Database, tmp_path: Path) -> Non
     assert "REJECTED_ROWS=table" in info.value.hint
     assert engine.durable_lsn == confirmed
     engine.sink.close()
+
+
+def test_setup_check_wants_the_rejected_table_under_setup_skip(db: Database) -> None:
+    from dbmazz.engine.check import check_starrocks
+
+    with StarRocksEmulator() as sr:
+        sr.execute("CREATE DATABASE rej")
+        config = _sr_config(db, sr, setup="skip")
+        assert check_starrocks(config).problems == [
+            "StarRocks table rej.dbmazz_rejected (REJECTED_ROWS=table) does not exist — "
+            "create it (docs/operations.md), or run with SETUP=auto"]
+        assert check_starrocks(_sr_config(db, sr, setup="skip", rejected_rows="stop")
+                               ).problems == []
