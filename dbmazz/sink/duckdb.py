@@ -35,7 +35,15 @@ from dbmazz.contract import AUDIT_COLUMNS, AUDIT_NAMES
 from dbmazz.errors import SetupError, SinkError
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.sink.duckdb_types import duckdb_mismatches, duckdb_type
-from dbmazz.sink.rejected import REJECTED_KEY, REJECTED_SCHEMA, REJECTED_TABLE, bisect, records
+from dbmazz.sink.rejected import (
+    MAX_REJECTED_PER_LOAD,
+    REJECTED_KEY,
+    REJECTED_SCHEMA,
+    REJECTED_TABLE,
+    TooManyRejected,
+    bisect,
+    records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +304,16 @@ class DuckDBSink:
                 if failed is None:
                     kept.append((rows, apply))
                     continue
-                rejected = bisect(rows, attempt, failed)
+                # With "stop" a few rows name the problem; with "table", too many mean a
+                # wrong target, not poison values.
+                limit = MAX_REJECTED_PER_LOAD if self.rejected_rows == "table" else 4
+                try:
+                    rejected = bisect(rows, attempt, failed, limit)
+                except TooManyRejected as many:
+                    found.append(records(table.source_name, keys, rows, many.found,
+                                         batch.last_lsn))
+                    raise self._rows_error(table, error, found, more=True,
+                                           set_aside=self.rejected_rows == "table") from None
                 mask = np.ones(rows.num_rows, dtype=bool)
                 mask[[r.index for r in rejected]] = False
                 kept.append((rows.filter(pa.array(mask)), apply))
@@ -319,17 +336,21 @@ class DuckDBSink:
         return LoadResult(rows=batch.num_rows - count, bytes=0, rejected=count)
 
     @staticmethod
-    def _rows_error(table: TableSchema, error: str, found: list[pa.Table]) -> SinkError:
+    def _rows_error(table: TableSchema, error: str, found: list[pa.Table],
+                    more: bool = False, set_aside: bool = False) -> SinkError:
         shown = [f"{key} {error_text}: {row}" for t in found for key, error_text, row in zip(
             t.column("row_key").to_pylist()[:5], t.column("error").to_pylist()[:5],
             t.column("row_json").to_pylist()[:5], strict=True)]
         count = sum(t.num_rows for t in found)
         return SinkError(
             f"DuckDB rejected a batch for {table.source_name}: {error}"
-            + (f"\n{count} rejected row(s) (key, error, row):\n" + "\n".join(shown)
-               if shown else ""),
-            "fix the target table (its types or constraints) so it takes these values, or "
-            "set REJECTED_ROWS=table to record such rows in main.dbmazz_rejected and go on",
+            + (f"\n{'more than ' if more else ''}{count - 1 if more else count} rejected "
+               "row(s) (key, error, row):\n" + "\n".join(shown) if shown else ""),
+            "fix the target table (its types or constraints) so it takes these values"
+            + (f" (more than {MAX_REJECTED_PER_LOAD} rejected rows in one batch are not set "
+               "aside: the target is likely wrong)" if set_aside else
+               ", or set REJECTED_ROWS=table to record such rows in main.dbmazz_rejected "
+               "and go on"),
             table=table.source_name,
         )
 

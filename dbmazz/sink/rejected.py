@@ -39,6 +39,11 @@ REJECTED_SCHEMA = pa.schema([
 ])
 REJECTED_KEY = ("source_table", "row_key", "cdc_version")
 
+#: More rejected rows than this in one load means a wrong target table rather than a few
+#: poison values: the load fails instead of diverting the table into dbmazz_rejected
+#: (and the search stops before costing thousands of loads).
+MAX_REJECTED_PER_LOAD = 100
+
 #: Longest error text kept per rejected row.
 _ERROR_LIMIT = 2000
 
@@ -58,11 +63,23 @@ class Rejection:
 Attempt = Callable[[pa.Table, int], "str | None"]
 
 
-def bisect(rows: pa.Table, attempt: Attempt, first_error: str) -> list[Rejection]:
+class TooManyRejected(Exception):
+    """More rows rejected than the search was allowed to find."""
+
+    def __init__(self, found: list[Rejection]) -> None:
+        super().__init__(f"more than {len(found) - 1} rows rejected")
+        #: The rows found so far (one more than the limit), in row order.
+        self.found = sorted(found, key=lambda r: r.index)
+
+
+def bisect(rows: pa.Table, attempt: Attempt, first_error: str,
+           limit: int | None = MAX_REJECTED_PER_LOAD) -> list[Rejection]:
     """The rows of ``rows`` the target rejects, every other row applied by ``attempt``.
 
     ``rows`` as a whole has already failed with ``first_error``; a one-row table is
     rejected with it at once. Work is a stack of slices, so depth costs no recursion.
+    Raises :class:`TooManyRejected` once more than ``limit`` rows are rejected (slices
+    applied until then stay applied: the caller fails the batch, which is resent whole).
     """
     rejected: list[Rejection] = []
     pending: list[tuple[int, int, str]] = [(0, rows.num_rows, first_error)]
@@ -70,6 +87,8 @@ def bisect(rows: pa.Table, attempt: Attempt, first_error: str) -> list[Rejection
         offset, length, error = pending.pop()
         if length == 1:
             rejected.append(Rejection(offset, error))
+            if limit is not None and len(rejected) > limit:
+                raise TooManyRejected(rejected)
             continue
         half = length // 2
         # Pushed in reverse so slices are tried in row order.

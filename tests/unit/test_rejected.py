@@ -8,7 +8,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from dbmazz.sink.rejected import REJECTED_SCHEMA, Rejection, bisect, column_named, records
+from dbmazz.sink.rejected import (
+    REJECTED_SCHEMA,
+    Rejection,
+    TooManyRejected,
+    bisect,
+    column_named,
+    records,
+)
 
 
 @pytest.mark.parametrize(("n", "bad"), [(1, {0}), (2, {1}), (17, {0, 16}), (1000, {3, 500, 501}),
@@ -54,3 +61,10 @@ def test_column_named() -> None:
     assert column_named("Error: String (length=22) is too long. The max length of "
                         "'VARCHAR(5)' is 5, column: v. Row: 2 | x") == "v"
     assert column_named("CHECK constraint failed on table t") is None
+
+
+def test_bisect_gives_up_past_the_limit() -> None:
+    rows = pa.table({"id": pa.array(range(50), pa.int64())})
+    with pytest.raises(TooManyRejected) as info:
+        bisect(rows, lambda part, offset: "bad", "bad", limit=3)
+    assert [r.index for r in info.value.found] == [0, 1, 2, 3]

@@ -41,7 +41,15 @@ from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.retry import Waiter
 from dbmazz.sink.base import RetryListener
-from dbmazz.sink.rejected import REJECTED_TABLE, Rejection, bisect, column_named, records
+from dbmazz.sink.rejected import (
+    MAX_REJECTED_PER_LOAD,
+    REJECTED_TABLE,
+    Rejection,
+    TooManyRejected,
+    bisect,
+    column_named,
+    records,
+)
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
@@ -430,8 +438,15 @@ class StarRocksSink:
                 return failed.error_log or failed.message
             return None
 
-        found = [Rejection(r.index, r.error, column_named(r.error))
-                 for r in bisect(part.rows, attempt, exc.error_log or exc.message)]
+        try:
+            found = [Rejection(r.index, r.error, column_named(r.error))
+                     for r in bisect(part.rows, attempt, exc.error_log or exc.message)]
+        except TooManyRejected:
+            raise SinkError(
+                f"{exc.message}\n(more than {MAX_REJECTED_PER_LOAD} rows of this load are "
+                "rejected: not set aside in dbmazz_rejected, the target table is likely wrong)",
+                exc.hint, table=table, label=exc.label,
+            ) from None
         if not found:  # cannot happen: a one-row slice that fails is rejected
             raise exc
         recorded = records(batch.table.source_name, batch.table.key_columns, part.rows,
