@@ -122,6 +122,14 @@ class Config(BaseSettings):
         default="fill_null",
         description="Columns dropped at the source: keep old values or fill NULL.",
     )
+    rejected_rows: Literal["stop", "table"] = Field(
+        default="stop",
+        description="Rows the target rejects (StarRocks strict mode: out of range, too long, "
+        "bad JSON; DuckDB conversion or constraint errors): `stop` fails the load and stops "
+        "the pipeline with the rejected row in the error (nothing lost); `table` records them "
+        "in the target table `dbmazz_rejected`, applies the rest and moves on "
+        "(see docs/operations.md).",
+    )
 
     # --- batching -----------------------------------------------------------------------
     flush_rows: int = Field(default=50_000, gt=0, description="Flush a batch at this many rows.")

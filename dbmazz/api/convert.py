@@ -71,6 +71,7 @@ def status_pb(snap: StatusSnapshot) -> pb.EngineStatus:
                 table=t.table, target=t.target, changes=t.changes, rows_loaded=t.rows_loaded,
                 batches=t.batches, truncates=t.truncates, retries=t.retries,
                 last_load_ms=t.last_load_ms, in_flight_rows=t.in_flight_rows,
+                rejected_rows=t.rejected_rows,
             )
             for t in snap.tables
         ],

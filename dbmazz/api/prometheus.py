@@ -110,14 +110,19 @@ class ServiceCollector(Collector):
                                       "Duration of the last load", labels=["table"])
         in_flight = GaugeMetricFamily("dbmazz_table_in_flight_rows",
                                       "Rows of the last decoded batch", labels=["table"])
+        rejected = CounterMetricFamily(
+            "dbmazz_rejected_rows", "Rows the target rejected, recorded in dbmazz_rejected "
+            "(REJECTED_ROWS=table)", labels=["table"])
         for table in snap.tables:
             for field, family in per_table.items():
                 family.add_metric([table.table], float(getattr(table, field)))
             last_load.add_metric([table.table], table.last_load_ms / 1000)
             in_flight.add_metric([table.table], float(table.in_flight_rows))
+            rejected.add_metric([table.table], float(table.rejected_rows))
         yield from per_table.values()
         yield last_load
         yield in_flight
+        yield rejected
         yield from _snapshot_metrics(snap.snapshot)
         if snap.source is not None:
             source = snap.source

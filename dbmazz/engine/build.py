@@ -41,6 +41,7 @@ def make_sink(config: Config) -> Sink:
         config.duckdb_path,
         delete_mode=config.delete_mode,
         dropped_columns=config.dropped_columns,
+        rejected_rows=config.rejected_rows,
     )
 
 

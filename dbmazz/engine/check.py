@@ -83,6 +83,7 @@ def check_starrocks(config: Config, tables: Sequence[TableSchema] = ()) -> Targe
 
 def _check_starrocks_tables(catalog: Catalog, tables: Sequence[TableSchema],
                             settings: StarRocksSettings, result: TargetCheck) -> None:
+    from dbmazz.sink.rejected import REJECTED_TABLE
     from dbmazz.sink.starrocks.typecheck import type_mismatches
 
     for schema in tables:
@@ -99,6 +100,11 @@ def _check_starrocks_tables(catalog: Catalog, tables: Sequence[TableSchema],
                 result.found.append(f"warning: {mismatch.text}")
             else:
                 result.problems.append(mismatch.text)
+    if settings.rejected_rows == "table" and settings.setup == "skip" \
+            and catalog.describe(REJECTED_TABLE) is None:
+        result.problems.append(
+            f"StarRocks table {catalog.db}.{REJECTED_TABLE} (REJECTED_ROWS=table) does not "
+            "exist — create it (docs/operations.md), or run with SETUP=auto")
 
 
 def _check_http(settings: StarRocksSettings, db: str) -> str | None:

@@ -44,6 +44,8 @@ class TableSnapshot:
     retries: int = 0
     last_load_ms: float = 0.0
     in_flight_rows: int = 0
+    #: Rows the target rejected and the sink recorded in dbmazz_rejected (this run).
+    rejected_rows: int = 0
 
 
 @dataclass(frozen=True)

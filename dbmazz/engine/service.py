@@ -530,6 +530,7 @@ class EngineService:
                             health.failed_attempts(name) if health is not None else 0),
                 last_load_ms=table.last_load_ms if table else 0.0,
                 in_flight_rows=batch.num_rows if batch is not None else 0,
+                rejected_rows=health.rejected_rows(name) if health is not None else 0,
             ))
         return tuple(out)
 

@@ -142,3 +142,6 @@ class LoadResult:
     rows: int
     bytes: int
     label: str = ""
+    #: Rows the target rejected and the sink recorded in ``dbmazz_rejected``
+    #: (REJECTED_ROWS=table) instead of failing the load.
+    rejected: int = 0

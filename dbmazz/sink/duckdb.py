@@ -12,6 +12,11 @@ call :meth:`DuckDBSink.begin_snapshot`: the table is then loaded without its pri
 (maintaining the key index is most of an insert's cost) and :meth:`DuckDBSink.finish_snapshot`
 adds the key once at the end. A target left without its key by a crash in between gets it
 back in :meth:`DuckDBSink.setup` (duplicates of a chunk loaded twice are dropped first).
+
+With ``rejected_rows="table"`` a batch DuckDB refuses for some of its rows (a conversion,
+range or constraint error) is bisected (:mod:`dbmazz.sink.rejected`) in probe transactions
+that are rolled back; then one transaction applies the accepted rows and records the
+rejected ones in ``main.dbmazz_rejected``, so the batch stays atomic.
 """
 
 from __future__ import annotations
@@ -19,22 +24,56 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from dbmazz.contract import AUDIT_COLUMNS, AUDIT_NAMES
 from dbmazz.errors import SetupError, SinkError
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.sink.duckdb_types import duckdb_mismatches, duckdb_type
+from dbmazz.sink.rejected import (
+    MAX_REJECTED_PER_LOAD,
+    REJECTED_KEY,
+    REJECTED_SCHEMA,
+    REJECTED_TABLE,
+    TooManyRejected,
+    bisect,
+    records,
+)
 
 log = logging.getLogger(__name__)
+
+#: Errors caused by the values of some rows (not by the table, the file or the statement):
+#: the ones REJECTED_ROWS=table sets aside instead of stopping.
+_ROW_ERRORS: tuple[type[duckdb.Error], ...] = (
+    duckdb.ConversionException,
+    duckdb.ConstraintException,
+    duckdb.OutOfRangeException,
+)
+_REJECTED = f"main.{REJECTED_TABLE}"
 
 
 def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def _unregister(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a registered Arrow view. In a transaction a failed statement aborted, this fails
+    too ("Current transaction is aborted"): the view then stays until ``_rolled_back``
+    (or the next registration under its name), and the statement's own error — the one
+    that says which rows and why — is what propagates."""
+    with contextlib.suppress(duckdb.Error):
+        cur.unregister(name)
+
+
+def _rolled_back(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute("ROLLBACK")
+    for name in ("__dbmazz_rows", "__dbmazz_deletes", "__dbmazz_rejected"):
+        _unregister(cur, name)
 
 
 @contextlib.contextmanager
@@ -46,15 +85,17 @@ def _transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
         cur.execute("COMMIT")
     except duckdb.Error:
-        cur.execute("ROLLBACK")
+        _rolled_back(cur)
         raise
 
 
 class DuckDBSink:
     name = "duckdb"
 
-    def __init__(self, path: str, *, delete_mode: str = "soft", dropped_columns: str = "fill_null"):
+    def __init__(self, path: str, *, delete_mode: str = "soft", dropped_columns: str = "fill_null",
+                 rejected_rows: str = "stop"):
         self.path = path
+        self.rejected_rows = rejected_rows
         self.delete_mode = delete_mode
         self.dropped_columns = dropped_columns
         if path != ":memory:":
@@ -105,6 +146,12 @@ class DuckDBSink:
         with self._ddl_lock:
             self._check_column_types(tables)
             cur = self._cursor()
+            if self.rejected_rows == "table":
+                rejected_cols = ", ".join(f"{quote(f.name)} {duckdb_type(f.type)}"
+                                 for f in REJECTED_SCHEMA)
+                pk = ", ".join(quote(k) for k in REJECTED_KEY)
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {_REJECTED} "
+                            f"({rejected_cols}, PRIMARY KEY ({pk}))")
             for table in tables:
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(table.namespace)}")
                 cols = [f"{quote(c.name)} {duckdb_type(c.arrow_type)}" for c in table.columns]
@@ -192,21 +239,133 @@ class DuckDBSink:
         cur = self._cursor()
         target = self.target(table)
         keys = list(table.key_columns)
+        deletes = batch.deletes if batch.deletes is not None and batch.deletes.num_rows else None
         try:
             with _transaction(cur):
                 if batch.truncate:
                     cur.execute(f"DELETE FROM {target}")
-                if batch.deletes is not None and batch.deletes.num_rows:
-                    self._delete(cur, target, keys, batch.deletes)
+                if deletes is not None:
+                    self._delete(cur, target, keys, deletes)
                 for group in batch.upserts:
                     self._upsert(cur, target, keys, group.rows, table)
+        except _ROW_ERRORS as exc:
+            # Found either way: with "stop" the error names the rows to fix.
+            return self._write_rejecting(batch, str(exc))
         except duckdb.Error as exc:
-            raise SinkError(
-                f"DuckDB rejected a batch for {table.source_name}: {exc}",
-                "check the target table's columns match the source (or drop it to recreate)",
-                table=table.source_name,
-            ) from None
+            raise self._batch_error(table, exc) from None
         return LoadResult(rows=batch.num_rows, bytes=0)
+
+    @staticmethod
+    def _batch_error(table: TableSchema, exc: duckdb.Error) -> SinkError:
+        return SinkError(
+            f"DuckDB rejected a batch for {table.source_name}: {exc}",
+            "check the target table's columns match the source (or drop it to recreate); "
+            "REJECTED_ROWS=table sets rows DuckDB rejects aside in main.dbmazz_rejected "
+            "instead of stopping",
+            table=table.source_name,
+        )
+
+    def _write_rejecting(self, batch: TableBatch, error: str) -> LoadResult:
+        """Apply ``batch`` without the rows DuckDB rejects, recording those.
+
+        Probes run in transactions that are always rolled back; only the final one, with
+        the accepted rows and the records, commits (the batch stays all or nothing)."""
+        table = batch.table
+        cur = self._cursor()
+        target = self.target(table)
+        keys = list(table.key_columns)
+
+        def probe(apply: Callable[[pa.Table], None]) -> Callable[[pa.Table, int], str | None]:
+            def attempt(rows: pa.Table, offset: int) -> str | None:
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    apply(rows)
+                    return None
+                except _ROW_ERRORS as exc:
+                    return str(exc)
+                finally:
+                    _rolled_back(cur)
+            return attempt
+
+        parts: list[tuple[pa.Table, Callable[[pa.Table], None]]] = []
+        if batch.deletes is not None and batch.deletes.num_rows:
+            parts.append((batch.deletes,
+                          lambda rows: self._delete(cur, target, keys, rows)))
+        for group in batch.upserts:
+            if group.rows.num_rows:
+                parts.append((group.rows,
+                              lambda rows: self._upsert(cur, target, keys, rows, table)))
+        kept: list[tuple[pa.Table, Callable[[pa.Table], None]]] = []
+        found: list[pa.Table] = []
+        try:
+            for rows, apply in parts:
+                attempt = probe(apply)
+                failed = attempt(rows, 0)
+                if failed is None:
+                    kept.append((rows, apply))
+                    continue
+                # With "stop" a few rows name the problem; with "table", too many mean a
+                # wrong target, not poison values.
+                limit = MAX_REJECTED_PER_LOAD if self.rejected_rows == "table" else 4
+                try:
+                    rejected = bisect(rows, attempt, failed, limit)
+                except TooManyRejected as many:
+                    found.append(records(table.source_name, keys, rows, many.found,
+                                         batch.last_lsn))
+                    raise self._rows_error(table, error, found, more=True,
+                                           set_aside=self.rejected_rows == "table") from None
+                mask = np.ones(rows.num_rows, dtype=bool)
+                mask[[r.index for r in rejected]] = False
+                kept.append((rows.filter(pa.array(mask)), apply))
+                found.append(records(table.source_name, keys, rows, rejected, batch.last_lsn))
+            if self.rejected_rows != "table":
+                raise self._rows_error(table, error, found)
+            with _transaction(cur):
+                if batch.truncate:
+                    cur.execute(f"DELETE FROM {target}")
+                for rows, apply in kept:
+                    if rows.num_rows:
+                        apply(rows)
+                for rejected_rows in found:
+                    self._record_rejected(cur, rejected_rows)
+        except duckdb.Error as exc:
+            raise self._batch_error(table, exc) from None
+        count = sum(t.num_rows for t in found)
+        log.warning("%d row(s) of %s rejected by DuckDB recorded in %s (first: %s)",
+                    count, table.source_name, _REJECTED, error)
+        return LoadResult(rows=batch.num_rows - count, bytes=0, rejected=count)
+
+    @staticmethod
+    def _rows_error(table: TableSchema, error: str, found: list[pa.Table],
+                    more: bool = False, set_aside: bool = False) -> SinkError:
+        shown = [f"{key} {error_text}: {row}" for t in found for key, error_text, row in zip(
+            t.column("row_key").to_pylist()[:5], t.column("error").to_pylist()[:5],
+            t.column("row_json").to_pylist()[:5], strict=True)]
+        count = sum(t.num_rows for t in found)
+        return SinkError(
+            f"DuckDB rejected a batch for {table.source_name}: {error}"
+            + (f"\n{'more than ' if more else ''}{count - 1 if more else count} rejected "
+               "row(s) (key, error, row):\n" + "\n".join(shown) if shown else ""),
+            "fix the target table (its types or constraints) so it takes these values"
+            + (f" (more than {MAX_REJECTED_PER_LOAD} rejected rows in one batch are not set "
+               "aside: the target is likely wrong)" if set_aside else
+               ", or set REJECTED_ROWS=table to record such rows in main.dbmazz_rejected "
+               "and go on"),
+            table=table.source_name,
+        )
+
+    @staticmethod
+    def _record_rejected(cur: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
+        names = ", ".join(quote(n) for n in rows.column_names)
+        updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in rows.column_names
+                            if n not in REJECTED_KEY)
+        cur.register("__dbmazz_rejected", rows)
+        try:
+            cur.execute(f"INSERT INTO {_REJECTED} ({names}) SELECT {names} FROM "
+                        f"__dbmazz_rejected ON CONFLICT "
+                        f"({', '.join(quote(k) for k in REJECTED_KEY)}) DO UPDATE SET {updates}")
+        finally:
+            _unregister(cur, "__dbmazz_rejected")
 
     def read_rows(self, table: TableSchema, keys: pa.Table, columns: Sequence[str],
                   split: SplitPart | None = None) -> pa.Table:
@@ -258,6 +417,9 @@ class DuckDBSink:
             if not self._has_key(cur, table):
                 self._bulk.add(table.source_name)  # an empty leftover of a crash
                 return True
+            if self.rejected_rows == "table":
+                # Rejected rows are found by upserts (write), which need the key in place.
+                return False
             scratch = self._scratch(table, "load")
             try:
                 with _transaction(cur):
@@ -400,7 +562,7 @@ class DuckDBSink:
                 f"OR {target}.dbmazz_cdc_version IS NULL"
             )
         finally:
-            cur.unregister("__dbmazz_rows")
+            _unregister(cur, "__dbmazz_rows")
 
     def _delete(
         self, cur: duckdb.DuckDBPyConnection, target: str, keys: list[str], deletes: pa.Table
@@ -424,4 +586,4 @@ class DuckDBSink:
                 f"OR {target}.dbmazz_cdc_version IS NULL"
             )
         finally:
-            cur.unregister("__dbmazz_deletes")
+            _unregister(cur, "__dbmazz_deletes")

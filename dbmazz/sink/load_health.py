@@ -43,6 +43,7 @@ class LoadHealth:
         self._failing: dict[str, LoadFailure] = {}
         self._failed_attempts: dict[str, int] = {}
         self._snapshot_rows: dict[str, int] = {}
+        self._rejected_rows: dict[str, int] = {}
 
     def failed(self, table: str, message: str) -> None:
         with self._lock:
@@ -70,6 +71,15 @@ class LoadHealth:
     def snapshot_rows(self, table: str) -> int:
         with self._lock:
             return self._snapshot_rows.get(table, 0)
+
+    def rejected(self, table: str, rows: int) -> None:
+        """Rows of a load the target rejected and the sink recorded (REJECTED_ROWS=table)."""
+        with self._lock:
+            self._rejected_rows[table] = self._rejected_rows.get(table, 0) + rows
+
+    def rejected_rows(self, table: str) -> int:
+        with self._lock:
+            return self._rejected_rows.get(table, 0)
 
     def failed_attempts(self, table: str) -> int:
         """Failed load attempts of ``table`` since the engine started (CDC and snapshot)."""

@@ -182,6 +182,8 @@ class SnapshotAwareSink:
             self.health.failed(table, exc.message)
             raise
         self.health.succeeded(table)
+        if isinstance(result, LoadResult) and result.rejected:
+            self.health.rejected(table, result.rejected)
         return result
 
     def _sink_retried(self, target: str, reason: str) -> None:

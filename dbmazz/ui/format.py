@@ -149,6 +149,7 @@ def tables_table(status: pb.EngineStatus) -> Table:
     # Optional columns only when they say something, so the table fits 80 columns.
     renamed = any(t.target and t.target != t.table.split(".")[-1] for t in status.tables)
     retried = any(t.retries for t in status.tables)
+    rejected = any(t.rejected_rows for t in status.tables)
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
                   collapse_padding=True)
     table.add_column("table", no_wrap=True)
@@ -158,12 +159,16 @@ def tables_table(status: pb.EngineStatus) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
     if retried:
         table.add_column("retries", justify="right", no_wrap=True, style="yellow")
+    if rejected:
+        table.add_column("rejected", justify="right", no_wrap=True, style="red")
     for t in status.tables:
         cells = [t.table, *([t.target or "-"] if renamed else []), f"{t.changes:,}",
                  f"{t.rows_loaded:,}", f"{t.batches:,}", f"{t.in_flight_rows:,}",
                  f"{t.last_load_ms:.0f} ms" if t.batches else "-"]
         if retried:
             cells.append(str(t.retries))
+        if rejected:
+            cells.append(f"{t.rejected_rows:,}")
         table.add_row(*cells)
     return table
 

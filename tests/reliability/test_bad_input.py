@@ -348,7 +348,8 @@ def test_a_value_starrocks_rejects_stops_with_the_row_and_the_fix(env: Env) -> N
     assert "much too long for five" in error.message  # the rejected row, from ErrorURL
     assert error.hint == (
         "the rejected rows above do not fit the target table (types, NOT NULL, lengths); fix "
-        "the target definition or let dbmazz create it (CREATE_TABLES=true)")
+        "the target definition or let dbmazz create it (CREATE_TABLES=true); "
+        "REJECTED_ROWS=table sets such rows aside in dbmazz_rejected instead of stopping")
     assert engine.durable_lsn == confirmed  # nothing confirmed past the failed batch
     [(slot_lsn,)] = db.query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                              "WHERE slot_name = %s", (SLOT,))

@@ -76,7 +76,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TableStatus(_message.Message):
-    __slots__ = ("table", "target", "changes", "rows_loaded", "batches", "truncates", "retries", "last_load_ms", "in_flight_rows")
+    __slots__ = ("table", "target", "changes", "rows_loaded", "batches", "truncates", "retries", "last_load_ms", "in_flight_rows", "rejected_rows")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class TableStatus(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     LAST_LOAD_MS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_ROWS_FIELD_NUMBER: _ClassVar[int]
     table: str
     target: str
     changes: int
@@ -95,7 +96,8 @@ class TableStatus(_message.Message):
     retries: int
     last_load_ms: float
     in_flight_rows: int
-    def __init__(self, table: _Optional[str] = ..., target: _Optional[str] = ..., changes: _Optional[int] = ..., rows_loaded: _Optional[int] = ..., batches: _Optional[int] = ..., truncates: _Optional[int] = ..., retries: _Optional[int] = ..., last_load_ms: _Optional[float] = ..., in_flight_rows: _Optional[int] = ...) -> None: ...
+    rejected_rows: int
+    def __init__(self, table: _Optional[str] = ..., target: _Optional[str] = ..., changes: _Optional[int] = ..., rows_loaded: _Optional[int] = ..., batches: _Optional[int] = ..., truncates: _Optional[int] = ..., retries: _Optional[int] = ..., last_load_ms: _Optional[float] = ..., in_flight_rows: _Optional[int] = ..., rejected_rows: _Optional[int] = ...) -> None: ...
 
 class SnapshotTableProgress(_message.Message):
     __slots__ = ("table", "chunks_done", "chunks_total", "rows_done", "rows_expected", "done", "rows_per_s", "eta_s", "pages", "started_at_unix_s", "finished_at_unix_s")

@@ -85,9 +85,12 @@ def parse_reply(response: HttpResponse) -> Reply:
 
 SUCCESS = frozenset({"success", "ok", "publish timeout"})
 
+#: StarRocks' message when strict mode filtered rows; its source says it never changes.
+TOO_MANY_FILTERED = "too many filtered rows"
+
 # Never helped by a retry: the data, the credentials or the request itself is wrong.
 FATAL_MESSAGES = (
-    "too many filtered rows",
+    TOO_MANY_FILTERED,
     "access denied",
     "no valid basic authorization",
     "need auth information",

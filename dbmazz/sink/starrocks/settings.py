@@ -42,6 +42,8 @@ class StarRocksSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Characters of a load's error log kept in error messages.
     error_log_limit: int = 4000
+    #: "table": rows StarRocks rejects go to ``dbmazz_rejected`` (:mod:`.rejected`).
+    rejected_rows: Literal["stop", "table"] = "stop"
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.fe_url)
@@ -80,6 +82,7 @@ class StarRocksSettings:
             "delete_mode": config.delete_mode,
             "setup": config.setup,
             "create_tables": config.create_tables,
+            "rejected_rows": config.rejected_rows,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

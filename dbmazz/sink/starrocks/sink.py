@@ -12,15 +12,24 @@ interface (:mod:`.split`): nothing of it is visible before its last part. When S
 loses an open part, everything is rolled back and :class:`SinkReplayRequired` asks the
 engine to resend the source transaction from its first part.
 
+With ``rejected_rows="table"``, a plain load StarRocks refuses for some of its rows
+(strict mode filtered them; nothing was applied) is split in halves until the failing
+loads hold one row each (:mod:`dbmazz.sink.rejected`); every accepted slice is loaded with a
+label of its own (deterministic: a replay finds them done), the rejected rows go to
+``dbmazz_rejected`` under one more label, so a resent batch neither loses nor double-counts
+them. Loads keep ``max_filter_ratio`` 0: StarRocks never drops a row that dbmazz has not
+recorded first. Split source transactions still stop on a rejected row.
+
 Thread safety: calls for different tables run in parallel (own curl handle per thread,
 per-table state under a per-table lock); DDL is serialised on one MySQL connection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +41,15 @@ from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
 from dbmazz.retry import Waiter
 from dbmazz.sink.base import RetryListener
+from dbmazz.sink.rejected import (
+    MAX_REJECTED_PER_LOAD,
+    REJECTED_TABLE,
+    Rejection,
+    TooManyRejected,
+    bisect,
+    column_named,
+    records,
+)
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
 from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
@@ -42,7 +60,12 @@ from dbmazz.sink.starrocks.schema import apply_delta, check_target_names, prepar
 from dbmazz.sink.starrocks.serialize import JSON_HEADERS, serialize
 from dbmazz.sink.starrocks.settings import StarRocksSettings
 from dbmazz.sink.starrocks.split import PlannedLoad, SplitTransaction
-from dbmazz.sink.starrocks.stream_load import FINAL_OK, StreamLoadClient, TransactionBroken
+from dbmazz.sink.starrocks.stream_load import (
+    FINAL_OK,
+    RowsRejected,
+    StreamLoadClient,
+    TransactionBroken,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -57,6 +80,16 @@ log = logging.getLogger("dbmazz.sink.starrocks")
 _HEX_PREFIX = "__dbmazz_hex_"
 
 
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What one planned load is made of, so slices of it can be planned again."""
+
+    suffix: str
+    rows: pa.Table
+    partial: bool
+    delete: bool = False
+
+
 @dataclass(slots=True)
 class _TableState:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,6 +99,10 @@ class _TableState:
     #: rows began with. Only that part may begin it again (a resend from the start); a later
     #: part alone would commit a partial source transaction.
     broken: dict[int, int] = field(default_factory=dict)
+    #: Source transactions (commit LSN) a part of which StarRocks refused for some rows
+    #: while REJECTED_ROWS=table: resent as plain loads, where rejected rows can be set
+    #: aside (a load transaction cannot drop rows and go on).
+    poisoned: set[int] = field(default_factory=set)
 
 
 class StarRocksSink:
@@ -158,6 +195,17 @@ class StarRocksSink:
                 "create it, or run with SETUP=auto",
             )
         report = prepare_tables(self.catalog, tables, self.settings)
+        if self.settings.rejected_rows == "table":
+            ddl = _rejected_ddl(self.settings.database, self.settings.table_properties)
+            if self.settings.setup == "auto":
+                self.catalog.execute(ddl, f"creating {self.settings.database}.{REJECTED_TABLE}")
+            elif self.catalog.describe(REJECTED_TABLE) is None:
+                raise SetupError(
+                    f"StarRocks table {self.settings.database}.{REJECTED_TABLE} does not exist "
+                    "(REJECTED_ROWS=table records rejected rows there)",
+                    f"create it ({' '.join(ddl.split())}), run with SETUP=auto, or use "
+                    "REJECTED_ROWS=stop",
+                )
         for schema in tables:
             state = self._state(schema.target_name)
             with state.lock:
@@ -199,12 +247,15 @@ class StarRocksSink:
                 except _MissingColumns:
                     # Someone may have added them by hand since setup: look again, once.
                     state.target = None
-                    loads = self.plan(batch, self._target(state, batch.table))
+                    target = self._target(state, batch.table)
+                    loads = self.plan(batch, target)
+                if batch.split is not None and batch.split.commit_lsn in state.poisoned:
+                    return self._write_poisoned(batch, loads, target, state)
                 if batch.split is not None:
                     return self._write_split(batch, loads, state)
                 if state.split is not None:
                     self._settle(table, state)
-                return self._write_plain(batch, loads)
+                return self._write_plain(batch, loads, target)
             except SetupError as exc:
                 raise SinkError(
                     exc.message, exc.hint, table=table, retryable=exc.retryable
@@ -223,6 +274,23 @@ class StarRocksSink:
 
     def plan(self, batch: TableBatch, target: TargetTable) -> list[PlannedLoad]:
         """The loads of one batch (without sending anything)."""
+        return [self._plan_part(batch, part, target) for part in self._parts(batch)]
+
+    def _parts(self, batch: TableBatch) -> list[_Part]:
+        parts = [_Part(f"u{i}", group.rows, group.partial)
+                 for i, group in enumerate(batch.upserts) if group.rows.num_rows]
+        deletes = batch.deletes
+        if deletes is not None and deletes.num_rows:
+            if self.settings.delete_mode == "hard":
+                keys = deletes.select(list(batch.table.key_columns))
+                parts.append(_Part("d", keys, False, delete=True))
+            else:
+                parts.append(_Part("d", deletes, True))
+        return parts
+
+    def _plan_part(self, batch: TableBatch, part: _Part, target: TargetTable,
+                   suffix: str | None = None, rows: pa.Table | None = None) -> PlannedLoad:
+        """The load of ``part`` (or of ``rows``, a slice of it, as load ``suffix``)."""
         schema = batch.table
         raw_json = {
             c.name for c in schema.columns if is_json_column(c) and _is(target, c.name, "json")
@@ -232,20 +300,8 @@ class StarRocksSink:
             for c in schema.columns
             if is_binary_column(c) and _is(target, c.name, "varbinary", "binary")
         }
-        loads: list[PlannedLoad] = []
-        for i, group in enumerate(batch.upserts):
-            if group.rows.num_rows:
-                loads.append(
-                    self._load(f"u{i}", group.rows, group.partial, target, raw_json, binary)
-                )
-        deletes = batch.deletes
-        if deletes is not None and deletes.num_rows:
-            if self.settings.delete_mode == "hard":
-                keys = deletes.select(list(schema.key_columns))
-                loads.append(self._load("d", keys, False, target, raw_json, binary, delete=True))
-            else:
-                loads.append(self._load("d", deletes, True, target, raw_json, binary))
-        return loads
+        return self._load(suffix or part.suffix, part.rows if rows is None else rows,
+                          part.partial, target, raw_json, binary, delete=part.delete)
 
     def _load(
         self,
@@ -309,20 +365,49 @@ class StarRocksSink:
             batch_id=batch.batch_id,
         )
 
-    def _write_plain(self, batch: TableBatch, loads: list[PlannedLoad]) -> LoadResult:
+    def _write_poisoned(self, batch: TableBatch, loads: list[PlannedLoad], target: TargetTable,
+                        state: _TableState) -> LoadResult:
+        """A part of a split source transaction that held rejected rows, resent: loaded
+        like a batch of its own (labels carry the part's index), so its rejected rows are
+        set aside. Its parts become visible one by one rather than at the last one."""
+        part = batch.split
+        assert part is not None
+        if state.split is not None and state.split.commit_lsn != part.commit_lsn:
+            self._settle(batch.table.target_name, state)
+        state.split = None
+        state.broken.pop(part.commit_lsn, None)
+        result = self._write_plain(batch, loads, target, lsns=(part.commit_lsn,) * 2,
+                                   prefix=f"p{part.index}")
+        if part.last:
+            state.poisoned.discard(part.commit_lsn)
+        return result
+
+    def _write_plain(self, batch: TableBatch, loads: list[PlannedLoad],
+                     target: TargetTable, *, lsns: tuple[int, int] | None = None,
+                     prefix: str = "") -> LoadResult:
+        """``lsns`` and ``prefix`` (of every label suffix) set the labels of a split part."""
         table, db = batch.table.target_name, self.settings.database
-        first, last = batch.first_lsn, batch.last_lsn
+        first, last = lsns or (batch.first_lsn, batch.last_lsn)
         if batch.truncate:
             if first or last or batch.batch_id:
-                self._truncate_once(table, self._label(batch, first, last, "t"))
+                self._truncate_once(table, self._label(batch, first, last, f"{prefix}t"))
             else:
                 # Without an LSN there is no stable marker label (a constant one would
                 # silence every later truncate), so this truncate is not replay-safe.
                 self.catalog.truncate(table)
-        labels, sent = [], 0
+        labels, sent, rejected = [], 0, 0
+        parts = {part.suffix: part for part in self._parts(batch)}
         for load in loads:
-            label = self._label(batch, first, last, load.suffix)
-            outcome = self.client.load(db, table, label, load.body.data, load.headers)
+            label = self._label(batch, first, last, f"{prefix}{load.suffix}")
+            try:
+                outcome = self.client.load(db, table, label, load.body.data, load.headers)
+            except RowsRejected as exc:
+                if self.settings.rejected_rows != "table":
+                    raise
+                rejected += self._load_rejecting(batch, parts[load.suffix], target, exc,
+                                                 (first, last), prefix)
+                labels.append(label)
+                continue
             log.debug(
                 "loaded %d rows into %s (label %s%s)",
                 load.body.rows,
@@ -332,7 +417,50 @@ class StarRocksSink:
             )
             labels.append(label)
             sent += len(load.body.data)
-        return LoadResult(rows=batch.num_rows, bytes=sent, label=",".join(labels))
+        return LoadResult(rows=batch.num_rows - rejected, bytes=sent, label=",".join(labels),
+                          rejected=rejected)
+
+    def _load_rejecting(self, batch: TableBatch, part: _Part, target: TargetTable,
+                        exc: RowsRejected, lsns: tuple[int, int], prefix: str) -> int:
+        """Load ``part`` without the rows StarRocks rejects, recording those in
+        ``dbmazz_rejected``; returns how many were recorded now (0 when a earlier attempt
+        of this batch already recorded them: the record load's label exists)."""
+        table, db = batch.table.target_name, self.settings.database
+        first, last = lsns
+
+        def attempt(rows: pa.Table, offset: int) -> str | None:
+            suffix = _slice_suffix(f"{prefix}{part.suffix}", offset, rows.num_rows)
+            load = self._plan_part(batch, part, target, suffix, rows)
+            label = self._label(batch, first, last, suffix)
+            try:
+                self.client.load(db, table, label, load.body.data, load.headers)
+            except RowsRejected as failed:
+                return failed.error_log or failed.message
+            return None
+
+        try:
+            found = [Rejection(r.index, r.error, column_named(r.error))
+                     for r in bisect(part.rows, attempt, exc.error_log or exc.message)]
+        except TooManyRejected:
+            raise SinkError(
+                f"{exc.message}\n(more than {MAX_REJECTED_PER_LOAD} rows of this load are "
+                "rejected: not set aside in dbmazz_rejected, the target table is likely wrong)",
+                exc.hint, table=table, label=exc.label,
+            ) from None
+        if not found:  # cannot happen: a one-row slice that fails is rejected
+            raise exc
+        recorded = records(batch.table.source_name, batch.table.key_columns, part.rows,
+                           found, last)
+        body = serialize(recorded, "json")
+        headers = dict(body.headers)
+        headers["columns"] = ",".join(quote_ident(n) for n in recorded.column_names)
+        label = self._label(batch, first, last, f"{prefix}{part.suffix}x")
+        outcome = self.client.load(db, REJECTED_TABLE, label, body.data, headers)
+        log.warning("%d row(s) of %s rejected by StarRocks%s; recorded in %s.%s: %s",
+                    len(found), batch.table.source_name,
+                    " (recorded earlier)" if outcome.already_loaded else "",
+                    db, REJECTED_TABLE, found[0].error.splitlines()[0] if found[0].error else "")
+        return 0 if outcome.already_loaded else len(found)
 
     def _truncate_once(self, table: str, marker: str) -> None:
         """TRUNCATE, unless an earlier run already did it for this batch.
@@ -454,6 +582,20 @@ class StarRocksSink:
                 table=table,
                 label=exc.label,
             ) from None
+        except RowsRejected as exc:
+            _drop(state, txn)
+            if self.settings.rejected_rows != "table":
+                raise
+            state.broken.pop(part.commit_lsn, None)
+            state.poisoned.add(part.commit_lsn)
+            raise SinkReplayRequired(
+                f"StarRocks rejected rows of part {part.index} of source transaction "
+                f"{part.commit_lsn} for {table}; resending the transaction as plain loads "
+                "so they can be set aside in dbmazz_rejected",
+                "nothing to do: the engine resends from the checkpoint",
+                table=table,
+                label=exc.label,
+            ) from None
         except SinkError as exc:
             if not exc.retryable:
                 _drop(state, txn)
@@ -498,6 +640,36 @@ class StarRocksSink:
                 state.split = None
         self._transport.close()
         self._fe.close()
+
+
+def _slice_suffix(suffix: str, offset: int, length: int) -> str:
+    """The label suffix of rows ``offset…offset+length`` of load ``suffix`` (≤ 16 chars)."""
+    text = f"{suffix}r{offset:x}_{length:x}"
+    if len(text) <= 16:
+        return text
+    return "r" + hashlib.sha1(text.encode()).hexdigest()[:15]
+
+
+def _rejected_ddl(db: str, properties: Mapping[str, str]) -> str:
+    # A duplicate-key table: a primary key is capped at 128 bytes, which a row's key as
+    # JSON may exceed. Records are written once per batch: the label of their load makes
+    # a resend a no-op.
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(db)}.{quote_ident(REJECTED_TABLE)} (\n"
+        "  source_table VARCHAR(1024) NOT NULL,\n"
+        "  row_key VARCHAR(65533) NOT NULL,\n"
+        "  cdc_version BIGINT NOT NULL,\n"
+        "  column_name VARCHAR(1024),\n"
+        "  error VARCHAR(65533),\n"
+        "  row_json VARCHAR(1048576),\n"
+        "  rejected_at DATETIME\n"
+        ")\nDUPLICATE KEY (source_table)\nDISTRIBUTED BY HASH (source_table)\n"
+        f"PROPERTIES ({', '.join(f'{_q(k)} = {_q(v)}' for k, v in properties.items())})"
+    )
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class _MissingColumns(SinkError):

@@ -29,7 +29,14 @@ from dbmazz.errors import SinkError
 from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter
 from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.http import HttpResponse, Transport, TransportError
-from dbmazz.sink.starrocks.response import Outcome, Reply, classify, is_auth_failure, parse_reply
+from dbmazz.sink.starrocks.response import (
+    TOO_MANY_FILTERED,
+    Outcome,
+    Reply,
+    classify,
+    is_auth_failure,
+    parse_reply,
+)
 
 log = logging.getLogger("dbmazz.sink.starrocks")
 
@@ -37,6 +44,18 @@ FINAL_OK = frozenset({"VISIBLE", "COMMITTED"})
 FREE = frozenset({"ABORTED", "UNKNOWN", ""})
 # Curl errors raised before a request could reach a server: nothing was sent.
 _NOT_SENT = frozenset({5, 6, 7})
+
+
+class RowsRejected(SinkError):
+    """A load StarRocks refused because it filtered some of its rows (strict mode: a value
+    out of range, too long, not valid JSON…): nothing of the load was applied."""
+
+    def __init__(self, message: str, hint: str, *, table: str, label: str, filtered: int,
+                 error_log: str) -> None:
+        super().__init__(message, hint, table=table, label=label, retryable=False)
+        self.filtered = filtered
+        #: The rejected rows and reasons from ``ErrorURL`` (truncated), or "".
+        self.error_log = error_log
 
 
 class TransactionBroken(Exception):
@@ -319,6 +338,12 @@ class StreamLoadClient:
             )
         if details:
             message += f"\nrejected rows (from ErrorURL):\n{details}"
+        filtered = reply.number("NumberFilteredRows")
+        # A load transaction reports its filtered rows only at prepare/commit, without the
+        # counters, as StarRocks' fixed text (protocol reference §2.3).
+        if filtered or TOO_MANY_FILTERED in reply.message.lower():
+            raise RowsRejected(message, _hint(reply, self.user), table=table, label=label,
+                               filtered=filtered, error_log=details)
         raise SinkError(message, _hint(reply, self.user), table=table, label=label, retryable=False)
 
     def fetch_error_log(self, url: str) -> str:
@@ -348,7 +373,8 @@ def _hint(reply: Reply, user: str) -> str:
     if "too many filtered rows" in message:
         return (
             "the rejected rows above do not fit the target table (types, NOT NULL, lengths); "
-            "fix the target definition or let dbmazz create it (CREATE_TABLES=true)"
+            "fix the target definition or let dbmazz create it (CREATE_TABLES=true); "
+            "REJECTED_ROWS=table sets such rows aside in dbmazz_rejected instead of stopping"
         )
     if "column" in message:
         return "the target table lacks a source column: run setup (SETUP=auto) or add it"
