@@ -49,7 +49,7 @@ the limit consumer, the TLS ratios and the latency runs.
 
 Usage: ``python bench/e2e.py [--rows 1000000] [--txns 100000] [--repeat 3]
 [--contenders limit,dbmazz_null,...] [--baseline DIR] [--skip-latency]
-[--latency-runs 10000:1000:20,...]``.
+[--latency-runs 10000:1000:20,...] [--pg-versions system,17]``.
 """
 
 from __future__ import annotations
@@ -834,6 +834,11 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path,
                         help="a checkout of other dbmazz code (e.g. `git archive main`): every "
                         "dbmazz contender also runs from it, as <name>_base, interleaved")
+    parser.add_argument("--pg-versions", default="system",
+                        help="comma-separated servers, each its own cluster and backlog, every "
+                             "contender on each, interleaved: 'system' (the tests' server) or a "
+                             "major from the version matrix (14..18, fetched into .pg/); "
+                             "latency runs use the first")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -860,33 +865,46 @@ def main() -> int:
     if "peer" in contenders:
         ensure_psycopg2()
     tls = any(c.endswith("_tls") for c in contenders)
+    versions = [v.strip() for v in args.pg_versions.split(",") if v.strip()]
     from dbmazz.testing.postgres import temporary_cluster
 
-    runs: dict[str, list[Run]] = {c: [] for c in contenders}
+    runs: dict[str, dict[str, list[Run]]] = {v: {c: [] for c in contenders} for v in versions}
     failures: dict[str, str] = {}
     latency: list[dict[str, Any]] = []
+    servers: dict[str, str] = {}
+    backlogs: dict[str, tuple[str, str, int, int]] = {}  # version → dsn, dsn_tls, end, changes
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with temporary_cluster(PG_SETTINGS) as cluster, \
-            tempfile.TemporaryDirectory(prefix="dbmazz-bench-") as tmp:
-        if tls:
-            enable_tls(cluster)
-        plain = cluster.dsn(cluster.create_database(DB))
-        dsn = with_sslmode(plain, "disable")
-        dsn_tls = with_sslmode(plain, "require")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(PG_DDL)  # type: ignore[arg-type]
-            conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")  # type: ignore[arg-type]
-            for rep in range(args.repeat):
-                for contender in contenders:
-                    conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
-                                 (f"b{rep}_{contender}",))
-        log(f"{len(contenders) * args.repeat} slots created; writing the backlog")
-        end, changes = write_backlog(dsn, args.rows, args.txns)
-        log(f"backlog: {changes:,} changes, end LSN {format_lsn(end)}")
-        with null_sink() as (ports, sink_process):
-            for rep in range(args.repeat):
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="dbmazz-bench-"))
+        for version in versions:
+            cluster = stack.enter_context(temporary_cluster(PG_SETTINGS,
+                                                            bindir=server_bindir(version)))
+            if tls:
+                enable_tls(cluster)
+            plain = cluster.dsn(cluster.create_database(DB))
+            dsn = with_sslmode(plain, "disable")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                servers[version] = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+                conn.execute(PG_DDL)  # type: ignore[arg-type]
+                conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")  # type: ignore[arg-type]
+                for rep in range(args.repeat):
+                    for contender in contenders:
+                        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                                     (f"b{rep}_{contender}",))
+            log(f"PostgreSQL {servers[version]} ({version}): "
+                f"{len(contenders) * args.repeat} slots created; writing the backlog")
+            end, changes = write_backlog(dsn, args.rows, args.txns)
+            log(f"backlog: {changes:,} changes, end LSN {format_lsn(end)}")
+            backlogs[version] = (dsn, with_sslmode(plain, "require"), end, changes)
+        ports, sink_process = stack.enter_context(null_sink())
+        # Round robin: every repetition runs every contender on every server before the next
+        # repetition starts, so a change in the machine's load touches all of them alike.
+        for rep in range(args.repeat):
+            for version in versions:
+                dsn, dsn_tls, end, changes = backlogs[version]
                 for contender in contenders:
                     slot = f"b{rep}_{contender}"
+                    label = contender if len(versions) == 1 else f"{contender}@{version}"
                     base = contender.endswith("_base")
                     name = contender.removesuffix("_base")
                     source = dsn_tls if name.endswith("_tls") else dsn
@@ -905,12 +923,13 @@ def main() -> int:
                                             sink_process if sink == "starrocks" else None,
                                             root=args.baseline if base else ROOT)
                     except RuntimeError as exc:
-                        failures[contender] = str(exc)[-2000:]
-                        log(f"run {rep + 1}/{args.repeat}: {contender} FAILED: {exc}")
+                        failures[label] = str(exc)[-2000:]
+                        log(f"run {rep + 1}/{args.repeat}: {label} FAILED: {exc}")
                         continue
-                    runs[contender].append(run)
-                    log(f"run {rep + 1}/{args.repeat}: {run.summary()}")
+                    runs[version][contender].append(run)
+                    log(f"run {rep + 1}/{args.repeat} ({version}): {run.summary()}")
         if not args.skip_latency:
+            dsn = backlogs[versions[0]][0]
             for spec in args.latency_runs.split(","):
                 rate, interval, seconds = spec.split(":")
                 result = latency_run(dsn, int(rate), float(seconds), int(interval), Path(tmp),
@@ -918,13 +937,52 @@ def main() -> int:
                 latency.append(result)
                 log(f"latency: {json.dumps(result)}")
 
-    result = summarise({k: v for k, v in runs.items() if v}, changes, args, latency)
+    changes = backlogs[versions[0]][3]
+    summaries = {v: summarise({k: r for k, r in runs[v].items() if r}, changes, args,
+                              latency if v == versions[0] else [])
+                 for v in versions}
+    if len(versions) == 1:
+        result = summaries[versions[0]]
+    else:
+        result = {"versions": {v: {"server_version": servers[v], **summaries[v]}
+                               for v in versions},
+                  "vs_first": version_ratios(summaries, versions)}
     result["started_utc"] = started
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if failures:
         result["failures"] = failures
     print(json.dumps(result))
     return 0
+
+
+def server_bindir(version: str) -> Path | None:
+    """``system``: the server the tests use (PG_BINDIR, pg_config, /usr/lib/postgresql);
+    a major number: that version's build from the matrix cache (fetched on first use)."""
+    if version == "system":
+        return None
+    from dbmazz.testing.pgbinaries import bindir_for
+    return bindir_for(int(version))
+
+
+def version_ratios(summaries: dict[str, dict[str, Any]], versions: list[str]
+                   ) -> dict[str, dict[str, float]]:
+    """Each later server against the first, per contender: rows/s (median) and CPU per
+    change (median), so "PostgreSQL 17 vs 15" reads off one line."""
+    first = summaries[versions[0]]
+    out: dict[str, dict[str, float]] = {}
+    for version in versions[1:]:
+        for name, stats in summaries[version].items():
+            ref = first.get(name)
+            if not isinstance(stats, dict) or not isinstance(ref, dict) \
+                    or "rows_per_s_median" not in stats:
+                continue
+            out[f"{name}@{version}"] = {
+                "rate_ratio_median": round(stats["rows_per_s_median"]
+                                           / ref["rows_per_s_median"], 3),
+                "cpu_ratio_median": round(stats["cpu_us_per_change"]
+                                          / ref["cpu_us_per_change"], 3),
+            }
+    return out
 
 
 def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace,
