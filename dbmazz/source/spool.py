@@ -128,8 +128,12 @@ class Spool:
         try:
             pending = [begin]
             size = 0
-            for segment in self.segments:
-                piece = strip_streamed(self._load(segment), self.xid, self.aborted)
+            # Each segment is let go of once taken, so a delivered part is not held twice
+            # (by the spool and by the pipeline) until the whole transaction is through.
+            segments, self.segments = self.segments, []
+            segments.reverse()
+            while segments:
+                piece = strip_streamed(self._load(segments.pop()), self.xid, self.aborted)
                 if size and size + len(piece.data) > self.segment_bytes:
                     yield concat_chunks(pending)
                     pending, size = [], 0
