@@ -4,7 +4,7 @@ failures.
 Every module that talks to the source connects through :class:`SourceDatabase` with a
 purpose (it becomes the connection's ``application_name``, ``dbmazz-<purpose>``, so
 ``pg_stat_activity`` says what each connection is for, unless SOURCE_URL names one), and a
-failure to connect comes back the same way everywhere: :func:`~dbmazz.source.replication.
+failure to connect comes back the same way everywhere: :func:`~dbmazz.source.connection.
 connect_error` (wrong credentials, pg_hba, a missing database: not retryable; anything
 else: :class:`~dbmazz.errors.SourceConnectionError`, retried).
 """
@@ -15,8 +15,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from dbmazz.errors import SourceError
+from dbmazz.source.connection import connect_error, replication_conninfo
 from dbmazz.source.names import describe_dsn
-from dbmazz.source.replication import connect_error, replication_conninfo
 
 
 class SourceDatabase:
