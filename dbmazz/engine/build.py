@@ -158,7 +158,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     elif isinstance(inner, TargetChecked):
         inner.check_target(tables)  # SETUP=skip: tables made by hand, checked before loads
     # On a standby (PRIMARY_URL set) every write goes to the primary.
-    writes = config.primary_dsn
+    writes = SourceDatabase(config.primary_dsn)
     checkpoints = PostgresCheckpointStore(writes, config.slot_name)
     checkpoint = checkpoints.load()
     start = checkpoint or 0
@@ -227,7 +227,7 @@ def _snapshots(config: Config, *, mode: str, sink: SnapshotAwareSink, schemas: S
 
     dsn, slot = config.source_dsn, config.slot_name
     # On a standby (PRIMARY_URL set) the progress is written to the primary.
-    store = SnapshotProgressStore(config.primary_dsn, slot)
+    store = SnapshotProgressStore(SourceDatabase(config.primary_dsn), slot)
     context = SnapshotContext(dsn=dsn, slot=slot, publication=config.publication_name,
                               replica_identity=config.replica_identity, sink=sink,
                               schemas=schemas, keys=keys, store=store,

@@ -352,9 +352,10 @@ class EngineService:
         from dbmazz.source.slots import drop_slot
 
         dropped = drop_slot(config.source_dsn, config.slot_name, wait_s=30.0)
+        from dbmazz.source.database import SourceDatabase
         from dbmazz.state.checkpoint import forget_checkpoint
 
-        forget_checkpoint(config.primary_dsn, config.slot_name)
+        forget_checkpoint(SourceDatabase(config.primary_dsn), config.slot_name)
         if dropped:
             log.warning("dropped replication slot %s on request", config.slot_name)
         self._slot_dropped = self._slot_dropped or dropped

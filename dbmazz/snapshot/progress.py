@@ -22,7 +22,9 @@ from psycopg import sql
 
 from dbmazz.errors import SourceConnectionError
 from dbmazz.lsn import format_lsn, parse_lsn
+from dbmazz.retry import first_line
 from dbmazz.snapshot.read import Chunk, TableLayout
+from dbmazz.source.database import SourceDatabase
 
 TABLE = "dbmazz_snapshot_progress"
 INITIAL, ON_DEMAND = "initial", "on_demand"
@@ -38,23 +40,19 @@ class ChunkRecord:
 
 
 class SnapshotProgressStore:
-    def __init__(self, dsn: str, slot: str, schema: str = "public") -> None:
+    """``slot``'s rows of the progress table; one connection (purpose
+    ``snapshot-progress``), opened at first use and again after one was lost."""
+
+    def __init__(self, source: SourceDatabase, slot: str, schema: str = "public") -> None:
         self.slot = slot
-        self._dsn = dsn
+        self._source = source
         self._table = sql.Identifier(schema, TABLE)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(self._dsn, autocommit=True,
-                                             application_name="dbmazz-snapshot-progress")
-            except psycopg.OperationalError as exc:
-                raise SourceConnectionError(
-                    f"cannot reach PostgreSQL to record snapshot progress: {_first_line(exc)}",
-                    "check SOURCE_URL and that the server is up",
-                ) from None
+            self._conn = self._source.connect("snapshot-progress")
             self._conn.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
                 " slot_name text NOT NULL, table_name text NOT NULL, chunk int NOT NULL,"
@@ -74,7 +72,7 @@ class SnapshotProgressStore:
                 self._conn = None
                 raise SourceConnectionError(
                     f"lost the connection while recording snapshot progress: "
-                    f"{_first_line(exc)}",
+                    f"{first_line(exc)}",
                     "restart dbmazz; the snapshot resumes from the last finished chunk",
                 ) from None
 
@@ -119,7 +117,7 @@ class SnapshotProgressStore:
             except psycopg.OperationalError as exc:
                 self._conn = None
                 raise SourceConnectionError(
-                    f"lost the connection while saving the snapshot plan: {_first_line(exc)}",
+                    f"lost the connection while saving the snapshot plan: {first_line(exc)}",
                     "restart dbmazz",
                 ) from None
 
@@ -134,10 +132,6 @@ class SnapshotProgressStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 # --- in memory ------------------------------------------------------------------------------

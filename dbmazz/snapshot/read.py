@@ -41,9 +41,9 @@ from dbmazz.errors import SetupError, SourceConnectionError, SourceError
 from dbmazz.lsn import parse_lsn
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.source.catalog import row_filters, split_table_name
+from dbmazz.source.connection import SESSION_SETTINGS, connect_error
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, quote_ident, quote_literal
-from dbmazz.source.replication import SESSION_SETTINGS, connect_error
 from dbmazz.source.slots import SlotCreation
 from dbmazz.source.types import (
     BOOL,

@@ -49,6 +49,7 @@ from dbmazz.snapshot.read import (
     server_supports_tid_ranges,
     table_layouts,
 )
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.setup import SourceSetup
 
 log = logging.getLogger("dbmazz.snapshot")
@@ -305,7 +306,7 @@ class _Reporter:
 
 def replicated_extra_tables(dsn: str, slot: str, configured: Sequence[str]) -> list[str]:
     """Tables outside TABLES that an on-demand snapshot added to this slot's replication."""
-    store = SnapshotProgressStore(dsn, slot)
+    store = SnapshotProgressStore(SourceDatabase(dsn), slot)
     try:
         return [t for t in on_demand_tables(store) if t not in set(configured)]
     finally:

@@ -15,17 +15,20 @@ import threading
 import psycopg
 
 from dbmazz.errors import SourceConnectionError
-from dbmazz.source.names import describe_dsn
+from dbmazz.retry import first_line
+from dbmazz.source.database import SourceDatabase
 
 PREFIX = "dbmazz_heartbeat"
 
 
 class Heartbeat:
-    """Callable that writes one heartbeat; keeps one ordinary connection, reopened after
-    a failure. Raises :class:`SourceConnectionError` (never with the DSN in it)."""
+    """Callable that writes one heartbeat; keeps one ordinary connection (purpose
+    ``heartbeat``), reopened after a failure. Raises a :class:`~dbmazz.errors.SourceError`
+    (never with the DSN in it): :class:`SourceConnectionError` when the write fails, or
+    what :class:`SourceDatabase` classified a failure to connect as."""
 
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
+    def __init__(self, source: SourceDatabase) -> None:
+        self._source = source
         self._conn: psycopg.Connection | None = None
         self._lock = threading.Lock()
 
@@ -33,14 +36,13 @@ class Heartbeat:
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10,
-                                                 application_name="dbmazz-heartbeat")
+                    # Bounded: the engine's heartbeat thread must not hang on a dead host.
+                    self._conn = self._source.connect("heartbeat", connect_timeout=10)
                 self._conn.execute("SELECT pg_logical_emit_message(true, %s, '')", (PREFIX,))
             except psycopg.Error as exc:
                 self._close()
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 raise SourceConnectionError(
-                    f"cannot write a heartbeat to {describe_dsn(self._dsn)}: {text}",
+                    f"cannot write a heartbeat to {self._source.target}: {first_line(exc)}",
                     "the stream reconnects on its own; set HEARTBEAT_INTERVAL_S=0 to turn "
                     "heartbeats off",
                 ) from None

@@ -35,9 +35,9 @@ from dbmazz.errors import (
 from dbmazz.retry import RetryPolicy, Waiter
 from dbmazz.source import publication as pubinfo
 from dbmazz.source.catalog import split_table_name
+from dbmazz.source.connection import server_error
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, validate_slot_name
-from dbmazz.source.replication import server_error
 from dbmazz.source.slots import (
     FAILOVER_VERSION,
     SlotCreation,

@@ -13,9 +13,9 @@ import psycopg
 from dbmazz.errors import SetupError, SourceConnectionError
 from dbmazz.lsn import parse_lsn
 from dbmazz.retry import Attempts, RetryPolicy
+from dbmazz.source.connection import server_error
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, quote_ident, validate_slot_name
-from dbmazz.source.replication import server_error
 
 
 @dataclass

@@ -1,16 +1,35 @@
 """Streamed transactions (protocol 2): their messages held until Stream Commit, in memory
-up to a limit and then in a temporary file, and delivered as one ordinary ``B … C`` run."""
+up to a limit and then in a temporary file, and delivered as one ordinary ``B … C`` run.
+
+:class:`StreamedTransactions` follows the stream control messages (Stream
+Start/Stop/Commit/Abort) a reader meets, sends what lies inside a stream block to its
+transaction's :class:`Spool`, and queues the deliveries in arrival order.
+"""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator
 from typing import IO
 
 import numpy as np
 
+from dbmazz.errors import ProtocolError
 from dbmazz.source.chunk import WalChunk, concat_chunks
 from dbmazz.source.frames import XLOG_HEADER, xlog_chunk
+from dbmazz.source.protocol import (
+    STREAM_ABORT,
+    STREAM_COMMIT,
+    STREAM_CONTROL,
+    STREAM_START,
+    STREAM_STOP,
+    StreamStats,
+    run_of,
+    stream_abort,
+    stream_commit,
+    stream_start_xid,
+)
 
 _ORIGIN = ord("O")
 
@@ -149,3 +168,119 @@ class Spool:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+class StreamedTransactions:
+    """The streamed transactions of one replication session and the chunks due before
+    the reader reads more (``deliveries``: a committed streamed transaction, lazily, and
+    with the socket reader the ordinary runs around stream blocks).
+
+    Only the reading thread uses it. ``deliveries`` is public so a reader's loop tests it
+    without a call per message.
+    """
+
+    def __init__(self, *, target: str, stats: StreamStats, proto_version: int, parallel: bool,
+                 memory_bytes: int, spool_dir: str | None) -> None:
+        self.target = target
+        self.stats = stats
+        self.proto_version = proto_version
+        self.parallel = parallel
+        self._memory = memory_bytes
+        self._dir = spool_dir
+        self.deliveries: deque[Iterator[WalChunk]] = deque()
+        self._spools: dict[int, Spool] = {}
+        self._in_stream: Spool | None = None
+
+    def next_pending(self) -> WalChunk | None:
+        """The next chunk due, or None when nothing is queued."""
+        while self.deliveries:
+            chunk = next(self.deliveries[0], None)
+            if chunk is not None:
+                return chunk
+            self.deliveries.popleft()
+        return None
+
+    def route(self, frame: memoryview) -> bool:
+        """Take a stream control message or a message inside a stream block (one XLogData
+        frame, libpq reader); False means "an ordinary message"."""
+        kind = frame[XLOG_HEADER]
+        spool = self._in_stream
+        if spool is not None:
+            if kind == STREAM_STOP:
+                self._in_stream = None
+            elif kind == STREAM_START:
+                raise ProtocolError(f"Stream Start inside a stream block from {self.target}")
+            else:
+                spool.append(frame)
+            return True
+        if kind == STREAM_START:
+            xid = stream_start_xid(frame)
+            spool = self._spools.get(xid)
+            if spool is None:
+                spool = self._spools[xid] = Spool(xid, self._memory, self._dir)
+            self._in_stream = spool
+            self.stats.stream_blocks += 1
+            return True
+        if kind == STREAM_ABORT:
+            xid, subxid, abort_lsn = stream_abort(frame, parallel=self.parallel,
+                                                  proto=self.proto_version, target=self.target)
+            if self.parallel:
+                self.stats.last_abort_lsn = abort_lsn
+            spool = self._spools.get(xid)
+            if spool is not None:
+                if subxid == xid:
+                    spool.discard()
+                    del self._spools[xid]
+                    self.stats.streamed_aborted += 1
+                else:
+                    spool.aborted.add(subxid)
+                    self.stats.subxacts_aborted += 1
+            return True
+        if kind == STREAM_COMMIT:
+            xid, begin, commit = stream_commit(frame)
+            spool = self._spools.pop(xid, None)
+            if spool is None:
+                raise ProtocolError(
+                    f"Stream Commit for transaction {xid} that never streamed, from "
+                    f"{self.target}"
+                )
+            self.stats.streamed_committed += 1
+            self.stats.spilled_bytes += spool.spilled
+            self.deliveries.append(spool.deliver(begin, commit))
+            return True
+        return False
+
+    def route_run(self, chunk: WalChunk) -> WalChunk | None:
+        """Socket reader: split a run of XLogData at the stream control messages (few per
+        run). Runs inside a stream block go to their transaction's spool whole; ordinary
+        runs and committed streamed transactions are queued in arrival order. Nothing is
+        queued when it is called (the stream drained it first)."""
+        payload = chunk.offsets[:-1]
+        control = np.flatnonzero(np.isin(chunk.data[payload], STREAM_CONTROL))
+        if not len(control) and self._in_stream is None:
+            return chunk
+        assert chunk.ends is not None
+        prev = 0
+        for at in [*control.tolist(), len(chunk)]:
+            if at > prev:
+                run = run_of(chunk, prev, at)
+                if self._in_stream is not None:
+                    self._in_stream.append_run(run)
+                else:
+                    self.deliveries.append(iter((run,)))
+            if at < len(chunk):
+                start = int(payload[at]) - XLOG_HEADER
+                frame = memoryview(chunk.data[start : int(chunk.ends[at])].tobytes())
+                self.route(frame)
+            prev = at + 1
+        return self.next_pending()
+
+    def close(self) -> None:
+        """Discard every spool and queued delivery (their temporary files with them)."""
+        for spool in self._spools.values():
+            spool.discard()
+        self._spools.clear()
+        for delivery in self.deliveries:
+            if isinstance(delivery, Generator):
+                delivery.close()  # runs the spool's cleanup
+        self.deliveries.clear()

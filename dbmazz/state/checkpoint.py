@@ -16,7 +16,8 @@ from psycopg import sql
 
 from dbmazz.errors import SourceConnectionError
 from dbmazz.lsn import format_lsn, parse_lsn
-from dbmazz.retry import is_transient
+from dbmazz.retry import first_line, is_transient
+from dbmazz.source.database import SourceDatabase
 
 TABLE = "dbmazz_checkpoints"
 
@@ -51,24 +52,25 @@ class MemoryCheckpointStore:
 
 
 class PostgresCheckpointStore:
-    def __init__(self, dsn: str, slot: str, schema: str = "public") -> None:
+    """The checkpoint row of ``slot`` in the source (on a standby: the primary) database.
+
+    Keeps one connection (purpose ``checkpoint``), opened at first use and again after a
+    write lost it. A failure to connect is classified by :class:`SourceDatabase`: the
+    server unreachable or restarting is a :class:`SourceConnectionError` the engine retries
+    (holding the confirmation); wrong credentials, pg_hba or a dropped database are not
+    retryable, as they are for the stream's own reconnect."""
+
+    def __init__(self, source: SourceDatabase, slot: str, schema: str = "public") -> None:
         self.slot = slot
         self._table = sql.Identifier(schema, TABLE)
-        self._dsn = dsn
+        self._source = source
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._last: int | None = None
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(self._dsn, autocommit=True,
-                                             application_name="dbmazz-checkpoint")
-            except psycopg.OperationalError as exc:
-                raise SourceConnectionError(
-                    f"cannot reach PostgreSQL to write the checkpoint: {_first_line(exc)}",
-                    "check SOURCE_URL and that the server is up; dbmazz retries",
-                ) from None
+            self._conn = self._source.connect("checkpoint")
             self._conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (slot_name text PRIMARY KEY, lsn pg_lsn NOT "
@@ -107,7 +109,7 @@ class PostgresCheckpointStore:
                     self._conn.close()
                     self._conn = None
                 raise SourceConnectionError(
-                    f"could not write the checkpoint: {_first_line(exc)}",
+                    f"could not write the checkpoint: {first_line(exc)}",
                     "dbmazz reconnects and retries; the confirmation waits for the checkpoint",
                 ) from None
             self._last = lsn
@@ -119,18 +121,14 @@ class PostgresCheckpointStore:
                 self._conn = None
 
 
-def forget_checkpoint(dsn: str, slot: str, schema: str = "public") -> bool:
+def forget_checkpoint(source: SourceDatabase, slot: str, schema: str = "public") -> bool:
     """Delete ``slot``'s checkpoint (the slot was dropped on request): without it, a later
     run creates a new slot instead of reporting the old one as lost. True if one existed."""
     table = sql.Identifier(schema, TABLE)
-    with psycopg.connect(dsn, autocommit=True, application_name="dbmazz-checkpoint") as conn:
+    with source.connect("checkpoint") as conn:
         exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
                               (f"{schema}.{TABLE}",)).fetchone()
         if not exists or not exists[0]:
             return False
         cur = conn.execute(sql.SQL("DELETE FROM {} WHERE slot_name = %s").format(table), (slot,))
         return cur.rowcount > 0
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

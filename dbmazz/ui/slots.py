@@ -98,7 +98,7 @@ def _drop(dsn: str, name: str, yes: bool, configured: str) -> int:
             print("not dropped")
             return 1
     dropped = drop_slot(dsn, name, wait_s=0.0)
-    forgot = forget_checkpoint(dsn, name)
+    forgot = forget_checkpoint(SourceDatabase(dsn), name)
     print(f"dropped {summary}" + ("; its dbmazz checkpoint was deleted" if forgot else "")
           if dropped else f"slot {name!r} was already gone")
     return 0

@@ -43,6 +43,7 @@ def _qualified(name: str) -> str:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from dbmazz.snapshot.progress import INITIAL, SnapshotProgressStore
+    from dbmazz.source.database import SourceDatabase
     from dbmazz.source.slots import slot_info
 
     config = load_config(args)
@@ -62,7 +63,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             "point GRPC_HOST/GRPC_PORT (and GRPC_TOKEN) at the running engine so this command "
             "asks it to take the snapshot; or stop it and run this command again",
         )
-    store = SnapshotProgressStore(dsn, config.slot_name)
+    store = SnapshotProgressStore(SourceDatabase(dsn), config.slot_name)
     try:
         unfinished = any(not r.done for r in store.load(INITIAL)) if info.exists else False
     finally:

@@ -20,6 +20,7 @@ import psycopg
 from dbmazz.errors import DbmazzError
 from dbmazz.lsn import format_lsn
 from dbmazz.snapshot.read import emit_marker
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.slots import slot_info
 from dbmazz.state.checkpoint import PostgresCheckpointStore
 
@@ -58,7 +59,7 @@ def wait_for_pipeline(dsn: str, slot: str, lsn: int, *, engine: DurableEngine | 
             "the pipeline has not loaded yet show as differences"
         ]
     marker = _marker(dsn, lsn)
-    store = PostgresCheckpointStore(dsn, slot)
+    store = PostgresCheckpointStore(SourceDatabase(dsn), slot)
     try:
         while (store.load() or 0) < marker:
             _check_deadline(deadline, should_stop, marker)

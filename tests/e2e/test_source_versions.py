@@ -21,7 +21,7 @@ from dbmazz.engine.core import RunState
 from dbmazz.engine.service import EngineService
 from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
-from dbmazz.source.replication import max_protocol
+from dbmazz.source.protocol import max_protocol
 from dbmazz.testing.fixtures import Database, StandbyPair
 from dbmazz.testing.postgres import PostgresCluster, wait_for_replay
 from dbmazz.ui.format import channel_text

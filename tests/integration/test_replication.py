@@ -18,7 +18,8 @@ from dbmazz.errors import (
 )
 from dbmazz.lsn import format_lsn, parse_lsn
 from dbmazz.source import pgoutput as po
-from dbmazz.source.replication import ReplicationStream, max_protocol
+from dbmazz.source.protocol import max_protocol
+from dbmazz.source.replication import ReplicationStream
 from dbmazz.source.setup import setup_source
 from dbmazz.source.slots import create_slot, drop_slot, slot_info
 from dbmazz.testing.fixtures import Database

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dbmazz.config import Config
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.setup import setup_source
 from dbmazz.state.checkpoint import PostgresCheckpointStore
 from dbmazz.testing.fixtures import Database
@@ -27,7 +28,7 @@ def _dbmazz(db: Database, cwd: Path, *args: str, stdin: str | None = None,
 def test_list_and_drop(pg_db: Database, tmp_path: Path) -> None:
     pg_db.execute("CREATE TABLE public.c (id int PRIMARY KEY, v text)")
     setup_source(pg_db.dsn, ["public.c"], publication="p1", slot="ours")
-    store = PostgresCheckpointStore(pg_db.dsn, "ours")
+    store = PostgresCheckpointStore(SourceDatabase(pg_db.dsn), "ours")
     store.save(mark(pg_db))
     store.close()
     pg_db.execute("SELECT pg_create_logical_replication_slot('other', 'test_decoding')")

@@ -7,7 +7,7 @@ import pytest
 
 from dbmazz.errors import SourceError
 from dbmazz.source.chunk import WalChunk
-from dbmazz.source.replication import drop_empty_transactions, max_protocol, negotiate_protocol
+from dbmazz.source.protocol import drop_empty_transactions, max_protocol, negotiate_protocol
 
 
 @pytest.mark.parametrize(("server", "highest"), [

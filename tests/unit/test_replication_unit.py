@@ -10,14 +10,9 @@ from psycopg.conninfo import conninfo_to_dict
 from dbmazz.errors import SlotInUseError, SlotLostError, SourceConnectionError, SourceError
 from dbmazz.source import pgoutput as po
 from dbmazz.source.chunk import WalChunk, concat_chunks
+from dbmazz.source.connection import connect_error, replication_conninfo, server_error
 from dbmazz.source.names import describe_dsn
-from dbmazz.source.replication import (
-    connect_error,
-    parse_duration_ms,
-    replication_conninfo,
-    server_error,
-    status_interval_for,
-)
+from dbmazz.source.protocol import parse_duration_ms, status_interval_for
 from dbmazz.source.spool import Spool, strip_streamed
 
 
