@@ -66,7 +66,9 @@ def connect_error(text: str, target: str) -> SourceError:
             f"the role connecting to {target} may not open replication connections",
             "grant it with `ALTER ROLE <user> WITH REPLICATION` (run as a superuser)",
         )
-    if "no pg_hba.conf entry" in low:
+    # "no pg_hba.conf entry" when no line matches; "pg_hba.conf rejects connection" when a
+    # `reject` line does: both are the server's access rules, not a network failure.
+    if "no pg_hba.conf entry" in low or "pg_hba.conf rejects" in low:
         return SourceError(
             f"PostgreSQL at {target} refuses the connection: {text}",
             "add a pg_hba.conf line allowing this user to connect to this database "

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import psycopg
-
 from dbmazz.errors import DbmazzError
 from dbmazz.lsn import format_lsn
 from dbmazz.snapshot.read import emit_marker
@@ -37,7 +35,7 @@ class VerifyTimeout(DbmazzError):
 
 
 def _marker(dsn: str, lsn: int) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with SourceDatabase(dsn).connect("verify") as conn:
         return emit_marker(conn, MARKER_PREFIX, format_lsn(lsn))
 
 

@@ -21,6 +21,7 @@ from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
 from dbmazz.source.catalog import describe_relations, split_table_name
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.types import TypeRegistry
 from dbmazz.verify.compare import Options, TableCheck, TableDiff
 from dbmazz.verify.durable import DurableEngine, wait_for_pipeline
@@ -71,7 +72,7 @@ def load_schemas(dsn: str, tables: Sequence[str], table_map: dict[str, str]
     from dbmazz.source.setup import primary_keys
 
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with SourceDatabase(dsn).connect("verify") as conn:
             keys = primary_keys(conn, list(tables), strict=True)
             relations = describe_relations(conn, list(tables))
             registry = TypeRegistry()

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pyarrow as pa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -29,6 +28,7 @@ from dbmazz.snapshot.read import (
     server_supports_tid_ranges,
     table_layouts,
 )
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.slots import SlotCreation
 from dbmazz.source.types import TypeRegistry
 
@@ -91,7 +91,7 @@ class SourceSnapshot:
         self.rate = RateLimit(max_rows_per_s)
 
     def scan(self, table: TableSchema) -> Iterator[pa.Table]:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
+        with SourceDatabase(self.dsn).connect("verify") as conn:
             layout = table_layouts(conn, [table.source_name])[table.source_name]
             tid_ranges = server_supports_tid_ranges(conn)
         assert self._reader is not None, "scan after close"

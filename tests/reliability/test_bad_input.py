@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import RunState
 from dbmazz.errors import DbmazzError, SetupError, SinkError, SourceConnectionError, SourceError
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.source.database import SourceDatabase
 from dbmazz.testing.compare import compare, duckdb_fetcher
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster, free_port
@@ -184,6 +186,35 @@ def test_wal_level_replica_is_refused(private_pg_cluster: PostgresCluster,
     assert db.query("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     assert db.query("SELECT count(*) FROM pg_publication") == [(0,)]
     assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_a_pg_hba_reject_line_is_refused_not_retried(private_pg_cluster: PostgresCluster
+                                                    ) -> None:
+    """A `reject` line in pg_hba.conf is the server's access rule: an error naming the fix,
+    not an unreachable server retried forever."""
+    cluster = private_pg_cluster
+    db = Database(cluster, cluster.create_database())
+    db.execute("CREATE ROLE shut_out LOGIN PASSWORD 'pw'")
+    hba = cluster.datadir / "pg_hba.conf"
+    hba.write_text("host all shut_out 127.0.0.1/32 reject\n" + hba.read_text())
+    cluster.reload()
+    dsn = f"postgresql://shut_out:pw@127.0.0.1:{cluster.port}/{db.name}"
+    with pytest.raises(SourceError) as info:
+        wait_refused(dsn)
+    assert not info.value.retryable
+    assert "refuses the connection" in info.value.message
+    assert "pg_hba.conf rejects connection" in info.value.message
+    assert info.value.hint.startswith("add a pg_hba.conf line allowing this user")
+
+
+def wait_refused(dsn: str) -> None:
+    """Connect until the reload has taken effect (the postmaster rereads pg_hba.conf
+    asynchronously after SIGHUP): raises the classified error of the first refusal."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        SourceDatabase(dsn).connect("test").close()  # still let in: the reload is pending
+        time.sleep(0.05)
+    raise AssertionError("pg_hba.conf reject line never took effect")
 
 
 def test_cli_reports_a_setup_error_with_its_fix_and_exit_code(env: Env) -> None:
