@@ -162,8 +162,7 @@ def _capture_slot(dsn: str, slot: str, *, create: bool) -> None:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     """Prepare both ends (or with --check only verify them); exit 1 when not ready."""
-    from dbmazz.engine.build import make_sink, target_tables
-    from dbmazz.source.setup import setup_source
+    from dbmazz.engine.build import make_sink, setup_source_for, target_tables
 
     config = load_config(args)
     configure_logging(config.log_level, config.log_format)
@@ -171,16 +170,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         raise ConfigError(["TABLES: required; list the tables to replicate, e.g. public.orders"])
     if args.check:
         return _setup_check(config)
-    source = setup_source(
-        config.source_dsn,
-        config.tables,
-        publication=config.publication_name,
-        slot=config.slot_name,
-        replica_identity=config.replica_identity,
-        slot_failover=config.slot_failover,
-        lock_timeout_s=config.setup_lock_timeout_s,
-        primary_dsn=config.primary_dsn if config.primary_url is not None else None,
-    )
+    source = setup_source_for(config)
     tables = target_tables(config, source)
     for warning in source.warnings:
         print(f"warning: {warning}")
@@ -197,21 +187,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def _setup_check(config: Config) -> int:
     """Check both ends, change nothing (no slot, no publication, no target file or table),
     and report every problem found, not only the first."""
+    from dbmazz.engine.build import setup_source_for
     from dbmazz.engine.check import check_target
-    from dbmazz.source.setup import setup_source
 
     problems: list[str] = []
     try:
-        source = setup_source(
-            config.source_dsn,
-            config.tables,
-            publication=config.publication_name,
-            slot=config.slot_name,
-            replica_identity=config.replica_identity,
-            slot_failover=config.slot_failover,
-            check_only=True,
-            primary_dsn=config.primary_dsn if config.primary_url is not None else None,
-        )
+        source = setup_source_for(config, check_only=True)
     except DbmazzError as exc:
         problems.append(f"source: {exc}")
         tables = []

@@ -79,6 +79,29 @@ def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None =
     )
 
 
+def setup_source_for(config: Config, *, check_only: bool = False,
+                     stop: threading.Event | None = None,
+                     export_snapshot: bool = False) -> SourceSetup:
+    """The source's setup as the configuration asks for it (run, `dbmazz setup` and
+    `setup --check` alike): the one place that maps settings onto
+    :func:`~dbmazz.source.setup.setup_source`."""
+    from dbmazz.source.setup import setup_source
+
+    return setup_source(
+        config.source_dsn,
+        config.tables,
+        publication=config.publication_name,
+        slot=config.slot_name,
+        replica_identity=config.replica_identity,
+        slot_failover=config.slot_failover,
+        lock_timeout_s=config.setup_lock_timeout_s,
+        check_only=check_only,
+        stop=stop,
+        export_snapshot=export_snapshot,
+        primary_dsn=config.primary_dsn if config.primary_url is not None else None,
+    )
+
+
 def build_live_engine(config: Config, *, sink: Sink | None = None,
                       stop: threading.Event | None = None,
                       snapshot_hold_after: int | None = None) -> Engine:
@@ -87,25 +110,11 @@ def build_live_engine(config: Config, *, sink: Sink | None = None,
     ``stop`` interrupts setup's retry backoffs (shutdown requested during setup).
     ``snapshot_hold_after`` is a test hook: the initial snapshot holds after that many
     chunks (see :class:`~dbmazz.snapshot.load.ChunkLoader`)."""
-    from dbmazz.source.setup import setup_source
-
-    dsn = config.source_dsn
     if not config.tables:
         raise ConfigError(["TABLES: required; list the tables to replicate, e.g. public.orders"])
     _check_target_reachable(config, sink)
-    source = setup_source(
-        dsn,
-        config.tables,
-        publication=config.publication_name,
-        slot=config.slot_name,
-        replica_identity=config.replica_identity,
-        slot_failover=config.slot_failover,
-        lock_timeout_s=config.setup_lock_timeout_s,
-        stop=stop,
-        # A new slot keeps its exported snapshot open until the initial snapshot read it.
-        export_snapshot=config.snapshot != "never",
-        primary_dsn=config.primary_dsn if config.primary_url is not None else None,
-    )
+    # A new slot keeps its exported snapshot open until the initial snapshot read it.
+    source = setup_source_for(config, stop=stop, export_snapshot=config.snapshot != "never")
     try:
         return _build_live(config, source, sink, snapshot_hold_after)
     except BaseException:
