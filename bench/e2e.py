@@ -614,12 +614,15 @@ def null_sink(record_key: str | None = None) -> Iterator[tuple[dict[str, int], p
 
 
 def dbmazz_config(dsn: str, slot: str, sink: str, ports: dict[str, int] | None,
-                  workdir: Path) -> dict[str, Any]:
+                  workdir: Path, protocol: str | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "source_url": dsn, "tables": TABLE, "slot_name": slot,
         "publication_name": PUBLICATION, "snapshot": "never", "grpc_port": 0,
         "metrics_port": 0, "log_level": "WARNING",
     }
+    if protocol:
+        # Trees from before PGOUTPUT_PROTOCOL existed ignore the setting (and speak 1).
+        config["pgoutput_protocol"] = protocol
     if sink == "duckdb":
         config.update(sink="duckdb", duckdb_path=str(workdir / f"{slot}.duckdb"))
     else:
@@ -839,6 +842,10 @@ def main() -> int:
                              "contender on each, interleaved: 'system' (the tests' server) or a "
                              "major from the version matrix (14..18, fetched into .pg/); "
                              "latency runs use the first")
+    parser.add_argument("--pgoutput-protocol", choices=("auto", "1", "2", "3", "4"),
+                        help="PGOUTPUT_PROTOCOL of the dbmazz contenders (default: theirs, "
+                             "auto: 2+ streams the large transaction while it runs; 1 sends it "
+                             "whole at commit, as trees from before the setting do)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -917,7 +924,8 @@ def main() -> int:
                                             {"name": contender, "changes": changes})
                         else:
                             sink = "duckdb" if kind == "dbmazz_duckdb" else "starrocks"
-                            config = dbmazz_config(source, slot, sink, ports, Path(tmp))
+                            config = dbmazz_config(source, slot, sink, ports, Path(tmp),
+                                                   args.pgoutput_protocol)
                             run = run_child("dbmazz", source, slot, end, changes,
                                             {"name": contender, "config": config},
                                             sink_process if sink == "starrocks" else None,
