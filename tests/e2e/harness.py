@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dbmazz.api.client import Client
+from dbmazz.api.server import GrpcServer
 from dbmazz.config import Config
-from dbmazz.engine.core import Engine
+from dbmazz.engine.core import Engine, RunState
+from dbmazz.engine.service import EngineService
 from dbmazz.lsn import parse_lsn
+from dbmazz.sink.base import Sink
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.compare import Difference, compare, duckdb_fetcher
 from dbmazz.testing.fixtures import Database
@@ -60,3 +66,27 @@ def assert_replicated(db: Database, sink: DuckDBSink,
         if not diff.equal:
             problems.append(str(diff))
     assert not problems, "\n".join(problems)
+
+
+@contextlib.contextmanager
+def served(config: Config, sink: Sink, *, setup_timeout_s: float = 120
+           ) -> Iterator[tuple[EngineService, GrpcServer, Client]]:
+    """An engine service as `dbmazz run` serves it: gRPC server and a client, setup
+    finished and not FAILED on entry; stopped (and the sink closed) on exit."""
+    from tests.scripted import eventually
+
+    service = EngineService(config, sink=sink)
+    server = GrpcServer(service, port=0)
+    server.start()
+    service.start()
+    client = Client(server.address)
+    try:
+        eventually(lambda: service.state != RunState.STARTING, "setup to finish",
+                   setup_timeout_s)
+        assert not service.failed, service.error
+        yield service, server, client
+    finally:
+        client.close()
+        service.stop(timeout=60)
+        server.stop(grace=0)
+        sink.close()

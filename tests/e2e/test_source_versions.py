@@ -16,8 +16,6 @@ from prometheus_client.registry import CollectorRegistry
 
 from dbmazz.api.client import Client
 from dbmazz.api.prometheus import ServiceCollector
-from dbmazz.api.server import GrpcServer
-from dbmazz.engine.core import RunState
 from dbmazz.engine.service import EngineService
 from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
@@ -25,7 +23,7 @@ from dbmazz.source.protocol import max_protocol
 from dbmazz.testing.fixtures import Database, StandbyPair
 from dbmazz.testing.postgres import PostgresCluster, wait_for_replay
 from dbmazz.ui.format import channel_text
-from tests.e2e.harness import assert_replicated, duckdb_config, mark
+from tests.e2e.harness import assert_replicated, duckdb_config, mark, served
 from tests.scripted import eventually
 
 ITEMS = {"public.items": ["id"]}
@@ -42,23 +40,11 @@ def _service(db: Database, tmp_path: Path, **config: object) -> Iterator[
         tuple[EngineService, Client, DuckDBSink]]:
     cfg = duckdb_config(db, tmp_path, list(ITEMS), **config)
     sink = DuckDBSink(cfg.duckdb_path)
-    service = EngineService(cfg, sink=sink)
-    server = GrpcServer(service, port=0)
-    server.start()
-    service.start()
-    client = Client(server.address)
-    try:
-        eventually(lambda: service.state not in (RunState.STARTING,), "setup to finish", 180)
-        assert not service.failed, service.error
+    with served(cfg, sink, setup_timeout_s=180) as (service, _server, client):
         eventually(lambda: service.status().source is not None or service.failed,
                    "the stream to open", 180)
         assert not service.failed, service.error
         yield service, client, sink
-    finally:
-        client.close()
-        service.stop(timeout=60)
-        server.stop(grace=0)
-        sink.close()
 
 
 def _loaded(service: EngineService, lsn: int) -> None:

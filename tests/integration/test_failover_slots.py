@@ -7,17 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dbmazz.api.client import Client
-from dbmazz.api.server import GrpcServer
-from dbmazz.engine.core import RunState
-from dbmazz.engine.service import EngineService
 from dbmazz.errors import SetupError
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.source.setup import setup_source
 from dbmazz.testing.fixtures import Database
 from dbmazz.ui.format import slot_flags
-from tests.e2e.harness import duckdb_config, mark
-from tests.scripted import eventually
+from tests.e2e.harness import duckdb_config, mark, served
 
 
 def version(db: Database) -> int:
@@ -74,14 +69,7 @@ def test_failover_slot_streams_and_status_shows_it(pg_db: Database, tmp_path: Pa
     pg_db.execute("CREATE TABLE public.items (id int PRIMARY KEY, qty int)")
     config = duckdb_config(pg_db, tmp_path, ["public.items"], slot_failover=True)
     sink = DuckDBSink(config.duckdb_path)
-    service = EngineService(config, sink=sink)
-    server = GrpcServer(service, port=0)
-    server.start()
-    service.start()
-    client = Client(server.address)
-    try:
-        eventually(lambda: service.state != RunState.STARTING, "setup to finish", 120)
-        assert not service.failed, service.error
+    with served(config, sink) as (service, _server, client):
         assert slot_flags_of(pg_db, "dbmazz_e2e") == (True, False)
         pg_db.execute("INSERT INTO public.items SELECT g, g FROM generate_series(1, 100) g")
         engine = service.engine
@@ -92,8 +80,3 @@ def test_failover_slot_streams_and_status_shows_it(pg_db: Database, tmp_path: Pa
         assert status.HasField("slot_failover") and status.slot_failover
         assert status.HasField("slot_synced") and not status.slot_synced
         assert slot_flags(status) == " (failover)"
-    finally:
-        client.close()
-        service.stop(timeout=60)
-        server.stop(grace=0)
-        sink.close()

@@ -20,13 +20,13 @@ import pytest
 
 from dbmazz.api.client import Client, EngineUnreachable
 from dbmazz.api.server import GrpcServer
-from dbmazz.engine.core import Engine, RunState
+from dbmazz.engine.core import Engine
 from dbmazz.engine.service import EngineService
 from dbmazz.lsn import format_lsn, parse_lsn
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import free_port
-from tests.e2e.harness import duckdb_config, mark
+from tests.e2e.harness import duckdb_config, mark, served
 from tests.scripted import BrokenSink, eventually
 
 SLOT = "dbmazz_e2e"  # what duckdb_config uses
@@ -69,20 +69,8 @@ def _start_live(db: Database, tmp_path: Path, *, broken: bool = False,
                 **config: Any) -> Iterator[Live]:
     cfg = duckdb_config(db, tmp_path, ["public.items"], **config)
     sink = (BrokenSink if broken else DuckDBSink)(cfg.duckdb_path)
-    service = EngineService(cfg, sink=sink)
-    server = GrpcServer(service, port=0)
-    server.start()
-    service.start()
-    client = Client(server.address)
-    try:
-        eventually(lambda: service.state != RunState.STARTING, "setup to finish", 120)
-        assert not service.failed, service.error
+    with served(cfg, sink) as (service, server, client):
         yield Live(db, service, server, client, sink)
-    finally:
-        client.close()
-        service.stop(timeout=60)
-        server.stop(grace=0)
-        sink.close()
 
 
 @pytest.fixture
