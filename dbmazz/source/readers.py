@@ -1,12 +1,13 @@
 """The two ways a replication stream reads the walsender, behind one :class:`Reader`.
 
 :class:`SocketReader` takes the bytes straight from the socket
-(:mod:`dbmazz.source.wire`), megabytes per read, and splits them into messages without a
+(:mod:`dbmazz.source.wire`; over TLS dbmazz's own TLS connection,
+:mod:`dbmazz.source.tlswire`), megabytes per read, and splits them into messages without a
 Python step per message (:mod:`dbmazz.source.frames`): the bytes read become the
 :class:`~dbmazz.source.chunk.WalChunk` with one copy, frame headers left in place.
-:class:`LibpqReader` reads one CopyData frame per libpq call: SSL/GSS-encrypted
-connections, where the socket's bytes are not the protocol's, and
-``REPLICATION_READER=libpq``.
+:class:`LibpqReader` reads one CopyData frame per libpq call: GSS-encrypted connections,
+TLS connections the own TLS connection cannot reproduce (see
+:class:`~dbmazz.source.tlswire.TlsWireUnavailable`), and ``REPLICATION_READER=libpq``.
 
 A reader works for the stream (:class:`ReaderHost`, i.e.
 :class:`~dbmazz.source.replication.ReplicationStream`): it tells it of keepalives and of
@@ -38,7 +39,7 @@ from dbmazz.source.spool import StreamedTransactions
 from dbmazz.source.wire import (
     COPY_DONE,
     LOW_WATER_BYTES,
-    SocketWire,
+    Wire,
     copy_data,
     error_fields,
     query_message,
@@ -83,7 +84,7 @@ class ReaderHost(Protocol):
 class Reader(Protocol):
     """How the stream reads and writes its connection once COPY has started."""
 
-    #: "socket" or "libpq" (for status).
+    #: "socket", "tls" or "libpq" (for status).
     name: str
 
     def read(self, max_bytes: int, timeout_s: float) -> WalChunk | None:
@@ -277,7 +278,7 @@ class LibpqReader:
 # --------------------------------------------------------------------------------------
 
 
-def start_socket_copy(wire: SocketWire, command: str, target: str, slot: str) -> bytes:
+def start_socket_copy(wire: Wire, command: str, target: str, slot: str) -> bytes:
     """Send START_REPLICATION on the socket and read up to its CopyBothResponse; returns
     the bytes read past it (the first of the stream)."""
     wire.write_all(query_message(command))
@@ -319,10 +320,10 @@ class SocketReader:
     """Reads the socket directly into a receive buffer and hands out its whole messages
     (:meth:`read`); a partial message stays at the buffer's head for the next read."""
 
-    name = "socket"
-
-    def __init__(self, host: ReaderHost, wire: SocketWire, received: bytes,
+    def __init__(self, host: ReaderHost, wire: Wire, received: bytes,
                  streamed: StreamedTransactions | None) -> None:
+        #: "socket" (the plain socket) or "tls" (dbmazz's own TLS connection).
+        self.name = wire.name
         self._host = host
         self._wire = wire
         self._streamed = streamed
@@ -501,4 +502,4 @@ class SocketReader:
             wire.wait_readable(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        pass
+        self._wire.close()

@@ -22,6 +22,7 @@ PostgreSQL waits forever for the walsender, which exits only when flush == sentP
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,13 @@ from dbmazz.source.readers import (
     start_socket_copy,
 )
 from dbmazz.source.spool import StreamedTransactions
-from dbmazz.source.wire import SocketWire
+from dbmazz.source.tlswire import TlsWire, TlsWireUnavailable, tls_params
+from dbmazz.source.wire import SocketWire, Wire
+
+log = logging.getLogger(__name__)
+#: (target, reason) pairs already logged: a fallback to libpq is reported once per process,
+#: not at every reconnect.
+_FALLBACKS_LOGGED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class SourceChannel:
     server_version: int
     #: The server is a hot standby (logical decoding from a standby, PostgreSQL 16+).
     standby: bool
-    #: "socket" or "libpq".
+    #: "socket", "tls" (dbmazz's own TLS connection) or "libpq".
     reader: str
 
 
@@ -111,13 +118,16 @@ class ReplicationStream:
         parallel: bool = False,
         spool_dir: str | None,
         advance_when_idle: bool = True,
-        wire: SocketWire | None = None,
+        wire: Wire | None = None,
         received: bytes = b"",
         standby: bool = False,
         tls_version: str = "",
         skip_empty: bool = False,
     ) -> None:
         self._pgconn = pgconn
+        # Kept for status: with the own TLS connection libpq's is finished at the start.
+        self._tls = bool(pgconn.ssl_in_use)
+        self._server_version = int(pgconn.server_version)
         self._skip_empty = skip_empty
         self._standby = standby
         self._tls_version = tls_version
@@ -189,8 +199,10 @@ class ReplicationStream:
         (:func:`negotiate_protocol`). ``streaming``: stream in-progress transactions (True),
         not (False), or whenever the protocol allows (None); with protocol 4 it is
         ``streaming 'parallel'``, so Stream Abort carries the abort LSN and time.
-        ``socket_reader``: read the socket directly (None: whenever the connection is not
-        encrypted; True where that is impossible raises).
+        ``socket_reader``: read the socket directly (None: whenever possible; True where
+        that is impossible raises). On a TLS connection that means dbmazz's own TLS
+        connection (:mod:`dbmazz.source.tlswire`), opened with what libpq resolved; where
+        it cannot reproduce libpq's connection, None falls back to libpq's reader.
         ``skip_empty_transactions``: drop Begin/Commit pairs without changes, which
         PostgreSQL 14 sends for every transaction of the database (see
         :func:`drop_empty_transactions`); 15+ never sends them.
@@ -231,23 +243,33 @@ class ReplicationStream:
                 "(SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
                 target=target,
             )
-            if socket_reader and encrypted:
+            wire: Wire | None = None
+            received = b""
+            if socket_reader is not False and pgconn.ssl_in_use:
+                tls_wire = _open_tls_wire(pgconn, target, required=bool(socket_reader))
+                if tls_wire is not None:
+                    try:
+                        received = start_socket_copy(tls_wire, command, target, slot)
+                    except BaseException:
+                        tls_wire.close()
+                        raise
+                    wire, tls_version = tls_wire, tls_wire.tls_version or tls_version
+            elif socket_reader and encrypted:
                 raise SourceError(
                     f"the socket reader cannot read the connection to {target}: it is "
-                    "encrypted (SSL/GSS)",
-                    "set REPLICATION_READER=auto or libpq",
+                    "GSS-encrypted",
+                    "set REPLICATION_READER=auto or libpq (or add gssencmode=disable to "
+                    "SOURCE_URL)",
                 )
-            wire: SocketWire | None = None
-            received = b""
-            if socket_reader is False or encrypted:
-                start_libpq_copy(pgconn, command, target, slot)
-            else:
+            elif socket_reader is not False and not encrypted:
                 wire = SocketWire(pgconn.socket)
                 received = start_socket_copy(wire, command, target, slot)
+            if wire is None:
+                start_libpq_copy(pgconn, command, target, slot)
         except BaseException:
             pgconn.finish()
             raise
-        return cls(
+        stream = cls(
             pgconn,
             target=target,
             slot=slot,
@@ -266,6 +288,11 @@ class ReplicationStream:
             wire=wire,
             received=received,
         )
+        if isinstance(wire, TlsWire):
+            # The stream reads its own connection: libpq's (a second walsender, idle since
+            # the checks) goes now. Closing is polite: libpq sends Terminate.
+            pgconn.finish()
+        return stream
 
     @property
     def exhausted(self) -> bool:
@@ -279,13 +306,12 @@ class ReplicationStream:
 
     @property
     def channel(self) -> SourceChannel:
-        pgconn = self._pgconn
         return SourceChannel(
-            tls=bool(pgconn.ssl_in_use),
+            tls=self._tls,
             tls_version=self._tls_version,
             protocol=self.proto_version,
             streaming=("parallel" if self.parallel else "on") if self._streaming else "off",
-            server_version=int(pgconn.server_version),
+            server_version=self._server_version,
             standby=self._standby,
             reader=self._reader.name,
         )
@@ -470,6 +496,26 @@ class ReplicationStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_tls_wire(pgconn: PGconn, target: str, *, required: bool) -> TlsWire | None:
+    """dbmazz's own TLS connection with libpq's parameters; None (logged once) when it
+    cannot reproduce libpq's and libpq's reader is to be used instead."""
+    try:
+        return TlsWire(tls_params(pgconn), target)
+    except TlsWireUnavailable as exc:
+        reason = str(exc)
+        if required:
+            raise SourceError(
+                f"the socket reader cannot read the TLS connection to {target}: {reason}",
+                "set REPLICATION_READER=auto (reads through libpq then) or libpq",
+            ) from None
+        if (target, reason) not in _FALLBACKS_LOGGED:
+            _FALLBACKS_LOGGED.add((target, reason))
+            log.warning(
+                "replication from %s is read through libpq, one call per message (more CPU "
+                "than dbmazz's own TLS reader): %s", target, reason)
+        return None
 
 
 def _identify(pgconn: PGconn, target: str) -> SystemInfo:

@@ -7,8 +7,9 @@ instead of one libpq call per message. libpq never sees those bytes: the query i
 to the socket here, its answer read here, and COPY is ended here before libpq closes the
 connection — libpq's own state stays "idle" throughout, which is what it was.
 
-Only for plain TCP or Unix-socket connections: with SSL or GSS encryption the bytes on the
-socket are not the protocol's, and the reader keeps using libpq.
+Only for plain TCP or Unix-socket connections: with SSL the bytes on the socket are not
+the protocol's; the socket reader then reads dbmazz's own TLS connection
+(:mod:`dbmazz.source.tlswire`), another :class:`Wire`. GSS encryption stays with libpq.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 _LENGTH = struct.Struct(">I")
 COPY_DONE = b"c\x00\x00\x00\x04"
@@ -63,6 +65,54 @@ def query_message(sql: str) -> bytes:
 LOW_WATER_BYTES = 64 << 10
 
 
+class Wire(Protocol):
+    """What the socket reader needs of a connection: the plain socket (:class:`SocketWire`)
+    or dbmazz's own TLS connection (:class:`dbmazz.source.tlswire.TlsWire`)."""
+
+    #: The reader's name for status: "socket" or "tls".
+    name: str
+    #: Bytes the kernel gathers before waking a wait (1: any).
+    low_water: int
+
+    def set_low_water(self, nbytes: int) -> None: ...
+
+    def wait_readable(self, timeout_s: float) -> bool: ...
+
+    def read_into(self, view: memoryview) -> int:
+        """Protocol bytes into ``view`` (0: none available now); EOFError when closed."""
+
+    def write_all(self, data: bytes, timeout_s: float = 30.0) -> None: ...
+
+    def read_message(self, pending: bytearray, timeout_s: float) -> ServerMessage: ...
+
+    def close(self) -> None:
+        """Release the connection's resources (what the wire owns, nothing of libpq's)."""
+
+
+def next_message(wire: Wire, pending: bytearray, timeout_s: float) -> ServerMessage:
+    """The next whole message, reading into ``pending`` (bytes past the message stay
+    there). TimeoutError when none completes in ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    chunk = bytearray(64 << 10)
+    while True:
+        if len(pending) >= 5:
+            (length,) = _LENGTH.unpack_from(pending, 1)
+            if length < 4:
+                raise ValueError(f"backend message {chr(pending[0])!r} has length {length}")
+            if len(pending) >= 1 + length:
+                message = ServerMessage(pending[0], bytes(pending[5 : 1 + length]))
+                del pending[: 1 + length]
+                return message
+        got = wire.read_into(memoryview(chunk))
+        if got:
+            pending += chunk[:got]
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no answer from the server in {timeout_s:.0f} s")
+        wire.wait_readable(remaining)
+
+
 class SocketWire:
     """Non-blocking reads and writes on a connected backend socket (the fd stays libpq's).
 
@@ -72,6 +122,8 @@ class SocketWire:
     read still returns whatever is there), and the caller bounds each wait, so a trickle is
     read at least every few milliseconds.
     """
+
+    name = "socket"
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -124,24 +176,8 @@ class SocketWire:
                 select.select([], [self.fd], [], remaining)
 
     def read_message(self, pending: bytearray, timeout_s: float) -> ServerMessage:
-        """The next whole message, reading into ``pending`` (bytes past the message stay
-        there). TimeoutError when none completes in ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        chunk = bytearray(64 << 10)
-        while True:
-            if len(pending) >= 5:
-                (length,) = _LENGTH.unpack_from(pending, 1)
-                if length < 4:
-                    raise ValueError(f"backend message {chr(pending[0])!r} has length {length}")
-                if len(pending) >= 1 + length:
-                    message = ServerMessage(pending[0], bytes(pending[5 : 1 + length]))
-                    del pending[: 1 + length]
-                    return message
-            got = self.read_into(memoryview(chunk))
-            if got:
-                pending += chunk[:got]
-                continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no answer from the server in {timeout_s:.0f} s")
-            self.wait_readable(remaining)
+        return next_message(self, pending, timeout_s)
+
+    def close(self) -> None:
+        """The descriptor is libpq's: only stop watching it."""
+        self._poll.unregister(self.fd)

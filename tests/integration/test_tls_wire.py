@@ -1,0 +1,294 @@
+"""dbmazz's own TLS connection (dbmazz.source.tlswire) against a real TLS server: the
+authentication methods, libpq's sslmode semantics, the stream reading through it (reader
+``tls``), the fallback to libpq, closing and reconnecting."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from dbmazz.errors import SourceConnectionError, SourceError
+from dbmazz.source import pgoutput as po
+from dbmazz.source.connection import connect_replication
+from dbmazz.source.replication import ReplicationStream
+from dbmazz.source.tlswire import Authentication, TlsParams, TlsWire, tls_params
+from dbmazz.source.wire import error_fields, query_message
+from dbmazz.testing.fixtures import Database
+from dbmazz.testing.postgres import PostgresCluster
+from tests.integration._replication_helpers import (
+    commits,
+    make_slot,
+    make_table,
+    parse_all,
+    read_until,
+    texts,
+    wait_for,
+)
+
+ROLE_PASSWORD = "tls-wire-pw"
+
+
+@pytest.fixture
+def tls_db(tls_pg_server: PostgresCluster) -> Iterator[Database]:
+    name = tls_pg_server.create_database()
+    try:
+        yield Database(tls_pg_server, name)
+    finally:
+        tls_pg_server.drop_database(name)
+
+
+def _dsn(db: Database, **params: str) -> str:
+    return db.server.dsn(db.name, **{"sslmode": "require", **params})
+
+
+def _identify(wire: TlsWire) -> str:
+    """IDENTIFY_SYSTEM on the wire → the database name it reports."""
+    wire.write_all(query_message("IDENTIFY_SYSTEM"))
+    pending = bytearray()
+    row = b""
+    while True:
+        message = wire.read_message(pending, 10)
+        if message.kind == ord("E"):
+            raise AssertionError(error_fields(message.body))
+        if message.kind == ord("D"):
+            row = message.body
+        if message.kind == ord("Z"):
+            return row.split(b"\xff\xff\xff\xff")[0].decode(errors="replace")
+
+
+def _libpq_params(dsn: str) -> TlsParams:
+    pgconn = connect_replication(dsn)
+    try:
+        assert pgconn.ssl_in_use
+        return tls_params(pgconn)
+    finally:
+        pgconn.finish()
+
+
+@pytest.fixture
+def hba_roles(tls_pg_server: PostgresCluster) -> Iterator[dict[str, str]]:
+    """Roles authenticated by md5 and by trust over hostssl (pg_hba lines for them only,
+    ahead of the cluster's scram-sha-256 lines). → method → role."""
+    cluster = tls_pg_server
+    roles = {"md5": "tlswire_md5", "trust": "tlswire_trust"}
+    with cluster.connect() as conn:
+        conn.execute("SET password_encryption = 'md5'")
+        for role in roles.values():
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+            conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{ROLE_PASSWORD}'")
+    hba = cluster.datadir / "pg_hba.conf"
+    original = hba.read_text()
+    lines = "".join(f"hostssl all {role} 127.0.0.1/32 {method}\n"
+                    for method, role in roles.items())
+    hba.write_text(lines + original)
+    cluster.reload()
+    try:
+        yield roles
+    finally:
+        hba.write_text(original)
+        cluster.reload()
+        with cluster.connect() as conn:
+            for role in roles.values():
+                conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _method_in_use(cluster: PostgresCluster, role: str, method: str) -> bool:
+    with cluster.connect() as conn:
+        rows = conn.execute(
+            "SELECT 1 FROM pg_hba_file_rules WHERE %s = ANY(user_name) AND auth_method = %s",
+            (role, method)).fetchall()
+    return bool(rows)
+
+
+# -- the connection itself ----------------------------------------------------------------
+
+
+def test_scram_md5_and_trust_authenticate_over_tls(
+        tls_db: Database, hba_roles: dict[str, str]) -> None:
+    cluster = tls_db.server
+    assert isinstance(cluster, PostgresCluster)
+    for method, role in hba_roles.items():
+        wait_for(lambda r=role, m=method: _method_in_use(cluster, r, m),
+                 what=f"the {method} pg_hba line")
+    cases = {
+        "scram-sha-256": _dsn(tls_db),
+        "md5": _dsn(tls_db).replace(f"{cluster.user}:{cluster.password}@",
+                                    f"{hba_roles['md5']}:{ROLE_PASSWORD}@"),
+        "trust": _dsn(tls_db).replace(f"{cluster.user}:{cluster.password}@",
+                                      f"{hba_roles['trust']}@"),
+    }
+    for method, dsn in cases.items():
+        params = _libpq_params(dsn)
+        assert bool(params.password) == (method != "trust"), method
+        wire = TlsWire(params, "test")
+        try:
+            assert wire.tls_version.startswith("TLSv"), method
+            assert _identify(wire), method
+        finally:
+            wire.close()
+
+
+def test_a_wrong_password_is_refused_with_the_fix(tls_db: Database) -> None:
+    params = _libpq_params(_dsn(tls_db))
+    wrong = TlsParams(**{**params.__dict__, "password": "not-the-password"})
+    with pytest.raises(SourceError) as info:
+        TlsWire(wrong, "the-target")
+    assert not info.value.retryable
+    assert "credentials" in str(info.value) and "not-the-password" not in str(info.value)
+
+
+def test_a_wrong_scram_server_signature_is_refused() -> None:
+    """The server must prove it knows the password (SASLFinal's signature)."""
+    auth = Authentication("u", "pw", "the-target")
+    first = auth.answer(b"\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00")
+    nonce = first.split(b"r=")[1].decode()
+    auth.answer(b"\x00\x00\x00\x0b" + f"r={nonce}xyz,s=c2FsdA==,i=4096".encode())
+    with pytest.raises(SourceError, match="SCRAM server verification"):
+        auth.answer(b"\x00\x00\x00\x0c" + b"v=" + b"AAAA" * 11)
+    # …and AuthenticationOk without any SASLFinal is refused as well.
+    auth2 = Authentication("u", "pw", "the-target")
+    nonce2 = auth2.answer(b"\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00").split(b"r=")[1].decode()
+    auth2.answer(b"\x00\x00\x00\x0b" + f"r={nonce2}xyz,s=c2FsdA==,i=4096".encode())
+    with pytest.raises(SourceError, match="without proving"):
+        auth2.answer(b"\x00\x00\x00\x00")
+
+
+def test_verify_full_checks_the_ca_and_the_host_name(tls_db: Database) -> None:
+    cluster = tls_db.server
+    assert isinstance(cluster, PostgresCluster) and cluster.tls is not None
+    ca = str(cluster.tls.ca_file)
+    good = _libpq_params(_dsn(tls_db, sslmode="verify-full", sslrootcert=ca))
+    wire = TlsWire(good, "test")
+    wire.close()
+    # A host name the certificate does not carry, at the right address.
+    renamed = TlsParams(**{**good.__dict__, "host": "wrong.example"})
+    with pytest.raises(Exception, match="verification differs"):
+        TlsWire(renamed, "test")
+    # A CA that did not sign the server's certificate.
+    foreign = TlsParams(**{**good.__dict__, "sslrootcert": str(cluster.tls.cert_file)})
+    with pytest.raises(Exception, match="verification differs"):
+        TlsWire(foreign, "test")
+
+
+def test_require_with_a_root_certificate_verifies_like_libpq(tls_db: Database) -> None:
+    """libpq's rule: sslmode=require with a root certificate file acts like verify-ca."""
+    cluster = tls_db.server
+    assert isinstance(cluster, PostgresCluster) and cluster.tls is not None
+    params = _libpq_params(_dsn(tls_db, sslrootcert=str(cluster.tls.ca_file)))
+    TlsWire(params, "test").close()
+    foreign = TlsParams(**{**params.__dict__, "sslrootcert": str(cluster.tls.cert_file)})
+    with pytest.raises(Exception, match="verification differs"):
+        TlsWire(foreign, "test")
+
+
+# -- the stream through it ----------------------------------------------------------------
+
+
+def test_stream_over_tls_reads_its_own_connection_and_delivers_everything(
+        tls_db: Database) -> None:
+    make_table(tls_db)
+    make_slot(tls_db)
+    tls_db.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3) g")
+    tls_db.execute("UPDATE t SET v = 'changed' WHERE id = 2")
+    tls_db.execute("DELETE FROM t WHERE id = 3")
+    # A large transaction, streamed while in progress (64 kB logical_decoding_work_mem).
+    tls_db.execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(10, 20009) g")
+    with ReplicationStream.open(_dsn(tls_db), "s1", ["pub"], proto_version="auto",
+                                streaming=None,
+                                settings={"logical_decoding_work_mem": "64kB"}) as stream:
+        channel = stream.channel
+        assert channel.reader == "tls" and stream.reads_socket
+        assert channel.tls and channel.tls_version.startswith("TLSv")
+        msgs = parse_all(read_until(stream, commits(4)))
+        if stream.proto_version >= 2:
+            assert stream.stats.streamed_committed >= 1
+        # libpq's connection is gone: one walsender, the stream's.
+        rows = tls_db.query(
+            "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+            "WHERE a.backend_type = 'walsender' AND a.datname = %s", (tls_db.name,))
+        assert rows == [(True,)]
+    inserts = [int(texts(m.new)[0] or 0) for m in msgs if isinstance(m, po.Insert)]
+    assert inserts == [1, 2, 3, *range(10, 20010)]
+    updates = [texts(m.new) for m in msgs if isinstance(m, po.Update)]
+    assert updates == [["2", "changed"]]
+    assert len([m for m in msgs if isinstance(m, po.Delete)]) == 1
+    # Closing ended COPY and the session: the slot is released.
+    wait_for(lambda: tls_db.query(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 's1'") == [(False,)],
+        what="the slot to be released")
+
+
+def test_unsupported_settings_fall_back_to_libpq_with_the_reason_logged(
+        tls_db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    make_table(tls_db)
+    make_slot(tls_db)
+    tls_db.execute("INSERT INTO t VALUES (1, 'a')")
+    dsn = _dsn(tls_db, channel_binding="require")
+    with caplog.at_level(logging.WARNING), \
+            ReplicationStream.open(dsn, "s1", ["pub"]) as stream:
+        assert stream.channel.reader == "libpq" and stream.channel.tls
+        msgs = parse_all(read_until(stream, commits(1)))
+        assert [texts(m.new) for m in msgs if isinstance(m, po.Insert)] == [["1", "a"]]
+    assert any("channel_binding=require" in r.getMessage() for r in caplog.records)
+    # REPLICATION_READER=socket (socket_reader=True) refuses instead, naming the fix.
+    with pytest.raises(SourceError) as info:
+        ReplicationStream.open(dsn, "s1", ["pub"], socket_reader=True)
+    assert "channel_binding=require" in str(info.value)
+    assert "REPLICATION_READER=auto" in (info.value.hint or "")
+    # socket_reader=False keeps libpq without asking.
+    with ReplicationStream.open(_dsn(tls_db), "s1", ["pub"], socket_reader=False) as stream:
+        assert stream.channel.reader == "libpq"
+
+
+def test_a_terminated_walsender_is_retryable_and_resumes_without_loss(
+        tls_db: Database) -> None:
+    make_table(tls_db)
+    make_slot(tls_db)
+    tls_db.execute("INSERT INTO t VALUES (1, 'a')")
+    stream = ReplicationStream.open(_dsn(tls_db), "s1", ["pub"])
+    try:
+        assert stream.channel.reader == "tls"
+        msgs = parse_all(read_until(stream, commits(1)))
+        end = next(m for m in msgs if isinstance(m, po.Commit)).end_lsn
+        stream.confirm(end)
+        stream.keepalive(force=True)
+        tls_db.execute("INSERT INTO t VALUES (2, 'b')")  # read by nobody yet
+        tls_db.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE slot_name = 's1'")
+        with pytest.raises(SourceConnectionError) as info:
+            read_until(stream, lambda _: False, timeout_s=30)
+        assert info.value.retryable
+    finally:
+        stream.close()
+    wait_for(lambda: tls_db.query(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 's1'") == [(False,)],
+        what="the slot to be released")
+    tls_db.execute("INSERT INTO t VALUES (3, 'c')")
+    with ReplicationStream.open(_dsn(tls_db), "s1", ["pub"], start_lsn=end) as resumed:
+        assert resumed.channel.reader == "tls"
+        again = parse_all(read_until(resumed, commits(2)))
+    ids = [int(texts(m.new)[0] or 0) for m in again if isinstance(m, po.Insert)]
+    assert ids == [2, 3]
+
+
+def test_password_from_a_password_file_is_what_libpq_used(
+        tls_db: Database, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PQpass covers the password file (and PGPASSWORD): the own connection gets it."""
+    from pathlib import Path
+
+    cluster = tls_db.server
+    passfile = Path(str(tmp_path)) / "pgpass"
+    passfile.write_text(f"*:*:*:{cluster.user}:{cluster.password}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    dsn = _dsn(tls_db).replace(f":{cluster.password}@", "@")
+    params = _libpq_params(dsn)
+    assert params.password == cluster.password
+    wire = TlsWire(params, "test")
+    try:
+        assert _identify(wire)
+    finally:
+        wire.close()
