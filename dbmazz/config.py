@@ -75,10 +75,12 @@ class Config(BaseSettings):
     replication_reader: Literal["auto", "socket", "libpq"] = Field(
         default="auto",
         description="How the replication stream is read: socket (the socket itself, many "
-        "messages per read: the reader takes ~2.5x less CPU), libpq (one message per libpq "
-        "call), auto "
-        "(socket unless the connection uses SSL or GSS). libpq for a GSS-encrypted "
-        "connection that auto cannot recognize.",
+        "messages per read: the reader takes ~2.5x less CPU; over TLS dbmazz's own TLS "
+        "connection, status reader `tls`, refused with the reason where it cannot reproduce "
+        "libpq's connection), libpq (one message per libpq call), auto (socket, or over TLS "
+        "the own TLS connection with a fallback to libpq, reason logged, where it cannot "
+        "reproduce libpq's; libpq on GSS encryption). libpq for a GSS-encrypted "
+        "connection that auto cannot recognize. See operations.md, TLS.",
     )
 
     pgoutput_protocol: Literal["auto", "1", "2", "3", "4"] = Field(
