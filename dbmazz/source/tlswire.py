@@ -215,7 +215,8 @@ class TlsWire:
         self.fd = sock.fileno()
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._raw = bytearray(_RAW_BUFFER)
-        #: Whether the last decryption stopped with a whole record left in the BIO.
+        #: Whether the last decryption filled its buffer (so more may be decrypted without
+        #: reading the socket).
         self._ready = False
         self._eof = False
         try:
@@ -352,7 +353,7 @@ class TlsWire:
 
     def wait_readable(self, timeout_s: float) -> bool:
         if self._ready:
-            return True  # decrypted data is waiting in the BIO
+            return True  # data may be waiting in the BIO or the SSL object
         return bool(self._poll.poll(max(0.0, timeout_s * 1000)))
 
     def read_into(self, view: memoryview) -> int:
@@ -388,14 +389,16 @@ class TlsWire:
                     self._eof = True
                     break
                 got += n
-            self._ready = got >= size and self._in.pending > 0
+            # Filled: more may wait in the BIO or inside the SSL object (the rest of a
+            # record), where poll cannot see it; the next read_into finds out.
+            self._ready = True
         except ssl.SSLWantReadError:
             self._ready = False
         except ssl.SSLZeroReturnError:
             self._ready = False
             self._eof = True  # close_notify
         if self._out.pending:  # TLS 1.3 key updates answer from inside read()
-            self._send_raw(self._out.read(), time.monotonic() + 30)
+            self._send_out(30.0)
         return got
 
     def write_all(self, data: bytes, timeout_s: float = 30.0) -> None:

@@ -292,3 +292,42 @@ def test_password_from_a_password_file_is_what_libpq_used(
         assert _identify(wire)
     finally:
         wire.close()
+
+
+def test_backlogs_and_messages_larger_than_the_read_buffer_arrive_whole(
+        tls_db: Database) -> None:
+    """More than the 4 MiB receive buffer at once, and one 6 MB message: the buffer fills
+    in the middle of a TLS record, and the rest is decrypted at the next read (nothing
+    waits on a socket that has no more data)."""
+    make_table(tls_db)
+    make_slot(tls_db)
+    tls_db.execute("INSERT INTO t SELECT g, repeat('y', 2000) FROM generate_series(1, 3000) g")
+    tls_db.execute("INSERT INTO t VALUES (0, repeat('z', 6000000))")
+    with ReplicationStream.open(_dsn(tls_db), "s1", ["pub"]) as stream:
+        assert stream.channel.reader == "tls"
+        msgs = parse_all(read_until(stream, commits(2)))
+    values = [texts(m.new) for m in msgs if isinstance(m, po.Insert)]
+    assert [int(v[0] or 0) for v in values] == [*range(1, 3001), 0]
+    assert len(values[-1][1] or "") == 6000000
+
+
+def test_a_partly_read_record_counts_as_readable(tls_db: Database) -> None:
+    """Plaintext left inside the TLS session (a record larger than the caller's buffer) is
+    invisible to poll: wait_readable must report it, or the reader would wait for socket
+    data that never comes."""
+    wire = TlsWire(_libpq_params(_dsn(tls_db)), "test")
+    try:
+        # Under PostgreSQL's 8 kB send buffer: the whole answer is one TLS record.
+        wire.write_all(query_message("SELECT repeat('x', 4000)"))
+        small = bytearray(100)
+        got = 0
+        while not got:
+            wire.wait_readable(5)
+            got = wire.read_into(memoryview(small))
+        assert got == len(small)
+        # The rest of the answer is already here (in the BIO or the SSL object).
+        assert wire.wait_readable(0)
+        rest = bytearray(1 << 16)
+        assert wire.read_into(memoryview(rest)) > 0
+    finally:
+        wire.close()
