@@ -4,6 +4,7 @@ authentication methods, libpq's sslmode semantics, the stream reading through it
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -43,19 +44,29 @@ def _dsn(db: Database, **params: str) -> str:
     return db.server.dsn(db.name, **{"sslmode": "require", **params})
 
 
-def _identify(wire: TlsWire) -> str:
-    """IDENTIFY_SYSTEM on the wire → the database name it reports."""
-    wire.write_all(query_message("IDENTIFY_SYSTEM"))
+def _query(wire: TlsWire, sql: str) -> list[str | None]:
+    """One simple-protocol statement on the wire → its (last) row's values."""
+    wire.write_all(query_message(sql))
     pending = bytearray()
-    row = b""
+    row: list[str | None] = []
     while True:
         message = wire.read_message(pending, 10)
         if message.kind == ord("E"):
             raise AssertionError(error_fields(message.body))
         if message.kind == ord("D"):
-            row = message.body
+            body, row, pos = message.body, [], 2
+            for _ in range(int.from_bytes(body[:2], "big")):
+                size = int.from_bytes(body[pos:pos + 4], "big", signed=True)
+                pos += 4
+                row.append(None if size < 0 else body[pos:pos + size].decode())
+                pos += max(size, 0)
         if message.kind == ord("Z"):
-            return row.split(b"\xff\xff\xff\xff")[0].decode(errors="replace")
+            return row
+
+
+def _identify(wire: TlsWire) -> str | None:
+    """IDENTIFY_SYSTEM on the wire → the database name it reports."""
+    return _query(wire, "IDENTIFY_SYSTEM")[3]
 
 
 def _libpq_params(dsn: str) -> TlsParams:
@@ -110,7 +121,7 @@ def test_scram_md5_and_trust_authenticate_over_tls(
     cluster = tls_db.server
     assert isinstance(cluster, PostgresCluster)
     for method, role in hba_roles.items():
-        wait_for(lambda r=role, m=method: _method_in_use(cluster, r, m),
+        wait_for(functools.partial(_method_in_use, cluster, role, method),
                  what=f"the {method} pg_hba line")
     cases = {
         "scram-sha-256": _dsn(tls_db),
@@ -125,7 +136,7 @@ def test_scram_md5_and_trust_authenticate_over_tls(
         wire = TlsWire(params, "test")
         try:
             assert wire.tls_version.startswith("TLSv"), method
-            assert _identify(wire), method
+            assert _identify(wire) == tls_db.name, method
         finally:
             wire.close()
 
@@ -195,6 +206,9 @@ def test_stream_over_tls_reads_its_own_connection_and_delivers_everything(
     tls_db.execute("DELETE FROM t WHERE id = 3")
     # A large transaction, streamed while in progress (64 kB logical_decoding_work_mem).
     tls_db.execute("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(10, 20009) g")
+    cluster = tls_db.server
+    assert isinstance(cluster, PostgresCluster)
+    log_start = cluster.logfile.stat().st_size
     with ReplicationStream.open(_dsn(tls_db), "s1", ["pub"], proto_version="auto",
                                 streaming=None,
                                 settings={"logical_decoding_work_mem": "64kB"}) as stream:
@@ -214,10 +228,19 @@ def test_stream_over_tls_reads_its_own_connection_and_delivers_everything(
     updates = [texts(m.new) for m in msgs if isinstance(m, po.Update)]
     assert updates == [["2", "changed"]]
     assert len([m for m in msgs if isinstance(m, po.Delete)]) == 1
-    # Closing ended COPY and the session: the slot is released.
+    # Closing ended COPY and the session: the slot is released, and politely (Terminate,
+    # close_notify): the server logs no unexpected EOF or SSL error for either connection.
     wait_for(lambda: tls_db.query(
         "SELECT active FROM pg_replication_slots WHERE slot_name = 's1'") == [(False,)],
         what="the slot to be released")
+    wait_for(lambda: not tls_db.query(
+        "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'walsender' AND datname = %s",
+        (tls_db.name,)), what="the walsender to exit")
+    with open(cluster.logfile, "rb") as log:
+        log.seek(log_start)
+        written = log.read().decode(errors="replace").lower()
+    assert "unexpected eof" not in written and "ssl error" not in written, written
+    assert "could not receive data" not in written, written
 
 
 def test_unsupported_settings_fall_back_to_libpq_with_the_reason_logged(
@@ -289,7 +312,7 @@ def test_password_from_a_password_file_is_what_libpq_used(
     assert params.password == cluster.password
     wire = TlsWire(params, "test")
     try:
-        assert _identify(wire)
+        assert _identify(wire) == tls_db.name
     finally:
         wire.close()
 
@@ -331,3 +354,24 @@ def test_a_partly_read_record_counts_as_readable(tls_db: Database) -> None:
         assert wire.read_into(memoryview(rest)) > 0
     finally:
         wire.close()
+
+
+def test_the_session_gets_the_replication_conninfo_settings(tls_db: Database) -> None:
+    """The StartupMessage carries libpq's options (the deterministic DateStyle/TimeZone/…
+    the decoder relies on), application_name and client_encoding."""
+    pgconn = connect_replication(_dsn(tls_db), {"work_mem": "7MB"})
+    try:
+        params = tls_params(pgconn)
+    finally:
+        pgconn.finish()
+    wire = TlsWire(params, "test")
+    try:
+        shown: dict[str, str | None] = {}
+        for name in ("TimeZone", "DateStyle", "extra_float_digits", "work_mem",
+                     "application_name", "client_encoding"):
+            [shown[name]] = _query(wire, f"SHOW {name}")
+    finally:
+        wire.close()
+    assert shown == {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "extra_float_digits": "3",
+                     "work_mem": "7MB", "application_name": "dbmazz",
+                     "client_encoding": "UTF8"}
