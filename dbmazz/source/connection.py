@@ -75,6 +75,27 @@ def connect_error(text: str, target: str) -> SourceError:
             "(logical replication matches the database name, not the `replication` keyword)"
             " and reload PostgreSQL",
         )
+    # TLS verification (sslmode verify-ca/verify-full, or require with a root certificate
+    # file): a setting to fix, not a network failure to retry.
+    if "certificate verify failed" in low:
+        return SourceError(
+            f"PostgreSQL at {target} presented a certificate the trusted CA did not sign: "
+            f"{text}",
+            "set sslrootcert in SOURCE_URL to the CA certificate that signed the server's "
+            "certificate (sslrootcert=system for a public CA), or sslmode=require to encrypt "
+            "without verifying (with no root certificate file present)",
+        )
+    if "does not match host name" in low:
+        return SourceError(
+            f"PostgreSQL at {target} presented a certificate for another host name: {text}",
+            "connect with a host name the certificate carries (the error names them; "
+            "hostaddr= can give the address), or use sslmode=verify-ca to check only the CA",
+        )
+    if "root certificate file" in low and "does not exist" in low:
+        return SourceError(
+            f"cannot verify PostgreSQL at {target}: {text}",
+            "set sslrootcert in SOURCE_URL to the CA certificate file (or sslrootcert=system)",
+        )
     if "database" in low and "does not exist" in low:
         return SourceError(f"{text} (at {target})", "check the database name in SOURCE_URL")
     return SourceConnectionError(

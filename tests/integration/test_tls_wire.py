@@ -183,6 +183,31 @@ def test_verify_full_checks_the_ca_and_the_host_name(tls_db: Database) -> None:
         TlsWire(foreign, "test")
 
 
+def test_a_wrong_ca_or_host_name_is_refused_with_the_fix(tls_db: Database) -> None:
+    """libpq connects first and refuses; the error names the setting to fix, not retried."""
+    cluster = tls_db.server
+    assert isinstance(cluster, PostgresCluster) and cluster.tls is not None
+    make_table(tls_db)
+    make_slot(tls_db)
+    ca = str(cluster.tls.ca_file)
+    cases = {
+        "sslrootcert": _dsn(tls_db, sslmode="verify-full", sslrootcert=str(cluster.tls.cert_file)),
+        "host name": _dsn(tls_db, sslmode="verify-full", sslrootcert=ca,
+                          hostaddr="127.0.0.1").replace("@127.0.0.1:", "@wrong.example:"),
+        "CA certificate file": _dsn(tls_db, sslmode="verify-ca",
+                                    sslrootcert="/nonexistent/root.crt"),
+    }
+    for fix, dsn in cases.items():
+        with pytest.raises(SourceError) as info:
+            ReplicationStream.open(dsn, "s1", ["pub"])
+        assert not info.value.retryable, fix
+        assert fix in (info.value.hint or ""), (fix, info.value)
+    # The right CA and name: streamed through the own TLS connection.
+    with ReplicationStream.open(_dsn(tls_db, sslmode="verify-full", sslrootcert=ca), "s1",
+                                ["pub"]) as stream:
+        assert stream.channel.reader == "tls"
+
+
 def test_require_with_a_root_certificate_verifies_like_libpq(tls_db: Database) -> None:
     """libpq's rule: sslmode=require with a root certificate file acts like verify-ca."""
     cluster = tls_db.server
