@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -83,7 +86,7 @@ def hba_roles(tls_pg_server: PostgresCluster) -> Iterator[dict[str, str]]:
     """Roles authenticated by md5 and by trust over hostssl (pg_hba lines for them only,
     ahead of the cluster's scram-sha-256 lines). → method → role."""
     cluster = tls_pg_server
-    roles = {"md5": "tlswire_md5", "trust": "tlswire_trust"}
+    roles = {"md5": "tlswire_md5", "trust": "tlswire_trust", "cert": "tlswire_cert"}
     with cluster.connect() as conn:
         conn.execute("SET password_encryption = 'md5'")
         for role in roles.values():
@@ -325,8 +328,6 @@ def test_a_terminated_walsender_is_retryable_and_resumes_without_loss(
 def test_password_from_a_password_file_is_what_libpq_used(
         tls_db: Database, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """PQpass covers the password file (and PGPASSWORD): the own connection gets it."""
-    from pathlib import Path
-
     cluster = tls_db.server
     passfile = Path(str(tmp_path)) / "pgpass"
     passfile.write_text(f"*:*:*:{cluster.user}:{cluster.password}\n")
@@ -400,3 +401,46 @@ def test_the_session_gets_the_replication_conninfo_settings(tls_db: Database) ->
     assert shown == {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "extra_float_digits": "3",
                      "work_mem": "7MB", "application_name": "dbmazz",
                      "client_encoding": "UTF8"}
+
+
+def _client_certificate(cluster: PostgresCluster, user: str, directory: Path) -> tuple[str, str]:
+    """A client certificate for ``user`` signed by the cluster's test CA → (cert, key)."""
+    assert cluster.tls is not None
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a client certificate")
+    ca_cert, ca_key = cluster.tls.ca_file, cluster.tls.ca_file.parent / "ca.key"
+    key, csr, cert = directory / "client.key", directory / "client.csr", directory / "client.crt"
+    for step in (
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={user}", "-keyout", str(key),
+         "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "1", "-out", str(cert)],
+    ):
+        subprocess.run([openssl, *step], capture_output=True, check=True)
+    key.chmod(0o600)
+    return str(cert), str(key)
+
+
+def test_a_client_certificate_authenticates(
+        tls_db: Database, hba_roles: dict[str, str], tmp_path: Path) -> None:
+    """pg_hba `cert`: the server authenticates the client's certificate (sslcert/sslkey)."""
+    cluster = tls_db.server
+    assert isinstance(cluster, PostgresCluster)
+    role = hba_roles["cert"]
+    wait_for(functools.partial(_method_in_use, cluster, role, "cert"),
+             what="the cert pg_hba line")
+    cert, key = _client_certificate(cluster, role, tmp_path)
+    dsn = _dsn(tls_db, sslcert=cert, sslkey=key).replace(
+        f"{cluster.user}:{cluster.password}@", f"{role}@")
+    params = _libpq_params(dsn)
+    assert not params.password and params.sslcert == cert
+    wire = TlsWire(params, "test")
+    try:
+        assert _identify(wire) == tls_db.name
+    finally:
+        wire.close()
+    # Without the certificate the server refuses (no other line lets this role in).
+    bare = TlsParams(**{**params.__dict__, "sslcert": str(tmp_path / "none.crt")})
+    with pytest.raises(SourceError):
+        TlsWire(bare, "test")
