@@ -450,7 +450,9 @@ def startup_error(fields: Mapping[str, str], target: str) -> SourceError:
         if not isinstance(error, SourceConnectionError):
             return error
         return SourceError(f"PostgreSQL at {target} refused the connection: {text} "
-                           f"(SQLSTATE {state})", "check SOURCE_URL's user and password")
+                           f"(SQLSTATE {state})",
+                           "check SOURCE_URL's user, password and client certificate "
+                           "(sslcert/sslkey)")
     if state in ("53300", "57P03"):
         return SourceConnectionError(
             f"PostgreSQL at {target} cannot accept the replication connection now: {text}",

@@ -206,8 +206,9 @@ def test_a_wrong_ca_or_host_name_is_refused_with_the_fix(tls_db: Database) -> No
         assert not info.value.retryable, fix
         assert fix in (info.value.hint or ""), (fix, info.value)
     # The right CA and name: streamed through the own TLS connection.
+    # REPLICATION_READER=socket (socket_reader=True) means the own TLS connection too.
     with ReplicationStream.open(_dsn(tls_db, sslmode="verify-full", sslrootcert=ca), "s1",
-                                ["pub"]) as stream:
+                                ["pub"], socket_reader=True) as stream:
         assert stream.channel.reader == "tls"
 
 
@@ -442,5 +443,6 @@ def test_a_client_certificate_authenticates(
         wire.close()
     # Without the certificate the server refuses (no other line lets this role in).
     bare = TlsParams(**{**params.__dict__, "sslcert": str(tmp_path / "none.crt")})
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceError) as info:
         TlsWire(bare, "test")
+    assert not info.value.retryable and "sslcert" in (info.value.hint or "")
