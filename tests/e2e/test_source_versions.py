@@ -109,6 +109,33 @@ def test_tls_source_streams_snapshots_and_checkpoints(
         assert f"dbmazz_source_tls {1.0 if encrypted else 0.0}" in metrics
 
 
+def test_tls_stream_resumes_after_its_walsender_is_terminated(
+    tls_db: Database, tmp_path: Path
+) -> None:
+    """The own TLS connection dies with its walsender: the engine reconnects (again over
+    its own TLS connection) and every change arrives."""
+    _items(tls_db)
+    url = tls_db.server.dsn(tls_db.name, sslmode="require")
+    with _service(tls_db, tmp_path, source_url=url) as (service, client, sink):
+        tls_db.execute("INSERT INTO public.items VALUES (1000, 'before', 1)")
+        _loaded(service, mark(tls_db))
+
+        def walsenders() -> list[int]:
+            rows = tls_db.query("SELECT active_pid FROM pg_replication_slots "
+                                "WHERE database = current_database() AND active")
+            return [int(str(pid)) for (pid,) in rows if pid is not None]
+
+        [first] = walsenders()
+        tls_db.execute("SELECT pg_terminate_backend(%s)", (first,))
+        tls_db.execute("UPDATE public.items SET qty = -1 WHERE id <= 10")
+        tls_db.execute("DELETE FROM public.items WHERE id BETWEEN 20 AND 29")
+        tls_db.execute("INSERT INTO public.items VALUES (1001, 'after', 2)")
+        _loaded(service, mark(tls_db))
+        assert_replicated(tls_db, sink, ITEMS)
+        assert walsenders() not in ([], [first])  # a new session
+        assert client.status().source.reader == "tls"
+
+
 # -- streamed large transactions -----------------------------------------------------------
 
 
