@@ -330,7 +330,13 @@ class TlsWire:
             message = self._next(pending, deadline)
             kind = chr(message.kind)
             if kind == "E":
-                raise startup_error(error_fields(message.body), self.target)
+                fields = error_fields(message.body)
+                if fields.get("C") == "53300":
+                    # max_wal_senders/max_connections used up, libpq's connection counted:
+                    # libpq's connection can still stream.
+                    raise TlsWireUnavailable(
+                        f"the server refused a second connection: {fields.get('M', '')}")
+                raise startup_error(fields, self.target)
             if kind == "R":
                 reply = auth.answer(message.body)
                 if reply:
@@ -453,7 +459,7 @@ def startup_error(fields: Mapping[str, str], target: str) -> SourceError:
                            f"(SQLSTATE {state})",
                            "check SOURCE_URL's user, password and client certificate "
                            "(sslcert/sslkey)")
-    if state in ("53300", "57P03"):
+    if state == "57P03":
         return SourceConnectionError(
             f"PostgreSQL at {target} cannot accept the replication connection now: {text}",
             "raise max_connections/max_wal_senders if this repeats; dbmazz retries",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from dbmazz.source.replication import ReplicationStream
 from dbmazz.source.tlswire import Authentication, TlsParams, TlsWire, tls_params
 from dbmazz.source.wire import error_fields, query_message
 from dbmazz.testing.fixtures import Database
-from dbmazz.testing.postgres import PostgresCluster
+from dbmazz.testing.postgres import PostgresCluster, temporary_cluster
 from tests.integration._replication_helpers import (
     commits,
     make_slot,
@@ -446,3 +447,22 @@ def test_a_client_certificate_authenticates(
     with pytest.raises(SourceError) as info:
         TlsWire(bare, "test")
     assert not info.value.retryable and "sslcert" in (info.value.hint or "")
+
+
+def test_no_room_for_a_second_walsender_falls_back_to_libpq(
+        caplog: pytest.LogCaptureFixture, pg_bindir: str | None) -> None:
+    """max_wal_senders used up by libpq's own connection: libpq's connection streams."""
+    if os.environ.get("DBMAZZ_TEST_PG_DSN"):
+        pytest.skip("needs a private cluster; DBMAZZ_TEST_PG_DSN points at a shared server")
+    with temporary_cluster({"max_wal_senders": "1"}, tls=True) as cluster:
+        name = cluster.create_database()
+        db = Database(cluster, name)
+        make_table(db)
+        make_slot(db)
+        db.execute("INSERT INTO t VALUES (1, 'a')")
+        with caplog.at_level(logging.WARNING), \
+                ReplicationStream.open(_dsn(db), "s1", ["pub"]) as stream:
+            assert stream.channel.reader == "libpq"
+            msgs = parse_all(read_until(stream, commits(1)))
+        assert [texts(m.new) for m in msgs if isinstance(m, po.Insert)] == [["1", "a"]]
+        assert any("max_wal_senders" in r.getMessage() for r in caplog.records)
