@@ -684,10 +684,11 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def latency_run(dsn: str, rate: int, seconds: float, flush_interval_ms: int, workdir: Path,
-                name: str) -> dict[str, Any]:
+                name: str, root: Path = ROOT) -> dict[str, Any]:
     """dbmazz → null sink while a paced writer commits ``rate`` changes/s: commit→visible
     (the null sink's arrival time of each key) and commit→confirmed (the slot's
-    confirmed_flush_lsn passing the transaction's commit) separately."""
+    confirmed_flush_lsn passing the transaction's commit) separately. ``root``: the tree
+    whose dbmazz runs (``--baseline``)."""
     slot = f"bench_{name}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
@@ -698,7 +699,7 @@ def latency_run(dsn: str, rate: int, seconds: float, flush_interval_ms: int, wor
     with null_sink(record_key="id") as (ports, _sink_process), ConfirmWatch(dsn, slot) as cw:
         config = dbmazz_config(dsn, slot, "starrocks", ports, workdir)
         config["flush_interval_ms"] = flush_interval_ms
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "dbmazz",
+        cmd = [sys.executable, str(root / "bench" / "e2e.py"), "--child", "dbmazz",
                "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": 0,
                                            "name": "dbmazz_latency", "config": config})]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -938,12 +939,14 @@ def main() -> int:
                     log(f"run {rep + 1}/{args.repeat} ({version}): {run.summary()}")
         if not args.skip_latency:
             dsn = backlogs[versions[0]][0]
+            trees = [("", ROOT)] + ([("_base", args.baseline)] if args.baseline else [])
             for spec in args.latency_runs.split(","):
                 rate, interval, seconds = spec.split(":")
-                result = latency_run(dsn, int(rate), float(seconds), int(interval), Path(tmp),
-                                     f"lat_{rate}_{interval}")
-                latency.append(result)
-                log(f"latency: {json.dumps(result)}")
+                for suffix, root in trees:  # the baseline right after, same conditions
+                    result = latency_run(dsn, int(rate), float(seconds), int(interval),
+                                         Path(tmp), f"lat_{rate}_{interval}{suffix}", root)
+                    latency.append(result)
+                    log(f"latency: {json.dumps(result)}")
 
     changes = backlogs[versions[0]][3]
     summaries = {v: summarise({k: r for k, r in runs[v].items() if r}, changes, args,
