@@ -8,8 +8,10 @@ own slot, one after the other (round robin over ``--repeat``), each as a subproc
 
 * ``limit``: bench/limit.py, a minimal consumer speaking the wire protocol itself: large
   coalesced socket reads, frame headers walked only to count messages and answer
-  keepalives, a status update a second. Its rate is the physical limit of the source, its
-  CPU per change the floor of reading;
+  keepalives, a status update a second. It asks for the pgoutput protocol the dbmazz
+  contenders negotiate (``--pgoutput-protocol``, default auto: 3 with streaming on
+  PostgreSQL 15, 4 with parallel streaming on 16+), so both receive the same messages. Its
+  rate is the physical limit of the source, its CPU per change the floor of reading;
 * ``pg_recvlogical`` (pgoutput, ``proto_version=1``) to /dev/null, stopped by ``--endpos``;
 * ``dbmazz_null``: dbmazz end to end (``SINK=starrocks``, ``SETUP=skip``) into
   ``bench/nullsink.py``, a local HTTP server speaking enough Stream Load (307, 100-continue,
@@ -284,11 +286,23 @@ def run_child(kind: str, dsn: str, slot: str, end: int, changes: int, args: dict
         # Debezium: streaming starts when its walsender does (after JVM and connector start).
         stream_s = report["done_at"] - watch.active_at
         extra["x_warmup_s"] = round(watch.active_at - report["started_at"], 2)
+    # wait4's ru_maxrss also counts the parent's memory the child ran in before its exec
+    # (vfork), so a child lighter than this script reads as heavy as it; the child's own
+    # high-water mark does not (trees from before it report only the former).
+    peak_rss_mb = report.get("peak_rss_own_mb") or usage.ru_maxrss / 1024
     return Run(report["name"], changes, stream_s, report["stream_cpu_s"],
-               cpu_of(usage), usage.ru_maxrss / 1024, watch.cpu_s,
+               cpu_of(usage), peak_rss_mb, watch.cpu_s,
                setup_s=report.get("setup_s", 0.0), sink_cpu_s=_cpu_total(sink) - sink_before,
                machine_busy_s=machine_busy_s() - busy, load_1m=loadavg[0], loadavg=loadavg,
                extra=extra)
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak resident set since its exec (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _cpu_total(process: psutil.Process | None) -> float:
@@ -408,7 +422,8 @@ def child_limit(args: dict[str, Any]) -> dict[str, Any]:
     import limit
 
     report = limit.run(args["dsn"], args["slot"], PUBLICATION, int(args["end"]),
-                       low_water=int(args.get("low_water", 0)))
+                       low_water=int(args.get("low_water", 0)),
+                       proto=str(args.get("proto", "1")))
     return {"name": args["name"], **report, "error": None}
 
 
@@ -857,6 +872,7 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - reported to the parent as JSON
             report = {"name": child_args.get("name", args.child),
                       "error": f"{type(exc).__name__}: {exc}"}
+        report["peak_rss_own_mb"] = own_peak_rss_mb()
         print(json.dumps(report), flush=True)
         return 0
 
@@ -893,6 +909,7 @@ def main() -> int:
             dsn = with_sslmode(plain, "disable")
             with psycopg.connect(dsn, autocommit=True) as conn:
                 servers[version] = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+
                 conn.execute(PG_DDL)  # type: ignore[arg-type]
                 conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")  # type: ignore[arg-type]
                 for rep in range(args.repeat):
@@ -922,7 +939,8 @@ def main() -> int:
                             run = run_recvlogical(source, slot, end, changes)
                         elif kind in ("peer", "limit", "debezium"):
                             run = run_child(kind, source, slot, end, changes,
-                                            {"name": contender, "changes": changes})
+                                            {"name": contender, "changes": changes,
+                                             "proto": args.pgoutput_protocol or "auto"})
                         else:
                             sink = "duckdb" if kind == "dbmazz_duckdb" else "starrocks"
                             config = dbmazz_config(source, slot, sink, ports, Path(tmp),
