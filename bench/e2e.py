@@ -8,8 +8,10 @@ own slot, one after the other (round robin over ``--repeat``), each as a subproc
 
 * ``limit``: bench/limit.py, a minimal consumer speaking the wire protocol itself: large
   coalesced socket reads, frame headers walked only to count messages and answer
-  keepalives, a status update a second. Its rate is the physical limit of the source, its
-  CPU per change the floor of reading;
+  keepalives, a status update a second. It asks for the pgoutput protocol the dbmazz
+  contenders negotiate (``--pgoutput-protocol``, default auto: 3 with streaming on
+  PostgreSQL 15, 4 with parallel streaming on 16+), so both receive the same messages. Its
+  rate is the physical limit of the source, its CPU per change the floor of reading;
 * ``pg_recvlogical`` (pgoutput, ``proto_version=1``) to /dev/null, stopped by ``--endpos``;
 * ``dbmazz_null``: dbmazz end to end (``SINK=starrocks``, ``SETUP=skip``) into
   ``bench/nullsink.py``, a local HTTP server speaking enough Stream Load (307, 100-continue,
@@ -284,11 +286,23 @@ def run_child(kind: str, dsn: str, slot: str, end: int, changes: int, args: dict
         # Debezium: streaming starts when its walsender does (after JVM and connector start).
         stream_s = report["done_at"] - watch.active_at
         extra["x_warmup_s"] = round(watch.active_at - report["started_at"], 2)
+    # wait4's ru_maxrss also counts the parent's memory the child ran in before its exec
+    # (vfork), so a child lighter than this script reads as heavy as it; the child's own
+    # high-water mark does not (trees from before it report only the former).
+    peak_rss_mb = report.get("peak_rss_own_mb") or usage.ru_maxrss / 1024
     return Run(report["name"], changes, stream_s, report["stream_cpu_s"],
-               cpu_of(usage), usage.ru_maxrss / 1024, watch.cpu_s,
+               cpu_of(usage), peak_rss_mb, watch.cpu_s,
                setup_s=report.get("setup_s", 0.0), sink_cpu_s=_cpu_total(sink) - sink_before,
                machine_busy_s=machine_busy_s() - busy, load_1m=loadavg[0], loadavg=loadavg,
                extra=extra)
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak resident set since its exec (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _cpu_total(process: psutil.Process | None) -> float:
@@ -408,7 +422,8 @@ def child_limit(args: dict[str, Any]) -> dict[str, Any]:
     import limit
 
     report = limit.run(args["dsn"], args["slot"], PUBLICATION, int(args["end"]),
-                       low_water=int(args.get("low_water", 0)))
+                       low_water=int(args.get("low_water", 0)),
+                       proto=str(args.get("proto", "1")))
     return {"name": args["name"], **report, "error": None}
 
 
@@ -684,10 +699,11 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def latency_run(dsn: str, rate: int, seconds: float, flush_interval_ms: int, workdir: Path,
-                name: str) -> dict[str, Any]:
+                name: str, root: Path = ROOT) -> dict[str, Any]:
     """dbmazz → null sink while a paced writer commits ``rate`` changes/s: commit→visible
     (the null sink's arrival time of each key) and commit→confirmed (the slot's
-    confirmed_flush_lsn passing the transaction's commit) separately."""
+    confirmed_flush_lsn passing the transaction's commit) separately. ``root``: the tree
+    whose dbmazz runs (``--baseline``)."""
     slot = f"bench_{name}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
@@ -698,7 +714,7 @@ def latency_run(dsn: str, rate: int, seconds: float, flush_interval_ms: int, wor
     with null_sink(record_key="id") as (ports, _sink_process), ConfirmWatch(dsn, slot) as cw:
         config = dbmazz_config(dsn, slot, "starrocks", ports, workdir)
         config["flush_interval_ms"] = flush_interval_ms
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "dbmazz",
+        cmd = [sys.executable, str(root / "bench" / "e2e.py"), "--child", "dbmazz",
                "--child-args", json.dumps({"dsn": dsn, "slot": slot, "end": 0,
                                            "name": "dbmazz_latency", "config": config})]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -856,6 +872,7 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - reported to the parent as JSON
             report = {"name": child_args.get("name", args.child),
                       "error": f"{type(exc).__name__}: {exc}"}
+        report["peak_rss_own_mb"] = own_peak_rss_mb()
         print(json.dumps(report), flush=True)
         return 0
 
@@ -892,6 +909,7 @@ def main() -> int:
             dsn = with_sslmode(plain, "disable")
             with psycopg.connect(dsn, autocommit=True) as conn:
                 servers[version] = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+
                 conn.execute(PG_DDL)  # type: ignore[arg-type]
                 conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE}")  # type: ignore[arg-type]
                 for rep in range(args.repeat):
@@ -921,7 +939,8 @@ def main() -> int:
                             run = run_recvlogical(source, slot, end, changes)
                         elif kind in ("peer", "limit", "debezium"):
                             run = run_child(kind, source, slot, end, changes,
-                                            {"name": contender, "changes": changes})
+                                            {"name": contender, "changes": changes,
+                                             "proto": args.pgoutput_protocol or "auto"})
                         else:
                             sink = "duckdb" if kind == "dbmazz_duckdb" else "starrocks"
                             config = dbmazz_config(source, slot, sink, ports, Path(tmp),
@@ -938,12 +957,14 @@ def main() -> int:
                     log(f"run {rep + 1}/{args.repeat} ({version}): {run.summary()}")
         if not args.skip_latency:
             dsn = backlogs[versions[0]][0]
+            trees = [("", ROOT)] + ([("_base", args.baseline)] if args.baseline else [])
             for spec in args.latency_runs.split(","):
                 rate, interval, seconds = spec.split(":")
-                result = latency_run(dsn, int(rate), float(seconds), int(interval), Path(tmp),
-                                     f"lat_{rate}_{interval}")
-                latency.append(result)
-                log(f"latency: {json.dumps(result)}")
+                for suffix, root in trees:  # the baseline right after, same conditions
+                    result = latency_run(dsn, int(rate), float(seconds), int(interval),
+                                         Path(tmp), f"lat_{rate}_{interval}{suffix}", root)
+                    latency.append(result)
+                    log(f"latency: {json.dumps(result)}")
 
     changes = backlogs[versions[0]][3]
     summaries = {v: summarise({k: r for k, r in runs[v].items() if r}, changes, args,

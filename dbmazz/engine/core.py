@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Longest wait for input between the reading loop's checks (stop, pause, limits).
+_READ_WAIT_S = 0.1
+
 
 class Stage(enum.StrEnum):
     INIT = "INIT"
@@ -581,7 +584,12 @@ class Engine:
                     with self._inflight_cv:
                         self._inflight_cv.wait(0.1)
                     continue
-                chunk = source.read_chunk(timeout_s=0.1)
+                # Wait for input no longer than until the pending flush is due: a flush
+                # noticed only when the next read returns would be late by up to a read's
+                # wait (the socket reader's low-water slice, or 100 ms while idle).
+                due = batcher.due_in()
+                wait = _READ_WAIT_S if due is None else min(_READ_WAIT_S, due)
+                chunk = source.read_chunk(timeout_s=wait)
                 if chunk is not None:
                     chunk = self._gather(source, chunk)
                     self.progress.chunks += 1

@@ -202,6 +202,17 @@ class Batcher:
             return []
         return [self._cut_committed()]
 
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`poll` flushes (0 if it would now), None while nothing
+        committed is pending: the longest the caller may wait for more input without
+        making the committed work late."""
+        if not self._has_committed():
+            return None
+        if self._first_pending_at is None:
+            return self.flush_interval_ms / 1000
+        age = self._clock() - self._first_pending_at
+        return max(0.0, self.flush_interval_ms / 1000 - age)
+
     def drain(self) -> list[Flush]:
         """Flush every committed change now (stop/drain); an open transaction stays."""
         return [self._cut_committed()] if self._has_committed() else []

@@ -123,9 +123,10 @@ class Spool:
                 prefix="dbmazz-spool-", dir=self.spool_dir
             )
         position = self.file.seek(0, 2)
-        self.file.write(chunk.offsets.tobytes())
-        self.file.write(chunk.lsns.tobytes())
-        self.file.write(chunk.data.tobytes())
+        # The arrays' own buffers (no bytes copy of each on the way to the file).
+        self.file.write(np.ascontiguousarray(chunk.offsets, dtype=np.int64).data)
+        self.file.write(np.ascontiguousarray(chunk.lsns, dtype=np.uint64).data)
+        self.file.write(np.ascontiguousarray(chunk.data).data)
         self.spilled += chunk.nbytes
         self.segments.append((position, len(chunk), len(chunk.data)))
 

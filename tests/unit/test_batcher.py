@@ -200,6 +200,23 @@ def test_interval_flush_and_heartbeat_only_commits() -> None:
     assert b.poll() == []
 
 
+def test_due_in_counts_down_to_the_interval_flush() -> None:
+    clock = Clock()
+    b = make(interval_ms=500, clock=clock)
+    assert b.due_in() is None  # nothing pending: no deadline
+    b.add(chunk(wal.relation(T1), [wal.begin(100), wal.insert(T1.oid, ["1", "x"])]))
+    assert b.due_in() is None  # an open transaction cannot be flushed yet
+    b.add(chunk(wal.commit(100, 108)))
+    clock.now = 0.2
+    assert b.due_in() == pytest.approx(0.3)
+    assert b.poll() == []
+    clock.now = 0.7
+    assert b.due_in() == 0.0
+    [flush] = b.poll()
+    assert flush.end_lsn == 108
+    assert b.due_in() is None
+
+
 def test_unknown_message_type_is_a_protocol_error() -> None:
     b = make()
     with pytest.raises(ProtocolError, match="0x5a"):

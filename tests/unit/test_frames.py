@@ -134,6 +134,19 @@ def test_gapped_chunk_reads_like_a_back_to_back_one() -> None:
     assert back_to_back.ends is None and back_to_back.messages() == messages * 2
 
 
+def test_compact_keeps_messages_listed_out_of_buffer_order() -> None:
+    messages = [b"B" + bytes(20), b"Ifirst", b"Isecond!", b"C" + bytes(25)]
+    chunk = gapped(messages, [10, 20, 30, 40])
+    order = [2, 0, 3, 1]
+    shuffled = WalChunk(data=chunk.data,
+                        offsets=np.append(chunk.starts[order], 0).astype(np.int64),
+                        lsns=chunk.lsns[order], ends=chunk.message_ends[order])
+    compact = shuffled.compact()
+    assert compact.ends is None
+    assert compact.messages() == [messages[i] for i in order]
+    assert compact.lsns.tolist() == [10 * (i + 1) for i in order]
+
+
 def test_join_slabs_of_many_scattered_runs_keeps_every_message() -> None:
     rng = np.random.default_rng(7)
     slabs = []

@@ -1,0 +1,50 @@
+"""The reading loop never waits for input past the moment a pending flush is due."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dbmazz.source.chunk import WalChunk
+from tests.scripted import ScriptedSource, eventually, scripted_engine
+
+
+class RecordingSource(ScriptedSource):
+    """Remembers when each read started, how long it could wait, and what it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[float, float, bool]] = []
+
+    def read_chunk(self, max_bytes: int = 0, timeout_s: float = 0.1) -> WalChunk | None:
+        started = time.monotonic()
+        chunk = super().read_chunk(max_bytes, timeout_s)
+        self.reads.append((started, timeout_s, chunk is not None))
+        return chunk
+
+
+def test_reads_wait_no_longer_than_the_flush_deadline(tmp_path: Path) -> None:
+    interval_s = 0.35  # longer than the loop's idle wait, so waits must shrink towards it
+    engine, script, _ = scripted_engine(tmp_path, flush_interval_ms=int(interval_s * 1000))
+    source = RecordingSource()
+    script.source = source
+    engine.start()
+    try:
+        eventually(lambda: len(source.reads) >= 2, "the loop reading")
+        end = script.insert(rows=3)
+        assert engine.wait_durable(end - 1, 30)
+    finally:
+        engine.stop()
+    reads = list(source.reads)
+    delivered = next(i for i, (_, _, got) in enumerate(reads) if got)
+    # The batcher starts its clock after the chunk is added, i.e. before the next read.
+    latest_deadline = reads[delivered + 1][0] + interval_s + 1e-3
+    after = reads[delivered + 1:]
+    assert after, reads
+    for started, timeout_s, _ in after:
+        if started > latest_deadline:
+            break  # flushed by now
+        assert started + timeout_s <= latest_deadline, (started, timeout_s, latest_deadline)
+    # Idle reads before the transaction waited the loop's full slice: the bound above is
+    # the deadline's doing, not a short wait everywhere.
+    assert reads[0][1] > 0.05
