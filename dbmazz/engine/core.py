@@ -137,7 +137,7 @@ class Settings:
     flush_rows: int = 50_000
     flush_bytes: int = 32 << 20
     flush_interval_ms: int = 1000
-    max_inflight_bytes: int = 64 << 20
+    max_inflight_bytes: int = 16 << 20
     load_workers: int = 4
     #: Reopening the stream after the source connection was lost (default: forever).
     reconnect: RetryPolicy = field(default_factory=_reconnect_policy)
@@ -197,7 +197,7 @@ class Engine:
     #: Recent decoded batches kept for inspection: at most this many, and this many bytes
     #: beyond the newest one (they pin decoded memory outside MAX_INFLIGHT_BYTES).
     recent_batches_max = 16
-    recent_batches_max_bytes = 16 << 20
+    recent_batches_max_bytes = 4 << 20
 
     def __init__(
         self,
