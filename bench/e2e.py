@@ -363,7 +363,7 @@ class MemoryProbe:
     """Where the memory is (``--probe-memory``): sampled every 10 ms from a thread of the
     bench child, reported at the RSS peak and as each figure's own maximum (MB): RSS, glibc's
     in-use / free-but-kept / mmapped bytes (mallinfo2), Arrow's pool, the engine's in-flight
-    bytes."""
+    bytes; and once before the engine starts."""
 
     FIELDS = ("rss", "malloc_used", "malloc_free", "malloc_mmapped", "arrow", "inflight")
 
@@ -386,6 +386,7 @@ class MemoryProbe:
         self._done = threading.Event()
         self.at_peak: dict[str, float] = {}
         self.maxima = dict.fromkeys(self.FIELDS, 0.0)
+        self.at_start = self.sample()
         self._thread = threading.Thread(target=self._run, name="bench-probe", daemon=True)
         self._thread.start()
 
@@ -408,7 +409,8 @@ class MemoryProbe:
     def stop(self) -> dict[str, dict[str, float]]:
         self._done.set()
         self._thread.join()
-        return {"at_rss_peak": {k: round(v, 1) for k, v in self.at_peak.items()},
+        return {"at_start": {k: round(v, 1) for k, v in self.at_start.items()},
+                "at_rss_peak": {k: round(v, 1) for k, v in self.at_peak.items()},
                 "maxima": {k: round(v, 1) for k, v in self.maxima.items()}}
 
 
