@@ -137,7 +137,7 @@ class Settings:
     flush_rows: int = 50_000
     flush_bytes: int = 4 << 20
     flush_interval_ms: int = 1000
-    max_inflight_bytes: int = 16 << 20
+    max_inflight_bytes: int = 64 << 20
     load_workers: int = 4
     #: Reopening the stream after the source connection was lost (default: forever).
     reconnect: RetryPolicy = field(default_factory=_reconnect_policy)
