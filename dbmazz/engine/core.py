@@ -135,7 +135,7 @@ class HeartbeatWriter(Protocol):
 @dataclass
 class Settings:
     flush_rows: int = 50_000
-    flush_bytes: int = 4 << 20
+    flush_bytes: int = 32 << 20
     flush_interval_ms: int = 1000
     max_inflight_bytes: int = 64 << 20
     load_workers: int = 4
