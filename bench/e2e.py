@@ -330,6 +330,7 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
     ready = time.perf_counter()
     cpu0 = cpu_of(resource.getrusage(resource.RUSAGE_SELF))
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    probe = MemoryProbe(engine) if args.get("probe") else None
     engine.start()
     end = int(args["end"])
     if end:
@@ -346,6 +347,7 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
     threads_cpu = _thread_cpu()
     report = {
         "name": args["name"],
+        "x_memory_probe": probe.stop() if probe is not None else None,
         "x_thread_cpu_s": threads_cpu,
         "stream_s": done - ready,
         "stream_cpu_s": cpu1 - cpu0,
@@ -369,6 +371,61 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
 
 HEAVY_MODULES = ("duckdb", "grpc", "rich", "polars", "pyarrow", "numpy", "adbc_driver_postgresql",
                  "pycurl", "pydantic", "psutil")
+
+
+class MemoryProbe:
+    """Where the memory is (``--probe-memory``): sampled every 10 ms from a thread of the
+    bench child, reported at the RSS peak and as each figure's own maximum (MB): RSS, glibc's
+    in-use / free-but-kept / mmapped bytes (mallinfo2), Arrow's pool, the engine's in-flight
+    bytes; and once before the engine starts."""
+
+    FIELDS = ("rss", "malloc_used", "malloc_free", "malloc_mmapped", "arrow", "inflight")
+
+    def __init__(self, engine: Any) -> None:
+        import ctypes
+        import ctypes.util
+
+        import pyarrow as pa
+
+        class Mallinfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        self._mallinfo2 = libc.mallinfo2
+        self._mallinfo2.restype = Mallinfo2
+        self._pa = pa
+        self._engine = engine
+        self._done = threading.Event()
+        self.at_peak: dict[str, float] = {}
+        self.maxima = dict.fromkeys(self.FIELDS, 0.0)
+        self.at_start = self.sample()
+        self._thread = threading.Thread(target=self._run, name="bench-probe", daemon=True)
+        self._thread.start()
+
+    def sample(self) -> dict[str, float]:
+        info = self._mallinfo2()
+        mb = 1 / (1 << 20)
+        return {"rss": _rss_now_mb(), "malloc_used": info.uordblks * mb,
+                "malloc_free": info.fordblks * mb, "malloc_mmapped": info.hblkhd * mb,
+                "arrow": self._pa.total_allocated_bytes() * mb,
+                "inflight": self._engine.progress.inflight_bytes * mb}
+
+    def _run(self) -> None:
+        while not self._done.wait(0.01):
+            now = self.sample()
+            if now["rss"] >= self.maxima["rss"]:
+                self.at_peak = now
+            for k, v in now.items():
+                self.maxima[k] = max(self.maxima[k], v)
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        self._done.set()
+        self._thread.join()
+        return {"at_start": {k: round(v, 1) for k, v in self.at_start.items()},
+                "at_rss_peak": {k: round(v, 1) for k, v in self.at_peak.items()},
+                "maxima": {k: round(v, 1) for k, v in self.maxima.items()}}
 
 
 def _rss_now_mb() -> float:
@@ -862,6 +919,10 @@ def main() -> int:
                         help="PGOUTPUT_PROTOCOL of the dbmazz contenders (default: theirs, "
                              "auto: 2+ streams the large transaction while it runs; 1 sends it "
                              "whole at commit, as trees from before the setting do)")
+    parser.add_argument("--probe-memory", action="store_true",
+                        help="dbmazz contenders sample RSS, glibc malloc (mallinfo2), Arrow's "
+                             "pool and in-flight bytes every 10 ms and report them at the RSS "
+                             "peak (costs a little CPU: leave it off for CPU figures)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -946,7 +1007,8 @@ def main() -> int:
                             config = dbmazz_config(source, slot, sink, ports, Path(tmp),
                                                    args.pgoutput_protocol)
                             run = run_child("dbmazz", source, slot, end, changes,
-                                            {"name": contender, "config": config},
+                                            {"name": contender, "config": config,
+                                             "probe": args.probe_memory},
                                             sink_process if sink == "starrocks" else None,
                                             root=args.baseline if base else ROOT)
                     except RuntimeError as exc:
@@ -1040,7 +1102,7 @@ def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace
             out[name]["null_sink_cpu_s"] = round(best.sink_cpu_s, 2)
         for key in ("x_warmup_s", "x_first_event_after_s", "x_startup_cpu_s",
                     "x_rss_after_imports_mb", "x_rss_after_setup_mb", "x_heavy_modules",
-                    "x_imported_late_by", "x_thread_cpu_s",
+                    "x_imported_late_by", "x_thread_cpu_s", "x_memory_probe",
                     "x_reads"):
             if key in best.extra:
                 out[name][key.removeprefix("x_")] = best.extra[key]

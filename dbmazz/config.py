@@ -138,7 +138,9 @@ class Config(BaseSettings):
     flush_bytes: int = Field(default=32 * _MIB, gt=0, description="Flush at this many bytes.")
     flush_interval_ms: int = Field(default=1000, gt=0, description="Flush at least this often.")
     max_inflight_bytes: int = Field(
-        default=64 * _MIB, gt=0, description="Stop reading above this many in-flight bytes."
+        default=64 * _MIB, gt=0, description="Stop reading above this many in-flight bytes "
+        "(a quarter of it also bounds the memory of a streamed transaction held until its "
+        "commit; the rest spills to a temporary file)."
     )
     heartbeat_interval_s: float = Field(
         default=30.0,

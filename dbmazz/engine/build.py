@@ -58,6 +58,14 @@ def settings_from(config: Config, **overrides: object) -> Settings:
     return settings
 
 
+def spool_memory_bytes(config: Config) -> int:
+    """Memory a streamed transaction may hold until its Stream Commit: a quarter of the
+    in-flight budget, so spooling and the flushes in flight share one bound. More buys
+    nothing: a streamed transaction is larger than the server's logical_decoding_work_mem
+    by definition and spills to a temporary file anyway (the page cache, not RSS)."""
+    return max(1 << 20, config.max_inflight_bytes // 4)
+
+
 def build_replay_engine(config: Config, path: str | Path, *, sink: Sink | None = None,
                         primary_keys: Mapping[str, tuple[str, ...]] | None = None) -> Engine:
     """``primary_keys`` (``--primary-keys``) win over the capture's recorded keys; tables
@@ -180,7 +188,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
                                       socket_reader=socket_reader,
                                       proto_version=config.pgoutput_protocol, streaming=None,
-                                      skip_empty_transactions=True)
+                                      skip_empty_transactions=True,
+                                      spool_memory_bytes=spool_memory_bytes(config))
 
     snapshots = _snapshots(config, mode=config.snapshot, sink=target, schemas=schemas,
                            keys=keys, tables=tables, source=source, checkpoint=checkpoint,

@@ -200,7 +200,7 @@ class Engine:
     #: Recent decoded batches kept for inspection: at most this many, and this many bytes
     #: beyond the newest one (they pin decoded memory outside MAX_INFLIGHT_BYTES).
     recent_batches_max = 16
-    recent_batches_max_bytes = 16 << 20
+    recent_batches_max_bytes = 4 << 20
 
     def __init__(
         self,

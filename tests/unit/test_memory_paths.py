@@ -185,3 +185,12 @@ def test_tune_allocators_is_idempotent() -> None:
     # Large buffers still come and go.
     big = np.ones(8 << 20, dtype=np.uint8)
     assert int(big.sum()) == 8 << 20
+
+
+def test_a_streamed_transaction_spools_a_quarter_of_the_in_flight_budget() -> None:
+    from dbmazz.config import Config
+    from dbmazz.engine.build import spool_memory_bytes
+
+    assert spool_memory_bytes(Config(max_inflight_bytes=16 << 20)) == 4 << 20
+    assert spool_memory_bytes(Config(max_inflight_bytes=256 << 20)) == 64 << 20
+    assert spool_memory_bytes(Config(max_inflight_bytes=1 << 20)) == 1 << 20  # a floor
