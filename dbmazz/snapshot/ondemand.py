@@ -174,7 +174,7 @@ class OnDemandSnapshot:
             layouts = table_layouts(conn, self.tables, ctx.publication)
             tid_ranges = server_supports_tid_ranges(conn)
         chunks = [c for t in self.tables
-                  for c in plan_chunks(layouts[t], ctx.chunk_pages, tid_ranges)]
+                  for c in plan_chunks(layouts[t], ctx.chunk_pages, tid_ranges, ramp=True)]
         ctx.store.save_plan(chunks, watermark, ON_DEMAND, replace_tables=self.tables)
         plan = Plan(watermark, snapshot_name, chunks, [layouts[t] for t in self.tables], {})
         progress = progress_for(ON_DEMAND, watermark, plan.layouts, chunks)

@@ -74,6 +74,12 @@ SNAPSHOT_SESSION: dict[str, str] = {**SESSION_SETTINGS, "bytea_output": "hex"}
 
 #: Default chunk size: 4096 pages = 32 MiB of heap (rows ≈ 32 MiB / row width).
 DEFAULT_CHUNK_PAGES = 4096
+#: With ``ramp``, a table's first chunks are 1/16, 1/8, 1/4 and 1/2 of the chunk size
+#: (each at least :data:`MIN_RAMP_PAGES`): the sink's first write waits for a small read
+#: instead of a whole chunk read by every worker at once (~10% of a 5 M-row DuckDB
+#: snapshot's time was that wait), and the reads that follow keep ahead of the writes.
+RAMP_DIVISORS = (16, 8, 4, 2)
+MIN_RAMP_PAGES = 64
 
 #: Types whose binary COPY form the ADBC driver turns into exactly our Arrow type.
 _NATIVE_OIDS = frozenset({BOOL, INT2, INT4, INT8, FLOAT4, FLOAT8, TEXT, VARCHAR, BPCHAR, NAME,
@@ -163,12 +169,20 @@ def table_layouts(conn: psycopg.Connection, tables: Iterable[str],
 
 
 def plan_chunks(layout: TableLayout, chunk_pages: int = DEFAULT_CHUNK_PAGES,
-                tid_ranges: bool = True) -> list[Chunk]:
+                tid_ranges: bool = True, ramp: bool = False) -> list[Chunk]:
     """Chunks covering every page of the table (and, via the open last chunk, any page
-    added later). An empty table still gets one chunk: rows may arrive before it is read."""
+    added later). An empty table still gets one chunk: rows may arrive before it is read.
+    ``ramp``: smaller first chunks (:data:`RAMP_DIVISORS`) for a table of several chunks."""
     if layout.partitioned or not tid_ranges or layout.pages <= chunk_pages:
         return [Chunk(layout.table, 0, 0, None, layout.partitioned, layout.row_filter)]
-    starts = list(range(0, layout.pages, chunk_pages))
+    sizes = [chunk_pages // d for d in RAMP_DIVISORS
+             if chunk_pages // d >= MIN_RAMP_PAGES] if ramp else []
+    starts: list[int] = []
+    at = 0
+    for size in sizes:
+        starts.append(at)
+        at += size
+    starts += range(at, layout.pages, chunk_pages)
     return [
         Chunk(layout.table, i, start, starts[i + 1] if i + 1 < len(starts) else None,
               row_filter=layout.row_filter)

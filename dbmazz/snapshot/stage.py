@@ -127,7 +127,7 @@ class Snapshots:
         if self.source.slot_created and creation is not None:
             version = self.source.consistent_point or creation.consistent_point
             chunks = [c for t in names for c in plan_chunks(layouts[t], ctx.chunk_pages,
-                                                             tid_ranges)]
+                                                             tid_ranges, ramp=True)]
             ctx.store.save_plan(chunks, version, INITIAL)
             log.info("initial snapshot of %d table(s) in %d chunk(s) at %s", len(names),
                      len(chunks), format_lsn(version))
@@ -141,7 +141,7 @@ class Snapshots:
             return None
         version = self.source.confirmed_flush_lsn or 0
         chunks = [c for t in names for c in plan_chunks(layouts[t], ctx.chunk_pages,
-                                                         tid_ranges)]
+                                                         tid_ranges, ramp=True)]
         ctx.store.save_plan(chunks, version, INITIAL)
         log.info("slot %s exists but never streamed: initial snapshot of %d table(s) at %s",
                  ctx.slot, len(names), format_lsn(version))

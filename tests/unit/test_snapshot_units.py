@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pyarrow as pa
 
 from dbmazz.contract import AUDIT_NAMES
@@ -33,6 +35,20 @@ def test_chunks_cover_every_page_and_the_last_is_open() -> None:
     assert chunks[0].predicate() == "ctid < '(4,0)'::tid"
     assert chunks[1].predicate() == "ctid >= '(4,0)'::tid AND ctid < '(8,0)'::tid"
     assert chunks[2].predicate() == "ctid >= '(8,0)'::tid"
+
+
+def test_a_ramp_starts_with_smaller_chunks_and_still_covers_every_page_once() -> None:
+    layout = TableLayout("public.t", 10_000, 1_000_000, "f")
+    chunks = plan_chunks(layout, chunk_pages=1024, ramp=True)
+    assert [c.pages for c in chunks] == [64, 128, 256, 512, *[1024] * 8, None]
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunks[0].first_page == 0 and chunks[-1].first_page == 960 + 8 * 1024
+    for before, after in itertools.pairwise(chunks):
+        assert before.end_page == after.first_page  # no page twice, none left out
+    # Ramp chunks smaller than MIN_RAMP_PAGES are not made (tests' 4-page chunks stay).
+    assert plan_chunks(layout, chunk_pages=4, ramp=True) == plan_chunks(layout, 4)
+    # A table of one chunk stays one chunk.
+    assert plan_chunks(TableLayout("public.t", 900, 9, "f"), 1024, ramp=True)[0].pages is None
 
 
 def test_small_empty_and_partitioned_tables_are_one_chunk() -> None:
