@@ -919,6 +919,9 @@ def main() -> int:
                         help="PGOUTPUT_PROTOCOL of the dbmazz contenders (default: theirs, "
                              "auto: 2+ streams the large transaction while it runs; 1 sends it "
                              "whole at commit, as trees from before the setting do)")
+    parser.add_argument("--limit-low-water", type=int, default=0, metavar="BYTES",
+                        help="SO_RCVLOWAT of the limit consumer (default 0: it reads whatever "
+                             "arrived; 65536 reads like dbmazz's socket reader)")
     parser.add_argument("--probe-memory", action="store_true",
                         help="dbmazz contenders sample RSS, glibc malloc (mallinfo2), Arrow's "
                              "pool and in-flight bytes every 10 ms and report them at the RSS "
@@ -1001,7 +1004,8 @@ def main() -> int:
                         elif kind in ("peer", "limit", "debezium"):
                             run = run_child(kind, source, slot, end, changes,
                                             {"name": contender, "changes": changes,
-                                             "proto": args.pgoutput_protocol or "auto"})
+                                             "proto": args.pgoutput_protocol or "auto",
+                                             "low_water": args.limit_low_water})
                         else:
                             sink = "duckdb" if kind == "dbmazz_duckdb" else "starrocks"
                             config = dbmazz_config(source, slot, sink, ports, Path(tmp),
