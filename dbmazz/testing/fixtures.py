@@ -150,6 +150,16 @@ def tls_pg_server(pg_bindir: str | None) -> Iterator[PostgresCluster]:
         yield cluster
 
 
+@pytest.fixture
+def tls_db(tls_pg_server: PostgresCluster) -> Iterator[Database]:
+    """A new, empty database on the TLS cluster for one test; dropped afterwards."""
+    name = tls_pg_server.create_database()
+    try:
+        yield Database(tls_pg_server, name)
+    finally:
+        tls_pg_server.drop_database(name)
+
+
 @dataclass
 class StandbyPair:
     """A primary and its hot standby (both private clusters)."""

@@ -56,15 +56,6 @@ def _loaded(service: EngineService, lsn: int) -> None:
 # -- TLS ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tls_db(tls_pg_server: PostgresCluster) -> Iterator[Database]:
-    name = tls_pg_server.create_database()
-    try:
-        yield Database(tls_pg_server, name)
-    finally:
-        tls_pg_server.drop_database(name)
-
-
 @pytest.mark.parametrize("sslmode", ["verify-full", "require", "disable"])
 def test_tls_source_streams_snapshots_and_checkpoints(
     tls_db: Database, tmp_path: Path, sslmode: str

@@ -35,15 +35,6 @@ from tests.integration._replication_helpers import (
 ROLE_PASSWORD = "tls-wire-pw"
 
 
-@pytest.fixture
-def tls_db(tls_pg_server: PostgresCluster) -> Iterator[Database]:
-    name = tls_pg_server.create_database()
-    try:
-        yield Database(tls_pg_server, name)
-    finally:
-        tls_pg_server.drop_database(name)
-
-
 def _dsn(db: Database, **params: str) -> str:
     return db.server.dsn(db.name, **{"sslmode": "require", **params})
 
