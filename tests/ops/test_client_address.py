@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 import dbmazz
-from dbmazz.api.client import EngineUnreachable
+from dbmazz.api.client import DEFAULT_ADDRESS, EngineUnreachable
 from dbmazz.config import Config, ControlPlaneSettings
 from dbmazz.errors import ConfigError
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import free_port
 from tests.scripted import eventually
+
+DEFAULT_PORT = int(DEFAULT_ADDRESS.rsplit(":", 1)[1])
 
 TOKEN = "client-address-token"
 
@@ -31,6 +33,8 @@ def engine_dir(pg_db: Database, tmp_path: Path) -> Iterator[tuple[Path, int, Dat
     """`dbmazz run` configured only by a `.env` file in its working directory."""
     pg_db.execute("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
     port = free_port()
+    while port == DEFAULT_PORT:  # the test expects nothing to answer at the default port
+        port = free_port()
     (tmp_path / ".env").write_text(
         f"SOURCE_URL={pg_db.dsn}\nTABLES=public.t\nSINK=duckdb\n"
         f"DUCKDB_PATH={tmp_path / 't.duckdb'}\nSLOT_NAME=dbmazz_addr\n"
