@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import psycopg
@@ -137,23 +137,34 @@ def wait_rusage(proc: subprocess.Popen[Any]) -> tuple[int, resource.struct_rusag
     return proc.returncode, usage
 
 
-class WalsenderWatch:
-    """Samples the CPU time of the walsender serving ``slot`` while it lives."""
+class Sampler:
+    """A daemon thread running :meth:`_run` from ``with`` entry to exit (``_stop`` is set
+    at exit and the thread joined)."""
 
-    def __init__(self, dsn: str, slot: str) -> None:
-        self.dsn, self.slot = dsn, slot
-        self.cpu_s = 0.0
-        self.active_at = 0.0  # time.time() when the slot was first seen active
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> WalsenderWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class WalsenderWatch(Sampler):
+    """Samples the CPU time of the walsender serving ``slot`` while it lives."""
+
+    def __init__(self, dsn: str, slot: str) -> None:
+        super().__init__()
+        self.dsn, self.slot = dsn, slot
+        self.cpu_s = 0.0
+        self.active_at = 0.0  # time.time() when the slot was first seen active
 
     def _run(self) -> None:
         process: psutil.Process | None = None
@@ -706,22 +717,13 @@ def dbmazz_config(dsn: str, slot: str, sink: str, ports: dict[str, int] | None,
 
 
 # ---------------------------------------------------------------------------- latency
-class ConfirmWatch:
+class ConfirmWatch(Sampler):
     """Samples the slot's confirmed_flush_lsn every ``every_s``; keeps (time, lsn) changes."""
 
     def __init__(self, dsn: str, slot: str, every_s: float = 0.01) -> None:
+        super().__init__()
         self.dsn, self.slot, self.every_s = dsn, slot, every_s
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> ConfirmWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     @property
     def last(self) -> int:

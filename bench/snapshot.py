@@ -39,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import machine_busy_s, null_sink
+from e2e import Sampler, machine_busy_s, null_sink
 
 from dbmazz.config import Config
 from dbmazz.engine.build import build_live_engine
@@ -147,24 +146,15 @@ NULL_STREAM_LOAD: dict[str, int] = {}
 NULL_STREAM_LOAD_PROCESS: list[psutil.Process] = []
 
 
-class BusySampler:
+class BusySampler(Sampler):
     """CPU seconds sampled every 20 ms — the machine's, this process's (dbmazz runs in it)
     and the null endpoint's — so a stage's share can be read afterwards (the snapshot
     stage's bounds are known only when the run is over)."""
 
     def __init__(self, endpoint: psutil.Process | None) -> None:
+        super().__init__()
         self.endpoint = endpoint
         self.samples: list[tuple[float, float, float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BusySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         me = psutil.Process()
