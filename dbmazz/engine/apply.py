@@ -144,6 +144,9 @@ class FlushApplier:
         slab = join_slabs(step.slabs)
         decoded = decode_changes(step.relation, table.key_columns, slab.data, slab.starts,
                                  slab.commit_lsns, types=self.schemas.types)
+        # The joined copy of the messages is not needed past decoding: let it go before the
+        # load renders its body, rather than holding both at the flush's peak.
+        del slab
         changes = pa.Table.from_batches([decoded])
         if self._on_decoded is not None:
             self._on_decoded(table, changes)
