@@ -314,12 +314,11 @@ def main() -> None:
         # ceiling on this machine. A real BE runs elsewhere, hence the ceiling without it.
         result[f"{name}_machine_cpu_us_per_row"] = per_row(cpu.machine)
         result[f"{name}_dbmazz_cpu_us_per_row"] = per_row(cpu.dbmazz)
-        result[f"{name}_cpu_bound_ratio"] = round(cpus * best[name] / cpu.machine
-                                                  * rate / raw, 3)
+        result[f"{name}_cpu_bound_ratio"] = round(cpus * args.rows / cpu.machine / raw, 3)
         if cpu.endpoint:
             result[f"{name}_endpoint_cpu_us_per_row"] = per_row(cpu.endpoint)
             result[f"{name}_cpu_bound_ratio_without_endpoint"] = round(
-                cpus * best[name] / (cpu.machine - cpu.endpoint) * rate / raw, 3)
+                cpus * args.rows / (cpu.machine - cpu.endpoint) / raw, 3)
     result["loadavg_per_round"] = loads
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -57,8 +57,9 @@ def strip_streamed(chunk: WalChunk, top_xid: int, aborted: set[int]) -> WalChunk
     if aborted:
         keep = ~np.isin(xids, np.fromiter(aborted, dtype=np.uint32))
         starts, ends, lsns = starts[keep], ends[keep], lsns[keep]
-    offsets = np.append(starts, ends[-1] if len(ends) else 0).astype(np.int64)
-    return WalChunk(data=data, offsets=offsets, lsns=lsns, ends=ends.astype(np.int64))
+    offsets = np.append(starts, ends[-1] if len(ends) else 0).astype(np.int64, copy=False)
+    return WalChunk(data=data, offsets=offsets, lsns=lsns,
+                    ends=ends.astype(np.int64, copy=False))
 
 
 class Spool:

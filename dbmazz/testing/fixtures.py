@@ -10,6 +10,7 @@ subprocesses) use the same server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,14 +123,21 @@ def pg_server(pg_bindir: str | None) -> Iterator[PostgresServer]:
         yield cluster
 
 
+@contextlib.contextmanager
+def fresh_database(server: PostgresServer) -> Iterator[Database]:
+    """A new, empty database on ``server``; dropped with its replication slots at exit."""
+    name = server.create_database()
+    try:
+        yield Database(server, name)
+    finally:
+        server.drop_database(name)
+
+
 @pytest.fixture
 def pg_db(pg_server: PostgresServer) -> Iterator[Database]:
     """A new, empty database for one test; dropped with its replication slots afterwards."""
-    name = pg_server.create_database()
-    try:
-        yield Database(pg_server, name)
-    finally:
-        pg_server.drop_database(name)
+    with fresh_database(pg_server) as db:
+        yield db
 
 
 @pytest.fixture
@@ -153,11 +161,8 @@ def tls_pg_server(pg_bindir: str | None) -> Iterator[PostgresCluster]:
 @pytest.fixture
 def tls_db(tls_pg_server: PostgresCluster) -> Iterator[Database]:
     """A new, empty database on the TLS cluster for one test; dropped afterwards."""
-    name = tls_pg_server.create_database()
-    try:
-        yield Database(tls_pg_server, name)
-    finally:
-        tls_pg_server.drop_database(name)
+    with fresh_database(tls_pg_server) as db:
+        yield db
 
 
 @dataclass
