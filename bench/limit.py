@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import resource
+import select
 import socket
 import ssl
 import struct
@@ -183,6 +184,11 @@ def _status(lsn: int) -> bytes:
     return b"d" + _I32.pack(len(payload) + 4) + payload
 
 
+#: How long a read waits for the low-water mark before taking what is there (dbmazz's
+#: socket reader waits the same slice).
+_WAIT_SLICE_S = 0.02
+
+
 #: The highest pgoutput protocol of each server version (PostgreSQL 14: 2, 15: 3, 16: 4),
 #: kept here rather than imported from dbmazz: this consumer stays independent of it.
 _PROTOCOL_SINCE = ((160000, 4), (150000, 3), (140000, 2))
@@ -200,8 +206,6 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
     protocol = (next((p for since, p in _PROTOCOL_SINCE if version >= since), 1)
                 if proto == "auto" else int(proto))
     sock = wire.sock
-    if low_water and not wire.tls:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
     started = time.perf_counter()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     streaming = {1: "", 2: ", streaming 'on'", 3: ", streaming 'on'",
@@ -212,6 +216,12 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
         kind, _ = wire.message()
         if kind == b"W":
             break
+    if low_water and not wire.tls:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
+        # As dbmazz's reader: a wait for the low-water mark lasts one slice at most, then
+        # whatever is there is taken (the backlog's tail may never reach the mark).
+        waiter = select.poll()
+        waiter.register(sock, select.POLLIN)
     buf = bytearray(bufsize)
     view = memoryview(buf)
     have = len(wire._buf)
@@ -222,11 +232,18 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
     unpack_i32 = _I32.unpack_from
     done = False
     while not done:
-        n = wire.recv_into(view[have:])
+        if low_water and not wire.tls and not waiter.poll(_WAIT_SLICE_S * 1000):
+            try:
+                n = sock.recv_into(view[have:], 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = None  # nothing yet: a status update if one is due, then wait again
+        else:
+            n = wire.recv_into(view[have:])
         if n == 0:
             raise RuntimeError("server closed the stream")
-        have += n
-        reads += 1
+        if n:
+            have += n
+            reads += 1
         pos = 0
         last_w = -1
         while pos + 5 <= have:
