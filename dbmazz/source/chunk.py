@@ -80,6 +80,13 @@ class WalChunk:
         ends = None if self.ends is None else self.ends[:n]
         return WalChunk(data=self.data[:end], offsets=offsets, lsns=self.lsns[:n], ends=ends)
 
+    def select(self, which: npt.NDArray[np.int64]) -> WalChunk:
+        """Messages ``which`` (ascending indices), back to back in a new buffer."""
+        ends = self.message_ends[which]
+        offsets = np.append(self.starts[which], ends[-1] if len(ends) else 0)
+        return WalChunk(data=self.data, offsets=offsets.astype(np.int64, copy=False),
+                        lsns=self.lsns[which], ends=ends).compact()
+
     def compact(self) -> WalChunk:
         """The same messages back to back in a new buffer (``ends`` None)."""
         if self.ends is None:

@@ -61,9 +61,12 @@ class Frames:
 def _be_u32_at(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Big-endian uint32 at each position (all ``< len(data) - 3``): one gather through an
     unaligned, overlapping view of the bytes."""
-    words = np.ndarray(buffer=data, dtype=">u4", shape=(len(data) - 3,), strides=(1,),
-                       offset=0)
-    return words[at].astype(np.int64)
+    return _be_words(data)[at].astype(np.int64)
+
+
+def _be_words(data: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint32]:
+    """Every big-endian uint32 of ``data``, one starting at each byte (a view)."""
+    return np.ndarray(buffer=data, dtype=">u4", shape=(len(data) - 3,), strides=(1,))
 
 
 def split_messages(data: npt.NDArray[np.uint8], start: int = 0) -> Frames:
@@ -190,6 +193,13 @@ def xlog_chunk(buf: bytearray, offsets: list[int], headers: bytearray) -> WalChu
         offsets=off,
         lsns=np.frombuffer(headers, dtype=">u8").astype(np.uint64),
     )
+
+
+def be_u32_at(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint32]:
+    """Big-endian uint32 at each position (all ``<= len(data) - 4``)."""
+    if not len(at):
+        return np.zeros(0, dtype=np.uint32)
+    return _be_words(data)[at].astype(np.uint32)
 
 
 def be_u64_at(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:

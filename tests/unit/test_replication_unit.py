@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from dbmazz.errors import SlotInUseError, SlotLostError, SourceConnectionError, SourceError
+from dbmazz.errors import (
+    ProtocolError,
+    SlotInUseError,
+    SlotLostError,
+    SourceConnectionError,
+    SourceError,
+)
 from dbmazz.source import pgoutput as po
 from dbmazz.source.chunk import WalChunk, concat_chunks
 from dbmazz.source.connection import connect_error, replication_conninfo, server_error
 from dbmazz.source.names import describe_dsn
 from dbmazz.source.protocol import parse_duration_ms, status_interval_for
-from dbmazz.source.spool import Spool, strip_streamed
+from dbmazz.source.spool import Spool, strip_run
 
 
 def test_describe_dsn_never_shows_the_password() -> None:
@@ -95,47 +102,92 @@ def rel(xid: int) -> bytes:
     return raw[:1] + struct.pack(">I", xid) + raw[1:]
 
 
-def test_strip_streamed_drops_aborted_subtransactions() -> None:
-    origin = po.encode_message(po.Origin(commit_lsn=1, name="o"))
-    msgs = [origin, rel(100), ins(100, b"a"), ins(101, b"gone"), rel(101), ins(102, b"b"),
-            ins(101, b"gone too")]
-    chunk = WalChunk.from_messages(msgs, range(1, len(msgs) + 1))
-    out = strip_streamed(chunk, top_xid=100, aborted={101})
-    assert out.messages() == [origin, rel(100)[:1] + rel(100)[5:], ins(None, b"a"),
+def origin() -> bytes:
+    return po.encode_message(po.Origin(commit_lsn=1, name="o"))
+
+
+def with_gaps(messages: list[bytes], lsns: list[int], *, extra: int = 0,
+              writable: bool = True) -> WalChunk:
+    """A run as the socket reader hands it: each message behind its 30-byte frame headers
+    (``extra`` bytes more in front of the second, as a keepalive read between them leaves);
+    the reader's own copy is writable."""
+    raw = b"".join(bytes(30 + (extra if i == 1 else 0)) + m for i, m in enumerate(messages))
+    if writable:
+        raw = bytearray(raw)  # type: ignore[assignment]
+    sizes = np.array([30 + len(m) + (extra if i == 1 else 0) for i, m in enumerate(messages)],
+                     dtype=np.int64)
+    ends = np.cumsum(sizes)
+    starts = ends - np.array([len(m) for m in messages], dtype=np.int64)
+    return WalChunk(data=np.frombuffer(raw, dtype=np.uint8),
+                    offsets=np.append(starts, ends[-1]), lsns=np.array(lsns, np.uint64),
+                    ends=ends)
+
+
+@pytest.mark.parametrize(("first", "extra", "writable"), [
+    (None, 0, True),  # the usual run: rewritten in place and sliced
+    ("origin", 0, True),  # an Origin (no xid) among them
+    (None, 17, True),  # something else read between two messages
+    (None, 0, False),  # bytes the spool may not rewrite
+])
+def test_strip_run_drops_xids_and_frame_headers_and_keeps_each_xid(
+    first: str | None, extra: int, writable: bool
+) -> None:
+    head = [origin()] if first == "origin" else [ins(100, b"first")]
+    msgs = [*head, rel(100), ins(100, b"a"), ins(101, b"gone"), rel(101), ins(102, b"b")]
+    lsns = list(range(1, len(msgs) + 1))
+    out, xids = strip_run(with_gaps(msgs, lsns, extra=extra, writable=writable), top_xid=100)
+    assert out.ends is None and out.offsets[0] == 0 and out.offsets[-1] == len(out.data)
+    assert out.messages() == [head[0] if first else ins(None, b"first"),
+                              rel(100)[:1] + rel(100)[5:], ins(None, b"a"),
+                              ins(None, b"gone"), rel(101)[:1] + rel(101)[5:],
                               ins(None, b"b")]
-    assert out.lsns.tolist() == [1, 2, 3, 6]
-    # Nothing aborted: only the xids go.
-    kept = strip_streamed(chunk, top_xid=100, aborted=set())
-    assert len(kept) == len(msgs)
-    for message in kept.messages():
+    assert xids.tolist() == [100, 100, 100, 101, 101, 102]  # Origin: the top transaction's
+    assert out.lsns.tolist() == lsns
+    for message in out.messages():
         po.parse_message(message)  # every stripped message parses as an ordinary one
+
+
+def test_strip_run_refuses_a_message_shorter_than_its_xid() -> None:
+    with pytest.raises(ProtocolError, match="shorter than its xid"):
+        strip_run(with_gaps([b"I\x00\x00"], [1]), top_xid=100)
 
 
 def frame(payload: bytes, lsn: int) -> memoryview:
     return memoryview(b"w" + struct.pack(">QQq", lsn, lsn, 0) + payload)
 
 
-@pytest.mark.parametrize("memory_limit", [0, 1 << 30])
-def test_spool_delivers_in_order_in_memory_or_spilled(
-    memory_limit: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("reader", ["libpq", "socket"])
+@pytest.mark.parametrize("memory_limit", [0, 600, 1 << 30],
+                         ids=["spilled", "memory-then-spilled", "in-memory"])
+def test_spool_delivers_in_order_without_aborted_subtransactions(
+    memory_limit: int, reader: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Spool, "SEGMENT_BYTES", 64)
     monkeypatch.setattr(Spool, "MIN_SEGMENT_BYTES", 64)
     spool = Spool(100, memory_limit, None)
     expected = []
-    for i in range(50):
+    run: list[bytes] = []
+    for i in range(60):
         xid = 100 if i % 3 else 101
-        spool.append(frame(ins(xid, str(i).encode()), 1000 + i))
-        if xid == 100:
-            expected.append((ins(None, str(i).encode()), 1000 + i))
+        message = origin() if i == 7 else rel(xid) if i % 10 == 5 else ins(xid, str(i).encode())
+        if reader == "libpq":
+            spool.append(frame(message, 1000 + i))
+        else:
+            run.append(message)
+            if len(run) == 4:  # runs of four, as the socket reader's reads hand them
+                spool.append_run(with_gaps(run, list(range(1000 + i - 3, 1001 + i))))
+                run = []
+        if xid == 100 or i == 7:
+            expected.append((message if i == 7 else message[:1] + message[5:], 1000 + i))
     spool.aborted.add(101)
     begin = WalChunk.from_messages([b"B" + bytes(20)], [0])
     commit = WalChunk.from_messages([b"C" + bytes(25)], [9999])
     pieces = list(spool.deliver(begin, commit))
-    assert len(pieces) > 1  # tiny segments: delivered in several chunks
+    assert len(pieces) > 3  # tiny segments: delivered in several chunks
     whole = concat_chunks(pieces)
     got = whole.messages()
     assert got[0] == b"B" + bytes(20) and got[-1] == b"C" + bytes(25)
     assert list(zip(got[1:-1], whole.lsns.tolist()[1:-1], strict=True)) == expected
-    assert (spool.spilled > 0) == (memory_limit == 0)
-    assert spool.file is None  # temporary file released
+    assert (spool.spilled > 0) == (memory_limit < 1 << 30)
+    assert (spool.memory > 0) == (memory_limit > 0)
+    assert spool.file is None and spool.index is None  # temporary files released
