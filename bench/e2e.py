@@ -37,8 +37,9 @@ backlog's end LSN is consumed (limit, pg_recvlogical, peer, Debezium) or loaded 
 confirmed (dbmazz: durable LSN), CPU seconds of the contender's process over that span
 (user + sys; ``process_cpu_s`` adds start-up and imports), peak RSS of the process
 (ru_maxrss), the walsender's CPU, the load average at the start of each run; dbmazz also
-reports its RSS right after imports and after setup, CPU per thread and which code first
-imported a heavy module. Then latency runs (``--latency-runs rate:FLUSH_INTERVAL_MS:seconds``,
+reports its RSS right after imports (and the file-backed part of it: the libraries' pages)
+and after setup, CPU per thread and which code first imported a heavy module. Then latency
+runs (``--latency-runs rate:FLUSH_INTERVAL_MS:seconds``,
 comma-separated): a paced writer commits ``rate`` changes/s while dbmazz streams into the
 null sink, which stamps the arrival of every key; commit→visible (arrival) and
 commit→confirmed (the slot's confirmed_flush_lsn passing the transaction, sampled every
@@ -334,6 +335,7 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
 
     configure_logging("WARNING")
     rss_imports = _rss_now_mb()
+    rss_file_imports = _rss_now_mb("RssFile")
     late_imports = _watch_imports([m for m in HEAVY_MODULES if m not in sys.modules])
     config = Config.load(args["config"], env_file=None)
     started = time.perf_counter()
@@ -365,6 +367,7 @@ def child_dbmazz(args: dict[str, Any]) -> dict[str, Any]:
         "setup_s": ready - started,
         "x_import_s": started - t_import,
         "x_rss_after_imports_mb": rss_imports,
+        "x_rss_file_after_imports_mb": rss_file_imports,
         "x_rss_after_setup_mb": rss_ready,
         "x_heavy_modules": sorted(m for m in HEAVY_MODULES if m in sys.modules),
         "x_imported_late_by": late_imports,
@@ -386,11 +389,13 @@ HEAVY_MODULES = ("duckdb", "grpc", "rich", "polars", "pyarrow", "numpy", "adbc_d
 
 class MemoryProbe:
     """Where the memory is (``--probe-memory``): sampled every 10 ms from a thread of the
-    bench child, reported at the RSS peak and as each figure's own maximum (MB): RSS, glibc's
+    bench child, reported at the RSS peak and as each figure's own maximum (MB): RSS and its
+    file-backed part (the libraries' mapped code and data, shared and reclaimable), glibc's
     in-use / free-but-kept / mmapped bytes (mallinfo2), Arrow's pool, the engine's in-flight
     bytes; and once before the engine starts."""
 
-    FIELDS = ("rss", "malloc_used", "malloc_free", "malloc_mmapped", "arrow", "inflight")
+    FIELDS = ("rss", "rss_file", "malloc_used", "malloc_free", "malloc_mmapped", "arrow",
+              "inflight")
 
     def __init__(self, engine: Any) -> None:
         import ctypes
@@ -418,8 +423,9 @@ class MemoryProbe:
     def sample(self) -> dict[str, float]:
         info = self._mallinfo2()
         mb = 1 / (1 << 20)
-        return {"rss": _rss_now_mb(), "malloc_used": info.uordblks * mb,
-                "malloc_free": info.fordblks * mb, "malloc_mmapped": info.hblkhd * mb,
+        return {"rss": _rss_now_mb(), "rss_file": _rss_now_mb("RssFile"),
+                "malloc_used": info.uordblks * mb, "malloc_free": info.fordblks * mb,
+                "malloc_mmapped": info.hblkhd * mb,
                 "arrow": self._pa.total_allocated_bytes() * mb,
                 "inflight": self._engine.progress.inflight_bytes * mb}
 
@@ -439,11 +445,11 @@ class MemoryProbe:
                 "maxima": {k: round(v, 1) for k, v in self.maxima.items()}}
 
 
-def _rss_now_mb() -> float:
-    """Resident set size now (VmRSS), not the peak."""
+def _rss_now_mb(field: str = "VmRSS") -> float:
+    """Resident set size now (``VmRSS``, or a part of it: ``RssFile``), not the peak."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -1107,7 +1113,8 @@ def summarise(runs: dict[str, list[Run]], changes: int, args: argparse.Namespace
         if best.sink_cpu_s:
             out[name]["null_sink_cpu_s"] = round(best.sink_cpu_s, 2)
         for key in ("x_warmup_s", "x_first_event_after_s", "x_startup_cpu_s",
-                    "x_rss_after_imports_mb", "x_rss_after_setup_mb", "x_heavy_modules",
+                    "x_rss_after_imports_mb", "x_rss_file_after_imports_mb",
+                    "x_rss_after_setup_mb", "x_heavy_modules",
                     "x_imported_late_by", "x_thread_cpu_s", "x_memory_probe",
                     "x_reads"):
             if key in best.extra:
