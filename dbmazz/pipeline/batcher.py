@@ -25,6 +25,7 @@ from dbmazz.pipeline.batch import SchemaDelta, SplitPart
 from dbmazz.pipeline.schema_cache import SchemaCache
 from dbmazz.source import pgoutput
 from dbmazz.source.chunk import WalChunk
+from dbmazz.source.frames import be_u32_at, be_u64_at
 from dbmazz.source.pgoutput import Relation
 
 _B, _C, _I, _U, _D = (ord(c) for c in "BCIUD")
@@ -33,16 +34,6 @@ _IS_CONTROL = np.zeros(256, dtype=np.bool_)
 _IS_CONTROL[list(_CONTROL)] = True
 _IS_KNOWN = np.zeros(256, dtype=np.bool_)
 _IS_KNOWN[[_B, _C, _I, _U, _D]] = True
-
-
-def _be_u64(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-    idx = at[:, None] + np.arange(8, dtype=np.int64)[None, :]
-    return data[idx].view(">u8").reshape(-1).astype(np.uint64)
-
-
-def _be_u32(data: npt.NDArray[np.uint8], at: npt.NDArray[np.int64]) -> npt.NDArray[np.uint32]:
-    idx = at[:, None] + np.arange(4, dtype=np.int64)[None, :]
-    return data[idx].view(">u4").reshape(-1).astype(np.uint32)
 
 
 @dataclass(slots=True)
@@ -299,7 +290,7 @@ class Batcher:
         begin_lsn = np.zeros(len(k), dtype=np.uint64)
         begin_at = np.flatnonzero(is_begin)
         if len(begin_at):
-            begin_lsn[begin_at] = _be_u64(chunk.data, st[begin_at] + 1)
+            begin_lsn[begin_at] = be_u64_at(chunk.data, st[begin_at] + 1)
         owner = np.where(is_begin, np.arange(len(k)), -1)
         np.maximum.accumulate(owner, out=owner)
         txn_lsn = np.where(owner >= 0, begin_lsn[np.maximum(owner, 0)], np.uint64(self._txn_lsn))
@@ -310,15 +301,13 @@ class Batcher:
             data=chunk.data,
             starts=st[dml_at],
             sizes=sizes.astype(np.int64),
-            oids=_be_u32(chunk.data, st[dml_at] + 1) if len(dml_at) else np.zeros(0, np.uint32),
+            oids=be_u32_at(chunk.data, st[dml_at] + 1),
             commit_lsns=txn_lsn[dml_at],
         )
         commit_at = np.flatnonzero(k == _C)
         # DML messages of this segment before each commit, and the commit end LSNs.
         dml_before = np.cumsum(is_dml)[commit_at] if len(commit_at) else np.zeros(0, np.int64)
-        end_lsns = (
-            _be_u64(chunk.data, st[commit_at] + 10) if len(commit_at) else np.zeros(0, np.uint64)
-        )
+        end_lsns = be_u64_at(chunk.data, st[commit_at] + 10)
         last_kind = int(k[np.flatnonzero(is_begin | (k == _C))[-1]]) if (
             is_begin.any() or len(commit_at)) else None
         taken = 0  # DML of this slab already moved into pieces
