@@ -173,12 +173,18 @@ class Spool:
         self._store(*strip_run(run, self.xid))
 
     def seal(self) -> None:
+        tail = self._tail()
+        if tail is not None:
+            self._store(*tail)
+
+    def _tail(self) -> tuple[WalChunk, npt.NDArray[np.uint32]] | None:
+        """The frames appended since the last seal as one piece (libpq reader)."""
         if not self.offsets:
-            return
+            return None
         chunk = xlog_chunk(self.buf, self.offsets, self.headers)
         xids = np.array(self.xids, dtype=np.uint32)
         self._reset()
-        self._store(chunk, xids)
+        return chunk, xids
 
     def _store(self, chunk: WalChunk, xids: npt.NDArray[np.uint32]) -> None:
         # Memory first, then the files: once spilling, always spilling, so delivery reads
@@ -231,7 +237,9 @@ class Spool:
     def deliver(self, begin: WalChunk, commit: WalChunk) -> Iterator[WalChunk]:
         """The committed transaction as ``B … C``: Begin, the stored parts in order (loaded
         lazily, so a spilled transaction is never all in memory at once), Commit."""
-        self.seal()
+        # The tail is needed right away: no round trip to disk. It follows whatever was
+        # stored, in memory or spilled.
+        tail = self._tail()
         try:
             yield begin
             aborted = np.fromiter(self.aborted, dtype=np.uint32, count=len(self.aborted))
@@ -243,6 +251,8 @@ class Spool:
                 yield from _without(*pieces.pop(), aborted)
             for chunk, xids in self._spilled_parts():
                 yield from _without(chunk, xids, aborted)
+            if tail is not None:
+                yield from _without(*tail, aborted)
             yield commit
         finally:
             self.discard()
