@@ -216,10 +216,11 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
         kind, _ = wire.message()
         if kind == b"W":
             break
+    # As dbmazz's reader: a wait for the low-water mark lasts one slice at most, then
+    # whatever is there is taken (the backlog's tail may never reach the mark).
+    waiter = None
     if low_water and not wire.tls:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
-        # As dbmazz's reader: a wait for the low-water mark lasts one slice at most, then
-        # whatever is there is taken (the backlog's tail may never reach the mark).
         waiter = select.poll()
         waiter.register(sock, select.POLLIN)
     buf = bytearray(bufsize)
@@ -232,7 +233,7 @@ def run(dsn: str, slot: str, publication: str, end: int, *, bufsize: int = 8 << 
     unpack_i32 = _I32.unpack_from
     done = False
     while not done:
-        if low_water and not wire.tls and not waiter.poll(_WAIT_SLICE_S * 1000):
+        if waiter is not None and not waiter.poll(_WAIT_SLICE_S * 1000):
             try:
                 n = sock.recv_into(view[have:], 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
