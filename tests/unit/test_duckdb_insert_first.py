@@ -1,0 +1,78 @@
+"""DuckDB CDC writes tried as plain INSERTs first: the outcome equals the upserts' whatever
+the target holds, and a table whose writes keep conflicting backs off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from dbmazz.errors import SinkError
+from dbmazz.pipeline.batch import TableBatch
+from dbmazz.sink.duckdb import DuckDBSink, InsertFirst
+from dbmazz.snapshot.load import snapshot_batch
+from tests.unit.test_duckdb_snapshot_load import TABLE, chunk, content
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[DuckDBSink]:
+    target = DuckDBSink(str(tmp_path / "t.duckdb"))
+    target.setup([TABLE])
+    yield target
+    target.close()
+
+
+def truncating(batch: TableBatch) -> TableBatch:
+    return TableBatch(table=batch.table, upserts=batch.upserts, truncate=True,
+                      first_lsn=batch.first_lsn, last_lsn=batch.last_lsn)
+
+
+def test_new_keys_then_a_write_mixing_new_held_and_stale_keys(sink: DuckDBSink) -> None:
+    sink.write(chunk(range(0, 10), 5, text="a"))
+    assert content(sink) == [(i, f"a{i}", 5) for i in range(10)]
+    # 5..9 are held at version 5: a newer write replaces them, 10..14 are new.
+    sink.write(chunk(range(5, 15), 7, text="b"))
+    expected = [(i, f"a{i}", 5) for i in range(5)] + [(i, f"b{i}", 7) for i in range(5, 15)]
+    assert content(sink) == expected
+    # A replay of an older version beside a new key: the new key lands, nothing is
+    # overwritten by the older rows.
+    sink.write(chunk(range(12, 17), 6, text="old"))
+    assert content(sink) == [*expected, (15, "old15", 6), (16, "old16", 6)]
+
+
+def test_a_truncating_write_reinserts_the_keys_it_emptied(sink: DuckDBSink) -> None:
+    sink.write(chunk(range(0, 10), 5, text="a"))
+    sink.write(truncating(chunk(range(3, 8), 6, text="t")))
+    assert content(sink) == [(i, f"t{i}", 6) for i in range(3, 8)]
+
+
+def test_a_refused_write_names_its_rows_and_leaves_the_target_as_it_was(
+        sink: DuckDBSink) -> None:
+    sink.write(chunk(range(0, 3), 5, text="a"))
+    rows = pa.table({"id": pa.array([1, None], pa.int64()), "s": pa.array(["x", "y"])})
+    with pytest.raises(SinkError) as info:
+        sink.write(snapshot_batch(TABLE, rows, 6, "bad"))
+    assert "NOT NULL" in info.value.message
+    assert content(sink) == [(i, f"a{i}", 5) for i in range(3)]
+
+
+def test_conflicts_back_off_doubling_up_to_the_cap_and_a_success_starts_over() -> None:
+    policy = InsertFirst()
+    assert policy.worth_trying("t")
+
+    def skipped_after_conflict() -> int:
+        policy.conflicted("t")
+        skipped = 0
+        while not policy.worth_trying("t"):
+            skipped += 1
+        return skipped
+
+    waits = [skipped_after_conflict() for _ in range(9)]
+    assert waits == [1, 2, 4, 8, 16, 32, 64, 64, 64]
+    policy.inserted("t")
+    assert skipped_after_conflict() == 1
+    # Tables are independent.
+    policy.conflicted("t")
+    assert policy.worth_trying("u")
