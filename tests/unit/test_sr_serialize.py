@@ -347,3 +347,33 @@ def test_a_csv_body_rendered_in_slices_equals_one_piece(
     assert whole.format == "csv"
     monkeypatch.setattr(serialize_module, "_SLICE_ROWS", 2)
     assert serialize(t, "csv").data == whole.data
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_rows_whose_every_column_holds_one_value(fmt: str) -> None:
+    t = pa.table({"a": pa.array([7, 7, 7], pa.int64()), "b": pa.array([True] * 3)})
+    body = serialize(t, fmt)
+    assert body.rows == 3
+    if fmt == "csv":
+        assert csv_fields(body.data) == [["7", "true"]] * 3
+    else:
+        assert json.loads(body.data) == [{"a": 7, "b": True}] * 3
+
+
+@pytest.mark.parametrize("last", ["varies", "constant", "null_or_text"])
+def test_csv_records_end_with_the_delimiter_whatever_the_last_field(last: str) -> None:
+    columns: dict[str, pa.Array] = {
+        "id": pa.array([1, 2, 3], pa.int64()),
+        "k": pa.array([5, 5, 5], pa.int32()),  # a constant beside the others
+    }
+    columns["z"] = {
+        "varies": pa.array([10, None, 30], pa.int64()),
+        "constant": pa.array([9, 9, 9], pa.int64()),
+        "null_or_text": pa.array([None, "x", ""]),
+    }[last]
+    expected_z = {"varies": ["10", None, "30"], "constant": ["9"] * 3,
+                  "null_or_text": [None, "x", ""]}[last]
+    body = serialize(pa.table(columns), "csv")
+    assert body.format == "csv"
+    rows = zip([1, 2, 3], expected_z, strict=True)
+    assert csv_fields(body.data) == [[str(i), "5", z] for i, z in rows]

@@ -30,7 +30,7 @@ renders nested (list/struct) columns as JSON text.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -82,6 +82,10 @@ def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str
     # A column holding one value in every row (the audit columns of a batch, the commit
     # LSN of one big transaction) is rendered once, into the text between the others.
     constant = {name for name, arr in columns.items() if name not in raw and _is_constant(arr)}
+    if len(constant) == len(columns):
+        # One column stays a column: the kernels count records by it (a keyed table's rows
+        # never all match, but a body must not depend on that).
+        constant.discard(table.column_names[0])
     columns = {name: arr.slice(0, 1) if name in constant else arr
                for name, arr in columns.items()}
     if fmt == "csv":
@@ -268,9 +272,35 @@ def _data_of(records: pa.Array) -> memoryview:
     return memoryview(data)[lo:hi] if data is not None else memoryview(b"")
 
 
-def _body(template: _Template, rows: int, null: str, head: bytes, tail: bytes,
+def _csv_records(fields: Sequence[str | pa.Array], start: int, rows: int) -> pa.Array:
+    """Rows ``start … start + rows`` of ``fields`` (columns, or the text of a constant one)
+    as CSV records, each ended by the delimiter.
+
+    The separator is the kernel's own separator argument rather than a literal between every
+    two fields: the kernel then costs half (82 vs 176 ns a record of ten fields). Constant
+    fields next to each other are one literal, the delimiter joins the last field."""
+    part = [f if isinstance(f, str) else f.slice(start, rows) for f in fields]
+    target = _text_type([f for f in part if not isinstance(f, str)],
+                        sum(len(f) for f in part if isinstance(f, str)) + len(part) + 1)
+    pieces: list[str | pa.Array] = []
+    for f in part:
+        if isinstance(f, str) and pieces and isinstance(pieces[-1], str):
+            pieces[-1] += CSV_SEPARATOR + f
+        else:
+            pieces.append(f)
+    last = pieces[-1]
+    pieces[-1] = last + CSV_DELIMITER if isinstance(last, str) else pc.binary_join_element_wise(
+        _as_text(last, target), pa.scalar(CSV_DELIMITER, target), pa.scalar("", target),
+        null_handling="replace", null_replacement=CSV_NULL)
+    return pc.binary_join_element_wise(
+        *(pa.scalar(p, target) if isinstance(p, str) else _as_text(p, target) for p in pieces),
+        pa.scalar(CSV_SEPARATOR, target), null_handling="replace", null_replacement=CSV_NULL)
+
+
+def _body(render: Callable[[int, int], pa.Array], rows: int, head: bytes, tail: bytes,
           cut: int) -> bytes:
-    """``head`` + every record + ``tail``, minus the last ``cut`` bytes of the records.
+    """``head`` + every record + ``tail``, minus the last ``cut`` bytes of the records;
+    ``render(start, count)`` renders records ``start … start + count``.
 
     Slice by slice (the rendered records of one slice stay small) into a list of views,
     then one join: the body is allocated once at its final size and written once."""
@@ -278,7 +308,7 @@ def _body(template: _Template, rows: int, null: str, head: bytes, tail: bytes,
     # Each slice's records must live until the join reads them.
     keep: list[pa.Array] = []
     for start in range(0, rows, _SLICE_ROWS):
-        records = _records(template, start, min(_SLICE_ROWS, rows - start), null)
+        records = render(start, min(_SLICE_ROWS, rows - start))
         keep.append(records)
         parts.append(_data_of(records))
     if cut:
@@ -358,7 +388,9 @@ def _json(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int
             template.append((value, quoted))
     template.append("},")
     # Records each end with ","; the last one's becomes the array's "]".
-    return Body(_body(template, rows, "null", b"[", b"]", 1), "json", rows, JSON_HEADERS)
+    body = _body(lambda start, count: _records(template, start, count, "null"), rows,
+                 b"[", b"]", 1)
+    return Body(body, "json", rows, JSON_HEADERS)
 
 
 # -- CSV ---------------------------------------------------------------------------------
@@ -382,14 +414,10 @@ def _csv(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
         only = next(iter(texts.values()))
         if pc.any(pc.equal(pc.binary_length(only), 0)).as_py():
             return None
-    template: _Template = []
-    for i, (name, arr) in enumerate(texts.items()):
-        if i:
-            template.append(CSV_SEPARATOR)
-        template.append(_as_text(arr, pa.string())[0].as_py() if name in constant
-                        else (arr, False))
-    template.append(CSV_DELIMITER)
-    return Body(_body(template, rows, CSV_NULL, b"", b"", 0), "csv", rows, CSV_HEADERS)
+    fields = [_as_text(arr, pa.string())[0].as_py() if name in constant else arr
+              for name, arr in texts.items()]
+    body = _body(lambda start, count: _csv_records(fields, start, count), rows, b"", b"", 0)
+    return Body(body, "csv", rows, CSV_HEADERS)
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
