@@ -207,9 +207,10 @@ def _is_nested(t: pa.DataType) -> bool:
 # -- assembling records ----------------------------------------------------------------
 #
 # Both formats are one Arrow kernel call per slice of rows: every column rendered as text
-# (NULL kept), then ``binary_join_element_wise`` over [literal, column, literal, column, …]
-# writes each record with its punctuation, NULLs replaced by the format's NULL. The
-# records' bytes become the body in one join: no per-row Python, no intermediate frame.
+# (NULL kept), then ``binary_join_element_wise`` writes each record with its punctuation,
+# NULLs replaced by the format's NULL: JSON over [literal, column, literal, column, …], CSV
+# over the fields with the separator as the kernel's own argument (:func:`_csv_records`).
+# The records' bytes become the body in one join: no per-row Python, no intermediate frame.
 
 
 def _as_text(arr: pa.Array, target: pa.DataType) -> pa.Array:
