@@ -4,13 +4,13 @@ the target holds, and a table whose writes keep conflicting backs off."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from dbmazz.errors import SinkError
-from dbmazz.pipeline.batch import TableBatch
 from dbmazz.sink.duckdb import DuckDBSink, InsertFirst
 from dbmazz.snapshot.load import snapshot_batch
 from tests.unit.test_duckdb_snapshot_load import TABLE, chunk, content
@@ -22,11 +22,6 @@ def sink(tmp_path: Path) -> Iterator[DuckDBSink]:
     target.setup([TABLE])
     yield target
     target.close()
-
-
-def truncating(batch: TableBatch) -> TableBatch:
-    return TableBatch(table=batch.table, upserts=batch.upserts, truncate=True,
-                      first_lsn=batch.first_lsn, last_lsn=batch.last_lsn)
 
 
 def test_new_keys_then_a_write_mixing_new_held_and_stale_keys(sink: DuckDBSink) -> None:
@@ -44,7 +39,7 @@ def test_new_keys_then_a_write_mixing_new_held_and_stale_keys(sink: DuckDBSink) 
 
 def test_a_truncating_write_reinserts_the_keys_it_emptied(sink: DuckDBSink) -> None:
     sink.write(chunk(range(0, 10), 5, text="a"))
-    sink.write(truncating(chunk(range(3, 8), 6, text="t")))
+    sink.write(replace(chunk(range(3, 8), 6, text="t"), truncate=True))
     assert content(sink) == [(i, f"t{i}", 6) for i in range(3, 8)]
 
 
