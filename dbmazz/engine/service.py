@@ -23,6 +23,7 @@ from dbmazz.config import Config
 from dbmazz.engine.core import LIVE_SETTINGS, Engine, RunState, Stage
 from dbmazz.engine.metrics import ErrorSnapshot, StatusSnapshot, TableSnapshot
 from dbmazz.errors import DbmazzError, SetupError
+from dbmazz.signals import wait_for
 from dbmazz.sink.base import Interruptible, Sink
 from dbmazz.sink.load_health import LoadFailure, LoadHealth
 from dbmazz.snapshot.sink import SnapshotAwareSink
@@ -191,12 +192,14 @@ class EngineService:
         so in the log every :attr:`serve_notice_interval_s`, so a process kept up on
         purpose never reads as hung.
         """
-        # Short waits keep the main thread responsive to signals on every platform.
-        while not self._ended.wait(0.5):
+        # Short waits keep the main thread responsive to signals on every platform, and
+        # wait_for never holds an event's lock: `dbmazz run`'s signal handler (drain) sets
+        # _exit_requested from this very thread.
+        while not wait_for(self._ended, 0.5):
             pass
         if self.failed and stay_up_on_failure:
             next_notice = time.monotonic()
-            while not self._exit_requested.wait(0.5):
+            while not wait_for(self._exit_requested, 0.5):
                 if time.monotonic() >= next_notice:
                     self._log_serving_failed()
                     next_notice = time.monotonic() + self.serve_notice_interval_s

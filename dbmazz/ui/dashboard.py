@@ -21,6 +21,7 @@ from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.api.client import Client
 from dbmazz.errors import DbmazzError
 from dbmazz.log import human_bytes
+from dbmazz.signals import wait_for
 from dbmazz.ui.format import (
     error_panel,
     human_count,
@@ -197,7 +198,8 @@ def run(client: Client, console: Console, interval_s: float = 1.0,
                     with state.lock:
                         state.problem = exc.message
                 live.update(render(state))
-                done.wait(interval_s)  # refresh cadence of the display
+                # Refresh cadence; wait_for: the demo's signal handler sets `done`.
+                wait_for(done, interval_s)
     except KeyboardInterrupt:
         pass
     finally:

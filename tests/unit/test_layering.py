@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "dbmazz"
 LAYERS: tuple[frozenset[str], ...] = (
     # Leaves every layer may use: names, errors, settings, the batch contract.
     frozenset({"_version", "errors", "lsn", "log", "memory", "config", "contract", "lazy",
-               "retry"}),
+               "retry", "signals"}),
     # The PostgreSQL side: replication, decoding, catalog, setup, and the state dbmazz
     # keeps in the source database (checkpoints).
     frozenset({"source", "state"}),

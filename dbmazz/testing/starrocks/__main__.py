@@ -11,6 +11,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
+from dbmazz.signals import wait_for
 from dbmazz.testing.starrocks.emulator import StarRocksEmulator
 
 
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"BE http ports {emulator.be_http_ports}, mysql 127.0.0.1:{emulator.mysql_port}",
             flush=True,
         )
-        done.wait()
+        wait_for(done)  # the signal handlers set it
     return 0
 
 
