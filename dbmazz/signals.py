@@ -1,10 +1,15 @@
-"""Waiting, in the main thread, for an event a signal handler may set.
+"""Waiting, in the main thread, for what a signal handler may cause.
 
 CPython runs a signal handler in the main thread between bytecodes, and one of those points
 is right after ``threading.Event.wait`` re-acquired the event's internal lock: a handler
 that then calls ``event.set()`` waits for a lock its own thread holds, forever (``dbmazz
 demo`` hung so on SIGTERM). :func:`wait_for` sleeps in short slices and reads the flag with
 ``is_set()``, which takes no lock, so a handler may set the event at any moment.
+
+A handler also runs only once the main thread comes back to bytecode: a signal the kernel
+hands to another thread does not wake a main thread blocked in an untimed
+``Thread.join()``, so a drain asked for by SIGTERM would wait for the join to end by
+itself. :func:`join` joins in the same slices.
 """
 
 from __future__ import annotations
@@ -27,4 +32,19 @@ def wait_for(event: threading.Event, timeout: float | None = None) -> bool:
         if left <= 0:
             return False
         time.sleep(min(left, SLICE_S))
+    return True
+
+
+def join(thread: threading.Thread, timeout: float | None = None) -> bool:
+    """Like ``thread.join(timeout)``, coming back to bytecode every slice; True when the
+    thread ended."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while thread.is_alive():
+        if deadline is None:
+            thread.join(SLICE_S)
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        thread.join(min(left, SLICE_S))
     return True

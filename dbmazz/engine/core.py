@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from dbmazz import signals
 from dbmazz.engine.apply import FlushApplier
 from dbmazz.engine.audit import audit_from_env
 from dbmazz.errors import DbmazzError, SinkError, SinkReplayRequired, SourceConnectionError
@@ -349,8 +350,8 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            thread.join(remaining)
-            if thread.is_alive():
+            # In slices: a signal handler of the waiting (main) thread must run meanwhile.
+            if not signals.join(thread, remaining):
                 return False
         if self._failure is not None:
             raise self._failure
@@ -604,7 +605,7 @@ class Engine:
                 elif source.exhausted and self.settings.stop_when_exhausted:
                     self.drain()
                     continue
-                for flush in batcher.poll():
+                for flush in batcher.poll(idle=chunk is None):
                     self._enqueue(flush)
         finally:
             self._batcher = None

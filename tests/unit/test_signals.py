@@ -1,4 +1,5 @@
-"""Waiting for an event a signal handler sets, in the thread the handler runs in."""
+"""Waiting, in the thread signal handlers run in, for what a handler may cause: an event it
+sets, threads it makes end."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
-from dbmazz.signals import wait_for
+from dbmazz.signals import join, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: A signal handler sets the event every millisecond while the main thread waits for it
 #: in short waits: with ``event.wait`` this deadlocks within a second (the handler runs
@@ -51,3 +55,55 @@ def test_wait_for_returns_whether_the_event_was_set() -> None:
     assert wait_for(event) is True
     assert wait_for(event, 0) is True
     setter.join()
+
+
+#: The engine runs until drained; a helper thread waits until the main thread is inside
+#: ``Engine.wait`` and then has SIGTERM delivered to itself, not to the main thread. The
+#: handler (drain) must still run while the main thread waits: with an untimed
+#: ``Thread.join`` it ran only when the join ended by itself, i.e. never here.
+_SIGNAL_ELSEWHERE = textwrap.dedent("""
+    import signal, sys, tempfile, threading, time
+    from pathlib import Path
+    from tests.scripted import scripted_engine
+
+    engine, script, sink = scripted_engine(Path(tempfile.mkdtemp()))
+    signal.signal(signal.SIGTERM, lambda *_: engine.drain())
+    engine.start()
+    end_lsn = script.insert(3)
+    main = threading.main_thread().ident
+
+    def in_wait():
+        frame = sys._current_frames().get(main)
+        while frame is not None:
+            if frame.f_code.co_name == "wait" and "engine" in frame.f_code.co_filename:
+                return True
+            frame = frame.f_back
+        return False
+
+    def signal_this_thread():
+        while not in_wait():
+            time.sleep(0.01)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=signal_this_thread).start()
+    engine.wait()
+    print(engine.durable_lsn >= end_lsn)
+""")
+
+
+def test_engine_wait_runs_a_signal_handler_while_it_waits() -> None:
+    # The timeout only detects the hang: drained, the script ends within a second.
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_ELSEWHERE], capture_output=True,
+                          text=True, timeout=60, check=False, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
+
+
+def test_join_returns_whether_the_thread_ended() -> None:
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    assert join(worker, 0.01) is False
+    release.set()
+    assert join(worker) is True
+    assert join(worker, 0) is True
