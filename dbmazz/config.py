@@ -136,7 +136,9 @@ class Config(BaseSettings):
     # --- batching -----------------------------------------------------------------------
     flush_rows: int = Field(default=50_000, gt=0, description="Flush a batch at this many rows.")
     flush_bytes: int = Field(default=32 * _MIB, gt=0, description="Flush at this many bytes.")
-    flush_interval_ms: int = Field(default=1000, gt=0, description="Flush at least this often.")
+    flush_interval_ms: int = Field(
+        default=1000, gt=0, description="Flush at least this often (the rest of a backlog "
+        "read at full batches goes as soon as the source has nothing more).")
     max_inflight_bytes: int = Field(
         default=64 * _MIB, gt=0, description="Stop reading above this many in-flight bytes "
         "(a quarter of it also bounds the memory of a streamed transaction held until its "

@@ -5,7 +5,9 @@ messages and the LSNs of Begin/Commit with numpy over a whole chunk; only the ra
 messages (Relation, Type, Truncate, logical Message, Origin) are handled one by one.
 
 A :class:`Flush` closes when its rows or bytes reach ``FLUSH_ROWS``/``FLUSH_BYTES`` at a
-commit, or when :meth:`Batcher.poll` finds ``FLUSH_INTERVAL_MS`` elapsed. A transaction
+commit, or when :meth:`Batcher.poll` finds ``FLUSH_INTERVAL_MS`` elapsed — or the source
+idle right after flushes cut by size: the end of a backlog is loaded when it has been read,
+not an interval later, and a steady trickle still loads once per interval. A transaction
 larger than the limits is cut into *split* flushes that do not advance the durable LSN; its
 commit always ends a flush of its own, so the whole transaction is loaded before its commit
 LSN can be confirmed (DESIGN.md §4, invariant 2).
@@ -147,6 +149,9 @@ class Batcher:
         # the shape they were written under, even if a later Relation message changed it.
         self._shape_at_start: dict[int, Relation] = {}
         self._first_pending_at: float | None = None
+        # The last flush was cut by size (the stream delivers full batches): the committed
+        # rest goes as soon as the source is idle (poll(idle=True)).
+        self._full_batches = False
         #: Logical decoding messages seen (prefix → count), e.g. heartbeats.
         self.messages_seen: dict[str, int] = {}
         self.last_end_lsn = 0
@@ -177,10 +182,18 @@ class Batcher:
         self._segments(chunk, starts, kinds, begin, n, out)
         if self._first_pending_at is None and (self._rows or self._has_committed()):
             self._first_pending_at = self._clock()
+        if out:
+            self._full_batches = True
         return out
 
-    def poll(self) -> list[Flush]:
-        """Flush committed work older than ``FLUSH_INTERVAL_MS``.
+    def poll(self, *, idle: bool = False) -> list[Flush]:
+        """Flush committed work older than ``FLUSH_INTERVAL_MS``; with ``idle`` (the source
+        had nothing more to read) at once, if the last flush was cut by size.
+
+        The idle rule ends a backlog without waiting: a catch-up read at full batches
+        leaves a partial batch behind, which would otherwise wait up to an interval. It
+        never adds loads to a trickle (its flushes are cut by the interval, which disarms
+        the rule), and at most one per run of full batches.
 
         A commit with no rows (a heartbeat message, a transaction on other tables) is
         flushed too, so the durable LSN keeps moving while the tables are idle.
@@ -189,8 +202,10 @@ class Batcher:
             return []
         if self._first_pending_at is None:
             self._first_pending_at = self._clock()
-        if (self._clock() - self._first_pending_at) * 1000 < self.flush_interval_ms:
+        if not (idle and self._full_batches) and (
+                (self._clock() - self._first_pending_at) * 1000 < self.flush_interval_ms):
             return []
+        self._full_batches = False
         return [self._cut_committed()]
 
     def due_in(self) -> float | None:

@@ -200,6 +200,46 @@ def test_interval_flush_and_heartbeat_only_commits() -> None:
     assert b.poll() == []
 
 
+def test_an_idle_source_after_full_batches_flushes_the_rest_at_once() -> None:
+    # A backlog read at full batches: its tail goes when the source has nothing more, not
+    # an interval later. The clock never moves here.
+    b = make(flush_rows=2, interval_ms=60_000)
+    [full] = b.add(chunk(
+        wal.relation(T1),
+        txn(100, wal.insert(T1.oid, ["1", "x"]), wal.insert(T1.oid, ["2", "x"])),
+        txn(200, wal.insert(T1.oid, ["3", "x"])),
+    ))
+    assert full.end_lsn == 108
+    assert b.poll() == []  # more may come: the interval still rules
+    [tail] = b.poll(idle=True)
+    assert tail.end_lsn == 208 and rows_of(tail, T1.oid) == [200]
+    # Once used, the rule waits for the next full batch: a trickle after a backlog waits
+    # for the interval, idle or not.
+    b.add(chunk(txn(300, wal.insert(T1.oid, ["4", "x"]))))
+    assert b.poll(idle=True) == []
+
+
+def test_a_trickle_waits_for_the_interval_even_when_the_source_is_idle() -> None:
+    clock = Clock()
+    b = make(flush_rows=2, interval_ms=500, clock=clock)
+    b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]))))
+    assert b.poll(idle=True) == []
+    clock.now = 0.6
+    [flush] = b.poll(idle=True)
+    assert flush.end_lsn == 108
+    # An interval flush disarms the rule too: after full batches cut earlier, a flush by
+    # the interval means the stream is back to a trickle.
+    [full] = b.add(chunk(txn(200, wal.insert(T1.oid, ["2", "x"]),
+                             wal.insert(T1.oid, ["3", "x"]))))
+    assert full.end_lsn == 208
+    b.add(chunk(txn(300, wal.insert(T1.oid, ["4", "x"]))))
+    clock.now = 1.2
+    [by_interval] = b.poll()
+    assert by_interval.end_lsn == 308
+    b.add(chunk(txn(400, wal.insert(T1.oid, ["5", "x"]))))
+    assert b.poll(idle=True) == []
+
+
 def test_due_in_counts_down_to_the_interval_flush() -> None:
     clock = Clock()
     b = make(interval_ms=500, clock=clock)

@@ -51,3 +51,18 @@ def test_reads_wait_no_longer_than_the_flush_deadline(tmp_path: Path) -> None:
     # Idle reads before the transaction waited the loop's full slice: the bound above is
     # the deadline's doing, not a short wait everywhere.
     assert reads[0][1] > 0.05
+
+
+def test_the_end_of_a_backlog_is_loaded_without_waiting_for_the_interval(
+        tmp_path: Path) -> None:
+    # A backlog of three transactions at full batches (two rows a flush): the third is
+    # the partial batch left when the source runs dry. An hour's interval means only the
+    # idle rule can load it.
+    engine, script, _ = scripted_engine(tmp_path, flush_interval_ms=3_600_000, flush_rows=2)
+    ends = [script.insert(rows=1) for _ in range(3)]
+    engine.start()
+    try:
+        assert engine.wait_durable(ends[-1] - 1, 30)
+        assert engine.progress.flushes == 2
+    finally:
+        engine.stop()
