@@ -6,8 +6,9 @@ messages (Relation, Type, Truncate, logical Message, Origin) are handled one by 
 
 A :class:`Flush` closes when its rows or bytes reach ``FLUSH_ROWS``/``FLUSH_BYTES`` at a
 commit, or when :meth:`Batcher.poll` finds ``FLUSH_INTERVAL_MS`` elapsed — or the source
-idle right after flushes cut by size: the end of a backlog is loaded when it has been read,
-not an interval later, and a steady trickle still loads once per interval. A transaction
+idle at the end of a backlog (flushes cut by size, the source never dry since): the end of
+a backlog is loaded when it has been read, not an interval later, and a trickle still loads
+once per interval. A transaction
 larger than the limits is cut into *split* flushes that do not advance the durable LSN; its
 commit always ends a flush of its own, so the whole transaction is loaded before its commit
 LSN can be confirmed (DESIGN.md §4, invariant 2).
@@ -149,9 +150,12 @@ class Batcher:
         # the shape they were written under, even if a later Relation message changed it.
         self._shape_at_start: dict[int, Relation] = {}
         self._first_pending_at: float | None = None
-        # The last flush was cut by size (the stream delivers full batches): the committed
-        # rest goes as soon as the source is idle (poll(idle=True)).
+        # A backlog is being read: a flush was cut by size, and the source has not run dry
+        # since (later cuts by the interval keep it so). The committed rest goes as soon as
+        # the source is idle, poll(idle=True). _dry: a read came back empty since the last
+        # cut.
         self._full_batches = False
+        self._dry = False
         #: Logical decoding messages seen (prefix → count), e.g. heartbeats.
         self.messages_seen: dict[str, int] = {}
         self.last_end_lsn = 0
@@ -188,24 +192,29 @@ class Batcher:
 
     def poll(self, *, idle: bool = False) -> list[Flush]:
         """Flush committed work older than ``FLUSH_INTERVAL_MS``; with ``idle`` (the source
-        had nothing more to read) at once, if the last flush was cut by size.
+        had nothing more to read) at once while a backlog is being read.
 
-        The idle rule ends a backlog without waiting: a catch-up read at full batches
-        leaves a partial batch behind, which would otherwise wait up to an interval. It
-        never adds loads to a trickle (its flushes are cut by the interval, which disarms
-        the rule), and at most one per run of full batches.
+        A backlog is what follows a flush cut by size, for as long as the source does not
+        run dry: its last, partial batch would otherwise wait up to an interval after the
+        source has nothing more. A trickle never fills a flush, so its loads stay one per
+        interval; a backlog gets at most one early load, the one that ends it.
 
         A commit with no rows (a heartbeat message, a transaction on other tables) is
         flushed too, so the durable LSN keeps moving while the tables are idle.
         """
-        if not self._has_committed():
+        committed = self._has_committed()
+        if idle and committed and self._full_batches:
+            self._full_batches = False
+            return [self._cut_committed()]
+        self._dry = self._dry or idle
+        if not committed:
             return []
         if self._first_pending_at is None:
             self._first_pending_at = self._clock()
-        if not (idle and self._full_batches) and (
-                (self._clock() - self._first_pending_at) * 1000 < self.flush_interval_ms):
+        if (self._clock() - self._first_pending_at) * 1000 < self.flush_interval_ms:
             return []
-        self._full_batches = False
+        # A backlog slower than a flush per interval is still one until the source runs dry.
+        self._full_batches = self._full_batches and not self._dry
         return [self._cut_committed()]
 
     def due_in(self) -> float | None:
@@ -445,6 +454,7 @@ class Batcher:
         self._committed_pieces = self._committed_rows = self._committed_bytes = 0
         self._split_part = 0
         self._first_pending_at = self._clock() if self._rows else None
+        self._dry = False
         return flush
 
     def _cut_split(self) -> Flush:
@@ -457,6 +467,7 @@ class Batcher:
         self._split_part += 1
         self._rows = self._bytes = 0
         self._first_pending_at = None
+        self._dry = False
         return flush
 
     def _build(

@@ -227,17 +227,41 @@ def test_a_trickle_waits_for_the_interval_even_when_the_source_is_idle() -> None
     clock.now = 0.6
     [flush] = b.poll(idle=True)
     assert flush.end_lsn == 108
-    # An interval flush disarms the rule too: after full batches cut earlier, a flush by
-    # the interval means the stream is back to a trickle.
-    [full] = b.add(chunk(txn(200, wal.insert(T1.oid, ["2", "x"]),
-                             wal.insert(T1.oid, ["3", "x"]))))
-    assert full.end_lsn == 208
-    b.add(chunk(txn(300, wal.insert(T1.oid, ["4", "x"]))))
-    clock.now = 1.2
+
+
+def test_a_backlog_slower_than_a_flush_per_interval_ends_without_waiting() -> None:
+    # Full batches, then a flush cut by the interval while the source never ran dry: still
+    # a backlog, so its end goes at once.
+    clock = Clock()
+    b = make(flush_rows=2, interval_ms=500, clock=clock)
+    [full] = b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]),
+                                              wal.insert(T1.oid, ["2", "x"]))))
+    assert full.end_lsn == 108
+    b.add(chunk(txn(200, wal.insert(T1.oid, ["3", "x"]))))
+    clock.now = 0.6
     [by_interval] = b.poll()
-    assert by_interval.end_lsn == 308
-    b.add(chunk(txn(400, wal.insert(T1.oid, ["5", "x"]))))
+    assert by_interval.end_lsn == 208
+    b.add(chunk(txn(300, wal.insert(T1.oid, ["4", "x"]))))
+    [tail] = b.poll(idle=True)
+    assert tail.end_lsn == 308
+
+
+def test_once_the_source_ran_dry_the_next_batch_waits_for_the_interval() -> None:
+    clock = Clock()
+    b = make(flush_rows=2, interval_ms=500, clock=clock)
+    b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]),
+                                      wal.insert(T1.oid, ["2", "x"]))))
+    assert b.poll(idle=True) == []  # dry, with nothing committed left to load
+    b.add(chunk(txn(200, wal.insert(T1.oid, ["3", "x"]))))
+    clock.now = 0.6
+    [by_interval] = b.poll()
+    assert by_interval.end_lsn == 208
+    # That flush closed a trickle's batch: the next one waits for the interval too.
+    b.add(chunk(txn(300, wal.insert(T1.oid, ["4", "x"]))))
     assert b.poll(idle=True) == []
+    clock.now = 1.2
+    [later] = b.poll(idle=True)
+    assert later.end_lsn == 308
 
 
 def test_due_in_counts_down_to_the_interval_flush() -> None:
