@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 #: Longest sleep between two looks at the flag (how late a set event is noticed).
 SLICE_S = 0.05
@@ -23,28 +24,23 @@ SLICE_S = 0.05
 
 def wait_for(event: threading.Event, timeout: float | None = None) -> bool:
     """Like ``event.wait(timeout)``, without ever holding the event's lock."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not event.is_set():
-        if deadline is None:
-            time.sleep(SLICE_S)
-            continue
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(left, SLICE_S))
-    return True
+    return _in_slices(event.is_set, time.sleep, timeout)
 
 
 def join(thread: threading.Thread, timeout: float | None = None) -> bool:
     """Like ``thread.join(timeout)``, coming back to bytecode every slice; True when the
     thread ended."""
+    return _in_slices(lambda: not thread.is_alive(), thread.join, timeout)
+
+
+def _in_slices(done: Callable[[], bool], pause: Callable[[float], object],
+               timeout: float | None) -> bool:
+    """``pause`` for at most a slice at a time until ``done()`` (True) or ``timeout``
+    passed (False)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while thread.is_alive():
-        if deadline is None:
-            thread.join(SLICE_S)
-            continue
-        left = deadline - time.monotonic()
+    while not done():
+        left = SLICE_S if deadline is None else deadline - time.monotonic()
         if left <= 0:
             return False
-        thread.join(min(left, SLICE_S))
+        pause(min(left, SLICE_S))
     return True
