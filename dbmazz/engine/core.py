@@ -251,6 +251,10 @@ class Engine:
         self._pause_ack = threading.Event()  # set by the reader once it stopped reading
         self._queue: queue.Queue[Flush | None] = queue.Queue()
         self._inflight = 0
+        # Flushes queued or being applied. Counted apart from the bytes: a flush of commits
+        # without rows (a heartbeat) has none, and the drain must still wait for it to be
+        # confirmed before it closes the stream.
+        self._inflight_flushes = 0
         self._inflight_cv = threading.Condition()
         self._durable_lsn = start_lsn
         self._durable_cv = threading.Condition()
@@ -572,7 +576,7 @@ class Engine:
                     # Keep the stream open until the applier confirmed the last flush, so
                     # the final status update carries it to the slot.
                     with self._inflight_cv:
-                        while self._inflight > 0 and not self._stop.is_set():
+                        while self._inflight_flushes > 0 and not self._stop.is_set():
                             self._inflight_cv.wait(0.1)
                             self._check_holding()
                             source.keepalive()
@@ -645,6 +649,7 @@ class Engine:
     def _enqueue(self, flush: Flush) -> None:
         with self._inflight_cv:
             self._inflight += flush.nbytes
+            self._inflight_flushes += 1
             self.progress.inflight_bytes = self._inflight
             self.progress.inflight_peak = max(self.progress.inflight_peak, self._inflight)
         self._queue.put(flush)
@@ -654,7 +659,7 @@ class Engine:
 
     def _wait_for_empty_queue(self) -> None:
         with self._inflight_cv:
-            while self._inflight > 0 and not self._stop.is_set():
+            while self._inflight_flushes > 0 and not self._stop.is_set():
                 self._inflight_cv.wait(0.1)
 
     def _applier(self) -> None:
@@ -697,6 +702,7 @@ class Engine:
                     self._make_durable(flush.end_lsn)
                 with self._inflight_cv:
                     self._inflight -= flush.nbytes
+                    self._inflight_flushes -= 1
                     self.progress.inflight_bytes = self._inflight
                     self._inflight_cv.notify_all()
         finally:
@@ -709,6 +715,7 @@ class Engine:
     def _discard(self, flush: Flush) -> None:
         with self._inflight_cv:
             self._inflight -= flush.nbytes
+            self._inflight_flushes -= 1
             self.progress.inflight_bytes = self._inflight
             self._inflight_cv.notify_all()
 

@@ -1,11 +1,16 @@
-"""The reading loop never waits for input past the moment a pending flush is due."""
+"""The reading loop's timing: it never waits for input past the moment a pending flush is
+due, ends a backlog without waiting for the interval, and on drain closes the stream only
+once every flush is confirmed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 from dbmazz.source.chunk import WalChunk
+from dbmazz.state.checkpoint import MemoryCheckpointStore
+from dbmazz.testing import wal
 from tests.scripted import ScriptedSource, eventually, scripted_engine
 
 
@@ -66,3 +71,57 @@ def test_the_end_of_a_backlog_is_loaded_without_waiting_for_the_interval(
         assert engine.progress.flushes == 2
     finally:
         engine.stop()
+
+
+class GatedCheckpoints(MemoryCheckpointStore):
+    """Holds the save of ``gated_from`` or later until ``proceed`` is set."""
+
+    def __init__(self, gated_from: int) -> None:
+        super().__init__()
+        self.gated_from = gated_from
+        self.proceed = threading.Event()
+
+    def save(self, lsn: int) -> None:
+        if lsn >= self.gated_from:
+            assert self.proceed.wait(30), "never released"
+        super().save(lsn)
+
+
+class WatchedSource(ScriptedSource):
+    """Releases the gated checkpoint when the reader sends a keepalive (it waits for the
+    applier) or closes the stream (it did not wait)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def keepalive(self) -> None:
+        super().keepalive()
+        self.release.set()
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_a_drain_confirms_a_flush_without_rows_before_it_closes_the_stream(
+        tmp_path: Path) -> None:
+    # A transaction holding only a logical message (a heartbeat) is a flush of no bytes;
+    # the drain must still wait for it to be confirmed, or the slot stays behind the
+    # checkpoint. Its checkpoint is held until the reader either waits or closes.
+    engine, script, _ = scripted_engine(tmp_path, flush_interval_ms=3_600_000)
+    commit_lsn = script.lsn + 32
+    end_lsn = commit_lsn + 8
+    checkpoints = GatedCheckpoints(end_lsn)
+    engine.checkpoints = checkpoints
+    source = WatchedSource(checkpoints.proceed)
+    script.source = source
+    source.chunks.put(WalChunk.from_messages(
+        [wal.begin(commit_lsn), wal.message("dbmazz_heartbeat", b""),
+         wal.commit(commit_lsn, end_lsn)],
+        [script.lsn, script.lsn + 16, commit_lsn]))
+    engine.start()
+    eventually(lambda: engine.progress.chunks >= 1, "the transaction read")
+    engine.drain()
+    assert engine.wait(60)
+    assert checkpoints.lsn == end_lsn
+    assert source.confirmed == end_lsn
