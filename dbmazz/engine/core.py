@@ -673,7 +673,7 @@ class Engine:
                 if self._stop.is_set():
                     break
                 if self._restart.is_set():
-                    self._discard(flush)
+                    self._settle(flush)
                     continue
                 try:
                     self.applier.apply(flush)
@@ -690,7 +690,7 @@ class Engine:
                     log.warning("%s; resending from the checkpoint", exc.message)
                     self.progress.last_error = str(exc)
                     self._restart.set()
-                    self._discard(flush)
+                    self._settle(flush)
                     continue
                 except DbmazzError:
                     if self._stop.is_set():
@@ -700,11 +700,7 @@ class Engine:
                 self.progress.rows_applied += flush.rows
                 if flush.end_lsn > self._durable_lsn:
                     self._make_durable(flush.end_lsn)
-                with self._inflight_cv:
-                    self._inflight -= flush.nbytes
-                    self._inflight_flushes -= 1
-                    self.progress.inflight_bytes = self._inflight
-                    self._inflight_cv.notify_all()
+                self._settle(flush)
         finally:
             self.applier.close()
             if self.progress.state != RunState.FAILED:
@@ -712,7 +708,9 @@ class Engine:
             self._stop.set()
             self._set_done()
 
-    def _discard(self, flush: Flush) -> None:
+    def _settle(self, flush: Flush) -> None:
+        """``flush`` left the pipeline (applied, or discarded to be read again): it no
+        longer counts as in flight."""
         with self._inflight_cv:
             self._inflight -= flush.nbytes
             self._inflight_flushes -= 1
