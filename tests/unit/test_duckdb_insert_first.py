@@ -1,5 +1,6 @@
 """DuckDB CDC writes tried as plain INSERTs first: the outcome equals the upserts' whatever
-the target holds, and a table whose writes keep conflicting backs off."""
+the target holds, and a table whose writes keep conflicting backs off. And what the sink
+asks of DuckDB for a catch-up's writes: no checkpoint at every commit."""
 
 from __future__ import annotations
 
@@ -71,3 +72,22 @@ def test_conflicts_back_off_doubling_up_to_the_cap_and_a_success_starts_over() -
     # Tables are independent.
     policy.conflicted("t")
     assert policy.worth_trying("u")
+
+
+def test_writes_past_duckdbs_default_checkpoint_size_are_not_checkpointed_at_each_commit(
+        tmp_path: Path) -> None:
+    """The sink raises DuckDB's checkpoint threshold (16 MiB by default): a catch-up's WAL
+    grows past 16 MiB without a checkpoint at every commit, and every row is there."""
+    path = tmp_path / "wal.duckdb"
+    sink = DuckDBSink(str(path))
+    sink.setup([TABLE])
+    try:
+        padding = "x" * 400
+        for start in range(0, 60_000, 20_000):
+            sink.write(chunk(range(start, start + 20_000), 1, text=padding))
+        wal = path.with_name(path.name + ".wal")
+        assert wal.stat().st_size > 16 << 20
+        assert sink.query("SELECT count(*), count(DISTINCT id) FROM public.t") == [
+            (60_000, 60_000)]
+    finally:
+        sink.close()
