@@ -8,10 +8,9 @@ A :class:`Flush` closes when its rows or bytes reach ``FLUSH_ROWS``/``FLUSH_BYTE
 commit, or when :meth:`Batcher.poll` finds ``FLUSH_INTERVAL_MS`` elapsed — or the source
 idle at the end of a backlog (flushes cut by size, the source never dry since): the end of
 a backlog is loaded when it has been read, not an interval later, and a trickle still loads
-once per interval. A transaction
-larger than the limits is cut into *split* flushes that do not advance the durable LSN; its
-commit always ends a flush of its own, so the whole transaction is loaded before its commit
-LSN can be confirmed (DESIGN.md §4, invariant 2).
+once per interval. A transaction larger than the limits is cut into *split* flushes that
+do not advance the durable LSN; its commit always ends a flush of its own, so the whole
+transaction is loaded before its commit LSN can be confirmed (DESIGN.md §4, invariant 2).
 """
 
 from __future__ import annotations
