@@ -200,8 +200,9 @@ def column_expression(name: str, type_oid: int, native: bool) -> str:
         return column
     if type_oid in _CAST_DIFFERS or type_oid >= _FIRST_USER_OID:
         # format('%s') calls the output function (a domain's is its base type's); it
-        # prints NULL as '', hence the CASE.
-        return f"CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END"
+        # prints NULL as '', hence the CASE. num_nulls, not IS NULL: a composite whose
+        # fields are all NULL IS NULL, yet it is a value ('(,)'), as CDC sends it.
+        return f"CASE WHEN num_nulls({column}) = 1 THEN NULL ELSE format('%s', {column}) END"
     # For every other built-in type (arrays included) the cast to text is the output
     # function.
     return f"{column}::text"

@@ -142,28 +142,30 @@ def test_snapshot_under_concurrent_writes_equals_source(
 KINDS = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN price AS numeric(10,2);
+CREATE TYPE pair AS (a int, b text);
 CREATE TABLE kinds_snap (
     k text PRIMARY KEY, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, n numeric(12,2),
     nu numeric, b bool, t text, vc varchar(8), bp char(4), ch "char", nm name, by bytea,
     d date, ts timestamp, tz timestamptz, tm time, iv interval, u uuid, ip inet, net cidr,
-    j json, jb jsonb, ai int4[], at text[], e mood, p price
+    j json, jb jsonb, ai int4[], at text[], e mood, p price, cp pair
 );
 INSERT INTO kinds_snap VALUES
   ('plain', 1, 2, 3, 1.5, 2.25, 12.34, 1.000100, true, 'text', 'vc', 'ab', 'x', 'name',
    '\\x00ff10', '2024-02-29', '2024-02-29 12:34:56.789', '2024-02-29 12:34:56.789+02',
    '12:34:56', '1 year 2 mons 3 days 04:05:06', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
    '10.0.0.1/32', '10.0.0.0/8', '{"a": [1, 2]}', '{"b": {"c": null}}', '{1,NULL,3}',
-   '{"a,b","q\\"uote",NULL,""}', 'happy', 99.95),
+   '{"a,b","q\\"uote",NULL,""}', 'happy', 99.95, ROW(1, 'x')),
   ('edges', -32768, -2147483648, -9223372036854775808, 'NaN', '-Infinity', -0.01,
    'NaN', false, E'line\\nbreak, "quoted", back\\\\slash, ünïcødé', '', '', '', '',
    '', 'infinity', '-infinity', 'infinity', '00:00:00', '-1 days',
-   '00000000-0000-0000-0000-000000000000', '::1', '::/0', '[]', '{}', '{}', '{}', 'sad', 0),
+   '00000000-0000-0000-0000-000000000000', '::1', '::/0', '[]', '{}', '{}', '{}', 'sad', 0,
+   ROW(NULL, NULL)),
   ('bc', 0, 0, 0, 'Infinity', 1e308, 0, 123456789012345678901234567890.123456789, NULL,
    '', NULL, NULL, NULL, NULL, NULL, '0044-03-15 BC', '0044-03-15 12:00:00 BC',
    '1999-12-31 23:59:59.999999+00', NULL, NULL, NULL, NULL, NULL, 'null', 'null', NULL,
-   '{NULL}', NULL, NULL),
+   '{NULL}', NULL, NULL, ROW(2, NULL)),
   ('nulls', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
 CREATE TABLE kinds_cdc (LIKE kinds_snap INCLUDING ALL);
 """
 
@@ -207,6 +209,8 @@ def test_snapshot_and_cdc_produce_identical_values(
         assert _comparable(snap.column(name)) == _comparable(cdc.column(name)), name
     # NULL and the empty string stay apart.
     assert sink.query("SELECT k FROM public.kinds_snap WHERE t = '' ORDER BY k") == [("bc",)]
+    # A composite whose fields are all NULL is a value, not NULL (IS NULL says otherwise).
+    assert sink.query("SELECT cp FROM public.kinds_snap WHERE k = 'edges'") == [("(,)",)]
 
 
 def test_kill_9_mid_snapshot_then_restart_reads_only_unfinished_chunks(
