@@ -88,9 +88,11 @@ def fetch_source(
     conn: psycopg.Connection, namespace: str, table: str, keys: Sequence[str]
 ) -> tuple[list[str], dict[tuple[Any, ...], tuple[Any, ...]]]:
     columns = source_columns(conn, namespace, table)
+    # JSON as its text too: psycopg would hand over the parsed value, which normalize()
+    # would parse a second time (the JSON string "123" would become the number 123).
     select = [
         sql.SQL("{}::text").format(sql.Identifier(name))
-        if typ.lstrip("_") in _AS_TEXT
+        if typ.lstrip("_") in _AS_TEXT or typ in _JSON
         else sql.Identifier(name)
         for name, typ in columns
     ]

@@ -128,6 +128,33 @@ def test_mixed_workload_into_starrocks(pg_db: Database, starrocks: StarRocksEmul
     assert docs and all(doc.startswith("{") for doc in docs)  # objects, not JSON strings
 
 
+JSON_SCALARS = ("""'"just a string"', '"123"'""", """'"{\\"a\\": 1}"', '123'""",
+                """'true', 'null'""", """'{"a": "1"}', '["x", 2]'""")
+
+
+@pytest.mark.parametrize("load_format", ["json", "csv"])
+def test_json_values_land_as_the_json_they_are(pg_db: Database, starrocks: StarRocksEmulator,
+                                               engines: list[Engine], load_format: str) -> None:
+    # A JSON string stays a string (the string "123" is not the number 123), in the
+    # snapshot and in CDC, in either load format.
+    pg_db.execute("CREATE TABLE public.js (id int PRIMARY KEY, j json, jb jsonb)")
+    for n, values in enumerate(JSON_SCALARS, 1):
+        pg_db.execute(f"INSERT INTO public.js VALUES ({n}, {values})")
+    config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, ["public.js"],
+                              load_format=load_format, snapshot="initial")
+    engine = build_live_engine(config)
+    engines.append(engine)
+    engine.start()
+    for n, values in enumerate(JSON_SCALARS, 11):
+        pg_db.execute(f"INSERT INTO public.js VALUES ({n}, {values})")
+    wait_until_loaded(engine, mark(pg_db))
+    assert_replicated(pg_db, lambda table: starrocks.rows(DB, table), {"public.js": ["id"]})
+    stored = {r["id"]: (r["j"], r["jb"]) for r in starrocks.rows(DB, "js")}
+    for n in (1, 11):
+        assert stored[n] == ('"just a string"', '"123"')
+        assert stored[n + 1][0] == '"{\\"a\\": 1}"'
+
+
 def test_hard_deletes_remove_rows(pg_db: Database, starrocks: StarRocksEmulator,
                                   engines: list[Engine]) -> None:
     pg_db.execute("CREATE TABLE public.h (id int PRIMARY KEY, v text)")

@@ -280,6 +280,16 @@ def test_type_conversion_json(sr: StarRocksEmulator) -> None:
     }]
 
 
+def test_a_json_column_keeps_a_json_bodys_string_as_a_string(sr: StarRocksEmulator) -> None:
+    # As the BE's add_native_json_column: the value is stored as the JSON value it is.
+    body = ('[{"id": 1, "j": "just a string"}, {"id": 2, "j": "123"},'
+            ' {"id": 3, "j": "{\\"a\\": 1}"}, {"id": 4, "j": 123}]')
+    reply = stream_load(sr, "d", "ty", body, format="json", strip_outer_array="true")
+    assert reply["Status"] == "Success", reply
+    assert [(r["id"], r["j"]) for r in sr.rows("d", "ty")] == [
+        (1, '"just a string"'), (2, '"123"'), (3, '"{\\"a\\": 1}"'), (4, "123")]
+
+
 def test_type_conversion_csv(sr: StarRocksEmulator) -> None:
     body = "1\tfalse\t-128\t-5\t2e3\t-0.5\tabc\t20240101\t2024-01-01T01:02:03\t[1]\t[2,3]\txy\n"
     reply = stream_load(sr, "d", "ty", body)

@@ -158,6 +158,16 @@ def test_json_columns_are_embedded_as_json_values() -> None:
     assert b'"j":{"a": [1, 2.50, "x"]}' in body.data
 
 
+def test_the_json_value_null_is_sent_as_csv_where_a_json_body_would_make_it_sql_null() -> None:
+    table = pa.table({"id": [1, 2, 3], "j": ["null", " null ", None]})
+    body = serialize(table, "json", raw_json={"j"})
+    assert body.format == "csv"
+    assert csv_fields(body.data) == [["1", "null"], ["2", " null "], ["3", None]]
+    # Text CSV cannot carry keeps the JSON body (and StarRocks' reading of null).
+    assert serialize(pa.table({"j": ["null"], "t": ["a\x01b"]}), "json",
+                     raw_json={"j"}).format == "json"
+
+
 def test_only_json_columns() -> None:
     body = serialize(pa.table({"j": ['{"k": 1}', None]}), "json", raw_json={"j"})
     assert json.loads(body.data) == [{"j": {"k": 1}}, {"j": None}]

@@ -10,7 +10,8 @@ Renderings (DESIGN.md §5), chosen to load exactly into the types :mod:`.ddl` cr
   time ``HH:MM:SS.ffffff``; interval/duration: integer microseconds;
 * json/jsonb columns (``raw_json``): the JSON text is embedded as the JSON value itself,
   because StarRocks stores a JSON *string* scalar when given a quoted string;
-  in CSV the text is the field (StarRocks parses it);
+  in CSV the text is the field (StarRocks parses it). A JSON body loads the JSON value
+  ``null`` as SQL NULL, so a batch holding one is sent as CSV when it can be;
 * binary: lowercase hex text; the request maps it back with ``to_binary(col, 'hex')``
   (StarRocks would otherwise store the UTF-8 bytes of whatever text it receives);
 * lists (and structs): JSON arrays (objects), in both formats.
@@ -88,7 +89,7 @@ def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str
         constant.discard(table.column_names[0])
     columns = {name: arr.slice(0, 1) if name in constant else arr
                for name, arr in columns.items()}
-    if fmt == "csv":
+    if fmt == "csv" or _holds_json_null(columns, raw):
         prepared = {name: _prepare(arr, csv=name not in raw) for name, arr in columns.items()}
         text = {f.name for f in table.schema if f.name not in raw and _is_text(_value_type(f.type))}
         body = _csv(prepared, constant, table.num_rows, text)
@@ -99,6 +100,18 @@ def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str
     # characters: only the other columns need the escaping scan.
     plain = {f.name for f in table.schema if _renders_plain(_value_type(f.type))}
     return _json(prepared, constant, table.num_rows, raw, plain)
+
+
+def _holds_json_null(columns: Mapping[str, pa.Array], raw: Collection[str]) -> bool:
+    """Whether a json/jsonb column holds the JSON value ``null``: a JSON body cannot carry
+    it (StarRocks loads a ``null`` value as SQL NULL), a CSV field can (the text is parsed
+    as JSON), so such a batch goes as CSV when CSV can carry its text."""
+    for name in raw:
+        arr = columns[name]
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            if pc.any(pc.equal(pc.utf8_trim_whitespace(arr), "null")).as_py():
+                return True
+    return False
 
 
 def _renders_plain(t: pa.DataType) -> bool:

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbmazz.testing.starrocks.catalog import Column, Table
-from dbmazz.testing.starrocks.coltypes import ConversionError, convert_json, convert_text
+from dbmazz.testing.starrocks.coltypes import (
+    ConversionError,
+    convert_json,
+    convert_text,
+    normalise_json,
+)
 from dbmazz.testing.starrocks.errors import LoadError
 from dbmazz.testing.starrocks.exprs import ColumnItem, Expr, parse_columns, parse_where
 from dbmazz.testing.starrocks.formats import (
@@ -292,6 +297,8 @@ class _Record:
     src: dict[str, Any]
     raw: str
     present: set[str]
+    #: Values decoded from a JSON body (not CSV text).
+    json: bool = False
 
 
 def _records(plan: LoadPlan, body: bytes) -> Iterator[_Record | _RowErrorRecord]:
@@ -317,14 +324,15 @@ def _records(plan: LoadPlan, body: bytes) -> Iterator[_Record | _RowErrorRecord]
             src = {}
             for name, path in zip(plan.source_names, plan.jsonpaths, strict=True):
                 _, src[name] = path.extract(jrec.value)
-            yield _Record(src, jrec.raw, set(src))
+            yield _Record(src, jrec.raw, set(src), json=True)
             continue
         lowered = {str(k).lower(): v for k, v in jrec.value.items()}
         if plan.items is not None:
             src = {n: lowered.get(n) for n in plan.source_names}
-            yield _Record(src, jrec.raw, {n for n in plan.source_names if n in lowered})
+            yield _Record(src, jrec.raw, {n for n in plan.source_names if n in lowered},
+                          json=True)
         else:
-            yield _Record(lowered, jrec.raw, set(lowered))
+            yield _Record(lowered, jrec.raw, set(lowered), json=True)
 
 
 @dataclass
@@ -397,6 +405,11 @@ def _map(plan: LoadPlan, rec: _Record, targets: list[Column]) -> RowOp | None:
             raw = plan.derived[lname].evaluate(env)
         elif lname in rec.present:
             raw = rec.src.get(lname)
+            if rec.json and column.type.name == "JSON" and raw is not None:
+                # The BE stores a JSON body's value in a JSON column as the JSON value it
+                # is (add_native_json_column): a string stays a string, never re-parsed.
+                values[lname] = normalise_json(raw)
+                continue
         elif plan.partial or plan.targets is not None:
             raw = None
         elif column.default is not None or column.nullable:
