@@ -106,12 +106,10 @@ def _holds_json_null(columns: Mapping[str, pa.Array], raw: Collection[str]) -> b
     """Whether a json/jsonb column holds the JSON value ``null``: a JSON body cannot carry
     it (StarRocks loads a ``null`` value as SQL NULL), a CSV field can (the text is parsed
     as JSON), so such a batch goes as CSV when CSV can carry its text."""
-    for name in raw:
-        arr = columns[name]
-        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-            if pc.any(pc.equal(pc.utf8_trim_whitespace(arr), "null")).as_py():
-                return True
-    return False
+    texts = [columns[name] for name in raw]
+    return any(pc.any(pc.equal(pc.utf8_trim_whitespace(arr), "null")).as_py()
+               for arr in texts
+               if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type))
 
 
 def _renders_plain(t: pa.DataType) -> bool:
