@@ -24,7 +24,24 @@ def describe_dsn(dsn: str) -> str:
     port = str(info.get("port") or "5432")
     user = str(info.get("user") or "")
     db = str(info.get("dbname") or user)
-    return f"{user + '@' if user else ''}{host}:{port}/{db}"
+    text = f"{user + '@' if user else ''}{host}:{port}/{db}"
+    for piece in _password_pieces(dsn):
+        text = text.replace(piece, "***")
+    return text
+
+
+def _password_pieces(dsn: str) -> list[str]:
+    """The pieces of a URL's password, as the person who wrote the URL meant it (up to the
+    last ``@``), cut where libpq may cut: an unencoded ``/`` or ``@`` in a password makes
+    libpq read part of it as the host, port or database, which a message would show."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or not scheme.startswith("postgres"):
+        return []
+    userinfo = rest[: rest.rfind("@")] if "@" in rest else ""
+    if ":" not in userinfo:
+        return []
+    password = userinfo.split(":", 1)[1]
+    return sorted((p for p in re.split(r"[/@:?#]", password) if p), key=len, reverse=True)
 
 
 def validate_slot_name(slot: str) -> None:

@@ -32,6 +32,12 @@ def test_describe_dsn_never_shows_the_password() -> None:
         assert text == "alice@db.example:6543/shop"
         assert "s3cr3t" not in text
     assert "s3cr3t" not in describe_dsn("postgresql://alice:s3cr3t@[bad")
+    # An unencoded '/' or '@' in the password: libpq reads part of it as the host, port
+    # or database, and no part of it may show.
+    for dsn, secret in (("postgresql://postgres:ab/cdSECRET@127.0.0.1:5432/shop", "cdSECRET"),
+                        ("postgresql://postgres:SECRET@host2@127.0.0.1:5432/shop", "host2"),
+                        ("postgres://u:x:y@SECRET@h/d", "SECRET")):
+        assert secret not in describe_dsn(dsn), dsn
 
 
 def test_replication_conninfo_merges_options() -> None:
