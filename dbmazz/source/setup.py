@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -215,6 +215,19 @@ def _keys_by_oid(
     return out
 
 
+def _identity_off_the_key(conn: psycopg.Connection, oids: Sequence[int]) -> set[int]:
+    """Tables with a primary key whose REPLICA IDENTITY USING INDEX names another index."""
+    rows = conn.execute(
+        """
+        SELECT i.indrelid::int FROM pg_index i
+        WHERE i.indrelid = ANY(%s) AND i.indisreplident AND NOT i.indisprimary
+          AND EXISTS (SELECT 1 FROM pg_index p WHERE p.indrelid = i.indrelid AND p.indisprimary)
+        """,
+        (list(oids),),
+    ).fetchall()
+    return {int(oid) for (oid,) in rows}
+
+
 def primary_keys(
     conn: psycopg.Connection, tables: Sequence[str], *, strict: bool = True
 ) -> dict[str, tuple[str, ...]]:
@@ -263,9 +276,11 @@ def _check_replication_role(conn: psycopg.Connection) -> None:
 
 def _plan_identity(
     tables: Sequence[_Table], keys: dict[int, tuple[bool, tuple[str, ...]]],
-    mode: ReplicaIdentityMode,
+    mode: ReplicaIdentityMode, off_the_key: Collection[int] = (),
 ) -> list[_Table]:
-    """Tables whose REPLICA IDENTITY must change; refuses changes that would lose a key."""
+    """Tables whose REPLICA IDENTITY must change; refuses changes that would lose a key,
+    and, under ``keep``, identities that do not carry the key (``off_the_key``: see
+    :func:`_identity_off_the_key`)."""
     if mode not in ("full", "default", "keep"):
         raise SetupError(
             f"replica_identity must be 'full', 'default' or 'keep', not {mode!r}"
@@ -278,6 +293,18 @@ def _plan_identity(
                 "published, their UPDATEs and DELETEs would fail in PostgreSQL",
                 "use replica_identity='full' or 'default', or ALTER TABLE ... REPLICA "
                 "IDENTITY DEFAULT",
+            )
+        elsewhere = [t.name for t in tables if t.identity == "i" and t.oid in off_the_key]
+        if elsewhere:
+            # Their UPDATEs and DELETEs name the old row by that index's columns alone: a
+            # change of the primary key would leave the old row in the target, and a
+            # DELETE would carry no primary key to delete by.
+            raise SetupError(
+                f"tables whose REPLICA IDENTITY USING INDEX names an index other than their "
+                f"primary key: {', '.join(elsewhere)} — their UPDATEs and DELETEs do not "
+                "carry the primary key the target is keyed on",
+                "run `ALTER TABLE ... REPLICA IDENTITY DEFAULT` (or FULL), or use "
+                "replica_identity='default' or 'full'",
             )
         return []
     wanted = _IDENTITY_CODE[mode]
@@ -369,7 +396,8 @@ def _partition_identity_changes(
     keyless = [t.name for t in leaves if t.oid not in keys]
     if keyless:
         raise _keyless_error(keyless)
-    return _plan_identity(leaves, keys, mode)
+    return _plan_identity(leaves, keys, mode,
+                          _identity_off_the_key(conn, [t.oid for t in leaves]))
 
 
 def _partitioned(conn: psycopg.Connection, tables: Sequence[_Table]) -> list[str]:
@@ -509,7 +537,9 @@ def setup_source(
         keyless = [t.name for t in resolved if t.oid not in keys]
         if keyless:
             raise _keyless_error(keyless)
-        identity_changes = _plan_identity(resolved, keys, replica_identity)
+        identity_changes = _plan_identity(
+            resolved, keys, replica_identity,
+            _identity_off_the_key(conn, [t.oid for t in resolved]))
         identity_changes += _partition_identity_changes(conn, resolved, replica_identity)
         pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
         warnings += pub_warnings
@@ -691,7 +721,8 @@ def publish_tables(
         keyless = [t.name for t in resolved if t.oid not in keys]
         if keyless:
             raise _keyless_error(keyless)
-        changes = _plan_identity(resolved, keys, mode)
+        changes = _plan_identity(resolved, keys, mode,
+                                 _identity_off_the_key(conn, [t.oid for t in resolved]))
         changes += _partition_identity_changes(conn, resolved, mode)
         # The publication's other tables are the pipeline's own: no "not configured" notice.
         _, to_add, warnings = _publication_state(conn, publication, resolved,

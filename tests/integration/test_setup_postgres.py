@@ -134,6 +134,25 @@ def test_tables_without_primary_key(pg_db: Database) -> None:
     assert identities(pg_db)["public.nopk"] == "i"
 
 
+def test_an_identity_index_other_than_the_primary_key_is_refused_under_keep(
+        pg_db: Database) -> None:
+    # Its UPDATEs and DELETEs carry that index's columns, not the primary key: a key
+    # change would leave the old row in the target, a DELETE would have no key.
+    pg_db.execute("CREATE TABLE ri (id int PRIMARY KEY, code int NOT NULL UNIQUE, v int)")
+    pg_db.execute("ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_code_key")
+    with pytest.raises(SetupError, match=re.escape("other than their primary key: public.ri")):
+        setup_source(pg_db.dsn, ["ri"], "pub", "s1", replica_identity="keep")
+    assert published(pg_db, "pub") == set() and not slot_info(pg_db.dsn, "s1").exists
+    # The primary key's own index as identity carries the key: accepted.
+    pg_db.execute("ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_pkey")
+    setup_source(pg_db.dsn, ["ri"], "pub", "s1", replica_identity="keep")
+    assert identities(pg_db)["public.ri"] == "i"
+    # 'default' switches the identity to the primary key.
+    pg_db.execute("ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_code_key")
+    setup_source(pg_db.dsn, ["ri"], "pub", "s1", replica_identity="default")
+    assert identities(pg_db)["public.ri"] == "d"
+
+
 def test_replica_identity_modes(pg_db: Database) -> None:
     create_tables(pg_db)
     pg_db.execute("ALTER TABLE orders REPLICA IDENTITY FULL")
