@@ -117,9 +117,10 @@ class SchemaCache:
     def __contains__(self, oid: int) -> bool:
         return oid in self._relations
 
-    def build(self, relation: Relation) -> TableSchema:
-        """The TableSchema of a relation shape (without caching it)."""
-        keys = self._keys(relation)
+    def build(self, relation: Relation, keys: Sequence[str] | None = None) -> TableSchema:
+        """The TableSchema of a relation shape (without caching it); ``keys``: its key, when
+        known before the key map holds it."""
+        keys = tuple(keys) if keys is not None else self._keys(relation)
         names = set(relation.column_names)
         missing = [k for k in keys if k not in names]
         if missing:

@@ -146,14 +146,17 @@ class OnDemandSnapshot:
                 ctx.sink.unwatch(name)
 
     def _register(self) -> dict[str, TableSchema]:
-        """Keys into the engine's key map, target tables created: before the table is
-        published, so its first streamed change finds both."""
+        """Target tables created, then keys into the engine's key map. A table that is
+        already published (FOR ALL TABLES, TABLES IN SCHEMA) streams its changes into the
+        pipeline from the moment its key is known, so its target must exist first; the
+        changes it streams before that are not taken, and the snapshot, read at a later
+        point, holds them."""
         ctx = self.snapshots.context
         with ctx.connect() as conn:
             keys = primary_keys(conn, self.tables, strict=True)
             relations = describe_relations(conn, self.tables, ctx.publication)
-        ctx.keys.add(keys)
-        schemas = {name: ctx.schemas.build(relation) for name, relation in relations.items()}
+        schemas = {name: ctx.schemas.build(relation, keys.get(name))
+                   for name, relation in relations.items()}
         taken = {t.target_name: t.source_name for t in self.snapshots.tables.values()}
         for schema in schemas.values():
             other = taken.get(schema.target_name)
@@ -165,6 +168,7 @@ class OnDemandSnapshot:
                     f"{schema.namespace}_{schema.name}",
                 )
         ctx.sink.setup(list(schemas.values()))
+        ctx.keys.add(keys)
         self.snapshots.tables.update(schemas)
         return schemas
 

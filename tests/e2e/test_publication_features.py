@@ -6,7 +6,7 @@ servers that lack its feature."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
 from dbmazz.errors import SetupError
+from dbmazz.pipeline.batch import TableSchema
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.source.setup import setup_source
 from dbmazz.testing.fixtures import Database
@@ -187,6 +188,48 @@ def test_partitioned_table_added_on_demand(pg_db: Database, tmp_path: Path,
     wait_until_loaded(engine, mark(pg_db))
     assert target_rows(sink, "public.events", "id, region, amount, note") == sorted(
         pg_db.query("SELECT id, region, amount, note FROM public.events"))
+
+
+class ChangeBeforeTargetSetup(DuckDBSink):
+    """Before creating the target of ``late``, commits a change to it and waits until the
+    engine has streamed past it: the moment at which a table already published (FOR ALL
+    TABLES) used to meet a known key but no target table."""
+
+    def __init__(self, path: str, db: Database, late: str) -> None:
+        super().__init__(path)
+        self.db, self.late = db, late
+        self.engine: Engine | None = None
+
+    def setup(self, tables: Sequence[TableSchema]) -> None:
+        if self.engine is not None and any(t.source_name == self.late for t in tables):
+            engine, self.engine = self.engine, None
+            self.db.execute(f"INSERT INTO {self.late} VALUES (-1, 'during setup')")
+            wait_until_loaded(engine, mark(self.db))
+        super().setup(tables)
+
+
+def test_a_table_already_published_is_added_on_demand(pg_db: Database, tmp_path: Path,
+                                                      engines: list[Engine]) -> None:
+    pg_db.execute("CREATE TABLE public.a (id int PRIMARY KEY)")
+    pg_db.execute("CREATE TABLE public.late (id int PRIMARY KEY, v text)")
+    pg_db.execute("INSERT INTO public.late SELECT g, 'v' || g FROM generate_series(1, 50) g")
+    pg_db.execute("CREATE PUBLICATION everything FOR ALL TABLES "
+                  "WITH (publish_via_partition_root = true)")
+    config = duckdb_config(pg_db, tmp_path, ["public.a"], publication_name="everything")
+    sink = ChangeBeforeTargetSetup(config.duckdb_path, pg_db, "public.late")
+    engine = build_live_engine(config, sink=sink)
+    engines.append(engine)
+    engine.start()
+    pg_db.execute("INSERT INTO public.late VALUES (51, 'streamed, not yet replicated')")
+    wait_until_loaded(engine, mark(pg_db))
+    sink.engine = engine
+    handle = engine.request_snapshot(["public.late"])
+    assert handle.wait(180)
+    assert handle.error is None and handle.completed
+    pg_db.execute("UPDATE public.late SET v = 'after' WHERE id % 5 = 0")
+    wait_until_loaded(engine, mark(pg_db))
+    assert target_rows(sink, "public.late", "id, v") == sorted(
+        pg_db.query("SELECT id, v FROM public.late"))
 
 
 def test_existing_publication_without_root_is_refused(pg_db: Database) -> None:
