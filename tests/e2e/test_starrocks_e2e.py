@@ -155,6 +155,28 @@ def test_json_values_land_as_the_json_they_are(pg_db: Database, starrocks: StarR
         assert stored[n + 1][0] == '"{\\"a\\": 1}"'
 
 
+@pytest.mark.parametrize("dropped_columns", ["fill_null", "keep"])
+def test_a_column_dropped_at_the_source(pg_db: Database, starrocks: StarRocksEmulator,
+                                        engines: list[Engine], dropped_columns: str) -> None:
+    pg_db.execute("CREATE TABLE public.dc (id int PRIMARY KEY, a int, s text)")
+    pg_db.execute("INSERT INTO public.dc VALUES (1, 1, 'old1'), (2, 2, 'old2')")
+    config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, ["public.dc"],
+                              dropped_columns=dropped_columns, snapshot="initial")
+    engine = build_live_engine(config)
+    engines.append(engine)
+    engine.start()
+    wait_until_loaded(engine, mark(pg_db))
+    pg_db.execute("ALTER TABLE public.dc DROP COLUMN s")
+    pg_db.execute("UPDATE public.dc SET a = 10 WHERE id = 1")
+    pg_db.execute("INSERT INTO public.dc VALUES (3, 3)")
+    wait_until_loaded(engine, mark(pg_db))
+    rows = sorted((r["id"], r["a"], r["s"]) for r in starrocks.rows(DB, "dc"))
+    # The target keeps the column; rows written after the drop get NULL in it, or keep
+    # their old value with DROPPED_COLUMNS=keep. Rows not written since are untouched.
+    kept = "old1" if dropped_columns == "keep" else None
+    assert rows == [(1, 10, kept), (2, 2, "old2"), (3, 3, None)]
+
+
 def test_hard_deletes_remove_rows(pg_db: Database, starrocks: StarRocksEmulator,
                                   engines: list[Engine]) -> None:
     pg_db.execute("CREATE TABLE public.h (id int PRIMARY KEY, v text)")

@@ -28,6 +28,8 @@ class StarRocksSettings:
     slot_name: str = "dbmazz_slot"
     load_format: Literal["json", "csv"] = "csv"
     delete_mode: Literal["soft", "hard"] = "soft"
+    #: Columns dropped at the source: "fill_null" writes NULL into them from then on.
+    dropped_columns: Literal["keep", "fill_null"] = "fill_null"
     setup: Literal["auto", "skip"] = "auto"
     create_tables: bool = True
     table_properties: Mapping[str, str] = field(default_factory=lambda: {"replication_num": "1"})
@@ -80,6 +82,7 @@ class StarRocksSettings:
             "slot_name": config.slot_name,
             "load_format": config.load_format,
             "delete_mode": config.delete_mode,
+            "dropped_columns": config.dropped_columns,
             "setup": config.setup,
             "create_tables": config.create_tables,
             "rejected_rows": config.rejected_rows,

@@ -103,6 +103,17 @@ class _TableState:
     #: while REJECTED_ROWS=table: resent as plain loads, where rejected rows can be set
     #: aside (a load transaction cannot drop rows and go on).
     poisoned: set[int] = field(default_factory=set)
+    #: Columns dropped at the source that the target keeps (DROPPED_COLUMNS=fill_null
+    #: loads NULL into them).
+    dropped: set[str] = field(default_factory=set)
+
+
+def _with_nulls(rows: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """``rows`` plus a NULL column for each of ``columns`` it does not carry."""
+    for name in columns:
+        if name not in rows.column_names:
+            rows = rows.append_column(name, pa.nulls(rows.num_rows))
+    return rows
 
 
 class StarRocksSink:
@@ -231,6 +242,9 @@ class StarRocksSink:
         state = self._state(name)
         with state.lock:
             state.target = apply_delta(self.catalog, delta, self.settings)
+            state.dropped.update(delta.dropped)
+            # A re-added column is live again.
+            state.dropped.difference_update(c.name for c in delta.added)
         with self._lock:
             self._sources[name] = delta.after
 
@@ -277,7 +291,8 @@ class StarRocksSink:
         return [self._plan_part(batch, part, target) for part in self._parts(batch)]
 
     def _parts(self, batch: TableBatch) -> list[_Part]:
-        parts = [_Part(f"u{i}", group.rows, group.partial)
+        fill = self._nulls_for_dropped(batch.table.target_name)
+        parts = [_Part(f"u{i}", _with_nulls(group.rows, fill), group.partial)
                  for i, group in enumerate(batch.upserts) if group.rows.num_rows]
         deletes = batch.deletes
         if deletes is not None and deletes.num_rows:
@@ -287,6 +302,15 @@ class StarRocksSink:
             else:
                 parts.append(_Part("d", deletes, True))
         return parts
+
+    def _nulls_for_dropped(self, table: str) -> list[str]:
+        """Dropped source columns the target still has, when DROPPED_COLUMNS=fill_null: the
+        upserts carry them as NULL (a load without them would keep their old values)."""
+        if self.settings.dropped_columns != "fill_null":
+            return []
+        state = self._state(table)
+        target = state.target
+        return sorted(c for c in state.dropped if target is not None and target.has(c))
 
     def _plan_part(self, batch: TableBatch, part: _Part, target: TargetTable,
                    suffix: str | None = None, rows: pa.Table | None = None) -> PlannedLoad:
