@@ -114,10 +114,17 @@ def render(report: VerifyReport, max_keys: int = 20) -> Any:
     for t in report.tables:
         if t.error:
             parts.append(Text(f"{t.table}: error: {t.error}", style="red"))
-        for diff in t.diffs[:max_keys]:
-            key = ", ".join(f"{k}={_jsonable(v)!r}" for k, v in diff.key.items())
-            cols = f" columns {', '.join(diff.columns)}" if diff.columns else ""
-            parts.append(Text(f"{t.table}: {diff.kind} ({key}){cols}"))
+        # The first ``max_keys`` of each kind, and how many more of it there are.
+        counts: dict[DiffKind, int] = {"missing": t.missing, "changed": t.changed,
+                                       "extra": t.extra}
+        for kind, count in counts.items():
+            shown = [d for d in t.diffs if d.kind == kind][:max(max_keys, 0)]
+            for diff in shown:
+                key = ", ".join(f"{k}={_jsonable(v)!r}" for k, v in diff.key.items())
+                cols = f" columns {', '.join(diff.columns)}" if diff.columns else ""
+                parts.append(Text(f"{t.table}: {kind} ({key}){cols}"))
+            if count > len(shown):
+                parts.append(Text(f"{t.table}: … {count - len(shown):,} more {kind}"))
         if t.repaired:
             parts.append(Text(f"{t.table}: repaired {t.repaired} key(s)", style="green"))
     for note in report.notes:

@@ -1,0 +1,31 @@
+"""The verify report as text: every kind of difference gets its own share of keys."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from dbmazz.verify.report import KeyDiff, TableResult, VerifyReport, render
+
+
+def text_of(report: VerifyReport, max_keys: int) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render(report, max_keys))
+    return console.export_text()
+
+
+def test_each_kind_lists_its_first_keys_and_counts_the_rest() -> None:
+    diffs = ([KeyDiff("missing", {"id": i}) for i in range(15)]
+             + [KeyDiff("changed", {"id": 100 + i}, ("v",)) for i in range(17)]
+             + [KeyDiff("extra", {"id": 900})])
+    table = TableResult("public.t", "t", missing=15, changed=17, extra=1, diffs=diffs)
+    text = text_of(VerifyReport("0/1", "as-is", tables=[table]), max_keys=5)
+    lines = text.splitlines()
+    assert sum(line.startswith("public.t: missing (") for line in lines) == 5
+    assert sum(line.startswith("public.t: changed (") for line in lines) == 5
+    assert "public.t: extra (id=900)" in text
+    assert "public.t: … 10 more missing" in text
+    assert "public.t: … 12 more changed" in text
+    assert "more extra" not in text
+    assert lines[-1] == "DIFFERENT"
