@@ -35,6 +35,37 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _more_than_zero(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    return parse
+
+
+def _lsn(text: str) -> str:
+    from dbmazz.lsn import parse_lsn
+
+    try:
+        parse_lsn(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _new_file(text: str) -> str:
+    from pathlib import Path
+
+    if not Path(text).expanduser().resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the directory of {text!r} does not exist")
+    return text
+
+
 def load_config(args: argparse.Namespace, **forced: Any) -> Config:
     overrides = {
         name: getattr(args, f"cfg_{name}")
@@ -124,14 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                 _lazy("dbmazz.commands", "cmd_capture"), config=True)
     p.add_argument("--slot", help="replication slot (default SLOT_NAME)")
     p.add_argument("--publication", help="publication (default PUBLICATION_NAME)")
-    p.add_argument("--out", required=True, help="output file (.arrows)")
+    p.add_argument("--out", required=True, type=_new_file, help="output file (.arrows)")
     p.add_argument("--create-slot", action="store_true",
                    help="create the slot when it does not exist (the capture then starts at "
                    "its creation point)")
     stop_at = p.add_mutually_exclusive_group()
-    stop_at.add_argument("--until-lsn", help="stop after the transaction committing at this LSN")
-    stop_at.add_argument("--duration", type=float, help="stop after this many seconds")
-    stop_at.add_argument("--max-messages", type=int, help="stop after this many messages")
+    stop_at.add_argument("--until-lsn", type=_lsn,
+                         help="stop after the transaction committing at this LSN")
+    stop_at.add_argument("--duration", type=_more_than_zero(float),
+                         help="stop after this many seconds")
+    stop_at.add_argument("--max-messages", type=_more_than_zero(int),
+                         help="stop after this many messages")
     p = command("slots", "List the source's replication slots (no running engine needed).",
                 _lazy("dbmazz.ui.slots", "cmd_slots"), config=True)
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -31,6 +31,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     request = VerifyRequest(tables=tuple(args.table), ranges=args.ranges, sample=args.sample,
                             max_keys=args.max_keys, repair=args.repair)
+    # Checked here as well as where it runs: the control plane's request cannot say "none
+    # given" (0 means the default there), so a bad value must not reach it.
+    request.options()
     client = running_engine(config)
     if client is not None:
         with client:

@@ -57,6 +57,8 @@ class VerifyRequest:
         if not 0 < self.sample <= 1:
             raise BadVerifyRequest(f"--sample must be in (0, 1], got {self.sample}",
                                    "e.g. --sample 0.1 checks a tenth of the ranges")
+        if self.max_keys < 0:
+            raise BadVerifyRequest(f"--max-keys must be 0 or more, got {self.max_keys}")
         return Options(ranges=self.ranges, sample=self.sample, max_keys=self.max_keys,
                        seed=secrets.randbits(32))
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from dbmazz.lsn import format_lsn
 from dbmazz.source.pgoutput import Insert, parse_message
@@ -36,3 +37,23 @@ def test_capture_cli_until_lsn(pg_db: Database, tmp_path: Path) -> None:
     inserts = [m for m in (parse_message(p) for p in table.column("payload").to_pylist())
                if isinstance(m, Insert)]
     assert len(inserts) == 50
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--out", "/nonexistent-dir/wal.arrows"], "argument --out: the directory of"),
+    (["--out", "wal.arrows", "--until-lsn", "notanlsn"], "not a PostgreSQL LSN: 'notanlsn'"),
+    (["--out", "wal.arrows", "--max-messages", "0"], "--max-messages: must be more than 0"),
+    (["--out", "wal.arrows", "--duration", "-1"], "--duration: must be more than 0"),
+])
+def test_capture_cli_refuses_bad_arguments_before_connecting(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dbmazz", "capture", "--slot", "cli_bad", *args],
+        env={**os.environ, "SOURCE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+        capture_output=True, text=True,
+        timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "wal.arrows").exists()

@@ -1,12 +1,15 @@
-"""The verify report as text: every kind of difference gets its own share of keys."""
+"""The verify report as text (every kind of difference gets its own share of keys), and
+the arguments a verify refuses."""
 
 from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from dbmazz.verify.report import KeyDiff, TableResult, VerifyReport, render
+from dbmazz.verify.run import BadVerifyRequest, VerifyRequest
 
 
 def text_of(report: VerifyReport, max_keys: int) -> str:
@@ -29,3 +32,10 @@ def test_each_kind_lists_its_first_keys_and_counts_the_rest() -> None:
     assert "public.t: … 12 more changed" in text
     assert "more extra" not in text
     assert lines[-1] == "DIFFERENT"
+
+
+@pytest.mark.parametrize("request_", [VerifyRequest(max_keys=-1), VerifyRequest(ranges=0),
+                                      VerifyRequest(sample=0.0)])
+def test_arguments_that_cannot_work_are_refused(request_: VerifyRequest) -> None:
+    with pytest.raises(BadVerifyRequest):
+        request_.options()
