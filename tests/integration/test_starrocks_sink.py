@@ -259,6 +259,35 @@ def test_truncate_empties_the_table_before_the_rows(
     assert select(starrocks, "items", "id, name") == [(5, "new"), (6, "later")]
 
 
+def test_a_replay_cut_differently_does_not_bring_truncated_rows_back(
+    starrocks: StarRocksEmulator, make_sink: SinkFactory
+) -> None:
+    sink = make_sink()
+    sink.setup([ITEMS])
+    rows = [{"id": i, "name": "before", "qty": i, "price": None} for i in (1, 2)]
+    sink.write(batch(ITEMS, [upsert(ITEMS, rows, 10)], lsn=(10, 15)))
+    truncating = TableBatch(ITEMS, truncate=True, first_lsn=20, last_lsn=20, batch_id="k1")
+    sink.write(truncating)
+    later = upsert(ITEMS, [{"id": 6, "name": "later", "qty": 6, "price": None}], 30)
+    sink.write(batch(ITEMS, [later], lsn=30))
+    # A crash before the checkpoint, and a replay whose first batch holds only part of
+    # what the first run's did: its rows load again under a label of their own; the
+    # truncate, already done, must still leave nothing older than itself.
+    replay = make_sink()
+    replay.setup([ITEMS])
+    replay.write(batch(ITEMS, [upsert(ITEMS, rows[:1], 10)], lsn=10))
+    assert select(starrocks, "items", "id, name") == [(1, "before"), (6, "later")]
+    replay.write(truncating)
+    replay.write(batch(ITEMS, [later], lsn=30))
+    assert select(starrocks, "items", "id, name") == [(6, "later")]
+    # Another replay still finds the table right.
+    again = make_sink()
+    again.setup([ITEMS])
+    again.write(batch(ITEMS, [upsert(ITEMS, rows[1:], 10)], lsn=10))
+    again.write(truncating)
+    assert select(starrocks, "items", "id, name") == [(6, "later")]
+
+
 def test_truncate_without_lsn_is_applied_every_time(
     starrocks: StarRocksEmulator, make_sink: SinkFactory
 ) -> None:

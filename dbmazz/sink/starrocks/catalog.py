@@ -178,6 +178,15 @@ class Catalog:
     def truncate(self, table: str) -> None:
         self._query(f"TRUNCATE TABLE {qualified(self.db, table)}", f"truncate {self.db}.{table}")
 
+    def keys_older_than(self, target: TargetTable, version_column: str,
+                        version: int) -> list[dict[str, Any]]:
+        """The keys of ``target``'s rows whose ``version_column`` is below ``version``."""
+        keys = ", ".join(quote_ident(k) for k in target.key_names)
+        return self._query(
+            f"SELECT {keys} FROM {qualified(self.db, target.name)} "
+            f"WHERE {quote_ident(version_column)} < {int(version)}",
+            f"read rows of {self.db}.{target.name} older than its truncate")
+
     def _wait(self, seconds: float) -> None:
         try:
             self.waiter.wait(seconds)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -414,7 +415,8 @@ class StarRocksSink:
         first, last = lsns or (batch.first_lsn, batch.last_lsn)
         if batch.truncate:
             if first or last or batch.batch_id:
-                self._truncate_once(table, self._label(batch, first, last, f"{prefix}t"))
+                self._truncate_once(table, self._label(batch, first, last, f"{prefix}t"),
+                                    last)
             else:
                 # Without an LSN there is no stable marker label (a constant one would
                 # silence every later truncate), so this truncate is not replay-safe.
@@ -486,18 +488,41 @@ class StarRocksSink:
                     db, REJECTED_TABLE, found[0].error.splitlines()[0] if found[0].error else "")
         return 0 if outcome.already_loaded else len(found)
 
-    def _truncate_once(self, table: str, marker: str) -> None:
+    def _truncate_once(self, table: str, marker: str, version: int) -> None:
         """TRUNCATE, unless an earlier run already did it for this batch.
 
         Re-truncating on replay would wipe rows of later batches whose loads then answer
         "Label Already Exists" and are skipped; an empty load labelled ``marker`` records
         that this batch's truncate happened.
+
+        A replay cut into batches differently (another FLUSH_ROWS, an idle flush) loads the
+        rows before the truncate under labels of their own, so they load again and the
+        skipped truncate would leave them standing. Rows older than the truncate (its
+        commit LSN, ``version``) cannot have been written after it: those are deleted.
         """
         db = self.settings.database
         if self.client.load_state(db, marker, table=table) in FINAL_OK:
+            self._delete_older_than(table, marker, version)
             return
         self.catalog.truncate(table)
         self.client.load(db, table, marker, b"[]", JSON_HEADERS)
+
+    def _delete_older_than(self, table: str, marker: str, version: int) -> None:
+        target = self._state(table).target or self.catalog.describe(table)
+        if target is None or not target.has(VERSION_COLUMN) or not version:
+            return
+        stale = self.catalog.keys_older_than(target, VERSION_COLUMN, version)
+        if not stale:
+            return
+        body = serialize(pa.Table.from_pylist(stale), "json")
+        headers = dict(body.headers)
+        headers["columns"] = ",".join([*(quote_ident(k) for k in stale[0]), "__op='delete'"])
+        # Each sweep is idempotent and may be needed again after another replay: a label
+        # of its own every time, never one a finished sweep already holds.
+        label = f"{marker[:100]}-s{secrets.token_hex(4)}"
+        self.client.load(self.settings.database, table, label, body.data, headers)
+        log.warning("truncate of %s was done by an earlier run; deleted %d row(s) a replay "
+                    "cut differently had loaded again", table, len(stale))
 
     # -- reading current rows (RowReader) ------------------------------------------------
 
@@ -589,7 +614,7 @@ class StarRocksSink:
                     # Rows loaded so far precede the truncate: they go with it.
                     txn.abandon()
                     txn.segments.clear()
-                    self._truncate_once(table, txn.truncate_marker())
+                    self._truncate_once(table, txn.truncate_marker(), part.commit_lsn)
                 sent = txn.load_part(part.index, loads)
                 if batch.table.replica_identity != "f":
                     # Only then can a later part need to read them (pipeline/carry.py); the
