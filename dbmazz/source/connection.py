@@ -136,7 +136,8 @@ def server_error(
                 "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the "
                 "slot was dropped outside dbmazz and changes since the last checkpoint were "
                 f"not captured: delete its row from dbmazz_checkpoints (slot_name = '{slot}') "
-                "and run with SNAPSHOT=initial to start over",
+                "and run with SNAPSHOT=initial to start over (then `dbmazz verify --repair` "
+                "removes target rows deleted at the source meanwhile)",
             )
     if state in ("55000", "") and slot_lost:
         return SlotLostError(

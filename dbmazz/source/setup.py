@@ -767,7 +767,8 @@ def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> No
         "since then were not captured",
         "dbmazz will not recreate it silently. To start over, delete the checkpoint "
         f"(DELETE FROM {CHECKPOINT_TABLE} WHERE slot_name = '{slot}') and run again with "
-        "SNAPSHOT=initial to reload the tables",
+        "SNAPSHOT=initial to reload the tables; the snapshot does not remove target rows "
+        "deleted at the source meanwhile: `dbmazz verify --repair` does",
     )
 
 

@@ -126,7 +126,8 @@ LOST_HINT = (
     "if dbmazz never streamed from it, `dbmazz setup` creates it; if it did, the slot was "
     "dropped outside dbmazz and changes since the last checkpoint were not captured: delete "
     "its row from dbmazz_checkpoints (slot_name = 'dbmazz_e2e') and run with SNAPSHOT=initial "
-    "to start over"
+    "to start over (then `dbmazz verify --repair` removes target rows deleted at the source "
+    "meanwhile)"
 )
 
 
@@ -158,7 +159,8 @@ def test_slot_dropped_behind_dbmazz_is_fatal_and_never_recreated(
     assert info.value.hint == (
         "dbmazz will not recreate it silently. To start over, delete the checkpoint (DELETE "
         "FROM dbmazz_checkpoints WHERE slot_name = 'dbmazz_e2e') and run again with "
-        "SNAPSHOT=initial to reload the tables")
+        "SNAPSHOT=initial to reload the tables; the snapshot does not remove target rows "
+        "deleted at the source meanwhile: `dbmazz verify --repair` does")
     assert slot_position(pg_db, SLOT) is None
     # Following the hint starts over: a new slot and a snapshot reload everything.
     pg_db.execute("DELETE FROM dbmazz_checkpoints WHERE slot_name = 'dbmazz_e2e'")
