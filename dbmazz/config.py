@@ -106,7 +106,13 @@ class Config(BaseSettings):
         default_factory=dict,
         description="Target renames: 'schema.table:target,...'.",
     )
-    setup: Literal["auto", "skip"] = Field(default="auto", description="Run setup of both ends.")
+    setup: Literal["auto", "skip"] = Field(
+        default="auto",
+        description="auto: create and change the target's tables as the source needs; skip: "
+        "the target's tables must exist already (checked, never created or altered). The "
+        "source's replica identity, publication and slot are prepared either way "
+        "(REPLICA_IDENTITY=keep leaves the identity alone).",
+    )
     setup_lock_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -228,8 +228,17 @@ class DuckDBSink:
                         )
 
     def check_target(self, tables: Sequence[TableSchema]) -> None:
-        """SETUP=skip: the tables that exist must take what dbmazz sends."""
+        """SETUP=skip: every table exists and takes what dbmazz sends."""
         with self._ddl_lock:
+            cur = self._cursor()
+            missing = [f"{t.namespace}.{t.target_name}" for t in tables if not cur.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND "
+                "table_name = ?", [t.namespace, t.target_name]).fetchall()]
+            if missing:
+                raise SetupError(
+                    f"SETUP=skip, and DuckDB tables {', '.join(missing)} do not exist in "
+                    f"{self.path}",
+                    "create them, or run with SETUP=auto to let dbmazz create them")
             self._check_column_types(tables)
 
     def _check_column_types(self, tables: Sequence[TableSchema]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dbmazz.errors import SinkError
+from dbmazz.errors import SetupError, SinkError
 from dbmazz.sink.duckdb import DuckDBSink, InsertFirst
 from dbmazz.snapshot.load import snapshot_batch
 from tests.unit.test_duckdb_snapshot_load import TABLE, chunk, content
@@ -91,3 +91,15 @@ def test_writes_past_duckdbs_default_checkpoint_size_are_not_checkpointed_at_eac
             (60_000, 60_000)]
     finally:
         sink.close()
+
+
+def test_setup_skip_refuses_a_missing_table_before_any_load(tmp_path: Path) -> None:
+    # SETUP=skip creates nothing: a missing table is named up front, not met by a load.
+    target = DuckDBSink(str(tmp_path / "skip.duckdb"))
+    try:
+        with pytest.raises(SetupError, match=r"SETUP=skip, and DuckDB tables .* do not exist"):
+            target.check_target([TABLE])
+        target.setup([TABLE])
+        target.check_target([TABLE])
+    finally:
+        target.close()
