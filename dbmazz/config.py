@@ -101,6 +101,12 @@ class Config(BaseSettings):
     starrocks_db: str = Field(default="dbmazz", description="StarRocks database.")
     starrocks_user: str = Field(default="root", description="StarRocks user.")
     starrocks_password: SecretStr = Field(default=SecretStr(""), description="StarRocks password.")
+    starrocks_unconstrained_numeric: Literal["decimal", "string"] = Field(
+        default="decimal",
+        description="Target type of a `numeric` column without precision: decimal "
+        "(DECIMAL(38,9): NaN, ±Infinity, more than 29 integer digits or 9 decimals do not "
+        "fit) or string (VARCHAR: the exact text, always).",
+    )
     duckdb_path: str = Field(default="dbmazz.duckdb", description="DuckDB database file.")
     table_map: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,

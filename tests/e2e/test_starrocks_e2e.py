@@ -177,6 +177,24 @@ def test_a_column_dropped_at_the_source(pg_db: Database, starrocks: StarRocksEmu
     assert rows == [(1, 10, kept), (2, 2, "old2"), (3, 3, None)]
 
 
+def test_unconstrained_numeric_as_string_keeps_every_value(
+        pg_db: Database, starrocks: StarRocksEmulator, engines: list[Engine]) -> None:
+    # DECIMAL(38,9) cannot hold these; STARROCKS_UNCONSTRAINED_NUMERIC=string keeps the text.
+    values = ["NaN", "123456789012345678901234567890123.5", "0.0000000000001", "-1.50"]
+    pg_db.execute("CREATE TABLE public.nu (id int PRIMARY KEY, n numeric)")
+    pg_db.execute(f"INSERT INTO public.nu VALUES (1, '{values[0]}')")
+    config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, ["public.nu"],
+                              starrocks_unconstrained_numeric="string", snapshot="initial")
+    engine = build_live_engine(config)
+    engines.append(engine)
+    engine.start()
+    for n, value in enumerate(values[1:], 2):
+        pg_db.execute(f"INSERT INTO public.nu VALUES ({n}, '{value}')")
+    wait_until_loaded(engine, mark(pg_db))
+    assert sorted((r["id"], r["n"]) for r in starrocks.rows(DB, "nu")) == list(
+        enumerate(values, 1))
+
+
 def test_hard_deletes_remove_rows(pg_db: Database, starrocks: StarRocksEmulator,
                                   engines: list[Engine]) -> None:
     pg_db.execute("CREATE TABLE public.h (id int PRIMARY KEY, v text)")

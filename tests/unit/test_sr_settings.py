@@ -21,10 +21,12 @@ def test_from_config() -> None:
             "delete_mode": "hard",
             "setup": "skip",
             "create_tables": False,
+            "starrocks_unconstrained_numeric": "string",
         },
         env_file=None,
     )
     s = StarRocksSettings.from_config(config, txn_timeout_s=60)
+    assert s.type_options.unconstrained_numeric == "string"
     assert (s.fe_url, s.database, s.user, s.password) == (
         "http://fe.example:8030",
         "Analytics",

@@ -86,6 +86,7 @@ class StarRocksSettings:
             "setup": config.setup,
             "create_tables": config.create_tables,
             "rejected_rows": config.rejected_rows,
+            "unconstrained_numeric": config.starrocks_unconstrained_numeric,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
