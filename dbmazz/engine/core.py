@@ -217,6 +217,7 @@ class Engine:
         snapshots: Snapshots | None = None,
         slot_failover: bool | None = None,
         slot_synced: bool | None = None,
+        slot_confirmed_lsn: int = 0,
     ) -> None:
         """``sink`` is the target (what ``engine.sink`` gives users); ``writer`` what the
         applier writes through (default: ``sink``; live engines: a
@@ -224,7 +225,9 @@ class Engine:
         ``heartbeat`` writes heartbeats into the source's WAL, ``snapshots`` takes the
         initial and on-demand snapshots (live engines, see :mod:`dbmazz.engine.build`).
         ``slot_failover``/``slot_synced``: the slot's flags as setup left them (None:
-        unknown or before PostgreSQL 17), for Status."""
+        unknown or before PostgreSQL 17), for Status. ``slot_confirmed_lsn``: where the
+        slot stood confirmed at start, what Status and the lag show until the first
+        confirmation (0: unknown)."""
         tune_allocators()  # once per process: allocators give freed memory back
         self.settings = settings or Settings()
         self.sink = sink
@@ -233,7 +236,7 @@ class Engine:
         self.writer = writer if writer is not None else sink
         self.schemas = schemas
         self.checkpoints = checkpoints
-        self.progress = Progress()
+        self.progress = Progress(confirmed_lsn=max(start_lsn, slot_confirmed_lsn))
         self._source_factory = source_factory
         self._start_lsn = start_lsn
         self._stop = threading.Event()

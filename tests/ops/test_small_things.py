@@ -1,7 +1,7 @@
 """Small things a user hits in the first hour: an on-demand snapshot does not call the
 pipeline's own tables "not configured", rows loaded include snapshot rows, `dbmazz top`
-quits on `q` and says so, the repo's docs link to nothing outside the repo, and the
-README says what `make` is for."""
+quits on `q` and says so, the repo's docs link to nothing outside the repo, the
+README says what `make` is for, and a new engine shows its slot's position, not 0/0."""
 
 from __future__ import annotations
 
@@ -95,3 +95,20 @@ def test_readme_says_what_make_is_for() -> None:
     readme = (REPO / "README.md").read_text()
     assert "`make` and a C compiler are not needed" not in readme
     assert "GNU `make` for the two commands above" in readme
+
+
+def test_before_its_first_confirmation_an_engine_shows_where_its_slot_stands(
+        pg_db: Database, tmp_path: Path) -> None:
+    # Not 0/0, which made the lag the server's whole WAL position.
+    from dbmazz.engine.build import build_live_engine
+    from dbmazz.lsn import parse_lsn
+
+    pg_db.execute("CREATE TABLE public.c (id int PRIMARY KEY)")
+    pg_db.execute("SELECT pg_switch_wal()")  # a WAL position well past 0
+    engine = build_live_engine(duckdb_config(pg_db, tmp_path, ["public.c"], snapshot="never"))
+    try:
+        [(confirmed,)] = pg_db.query("SELECT confirmed_flush_lsn::text FROM "
+                                     "pg_replication_slots WHERE slot_name = 'dbmazz_e2e'")
+        assert engine.progress.confirmed_lsn == parse_lsn(str(confirmed)) > 0
+    finally:
+        engine.sink.close()
