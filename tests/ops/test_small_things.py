@@ -1,7 +1,8 @@
 """Small things a user hits in the first hour: an on-demand snapshot does not call the
 pipeline's own tables "not configured", rows loaded include snapshot rows, `dbmazz top`
 quits on `q` and says so, the repo's docs link to nothing outside the repo, the
-README says what `make` is for, and a new engine shows its slot's position, not 0/0."""
+README says what `make` is for, a new engine shows its slot's position, not 0/0, and output
+piped into a reader that quits early ends without a traceback."""
 
 from __future__ import annotations
 
@@ -112,3 +113,25 @@ def test_before_its_first_confirmation_an_engine_shows_where_its_slot_stands(
         assert engine.progress.confirmed_lsn == parse_lsn(str(confirmed)) > 0
     finally:
         engine.sink.close()
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly() -> None:
+    # `dbmazz status --json | head`: the reader goes away; no BrokenPipeError traceback.
+    code = ("import argparse, sys\n"
+            "from dbmazz import cli\n"
+            "def handler(args):\n"
+            "    for i in range(200000):\n"
+            "        print('line', i)\n"
+            "    return 0\n"
+            "parser = argparse.ArgumentParser()\n"
+            "parser.set_defaults(handler=handler)\n"
+            "cli.build_parser = lambda: parser\n"
+            "sys.exit(cli.main([]))\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    assert child.stdout.readline() == b"line 0\n"
+    child.stdout.close()
+    errors = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 141, errors
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors
