@@ -231,7 +231,8 @@ def apply_delta(catalog: Catalog, delta: SchemaDelta, settings: StarRocksSetting
         if is_key or not is_safe_widening(old_sql, new_sql):
             raise SetupError(
                 f"{schema.source_name}.{new.name} changed type "
-                f"({old.pg_type_name or old.arrow_type} → {new.pg_type_name or new.arrow_type}); "
+                f"({old.pg_type_name or old.arrow_type} as {old_sql} → "
+                f"{new.pg_type_name or new.arrow_type} as {new_sql}); "
                 f"StarRocks column {where} is "
                 f"{current.column_type} and cannot be converted to {new_sql} without loss",
                 "alter the StarRocks column yourself (or recreate the table) and restart",
