@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -118,7 +119,7 @@ def records(source_table: str, key_columns: Sequence[str], rows: pa.Table,
     Rendering to JSON is per row, but only for the rejected rows (a handful), never the
     load's hot path.
     """
-    picked = rows.take(pa.array([r.index for r in rejected], pa.int64())).to_pylist()
+    picked = _python_rows(rows.take(pa.array([r.index for r in rejected], pa.int64())))
     now = int(time.time() * 1_000_000)
     keys, versions, texts = [], [], []
     for row in picked:
@@ -135,6 +136,17 @@ def records(source_table: str, key_columns: Sequence[str], rows: pa.Table,
         "row_json": pa.array(texts, pa.string()),
         "rejected_at": pa.array([now] * len(picked), pa.timestamp("us")),
     }, schema=REJECTED_SCHEMA)
+
+
+def _python_rows(rows: pa.Table) -> list[dict[str, Any]]:
+    """The rows as Python values; dates and times Python cannot hold (year 0, the
+    fallback of -infinity, is often why a row was rejected) as Arrow's text of them."""
+    try:
+        return rows.to_pylist()
+    except (OverflowError, ValueError):
+        return rows.cast(pa.schema([
+            f.with_type(pa.string()) if pa.types.is_temporal(f.type) else f
+            for f in rows.schema])).to_pylist()
 
 
 def _json(value: object) -> str:

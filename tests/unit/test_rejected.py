@@ -57,6 +57,16 @@ def test_records_render_key_row_and_version() -> None:
     assert pc.all(pc.equal(out.column("source_table"), "public.t")).as_py()
 
 
+def test_records_of_rows_with_dates_python_cannot_hold() -> None:
+    # Year 0 (the fallback of -infinity) is often why StarRocks rejected the row.
+    rows = pa.table({"id": [1],
+                     "ts": pa.array([-62167219200000000], pa.timestamp("us", "UTC")),
+                     "d": pa.array([-719528], pa.date32())})
+    out = records("public.t", ["id"], rows, [Rejection(0, "out of range", "ts")], 5)
+    row = json.loads(out.column("row_json")[0].as_py())
+    assert row["ts"].startswith("0000-01-01 00:00:00") and row["d"] == "0000-01-01"
+
+
 def test_column_named() -> None:
     assert column_named("Error: String (length=22) is too long. The max length of "
                         "'VARCHAR(5)' is 5, column: v. Row: 2 | x") == "v"

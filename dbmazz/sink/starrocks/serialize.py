@@ -206,13 +206,12 @@ def _prepare_list(arr: pa.Array) -> pa.Array:
         arr = arr.cast(pa.large_list(t.value_type))
         t = arr.type
     # A slice (the rejected-rows bisection loads slices) keeps its parent's offsets and
-    # values, and Arrow refuses a null mask over offsets that do not start at zero: take
-    # only this slice's elements, with offsets from zero.
+    # values, and Arrow refuses a null mask over a sliced offsets array: take only this
+    # slice's elements, with new offsets from zero.
     offsets = arr.offsets
     first = offsets[0].as_py()
     elements = arr.values.slice(first, offsets[-1].as_py() - first)
-    if first:
-        offsets = pc.subtract(offsets, pa.scalar(first, offsets.type))
+    offsets = pc.subtract(offsets, pa.scalar(first, offsets.type))
     # Elements live inside JSON text in both formats, so they follow the JSON rules.
     values = _prepare(elements, csv=False)
     cls = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
