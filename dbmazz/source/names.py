@@ -41,6 +41,8 @@ def _password_pieces(dsn: str) -> list[str]:
     if ":" not in userinfo:
         return []
     password = userinfo.split(":", 1)[1]
+    if not re.search(r"[/@?#]", password):
+        return []  # libpq reads it whole as the password: nothing of it reaches a field
     return sorted((p for p in re.split(r"[/@:?#]", password) if p), key=len, reverse=True)
 
 

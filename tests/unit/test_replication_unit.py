@@ -38,6 +38,9 @@ def test_describe_dsn_never_shows_the_password() -> None:
                         ("postgresql://postgres:SECRET@host2@127.0.0.1:5432/shop", "host2"),
                         ("postgres://u:x:y@SECRET@h/d", "SECRET")):
         assert secret not in describe_dsn(dsn), dsn
+    # A well-formed URL is described as it is, even where its password repeats a name.
+    assert describe_dsn("postgresql://postgres:postgres@db:5432/postgres") == \
+        "postgres@db:5432/postgres"
 
 
 def test_replication_conninfo_merges_options() -> None:
