@@ -73,6 +73,13 @@ class WalChunk:
         ends = self.message_ends.tolist()
         return [raw[a:b] for a, b in zip(starts, ends, strict=True)]
 
+    def part(self, lo: int, hi: int) -> WalChunk:
+        """Messages ``lo:hi`` (``lo < hi``; views, no copy)."""
+        ends = self.message_ends[lo:hi]
+        end = int(ends[-1])
+        offsets = np.append(self.offsets[lo:hi], end).astype(np.int64)
+        return WalChunk(data=self.data[:end], offsets=offsets, lsns=self.lsns[lo:hi], ends=ends)
+
     def head(self, n: int) -> WalChunk:
         """The first ``n`` messages (views, no copy)."""
         end = int(self.message_ends[n - 1]) if n else int(self.offsets[0])

@@ -36,6 +36,7 @@ from dbmazz.errors import SourceError
 from dbmazz.lsn import parse_lsn
 from dbmazz.source.chunk import WalChunk
 from dbmazz.source.connection import connect_replication, server_error, simple_query
+from dbmazz.source.empty import EmptyTransactionFilter
 from dbmazz.source.names import describe_dsn, quote_literal, validate_slot_name
 from dbmazz.source.protocol import (
     BEGIN,
@@ -44,7 +45,6 @@ from dbmazz.source.protocol import (
     PROTOCOL_CHOICES,
     XLOG_POS,
     StreamStats,
-    drop_empty_transactions,
     negotiate_protocol,
     parse_duration_ms,
     start_replication_command,
@@ -128,7 +128,8 @@ class ReplicationStream:
         # Kept for status: with the own TLS connection libpq's is finished at the start.
         self._tls = bool(pgconn.ssl_in_use)
         self._server_version = int(pgconn.server_version)
-        self._skip_empty = skip_empty
+        # PostgreSQL 14's empty transactions, dropped before delivery (None: 15+).
+        self._empties = EmptyTransactionFilter() if skip_empty else None
         self._standby = standby
         self._tls_version = tls_version
         self.target = target
@@ -358,9 +359,10 @@ class ReplicationStream:
             self._check_open()
             chunk = self._streamed.next_pending()
             if chunk is None:
-                chunk = self._reader.read(max_bytes, timeout_s)
-                if chunk is not None and self._skip_empty:
-                    chunk = drop_empty_transactions(chunk)
+                if self._empties is None:
+                    chunk = self._reader.read(max_bytes, timeout_s)
+                else:
+                    chunk = self._empties.next(lambda: self._reader.read(max_bytes, timeout_s))
             if chunk is not None:
                 self._note_delivery(chunk)
             elif not self._streamed.deliveries:
@@ -414,6 +416,7 @@ class ReplicationStream:
             self._advance_when_idle
             and not self._open_txn
             and not self._streamed.deliveries
+            and not (self._empties is not None and self._empties.holding)
             and position >= self._last_commit_end
         ):
             position = max(position, self._safe_wal_end)

@@ -490,6 +490,39 @@ def test_idle_stream_moves_the_slot_past_unpublished_activity(
 # -- failures -----------------------------------------------------------------------------
 
 
+def test_no_empty_transaction_is_delivered_even_when_every_read_splits_one(
+        pg_db: Database, reader: str) -> None:
+    # One message per read: every Begin arrives apart from its Commit. PostgreSQL 14 sends
+    # the unpublished table's transactions as such pairs; none may reach the pipeline
+    # (each would be flushed and checkpointed), and the slot still moves past them.
+    make_table(pg_db)
+    pg_db.execute("CREATE TABLE other (id int PRIMARY KEY)")  # not published
+    make_slot(pg_db)
+    pg_db.execute("INSERT INTO t VALUES (1, 'a')")
+    for i in range(10):
+        pg_db.execute("INSERT INTO other VALUES (%s)", (i,))
+    pg_db.execute("INSERT INTO t VALUES (2, 'b')")
+    wal_now = current_lsn(pg_db)
+    delivered: list[bytes] = []
+    with ReplicationStream.open(pg_db.dsn, "s1", ["pub"],
+                                skip_empty_transactions=True) as stream:
+
+        def read_past_the_writes() -> bool:
+            chunk = stream.read_chunk(max_bytes=1, timeout_s=0.1)
+            if chunk is not None:
+                assert len(chunk) == 1
+                delivered.extend(chunk.messages())
+                for m in parse_all(chunk.messages()):
+                    if isinstance(m, po.Commit):
+                        stream.confirm(m.end_lsn)
+            return commits(2)(delivered) and stream.server_wal_end >= wal_now
+
+        wait_for(read_past_the_writes, what="both changes and a keepalive past the writes")
+        assert kinds(delivered).replace("R", "").replace("Y", "") == "BICBIC"
+        stream.keepalive(force=True)
+        assert stream.reported_lsn >= wal_now
+
+
 def test_missing_slot(pg_db: Database, reader: str) -> None:
     make_table(pg_db)
     with pytest.raises(SlotLostError, match="'nope' does not exist") as info:

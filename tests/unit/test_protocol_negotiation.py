@@ -7,6 +7,7 @@ import pytest
 
 from dbmazz.errors import SourceError
 from dbmazz.source.chunk import WalChunk
+from dbmazz.source.empty import EmptyTransactionFilter
 from dbmazz.source.protocol import drop_empty_transactions, max_protocol, negotiate_protocol
 
 
@@ -49,3 +50,48 @@ def test_empty_transactions_of_postgresql_14_are_dropped() -> None:
     assert drop_empty_transactions(_chunk("BCBC")) is None
     untouched = _chunk("BIC")
     assert drop_empty_transactions(untouched) is untouched
+
+
+def _kinds(chunk: WalChunk | None) -> str:
+    return "" if chunk is None else "".join(m[:1].decode() for m in chunk.messages())
+
+
+def _reads(*kinds: str) -> list[WalChunk | None]:
+    return [_chunk(k) if k else None for k in kinds]
+
+
+def _hand_out(reads: list[WalChunk | None]) -> tuple[list[str], EmptyTransactionFilter]:
+    """What the filter hands out, one call per read (plus the calls a held-back Begin's
+    delivery needs), and the filter."""
+    empties = EmptyTransactionFilter()
+    pending = list(reads)
+    out: list[str] = []
+    while pending:
+        out.append(_kinds(empties.next(lambda: pending.pop(0))))
+    out.append(_kinds(empties.next(lambda: None)))
+    return out, empties
+
+
+def test_an_empty_transaction_split_by_a_read_is_dropped_too() -> None:
+    # The read ends with the Begin; the next starts with its Commit: neither is handed out.
+    out, empties = _hand_out(_reads("BIC" + "B", "C" + "BIC"))
+    assert out == ["BIC", "BIC", ""]
+    assert not empties.holding
+
+
+def test_a_begin_split_from_its_changes_is_handed_out_before_them() -> None:
+    out, _ = _hand_out(_reads("BICB", "IIC"))
+    assert out == ["BIC", "B", "IIC"]
+    # A read of nothing but a Begin holds it; an empty read in between changes nothing.
+    out, _ = _hand_out(_reads("B", "", "IC", "B", "C"))
+    assert out == ["", "", "B", "IC", "", "", ""]
+
+
+def test_a_held_begin_is_reported_so_the_slot_is_not_moved_past_it() -> None:
+    empties = EmptyTransactionFilter()
+    assert empties.next(lambda: _chunk("BICB")) is not None
+    assert empties.holding
+    assert empties.next(lambda: None) is None and empties.holding
+    assert _kinds(empties.next(lambda: _chunk("IC"))) == "B"
+    assert not empties.holding
+    assert _kinds(empties.next(lambda: None)) == "IC"
