@@ -17,7 +17,7 @@ from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
 from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink, TargetChecked
-from dbmazz.source.catalog import describe_relations, split_table_name
+from dbmazz.source.catalog import describe_relations, load_column_types, split_table_name
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.pgoutput import Relation
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
@@ -159,9 +159,10 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
                 keys.add(primary_keys(conn, extra, strict=False))
             relations = describe_relations(conn, [*source.tables, *extra],
                                            config.publication_name)
+            types = load_column_types(conn, relations.values())
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
-    schemas = SchemaCache(keys.resolve, config.table_map, accept=keys.replicated)
+    schemas = SchemaCache(keys.resolve, config.table_map, types, accept=keys.replicated)
     tables = []
     for relation in relations.values():
         schemas.on_relation(relation)
@@ -229,9 +230,10 @@ def build_standalone_snapshots(config: Config, tables: Sequence[str]) -> Snapsho
         with SourceDatabase(config.source_dsn).connect("setup") as conn:
             keys = TableKeys(primary_keys(conn, others, strict=False))
             relations = describe_relations(conn, others, config.publication_name)
+            types = load_column_types(conn, relations.values())
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
-    schemas = SchemaCache(keys.resolve, config.table_map)
+    schemas = SchemaCache(keys.resolve, config.table_map, types)
     known = [schemas.build(rel) for name, rel in relations.items() if keys.get(name)]
     return _snapshots(config, mode="never", sink=SnapshotAwareSink(make_sink(config)),
                       schemas=schemas, keys=keys, tables=known, source=None, checkpoint=None)
@@ -303,9 +305,10 @@ def target_tables(config: Config, source: SourceSetup) -> list[TableSchema]:
         with SourceDatabase(config.source_dsn).connect("setup") as conn:
             relations = describe_relations(conn, list(source.tables),
                                            config.publication_name)
+            types = load_column_types(conn, relations.values())
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
-    schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map)
+    schemas = SchemaCache(keys_from_map(source.primary_keys), config.table_map, types)
     tables = [schemas.build(relation) for relation in relations.values()]
     _check_target_names(tables)
     return tables

@@ -134,10 +134,11 @@ class SchemaCache:
                 name=c.name,
                 arrow_type=arrow_type(c.type_oid, c.type_modifier, self.types),
                 pg_type_oid=c.type_oid,
-                pg_type_modifier=c.type_modifier,
-                pg_type_name=_type_name(self.types, c.type_oid),
+                pg_type_modifier=modifier,
+                pg_type_name=name,
             )
             for c in relation.columns
+            for name, modifier in [_declared_type(self.types, c.type_oid, c.type_modifier)]
         )
         return TableSchema(
             namespace=relation.namespace,
@@ -166,6 +167,15 @@ def diff(before: TableSchema | None, after: TableSchema) -> SchemaDelta:
     return SchemaDelta(before=before, after=after, added=added, dropped=dropped, retyped=retyped)
 
 
-def _type_name(types: TypeRegistry, oid: int) -> str:
+def _declared_type(types: TypeRegistry, oid: int, typmod: int) -> tuple[str, int]:
+    """The type name and modifier that describe a column's values: a domain's base type's
+    (a domain over ``varchar(40)`` is ``varchar`` with typmod 44 — its Relation message
+    says −1 — and one over ``jsonb`` is ``jsonb``), any other type's own."""
+    for _ in range(8):  # domains over domains; deeper is a catalog loop
+        info = types.get(oid)
+        if info is None or info.typtype != "d" or not info.base_oid:
+            break
+        typmod = typmod if typmod != -1 else info.base_typmod
+        oid = info.base_oid
     info = types.get(oid)
-    return info.name if info is not None else BUILTIN_TYPE_NAMES.get(oid, "")
+    return (info.name if info is not None else BUILTIN_TYPE_NAMES.get(oid, "")), typmod

@@ -38,7 +38,7 @@ from dbmazz.snapshot.read import (
     table_layouts,
 )
 from dbmazz.snapshot.sink import Watch
-from dbmazz.source.catalog import describe_relations
+from dbmazz.source.catalog import describe_relations, load_column_types
 from dbmazz.source.setup import primary_keys, publish_tables
 from dbmazz.source.slots import SlotCreation
 
@@ -155,6 +155,7 @@ class OnDemandSnapshot:
         with ctx.connect() as conn:
             keys = primary_keys(conn, self.tables, strict=True)
             relations = describe_relations(conn, self.tables, ctx.publication)
+            load_column_types(conn, relations.values(), ctx.schemas.types)
         schemas = {name: ctx.schemas.build(relation, keys.get(name))
                    for name, relation in relations.items()}
         taken = {t.target_name: t.source_name for t in self.snapshots.tables.values()}

@@ -6,11 +6,12 @@ only with a table's first change) and by the snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import psycopg
 
 from dbmazz.source.pgoutput import Relation, RelationColumn
+from dbmazz.source.types import TypeRegistry
 
 
 def split_table_name(name: str) -> tuple[str, str]:
@@ -94,6 +95,18 @@ def describe_relations(conn: psycopg.Connection, tables: Sequence[str],
             ),
         )
     return out
+
+
+def load_column_types(conn: psycopg.Connection, relations: Iterable[Relation],
+                      registry: TypeRegistry | None = None) -> TypeRegistry:
+    """Describe the non-built-in types of ``relations``' columns in ``registry`` (a new
+    one when None) from pg_type, and return it: a domain then maps and decodes as its base
+    type (a domain over ``int8`` is ``int64``, not its text), an array of one as a list of
+    it. Types the registry already knows are left as they are."""
+    registry = registry if registry is not None else TypeRegistry()
+    registry.load_catalog(conn, {c.type_oid for r in relations for c in r.columns
+                                 if c.type_oid not in registry})
+    return registry
 
 
 def published_columns(conn: psycopg.Connection, publication: str | None,
