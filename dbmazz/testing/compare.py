@@ -70,12 +70,14 @@ def normalize(value: Any, pg_type: str = "") -> Any:
 
 
 def source_columns(conn: psycopg.Connection, namespace: str, table: str) -> list[tuple[str, str]]:
-    """(column, type name) in table order."""
+    """(column, type name) in table order; a domain's is its base type's (two levels)."""
     rows = conn.execute(
         """
-        SELECT a.attname, t.typname FROM pg_attribute a
+        SELECT a.attname, COALESCE(b2.typname, b1.typname, t.typname) FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_type t ON t.oid = a.atttypid
+        LEFT JOIN pg_type b1 ON t.typtype = 'd' AND b1.oid = t.typbasetype
+        LEFT JOIN pg_type b2 ON b1.typtype = 'd' AND b2.oid = b1.typbasetype
         WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
         ORDER BY a.attnum
         """,

@@ -201,8 +201,9 @@ CREATE DOMAIN qty_again AS qty;
 CREATE DOMAIN price AS numeric(10,2);
 CREATE DOMAIN stamp AS timestamptz;
 CREATE DOMAIN email AS varchar(40);
+CREATE DOMAIN doc AS jsonb;
 CREATE TABLE public.dom (id int PRIMARY KEY, q qty, q2 qty_again, p price, s stamp,
-                         e email, qs qty[]);
+                         e email, qs qty[], d doc);
 """
 
 
@@ -212,24 +213,25 @@ def test_domain_columns_load_as_their_base_type(
     # (a domain over int8 is a BIGINT, not the text of the number), in snapshot and CDC.
     pg_db.execute(DOMAINS)
     pg_db.execute("INSERT INTO public.dom VALUES (1, 5, 6, 12.5, '2024-02-29 12:00+02', "
-                  "'a@b.c', '{1,2}')")
+                  "'a@b.c', '{1,2}', '{\"a\": [1, 2]}')")
     config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, ["public.dom"],
                               snapshot="initial")
     engine = build_live_engine(config)
     engines.append(engine)
     engine.start()
     pg_db.execute("INSERT INTO public.dom VALUES (2, 9007199254740993, 0, -0.01, "
-                  "'1999-12-31 23:59:59.5+00', 'x@y.z', '{}'), (3, NULL, NULL, NULL, NULL, "
-                  "NULL, NULL)")
+                  "'1999-12-31 23:59:59.5+00', 'x@y.z', '{}', '\"123\"'), "
+                  "(3, NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
     wait_until_loaded(engine, mark(pg_db))
     types = dict(starrocks.execute(
         "SELECT column_name, column_type FROM information_schema.columns "
         f"WHERE table_schema = '{DB}' AND table_name = 'dom'"))
-    assert {c: types[c].lower() for c in ("q", "q2", "p", "s", "e", "qs")} == {
+    assert {c: types[c].lower() for c in ("q", "q2", "p", "s", "e", "qs", "d")} == {
         "q": "bigint(20)", "q2": "bigint(20)", "p": "decimal(10,2)", "s": "datetime",
-        "e": "varchar(160)", "qs": "array<bigint(20)>"}
+        "e": "varchar(160)", "qs": "array<bigint(20)>", "d": "json"}
     # Every column but the array (psycopg reads an array of a domain as its text).
-    pg_db.execute("CREATE VIEW public.dom_scalars AS SELECT id, q, q2, p, s, e FROM public.dom")
+    pg_db.execute("CREATE VIEW public.dom_scalars AS SELECT id, q, q2, p, s, e, d "
+                  "FROM public.dom")
     assert_replicated(pg_db, lambda _view: starrocks.rows(DB, "dom"),
                       {"public.dom_scalars": ["id"]})
     assert sorted((r["id"], r["q"], r["qs"]) for r in starrocks.rows(DB, "dom")) == [
