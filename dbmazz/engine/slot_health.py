@@ -57,7 +57,14 @@ def assess(slot: str, retained: int | None, wal_status: str | None, safe: int | 
 
 
 class SlotMonitor:
-    """Samples ``slot`` every ``interval_s`` on its own thread until :meth:`stop`."""
+    """Samples ``slot`` every ``interval_s`` on its own thread until :meth:`stop`.
+
+    It starts just before the engine opens its stream, so the first sample sees the slot
+    inactive. Until a sample sees it active (for at most ``settle_s``) it samples every
+    second: a starting engine would otherwise show "inactive" for a whole interval.
+    """
+
+    settle_s = 60.0
 
     def __init__(self, dsn: str, slot: str, warn_bytes: int, interval_s: float = 10.0) -> None:
         self.dsn = dsn
@@ -83,6 +90,7 @@ class SlotMonitor:
 
     def _run(self) -> None:
         conn: psycopg.Connection | None = None
+        settling_until = time.monotonic() + self.settle_s
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
@@ -98,7 +106,11 @@ class SlotMonitor:
                     conn.close()
                 conn = None
             self._log_warning()
-            self._stop.wait(self.interval_s)
+            latest = self._latest
+            if latest is not None and latest.active:
+                settling_until = 0.0
+            settling = time.monotonic() < settling_until
+            self._stop.wait(min(1.0, self.interval_s) if settling else self.interval_s)
         if conn is not None:
             conn.close()
 

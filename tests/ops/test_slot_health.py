@@ -16,11 +16,14 @@ import pytest
 from dbmazz.api.prometheus import MetricsServer
 from dbmazz.api.server import GrpcServer
 from dbmazz.engine.service import EngineService
+from dbmazz.engine.slot_health import SlotMonitor
 from dbmazz.pipeline.batch import LoadResult, TableBatch
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.source.replication import ReplicationStream
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster
 from tests.e2e.harness import duckdb_config
+from tests.integration._replication_helpers import make_slot, make_table
 from tests.scripted import eventually
 
 
@@ -101,3 +104,22 @@ def test_slot_health_is_reported_and_warned(private_pg_cluster: PostgresCluster,
         metrics.stop()
         if service.engine is not None:
             service.engine.sink.close()
+
+
+def test_a_slot_that_becomes_active_after_the_first_sample_shows_active_soon(
+        pg_db: Database) -> None:
+    # The monitor starts just before the engine opens its stream: the first sample sees the
+    # slot inactive, and a starting engine must not show "inactive" for a whole interval.
+    make_table(pg_db)
+    make_slot(pg_db)
+    monitor = SlotMonitor(pg_db.dsn, "s1", warn_bytes=1 << 30, interval_s=3600)
+    monitor.start()
+    try:
+        eventually(lambda: monitor.latest is not None, "the first sample", 60)
+        latest = monitor.latest
+        assert latest is not None and latest.exists and not latest.active
+        with ReplicationStream.open(pg_db.dsn, "s1", ["pub"]):
+            eventually(lambda: (s := monitor.latest) is not None and s.active,
+                       "a sample of the active slot", 60)
+    finally:
+        monitor.stop()
