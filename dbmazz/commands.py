@@ -11,13 +11,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from dbmazz.cli import load_config
-from dbmazz.errors import ConfigError, DbmazzError
+from dbmazz.errors import ConfigError, DbmazzError, SetupProblems
 from dbmazz.log import configure_logging
 from dbmazz.lsn import format_lsn, parse_lsn
 
 if TYPE_CHECKING:
     from dbmazz.config import Config
     from dbmazz.engine.service import EngineService
+    from dbmazz.pipeline.batch import TableSchema
 
 log = logging.getLogger("dbmazz")
 
@@ -193,6 +194,9 @@ def _setup_check(config: Config) -> int:
     problems: list[str] = []
     try:
         source = setup_source_for(config, check_only=True)
+    except SetupProblems as exc:
+        problems += [f"source: {problem}" for problem in exc.problems]
+        tables: list[TableSchema] = []
     except DbmazzError as exc:
         problems.append(f"source: {exc}")
         tables = []

@@ -32,6 +32,18 @@ class SetupError(DbmazzError):
     """The source or target is not in a state dbmazz can work with."""
 
 
+class SetupProblems(SetupError):
+    """Several setup refusals found by one check (``dbmazz setup --check``), each in
+    ``problems`` with its own hint."""
+
+    def __init__(self, problems: list[SetupError]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"{len(problems)} problems: " + "; ".join(p.message for p in problems),
+            "; ".join(p.hint for p in problems if p.hint) or None,
+        )
+
+
 class SourceError(DbmazzError):
     """PostgreSQL connection or replication failure."""
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Literal, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -28,6 +28,7 @@ from dbmazz import retry
 from dbmazz.errors import (
     DbmazzError,
     SetupError,
+    SetupProblems,
     SlotLostError,
     SourceConnectionError,
     SourceError,
@@ -50,6 +51,8 @@ from dbmazz.source.slots import (
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
 
 log = logging.getLogger("dbmazz.setup")
+
+_T = TypeVar("_T")
 
 ReplicaIdentityMode = Literal["full", "default", "keep"]
 _IDENTITY_CODE = {"full": "f", "default": "d"}
@@ -134,8 +137,47 @@ def _connect(dsn: str) -> psycopg.Connection:
     return SourceDatabase(dsn).connect("setup")
 
 
+class _Problems:
+    """Setup's refusals. Setup that would change things stops at the first; ``check_only``
+    (``dbmazz setup --check``) collects them, so one run names every problem."""
+
+    def __init__(self, *, collect: bool) -> None:
+        self.collect = collect
+        self.found: list[SetupError] = []
+
+    def add(self, problem: SetupError | None) -> None:
+        if problem is None:
+            return
+        if not self.collect:
+            raise problem
+        self.found.append(problem)
+
+    def check(self, step: Callable[[], _T], instead: _T) -> _T:
+        """``step()``, or ``instead`` once its refusal is collected."""
+        try:
+            return step()
+        except SetupError as exc:
+            self.add(exc)
+            return instead
+
+    def raise_found(self) -> None:
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            raise SetupProblems(self.found)
+
+
 def _resolve(conn: psycopg.Connection, tables: Sequence[str]) -> list[_Table]:
     """Look the tables up; one error naming every missing one (with near misses)."""
+    found, missing = _lookup(conn, tables)
+    if missing is not None:
+        raise missing
+    return found
+
+
+def _lookup(conn: psycopg.Connection,
+            tables: Sequence[str]) -> tuple[list[_Table], SetupError | None]:
+    """The tables found, and the error naming every missing one (None: all found)."""
     names = [split_table_name(t) for t in tables]
     rows = conn.execute(
         """
@@ -171,14 +213,18 @@ def _resolve(conn: psycopg.Connection, tables: Sequence[str]) -> list[_Table]:
                 text += " (exists but is not a table)"
             described.append(text)
         db = conn.info.dbname
-        raise SetupError(
+        not_found = SetupError(
             f"tables not found in database {db!r}: {', '.join(described)}",
             "create them or correct TABLES; names are case-sensitive, 'table' means "
             "public.table, and names containing dots are written with double quotes "
             '("my.schema"."my.table")',
         )
+    else:
+        not_found = None
     out = []
     for i, (schema, table) in enumerate(names):
+        if i not in found:
+            continue
         oid, ident, owner = found[i]
         out.append(_Table(_qualified(schema, table), schema, table, oid, ident, owner))
     seen: dict[str, int] = {}
@@ -188,7 +234,7 @@ def _resolve(conn: psycopg.Connection, tables: Sequence[str]) -> list[_Table]:
     if dupes:
         raise SetupError(f"tables listed more than once: {', '.join(dupes)}",
                          "list each table once in TABLES")
-    return out
+    return out, not_found
 
 
 def _keys_by_oid(
@@ -524,22 +570,26 @@ def setup_source(
     # The first connection is not retried: failing it is almost always configuration
     # (host, port, credentials), reported at once. Losing it later is retried in _apply.
     # On a standby (primary_dsn) the catalog is read and changed on the primary.
+    problems = _Problems(collect=check_only)
     with _connect(primary_dsn or dsn) as conn:
         (wal_level,) = conn.execute("SHOW wal_level").fetchone() or ("?",)
         if wal_level != "logical":
-            raise SetupError(
+            problems.add(SetupError(
                 f"wal_level is {wal_level!r}; set wal_level=logical in postgresql.conf and "
                 "restart PostgreSQL"
-            )
-        resolved = _resolve(conn, tables)
-        _check_replication_role(conn)
+            ))
+        resolved, not_found = _lookup(conn, tables)
+        problems.add(not_found)
+        problems.check(lambda: _check_replication_role(conn), None)
         keys = _keys_by_oid(conn, [t.oid for t in resolved])
         keyless = [t.name for t in resolved if t.oid not in keys]
         if keyless:
-            raise _keyless_error(keyless)
-        identity_changes = _plan_identity(
+            problems.add(_keyless_error(keyless))
+            resolved = [t for t in resolved if t.oid in keys]
+        no_changes: list[_Table] = []
+        identity_changes = problems.check(lambda: _plan_identity(
             resolved, keys, replica_identity,
-            _identity_off_the_key(conn, [t.oid for t in resolved]))
+            _identity_off_the_key(conn, [t.oid for t in resolved])), no_changes)
         identity_changes += _partition_identity_changes(conn, resolved, replica_identity)
         pub_exists, to_add, pub_warnings = _publication_state(conn, publication, resolved)
         warnings += pub_warnings
@@ -551,23 +601,23 @@ def setup_source(
             {t.name for t in [*identity_changes, *to_add] if not t.may_alter}
         )
         if not_owned:
-            raise SetupError(
+            problems.add(SetupError(
                 f"the connecting role does not own {', '.join(not_owned)}, so it cannot "
                 "change their replica identity or add them to a publication",
                 "run setup once as the tables' owner (or a superuser), or make those "
                 "changes by hand",
-            )
+            ))
         if primary_dsn is None:
             info = read_slot_info(conn, slot)
         else:
             with _connect(dsn) as standby:
                 info = read_slot_info(standby, slot)
-        warnings += _check_failover(conn, slot_failover, target)
+        warnings += problems.check(lambda: _check_failover(conn, slot_failover, target), [])
         set_failover_now = slot_failover and info.exists and not info.failover
         if not info.exists:
-            _refuse_dropped_slot(conn, slot, target)
+            problems.check(lambda: _refuse_dropped_slot(conn, slot, target), None)
         if info.exists:
-            _check_existing_slot(info, conn.info.dbname, target)
+            problems.check(lambda: _check_existing_slot(info, conn.info.dbname, target), None)
             if to_add:
                 warnings.append(
                     f"tables added to publication {publication!r} while resuming slot "
@@ -575,6 +625,7 @@ def setup_source(
                     "now on are streamed — take a snapshot to load their existing rows"
                 )
 
+        problems.raise_found()
         if check_only:
             return SourceSetup(
                 primary_keys={t.name: keys[t.oid][1] for t in resolved},

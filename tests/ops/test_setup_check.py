@@ -93,3 +93,26 @@ def test_duckdb_directory_missing_is_a_problem(items: Database, tmp_path: Path) 
     assert result.returncode == 1
     assert "directory" in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "nope").exists()
+
+
+def test_every_source_problem_is_named_not_only_the_first(items: Database,
+                                                          tmp_path: Path) -> None:
+    # A missing table, a table without a key, a role that may not replicate and does not
+    # own the tables: `setup` stops at the first, `setup --check` names all four.
+    items.execute("CREATE TABLE public.nokey (v text)")
+    role = f"reader_{items.name}"
+    items.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    items.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    server = items.server
+    dsn = f"postgresql://{role}:pw@{server.host}:{server.port}/{items.name}"
+    result = _check(items, tmp_path, SOURCE_URL=dsn,
+                    TABLES="public.items,public.missing,public.nokey")
+    assert result.returncode == 1
+    problems = [line for line in result.stderr.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 4, result.stderr
+    assert "tables not found in database" in problems[0] and "public.missing" in problems[0]
+    assert "lacks the REPLICATION attribute" in problems[1]
+    assert "tables without a primary key: public.nokey" in problems[2]
+    assert "does not own public.items" in problems[3]
+    assert "not ready: 4 problem(s)" in result.stderr
+    assert items.query("SELECT count(*) FROM pg_replication_slots") == [(0,)]
