@@ -396,11 +396,14 @@ def _decode_block(relation: Relation, key_columns: Sequence[str], schema: pa.Sch
         pre = first_records if c == 0 and m_old == 0 else None
         text, kind = new_walk.step(col.name, pre)
         # Rows whose value comes from the old tuple: deletes, and `u` fields of Updates
-        # whose full old row (REPLICA IDENTITY FULL) holds the value.
+        # whose full old row (REPLICA IDENTITY FULL) holds the value. Never an old NULL: an
+        # unchanged TOASTed value is not NULL, yet a partition whose identity is narrower
+        # than its FULL root sends ('O', through the root) NULL for every non-key column.
         from_old = deletes
         if fill_rows.size:
+            old_has = old_kind[c, fill_old]
             fill = (kind[fill_new] == _KIND_UNCHANGED) & (
-                old_kind[c, fill_old] != _KIND_UNCHANGED)
+                (old_has == _KIND_TEXT) | (old_has == _KIND_BINARY))
             if fill.any():
                 take_old = is_delete.copy()
                 take_old[fill_rows[fill]] = True
