@@ -155,6 +155,27 @@ def test_json_values_land_as_the_json_they_are(pg_db: Database, starrocks: StarR
         assert stored[n + 1][0] == '"{\\"a\\": 1}"'
 
 
+@pytest.mark.parametrize("load_format", ["json", "csv"])
+def test_json_null_beside_text_holding_the_csv_separators(
+        pg_db: Database, starrocks: StarRocksEmulator, engines: list[Engine],
+        load_format: str) -> None:
+    # The JSON value null goes as CSV (a JSON body would make it SQL NULL); text holding
+    # \x01/\x02 in the same batch gets other separator bytes rather than a JSON body.
+    pg_db.execute("CREATE TABLE public.jt (id int PRIMARY KEY, jb jsonb, t text)")
+    pg_db.execute("INSERT INTO public.jt VALUES (1, 'null', E'ctl\\x01char\\x02'), "
+                  "(2, NULL, 'plain')")
+    config = starrocks_config(pg_db, starrocks.url, starrocks.mysql_port, ["public.jt"],
+                              load_format=load_format, snapshot="initial")
+    engine = build_live_engine(config)
+    engines.append(engine)
+    engine.start()
+    pg_db.execute("INSERT INTO public.jt VALUES (3, 'null', E'\\x01'), (4, '[null]', 'x')")
+    wait_until_loaded(engine, mark(pg_db))
+    assert sorted((r["id"], r["jb"], r["t"]) for r in starrocks.rows(DB, "jt")) == [
+        (1, "null", "ctl\x01char\x02"), (2, None, "plain"), (3, "null", "\x01"),
+        (4, "[null]", "x")]
+
+
 @pytest.mark.parametrize("dropped_columns", ["fill_null", "keep"])
 def test_a_column_dropped_at_the_source(pg_db: Database, starrocks: StarRocksEmulator,
                                         engines: list[Engine], dropped_columns: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -26,12 +27,15 @@ def json_rows(table: pa.Table, **kw: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def csv_fields(data: bytes) -> list[list[str | None]]:
-    """Read a body the way StarRocks does with our headers (no enclose, no escape)."""
-    assert data.endswith(b"\x02") or not data
+def csv_fields(data: bytes, headers: Mapping[str, str] | None = None) -> list[list[str | None]]:
+    """Read a body the way StarRocks does with its headers (no enclose, no escape)."""
+    headers = headers or CSV_HEADERS
+    separator = bytes.fromhex(headers["column_separator"].removeprefix("\\x"))
+    delimiter = bytes.fromhex(headers["row_delimiter"].removeprefix("\\x"))
+    assert data.endswith(delimiter) or not data
     out = []
-    for record in data.split(b"\x02")[:-1]:
-        fields = record.decode("utf-8").split("\x01")
+    for record in data.split(delimiter)[:-1]:
+        fields = record.decode("utf-8").split(separator.decode())
         out.append([None if f == "\\N" else f for f in fields])
     return out
 
@@ -163,8 +167,14 @@ def test_the_json_value_null_is_sent_as_csv_where_a_json_body_would_make_it_sql_
     body = serialize(table, "json", raw_json={"j"})
     assert body.format == "csv"
     assert csv_fields(body.data) == [["1", "null"], ["2", " null "], ["3", None]]
-    # Text CSV cannot carry keeps the JSON body (and StarRocks' reading of null).
-    assert serialize(pa.table({"j": ["null"], "t": ["a\x01b"]}), "json",
+    # Text holding the usual separator bytes: other control bytes separate the fields.
+    body = serialize(pa.table({"j": ["null"], "t": ["a\x01b\x02"]}), "json", raw_json={"j"})
+    assert body.format == "csv"
+    assert dict(body.headers) == {**CSV_HEADERS, "column_separator": "\\x03",
+                                  "row_delimiter": "\\x04"}
+    assert csv_fields(body.data, body.headers) == [["null", "a\x01b\x02"]]
+    # Only text CSV cannot carry at all keeps the JSON body (and StarRocks' reading of null).
+    assert serialize(pa.table({"j": ["null"], "t": ["\\N"]}), "json",
                      raw_json={"j"}).format == "json"
 
 
@@ -283,15 +293,23 @@ def test_csv_keeps_tabs_newlines_quotes_commas_and_backslashes() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["has\x01separator", "has\x02delimiter", "\\N"],
-    ids=["column-separator", "row-delimiter", "null-marker"],
+    ["has\x01separator", "has\x02delimiter", "\\N",
+     "".join(chr(b) for b in (1, 2, *range(3, 9), *range(14, 32))) + "\x03"],
+    ids=["column-separator", "row-delimiter", "null-marker", "every-control-byte"],
 )
-def test_csv_falls_back_to_json_when_text_would_be_ambiguous(text: str) -> None:
+def test_csv_text_the_separators_would_misread(text: str) -> None:
     t = pa.table({"id": [1, 2], "s": [text, None]})
     body = serialize(t, "csv")
-    assert body.format == "json"
-    assert dict(body.headers) == dict(JSON_HEADERS)
-    assert json.loads(body.data) == [{"id": 1, "s": text}, {"id": 2, "s": None}]
+    if text == "\\N" or len(text) > 20:
+        # A value StarRocks would read as NULL, or no byte left to separate: JSON.
+        assert body.format == "json"
+        assert dict(body.headers) == dict(JSON_HEADERS)
+        assert json.loads(body.data) == [{"id": 1, "s": text}, {"id": 2, "s": None}]
+    else:
+        # Separator bytes no value holds.
+        assert body.format == "csv"
+        assert body.headers["column_separator"] not in ("\\x01", "\\x02")
+        assert csv_fields(body.data, body.headers) == [["1", text], ["2", None]]
 
 
 def test_csv_single_empty_text_column_would_be_a_blank_line() -> None:
@@ -320,7 +338,7 @@ def test_any_text_survives_either_format(values: list[str | None]) -> None:
     t = pa.table({"id": list(range(len(values))), "s": pa.array(values, pa.string())})
     body = serialize(t, "csv")
     if body.format == "csv":
-        got = [r[1] for r in csv_fields(body.data)]
+        got = [r[1] for r in csv_fields(body.data, body.headers)]
     else:
         got = [r["s"] for r in json.loads(body.data)]
     assert got == values

@@ -31,6 +31,7 @@ renders nested (list/struct) columns as JSON text.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     import polars as pl
 else:
     pl = lazy_module("polars")  # imported at first use: ~30 MB a run may not need
+
+log = logging.getLogger(__name__)
 
 Format = Literal["json", "csv"]
 
@@ -65,6 +68,9 @@ CSV_HEADERS: Mapping[str, str] = {
     "column_separator": "\\x01",
     "row_delimiter": "\\x02",
 }
+#: Other separator bytes, for a batch whose text holds \x01 or \x02: control bytes
+#: (never in rendered numbers, dates, hex or JSON text), not tab, newline or return.
+_SPARE_SEPARATORS = (*range(0x03, 0x09), *range(0x0E, 0x20))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +95,17 @@ def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str
         constant.discard(table.column_names[0])
     columns = {name: arr.slice(0, 1) if name in constant else arr
                for name, arr in columns.items()}
-    if fmt == "csv" or _holds_json_null(columns, raw):
+    json_null = _holds_json_null(columns, raw)
+    if fmt == "csv" or json_null:
         prepared = {name: _prepare(arr, csv=name not in raw) for name, arr in columns.items()}
         text = {f.name for f in table.schema if f.name not in raw and _is_text(_value_type(f.type))}
         body = _csv(prepared, constant, table.num_rows, text)
         if body is not None:
             return body
+        if json_null:
+            log.warning("a json/jsonb column holds the JSON value null in a batch whose text "
+                        "also holds the value '\\N' (which CSV would read as NULL): sent as "
+                        "JSON, where StarRocks stores that null as SQL NULL")
     prepared = {name: _prepare(arr, csv=False) for name, arr in columns.items()}
     # Numbers, dates, times and hex are rendered without quotes, backslashes or control
     # characters: only the other columns need the escaping scan.
@@ -291,7 +302,8 @@ def _data_of(records: pa.Array) -> memoryview:
     return memoryview(data)[lo:hi] if data is not None else memoryview(b"")
 
 
-def _csv_records(fields: Sequence[str | pa.Array], start: int, rows: int) -> pa.Array:
+def _csv_records(fields: Sequence[str | pa.Array], start: int, rows: int,
+                 separator: str = CSV_SEPARATOR, delimiter: str = CSV_DELIMITER) -> pa.Array:
     """Rows ``start … start + rows`` of ``fields`` (columns, or the text of a constant one)
     as CSV records, each ended by the delimiter.
 
@@ -304,16 +316,16 @@ def _csv_records(fields: Sequence[str | pa.Array], start: int, rows: int) -> pa.
     pieces: list[str | pa.Array] = []
     for f in part:
         if isinstance(f, str) and pieces and isinstance(pieces[-1], str):
-            pieces[-1] += CSV_SEPARATOR + f
+            pieces[-1] += separator + f
         else:
             pieces.append(f)
     last = pieces[-1]
-    pieces[-1] = last + CSV_DELIMITER if isinstance(last, str) else pc.binary_join_element_wise(
-        _as_text(last, target), pa.scalar(CSV_DELIMITER, target), pa.scalar("", target),
+    pieces[-1] = last + delimiter if isinstance(last, str) else pc.binary_join_element_wise(
+        _as_text(last, target), pa.scalar(delimiter, target), pa.scalar("", target),
         null_handling="replace", null_replacement=CSV_NULL)
     return pc.binary_join_element_wise(
         *(pa.scalar(p, target) if isinstance(p, str) else _as_text(p, target) for p in pieces),
-        pa.scalar(CSV_SEPARATOR, target), null_handling="replace", null_replacement=CSV_NULL)
+        pa.scalar(separator, target), null_handling="replace", null_replacement=CSV_NULL)
 
 
 def _body(render: Callable[[int, int], pa.Array], rows: int, head: bytes, tail: bytes,
@@ -425,9 +437,13 @@ def _csv(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
     }
     # Only free text can hold the separators or a lone \N: numbers, dates and hex cannot,
     # and JSON text (json columns, lists) escapes control characters.
-    for name in text_columns & texts.keys():
-        if _ambiguous(texts[name]):
-            return None
+    free_text = [texts[name] for name in sorted(text_columns & texts.keys())]
+    if any(pc.any(pc.equal(arr, CSV_NULL)).as_py() for arr in free_text):
+        return None
+    separators = _separators(free_text)
+    if separators is None:
+        return None
+    separator, delimiter = separators
     if len(texts) == 1:
         # A one-column record holding '' is a blank line, which StarRocks skips.
         only = next(iter(texts.values()))
@@ -435,8 +451,12 @@ def _csv(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
             return None
     fields = [_as_text(arr, pa.string())[0].as_py() if name in constant else arr
               for name, arr in texts.items()]
-    body = _body(lambda start, count: _csv_records(fields, start, count), rows, b"", b"", 0)
-    return Body(body, "csv", rows, CSV_HEADERS)
+    body = _body(lambda start, count: _csv_records(fields, start, count, separator, delimiter),
+                 rows, b"", b"", 0)
+    headers = CSV_HEADERS if separators == (CSV_SEPARATOR, CSV_DELIMITER) else {
+        **CSV_HEADERS, "column_separator": f"\\x{ord(separator):02x}",
+        "row_delimiter": f"\\x{ord(delimiter):02x}"}
+    return Body(body, "csv", rows, headers)
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
@@ -447,9 +467,14 @@ def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _ambiguous(arr: pa.Array) -> bool:
-    """Whether a text column holds a separator or a value StarRocks would read as NULL."""
-    raw = _bytes_of(arr) if _is_text(arr.type) else np.zeros(0, dtype=np.uint8)
-    if ((raw == 0x01) | (raw == 0x02)).any():
-        return True
-    return bool(pc.any(pc.equal(arr, CSV_NULL)).as_py())
+def _separators(texts: Sequence[pa.Array]) -> tuple[str, str] | None:
+    """Column separator and row delimiter bytes no text value holds: \x01 and \x02, else
+    two spare control bytes (None when the text holds every one of them)."""
+    raws = [_bytes_of(arr) for arr in texts if _is_text(arr.type)]
+    if not any(((raw == 0x01) | (raw == 0x02)).any() for raw in raws):
+        return CSV_SEPARATOR, CSV_DELIMITER
+    present = np.zeros(256, dtype=np.bool_)
+    for raw in raws:
+        present |= np.bincount(raw, minlength=256).astype(np.bool_)
+    spare = [chr(b) for b in _SPARE_SEPARATORS if not present[b]]
+    return (spare[0], spare[1]) if len(spare) >= 2 else None
