@@ -22,6 +22,7 @@ only the equality of hashes matters, not their stability across versions.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import numpy as np
 import polars as pl
@@ -48,7 +49,8 @@ def _strip_zeros(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
 
 
 def normalise_json(array: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Each distinct JSON text parsed and printed with sorted keys and no spaces.
+    """Each distinct JSON text parsed and printed with sorted keys and no spaces, numbers by
+    their value (``1.0``, ``1`` and ``1e0`` alike: a target may print either).
 
     JSON has no vectorized normaliser in Arrow; the work is per *distinct* value, and only
     for targets that re-render JSON (StarRocks)."""
@@ -57,11 +59,23 @@ def normalise_json(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     rendered = []
     for text in encoded.dictionary.to_pylist():
         try:
-            rendered.append(json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"),
-                                       ensure_ascii=False))
+            rendered.append(_canonical(json.loads(text, parse_float=Decimal,
+                                                  parse_int=Decimal)))
         except (TypeError, ValueError):
             rendered.append(text)  # not JSON: compare the text itself
     return pc.take(pa.array(rendered, pa.string()), encoded.indices)
+
+
+def _canonical(value: object) -> str:
+    """JSON text of a parsed value: keys sorted, no spaces, numbers normalised."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_canonical(v)}"
+                              for k, v in sorted(value.items())) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return json.dumps(value, ensure_ascii=False)
 
 
 def canonical_frame(rows: pa.Table, schema: TableSchema, *, json_text: bool) -> pl.DataFrame:

@@ -147,6 +147,11 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
             except DbmazzError as exc:
                 result = TableResult(table=schema.source_name, target=schema.target_name,
                                      ranges=options.ranges, error=exc.message)
+            except Exception as exc:
+                log.exception("verify of %s failed", schema.source_name)
+                result = TableResult(table=schema.source_name, target=schema.target_name,
+                                     ranges=options.ranges,
+                                     error=f"verify failed: {type(exc).__name__}: {exc}")
             report.tables.append(result)
             if check.diff is not None:
                 diffs.append(check.diff)

@@ -14,6 +14,7 @@ needs (``dbmazz_cdc_version``: the commit LSN of the row's last change, and
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -78,7 +79,7 @@ def _coerce_column(column: pa.ChunkedArray | pa.Array, target: pa.DataType, name
             # A StarRocks DATETIME holding UTC: naive text, read as UTC.
             return column.cast(pa.timestamp(target.unit)).cast(target)
         return column.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise SinkError(f"verify: target column {table.target_name}.{name} ({column.type}) "
                         f"cannot be read as {target}: {exc}",
                         "the target column's type differs from what dbmazz creates for it "
@@ -95,13 +96,51 @@ def _parse_lists(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.
         # Dates and datetimes hold no commas; quoted or not, split them as they come.
         parsed = [None if t is None else _split_items(t) for t in texts]
     else:
-        parsed = [None if t is None else
-                  [None if e is None else str(e) for e in json.loads(t)] for t in texts]
+        parsed = [None if t is None else _array_items(t) for t in texts]
+    if pa.types.is_binary(element) or pa.types.is_large_binary(element):
+        # VARBINARY items are hex.
+        values = pa.array([None if items is None else
+                           [None if i is None else bytes.fromhex(i) for i in items]
+                           for items in parsed], pa.list_(pa.binary()))
+        return pc.take(values.cast(target), encoded.indices)
     values = pa.array(parsed, pa.list_(pa.string()))
     if pa.types.is_timestamp(element) and element.tz:
         # DATETIME items hold UTC: read them as naive, then as UTC.
         values = values.cast(pa.list_(pa.timestamp(element.unit)))
     return pc.take(values.cast(target), encoded.indices)
+
+
+_JSON = json.JSONDecoder()
+
+
+def _array_items(text: str) -> list[str | None]:
+    """The items of StarRocks ARRAY text as their text: quoted strings unescaped (JSON
+    escapes), bare tokens as they are (``1234567890.1234567890`` keeps its digits; ``nan``,
+    ``inf`` and hex are not JSON), ``null`` as None."""
+    inner = text.strip()
+    if not (inner.startswith("[") and inner.endswith("]")):
+        raise ValueError(f"not ARRAY text: {text[:80]!r}")
+    inner = inner[1:-1]
+    items: list[str | None] = []
+    i, end = 0, len(inner)
+    while i < end:
+        while i < end and inner[i] in " \t\n":
+            i += 1
+        if i >= end:
+            break
+        if inner[i] == '"':
+            item, i = _JSON.raw_decode(inner, i)
+            items.append(str(item))
+            i = inner.find(",", i)
+        else:
+            comma = inner.find(",", i)
+            token = inner[i:comma if comma >= 0 else end].strip()
+            items.append(None if token == "null" else token)
+            i = comma
+        if i < 0:
+            break
+        i += 1
+    return items
 
 
 def _split_items(text: str) -> list[str | None]:
@@ -138,6 +177,9 @@ class DuckDBTarget:
     def open(cls, path: str) -> DuckDBTarget:
         import duckdb
 
+        if not os.path.exists(path):
+            raise SinkError(f"verify cannot open DuckDB database {path}: it does not exist",
+                            "check DUCKDB_PATH (the file `dbmazz run` loads into)")
         try:
             return cls(duckdb.connect(path, read_only=True), owned=True)
         except duckdb.Error as exc:

@@ -12,6 +12,7 @@ import pytest
 from dbmazz.config import Config
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
+from dbmazz.errors import SinkError
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.fixtures import Database
 from dbmazz.verify.report import VerifyReport
@@ -175,3 +176,12 @@ def test_drift_found_per_type_and_repaired(running: tuple[Config, Engine, DuckDB
     assert sum(t.repaired for t in repaired.tables) == len(COLUMNS) + 1 + 1 + 1 + 1 + 2
     again = verify(config, engine, sink)
     assert again.equal, again.to_dict()
+
+
+def test_a_duckdb_file_that_does_not_exist_is_named_as_such(tmp_path: Path) -> None:
+    # Not "a running engine holds the file": there is no file.
+    with pytest.raises(SinkError) as info:
+        DuckDBTarget.open(str(tmp_path / "nope.duckdb"))
+    assert "does not exist" in info.value.message
+    assert info.value.hint is not None and "DUCKDB_PATH" in info.value.hint
+    assert not (tmp_path / "nope.duckdb").exists()
