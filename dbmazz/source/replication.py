@@ -357,12 +357,15 @@ class ReplicationStream:
         """
         with self._io_lock:
             self._check_open()
-            chunk = self._streamed.next_pending()
-            if chunk is None:
-                if self._empties is None:
-                    chunk = self._reader.read(max_bytes, timeout_s)
-                else:
-                    chunk = self._empties.next(lambda: self._reader.read(max_bytes, timeout_s))
+            def next_chunk() -> WalChunk | None:
+                # A streamed transaction's delivery first (its Begin, its changes, its
+                # Commit: one chunk each), then the socket.
+                chunk = self._streamed.next_pending()
+                return chunk if chunk is not None else self._reader.read(max_bytes, timeout_s)
+
+            # The empty-transaction filter sees every chunk in delivery order: a Begin it
+            # holds back must not be overtaken by the rest of its own transaction.
+            chunk = next_chunk() if self._empties is None else self._empties.next(next_chunk)
             if chunk is not None:
                 self._note_delivery(chunk)
             elif not self._streamed.deliveries:
