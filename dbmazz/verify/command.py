@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from dbmazz.api.client import running_engine
@@ -40,6 +41,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             report = report_from_dict(client.verify(
                 list(request.tables), ranges=request.ranges, sample=request.sample,
                 max_keys=request.max_keys, repair=request.repair))
+        # The engine lists its default for 0 (the request cannot say "none"): list what a
+        # verify run here would, --max-keys of each kind.
+        for table in report.tables:
+            seen: Counter[str] = Counter()
+            kept = []
+            for diff in table.diffs:
+                seen[diff.kind] += 1
+                if seen[diff.kind] <= request.max_keys:
+                    kept.append(diff)
+            table.diffs = kept
     else:
         report = _locally(config, request)
     if args.json:

@@ -57,6 +57,10 @@ def test_client_verify_finds_and_repairs_drift(live: Live, tmp_path: Path,
     assert code == 1 and not out["equal"]
     diffs = {(d["kind"], d["key"]["id"]): d["columns"] for d in out["tables"][0]["diffs"]}
     assert diffs == {("changed", 7): ["qty"], ("missing", 8): []}
+    # --max-keys 0 lists no key through the engine either (its request says 0 = default).
+    assert cli.main(_cli(live, tmp_path, "--json", "--max-keys", "0")) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["tables"][0]["diffs"] == [] and out["tables"][0]["changed"] == 1
 
     metrics = MetricsServer(live.service, port=0)
     metrics.start()
