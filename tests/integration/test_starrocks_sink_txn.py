@@ -212,7 +212,7 @@ def test_restart_in_the_middle_rolls_back_the_stale_transaction(
     assert starrocks.label_state(DB, seg(0)) == "VISIBLE"
 
 
-def test_replay_of_a_committed_transaction_changes_nothing(
+def test_replay_of_a_committed_transaction_keeps_later_changes(
     starrocks: StarRocksEmulator,
     make_sink: SinkFactory,
 ) -> None:
@@ -220,8 +220,9 @@ def test_replay_of_a_committed_transaction_changes_nothing(
     sink.setup([ITEMS])
     for b in simple_parts():
         sink.write(b)
-    # A later change at the same version: only the labels keep a replay from undoing it.
-    sink.write(batch(ITEMS, [upsert(ITEMS, [row(1, "later")], TX)], lsn=(TX, TX + 1)))
+    # A later transaction changed row 1: the replay of the committed one (its segments load
+    # again, see the next test) cannot undo it — the version guard keeps the newer row.
+    sink.write(batch(ITEMS, [upsert(ITEMS, [row(1, "later")], TX + 10)], lsn=TX + 10))
     replay = make_sink()
     for b in simple_parts():
         replay.write(b)
@@ -231,6 +232,40 @@ def test_replay_of_a_committed_transaction_changes_nothing(
         (3, "tx3"),
         (4, "tx4"),
     ]
+
+
+def test_a_replay_cut_into_other_parts_loads_every_row(
+    starrocks: StarRocksEmulator,
+    make_sink: SinkFactory,
+) -> None:
+    # One source transaction: insert 1, 2; delete 9; insert 3, 4. The first run cuts it in
+    # three parts (segments s0 = 1, 2; s1 = the delete; s2 = 3, 4) and dies after s0 is
+    # committed. The replay (another FLUSH_ROWS) holds it in one part: its s0 is 1-4.
+    from dbmazz.errors import SinkError
+    from dbmazz.sink.starrocks import RetryPolicy
+
+    crashed = make_sink(retry=RetryPolicy(max_attempts=1, max_elapsed=None, base_delay=0.01))
+    crashed.setup([ITEMS])
+    crashed.write(batch(ITEMS, [upsert(ITEMS, [row(9, "old")], 100)], lsn=100))
+    starrocks.faults.txn_in_processing(times=None, op="commit", label=seg(1))
+    first = parts(
+        ([upsert(ITEMS, [row(1), row(2)], TX)], None),
+        ([], deletes(ITEMS, [{"id": 9}], TX)),
+        ([upsert(ITEMS, [row(3), row(4)], TX)], None),
+    )
+    with pytest.raises(SinkError):
+        for b in first:
+            crashed.write(b)
+    assert starrocks.label_state(DB, seg(0)) == "VISIBLE"
+    assert select(starrocks, "items", "id") == [(1,), (2,), (9,)]
+    starrocks.faults.clear()
+    restarted = make_sink()
+    restarted.setup([ITEMS])
+    [whole] = parts(([upsert(ITEMS, [row(i) for i in (1, 2, 3, 4)], TX)],
+                     deletes(ITEMS, [{"id": 9}], TX)))
+    restarted.write(whole)
+    assert select(starrocks, "items", "id, name, dbmazz_is_deleted") == [
+        (1, "tx1", 0), (2, "tx2", 0), (3, "tx3", 0), (4, "tx4", 0), (9, "old9", 1)]
 
 
 def test_a_retried_last_part_does_not_load_twice(

@@ -130,6 +130,8 @@ class StarRocksSink:
         that moves an emulator's clock)."""
         self.settings = settings
         self._engine_stop: threading.Event | None = None
+        #: Labels of loads whose rows depend on this run's cuts (see _write_poisoned).
+        self._run = secrets.token_hex(2)
         self._waiter = Waiter(sleep=sleep, stopping=self._engine_stopping)
         self._transport = Transport(
             settings.user,
@@ -401,16 +403,21 @@ class StarRocksSink:
             self._settle(batch.table.target_name, state)
         state.split = None
         state.broken.pop(part.commit_lsn, None)
+        # Which rows part N holds depends on where the transaction was cut (FLUSH_ROWS may
+        # differ after a restart): its loads take labels of this run, so a replay loads
+        # them again rather than skipping what an earlier run's part N held. The truncate
+        # marker stays stable (a truncate found done must not run again).
         result = self._write_plain(batch, loads, target, lsns=(part.commit_lsn,) * 2,
-                                   prefix=f"p{part.index}")
+                                   prefix=f"p{part.index}", run=self._run)
         if part.last:
             state.poisoned.discard(part.commit_lsn)
         return result
 
     def _write_plain(self, batch: TableBatch, loads: list[PlannedLoad],
                      target: TargetTable, *, lsns: tuple[int, int] | None = None,
-                     prefix: str = "") -> LoadResult:
-        """``lsns`` and ``prefix`` (of every label suffix) set the labels of a split part."""
+                     prefix: str = "", run: str = "") -> LoadResult:
+        """``lsns`` and ``prefix`` (of every label suffix) set the labels of a split part;
+        ``run`` is added to its load labels (not to its truncate marker)."""
         table, db = batch.table.target_name, self.settings.database
         first, last = lsns or (batch.first_lsn, batch.last_lsn)
         if batch.truncate:
@@ -424,14 +431,14 @@ class StarRocksSink:
         labels, sent, rejected = [], 0, 0
         parts = {part.suffix: part for part in self._parts(batch)}
         for load in loads:
-            label = self._label(batch, first, last, f"{prefix}{load.suffix}")
+            label = self._label(batch, first, last, f"{prefix}{run}{load.suffix}")
             try:
                 outcome = self.client.load(db, table, label, load.body.data, load.headers)
             except RowsRejected as exc:
                 if self.settings.rejected_rows != "table":
                     raise
                 rejected += self._load_rejecting(batch, parts[load.suffix], target, exc,
-                                                 (first, last), prefix)
+                                                 (first, last), f"{prefix}{run}")
                 labels.append(label)
                 continue
             log.debug(

@@ -11,13 +11,18 @@ consecutive runs of the source order and are committed in order after all are pr
 Idempotence: a write of the same part again (a retry, or another step of that part) loads
 its rows again, which a Primary Key table absorbs (the rows of one part never conflict and
 are the newest). Once the finish has begun (a segment is prepared) a repeated write only
-completes the finish. On a replay after a crash a segment label found committed is skipped
-with its rows; one found open (PREPARE/PREPARED) is stale, rolled back and loaded again.
+completes the finish. On a replay after a crash a segment label found open (PREPARE/
+PREPARED) is stale, rolled back and loaded again. One found committed is loaded again too,
+under a label of its own: which rows a segment holds depends on where the transaction was
+cut into parts (FLUSH_ROWS, FLUSH_BYTES may differ after a restart), so skipping it could
+skip rows the earlier run never loaded. Loading committed rows again is harmless: the same
+rows at the same version, every segment in source order.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -49,9 +54,8 @@ class PlannedLoad:
 class Segment:
     label: str
     shape: Shape
-    #: open → prepared → committed, or rolled back ("closed"); "done" = committed by an
-    #: earlier run, so its rows are skipped.
-    state: Literal["open", "prepared", "committed", "done", "closed"]
+    #: open → prepared → committed, or rolled back ("closed").
+    state: Literal["open", "prepared", "committed", "closed"]
 
 
 class SplitTransaction:
@@ -124,10 +128,9 @@ class SplitTransaction:
 
     def _load(self, load: PlannedLoad) -> None:
         segment = self.segments[-1] if self.segments else None
-        if segment is None or segment.shape != load.shape or segment.state not in ("open", "done"):
+        if segment is None or segment.shape != load.shape or segment.state != "open":
             segment = self._begin(load.shape)
-        if segment.state == "open":
-            self.client.txn_load(self.db, self.table, segment.label, load.body.data, load.headers)
+        self.client.txn_load(self.db, self.table, segment.label, load.body.data, load.headers)
 
     def _begin(self, shape: Shape) -> Segment:
         label = self._label(f"s{self._seq}")
@@ -138,8 +141,15 @@ class SplitTransaction:
             begun = self.client.txn_begin(self.db, self.table, label, self.timeout_s)
             if begun == "pending":
                 raise TransactionBroken(f"label {label} is still held by a transaction", label)
+        if begun == "finished":
+            # Committed by an earlier run, perhaps with other rows (see the module doc).
+            label = self._label(f"s{self._seq}r{secrets.token_hex(3)}")
+            if self.client.txn_begin(self.db, self.table, label, self.timeout_s) != "new":
+                raise TransactionBroken(f"label {label} could not begin a transaction", label)
+            log.info("segment %d of transaction %s on %s was committed by an earlier run: "
+                     "its rows load again as %s", self._seq, self.commit_lsn, self.table, label)
         self._seq += 1
-        segment = Segment(label, shape, "done" if begun == "finished" else "open")
+        segment = Segment(label, shape, "open")
         self.segments.append(segment)
         return segment
 
