@@ -503,12 +503,20 @@ class Engine:
         if self._failure is None:
             self._failure = exc
             message = exc.args[0] if isinstance(exc, DbmazzError) else repr(exc)
+            self.progress.state = RunState.FAILED  # first: _recovered keeps a fatal error
             self.progress.last_error = str(exc) if isinstance(exc, DbmazzError) else message
-            self.progress.state = RunState.FAILED
             log.error("stopped by a fatal error: %s", self.progress.last_error,
                       exc_info=not isinstance(exc, DbmazzError))
         self.stop()
         self._set_done()
+
+    def _recovered(self, reconnects: Attempts | None = None) -> None:
+        """A stream opened or a flush became durable: a retried problem is over (Status
+        stops showing it); a fatal one stays."""
+        if reconnects is not None:
+            reconnects.reset()
+        if self.progress.state != RunState.FAILED:
+            self.progress.last_error = None
 
     def _set_done(self) -> None:
         with self._durable_cv:
@@ -519,7 +527,7 @@ class Engine:
         reconnects = Attempts(self.settings.reconnect, Waiter(self._stop))
         while not self._stop.is_set():
             try:
-                self._read_session(opened=reconnects.reset)
+                self._read_session(opened=lambda: self._recovered(reconnects))
                 return
             except _RestartStream:
                 # Queued flushes are discarded by the applier; wait until none is left so
@@ -737,6 +745,7 @@ class Engine:
             self._durable_lsn = lsn
             self._durable_cv.notify_all()
         self._replays.reset()
+        self._recovered()
         marks = self._lag_marks
         while marks and marks[0][0] < lsn:
             marks.popleft()

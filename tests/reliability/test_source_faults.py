@@ -71,6 +71,8 @@ def test_postgres_restart_mid_stream_reconnects_and_resumes(
         wait_until_loaded(engine, mark(db), timeout_s=300)
         assert engine.progress.state == RunState.RUNNING
         assert walsender_pid(db, SLOT) not in (None, first)  # a new session
+        # Recovered: Status no longer shows the retried error as current.
+        assert engine.progress.last_error is None
     assert any("reconnecting in" in r.getMessage() for r in caplog.records)
     assert_replicated(db, sink, TABLES)
     sink.close()
