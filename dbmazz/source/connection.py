@@ -96,6 +96,14 @@ def connect_error(text: str, target: str) -> SourceError:
             f"cannot verify PostgreSQL at {target}: {text}",
             "set sslrootcert in SOURCE_URL to the CA certificate file (or sslrootcert=system)",
         )
+    # libpq's own refusal (no SQLSTATE: the server never answered the startup).
+    if "server does not support ssl" in low:
+        return SourceError(
+            f"PostgreSQL at {target} does not accept TLS connections, and SOURCE_URL requires "
+            f"one: {text}",
+            "enable TLS on the server (ssl = on with a certificate and key in postgresql.conf) "
+            "or lower sslmode in SOURCE_URL (prefer or disable) on a trusted network",
+        )
     if "database" in low and "does not exist" in low:
         return SourceError(f"{text} (at {target})", "check the database name in SOURCE_URL")
     return SourceConnectionError(

@@ -536,6 +536,19 @@ def test_missing_slot(pg_db: Database, reader: str) -> None:
     assert pg_db.server.password not in str(info.value)
 
 
+def test_tls_required_from_a_server_without_tls_names_the_fix(pg_db: Database) -> None:
+    # The test server has no TLS: the fix is on the server or in sslmode, not "is it up?".
+    make_table(pg_db)
+    make_slot(pg_db)
+    sep = "&" if "?" in pg_db.dsn else "?"
+    with pytest.raises(SourceError) as info:
+        ReplicationStream.open(f"{pg_db.dsn}{sep}sslmode=require", "s1", ["pub"])
+    assert not info.value.retryable
+    assert "does not accept TLS connections" in info.value.message
+    assert info.value.hint is not None and "ssl = on" in info.value.hint
+    assert "sslmode" in info.value.hint
+
+
 def test_missing_publication(pg_db: Database) -> None:
     make_slot(pg_db)
     with pytest.raises(SourceError, match="'no pub' do not exist"):
