@@ -402,7 +402,9 @@ def _publication_state(
     if extra and not all_tables and report_extra:
         warnings.append(
             f"publication {publication!r} also publishes tables not configured: "
-            f"{', '.join(extra)} (left as they are; their changes are ignored)"
+            f"{', '.join(extra)} (left as they are; their changes are ignored, so a table "
+            "put back into TABLES later misses them: take an on-demand snapshot of it then, "
+            "`dbmazz snapshot --table`)"
         )
     warnings += _narrowing_warnings(conn, publication, tables)
     to_add = [] if all_tables else [t for t in tables if t.name not in published]

@@ -249,7 +249,9 @@ def test_a_publication_with_other_tables_is_shared_not_changed(
         db.execute("UPDATE public.t SET v = 'changed' WHERE id = 2")
         wait_until_loaded(engine, mark(db))
     assert (f"publication '{PUBLICATION}' also publishes tables not configured: public.other "
-            "(left as they are; their changes are ignored)") in caplog.text
+            "(left as they are; their changes are ignored, so a table put back into TABLES "
+            "later misses them: take an on-demand snapshot of it then, "
+            "`dbmazz snapshot --table`)") in caplog.text
     published = db.query("SELECT schemaname || '.' || tablename FROM pg_publication_tables "
                          "WHERE pubname = %s ORDER BY 1", (PUBLICATION,))
     assert published == [("public.other",), ("public.t",)]
