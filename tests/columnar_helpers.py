@@ -142,7 +142,9 @@ def reference_rows(rel: Relation, key_columns: Sequence[str], data: bytes,
         assert source is not None
         fields = list(source)
         if kind == "U" and marker == "O" and old is not None:
-            fields = [o if f[0] == "u" and o[0] in "tn" else f for f, o in zip(source, old,
+            # An old NULL never fills: an unchanged TOASTed value is not NULL (a partition
+            # narrower than its FULL root sends NULL for every non-key column).
+            fields = [o if f[0] == "u" and o[0] in "tb" else f for f, o in zip(source, old,
                                                                               strict=True)]
         unchanged = sum(1 << i for i, f in enumerate(fields) if f[0] == "u")
         values = [value_of(f, plan) for f, plan in zip(fields, plans, strict=True)]

@@ -71,7 +71,8 @@ def test_replica_identity_full_fills_unchanged_from_old_row() -> None:
     batch = decode(rel, ["id"], [
         encode_update(OID, [t("1"), t("b"), UNCHANGED], old=[t("1"), t("a"), t("big doc")],
                       old_kind="O"),
-        # Old row has doc NULL: the value is NULL, not unchanged.
+        # Old row has doc NULL: an unchanged TOASTed value cannot be NULL, so the old row
+        # does not hold it (a partition narrower than its FULL root): still unchanged.
         encode_update(OID, [t("2"), t("b"), UNCHANGED], old=[t("2"), t("a"), NULL],
                       old_kind="O"),
         # A K old tuple cannot fill.
@@ -79,7 +80,7 @@ def test_replica_identity_full_fills_unchanged_from_old_row() -> None:
         encode_delete(OID, [t("5"), t("gone"), t("doc 5")], old_kind="O"),
     ])
     assert batch.column("doc").to_pylist() == ["big doc", None, None, "doc 5"]
-    assert batch.column("__dbmazz_unchanged").to_pylist() == [0, 0, 4, 0]
+    assert batch.column("__dbmazz_unchanged").to_pylist() == [0, 4, 4, 0]
     assert batch.column("name").to_pylist() == ["b", "b", "b", "gone"]
     assert batch.column("__dbmazz_old_id").to_pylist() == [1, 2, 3, None]
 
