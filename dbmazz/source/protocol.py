@@ -1,7 +1,7 @@
 """The logical replication protocol as dbmazz speaks it: which pgoutput protocol to ask
 for, the START_REPLICATION command, the CopyData messages of a replication session
 (XLogData, primary keepalive, standby status update) and the stream control messages of
-streamed transactions, and the pure helpers on them (status intervals, runs of a chunk,
+streamed transactions, and the pure helpers on them (status intervals,
 empty transactions). No connection and no state here: the readers
 (:mod:`dbmazz.source.readers`) and the stream (:mod:`dbmazz.source.replication`) use them.
 """
@@ -199,20 +199,8 @@ def stream_commit(frame: memoryview) -> tuple[int, WalChunk, WalChunk]:
 
 
 # --------------------------------------------------------------------------------------
-# Runs of a chunk
+# Empty transactions
 # --------------------------------------------------------------------------------------
-
-
-def run_of(chunk: WalChunk, lo: int, hi: int) -> WalChunk:
-    """Messages ``lo:hi`` of a chunk with frame gaps (views, no copy)."""
-    assert chunk.ends is not None
-    end = int(chunk.ends[hi - 1])
-    return WalChunk(
-        data=chunk.data[:end],
-        offsets=np.append(chunk.offsets[lo:hi], end).astype(np.int64),
-        lsns=chunk.lsns[lo:hi],
-        ends=chunk.ends[lo:hi],
-    )
 
 
 def drop_empty_transactions(chunk: WalChunk) -> WalChunk | None:

@@ -28,7 +28,6 @@ from dbmazz.source.protocol import (
     STREAM_START,
     STREAM_STOP,
     StreamStats,
-    run_of,
     stream_abort,
     stream_commit,
     stream_start_xid,
@@ -371,7 +370,7 @@ class StreamedTransactions:
         prev = 0
         for at in [*control.tolist(), len(chunk)]:
             if at > prev:
-                run = run_of(chunk, prev, at)
+                run = chunk.part(prev, at)
                 if self._in_stream is not None:
                     self._in_stream.append_run(run)
                 else:

@@ -92,11 +92,7 @@ def _parse_lists(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.
     encoded = pc.dictionary_encode(combined)
     element = target.value_type
     texts = encoded.dictionary.to_pylist()
-    if pa.types.is_temporal(element):
-        # Dates and datetimes hold no commas; quoted or not, split them as they come.
-        parsed = [None if t is None else _split_items(t) for t in texts]
-    else:
-        parsed = [None if t is None else _array_items(t) for t in texts]
+    parsed = [None if t is None else _array_items(t) for t in texts]
     if pa.types.is_binary(element) or pa.types.is_large_binary(element):
         # VARBINARY items are hex.
         values = pa.array([None if items is None else
@@ -141,14 +137,6 @@ def _array_items(text: str) -> list[str | None]:
             break
         i += 1
     return items
-
-
-def _split_items(text: str) -> list[str | None]:
-    inner = text.strip()[1:-1].strip()
-    if not inner:
-        return []
-    items = [item.strip().strip('"') for item in inner.split(",")]
-    return [None if item.lower() == "null" else item for item in items]
 
 
 def _unhex(column: pa.ChunkedArray | pa.Array) -> pa.Array:
