@@ -195,6 +195,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     snapshots = _snapshots(config, mode=config.snapshot, sink=target, schemas=schemas,
                            keys=keys, tables=tables, source=source, checkpoint=checkpoint,
                            hold_after_chunks=hold_after_chunks)
+    snapshots.reconcile_tables()
     heartbeat = None
     if config.heartbeat_interval_s > 0:
         from dbmazz.source.heartbeat import Heartbeat
@@ -244,14 +245,17 @@ def _snapshots(config: Config, *, mode: str, sink: SnapshotAwareSink, schemas: S
                checkpoint: int | None, hold_after_chunks: int | None = None) -> Snapshots:
     from dbmazz.snapshot.context import SnapshotContext
     from dbmazz.snapshot.progress import SnapshotProgressStore
+    from dbmazz.snapshot.replicated import ReplicatedTablesStore
     from dbmazz.snapshot.stage import Snapshots
 
     dsn, slot = config.source_dsn, config.slot_name
     # On a standby (PRIMARY_URL set) the progress is written to the primary.
-    store = SnapshotProgressStore(SourceDatabase(config.primary_dsn), slot)
+    writes = SourceDatabase(config.primary_dsn)
     context = SnapshotContext(dsn=dsn, slot=slot, publication=config.publication_name,
                               replica_identity=config.replica_identity, sink=sink,
-                              schemas=schemas, keys=keys, store=store,
+                              schemas=schemas, keys=keys,
+                              store=SnapshotProgressStore(writes, slot),
+                              replicated=ReplicatedTablesStore(writes, slot),
                               workers=config.snapshot_workers,
                               hold_after_chunks=hold_after_chunks)
     return Snapshots(context, mode=mode, tables={t.source_name: t for t in tables},

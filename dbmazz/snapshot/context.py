@@ -6,7 +6,7 @@ snapshot needs of the engine and of the snapshot stage (Protocols, so
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,6 +16,7 @@ from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
 from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, SnapshotProgressStore
 from dbmazz.snapshot.read import DEFAULT_CHUNK_PAGES, Chunk, ReaderKind, TableLayout
+from dbmazz.snapshot.replicated import ReplicatedTablesStore
 from dbmazz.snapshot.sink import SnapshotAwareSink
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.setup import ReplicaIdentityMode
@@ -50,6 +51,8 @@ class SnapshotContext:
     #: The keys the schema cache resolves from (on-demand snapshots add to them).
     keys: TableKeys
     store: SnapshotProgressStore
+    #: The configured tables the slot replicates whole (:mod:`dbmazz.snapshot.replicated`).
+    replicated: ReplicatedTablesStore
     workers: int = 2
     reader_kind: ReaderKind = "auto"
     chunk_pages: int = field(default_factory=lambda: _env_int(CHUNK_PAGES_ENV,
@@ -90,6 +93,8 @@ class SnapshotHost(Protocol):
     tables: dict[str, TableSchema]
 
     def publish(self, progress: SnapshotProgress) -> None: ...
+
+    def on_demand_finished(self, tables: Sequence[str]) -> None: ...
 
     def load_plan(self, plan: Plan, kind: str, should_stop: StopCheck, *,
                   tables: dict[str, TableSchema] | None = None,

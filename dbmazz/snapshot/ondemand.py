@@ -97,6 +97,8 @@ class OnDemandSnapshot:
     def run(self) -> bool:
         try:
             self.completed = self._run()
+            if self.completed:
+                self.snapshots.on_demand_finished(self.tables)
             return self.completed
         except BaseException as exc:
             self.error = exc  # before _done is set: whoever waits sees why it ended

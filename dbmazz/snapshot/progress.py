@@ -127,6 +127,12 @@ class SnapshotProgressStore:
             " WHERE slot_name = %s AND table_name = %s AND chunk = %s"
         ).format(self._table), (rows, self.slot, chunk.table, chunk.index))
 
+    def forget(self, tables: Sequence[str], kind: str) -> None:
+        """Delete the ``kind`` plan rows of ``tables``."""
+        self._execute(sql.SQL(
+            "DELETE FROM {} WHERE slot_name = %s AND kind = %s AND table_name = ANY(%s)"
+        ).format(self._table), (self.slot, kind, list(tables)))
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

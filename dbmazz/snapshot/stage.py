@@ -12,6 +12,11 @@ Initial snapshot (``SNAPSHOT=initial|initial_only``):
   is exact. A table whose replica identity is not FULL is read again entirely (see the doc).
 * existing slot, nothing recorded — streamed before (a checkpoint exists): nothing to do;
   never streamed: a full snapshot under a fresh snapshot, version = the slot's position.
+
+Tables joining TABLES (new in it, or taken out and put back) after the slot began streaming
+missed changes, or never had their rows loaded: once streaming runs, an on-demand snapshot
+loads them (``SNAPSHOT=initial``; other modes warn), and
+:mod:`dbmazz.snapshot.replicated` records them when it is complete.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class Snapshots:
         self._lock = threading.Lock()
         self._progress: SnapshotProgress | None = None
         self._on_demand: list[OnDemandSnapshot] = []
+        self._joined: list[str] = []
 
     # ------------------------------------------------------------------ observation
     @property
@@ -273,13 +279,73 @@ class Snapshots:
     def resume_on_demand(self, engine: LiveEngine,
                          should_stop: StopCheck) -> OnDemandSnapshot | None:
         """Restart on-demand snapshots a crash or stop interrupted (from scratch: their
-        temporary slot died with the process)."""
+        temporary slot died with the process), and load the tables that joined TABLES
+        (:meth:`reconcile_tables`)."""
         pending = sorted({r.chunk.table for r in self.context.store.load(ON_DEMAND)
                           if not r.done})
-        if not pending:
+        joined, self._joined = [t for t in self._joined if t not in pending], []
+        if pending:
+            log.info("restarting the interrupted on-demand snapshot of %s",
+                     ", ".join(pending))
+        if joined:
+            log.info("loading the rows of %s with an on-demand snapshot: joined TABLES "
+                     "after slot %s began streaming", ", ".join(joined), self.context.slot)
+        if not pending and not joined:
             return None
-        log.info("restarting the interrupted on-demand snapshot of %s", ", ".join(pending))
-        return self.request(pending, engine, should_stop)
+        return self.request([*pending, *joined], engine, should_stop)
+
+    # ------------------------------------------------------------------ table record
+    def reconcile_tables(self) -> None:
+        """Record which configured tables the slot replicates whole, and keep those that
+        joined TABLES since it began streaming for :meth:`resume_on_demand`. Joined: not
+        recorded, not covered by the initial snapshot, not loaded by an on-demand one."""
+        source = self.source
+        if source is None:
+            return
+        ctx = self.context
+        configured = list(source.tables)
+        try:
+            covered = self._covered(configured, source) | set(on_demand_tables(ctx.store))
+            joined = [t for t in configured if t not in covered]
+            # Joined tables are recorded only once loaded, whatever the mode: a later
+            # SNAPSHOT=initial run still loads them.
+            ctx.replicated.replace(t for t in configured if t not in joined)
+        finally:
+            ctx.replicated.close()
+        if joined and self.mode != "initial":
+            log.warning(
+                "%s joined TABLES after slot %s began streaming, and SNAPSHOT=%s does not "
+                "load their rows: only changes from now on reach the target (load them with "
+                "`dbmazz snapshot --table`, or run with SNAPSHOT=initial)",
+                ", ".join(joined), ctx.slot, self.mode)
+            joined = []
+        self._joined = joined
+
+    def _covered(self, configured: list[str], source: SourceSetup) -> set[str]:
+        if source.slot_created:
+            return set(configured)  # the initial snapshot (or SNAPSHOT=never by choice)
+        if self.checkpoint is None:  # never streamed: the initial plan covers its tables
+            planned = {r.chunk.table for r in self.context.store.load(INITIAL)}
+            return planned or set(configured)
+        recorded = self.context.replicated.load()
+        if recorded is None:  # a slot from before the record: only setup's additions
+            return set(configured) - set(source.tables_added)
+        return recorded
+
+    def on_demand_finished(self, tables: Sequence[str]) -> None:
+        """Configured tables among ``tables`` are replicated whole from now on. They are
+        recorded as such rather than as on-demand additions, which stay replicated
+        whatever TABLES says: taking one out of TABLES later then stops it."""
+        configured = set(self.source.tables) if self.source is not None else set()
+        done = [t for t in tables if t in configured]
+        if not done:
+            return
+        ctx = self.context
+        try:
+            ctx.replicated.add(done)
+        finally:
+            ctx.replicated.close()
+        ctx.store.forget(done, ON_DEMAND)
 
 
 class _Reporter:

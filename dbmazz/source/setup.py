@@ -403,8 +403,8 @@ def _publication_state(
         warnings.append(
             f"publication {publication!r} also publishes tables not configured: "
             f"{', '.join(extra)} (left as they are; their changes are ignored, so a table "
-            "put back into TABLES later misses them: take an on-demand snapshot of it then, "
-            "`dbmazz snapshot --table`)"
+            "put back into TABLES later is loaded again by an on-demand snapshot under "
+            "SNAPSHOT=initial)"
         )
     warnings += _narrowing_warnings(conn, publication, tables)
     to_add = [] if all_tables else [t for t in tables if t.name not in published]
@@ -623,8 +623,9 @@ def setup_source(
             if to_add:
                 warnings.append(
                     f"tables added to publication {publication!r} while resuming slot "
-                    f"{slot!r}: {', '.join(t.name for t in to_add)}; only their changes from "
-                    "now on are streamed — take a snapshot to load their existing rows"
+                    f"{slot!r}: {', '.join(t.name for t in to_add)}; their changes are "
+                    "streamed from now on, and under SNAPSHOT=initial an on-demand snapshot "
+                    "loads their existing rows (otherwise `dbmazz snapshot --table`)"
                 )
 
         problems.raise_found()

@@ -4,6 +4,7 @@ source after catch-up, whatever the keys, the types, the concurrent writes or a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.snapshot.context import CHUNK_PAGES_ENV
 from dbmazz.testing.fixtures import Database
 from tests.e2e.harness import assert_replicated, duckdb_config, mark, wait_until_loaded
+from tests.scripted import eventually
 
 WIDE_COLUMNS = 100
 
@@ -394,3 +396,125 @@ def test_cli_snapshot_initial_only_then_on_demand_then_run(
     engine.start()
     wait_until_loaded(engine, mark(pg_db))
     assert_replicated(pg_db, sink, {"public.items": ["id"], "public.extra": ["id"]})
+
+
+def _replicated_tables(db: Database, slot: str) -> set[str]:
+    rows = db.query("SELECT table_name FROM dbmazz_replicated_tables WHERE slot_name = %s",
+                    (slot,))
+    return {str(name) for (name,) in rows} - {""}
+
+
+def _run_until_loaded(config: Any, sink: DuckDBSink, db: Database,
+                      engines: list[Engine], work: Callable[[], None] = lambda: None
+                      ) -> Engine:
+    engine = build_live_engine(config, sink=sink)
+    engines.append(engine)
+    engine.start()
+    work()
+    wait_until_loaded(engine, mark(db))
+    return engine
+
+
+def _drained(engine: Engine) -> None:
+    engine.drain()
+    assert engine.wait(60)
+
+
+def test_a_table_taken_out_of_tables_and_put_back_is_loaded_again(
+        pg_db: Database, tmp_path: Path, engines: list[Engine], small_chunks: None) -> None:
+    """Changes made while a table was out of TABLES are skipped (the publication still
+    carries them); putting it back loads its rows again, and CDC goes on."""
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    create_items(pg_db, 2000)
+    both = duckdb_config(pg_db, tmp_path, ["public.a", "public.items"], snapshot="initial",
+                         delete_mode="hard")
+    sink = DuckDBSink(both.duckdb_path, delete_mode="hard")
+    first = _run_until_loaded(both, sink, pg_db, engines, lambda: pg_db.execute(
+        "INSERT INTO a SELECT g, 'a' FROM generate_series(1, 50) g"))
+    assert _replicated_tables(pg_db, both.slot_name) == {"public.a", "public.items"}
+    _drained(first)
+
+    only_a = duckdb_config(pg_db, tmp_path, ["public.a"], snapshot="initial",
+                           delete_mode="hard")
+
+    def while_out() -> None:
+        pg_db.execute("UPDATE items SET payload = 'while out', n = -n WHERE n % 3 = 0")
+        pg_db.execute("INSERT INTO items VALUES ('added while out', 1, 'x')")
+        pg_db.execute("UPDATE a SET v = 'b' WHERE id < 10")
+
+    second = _run_until_loaded(only_a, sink, pg_db, engines, while_out)
+    assert _replicated_tables(pg_db, both.slot_name) == {"public.a"}
+    [(stale,)] = sink.query("SELECT count(*) FROM public.items WHERE payload = 'while out'")
+    assert stale == 0  # not replicated while out
+    _drained(second)
+
+    third = build_live_engine(both, sink=sink)
+    engines.append(third)
+    third.start()
+    eventually(lambda: "public.items" in _replicated_tables(pg_db, both.slot_name),
+               "the put-back table's rows to be loaded", 180)
+    pg_db.execute("UPDATE items SET n = n + 1000 WHERE n % 7 = 0")
+    wait_until_loaded(third, mark(pg_db))
+    assert_replicated(pg_db, sink, {"public.a": ["id"], "public.items": ["id"]})
+    progress = third.snapshot_progress
+    assert progress is not None and progress.kind == "on_demand"
+    assert set(progress.tables) == {"public.items"}
+    # Loaded as a configured table, not an on-demand addition: out of TABLES, it stops.
+    [(plans,)] = pg_db.query("SELECT count(*) FROM dbmazz_snapshot_progress "
+                             "WHERE kind = 'on_demand'")
+    assert plans == 0
+    _drained(third)
+    fourth = _run_until_loaded(only_a, sink, pg_db, engines, lambda: pg_db.execute(
+        "UPDATE items SET payload = 'out again'"))
+    [(out_again,)] = sink.query("SELECT count(*) FROM public.items "
+                                "WHERE payload = 'out again'")
+    assert out_again == 0
+    assert fourth.snapshot_progress is None or fourth.snapshot_progress.kind != "on_demand"
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "slot-from-before"])
+def test_a_table_new_in_tables_gets_its_existing_rows(
+        pg_db: Database, tmp_path: Path, engines: list[Engine], recorded: bool) -> None:
+    """A table added to TABLES between runs has its existing rows loaded; a slot that
+    predates the record still knows the tables setup adds to the publication."""
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    only_a = duckdb_config(pg_db, tmp_path, ["public.a"], delete_mode="hard")
+    sink = DuckDBSink(only_a.duckdb_path, delete_mode="hard")
+    _drained(_run_until_loaded(only_a, sink, pg_db, engines, lambda: pg_db.execute(
+        "INSERT INTO a VALUES (1, 'one')")))
+    create_items(pg_db, 500)
+    if not recorded:
+        pg_db.execute("DROP TABLE dbmazz_replicated_tables")
+    both = duckdb_config(pg_db, tmp_path, ["public.a", "public.items"], delete_mode="hard")
+    engine = build_live_engine(both, sink=sink)
+    engines.append(engine)
+    engine.start()
+    eventually(lambda: "public.items" in _replicated_tables(pg_db, both.slot_name),
+               "the new table's rows to be loaded", 180)
+    pg_db.execute("DELETE FROM items WHERE n % 4 = 0")
+    wait_until_loaded(engine, mark(pg_db))
+    assert_replicated(pg_db, sink, {"public.a": ["id"], "public.items": ["id"]})
+    assert _replicated_tables(pg_db, both.slot_name) == {"public.a", "public.items"}
+
+
+def test_snapshot_never_warns_about_a_joined_table_at_every_start(
+        pg_db: Database, tmp_path: Path, engines: list[Engine],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dbmazz")
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    create_items(pg_db, 50)
+    only_a = duckdb_config(pg_db, tmp_path, ["public.a"], snapshot="never")
+    sink = DuckDBSink(only_a.duckdb_path)
+    _drained(_run_until_loaded(only_a, sink, pg_db, engines))
+    both = duckdb_config(pg_db, tmp_path, ["public.a", "public.items"], snapshot="never")
+    warning = ("public.items joined TABLES after slot dbmazz_e2e began streaming, and "
+               "SNAPSHOT=never does not load their rows")
+    for _ in range(2):
+        caplog.clear()
+        engine = _run_until_loaded(both, sink, pg_db, engines, lambda: pg_db.execute(
+            "UPDATE items SET n = n + 1 WHERE n < 5"))
+        assert warning in caplog.text
+        _drained(engine)
+    [(loaded,)] = sink.query("SELECT count(*) FROM public.items")
+    assert loaded == 5  # only the rows changed since it joined
+    assert _replicated_tables(pg_db, both.slot_name) == {"public.a"}
