@@ -298,14 +298,15 @@ class Snapshots:
     def reconcile_tables(self) -> None:
         """Record which configured tables the slot replicates whole, and keep those that
         joined TABLES since it began streaming for :meth:`resume_on_demand`. Joined: not
-        recorded, not covered by the initial snapshot, not loaded by an on-demand one."""
+        recorded, not covered by the initial snapshot, not loaded by an on-demand one, or
+        added to the publication only now."""
         source = self.source
         if source is None:
             return
         ctx = self.context
         configured = list(source.tables)
         try:
-            covered = self._covered(configured, source) | set(on_demand_tables(ctx.store))
+            covered = self._covered(configured, source)
             joined = [t for t in configured if t not in covered]
             # Joined tables are recorded only once loaded, whatever the mode: a later
             # SNAPSHOT=initial run still loads them.
@@ -322,15 +323,20 @@ class Snapshots:
         self._joined = joined
 
     def _covered(self, configured: list[str], source: SourceSetup) -> set[str]:
+        store = self.context.store
         if source.slot_created:
             return set(configured)  # the initial snapshot (or SNAPSHOT=never by choice)
         if self.checkpoint is None:  # never streamed: the initial plan covers its tables
-            planned = {r.chunk.table for r in self.context.store.load(INITIAL)}
-            return planned or set(configured)
-        recorded = self.context.replicated.load()
-        if recorded is None:  # a slot from before the record: only setup's additions
-            return set(configured) - set(source.tables_added)
-        return recorded
+            covered = {r.chunk.table for r in store.load(INITIAL)}
+            if not covered:
+                return set(configured)  # a full initial snapshot now
+        else:
+            recorded = self.context.replicated.load()  # None: a slot from before the record
+            covered = set(configured) if recorded is None else recorded
+        covered |= set(on_demand_tables(store))
+        # Out of the publication until now: pgoutput passed their changes over.
+        return covered - set(source.tables_added)
+
 
     def on_demand_finished(self, tables: Sequence[str]) -> None:
         """Configured tables among ``tables`` are replicated whole from now on. They are

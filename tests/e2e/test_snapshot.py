@@ -518,3 +518,24 @@ def test_snapshot_never_warns_about_a_joined_table_at_every_start(
     [(loaded,)] = sink.query("SELECT count(*) FROM public.items")
     assert loaded == 5  # only the rows changed since it joined
     assert _replicated_tables(pg_db, both.slot_name) == {"public.a"}
+
+
+def test_a_table_dropped_from_the_publication_by_hand_is_loaded_again_at_restart(
+        pg_db: Database, tmp_path: Path, engines: list[Engine]) -> None:
+    """While out of the publication its changes are not decoded at all; the next start
+    puts it back (setup) and loads it again."""
+    create_items(pg_db, 300)
+    config = duckdb_config(pg_db, tmp_path, ["public.items"], delete_mode="hard")
+    sink = DuckDBSink(config.duckdb_path, delete_mode="hard")
+    _drained(_run_until_loaded(config, sink, pg_db, engines))
+    pg_db.execute(f"ALTER PUBLICATION {config.publication_name} DROP TABLE items")
+    pg_db.execute("UPDATE items SET payload = 'unpublished' WHERE n % 2 = 0")
+    pg_db.execute("INSERT INTO items VALUES ('unpublished', 0, '')")
+    engine = build_live_engine(config, sink=sink)
+    engines.append(engine)
+    engine.start()
+    progress = lambda: engine.snapshot_progress  # noqa: E731
+    eventually(lambda: (p := progress()) is not None and p.kind == "on_demand"
+               and p.tables_done == 1, "the table's rows to be loaded again", 180)
+    wait_until_loaded(engine, mark(pg_db))
+    assert_replicated(pg_db, sink, {"public.items": ["id"]})
