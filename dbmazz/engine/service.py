@@ -132,10 +132,13 @@ class EngineService:
         if config is None or config.source_url is None or self._slot_monitor is not None:
             return
         from dbmazz.engine.slot_health import SlotMonitor
+        from dbmazz.source.catalog import split_table_name
 
-        self._slot_monitor = SlotMonitor(config.source_dsn, config.slot_name,
-                                         config.slot_wal_warn_bytes,
-                                         interval_s=self.slot_sample_interval_s)
+        self._slot_monitor = SlotMonitor(
+            config.source_dsn, config.slot_name, config.slot_wal_warn_bytes,
+            interval_s=self.slot_sample_interval_s, publication=config.publication_name,
+            tables=[split_table_name(t) for t in config.tables],
+            on_unpublished=self._reload_unpublished)
         self._slot_monitor.start()
 
     def _run(self) -> None:
@@ -325,6 +328,27 @@ class EngineService:
             return engine.request_snapshot(names)
         except SetupError as exc:  # a snapshot of one of the tables is already running
             raise ServiceStateError(exc.message, exc.hint) from None
+
+    def _reload_unpublished(self, tables: list[str]) -> bool:
+        """Configured tables dropped from the publication by hand while streaming: their
+        changes are passed over from then on. Under SNAPSHOT=initial an on-demand snapshot
+        adds them back and loads their rows again, as a restart would (once streaming runs:
+        False until then); otherwise the slot health warning stands until they are
+        published again."""
+        config = self.config
+        if config is None or config.snapshot != "initial":
+            return True
+        if self.stage != Stage.CDC:
+            return False
+        log.warning("publication %r no longer publishes %s: adding them back and loading "
+                    "their rows again with an on-demand snapshot", config.publication_name,
+                    ", ".join(tables))
+        try:
+            self.request_snapshot(tables)
+        except DbmazzError as exc:
+            log.warning("could not load %s again: %s (restart dbmazz to do it)",
+                        ", ".join(tables), exc.message)
+        return True
 
     @staticmethod
     def _check_tables(engine: Engine, names: list[str]) -> None:

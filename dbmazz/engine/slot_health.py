@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -17,6 +18,7 @@ import psycopg
 from dbmazz.errors import DbmazzError
 from dbmazz.log import human_bytes
 from dbmazz.source.database import SourceDatabase
+from dbmazz.source.publication import unpublished
 from dbmazz.source.slots import read_slots
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,21 @@ class SlotHealth:
     retained_bytes: int | None = None
     wal_status: str | None = None
     safe_wal_size: int | None = None
+    #: Configured tables the publication no longer publishes ('schema.table').
+    unpublished: tuple[str, ...] = ()
     #: Why the slot needs attention ("" when it does not).
     warning: str = ""
     #: Why it could not be sampled ("" when the sample is fresh).
     error: str = ""
     sampled_at: float = 0.0
+
+
+def unpublished_warning(publication: str, tables: Sequence[str]) -> str:
+    if not tables:
+        return ""
+    return (f"publication {publication!r} no longer publishes {', '.join(tables)}: their "
+            "changes are not decoded; restart dbmazz (setup adds them back and loads their "
+            "rows again)")
 
 
 def assess(slot: str, retained: int | None, wal_status: str | None, safe: int | None,
@@ -66,9 +78,18 @@ class SlotMonitor:
 
     settle_s = 60.0
 
-    def __init__(self, dsn: str, slot: str, warn_bytes: int, interval_s: float = 10.0) -> None:
+    def __init__(self, dsn: str, slot: str, warn_bytes: int, interval_s: float = 10.0, *,
+                 publication: str = "", tables: Sequence[tuple[str, str]] = (),
+                 on_unpublished: Callable[[list[str]], bool] | None = None) -> None:
         self.dsn = dsn
         self.slot = slot
+        #: The configured tables, checked to be still published ('' publication: not).
+        self.publication = publication
+        self.tables = list(tables)
+        #: Called with the tables a sample finds newly unpublished; False: not handled
+        #: yet, call again at the next sample.
+        self.on_unpublished = on_unpublished
+        self._unpublished: tuple[str, ...] = ()
         self.warn_bytes = warn_bytes
         self.interval_s = interval_s
         self._latest: SlotHealth | None = None
@@ -106,6 +127,7 @@ class SlotMonitor:
                     conn.close()
                 conn = None
             self._log_warning()
+            self._report_unpublished()
             latest = self._latest
             if latest is not None and latest.active:
                 settling_until = 0.0
@@ -120,18 +142,28 @@ class SlotMonitor:
             return SlotHealth(self.slot, False, warning=f"slot {self.slot} does not exist",
                               sampled_at=time.time())
         row = rows[0]
+        missing = tuple(f"{s}.{t}" for s, t in unpublished(conn, self.publication, self.tables)
+                        ) if self.publication else ()
+        warnings = (assess(self.slot, row.retained_bytes, row.wal_status, row.safe_wal_size,
+                           self.warn_bytes), unpublished_warning(self.publication, missing))
         return SlotHealth(
             self.slot, True, row.active, row.active_pid, row.retained_bytes, row.wal_status,
-            row.safe_wal_size,
-            assess(self.slot, row.retained_bytes, row.wal_status, row.safe_wal_size,
-                   self.warn_bytes),
+            row.safe_wal_size, missing, "; ".join(w for w in warnings if w),
             sampled_at=time.time())
+
+    def _report_unpublished(self) -> None:
+        latest = self._latest
+        if latest is None or latest.error or not latest.exists:
+            return  # not sampled: nothing known
+        new = [t for t in latest.unpublished if t not in self._unpublished]
+        handled = not new or self.on_unpublished is None or self.on_unpublished(new)
+        self._unpublished = tuple(t for t in latest.unpublished if handled or t not in new)
 
     def _log_warning(self) -> None:
         """Log a warning when one appears or changes its cause (not on every sample)."""
         latest = self._latest
         warning = latest.warning if latest is not None else ""
-        cause = ((latest.wal_status or "", warning.split(" ")[2:4])
+        cause = ((latest.wal_status or "", warning.split(" ")[2:4], latest.unpublished)
                  if latest is not None and warning else None)
         if cause is not None and cause != self._warned:
             log.warning("%s", warning)

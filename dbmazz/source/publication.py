@@ -143,6 +143,22 @@ def check_partitions(conn: psycopg.Connection, publication: str,
             )
 
 
+def unpublished(conn: psycopg.Connection, publication: str,
+                tables: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``(schema, table)`` pairs ``publication`` does not publish (anymore): dropped
+    from it by hand, or the publication or the table itself dropped."""
+    rows = conn.execute(
+        """
+        SELECT x.s, x.t FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(s, t, i)
+        WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+                          WHERE p.pubname = %s AND p.schemaname = x.s AND p.tablename = x.t)
+        ORDER BY x.i
+        """,
+        ([s for s, _ in tables], [t for _, t in tables], publication),
+    ).fetchall()
+    return [(str(s), str(t)) for s, t in rows]
+
+
 def _published_oids(conn: psycopg.Connection, publication: str) -> set[int]:
     rows = conn.execute(
         """

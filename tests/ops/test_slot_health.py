@@ -123,3 +123,93 @@ def test_a_slot_that_becomes_active_after_the_first_sample_shows_active_soon(
                        "a sample of the active slot", 60)
     finally:
         monitor.stop()
+
+
+def test_a_table_dropped_from_the_publication_while_streaming_is_reported(
+        pg_db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.WARNING, logger="dbmazz")
+    pg_db.execute("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+    pg_db.execute('CREATE TABLE public."Odd Name" (id int PRIMARY KEY)')
+    monkeypatch.setattr(EngineService, "slot_sample_interval_s", 0.2)
+    config = duckdb_config(pg_db, tmp_path, ["public.t", 'public."Odd Name"'],
+                           snapshot="never", heartbeat_interval_s=0)
+    service = EngineService(config, sink=DuckDBSink(config.duckdb_path))
+    service.start()
+
+    def warning() -> str:
+        health = service.status().slot_health
+        return health.warning if health is not None else ""
+
+    try:
+        eventually(lambda: service.serving, "streaming", 120)
+        eventually(lambda: (h := service.status().slot_health) is not None and h.active,
+                   "an active slot sample", 60)
+        assert warning() == ""
+        pg_db.execute(f'ALTER PUBLICATION {config.publication_name} DROP TABLE public."Odd Name"')
+        eventually(lambda: "Odd Name" in warning(), "the unpublished-table warning", 60)
+        health = service.status().slot_health
+        assert health is not None and health.unpublished == ("public.Odd Name",)
+        assert warning() == (f"publication '{config.publication_name}' no longer publishes "
+                             "public.Odd Name: their changes are not decoded; restart dbmazz "
+                             "(setup adds them back and loads their rows again)")
+        logged = lambda: sum("no longer publishes" in r.getMessage()  # noqa: E731
+                             for r in caplog.records)
+        eventually(lambda: logged() > 0, "the warning in the log", 60)
+        eventually(lambda: (h := service.status().slot_health) is not None
+                   and h.sampled_at > health.sampled_at + 0.5, "later samples", 60)
+        assert logged() == 1  # once, not at every sample
+        pg_db.execute(f'ALTER PUBLICATION {config.publication_name} ADD TABLE public."Odd Name"')
+        eventually(lambda: warning() == "", "the warning to clear", 60)
+    finally:
+        service.stop(timeout=60)
+        if service.engine is not None:
+            service.engine.sink.close()
+
+
+def test_a_table_dropped_from_the_publication_while_streaming_is_loaded_again(
+        pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under SNAPSHOT=initial the engine adds it back and loads it again (an on-demand
+    snapshot), so the rows changed while it was out are loaded."""
+    from dbmazz.testing.compare import compare, duckdb_fetcher
+
+    pg_db.execute("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+    pg_db.execute("INSERT INTO public.t SELECT g, 'before' FROM generate_series(1, 200) g")
+    monkeypatch.setattr(EngineService, "slot_sample_interval_s", 0.2)
+    config = duckdb_config(pg_db, tmp_path, ["public.t"], heartbeat_interval_s=0)
+    sink = DuckDBSink(config.duckdb_path)
+    service = EngineService(config, sink=sink)
+    service.start()
+    try:
+        eventually(lambda: service.serving, "streaming", 120)
+        with pg_db.connect() as conn, conn.transaction():
+            # In one transaction: the changes after the DROP are not decoded.
+            conn.execute(f"ALTER PUBLICATION {config.publication_name} DROP TABLE public.t")
+            conn.execute("UPDATE public.t SET v = 'while out' WHERE id % 2 = 0")
+            conn.execute("DELETE FROM public.t WHERE id % 5 = 0")
+            conn.execute("INSERT INTO public.t VALUES (1000, 'while out')")
+
+        def reloaded() -> bool:
+            progress = service.status().snapshot
+            return (progress is not None and progress.kind == "on_demand"
+                    and progress.tables_done == 1)
+        eventually(reloaded, "the table's rows to be loaded again", 120)
+        pg_db.execute("UPDATE public.t SET v = 'after' WHERE id % 3 = 0")
+        engine = service.engine
+        assert engine is not None
+        [(lsn,)] = pg_db.query("SELECT pg_logical_emit_message(true, 'm', 'x')::text")
+        from dbmazz.lsn import parse_lsn
+        assert engine.wait_durable(parse_lsn(str(lsn)), 120)
+        with pg_db.connect() as conn:
+            diff = compare(conn, "public", "t", ["id"],
+                           duckdb_fetcher(sink.query, "public", "t"))
+        # Rows deleted while it was out stay until `dbmazz verify --repair` (docs/snapshot.md).
+        assert not diff.missing_in_target and not diff.different, str(diff)
+        assert sorted(k for (k,) in diff.unexpected_in_target) == list(range(5, 201, 5))
+        [(published,)] = pg_db.query(
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = %s",
+            (config.publication_name,))
+        assert published == 1
+    finally:
+        service.stop(timeout=60)
+        sink.close()
