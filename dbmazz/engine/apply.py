@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dbmazz.engine.audit import AuditLog
-from dbmazz.errors import SinkError, SinkReplayRequired
+from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
 from dbmazz.pipeline.batch import LoadResult, SplitPart, TableBatch, TableSchema
 from dbmazz.pipeline.batcher import Flush, RowsStep, SchemaStep, Step, TruncateStep, join_slabs
 from dbmazz.pipeline.carry import carry_columns, carry_keys, resolve_carries
@@ -91,6 +91,8 @@ class FlushApplier:
 
     def apply(self, flush: Flush) -> None:
         """Apply every step of ``flush``; return when all are durable, raise on failure."""
+        for steps in flush.steps.values():
+            self._refuse_renamed(steps, flush.split)
         futures = [
             self._pool.submit(self._apply_table, steps, flush)
             for steps in flush.steps.values()
@@ -104,6 +106,32 @@ class FlushApplier:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _refuse_renamed(self, steps: list[Step], split: SplitPart | None) -> None:
+        """Changes of a replicated table renamed out of TABLES arrive under a name that is
+        passed over like any table of a shared publication: stop instead of losing them
+        (before anything of this flush is written, so nothing after them is confirmed)."""
+        for step in steps:
+            if isinstance(step, SchemaStep) or self.schemas.accepts(step.relation):
+                continue
+            if isinstance(step, TruncateStep):
+                committed = step.lsn
+            elif step.slabs:
+                committed = max((int(s.commit_lsns.max()) for s in step.slabs if len(s)),
+                                default=0)
+            else:
+                committed = split.commit_lsn if split else 0
+            old = self.schemas.renamed_from(step.relation, committed)
+            if old is None:
+                continue
+            new, target = step.relation.qualified_name, self.schemas.table(step.relation.oid)
+            raise SetupError(
+                f"table {old} was renamed to {new} at the source, so its changes now arrive "
+                "under a name TABLES does not list",
+                f"put {new} in TABLES in place of {old} and restart (TABLE_MAP={new}:"
+                f"{target.target_name} keeps the target table's name): nothing after the "
+                "last loaded change was confirmed",
+            )
 
     # ------------------------------------------------------------------ per table
     def _apply_table(self, steps: list[Step], flush: Flush) -> None:

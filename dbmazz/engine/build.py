@@ -17,7 +17,12 @@ from dbmazz.errors import ConfigError, SetupError, SourceConnectionError
 from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
 from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink, TargetChecked
-from dbmazz.source.catalog import describe_relations, load_column_types, split_table_name
+from dbmazz.source.catalog import (
+    describe_relations,
+    load_column_types,
+    split_table_name,
+    wal_position,
+)
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.pgoutput import Relation
 from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
@@ -160,12 +165,15 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
             relations = describe_relations(conn, [*source.tables, *extra],
                                            config.publication_name)
             types = load_column_types(conn, relations.values())
+            # After the catalog read: a change committed later under another name is one
+            # made after a rename (SchemaCache.renamed_from).
+            described_at = wal_position(conn)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
     schemas = SchemaCache(keys.resolve, config.table_map, types, accept=keys.replicated)
     tables = []
     for relation in relations.values():
-        schemas.on_relation(relation)
+        schemas.on_relation(relation, described_at)
         tables.append(schemas.table(relation.oid))
     _check_target_names(tables)
     inner = sink or make_sink(config)

@@ -409,7 +409,7 @@ class Batcher:
         parsed = pgoutput.parse_message(message, lsn=lsn)
         if isinstance(parsed, Relation):
             self._pieces.append(_Shape(parsed))
-            delta = self.schemas.on_relation(parsed)
+            delta = self.schemas.on_relation(parsed, self._txn_lsn)
             if delta is not None and (delta.before is None or not delta.is_empty):
                 self._pieces.append(_Control(parsed.oid, SchemaStep(delta, parsed)))
         elif isinstance(parsed, pgoutput.Type):
@@ -494,7 +494,11 @@ class Batcher:
             for group in np.split(order, bounds):
                 oid = int(piece.oids[group[0]])
                 table_steps = steps.setdefault(oid, [])
-                if not table_steps or not isinstance(table_steps[-1], RowsStep):
+                # A new shape starts a new step even when no SchemaStep came with it (a
+                # column dropped and added again under its name moves to the end: same
+                # names and types, another order), so rows decode with their own shape.
+                if (not table_steps or not isinstance(table_steps[-1], RowsStep)
+                        or table_steps[-1].relation != shape[oid]):
                     table_steps.append(RowsStep(shape[oid]))
                 step = table_steps[-1]
                 assert isinstance(step, RowsStep)

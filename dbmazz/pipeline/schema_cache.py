@@ -77,6 +77,8 @@ class SchemaCache:
         self.types = types if types is not None else TypeRegistry()
         self._relations: dict[int, Relation] = {}
         self._tables: dict[int, TableSchema] = {}
+        #: oid → the replicated name it last had, and the latest commit LSN it had it at.
+        self._replicated_as: dict[int, tuple[str, int]] = {}
 
     def target_name(self, relation: Relation) -> str:
         return (
@@ -85,15 +87,20 @@ class SchemaCache:
             or relation.name
         )
 
-    def on_relation(self, relation: Relation) -> SchemaDelta | None:
-        """Cache a Relation message; return the delta when its content changed."""
+    def on_relation(self, relation: Relation, commit_lsn: int = 0) -> SchemaDelta | None:
+        """Cache a Relation message of a transaction committing at ``commit_lsn`` (or a
+        relation read from the catalog when the WAL was at ``commit_lsn``); return the
+        delta when its content changed."""
         if not self.accepts(relation):
             self._relations[relation.oid] = relation  # truncates name it; never built
             return None
+        _, at = self._replicated_as.get(relation.oid, ("", 0))
+        self._replicated_as[relation.oid] = (relation.qualified_name, max(at, commit_lsn))
         previous = self._relations.get(relation.oid)
         if previous == relation and relation.oid in self._tables:
             return None
         table = self.build(relation)
+        _check_identity(relation, table.key_columns)
         before = self._tables.get(relation.oid)
         self._relations[relation.oid] = relation
         self._tables[relation.oid] = table
@@ -103,6 +110,17 @@ class SchemaCache:
         """Whether ``relation`` is one of the replicated tables (asked each time: an
         on-demand snapshot can add a table while streaming)."""
         return self._accept is None or self._accept(relation)
+
+    def renamed_from(self, relation: Relation, commit_lsn: int) -> str | None:
+        """The replicated name of a table whose changes, committed at ``commit_lsn``,
+        arrive under ``relation``'s name, which is not replicated: the table was renamed
+        (or moved to another schema) after it had that name. None when it was not, and when
+        the changes predate the name (a replay from before a rename into TABLES: renaming
+        waits for every transaction writing the table, so they commit before it)."""
+        name, at = self._replicated_as.get(relation.oid, ("", 0))
+        if not name or name == relation.qualified_name or commit_lsn <= at:
+            return None
+        return name
 
     def relation(self, oid: int) -> Relation:
         return self._relations[oid]
@@ -147,6 +165,24 @@ class SchemaCache:
             key_columns=keys,
             target_name=self.target_name(relation),
             replica_identity=relation.replica_identity,
+        )
+
+
+def _check_identity(relation: Relation, keys: Sequence[str]) -> None:
+    """Under REPLICA IDENTITY DEFAULT or USING INDEX a Relation message flags the key
+    columns: other ones than the key dbmazz loads by mean the table's primary key changed
+    while streaming. Merged and loaded by the old key, rows that share it would overwrite
+    each other in the target, and key changes would leave their old rows behind."""
+    if relation.replica_identity not in ("d", "i"):
+        return  # FULL flags every column; NOTHING none
+    if set(relation.identity_columns) != set(keys):
+        raise SetupError(
+            f"the primary key of {relation.qualified_name} changed while streaming: its "
+            f"replica identity is ({', '.join(relation.identity_columns) or 'none'}), the "
+            f"target is keyed by ({', '.join(keys)})",
+            f"take {relation.qualified_name} out of TABLES and restart until the checkpoint "
+            "passes the change (`dbmazz status`), drop its target table, then put it back in "
+            "TABLES and restart: it is loaded afresh with the new key",
         )
 
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 from dbmazz.contract import AUDIT_COLUMNS, AUDIT_NAMES
 from dbmazz.errors import SetupError, SinkError
 from dbmazz.pipeline.batch import LoadResult, SchemaDelta, SplitPart, TableBatch, TableSchema
-from dbmazz.sink.duckdb_types import duckdb_mismatches, duckdb_type
+from dbmazz.sink.duckdb_types import column_types, duckdb_mismatches, duckdb_type, holds
 from dbmazz.sink.rejected import (
     MAX_REJECTED_PER_LOAD,
     REJECTED_KEY,
@@ -261,12 +261,21 @@ class DuckDBSink:
             return
         with self._ddl_lock:
             cur = self._cursor()
+            # Columns whose target type cannot take what the new shape sends: retyped at
+            # the source, or dropped and added again under their name with another type
+            # (kept, the old type would cast the new values: 1.5 into an INTEGER is 2). A
+            # target column that takes every new value already is left as it is: a
+            # narrowing, or the older shape a replay after a crash shows first.
+            changed = {c.name for c in delta.added} | {new.name for _, new in delta.retyped}
+            have = column_types(cur, table)
+            cannot = {c.name for c in table.columns if c.name in changed and c.name in have
+                      and not holds(duckdb_type(c.arrow_type), have[c.name])}
             for spec in delta.added:
                 cur.execute(
                     f"ALTER TABLE {self.target(table)} ADD COLUMN IF NOT EXISTS "
                     f"{quote(spec.name)} {duckdb_type(spec.arrow_type)}"
                 )
-            for old, new in delta.retyped:
+            for new in (c for c in table.columns if c.name in cannot):
                 if new.name in table.key_columns:
                     raise SinkError(
                         f"primary key column {new.name} of {table.source_name} changed type",
@@ -277,8 +286,8 @@ class DuckDBSink:
                     f"ALTER TABLE {self.target(table)} ALTER COLUMN {quote(new.name)} "
                     f"TYPE {duckdb_type(new.arrow_type)}"
                 )
-                log.info("retyped %s.%s: %s -> %s", table.source_name, new.name,
-                         old.arrow_type, new.arrow_type)
+                log.info("retyped %s.%s to %s", table.source_name, new.name,
+                         duckdb_type(new.arrow_type))
             if delta.dropped:
                 self._dropped.setdefault(table.source_name, set()).update(delta.dropped)
             # A re-added column is live again.

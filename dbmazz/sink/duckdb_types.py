@@ -78,16 +78,33 @@ def _verdict(sent: str, actual: str) -> tuple[Severity, str] | None:
     return compare(_compared(s), _compared(a))
 
 
+def holds(sent: str, actual: str) -> bool:
+    """Whether a column of DuckDB type ``actual`` keeps every value of type ``sent`` as it
+    is, meaning the same (a TIMESTAMP and a TIMESTAMPTZ do not: DuckDB casts between them
+    in its session time zone)."""
+    zoned = {"TIMESTAMPTZ", "TIMESTAMP WITH TIME ZONE"}
+    s, a = sent.strip().upper(), actual.strip().upper()
+    if s.startswith("TIMESTAMP") and a.startswith("TIMESTAMP") and (s in zoned) != (a in zoned):
+        return False
+    verdict = _verdict(sent, actual)
+    return verdict is None or verdict[0] == "warning"
+
+
+def column_types(con: duckdb.DuckDBPyConnection, table: TableSchema) -> dict[str, str]:
+    """The target table's column types by name (empty when it does not exist)."""
+    return {str(name): str(kind) for name, kind in con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = ? AND table_name = ?",
+        [table.namespace, table.target_name]).fetchall()}
+
+
 def duckdb_mismatches(con: duckdb.DuckDBPyConnection,
                       tables: Sequence[TableSchema]) -> list[TypeMismatch]:
     from dbmazz.sink.starrocks.typecheck import TypeMismatch
 
     out = []
     for table in tables:
-        actual = dict(con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ?",
-            [table.namespace, table.target_name]).fetchall())
+        actual = column_types(con, table)
         for spec in table.columns:
             have = actual.get(spec.name)
             if have is None:

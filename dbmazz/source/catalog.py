@@ -97,6 +97,14 @@ def describe_relations(conn: psycopg.Connection, tables: Sequence[str],
     return out
 
 
+def wal_position(conn: psycopg.Connection) -> int:
+    """The server's WAL position now (on a standby: how far it has replayed)."""
+    row = conn.execute(
+        "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+        " ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def load_column_types(conn: psycopg.Connection, relations: Iterable[Relation],
                       registry: TypeRegistry | None = None) -> TypeRegistry:
     """Describe the non-built-in types of ``relations``' columns in ``registry`` (a new

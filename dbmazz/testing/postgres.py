@@ -195,6 +195,8 @@ class PostgresServer:
                         break
                     except psycopg.errors.ObjectInUse:
                         time.sleep(0.05)
+                    except psycopg.errors.UndefinedObject:
+                        break  # a temporary slot, gone with its terminated session
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )

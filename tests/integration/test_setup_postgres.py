@@ -95,7 +95,7 @@ def test_existing_slot_and_new_table_warns_about_snapshot(pg_db: Database) -> No
     setup_source(pg_db.dsn, ["orders"], "pub", "s1")
     result = setup_source(pg_db.dsn, ["orders", "Sales.Orders"], "pub", "s1")
     assert result.tables_added == ("Sales.Orders",)
-    assert any("take a snapshot" in w for w in result.warnings)
+    assert any("an on-demand snapshot loads their existing rows" in w for w in result.warnings)
 
 
 def test_missing_tables_are_listed_in_one_error_and_nothing_changes(pg_db: Database) -> None:

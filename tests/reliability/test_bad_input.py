@@ -389,3 +389,68 @@ def test_a_value_starrocks_rejects_stops_with_the_row_and_the_fix(env: Env) -> N
     assert parse_lsn(str(slot_lsn)) < parse_lsn(str(after))  # the failed one is not confirmed
     assert [r["id"] for r in env.sr.rows("bad", "t")] == [1]
     engine.sink.close()
+
+
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE public.t RENAME TO renamed",
+    "ALTER TABLE public.t SET SCHEMA elsewhere",
+], ids=["rename", "set-schema"])
+def test_a_table_renamed_while_streaming_stops_with_the_fix(env: Env, change: str) -> None:
+    """Its changes arrive under the new name, which is not in TABLES: passing them over
+    would lose them silently. The engine stops, names both names, and confirms nothing
+    past the last change it loaded; following the fix loads everything."""
+    db = env.db
+    db.execute("CREATE SCHEMA elsewhere")
+    config = env.config()
+    sink = DuckDBSink(config.duckdb_path)
+    with running(build_live_engine(config, sink=sink)) as engine:
+        db.execute("INSERT INTO public.t VALUES (1, 'before')")
+        wait_until_loaded(engine, mark(db))
+        db.execute(change)
+        new_name = "public.renamed" if "RENAME" in change else "elsewhere.t"
+        db.execute(f"INSERT INTO {new_name} VALUES (2, 'after')")
+        db.execute(f"UPDATE {new_name} SET v = 'changed' WHERE id = 1")
+        with pytest.raises(SetupError) as failed:
+            engine.wait(120)
+        assert engine.progress.state == RunState.FAILED
+        error = failed.value
+        assert error.message == (
+            f"table public.t was renamed to {new_name} at the source, so its changes now "
+            "arrive under a name TABLES does not list")
+        assert error.hint == (
+            f"put {new_name} in TABLES in place of public.t and restart (TABLE_MAP="
+            f"{new_name}:t keeps the target table's name): nothing after the last loaded "
+            "change was confirmed")
+    assert sink.query("SELECT id, v FROM public.t ORDER BY id") == [(1, "before")]
+    fixed = env.config(tables=new_name, table_map=f"{new_name}:t", snapshot="initial")
+    # DuckDB keeps the source's schema: a table moved to another schema loads there.
+    target = f"{new_name.split('.')[0]}.t"
+    with running(build_live_engine(fixed, sink=sink)):
+        poll(lambda: sink.query(f"SELECT id, v FROM {target} ORDER BY id")
+             == [(1, "changed"), (2, "after")], "the renamed table's changes", 120)
+    sink.close()
+
+
+def test_a_table_renamed_while_stopped_replays_under_its_new_name(env: Env) -> None:
+    """A restart with the new name in TABLES replays changes made under the old name before
+    the rename: history, not a rename to refuse."""
+    db = env.db
+    config = env.config()
+    sink = DuckDBSink(config.duckdb_path)
+    with running(build_live_engine(config, sink=sink)) as engine:
+        db.execute("INSERT INTO public.t VALUES (1, 'before')")
+        wait_until_loaded(engine, mark(db))
+    db.execute("UPDATE public.t SET v = 'old name' WHERE id = 1")
+    db.execute("INSERT INTO public.t VALUES (2, 'old name')")
+    db.execute("ALTER TABLE public.t RENAME TO renamed")
+    db.execute("INSERT INTO public.renamed VALUES (3, 'new name')")
+    fixed = env.config(tables="public.renamed", table_map="public.renamed:t",
+                       snapshot="initial")
+    with running(build_live_engine(fixed, sink=sink)) as engine:
+        poll(lambda: sink.query("SELECT id, v FROM public.t ORDER BY id")
+             == [(1, "old name"), (2, "old name"), (3, "new name")], "every change", 120)
+        db.execute("UPDATE public.renamed SET v = 'later' WHERE id = 2")
+        wait_until_loaded(engine, mark(db))
+        assert engine.progress.state != RunState.FAILED
+    assert sink.query("SELECT v FROM public.t WHERE id = 2") == [("later",)]
+    sink.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbmazz.errors import ProtocolError
+from dbmazz.errors import ProtocolError, SetupError
 from dbmazz.pipeline.batch import SplitPart
 from dbmazz.pipeline.batcher import Batcher, Flush, RowsStep, SchemaStep, TruncateStep
 from dbmazz.pipeline.schema_cache import SchemaCache, keys_from_map
@@ -169,6 +169,45 @@ def test_relation_change_orders_rows_around_the_schema_step() -> None:
     assert after.relation == T1_WIDER and after.rows == 1
     delta = flush.steps[T1.oid][2]
     assert isinstance(delta, SchemaStep) and [c.name for c in delta.delta.added] == ["x"]
+
+
+def test_a_new_column_order_without_a_schema_change_starts_a_new_step() -> None:
+    # DROP COLUMN v + ADD COLUMN v: same names and types, v now last. No schema step (the
+    # sink has nothing to change), but the rows after it decode with the new order.
+    wide = Relation(16384, "public", "a", "d", (
+        RelationColumn("id", 20, -1, True), RelationColumn("v", 25, -1, False),
+        RelationColumn("w", 25, -1, False)))
+    moved = Relation(16384, "public", "a", "d", (
+        RelationColumn("id", 20, -1, True), RelationColumn("w", 25, -1, False),
+        RelationColumn("v", 25, -1, False)))
+    b = make()
+    b.add(chunk(wal.relation(wide), txn(100, wal.insert(wide.oid, ["1", "v1", "w1"]),
+                                         wal.relation(moved),
+                                         wal.insert(wide.oid, ["2", "w2", "v2"]))))
+    [flush] = b.drain()
+    kinds = [type(s).__name__ for s in flush.steps[wide.oid]]
+    assert kinds == ["SchemaStep", "RowsStep", "RowsStep"]
+    first, second = flush.steps[wide.oid][1:]
+    assert isinstance(first, RowsStep) and isinstance(second, RowsStep)
+    assert (first.relation, first.rows) == (wide, 1)
+    assert (second.relation, second.rows) == (moved, 1)
+
+
+def test_a_changed_primary_key_in_a_relation_message_is_an_error() -> None:
+    # Under REPLICA IDENTITY DEFAULT the Relation message flags the key columns: another
+    # key than the one dbmazz loads by is a primary key changed while streaming.
+    rekeyed = Relation(16384, "public", "a", "d", (
+        RelationColumn("id", 20, -1, True), RelationColumn("v", 25, -1, True)))
+    b = Batcher(SchemaCache(keys_from_map({"public.a": ["id"]})), flush_rows=1000,
+                flush_bytes=1 << 30, flush_interval_ms=1000, clock=Clock())
+    b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]))))
+    with pytest.raises(SetupError, match=r"primary key of public\.a changed while streaming"):
+        b.add(chunk(wal.relation(rekeyed), txn(200, wal.insert(T1.oid, ["1", "y"]))))
+    full = Relation(16384, "public", "a", "f", (
+        RelationColumn("id", 20, -1, True), RelationColumn("v", 25, -1, True)))
+    b = Batcher(SchemaCache(keys_from_map({"public.a": ["id"]})), flush_rows=1000,
+                flush_bytes=1 << 30, flush_interval_ms=1000, clock=Clock())
+    b.add(chunk(wal.relation(T1), wal.relation(full)))  # FULL flags every column: no sign
 
 
 def test_truncate_is_a_step_between_rows() -> None:

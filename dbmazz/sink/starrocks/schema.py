@@ -212,6 +212,8 @@ def apply_delta(catalog: Catalog, delta: SchemaDelta, settings: StarRocksSetting
     target = prepare_table(catalog, schema, settings, report)
     if settings.setup == "skip":
         return target
+    from dbmazz.sink.starrocks.typecheck import compare
+
     keys = {k.lower() for k in schema.key_columns}
     for old, new in delta.retyped:
         current = target.column(new.name)
@@ -223,9 +225,11 @@ def apply_delta(catalog: Catalog, delta: SchemaDelta, settings: StarRocksSetting
             new_sql = column_type(new, key=is_key, opts=settings.type_options)
         except UnsupportedType as exc:
             raise SetupError(f"cannot map {schema.source_name}.{new.name}: {exc}") from None
-        if same_type(normalise_info_type(current.column_type), new_sql) or same_type(
-            old_sql, new_sql
-        ):
+        held = normalise_info_type(current.column_type)
+        if same_type(held, new_sql) or same_type(old_sql, new_sql) or compare(new_sql,
+                                                                              held) is None:
+            # The column takes every value of the new type as it is: a narrowing, or the
+            # older shape a replay after a crash shows before the newer one.
             continue
         where = f"{catalog.db}.{schema.target_name}.{new.name}"
         if is_key or not is_safe_widening(old_sql, new_sql):
@@ -237,15 +241,49 @@ def apply_delta(catalog: Catalog, delta: SchemaDelta, settings: StarRocksSetting
                 f"{current.column_type} and cannot be converted to {new_sql} without loss",
                 "alter the StarRocks column yourself (or recreate the table) and restart",
             )
-        catalog.alter(
-            schema.target_name,
-            modify_column_sql(catalog.db, schema.target_name, current.name, new_sql),
-            done=_type_check(new.name, new_sql),
-        )
-        log.info("changed %s to %s", where, new_sql)
-        described = catalog.describe(schema.target_name)
-        if described is not None:
-            target = described
+        target = _modify(catalog, schema, current.name, new_sql)
+    return _retype_readded(catalog, delta, target, settings)
+
+
+def _modify(catalog: Catalog, schema: TableSchema, name: str, new_sql: str) -> TargetTable:
+    """MODIFY COLUMN ``name`` to ``new_sql`` and wait for it; the table afterwards."""
+    catalog.alter(
+        schema.target_name,
+        modify_column_sql(catalog.db, schema.target_name, name, new_sql),
+        done=_type_check(name, new_sql),
+    )
+    log.info("changed %s.%s.%s to %s", catalog.db, schema.target_name, name, new_sql)
+    described = catalog.describe(schema.target_name)
+    if described is None:
+        raise SetupError(f"StarRocks table {catalog.db}.{schema.target_name} disappeared")
+    return described
+
+
+def _retype_readded(catalog: Catalog, delta: SchemaDelta, target: TargetTable,
+                    settings: StarRocksSettings) -> TargetTable:
+    """Columns added at the source that the target still holds with a type that cannot
+    take their values (dropped and added again under the same name with another type):
+    widened like a retyped column, or an error naming them."""
+    from dbmazz.sink.starrocks.typecheck import type_mismatches
+
+    schema = delta.after
+    if delta.before is None:
+        return target  # the first shape of a run: setup's checks apply, not a change
+    added = {c.name.lower() for c in delta.added}
+    keys = {k.lower() for k in schema.key_columns}
+    for mismatch in type_mismatches(schema, target, settings.type_options):
+        if mismatch.column.lower() not in added or mismatch.severity == "warning":
+            continue
+        if mismatch.column.lower() in keys or not is_safe_widening(mismatch.actual,
+                                                                   mismatch.sent):
+            raise SetupError(
+                f"{schema.source_name}.{mismatch.column} was added at the source as "
+                f"{mismatch.sent}, but StarRocks column {catalog.db}.{schema.target_name}."
+                f"{mismatch.column} (there already: a column dropped earlier, or made by hand) is "
+                f"{mismatch.actual} and cannot take its values ({mismatch.why})",
+                "alter or drop the StarRocks column yourself and restart",
+            )
+        target = _modify(catalog, schema, mismatch.column, mismatch.sent)
     return target
 
 
