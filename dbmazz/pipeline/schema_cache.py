@@ -9,12 +9,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
+from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import ColumnSpec, SchemaDelta, TableSchema
 from dbmazz.source.pgoutput import Relation
 from dbmazz.source.types import BUILTIN_TYPE_NAMES, TypeRegistry, arrow_type
 
 KeyResolver = Callable[[Relation], tuple[str, ...]]
+
+_AUDIT_LOWER = frozenset(name.lower() for name in AUDIT_NAMES)
 
 
 class TableKeys:
@@ -140,6 +143,15 @@ class SchemaCache:
         known before the key map holds it."""
         keys = tuple(keys) if keys is not None else self._keys(relation)
         names = set(relation.column_names)
+        # Target column names compare without case (StarRocks, DuckDB).
+        taken = sorted(n for n in names if n.lower() in _AUDIT_LOWER)
+        if taken:
+            raise SetupError(
+                f"{relation.qualified_name} has column(s) {', '.join(taken)}: dbmazz names "
+                "its audit columns so in every target table",
+                "rename the column(s) at the source, or leave them out with a column list "
+                "on the publication (PostgreSQL 15+)",
+            )
         missing = [k for k in keys if k not in names]
         if missing:
             raise SetupError(

@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from dbmazz import retry
+from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import (
     DbmazzError,
     SetupError,
@@ -303,6 +304,30 @@ def _keyless_error(names: Sequence[str]) -> SetupError:
         "add a PRIMARY KEY, or create a UNIQUE index on NOT NULL columns and run "
         "`ALTER TABLE ... REPLICA IDENTITY USING INDEX <index>` (then set "
         "REPLICA_IDENTITY=keep)",
+    )
+
+
+def _audit_name_clash(conn: psycopg.Connection, tables: Sequence[_Table]) -> SetupError | None:
+    """Columns named like the audit columns every target table carries (compared without
+    case, as StarRocks and DuckDB compare column names)."""
+    rows = conn.execute(
+        "SELECT attrelid::int, attname FROM pg_attribute WHERE attrelid = ANY(%s)"
+        " AND attnum > 0 AND NOT attisdropped AND lower(attname) = ANY(%s)"
+        " ORDER BY attrelid, attnum",
+        ([t.oid for t in tables], [n.lower() for n in AUDIT_NAMES]),
+    ).fetchall()
+    if not rows:
+        return None
+    names = {t.oid: t.name for t in tables}
+    clashes: dict[str, list[str]] = {}
+    for oid, column in rows:
+        clashes.setdefault(names[int(oid)], []).append(str(column))
+    return SetupError(
+        "tables with columns named like dbmazz's audit columns "
+        f"({', '.join(AUDIT_NAMES)}): "
+        + ", ".join(f"{t} ({', '.join(cols)})" for t, cols in clashes.items()),
+        "rename the columns at the source, or leave them out with a column list on the "
+        "publication (PostgreSQL 15+)",
     )
 
 
@@ -588,6 +613,7 @@ def setup_source(
         if keyless:
             problems.add(_keyless_error(keyless))
             resolved = [t for t in resolved if t.oid in keys]
+        problems.add(_audit_name_clash(conn, resolved))
         no_changes: list[_Table] = []
         identity_changes = problems.check(lambda: _plan_identity(
             resolved, keys, replica_identity,

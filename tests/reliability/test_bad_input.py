@@ -454,3 +454,28 @@ def test_a_table_renamed_while_stopped_replays_under_its_new_name(env: Env) -> N
         assert engine.progress.state != RunState.FAILED
     assert sink.query("SELECT v FROM public.t WHERE id = 2") == [("later",)]
     sink.close()
+
+
+def test_a_source_column_named_like_an_audit_column_is_refused(env: Env) -> None:
+    """At setup, and when a column is added while streaming: one clear error, not a
+    failure deep in the merge."""
+    db = env.db
+    db.execute('CREATE TABLE public.clash (id int PRIMARY KEY, "DBMAZZ_IS_DELETED" bool)')
+    with pytest.raises(SetupError) as caught:
+        build_live_engine(env.config(tables="public.clash,public.t"))
+    assert caught.value.message == (
+        "tables with columns named like dbmazz's audit columns (dbmazz_op_type, "
+        "dbmazz_is_deleted, dbmazz_synced_at, dbmazz_cdc_version): public.clash "
+        "(DBMAZZ_IS_DELETED)")
+    assert_nothing_created(env)
+    sink = DuckDBSink(env.config().duckdb_path)
+    with running(build_live_engine(env.config(), sink=sink)) as engine:
+        db.execute("INSERT INTO public.t VALUES (1, 'a')")
+        wait_until_loaded(engine, mark(db))
+        db.execute("ALTER TABLE public.t ADD COLUMN dbmazz_cdc_version bigint")
+        db.execute("INSERT INTO public.t VALUES (2, 'b', 7)")
+        with pytest.raises(SetupError) as failed:
+            engine.wait(120)
+    assert failed.value.message.startswith("public.t has column(s) dbmazz_cdc_version:")
+    assert sink.query("SELECT id FROM public.t") == [(1,)]
+    sink.close()
