@@ -119,6 +119,8 @@ class ChunkLoader:
         for chunk in _interleave(chunks):
             self._chunks.put(chunk)
         self._total = len(chunks)
+        #: Every reader locks the tables of the plan first (TableRewrittenError).
+        self._guarded = [tables[name] for name in dict.fromkeys(c.table for c in chunks)]
         self._loaded: queue.Queue[_Loaded | None] = queue.Queue(maxsize=1)
         self._failed = threading.Event()
         self._errors: list[BaseException] = []
@@ -204,7 +206,7 @@ class ChunkLoader:
             try:
                 if reader is None:
                     reader = open_reader(self.reader_kind, self.dsn, self.snapshot_name,
-                                         self.registry, self.stats)
+                                         self.registry, self.stats, self._guarded)
                     self.progress.reader = reader.kind
                 rows = reader.read(table, chunk)
                 break

@@ -31,6 +31,7 @@ from dbmazz.pipeline.batch import TableBatch, TableSchema
 from dbmazz.snapshot.context import LiveEngine, Plan, SnapshotHost, StopCheck
 from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, progress_for
 from dbmazz.snapshot.read import (
+    TableRewrittenError,
     create_temporary_slot,
     emit_marker,
     plan_chunks,
@@ -136,10 +137,18 @@ class OnDemandSnapshot:
                     creation.close()
                     creation = None
                     continue
-                return self._load(plan, schemas, watches)
+                try:
+                    return self._load(plan, schemas, watches)
+                except TableRewrittenError as exc:
+                    log.warning("%s: taking a new watermark (attempt %d)", exc.message,
+                                attempt + 1)
+                    creation.close()
+                    creation = None
+                    continue
             raise SetupError(
-                f"the snapshot of {', '.join(self.tables)} kept meeting TRUNCATEs of the table",
-                "retry when the table is not being truncated",
+                f"the snapshot of {', '.join(self.tables)} kept meeting TRUNCATEs or "
+                "rewrites (VACUUM FULL, CLUSTER, ALTER TABLE … TYPE) of the table",
+                "retry when the table is not being truncated or rewritten",
             )
         finally:
             if creation is not None:

@@ -127,6 +127,13 @@ class SnapshotProgressStore:
             " WHERE slot_name = %s AND table_name = %s AND chunk = %s"
         ).format(self._table), (rows, self.slot, chunk.table, chunk.index))
 
+    def reset(self, tables: Sequence[str], kind: str) -> None:
+        """Mark every ``kind`` chunk of ``tables`` as not done (to be read again)."""
+        self._execute(sql.SQL(
+            "UPDATE {} SET rows = NULL, done_at = NULL"
+            " WHERE slot_name = %s AND kind = %s AND table_name = ANY(%s)"
+        ).format(self._table), (self.slot, kind, list(tables)))
+
     def forget(self, tables: Sequence[str], kind: str) -> None:
         """Delete the ``kind`` plan rows of ``tables``."""
         self._execute(sql.SQL(

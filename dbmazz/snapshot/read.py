@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -85,8 +85,9 @@ MIN_RAMP_PAGES = 64
 _NATIVE_OIDS = frozenset({BOOL, INT2, INT4, INT8, FLOAT4, FLOAT8, TEXT, VARCHAR, BPCHAR, NAME,
                           BYTEA})
 #: Built-in types whose cast to text is a function that differs from the output function
-#: (``inet::text`` keeps ``/32``, ``"char"::text`` skips escapes): read via format().
-_CAST_DIFFERS = frozenset({CHAR, 650, 869})  # "char", cidr, inet
+#: (``inet::text`` keeps ``/32``, ``"char"::text`` skips escapes, ``xml::text`` keeps an
+#: ``<?xml version="1.0"?>`` declaration): read via format().
+_CAST_DIFFERS = frozenset({CHAR, 650, 869, 142})  # "char", cidr, inet, xml
 _FIRST_USER_OID = 10000
 
 
@@ -270,6 +271,44 @@ def typed_table(texts: pa.Table, table: TableSchema, registry: TypeRegistry | No
 
 
 # --- readers ------------------------------------------------------------------------------
+class TableRewrittenError(SourceError):
+    """Tables rewritten (VACUUM FULL, CLUSTER, ALTER TABLE … TYPE, TRUNCATE) after the
+    snapshot was taken and before a reader locked them: their files no longer hold the rows
+    the snapshot sees (a rewrite is not MVCC-safe), so they must be read again under a
+    newer snapshot."""
+
+    def __init__(self, tables: Sequence[str]) -> None:
+        super().__init__(
+            f"{', '.join(tables)} rewritten (VACUUM FULL, CLUSTER, ALTER TABLE … TYPE or "
+            "TRUNCATE) after the snapshot was taken",
+            "dbmazz reads them again under a newer snapshot",
+        )
+        self.tables = tuple(tables)
+
+
+def guard_sql(tables: Sequence[TableSchema]) -> tuple[str, str]:
+    """Statements a reader runs first: lock ``tables`` against rewrites for as long as the
+    snapshot is read (as pg_dump does; reading them would take the same lock, one table at a
+    time), then find those rewritten before the lock (their partitions included)."""
+    names = [f"{quote_ident(t.namespace)}.{quote_ident(t.name)}" for t in tables]
+    regclasses = ", ".join(f"{quote_literal(n)}::regclass" for n in names)
+    return (
+        f"LOCK TABLE {', '.join(names)} IN ACCESS SHARE MODE",
+        # pg_class through the snapshot says which file it saw; pg_relation_filenode reads
+        # the catalog as it is now (current once the lock is held).
+        "SELECT r.source_name, c.oid::regclass::text FROM unnest(ARRAY["
+        f"{', '.join(quote_literal(t.source_name) for t in tables)}], ARRAY[{regclasses}])"
+        " AS r(source_name, oid), LATERAL (SELECT r.oid AS relid UNION"
+        " SELECT relid FROM pg_partition_tree(r.oid)) p"
+        " JOIN pg_class c ON c.oid = p.relid WHERE c.relfilenode <> 0"
+        " AND c.relfilenode IS DISTINCT FROM pg_relation_filenode(c.oid)",
+    )
+
+
+def _rewritten(rows: Sequence[Sequence[Any]]) -> TableRewrittenError | None:
+    return TableRewrittenError(sorted({str(r[0]) for r in rows})) if rows else None
+
+
 class ChunkReader(Protocol):
     """One connection inside one snapshot (exported or its own)."""
 
@@ -309,7 +348,8 @@ class AdbcReader:
     kind = "adbc"
 
     def __init__(self, dsn: str, snapshot_name: str | None, registry: TypeRegistry | None,
-                 stats: DecodeStats | None = None) -> None:
+                 stats: DecodeStats | None = None, guarded: Sequence[TableSchema] = ()
+                 ) -> None:
         import adbc_driver_postgresql.dbapi as adbc
 
         self._registry = registry
@@ -326,6 +366,20 @@ class AdbcReader:
         except adbc.Error as exc:
             self.close()
             raise _snapshot_error(str(exc), snapshot_name, target) from None
+        if guarded:
+            lock, check = guard_sql(guarded)
+            try:
+                self._cursor.execute(lock)
+                self._cursor.execute(check)
+                rewritten = _rewritten(self._cursor.fetchall())
+            except adbc.Error as exc:
+                self.close()
+                lost = isinstance(exc, adbc.OperationalError)
+                raise (SourceConnectionError if lost else SourceError)(
+                    f"locking the snapshot's tables failed: {exc}") from None
+            if rewritten is not None:
+                self.close()
+                raise rewritten
 
     def read(self, table: TableSchema, chunk: Chunk) -> pa.Table:
         import adbc_driver_postgresql.dbapi as adbc
@@ -352,7 +406,8 @@ class CopyReader:
     kind = "copy"
 
     def __init__(self, dsn: str, snapshot_name: str | None, registry: TypeRegistry | None,
-                 stats: DecodeStats | None = None) -> None:
+                 stats: DecodeStats | None = None, guarded: Sequence[TableSchema] = ()
+                 ) -> None:
         self._registry = registry
         self._stats = stats
         target = describe_dsn(dsn)
@@ -366,6 +421,19 @@ class CopyReader:
         except psycopg.Error as exc:
             self._conn.close()
             raise _snapshot_error(str(exc), snapshot_name, target) from None
+        if guarded:
+            lock, check = guard_sql(guarded)
+            try:
+                self._conn.execute(lock)
+                rewritten = _rewritten(self._conn.execute(check).fetchall())
+            except psycopg.Error as exc:
+                self._conn.close()
+                lost = isinstance(exc, psycopg.OperationalError)
+                raise (SourceConnectionError if lost else SourceError)(
+                    f"locking the snapshot's tables failed: {exc}") from None
+            if rewritten is not None:
+                self._conn.close()
+                raise rewritten
 
     def read(self, table: TableSchema, chunk: Chunk) -> pa.Table:
         query = f"COPY ({select_sql(table, chunk, native=False)}) TO STDOUT WITH (FORMAT csv)"
@@ -406,13 +474,15 @@ def parse_csv(data: bytes, table: TableSchema) -> pa.Table:
 
 
 def open_reader(kind: ReaderKind, dsn: str, snapshot_name: str | None,
-                registry: TypeRegistry | None, stats: DecodeStats | None = None) -> ChunkReader:
-    """A reader inside ``snapshot_name`` (or a fresh REPEATABLE READ snapshot when None)."""
+                registry: TypeRegistry | None, stats: DecodeStats | None = None,
+                guarded: Sequence[TableSchema] = ()) -> ChunkReader:
+    """A reader inside ``snapshot_name`` (or a fresh REPEATABLE READ snapshot when None),
+    holding ``guarded`` against rewrites (:func:`guard_sql`)."""
     if kind == "auto":
         kind = "adbc" if adbc_available() else "copy"
     if kind == "adbc":
-        return AdbcReader(dsn, snapshot_name, registry, stats)
-    return CopyReader(dsn, snapshot_name, registry, stats)
+        return AdbcReader(dsn, snapshot_name, registry, stats, guarded)
+    return CopyReader(dsn, snapshot_name, registry, stats, guarded)
 
 
 def _snapshot_error(text: str, snapshot_name: str | None, target: str) -> SourceError:

@@ -50,6 +50,7 @@ from dbmazz.snapshot.progress import (
 from dbmazz.snapshot.read import (
     Chunk,
     TableLayout,
+    TableRewrittenError,
     plan_chunks,
     server_supports_tid_ranges,
     table_layouts,
@@ -60,6 +61,8 @@ from dbmazz.source.setup import SourceSetup
 log = logging.getLogger("dbmazz.snapshot")
 
 _REPORT_EVERY_S = 10.0
+#: Times the initial snapshot reads tables again after finding them rewritten.
+_REWRITE_ATTEMPTS = 3
 
 
 class Snapshots:
@@ -111,11 +114,30 @@ class Snapshots:
             if not self.wants_initial:
                 return True
             plan = self._initial_plan()
-            if plan is None:
-                return True
-            return self.load_plan(plan, INITIAL, should_stop)
+            for attempt in range(1, _REWRITE_ATTEMPTS + 1):
+                if plan is None:
+                    return True
+                try:
+                    return self.load_plan(plan, INITIAL, should_stop)
+                except TableRewrittenError as exc:
+                    if attempt == _REWRITE_ATTEMPTS:
+                        raise
+                    log.warning("%s: reading them again under a newer snapshot", exc.message)
+                    plan = self._read_again(exc.tables)
+            return False  # not reached: the last attempt returns or raises
         finally:
             self.close_exported()
+
+    def _read_again(self, rewritten: Sequence[str]) -> Plan | None:
+        """The plan that reads ``rewritten`` again entirely, and what else is left, each
+        chunk under a fresh snapshot with the same version: the resume of an interrupted
+        snapshot (module docstring), so the result is exact for the same reason."""
+        self.close_exported()
+        store = self.context.store
+        store.reset(rewritten, INITIAL)
+        with self.context.connect() as conn:
+            layouts = table_layouts(conn, list(self.tables), self.context.publication)
+        return self._resume_plan(store.load(INITIAL), layouts)
 
     def close_exported(self) -> None:
         creation = self.source.slot_creation if self.source is not None else None
