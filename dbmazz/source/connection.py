@@ -25,6 +25,8 @@ SESSION_SETTINGS: dict[str, str] = {
     "TimeZone": "UTC",
     "extra_float_digits": "3",
     "IntervalStyle": "postgres",
+    # The default, but a database or role may set 'escape': bytea would decode as NULLs.
+    "bytea_output": "hex",
 }
 
 

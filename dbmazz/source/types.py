@@ -52,6 +52,7 @@ timestamp[tz] ``-infinity`` 0000-01-01 00:00:00 (StarRocks DATETIME min) ``times
 timestamp after 294247 AD   9999-12-31 23:59:59.999999 (int64 overflow)  ``timestamp_out_of_range``
 bytea not in hex format     null                                         ``bytea_not_hex``
 multi-dimensional array     flattened in row-major order into one list   ``array_flattened``
+array ``[0:1]={1,2}``       its elements (a list starts at 1, no bound)  ``array_lower_bound``
 invalid UTF-8 in a string   null                                         ``invalid_utf8``
 any other unparsable text   null                                         ``unparsable``
 =========================== ============================================ ========================
@@ -877,6 +878,8 @@ def _cast_list(col: TextColumn, plan: TypePlan, stats: DecodeStats, column: str)
                   depth[structural] - depth_before_row[row[structural]])
     stats.add(column, "unparsable", int((valid & ~row_ok).sum()))
     stats.add(column, "array_flattened", int((row_ok & (max_depth > 1)).sum()))
+    # PostgreSQL prints '[lo:hi]=' only for a lower bound other than 1: a list starts at 1.
+    stats.add(column, "array_lower_bound", int((row_ok & (head == ord("["))).sum()))
 
     # Element spans: non-empty gaps between consecutive structural bytes of one row that
     # follow '{' or a delimiter and end at '}' or a delimiter.

@@ -74,7 +74,8 @@ def _canonical(value: object) -> str:
     if isinstance(value, list):
         return "[" + ",".join(_canonical(v) for v in value) + "]"
     if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
+        # -0 is 0 by value (StarRocks' JSON prints it as 0).
+        return "0" if value.is_zero() else format(value.normalize(), "f")
     return json.dumps(value, ensure_ascii=False)
 
 

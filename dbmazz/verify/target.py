@@ -13,7 +13,6 @@ needs (``dbmazz_cdc_version``: the commit LSN of the row's last change, and
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 from dbmazz.contract import IS_DELETED_COLUMN, VERSION_COLUMN
 from dbmazz.errors import SinkError
 from dbmazz.pipeline.batch import TableSchema
+from dbmazz.sink.starrocks.arraytext import parse_lists, unhex
 
 VERSION = VERSION_COLUMN
 DELETED = IS_DELETED_COLUMN
@@ -70,9 +70,9 @@ def _coerce_column(column: pa.ChunkedArray | pa.Array, target: pa.DataType, name
     try:
         if pa.types.is_list(target) and (pa.types.is_string(column.type)
                                          or pa.types.is_large_string(column.type)):
-            return _parse_lists(column, target)
+            return parse_lists(column, target)
         if pa.types.is_binary(target) and pa.types.is_string(column.type):
-            return _unhex(column)
+            return unhex(column)
         if pa.types.is_boolean(target) and pa.types.is_string(column.type):
             return pc.not_equal(column, "0")
         if pa.types.is_timestamp(target) and target.tz and pa.types.is_string(column.type):
@@ -84,67 +84,6 @@ def _coerce_column(column: pa.ChunkedArray | pa.Array, target: pa.DataType, name
                         f"cannot be read as {target}: {exc}",
                         "the target column's type differs from what dbmazz creates for it "
                         "(docs/types.md); fix the column or exclude the table") from None
-
-
-def _parse_lists(column: pa.ChunkedArray | pa.Array, target: pa.DataType) -> pa.Array:
-    """``[1,2,null]`` (StarRocks ARRAY text) → list values, per distinct text."""
-    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = pc.dictionary_encode(combined)
-    element = target.value_type
-    texts = encoded.dictionary.to_pylist()
-    parsed = [None if t is None else _array_items(t) for t in texts]
-    if pa.types.is_binary(element) or pa.types.is_large_binary(element):
-        # VARBINARY items are hex.
-        values = pa.array([None if items is None else
-                           [None if i is None else bytes.fromhex(i) for i in items]
-                           for items in parsed], pa.list_(pa.binary()))
-        return pc.take(values.cast(target), encoded.indices)
-    values = pa.array(parsed, pa.list_(pa.string()))
-    if pa.types.is_timestamp(element) and element.tz:
-        # DATETIME items hold UTC: read them as naive, then as UTC.
-        values = values.cast(pa.list_(pa.timestamp(element.unit)))
-    return pc.take(values.cast(target), encoded.indices)
-
-
-_JSON = json.JSONDecoder()
-
-
-def _array_items(text: str) -> list[str | None]:
-    """The items of StarRocks ARRAY text as their text: quoted strings unescaped (JSON
-    escapes), bare tokens as they are (``1234567890.1234567890`` keeps its digits; ``nan``,
-    ``inf`` and hex are not JSON), ``null`` as None."""
-    inner = text.strip()
-    if not (inner.startswith("[") and inner.endswith("]")):
-        raise ValueError(f"not ARRAY text: {text[:80]!r}")
-    inner = inner[1:-1]
-    items: list[str | None] = []
-    i, end = 0, len(inner)
-    while i < end:
-        while i < end and inner[i] in " \t\n":
-            i += 1
-        if i >= end:
-            break
-        if inner[i] == '"':
-            item, i = _JSON.raw_decode(inner, i)
-            items.append(str(item))
-            i = inner.find(",", i)
-        else:
-            comma = inner.find(",", i)
-            token = inner[i:comma if comma >= 0 else end].strip()
-            items.append(None if token == "null" else token)
-            i = comma
-        if i < 0:
-            break
-        i += 1
-    return items
-
-
-def _unhex(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """Lowercase hex text (a StarRocks key column holding bytea) → bytes, vectorized."""
-    import polars as pl
-
-    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return pl.Series(values=combined).str.decode("hex").to_arrow().cast(pa.binary())
 
 
 def _select_list(table: TableSchema, quote: Any) -> str:

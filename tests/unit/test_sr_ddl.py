@@ -52,6 +52,8 @@ def spec(name: str, t: pa.DataType, pg: str = "", typmod: int = -1) -> ColumnSpe
         (spec("c", pa.duration("us"), "interval"), "BIGINT"),
         (spec("c", pa.list_(pa.int32()), "_int4"), "ARRAY<INT>"),
         (spec("c", pa.list_(pa.string()), "_text"), "ARRAY<VARCHAR(1048576)>"),
+        # Items arrive as hex text: an ARRAY<VARBINARY> would hold the text's bytes.
+        (spec("c", pa.list_(pa.binary()), "_bytea"), "ARRAY<VARCHAR(1048576)>"),
         (spec("c", pa.list_(pa.list_(pa.decimal128(5, 1))), ""), "ARRAY<ARRAY<DECIMAL(5,1)>>"),
         (spec("c", pa.string(), "inet"), "VARCHAR(1048576)"),
     ],
@@ -69,6 +71,7 @@ def test_unconstrained_numeric_as_string_when_configured() -> None:
     ("column", "expected"),
     [
         (spec("k", pa.decimal128(10, 2), "numeric"), "VARCHAR(12)"),
+        (spec("k", pa.decimal128(2, 2), "numeric"), "VARCHAR(5)"),  # "-0.99"
         (spec("k", pa.string(), "numeric"), "VARCHAR(65533)"),
         (spec("k", pa.float64(), "float8"), "VARCHAR(64)"),
         (spec("k", pa.string(), "text"), "VARCHAR(65533)"),
@@ -191,3 +194,10 @@ def test_two_sources_one_target_is_refused() -> None:
 def test_line_breaks_in_names_are_refused() -> None:
     with pytest.raises(SetupError, match="line break"):
         check_target_names([schema("t", "bad\nname")])
+
+
+def test_an_array_of_varbinary_for_bytea_items_is_lossy() -> None:
+    from dbmazz.sink.starrocks.typecheck import compare
+
+    verdict = compare("ARRAY<VARCHAR(1048576)>", "ARRAY<VARBINARY>")
+    assert verdict is not None and verdict[0] == "lossy" and "hex text" in verdict[1]

@@ -41,6 +41,17 @@ def test_json_normalised_only_when_the_target_re_renders_it() -> None:
     assert normalised[0] == normalised[1]
 
 
+def test_json_negative_zero_is_zero_when_the_target_re_renders_json() -> None:
+    # PostgreSQL's json keeps `-0` as written; StarRocks' JSON prints the number as 0.
+    t = schema(("id", pa.int32(), 23, "int4"), ("j", pa.string(), 114, "json"))
+    rows = pa.table({"id": [1, 1, 1, 1],
+                     "j": ["[1.0, -0, {\"a\": -0.0}]", "[1, 0, {\"a\": 0}]", "[1, 0, {\"a\": 1}]",
+                           "-0"]})
+    source, target, other, scalar = hashes(t, rows, json_text=False)
+    assert source == target != other
+    assert scalar == hashes(t, pa.table({"id": [1], "j": ["0"]}), json_text=False)[0]
+
+
 def test_unconstrained_numeric_ignores_trailing_zeros_only() -> None:
     t = schema(("id", pa.int32(), 23, "int4"), ("n", pa.string(), 1700, "numeric"))
     a, b, c = hashes(t, pa.table({"id": [1, 1, 1], "n": ["1.50", "1.500000000", "1.05"]}))

@@ -4,24 +4,30 @@ Used only for primary-key changes whose unchanged TOAST values live in the targe
 old key (:mod:`dbmazz.pipeline.carry`). One ``SELECT … WHERE key IN (…)`` (composite keys:
 ``(a = … AND b = …) OR …``) per :data:`CHUNK` keys; the literals are built columnwise with
 Arrow compute. Values come back in StarRocks' text protocol and are turned into the
-batch's Arrow types (JSON arrays for ARRAY columns, 0/1 for BOOLEAN).
+batch's Arrow types (ARRAY text item by item, hex key text as bytes, 0/1 for BOOLEAN).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SinkError
+from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import TableSchema
+from dbmazz.sink.starrocks.arraytext import parse_lists, unhex
 from dbmazz.sink.starrocks.catalog import TargetTable
 from dbmazz.sink.starrocks.ddl import qualified
 from dbmazz.sink.starrocks.mysql import FeClient, FeConnectionError, FeError, quote_ident
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_module("polars")
 
 #: Keys per SELECT: far below StarRocks' limits on IN-list length and statement size.
 CHUNK = 1000
@@ -34,8 +40,13 @@ def _literals(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     """SQL literals of ``values`` (no NULLs: primary-key values)."""
     array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     t = array.type
+    if pa.types.is_floating(t):  # -0 is the key 0 (sink._signless_zero_keys)
+        array = pc.if_else(pc.equal(array, pa.scalar(0, t)), pa.scalar(0, t), array)
     if pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_floating(t):
         return pc.cast(array, pa.string())
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        # A bytea key column holds the value's lowercase hex (docs/types.md).
+        array = pl.Series(values=array).bin.encode("hex").to_arrow()
     if pa.types.is_boolean(t):
         return pc.if_else(array, "1", "0")
     if pa.types.is_timestamp(t) and t.tz is not None:
@@ -66,12 +77,18 @@ def condition(keys: pa.Table, names: Sequence[str]) -> str:
 
 
 def _convert(values: list[Any], arrow_type: pa.DataType) -> pa.Array:
+    """The driver's values of one column → ``arrow_type``, exactly. Text arrives for
+    ARRAY columns and for the key columns StarRocks holds as text (float, numeric and
+    bytea keys, docs/types.md): it is parsed as dbmazz wrote it, never through a float."""
     if pa.types.is_boolean(arrow_type):
         return pa.array([None if v is None else bool(int(v)) for v in values], pa.bool_())
+    texts = all(v is None or isinstance(v, str) for v in values)
     if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-        values = [json.loads(v) if isinstance(v, str) else v for v in values]
-    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
-        values = [v.encode() if isinstance(v, str) else v for v in values]
+        return parse_lists(pa.array(values, pa.string()), arrow_type)
+    if texts and (pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)):
+        return unhex(pa.array(values, pa.string())).cast(arrow_type)
+    if texts and (pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type)):
+        return pa.array(values, pa.string()).cast(arrow_type)
     return pa.array(values, arrow_type)
 
 

@@ -13,7 +13,8 @@ Choices worth knowing:
   other text is VARCHAR(1048576), StarRocks' largest string (STRING holds only 65,533 bytes,
   and a longer TOASTed text would not fit); VARCHAR(65533) as a key (keys are short anyway).
 * json/jsonb → JSON; bytea → VARBINARY; interval → BIGINT microseconds; time → VARCHAR(32);
-  timestamp and timestamptz → DATETIME (timestamptz stored as UTC); arrays → ARRAY<T>.
+  timestamp and timestamptz → DATETIME (timestamptz stored as UTC); arrays → ARRAY<T>,
+  except bytea[] → ARRAY<VARCHAR> of lowercase hex (a load cannot decode array items).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def arrow_type_sql(t: pa.DataType, *, key: bool = False) -> str:
         if t.precision > 38:
             return STRING_KEY if key else TEXT
         if key:
-            return f"VARCHAR({t.precision + 2})"
+            # Sign, point, and the leading 0 of a scale-only decimal ("-0.99" for (2,2)).
+            return f"VARCHAR({t.precision + (3 if t.scale >= t.precision else 2)})"
         return f"DECIMAL({t.precision},{t.scale})"
     if _is_text(t) or pa.types.is_null(t):
         return STRING_KEY if key else TEXT
@@ -123,7 +125,12 @@ def arrow_type_sql(t: pa.DataType, *, key: bool = False) -> str:
     if is_list_type(t):
         if key:
             raise UnsupportedType("an array cannot be part of a StarRocks primary key")
-        return f"ARRAY<{arrow_type_sql(t.value_type)}>"
+        element = t.value_type
+        if _is_binary(element):
+            # A load maps only whole columns (to_binary for bytea); array items arrive as
+            # their hex text, which an ARRAY<VARBINARY> would keep as the text's bytes.
+            return f"ARRAY<{TEXT}>"
+        return f"ARRAY<{arrow_type_sql(element)}>"
     if pa.types.is_struct(t) or pa.types.is_map(t):
         if key:
             raise UnsupportedType("a composite value cannot be part of a StarRocks primary key")

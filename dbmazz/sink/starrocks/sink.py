@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dbmazz.contract import VERSION_COLUMN
 from dbmazz.errors import SetupError, SinkError, SinkReplayRequired
@@ -53,7 +55,7 @@ from dbmazz.sink.rejected import (
 )
 from dbmazz.sink.starrocks.catalog import Catalog, TargetTable
 from dbmazz.sink.starrocks.current import read_current
-from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column
+from dbmazz.sink.starrocks.ddl import is_binary_column, is_json_column, is_list_type
 from dbmazz.sink.starrocks.http import Transport
 from dbmazz.sink.starrocks.labels import make_label
 from dbmazz.sink.starrocks.mysql import FeClient, quote_ident
@@ -327,8 +329,9 @@ class StarRocksSink:
             for c in schema.columns
             if is_binary_column(c) and _is(target, c.name, "varbinary", "binary")
         }
-        return self._load(suffix or part.suffix, part.rows if rows is None else rows,
-                          part.partial, target, raw_json, binary, delete=part.delete)
+        rows = _signless_zero_keys(part.rows if rows is None else rows, schema.key_columns)
+        return self._load(suffix or part.suffix, rows, part.partial, target, raw_json, binary,
+                          delete=part.delete)
 
     def _load(
         self,
@@ -350,6 +353,7 @@ class StarRocksSink:
                 "apply the schema change (SETUP=auto) or add the columns",
                 table=target.name,
             )
+        _refuse_changed_values(rows, target)
         present = {n.lower() for n in names}
         # Columns of the target the load does not carry must keep their values.
         partial = partial or any(n.lower() not in present for n in target.names)
@@ -730,6 +734,74 @@ def _q(text: str) -> str:
 
 class _MissingColumns(SinkError):
     """The batch carries columns the (cached) target table lacks."""
+
+
+_DECIMAL_TYPE = re.compile(r"^decimal(?:v3|32|64|128)?\((\d+),\s*(\d+)\)$")
+
+
+def _signless_zero_keys(rows: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """Float key columns with -0 as 0. PostgreSQL's key equality (and the merge's) holds
+    -0 = 0, so an update from 0 to -0 is no key change; StarRocks holds float keys as text,
+    where "-0" and "0" would be two rows, the old one never deleted."""
+    for name in keys:
+        index = rows.schema.get_field_index(name)
+        if index < 0 or not pa.types.is_floating(rows.schema.field(index).type):
+            continue
+        column = rows.column(index)
+        zero = pa.scalar(0, column.type)
+        rows = rows.set_column(index, rows.field(index),
+                               pc.if_else(pc.equal(column, zero), zero, column))
+    return rows
+
+
+def _refuse_changed_values(rows: pa.Table, target: TargetTable) -> None:
+    """Fail, before loading, on columns the target would store as different values:
+
+    * bytea[] into an ARRAY<VARBINARY> column (:func:`_refuse_varbinary_items`);
+    * exact decimal text (unconstrained ``numeric``) with non-zero digits beyond the scale
+      of its target DECIMAL column (DECIMAL(38,9) by default): StarRocks rounds them, even
+      in strict mode. NaN, ±Infinity and too many integer digits need no check here:
+      strict mode rejects them."""
+    for name in rows.column_names:
+        column = rows.column(name)
+        if is_list_type(column.type) and (
+                pa.types.is_binary(column.type.value_type)
+                or pa.types.is_large_binary(column.type.value_type)):
+            _refuse_varbinary_items(name, target)
+            continue
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        spec = target.column(name)
+        if spec is None or (match := _DECIMAL_TYPE.match(spec.column_type.strip())) is None:
+            continue
+        scale = int(match.group(2))
+        beyond = pc.match_substring_regex(column, rf"\.\d{{{scale}}}\d*[1-9]")
+        if not pc.any(beyond).as_py():
+            continue
+        value = pc.filter(column, beyond)[0].as_py()
+        raise SinkError(
+            f"{pc.sum(beyond).as_py()} value(s) of column {name} have more than {scale} "
+            f"decimals, which StarRocks column {target.db}.{target.name}.{spec.name} "
+            f"({spec.column_type.upper()}) would round (e.g. {value[:80]})",
+            "set STARROCKS_UNCONSTRAINED_NUMERIC=string and recreate the table (VARCHAR keeps "
+            "the exact text), or give the source column a precision and scale",
+            table=target.name,
+        )
+
+
+def _refuse_varbinary_items(name: str, target: TargetTable) -> None:
+    """bytea[] items travel as hex text (a load decodes hex only for a whole column): an
+    ARRAY<VARBINARY> column, as dbmazz created before, would store the hex digits' bytes."""
+    spec = target.column(name)
+    if spec is not None and spec.column_type.strip().lower().startswith("array<varbinary"):
+        raise SinkError(
+            f"StarRocks column {target.db}.{target.name}.{spec.name} is "
+            f"{spec.column_type.upper()}: a load stores bytea[] items as the bytes of their "
+            "hex text there, not as their bytes",
+            "change it to ARRAY<VARCHAR(1048576)> (the hex text of each item, docs/types.md) "
+            "and reload the table (an on-demand snapshot)",
+            table=target.name,
+        )
 
 
 def _is(target: TargetTable, name: str, *data_types: str) -> bool:

@@ -76,7 +76,9 @@ def _columns(result: Result) -> list[ResultColumn]:
     out = []
     for name, duck in result.columns:
         base = duck.split("(")[0].upper()
-        if base == "DECIMAL":
+        if duck.endswith("]"):  # an ARRAY (DECIMAL(20,10)[] too) goes out as text
+            kind = ColumnType.VARCHAR
+        elif base == "DECIMAL":
             kind = ColumnType.NEWDECIMAL
         else:
             kind = _DUCK_TO_MYSQL.get(base, ColumnType.VARCHAR)
