@@ -11,11 +11,12 @@ on-demand one (whose tables are replicated from then on, see :mod:`dbmazz.snapsh
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
@@ -39,42 +40,65 @@ class ChunkRecord:
     done: bool
 
 
-class SnapshotProgressStore:
-    """``slot``'s rows of the progress table; one connection (purpose
-    ``snapshot-progress``), opened at first use and again after one was lost."""
+class SlotRowsStore:
+    """One slot's rows of a bookkeeping table beside the checkpoints. One connection
+    (purpose ``snapshot-progress``), opened at first use — creating the table when it is
+    missing — and again after one was lost."""
+
+    #: The table, and its columns' definition.
+    TABLE: ClassVar[str]
+    COLUMNS: ClassVar[str]
 
     def __init__(self, source: SourceDatabase, slot: str, schema: str = "public") -> None:
         self.slot = slot
         self._source = source
-        self._table = sql.Identifier(schema, TABLE)
+        self._table = sql.Identifier(schema, self.TABLE)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self._source.connect("snapshot-progress")
-            self._conn.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} ("
-                " slot_name text NOT NULL, table_name text NOT NULL, chunk int NOT NULL,"
-                " pages int8range NOT NULL, rows bigint, done_at timestamptz,"
-                " version pg_lsn NOT NULL, kind text NOT NULL DEFAULT 'initial',"
-                " planned_at timestamptz NOT NULL DEFAULT now(),"
-                " PRIMARY KEY (slot_name, table_name, chunk))"
-            ).format(self._table))
+            self._conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + self.COLUMNS + ")"
+                                       ).format(self._table))
         return self._conn
 
-    def _execute(self, query: sql.Composed, params: Sequence[object] = ()) -> list[Any]:
+    @contextlib.contextmanager
+    def _transaction(self, work: str, hint: str) -> Iterator[psycopg.Connection]:
+        """The connection, inside one transaction; a lost connection is a
+        :class:`SourceConnectionError` saying what ``work`` it interrupted."""
         with self._lock:
             try:
-                cursor = self._connection().execute(query, params)
-                return cursor.fetchall() if cursor.description else []
+                conn = self._connection()
+                with conn.transaction():
+                    yield conn
             except psycopg.OperationalError as exc:
                 self._conn = None
                 raise SourceConnectionError(
-                    f"lost the connection while recording snapshot progress: "
-                    f"{first_line(exc)}",
-                    "restart dbmazz; the snapshot resumes from the last finished chunk",
-                ) from None
+                    f"lost the connection while {work}: {first_line(exc)}", hint) from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class SnapshotProgressStore(SlotRowsStore):
+    """``slot``'s rows of the progress table."""
+
+    TABLE = TABLE
+    COLUMNS = (" slot_name text NOT NULL, table_name text NOT NULL, chunk int NOT NULL,"
+               " pages int8range NOT NULL, rows bigint, done_at timestamptz,"
+               " version pg_lsn NOT NULL, kind text NOT NULL DEFAULT 'initial',"
+               " planned_at timestamptz NOT NULL DEFAULT now(),"
+               " PRIMARY KEY (slot_name, table_name, chunk)")
+
+    def _execute(self, query: sql.Composed, params: Sequence[object] = ()) -> list[Any]:
+        with self._transaction("recording snapshot progress", "restart dbmazz; the snapshot "
+                               "resumes from the last finished chunk") as conn:
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
 
     def load(self, kind: str | None = None) -> list[ChunkRecord]:
         rows = self._execute(sql.SQL(
@@ -94,32 +118,23 @@ class SnapshotProgressStore:
                   replace_tables: Sequence[str] | None = None) -> None:
         """Record a new plan; replaces earlier rows of ``replace_tables`` (default: all rows
         of this slot — a new slot invalidates any earlier plan under its name)."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                with conn.transaction():
-                    if replace_tables is None:
-                        conn.execute(sql.SQL("DELETE FROM {} WHERE slot_name = %s").format(
-                            self._table), (self.slot,))
-                    else:
-                        conn.execute(sql.SQL(
-                            "DELETE FROM {} WHERE slot_name = %s AND table_name = ANY(%s)"
-                        ).format(self._table), (self.slot, list(replace_tables)))
-                    with conn.cursor() as cursor:
-                        cursor.executemany(sql.SQL(
-                            "INSERT INTO {} (slot_name, table_name, chunk, pages, version, kind)"
-                            " VALUES (%s, %s, %s, int8range(%s, %s), %s, %s)"
-                        ).format(self._table), [
-                            (self.slot, c.table, c.index, c.first_page, c.end_page,
-                             format_lsn(version), kind)
-                            for c in chunks
-                        ])
-            except psycopg.OperationalError as exc:
-                self._conn = None
-                raise SourceConnectionError(
-                    f"lost the connection while saving the snapshot plan: {first_line(exc)}",
-                    "restart dbmazz",
-                ) from None
+        with self._transaction("saving the snapshot plan", "restart dbmazz") as conn:
+            if replace_tables is None:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE slot_name = %s").format(
+                    self._table), (self.slot,))
+            else:
+                conn.execute(sql.SQL(
+                    "DELETE FROM {} WHERE slot_name = %s AND table_name = ANY(%s)"
+                ).format(self._table), (self.slot, list(replace_tables)))
+            with conn.cursor() as cursor:
+                cursor.executemany(sql.SQL(
+                    "INSERT INTO {} (slot_name, table_name, chunk, pages, version, kind)"
+                    " VALUES (%s, %s, %s, int8range(%s, %s), %s, %s)"
+                ).format(self._table), [
+                    (self.slot, c.table, c.index, c.first_page, c.end_page,
+                     format_lsn(version), kind)
+                    for c in chunks
+                ])
 
     def mark_done(self, chunk: Chunk, rows: int) -> None:
         self._execute(sql.SQL(
@@ -139,12 +154,6 @@ class SnapshotProgressStore:
         self._execute(sql.SQL(
             "DELETE FROM {} WHERE slot_name = %s AND kind = %s AND table_name = ANY(%s)"
         ).format(self._table), (self.slot, kind, list(tables)))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 # --- in memory ------------------------------------------------------------------------------

@@ -11,16 +11,12 @@ an on-demand snapshot, and records it here once that snapshot is complete
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
-from dbmazz.errors import SourceConnectionError
-from dbmazz.retry import first_line
-from dbmazz.source.database import SourceDatabase
+from dbmazz.snapshot.progress import SlotRowsStore
 
 TABLE = "dbmazz_replicated_tables"
 #: The row that says "recorded" for a slot that replicates no configured table yet, so an
@@ -28,45 +24,22 @@ TABLE = "dbmazz_replicated_tables"
 _NONE = ""
 
 
-class ReplicatedTablesStore:
-    """``slot``'s rows; one connection (purpose ``snapshot-progress``), opened at first use
-    and again after one was lost."""
+class ReplicatedTablesStore(SlotRowsStore):
+    """``slot``'s rows of the record."""
 
-    def __init__(self, source: SourceDatabase, slot: str, schema: str = "public") -> None:
-        self.slot = slot
-        self._source = source
-        self._table = sql.Identifier(schema, TABLE)
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
-
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._source.connect("snapshot-progress")
-            self._conn.execute(sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (slot_name text NOT NULL,"
-                " table_name text NOT NULL, since timestamptz NOT NULL DEFAULT now(),"
-                " PRIMARY KEY (slot_name, table_name))"
-            ).format(self._table))
-        return self._conn
+    TABLE = TABLE
+    COLUMNS = ("slot_name text NOT NULL, table_name text NOT NULL,"
+               " since timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (slot_name, table_name)")
 
     def _run(self, work: str, statements: Iterable[tuple[sql.Composed, tuple[Any, ...]]]
              ) -> list[Any]:
-        with self._lock:
-            try:
-                conn = self._connection()
-                rows: list[Any] = []
-                with conn.transaction():
-                    for statement, params in statements:
-                        cursor = conn.execute(statement, params)
-                        if cursor.description:
-                            rows += cursor.fetchall()
-                return rows
-            except psycopg.OperationalError as exc:
-                self._conn = None
-                raise SourceConnectionError(
-                    f"lost the connection while {work}: {first_line(exc)}",
-                    "restart dbmazz",
-                ) from None
+        rows: list[Any] = []
+        with self._transaction(work, "restart dbmazz") as conn:
+            for statement, params in statements:
+                cursor = conn.execute(statement, params)
+                if cursor.description:
+                    rows += cursor.fetchall()
+        return rows
 
     def load(self) -> set[str] | None:
         """The tables recorded for the slot, or None when nothing was ever recorded."""
@@ -94,9 +67,3 @@ class ReplicatedTablesStore:
         return [(sql.SQL("INSERT INTO {} (slot_name, table_name) VALUES (%s, %s)"
                          " ON CONFLICT DO NOTHING").format(self._table), (self.slot, name))
                 for name in names]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
