@@ -8,10 +8,9 @@ earlier in the same batch). The target must end up equal to the source — never
 
 from __future__ import annotations
 
-import contextlib
 import random
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +121,6 @@ def run_workload(db: Database, engine: Engine, check: Callable[[], None]) -> Non
     key_change_then_update_in_later_batch(db)
     wait_until_loaded(engine, mark(db))
     check()
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    started: list[Engine] = []
-    yield started
-    for engine in started:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            engine.wait(30)
 
 
 def _assert_moved_values(rows: dict[Any, Any], db: Database) -> None:

@@ -5,8 +5,7 @@ servers that lack its feature."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,6 @@ def require(db: Database, version: int, feature: str) -> None:
     if server_version(db) < version:
         pytest.skip(f"{feature} needs PostgreSQL {version // 10000}+, the server is "
                     f"{server_version(db) // 10000}")
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    started: list[Engine] = []
-    yield started
-    for engine in started:
-        engine.stop()
-        with contextlib.suppress(Exception):  # a failure was reported by the test
-            engine.wait(30)
 
 
 def start(db: Database, tmp_path: Path, engines: list[Engine], tables: list[str],

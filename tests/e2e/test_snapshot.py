@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,6 @@ from tests.e2e.harness import assert_replicated, duckdb_config, mark, wait_until
 from tests.scripted import eventually
 
 WIDE_COLUMNS = 100
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    started: list[Engine] = []
-    yield started
-    for engine in started:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            engine.wait(30)
 
 
 @pytest.fixture

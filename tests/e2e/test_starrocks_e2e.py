@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +85,6 @@ class RecordingSink:
 
     def close(self) -> None:
         self.inner.close()
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    started: list[Engine] = []
-    yield started
-    for engine in started:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            engine.wait(30)
 
 
 @pytest.mark.parametrize("load_format", ["json", "csv"])

@@ -4,9 +4,7 @@ and `verify` calls an equal table equal."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -115,16 +113,6 @@ UPDATE fid_snap SET ad = '{infinity,0001-01-01}' WHERE k = 'a';
 UPDATE fid_snap SET t = left(t, 1000000) WHERE k = 'f';
 """
 TABLES = ["public.fid_snap", "public.fid_cdc"]
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    started: list[Engine] = []
-    yield started
-    for engine in started:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            engine.wait(30)
 
 
 def _load_and_change(db: Database, engine: Engine) -> None:
