@@ -18,6 +18,7 @@ from dbmazz.pipeline.batch import TableSchema
 from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, keys_from_map
 from dbmazz.sink.base import ReachabilityCheck, RowReader, Sink, TargetChecked
 from dbmazz.source.catalog import (
+    CurrentKeys,
     describe_relations,
     load_column_types,
     split_table_name,
@@ -170,7 +171,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
             described_at = wal_position(conn)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"lost the connection to PostgreSQL: {exc}") from None
-    schemas = SchemaCache(keys.resolve, config.table_map, types, accept=keys.replicated)
+    schemas = SchemaCache(keys.resolve, config.table_map, types, accept=keys.replicated,
+                          catalog=CurrentKeys(SourceDatabase(dsn)))
     tables = []
     for relation in relations.values():
         schemas.on_relation(relation, described_at)

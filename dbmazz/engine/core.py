@@ -627,6 +627,7 @@ class Engine:
             self._source = None
             _ = self.server_wal_end  # keep the last position the source reported
             source.close()
+            self.schemas.close()
 
     def _check_holding(self) -> None:
         if self._holding.is_set():

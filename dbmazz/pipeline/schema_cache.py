@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import SetupError
@@ -18,6 +19,17 @@ from dbmazz.source.types import BUILTIN_TYPE_NAMES, TypeRegistry, arrow_type
 KeyResolver = Callable[[Relation], tuple[str, ...]]
 
 _AUDIT_LOWER = frozenset(name.lower() for name in AUDIT_NAMES)
+
+
+class KeyCatalog(Protocol):
+    """The source's catalog, asked for a table's key as it is now
+    (:class:`dbmazz.source.catalog.CurrentKeys`)."""
+
+    def current_key(self, oid: int) -> tuple[str, ...] | None:
+        """``()`` when the table has no key now, None when it is gone."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class TableKeys:
@@ -71,8 +83,12 @@ class SchemaCache:
         table_map: Mapping[str, str] | None = None,
         types: TypeRegistry | None = None,
         accept: Callable[[Relation], bool] | None = None,
+        catalog: KeyCatalog | None = None,
     ) -> None:
         self._keys = key_resolver
+        #: Where a key change under REPLICA IDENTITY FULL shows (None: a replay without a
+        #: source; the stream alone cannot show it).
+        self._catalog = catalog
         #: Which relations are replicated. A publication shared with other consumers may
         #: carry tables dbmazz was not asked for: their messages are passed over.
         self._accept = accept
@@ -99,8 +115,11 @@ class SchemaCache:
             return None
         _, at = self._replicated_as.get(relation.oid, ("", 0))
         self._replicated_as[relation.oid] = (relation.qualified_name, max(at, commit_lsn))
+        known = self._tables.get(relation.oid)
+        if known is not None and relation.replica_identity == "f" and self._catalog is not None:
+            _check_catalog_key(self._catalog, relation, known.key_columns)
         previous = self._relations.get(relation.oid)
-        if previous == relation and relation.oid in self._tables:
+        if previous == relation and known is not None:
             return None
         table = self.build(relation)
         _check_identity(relation, table.key_columns)
@@ -108,6 +127,11 @@ class SchemaCache:
         self._relations[relation.oid] = relation
         self._tables[relation.oid] = table
         return diff(before, table)
+
+    def close(self) -> None:
+        """Close the catalog connection (opened again at the next check)."""
+        if self._catalog is not None:
+            self._catalog.close()
 
     def accepts(self, relation: Relation) -> bool:
         """Whether ``relation`` is one of the replicated tables (asked each time: an
@@ -188,14 +212,29 @@ def _check_identity(relation: Relation, keys: Sequence[str]) -> None:
     if relation.replica_identity not in ("d", "i"):
         return  # FULL flags every column; NOTHING none
     if set(relation.identity_columns) != set(keys):
-        raise SetupError(
-            f"the primary key of {relation.qualified_name} changed while streaming: its "
-            f"replica identity is ({', '.join(relation.identity_columns) or 'none'}), the "
-            f"target is keyed by ({', '.join(keys)})",
-            f"take {relation.qualified_name} out of TABLES and restart until the checkpoint "
-            "passes the change (`dbmazz status`), drop its target table, then put it back in "
-            "TABLES and restart: it is loaded afresh with the new key",
-        )
+        raise key_changed(relation.qualified_name, "replica identity",
+                          relation.identity_columns, keys)
+
+
+def _check_catalog_key(catalog: KeyCatalog, relation: Relation, keys: Sequence[str]) -> None:
+    """A Relation message is sent again after the table's cache was invalidated, as a
+    primary-key change does; under FULL identity it flags every column, so the key is read
+    from the catalog. The catalog is the present, possibly past the change being decoded:
+    a key changed later stops the engine a little early, nothing more (nothing after the
+    last durable flush is confirmed)."""
+    now = catalog.current_key(relation.oid)
+    if now is not None and set(now) != set(keys):
+        raise key_changed(relation.qualified_name, "primary key", now, keys)
+
+
+def key_changed(table: str, what: str, now: Sequence[str], keys: Sequence[str]) -> SetupError:
+    return SetupError(
+        f"the primary key of {table} changed while streaming: its {what} is "
+        f"({', '.join(now) or 'none'}), the target is keyed by ({', '.join(keys)})",
+        f"take {table} out of TABLES and restart until the checkpoint passes the change "
+        "(`dbmazz status`), drop its target table, then put it back in TABLES and restart: "
+        "it is loaded afresh with the new key",
+    )
 
 
 def diff(before: TableSchema | None, after: TableSchema) -> SchemaDelta:

@@ -206,6 +206,7 @@ class DuckDBSink:
                 )
                 if table.source_name not in self._bulk and not self._has_key(cur, table):
                     self._restore_key(cur, table)
+                self._check_key(cur, table)
                 existing = {
                     row[0]
                     for row in cur.execute(
@@ -240,6 +241,8 @@ class DuckDBSink:
                     f"{self.path}",
                     "create them, or run with SETUP=auto to let dbmazz create them")
             self._check_column_types(tables)
+            for table in tables:
+                self._check_key(cur, table)
 
     def _check_column_types(self, tables: Sequence[TableSchema]) -> None:
         """Tables that exist (made by hand, or by an older run) must take what dbmazz
@@ -568,11 +571,29 @@ class DuckDBSink:
             self._bulk.discard(table.source_name)
 
     def _has_key(self, cur: duckdb.DuckDBPyConnection, table: TableSchema) -> bool:
-        return bool(cur.execute(
-            "SELECT 1 FROM duckdb_constraints() WHERE schema_name = ? AND table_name = ? "
-            "AND constraint_type = 'PRIMARY KEY'",
+        return self._key(cur, table) is not None
+
+    def _key(self, cur: duckdb.DuckDBPyConnection, table: TableSchema) -> list[str] | None:
+        row = cur.execute(
+            "SELECT constraint_column_names FROM duckdb_constraints() WHERE schema_name = ? "
+            "AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
             [table.namespace, table.target_name],
-        ).fetchall())
+        ).fetchone()
+        return None if row is None else list(row[0])
+
+    def _check_key(self, cur: duckdb.DuckDBPyConnection, table: TableSchema) -> None:
+        """An existing table keyed otherwise than the source (its key changed while dbmazz
+        was stopped, or a table made by hand) would merge rows the source keeps apart."""
+        key = self._key(cur, table)
+        if key is not None and {k.lower() for k in key} != {
+                k.lower() for k in table.key_columns}:
+            raise SetupError(
+                f"DuckDB table {table.namespace}.{table.target_name} has primary key "
+                f"({', '.join(key)}) but {table.source_name} has "
+                f"({', '.join(table.key_columns)})",
+                "upserts and deletes match rows by key: drop the table (dbmazz creates it "
+                "again with the source key and loads it afresh) or recreate it with the "
+                "source key")
 
     def _scratch(self, table: TableSchema, what: str) -> str:
         return f"{quote(table.namespace)}.{quote(f'{table.target_name}__dbmazz_{what}')}"

@@ -6,10 +6,14 @@ only with a table's first change) and by the snapshot.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
 import psycopg
 
+from dbmazz.errors import SourceConnectionError
+from dbmazz.retry import first_line
+from dbmazz.source.database import SourceDatabase
 from dbmazz.source.pgoutput import Relation, RelationColumn
 from dbmazz.source.types import TypeRegistry
 
@@ -181,3 +185,63 @@ def primary_key_columns(conn: psycopg.Connection, namespace: str, table: str) ->
         (namespace, table),
     ).fetchall()
     return tuple(str(r[0]) for r in rows)
+
+
+def keys_by_oid(
+    conn: psycopg.Connection, oids: Sequence[int]
+) -> dict[int, tuple[bool, tuple[str, ...]]]:
+    """oid → (from the primary key?, key columns): the primary key, else the replica
+    identity index."""
+    rows = conn.execute(
+        """
+        SELECT i.indrelid::int, i.indisprimary, i.indexrelid::int,
+               array_agg(a.attname::text ORDER BY k.ord)
+        FROM pg_index i
+        JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = ANY(%s) AND (i.indisprimary OR i.indisreplident)
+        GROUP BY i.indrelid, i.indisprimary, i.indexrelid
+        """,
+        (list(oids),),
+    ).fetchall()
+    out: dict[int, tuple[bool, tuple[str, ...]]] = {}
+    for oid, is_primary, _index, columns in rows:
+        if is_primary or oid not in out:
+            out[oid] = (bool(is_primary), tuple(columns))
+    return out
+
+
+class CurrentKeys:
+    """Tables' keys as the catalog has them now (:func:`keys_by_oid`), asked while
+    streaming: under REPLICA IDENTITY FULL a Relation message flags every column, so only
+    the catalog shows that a primary key changed. One ordinary connection (purpose
+    ``catalog``), opened at first use and again after a failure; used by the reader thread
+    alone."""
+
+    def __init__(self, source: SourceDatabase) -> None:
+        self._source = source
+        self._conn: psycopg.Connection | None = None
+
+    def current_key(self, oid: int) -> tuple[str, ...] | None:
+        """The key of table ``oid`` now: ``()`` when it has none, None when the table is
+        gone (dropped after the change being decoded). Raises
+        :class:`~dbmazz.errors.SourceConnectionError` when the catalog cannot be read."""
+        try:
+            if self._conn is None or self._conn.closed:
+                # Bounded: the reader thread must not hang on a dead host.
+                self._conn = self._source.connect("catalog", connect_timeout=10)
+            if self._conn.execute("SELECT 1 FROM pg_class WHERE oid = %s",
+                                  (oid,)).fetchone() is None:
+                return None
+            return keys_by_oid(self._conn, [oid]).get(oid, (False, ()))[1]
+        except psycopg.Error as exc:
+            self.close()
+            raise SourceConnectionError(
+                f"cannot read the primary key of table oid {oid} from {self._source.target}: "
+                f"{first_line(exc)}", "the stream reconnects on its own") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(psycopg.Error):
+                conn.close()

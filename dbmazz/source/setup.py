@@ -36,7 +36,7 @@ from dbmazz.errors import (
 )
 from dbmazz.retry import RetryPolicy, Waiter
 from dbmazz.source import publication as pubinfo
-from dbmazz.source.catalog import split_table_name
+from dbmazz.source.catalog import keys_by_oid, split_table_name
 from dbmazz.source.connection import server_error
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.names import describe_dsn, validate_slot_name
@@ -238,30 +238,6 @@ def _lookup(conn: psycopg.Connection,
     return out, not_found
 
 
-def _keys_by_oid(
-    conn: psycopg.Connection, oids: Sequence[int]
-) -> dict[int, tuple[bool, tuple[str, ...]]]:
-    """oid → (from the primary key?, key columns): the primary key, else the replica
-    identity index."""
-    rows = conn.execute(
-        """
-        SELECT i.indrelid::int, i.indisprimary, i.indexrelid::int,
-               array_agg(a.attname::text ORDER BY k.ord)
-        FROM pg_index i
-        JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) ON true
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        WHERE i.indrelid = ANY(%s) AND (i.indisprimary OR i.indisreplident)
-        GROUP BY i.indrelid, i.indisprimary, i.indexrelid
-        """,
-        (list(oids),),
-    ).fetchall()
-    out: dict[int, tuple[bool, tuple[str, ...]]] = {}
-    for oid, is_primary, _index, columns in rows:
-        if is_primary or oid not in out:
-            out[oid] = (bool(is_primary), tuple(columns))
-    return out
-
-
 def _identity_off_the_key(conn: psycopg.Connection, oids: Sequence[int]) -> set[int]:
     """Tables with a primary key whose REPLICA IDENTITY USING INDEX names another index."""
     rows = conn.execute(
@@ -290,7 +266,7 @@ def primary_keys(
         for name in tables:
             with contextlib.suppress(SetupError):
                 resolved.extend(_resolve(conn, [name]))
-    keys = _keys_by_oid(conn, [t.oid for t in resolved])
+    keys = keys_by_oid(conn, [t.oid for t in resolved])
     keyless = [t.name for t in resolved if t.oid not in keys]
     if strict and keyless:
         raise _keyless_error(keyless)
@@ -465,7 +441,7 @@ def _partition_identity_changes(
     ]
     if not leaves:
         return []
-    keys = _keys_by_oid(conn, [t.oid for t in leaves])
+    keys = keys_by_oid(conn, [t.oid for t in leaves])
     keyless = [t.name for t in leaves if t.oid not in keys]
     if keyless:
         raise _keyless_error(keyless)
@@ -608,7 +584,7 @@ def setup_source(
         resolved, not_found = _lookup(conn, tables)
         problems.add(not_found)
         problems.check(lambda: _check_replication_role(conn), None)
-        keys = _keys_by_oid(conn, [t.oid for t in resolved])
+        keys = keys_by_oid(conn, [t.oid for t in resolved])
         keyless = [t.name for t in resolved if t.oid not in keys]
         if keyless:
             problems.add(_keyless_error(keyless))
@@ -797,7 +773,7 @@ def publish_tables(
     waiter = Waiter(stop)
     with _connect(dsn) as conn:
         resolved = _resolve(conn, tables)
-        keys = _keys_by_oid(conn, [t.oid for t in resolved])
+        keys = keys_by_oid(conn, [t.oid for t in resolved])
         keyless = [t.name for t in resolved if t.oid not in keys]
         if keyless:
             raise _keyless_error(keyless)

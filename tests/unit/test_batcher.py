@@ -210,6 +210,39 @@ def test_a_changed_primary_key_in_a_relation_message_is_an_error() -> None:
     b.add(chunk(wal.relation(T1), wal.relation(full)))  # FULL flags every column: no sign
 
 
+class Catalog:
+    """The source catalog's key of each table oid now (absent: the table is gone)."""
+
+    def __init__(self, keys: dict[int, tuple[str, ...]]) -> None:
+        self.keys = keys
+        self.asked: list[int] = []
+
+    def current_key(self, oid: int) -> tuple[str, ...] | None:
+        self.asked.append(oid)
+        return self.keys.get(oid)
+
+    def close(self) -> None:
+        pass
+
+
+def test_under_full_identity_a_relation_sent_again_is_checked_against_the_catalog() -> None:
+    full = Relation(16384, "public", "a", "f", (
+        RelationColumn("id", 20, -1, True), RelationColumn("v", 25, -1, True)))
+    catalog = Catalog({full.oid: ("id",)})
+    b = Batcher(SchemaCache(keys_from_map({"public.a": ["id"]}), catalog=catalog),
+                flush_rows=1000, flush_bytes=1 << 30, flush_interval_ms=1000, clock=Clock())
+    b.add(chunk(wal.relation(full), txn(100, wal.insert(full.oid, ["1", "x"]))))
+    assert catalog.asked == []  # the first message: its key was just read with the catalog
+    b.add(chunk(wal.relation(full), txn(200, wal.insert(full.oid, ["1", "y"]))))
+    assert catalog.asked == [full.oid]
+    del catalog.keys[full.oid]  # dropped since: the changes before the drop still load
+    b.add(chunk(wal.relation(full), txn(300, wal.insert(full.oid, ["2", "y"]))))
+    catalog.keys[full.oid] = ("id", "v")
+    with pytest.raises(SetupError, match=r"primary key of public\.a changed while streaming: "
+                       r"its primary key is \(id, v\), the target is keyed by \(id\)"):
+        b.add(chunk(wal.relation(full), txn(400, wal.insert(full.oid, ["1", "z"]))))
+
+
 def test_truncate_is_a_step_between_rows() -> None:
     b = make()
     b.add(chunk(wal.relation(T1), wal.relation(T2),
