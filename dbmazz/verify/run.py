@@ -68,15 +68,17 @@ def qualified(name: str) -> str:
     return f"{schema}.{table}"
 
 
-def load_schemas(dsn: str, tables: Sequence[str], table_map: dict[str, str]
-                 ) -> tuple[list[TableSchema], TypeRegistry]:
-    """The in-flight shape of each table, as the engine builds it."""
+def load_schemas(dsn: str, tables: Sequence[str], table_map: dict[str, str],
+                 publication: str | None = None) -> tuple[list[TableSchema], TypeRegistry]:
+    """The in-flight shape of each table, as the engine builds it: with the columns
+    ``publication`` publishes (a column list leaves some out of the target, PostgreSQL 18
+    adds stored generated ones)."""
     from dbmazz.source.setup import primary_keys
 
     try:
         with SourceDatabase(dsn).connect("verify") as conn:
             keys = primary_keys(conn, list(tables), strict=True)
-            relations = describe_relations(conn, list(tables))
+            relations = describe_relations(conn, list(tables), publication)
             registry = TypeRegistry()
             user_oids = {c.type_oid for r in relations.values() for c in r.columns
                          if c.type_oid >= _FIRST_USER_OID}
@@ -115,8 +117,9 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
         raise SetupError("no tables to verify", "name them with --table or set TABLES")
     if request.repair and write is None:
         raise DbmazzError("no target to write the repair to")
-    schemas, registry = load_schemas(config.source_dsn, names, config.table_map)
-    with SourceSnapshot(config.source_dsn, registry,
+    schemas, registry = load_schemas(config.source_dsn, names, config.table_map,
+                                     config.publication_name)
+    with SourceSnapshot(config.source_dsn, registry, publication=config.publication_name,
                         max_rows_per_s=config.verify_max_rows_per_s,
                         statement_timeout_s=config.verify_statement_timeout_s) as source:
         lsn = source.lsn

@@ -75,9 +75,12 @@ class SourceSnapshot:
     """The source at one LSN; ``scan(table)`` yields its rows chunk by chunk."""
 
     def __init__(self, dsn: str, registry: TypeRegistry | None, *, max_rows_per_s: int,
-                 statement_timeout_s: float, chunk_pages: int = CHUNK_PAGES) -> None:
+                 statement_timeout_s: float, chunk_pages: int = CHUNK_PAGES,
+                 publication: str | None = None) -> None:
         #: Every statement of the verify on the source runs under the timeout.
         self.dsn = with_statement_timeout(dsn, statement_timeout_s)
+        #: Its row filters narrow each read to the rows the target is given (PG 15+).
+        self.publication = publication
         self.chunk_pages = chunk_pages
         self._reader: ChunkReader | None = None
         self._creation: SlotCreation | None = create_temporary_slot(dsn, "dbmazz_verify")
@@ -92,7 +95,8 @@ class SourceSnapshot:
 
     def scan(self, table: TableSchema) -> Iterator[pa.Table]:
         with SourceDatabase(self.dsn).connect("verify") as conn:
-            layout = table_layouts(conn, [table.source_name])[table.source_name]
+            layout = table_layouts(conn, [table.source_name],
+                                   self.publication)[table.source_name]
             tid_ranges = server_supports_tid_ranges(conn)
         assert self._reader is not None, "scan after close"
         for chunk in plan_chunks(layout, self.chunk_pages, tid_ranges):
