@@ -137,10 +137,17 @@ class FlushApplier:
     def _apply_table(self, steps: list[Step], flush: Flush) -> None:
         split = flush.split
         loads = sum(1 for s in steps if not isinstance(s, SchemaStep))
+        emptied = _emptied_by_truncate(steps)
         for index, step in enumerate(steps):
             # Batches of one table in one flush can share an LSN range (rows, truncate, rows):
             # a per-step id keeps their load labels apart, the same way on every replay.
             batch_id = f"k{index}" if loads > 1 else ""
+            if index < emptied and isinstance(step, RowsStep):
+                # A later truncate of this flush empties these rows: loaded, a replay cut
+                # otherwise brings them back (those of the truncating transaction share its
+                # commit LSN, so StarRocks' sweep of a truncate found done keeps them).
+                self._audit_rows(step, split)
+                continue
             if isinstance(step, SchemaStep):
                 self._retrying(step.delta.after.source_name,
                                partial(self.sink.apply_schema_delta, step.delta))
@@ -153,10 +160,13 @@ class FlushApplier:
                 self.stats.table(table.source_name).truncates += 1
             else:
                 self._apply_rows(step, split, batch_id)
-                if self.audit is not None:
-                    lsns = (np.unique(np.concatenate([s.commit_lsns for s in step.slabs]))
-                            if step.slabs else [split.commit_lsn] if split else [])
-                    self._audit(self._table(step.relation), lsns, split)
+                self._audit_rows(step, split)
+
+    def _audit_rows(self, step: RowsStep, split: SplitPart | None) -> None:
+        if self.audit is not None:
+            lsns = (np.unique(np.concatenate([s.commit_lsns for s in step.slabs]))
+                    if step.slabs else [split.commit_lsn] if split else [])
+            self._audit(self._table(step.relation), lsns, split)
 
     def _apply_rows(self, step: RowsStep, split: SplitPart | None, batch_id: str) -> None:
         table = self._table(step.relation)
@@ -252,3 +262,9 @@ class FlushApplier:
                     attempts.backoff(delay)
                 except Cancelled:
                     raise exc from None
+
+
+def _emptied_by_truncate(steps: list[Step]) -> int:
+    """Index of a table's last truncate among ``steps`` (0 without one): the rows of the
+    steps before it are gone from the source by the end of the flush."""
+    return max((i for i, s in enumerate(steps) if isinstance(s, TruncateStep)), default=0)
