@@ -138,7 +138,7 @@ class EngineService:
             config.source_dsn, config.slot_name, config.slot_wal_warn_bytes,
             interval_s=self.slot_sample_interval_s, publication=config.publication_name,
             tables=[split_table_name(t) for t in config.tables],
-            on_unpublished=self._reload_unpublished)
+            on_unpublished=self._reload_unpublished, on_widened=self._reload_widened)
         self._slot_monitor.start()
 
     def _run(self) -> None:
@@ -348,6 +348,37 @@ class EngineService:
         except DbmazzError as exc:
             log.warning("could not load %s again: %s (restart dbmazz to do it)",
                         ", ".join(tables), exc.message)
+        return True
+
+    def _reload_widened(self, tables: dict[str, str]) -> bool:
+        """The publication now sends rows or values of configured tables that it left out
+        (slot_health, publication.widenings): the stream sends them only when they change.
+        Under SNAPSHOT=initial an on-demand snapshot loads the tables again once streaming
+        runs (False until then, or while one of them is being loaded); otherwise a warning
+        names the command that does."""
+        config = self.config
+        if config is None:
+            return True
+        how = "; ".join(f"{table}: {change}" for table, change in tables.items())
+        if config.snapshot != "initial":
+            log.warning("publication %r widened while streaming (%s): the rows and values it "
+                        "now sends are in the target only once they change; load them with "
+                        "`dbmazz snapshot --table %s`", config.publication_name, how,
+                        " --table ".join(tables))
+            return True
+        if self.stage != Stage.CDC:
+            return False
+        try:
+            self.request_snapshot(list(tables))
+        except ServiceStateError:
+            return False  # e.g. a snapshot of one of them runs: the next sample asks again
+        except DbmazzError as exc:
+            log.warning("publication %r widened while streaming (%s); could not load the "
+                        "tables again: %s (run `dbmazz snapshot --table %s`)",
+                        config.publication_name, how, exc.message, " --table ".join(tables))
+            return True
+        log.warning("publication %r widened while streaming (%s): loading the tables again "
+                    "with an on-demand snapshot", config.publication_name, how)
         return True
 
     @staticmethod

@@ -3,6 +3,8 @@ server keeps for it (``pg_current_wal_lsn() - restart_lsn``), ``wal_status`` and
 ``safe_wal_size`` (PG13+: how close ``max_slot_wal_keep_size`` is to invalidating it), and
 whether a session streams from it. Status, Prometheus and ``dbmazz top`` read the latest
 sample; a warning is logged when the slot crosses ``SLOT_WAL_WARN_BYTES``.
+It also finds configured tables the publication no longer publishes, or now publishes
+more of (publication.widenings), and hands them to the service, which loads them again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import psycopg
 from dbmazz.errors import DbmazzError
 from dbmazz.log import human_bytes
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.publication import unpublished
+from dbmazz.source.publication import PublishedShape, published_shapes, unpublished, widenings
 from dbmazz.source.slots import read_slots
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ class SlotMonitor:
 
     def __init__(self, dsn: str, slot: str, warn_bytes: int, interval_s: float = 10.0, *,
                  publication: str = "", tables: Sequence[tuple[str, str]] = (),
-                 on_unpublished: Callable[[list[str]], bool] | None = None) -> None:
+                 on_unpublished: Callable[[list[str]], bool] | None = None,
+                 on_widened: Callable[[dict[str, str]], bool] | None = None) -> None:
         self.dsn = dsn
         self.slot = slot
         #: The configured tables, checked to be still published ('' publication: not).
@@ -90,6 +93,10 @@ class SlotMonitor:
         #: yet, call again at the next sample.
         self.on_unpublished = on_unpublished
         self._unpublished: tuple[str, ...] = ()
+        #: Called with the tables ('schema.table' → how) the publication widened since the
+        #: last sample (publication.widenings); False: not handled yet, call again.
+        self.on_widened = on_widened
+        self._shapes: dict[str, PublishedShape] | None = None
         self.warn_bytes = warn_bytes
         self.interval_s = interval_s
         self._latest: SlotHealth | None = None
@@ -117,6 +124,7 @@ class SlotMonitor:
                 if conn is None or conn.closed:
                     conn = SourceDatabase(self.dsn).connect("slot-health")
                 self._latest = self.sample(conn)
+                self._check_widened(conn)
             except (psycopg.Error, DbmazzError) as exc:
                 previous = self._latest
                 self._latest = SlotHealth(
@@ -158,6 +166,26 @@ class SlotMonitor:
         new = [t for t in latest.unpublished if t not in self._unpublished]
         handled = not new or self.on_unpublished is None or self.on_unpublished(new)
         self._unpublished = tuple(t for t in latest.unpublished if handled or t not in new)
+
+    def _check_widened(self, conn: psycopg.Connection) -> None:
+        try:
+            self._report_widened(conn)
+        except psycopg.Error as exc:  # the slot's sample stands; the next one compares again
+            log.debug("cannot compare what publication %r publishes: %s", self.publication, exc)
+
+    def _report_widened(self, conn: psycopg.Connection) -> None:
+        """Compare what the publication sends of the tables with the last sample's. The
+        first sample is the baseline: a change before it (or while dbmazz was stopped) is
+        not seen."""
+        if not self.publication or self.on_widened is None:
+            return
+        shapes = published_shapes(conn, self.publication, self.tables)
+        before = self._shapes
+        widened = widenings(conn, before, shapes) if before is not None else {}
+        if widened and not self.on_widened(widened):
+            # Not handled yet: the next sample compares those tables with their old shape.
+            shapes = {**shapes, **{t: before[t] for t in widened if before is not None}}
+        self._shapes = shapes
 
     def _log_warning(self) -> None:
         """Log a warning when one appears or changes its cause (not on every sample)."""

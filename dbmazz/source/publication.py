@@ -15,6 +15,10 @@ Setup never widens them; it reports them, and it refuses a replica identity chan
 PostgreSQL would answer by rejecting the table's UPDATEs and DELETEs (every replica identity
 column must be published, a row filter may read only replica identity columns), or that
 would leave rows entering a row filter without their unchanged TOASTed values.
+
+While streaming, the slot health sample compares what the publication sends of each table
+with its last sample (:func:`published_shapes`, :func:`widenings`): what a widening lets
+through is not sent until it changes, so the service loads such a table again.
 """
 
 from __future__ import annotations
@@ -327,3 +331,119 @@ def identity_conflicts(conn: psycopg.Connection, narrowing: Narrowing,
         problems.append(f"its row filter reads column(s) {', '.join(outside)} outside the "
                         "replica identity")
     return problems
+
+
+# --- a publication widened while streaming ---------------------------------------------------
+@dataclass(frozen=True)
+class PublishedShape:
+    """What a publication publishes of one table at one moment, sampled while streaming to
+    notice it widen: rows and values that were left out then are not sent when they come
+    in (pgoutput sends changes, never the rows a publication change lets through)."""
+
+    oid: int
+    #: ``pg_publication_tables.rowfilter`` (PostgreSQL 15+; None: every row).
+    row_filter: str | None
+    #: Published columns (PostgreSQL 15+; empty before, which has no column lists).
+    columns: frozenset[str]
+    #: Every column the table has, to tell a column the publication now sends from one just
+    #: added to the table (ADD COLUMN is a schema change, not a widening).
+    table_columns: frozenset[str]
+    #: A partitioned table's leaf partitions (oids).
+    leaves: frozenset[int]
+
+
+def published_shapes(conn: psycopg.Connection, publication: str,
+                     tables: Sequence[tuple[str, str]]) -> dict[str, PublishedShape]:
+    """``'schema.table'`` → what ``publication`` publishes of it, for the ``tables`` it
+    publishes (an unpublished one is left out: that is another report)."""
+    narrowed = conn.info.server_version >= FILTERS_VERSION
+    published = "pt.attnames::text[], pt.rowfilter" if narrowed else "NULL::text[], NULL::text"
+    rows = conn.execute(
+        f"""
+        SELECT pt.schemaname::text, pt.tablename::text, c.oid::int, {published},
+               ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid
+                     AND a.attnum > 0 AND NOT a.attisdropped),
+               ARRAY(SELECT t.relid::int FROM pg_partition_tree(c.oid) t
+                     WHERE t.isleaf AND t.relid <> c.oid)
+        FROM pg_publication_tables pt
+        JOIN pg_namespace n ON n.nspname = pt.schemaname
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+        JOIN unnest(%s::text[], %s::text[]) AS x(s, t)
+          ON x.s = pt.schemaname AND x.t = pt.tablename
+        WHERE pt.pubname = %s
+        """,  # `published` is one of two constants, never input
+        ([s for s, _ in tables], [t for _, t in tables], publication),
+    ).fetchall()
+    return {f"{s}.{t}": PublishedShape(
+        int(oid), str(row_filter) if row_filter is not None else None,
+        frozenset(columns or ()), frozenset(table_columns), frozenset(int(o) for o in leaves))
+        for s, t, oid, columns, row_filter, table_columns, leaves in rows}
+
+
+def widenings(conn: psycopg.Connection, before: dict[str, PublishedShape],
+              after: dict[str, PublishedShape]) -> dict[str, str]:
+    """``'schema.table'`` → how the publication came to send what it left out ``before``:
+    a row filter changed or dropped, a column it now sends that the table had, a partition
+    joined (ATTACH) that holds rows from before it joined. Narrowing is left out (a reload
+    would not remove the rows the publication no longer sends)."""
+    out = {}
+    for table, now in after.items():
+        then = before.get(table)
+        if then is None:
+            continue
+        reasons = []
+        if then.row_filter is not None and now.row_filter != then.row_filter:
+            reasons.append(f"row filter WHERE {then.row_filter} became "
+                           + (f"WHERE {now.row_filter}" if now.row_filter else "none"))
+        columns = sorted((now.columns - then.columns) & then.table_columns)
+        if columns:
+            reasons.append(f"column(s) {', '.join(columns)} now published")
+        joined = _partitions_with_older_rows(conn, now.oid, sorted(now.leaves - then.leaves))
+        if joined:
+            reasons.append(f"partition(s) {', '.join(joined)} attached with rows")
+        if reasons:
+            out[table] = "; ".join(reasons)
+    return out
+
+
+def _partitions_with_older_rows(conn: psycopg.Connection, root: int,
+                                leaves: Sequence[int]) -> list[str]:
+    """The ``leaves`` of ``root`` holding a row older than their joining it. A partition
+    joins with a ``pg_inherits`` row written by the ATTACH (or CREATE … PARTITION OF); a
+    row whose xmin is not newer than the youngest such row on its way up to ``root`` was
+    there before (frozen rows count as old), so the stream never sent it. Rows written in
+    the joining transaction itself count as older too, and so does a partition locked for
+    longer than a second: a reload too many, never one too few."""
+    found = []
+    for leaf in leaves:
+        row = conn.execute(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (leaf,)
+        ).fetchone()
+        if row is None:
+            continue  # dropped since
+        name = f"{row[0]}.{row[1]}"
+        try:
+            if _older_rows(conn, sql.Identifier(str(row[0]), str(row[1])), leaf, root):
+                found.append(name)
+        except psycopg.errors.UndefinedTable:
+            continue  # dropped since
+        except psycopg.errors.LockNotAvailable:
+            found.append(name)
+    return found
+
+
+def _older_rows(conn: psycopg.Connection, leaf_name: sql.Identifier, leaf: int,
+                root: int) -> bool:
+    with conn.transaction():
+        # The sampler must not wait behind DDL holding the partition.
+        conn.execute("SET LOCAL lock_timeout = '1s'")
+        row = conn.execute(sql.SQL(
+            """
+            SELECT EXISTS (SELECT 1 FROM ONLY {} WHERE age(xmin) >= (
+                SELECT min(age(i.xmin)) FROM pg_inherits i
+                WHERE i.inhrelid IN (SELECT relid FROM pg_partition_ancestors(%s::oid))
+                  AND i.inhrelid IN (SELECT relid FROM pg_partition_tree(%s::oid))
+                  AND i.inhrelid <> %s::oid))
+            """).format(leaf_name), (leaf, root, root)).fetchone()
+    return bool(row and row[0])
