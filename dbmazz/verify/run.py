@@ -90,6 +90,27 @@ def load_schemas(dsn: str, tables: Sequence[str], table_map: dict[str, str],
     return [cache.build(relations[t]) for t in tables], registry
 
 
+def _absent_note(table: str, absent: tuple[str, ...]) -> str:
+    return (f"{table}: the target lacks column(s) {', '.join(absent)} "
+            "(added at the source; dbmazz adds them with the table's next change), "
+            "compared as NULL")
+
+
+def _repairable(diff: TableDiff | None, result: TableResult, absent: tuple[str, ...],
+                report: VerifyReport, repairing: bool) -> TableDiff | None:
+    """``diff`` when a repair can write it. Columns the target lacks are noted; the sink
+    cannot write them, so a table with rows to re-copy is then not repaired (its
+    differences stay reported)."""
+    if absent:
+        report.notes.append(_absent_note(result.table, absent))
+    if diff is None or not (absent and diff.upserts.num_rows):
+        return diff
+    if repairing:
+        result.error = (f"not repaired: {_absent_note(result.table, absent)}; repair "
+                        "once dbmazz has added them")
+    return None
+
+
 def open_target(config: Config) -> TargetReader:
     """A reader of the configured target from this process."""
     if config.sink == "starrocks":
@@ -156,8 +177,10 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
                                      ranges=options.ranges,
                                      error=f"verify failed: {type(exc).__name__}: {exc}")
             report.tables.append(result)
-            if check.diff is not None:
-                diffs.append(check.diff)
+            diff = _repairable(check.diff, result, target.absent.get(schema.source_name, ()),
+                               report, request.repair)
+            if diff is not None:
+                diffs.append(diff)
         if request.repair and write is not None:
             run_id = secrets.token_hex(4)
             by_name = {r.table: r for r in report.tables}

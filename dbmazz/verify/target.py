@@ -14,7 +14,7 @@ needs (``dbmazz_cdc_version``: the commit LSN of the row's last change, and
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -34,6 +34,8 @@ class TargetReader(Protocol):
     name: str
     #: JSON columns hold PostgreSQL's text unchanged (compare the text); else normalise.
     json_text: bool
+    #: Per source table, the columns its target lacked at the last scan (read as NULL).
+    absent: dict[str, tuple[str, ...]]
 
     def scan(self, table: TableSchema) -> Iterator[pa.Table]:
         """The table's columns (in-flight types) plus ``VERSION`` and ``DELETED``."""
@@ -50,9 +52,13 @@ def _bquote(name: str) -> str:
 
 
 def coerce(batch: pa.Table, table: TableSchema) -> pa.Table:
-    """Cast each column to its in-flight type (exact casts only; strings parsed by Arrow)."""
+    """Cast each column to its in-flight type (exact casts only; strings parsed by Arrow).
+    A column the target does not have yet (see :func:`readable`) reads as NULL."""
     columns = []
     for spec in table.columns:
+        if spec.name not in batch.column_names:
+            columns.append(pa.nulls(batch.num_rows, spec.arrow_type))
+            continue
         column = batch.column(spec.name)
         columns.append(_coerce_column(column, spec.arrow_type, spec.name, table))
     version = batch.column(VERSION).cast(pa.int64())
@@ -86,8 +92,23 @@ def _coerce_column(column: pa.ChunkedArray | pa.Array, target: pa.DataType, name
                         "(docs/types.md); fix the column or exclude the table") from None
 
 
-def _select_list(table: TableSchema, quote: Any) -> str:
-    return ", ".join(quote(c) for c in [*table.column_names, VERSION, DELETED])
+def readable(table: TableSchema, present: Iterable[str],
+             absent: dict[str, tuple[str, ...]]) -> list[str]:
+    """The table's columns to select, given the target's (``present``, any case).
+
+    A column added at the source reaches the target with the table's next change (its
+    Relation message): until then the target lacks it, and its rows hold what the target
+    will give them — NULL — so it is compared as NULL instead of failing the read. Key
+    columns are always selected (a target without one cannot be compared)."""
+    have = {name.lower() for name in present}
+    keys = set(table.key_columns)
+    selected = [c for c in table.column_names if c in keys or c.lower() in have]
+    absent[table.source_name] = tuple(c for c in table.column_names if c not in selected)
+    return selected
+
+
+def _select_list(columns: list[str], quote: Any) -> str:
+    return ", ".join(quote(c) for c in [*columns, VERSION, DELETED])
 
 
 class DuckDBTarget:
@@ -99,6 +120,7 @@ class DuckDBTarget:
     def __init__(self, connection: Any, *, owned: bool) -> None:
         self._conn = connection
         self._owned = owned
+        self.absent: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def open(cls, path: str) -> DuckDBTarget:
@@ -120,9 +142,13 @@ class DuckDBTarget:
         import duckdb
 
         target = f"{_quote(table.namespace)}.{_quote(table.target_name)}"
+        present = [str(r[0]) for r in self._conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+            "AND table_name = ?", [table.namespace, table.target_name]).fetchall()]
+        columns = readable(table, present, self.absent)
         try:
             reader = self._conn.sql(
-                f"SELECT {_select_list(table, _quote)} FROM {target}"
+                f"SELECT {_select_list(columns, _quote)} FROM {target}"
             ).to_arrow_reader(BATCH_ROWS)
             for batch in reader:
                 yield coerce(pa.Table.from_batches([batch]), table)
@@ -146,6 +172,7 @@ class StarRocksTarget:
         import pymysql
 
         self.database = database
+        self.absent: dict[str, tuple[str, ...]] = {}
         try:
             self._conn = pymysql.connect(
                 host=host, port=port, user=user, password=password, autocommit=True,
@@ -161,12 +188,16 @@ class StarRocksTarget:
     def scan(self, table: TableSchema) -> Iterator[pa.Table]:
         import pymysql
 
-        names = [*table.column_names, VERSION, DELETED]
-        sql = (f"SELECT {_select_list(table, _bquote)} FROM {_bquote(self.database)}."
-               f"{_bquote(table.target_name)}")
         try:
             with self._conn.cursor() as cur:
-                cur.execute(sql)
+                cur.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE "
+                            "TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                            (self.database, table.target_name))
+                selected = readable(table, [str(r[0]) for r in cur.fetchall()],
+                                    self.absent)
+                names = [*selected, VERSION, DELETED]
+                cur.execute(f"SELECT {_select_list(selected, _bquote)} FROM "
+                            f"{_bquote(self.database)}.{_bquote(table.target_name)}")
                 while True:
                     rows = cur.fetchmany(BATCH_ROWS)
                     if not rows:

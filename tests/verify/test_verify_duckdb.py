@@ -225,3 +225,26 @@ def test_a_narrowing_publication_is_compared_as_it_publishes(pg_db: Database,
         engine.stop()
         with contextlib.suppress(Exception):
             engine.wait(30)
+
+
+def test_a_column_added_at_the_source_compares_as_null_until_the_target_has_it(
+        running: tuple[Config, Engine, DuckDBSink], pg_db: Database) -> None:
+    config, engine, sink = running
+    # No row has changed since: the stream has not told dbmazz, the target lacks both.
+    pg_db.execute("ALTER TABLE public.lines ADD COLUMN w int, ADD COLUMN x int DEFAULT 7")
+    wait_until_loaded(engine, mark(pg_db))
+    # Was: the target read failed ('column "w" not found'), the table could not be checked.
+    report = verify(config, engine, sink, tables=("public.lines",), repair=True)
+    [lines] = report.tables
+    assert lines.changed == 300 and {d.columns for d in lines.diffs} == {("x",)}
+    # The sink cannot write a column its table lacks: not repaired, and said why.
+    assert lines.repaired == 0 and lines.error is not None
+    assert lines.error.startswith("not repaired: public.lines: the target lacks column(s) w, x")
+    [note] = report.notes
+    assert note.startswith("public.lines: the target lacks column(s) w, x") and note in lines.error
+    pg_db.execute("UPDATE public.lines SET qty = qty WHERE order_id = 0 AND line = 1")
+    wait_until_loaded(engine, mark(pg_db))
+    # The change brought the columns (NULL in the rows it did not write): now repaired.
+    assert verify(config, engine, sink, tables=("public.lines",), repair=True
+                  ).tables[0].repaired == 299
+    assert verify(config, engine, sink, tables=("public.lines",)).equal
