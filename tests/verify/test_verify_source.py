@@ -37,3 +37,21 @@ def test_a_table_rewritten_after_the_snapshot_is_reported_not_read_empty(
         # Other tables are still read, and the lock of a read ends with it.
         assert pa.concat_tables(list(source.scan(s))).num_rows == 1
         pg_db.execute("SET lock_timeout = 5000; ALTER TABLE public.s ALTER COLUMN id TYPE int8")
+
+
+def test_a_partitioned_table_is_read_in_chunks_of_its_partitions(pg_db: Database) -> None:
+    pg_db.execute("CREATE TABLE public.p (id int PRIMARY KEY, pad text) PARTITION BY RANGE (id);"
+                  "CREATE TABLE public.p1 PARTITION OF public.p FOR VALUES FROM (0) TO (1000);"
+                  "CREATE TABLE public.p2 PARTITION OF public.p FOR VALUES FROM (1000) "
+                  "TO (MAXVALUE);"
+                  "INSERT INTO public.p SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g")
+    [p], registry = load_schemas(pg_db.dsn, ["public.p"], {})
+    with SourceSnapshot(pg_db.dsn, registry, max_rows_per_s=0, statement_timeout_s=10,
+                        chunk_pages=16) as source:
+        batches = list(source.scan(p))
+    # Was: the whole table in one statement (one batch, all in memory, under one statement
+    # timeout). Now each partition by page ranges, as a table is: 2000 rows of ~0.5 KiB
+    # fill ~140 pages, 16 pages a read.
+    assert len(batches) > 4 and max(b.num_rows for b in batches) <= 16 * 15
+    ids = pa.concat_tables(batches).column("id").to_pylist()
+    assert sorted(ids) == list(range(1, 2001))
