@@ -41,12 +41,15 @@ def _marker(dsn: str, lsn: int) -> int:
 
 def wait_for_pipeline(dsn: str, slot: str, lsn: int, *, engine: DurableEngine | None,
                       timeout_s: float, should_stop: Callable[[], bool] = lambda: False,
-                      ) -> tuple[str, list[str]]:
+                      primary_dsn: str | None = None) -> tuple[str, list[str]]:
     """Returns (target state, notes): ``'durable'`` once the pipeline passed ``lsn``, or
-    ``'as-is'`` when no engine streams the slot."""
+    ``'as-is'`` when no engine streams the slot. ``primary_dsn``: where dbmazz writes
+    (PRIMARY_URL when ``dsn`` is a hot standby, which can write no marker and holds the
+    checkpoints only as replayed); the slot is looked up on ``dsn``."""
     deadline = time.monotonic() + timeout_s
+    writes = primary_dsn or dsn
     if engine is not None:
-        marker = _marker(dsn, lsn)
+        marker = _marker(writes, lsn)
         while not engine.wait_durable(marker, _POLL_S):
             _check_deadline(deadline, should_stop, marker)
         return "durable", []
@@ -56,8 +59,8 @@ def wait_for_pipeline(dsn: str, slot: str, lsn: int, *, engine: DurableEngine | 
             f"no engine streams slot {slot!r}: the target was compared as it is; changes "
             "the pipeline has not loaded yet show as differences"
         ]
-    marker = _marker(dsn, lsn)
-    store = PostgresCheckpointStore(SourceDatabase(dsn), slot)
+    marker = _marker(writes, lsn)
+    store = PostgresCheckpointStore(SourceDatabase(writes), slot)
     try:
         while (store.load() or 0) < marker:
             _check_deadline(deadline, should_stop, marker)

@@ -148,7 +148,8 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
         if engine is not None or engine_elsewhere:
             state, notes = wait_for_pipeline(config.source_dsn, config.slot_name, lsn,
                                              engine=engine, timeout_s=config.verify_wait_s,
-                                             should_stop=should_stop)
+                                             should_stop=should_stop,
+                                             primary_dsn=config.primary_dsn)
         else:
             state, notes = "as-is", []
         if request.repair and state == "durable" and config.delete_mode == "hard":

@@ -226,3 +226,10 @@ def test_streams_from_a_standby_with_setup_on_the_primary(pg_standby_pair: Stand
         assert_replicated(primary, sink, ITEMS)
         [(checkpoint,)] = primary.query("SELECT count(*) FROM dbmazz_checkpoints")
         assert checkpoint == 1
+        # dbmazz verify too: its marker is written on the primary (was: on the standby,
+        # "cannot assign TransactionIds during recovery").
+        sink.query("UPDATE public.items SET qty = 99 WHERE id = 7")
+        report = client.verify(repair=True)
+        assert [(d["kind"], d["key"]) for d in report["tables"][0]["diffs"]] == [
+            ("changed", {"id": 7})]
+        assert client.verify()["equal"]
