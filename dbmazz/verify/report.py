@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -81,6 +82,10 @@ class VerifyReport:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        # A float key may be NaN or ±Infinity: JSON has no such number ('NaN' in the output
+        # is not JSON, and strict readers such as jq refuse the whole report).
+        return str(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, bytes):

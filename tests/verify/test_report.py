@@ -4,6 +4,7 @@ the arguments a verify refuses."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from rich.console import Console
@@ -39,3 +40,13 @@ def test_each_kind_lists_its_first_keys_and_counts_the_rest() -> None:
 def test_arguments_that_cannot_work_are_refused(request_: VerifyRequest) -> None:
     with pytest.raises(BadVerifyRequest):
         request_.options()
+
+
+def test_the_json_report_is_json_with_non_finite_float_keys() -> None:
+    diffs = [KeyDiff("missing", {"f": float("nan")}), KeyDiff("extra", {"f": float("-inf")}),
+             KeyDiff("changed", {"f": 1.5}, ("v",))]
+    table = TableResult("public.t", "t", missing=1, extra=1, changed=1, diffs=diffs)
+    text = json.dumps(VerifyReport("0/1", "as-is", tables=[table]).to_dict())
+    # Was: NaN and -Infinity, which strict JSON readers refuse.
+    out = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert [d["key"]["f"] for d in out["tables"][0]["diffs"]] == ["nan", "-inf", 1.5]
