@@ -27,6 +27,7 @@ from dbmazz.signals import wait_for
 from dbmazz.sink.base import Interruptible, Sink
 from dbmazz.sink.load_health import LoadFailure, LoadHealth
 from dbmazz.snapshot.sink import SnapshotAwareSink
+from dbmazz.source.publication import PUBLISHED_AGAIN
 
 if TYPE_CHECKING:
     from dbmazz.engine.slot_health import SlotMonitor
@@ -118,6 +119,8 @@ class EngineService:
         self._drain_requested = False
         self._slot_dropped = False
         self._slot_monitor: SlotMonitor | None = None
+        #: On-demand snapshots that add tables dropped from the publication back.
+        self._readding: dict[str, OnDemandSnapshot] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -344,10 +347,13 @@ class EngineService:
                     "their rows again with an on-demand snapshot", config.publication_name,
                     ", ".join(tables))
         try:
-            self.request_snapshot(tables)
+            handle = self.request_snapshot(tables)
         except DbmazzError as exc:
             log.warning("could not load %s again: %s (restart dbmazz to do it)",
                         ", ".join(tables), exc.message)
+            return True
+        # It publishes them again: the next sample finds them back (publication.widenings).
+        self._readding.update(dict.fromkeys(tables, handle))
         return True
 
     def _reload_widened(self, tables: dict[str, str]) -> bool:
@@ -358,6 +364,15 @@ class EngineService:
         names the command that does."""
         config = self.config
         if config is None:
+            return True
+        pending = [t for t, change in tables.items()
+                   if change == PUBLISHED_AGAIN and self._readding.get(t) is not None
+                   and self._readding[t].running]
+        if pending:
+            return False  # the snapshot re-adding them runs: whether it loads them is open
+        tables = {t: change for t, change in tables.items()
+                  if not (change == PUBLISHED_AGAIN and self._readd_loaded(t))}
+        if not tables:
             return True
         how = "; ".join(f"{table}: {change}" for table, change in tables.items())
         if config.snapshot != "initial":
@@ -380,6 +395,12 @@ class EngineService:
         log.warning("publication %r widened while streaming (%s): loading the tables again "
                     "with an on-demand snapshot", config.publication_name, how)
         return True
+
+    def _readd_loaded(self, table: str) -> bool:
+        """Whether the snapshot that re-added ``table`` to the publication loaded it (not:
+        it failed, e.g. under publish_via_partition_root = false, or there was none)."""
+        handle = self._readding.pop(table, None)
+        return handle is not None and handle.completed and handle.error is None
 
     @staticmethod
     def _check_tables(engine: Engine, names: list[str]) -> None:

@@ -172,6 +172,8 @@ class SlotMonitor:
             self._report_widened(conn)
         except psycopg.Error as exc:  # the slot's sample stands; the next one compares again
             log.debug("cannot compare what publication %r publishes: %s", self.publication, exc)
+        except Exception:  # a bug here must not end the slot's sampling
+            log.exception("comparing what publication %r publishes failed", self.publication)
 
     def _report_widened(self, conn: psycopg.Connection) -> None:
         """Compare what the publication sends of the tables with the last sample's. The
@@ -182,9 +184,11 @@ class SlotMonitor:
         shapes = published_shapes(conn, self.publication, self.tables)
         before = self._shapes
         widened = widenings(conn, before, shapes) if before is not None else {}
-        if widened and not self.on_widened(widened):
-            # Not handled yet: the next sample compares those tables with their old shape.
-            shapes = {**shapes, **{t: before[t] for t in widened if before is not None}}
+        if widened and before is not None and not self.on_widened(widened):
+            # Not handled yet: the next sample compares those tables with their old shape
+            # (or its absence: not published then).
+            shapes = {t: shape for t, shape in shapes.items() if t not in widened}
+            shapes.update({t: before[t] for t in widened if t in before})
         self._shapes = shapes
 
     def _log_warning(self) -> None:

@@ -380,16 +380,24 @@ def published_shapes(conn: psycopg.Connection, publication: str,
         for s, t, oid, columns, row_filter, table_columns, leaves in rows}
 
 
+#: How a table the publication did not publish at the last sample (dropped from it, or a
+#: partitioned table published through its partitions' names while
+#: ``publish_via_partition_root`` was off) widened: its changes in between were passed over.
+PUBLISHED_AGAIN = "published again (its changes while it was not were passed over)"
+
+
 def widenings(conn: psycopg.Connection, before: dict[str, PublishedShape],
               after: dict[str, PublishedShape]) -> dict[str, str]:
     """``'schema.table'`` → how the publication came to send what it left out ``before``:
     a row filter changed or dropped, a column it now sends that the table had, a partition
-    joined (ATTACH) that holds rows from before it joined. Narrowing is left out (a reload
-    would not remove the rows the publication no longer sends)."""
+    joined (ATTACH) that holds rows from before it joined, the table published again
+    (:data:`PUBLISHED_AGAIN`). Narrowing is left out (a reload would not remove the rows
+    the publication no longer sends)."""
     out = {}
     for table, now in after.items():
         then = before.get(table)
         if then is None:
+            out[table] = PUBLISHED_AGAIN
             continue
         reasons = []
         if then.row_filter is not None and now.row_filter != then.row_filter:

@@ -334,11 +334,24 @@ INSERT INTO public.events_apac SELECT g, 'apac', g, 'pre-attach' FROM generate_s
 """
 
 
+def sample(service: EngineService) -> float:
+    """When the slot health was last sampled (0: not yet)."""
+    health = service.status().slot_health
+    return health.sampled_at if health is not None and not health.error else 0.0
+
+
+def unpublished(service: EngineService) -> tuple[str, ...]:
+    health = service.status().slot_health
+    return health.unpublished if health is not None else ()
+
+
 def test_a_publication_widened_while_streaming_is_loaded_again(
-        pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A row filter changed, a column list grown, a partition attached with rows: pgoutput
-    never sends the rows and values that were left out until they change. The slot health
-    sample notices, and under SNAPSHOT=initial an on-demand snapshot loads the tables again."""
+        pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A row filter changed, a column list grown, a partition attached with rows, a root
+    published again after ``publish_via_partition_root`` was off: pgoutput never sends the
+    rows and values that were left out until they change. The slot health sample notices,
+    and under SNAPSHOT=initial an on-demand snapshot loads the tables again."""
     require(pg_db, 150000, "row filters, column lists, ATTACH PARTITION while streaming")
     pg_db.execute(PARTITIONED)
     pg_db.execute("INSERT INTO public.events SELECT g, (ARRAY['eu','us','mx'])[g % 3 + 1], "
@@ -363,8 +376,9 @@ def test_a_publication_widened_while_streaming_is_loaded_again(
         assert engine is not None
         wait_until_loaded(engine, mark(pg_db))
         assert target_columns(sink, "public.customers") == ["id", "name"]
-        # What the slot health sample compares with (it samples every 0.2 s).
-        eventually(lambda: service.status().slot is not None, "a slot health sample")
+        # What the slot health samples compare with: the first (it samples every 0.2 s).
+        first = sample(service)
+        eventually(lambda: sample(service) > first, "a second slot health sample")
         pg_db.execute("ALTER PUBLICATION wide SET TABLE public.events, "
                       "public.orders WHERE (id % 4 <> 1), public.customers (id, name, ssn)")
         pg_db.execute("ALTER TABLE public.events ATTACH PARTITION public.events_apac "
@@ -376,8 +390,19 @@ def test_a_publication_widened_while_streaming_is_loaded_again(
         pg_db.execute("INSERT INTO public.events VALUES (600, 'jp', 1, 'new partition')")
         # Rows the new filter lets through stay until a reload; those it turns away stay
         # as loaded (a reload removes nothing): compare with the union.
-        eventually(lambda: replicated({"public.orders": "WHERE id % 4 <> 0 OR id % 4 <> 1"}),
-                   "the widened tables to be loaded again", 120)
+        loaded = {"public.orders": "WHERE id % 4 <> 0 OR id % 4 <> 1"}
+        eventually(lambda: replicated(loaded), "the widened tables to be loaded again", 120)
+
+        # Through its partitions' names, which are not in TABLES, the root's changes are
+        # passed over: the sample finds it unpublished; published again, it is reloaded.
+        pg_db.execute("ALTER PUBLICATION wide SET (publish_via_partition_root = false)")
+        pg_db.execute("UPDATE public.events SET amount = -amount WHERE id % 2 = 0")
+        eventually(lambda: "public.events" in unpublished(service), "the root unpublished")
+        # Adding it back failed (setup refuses the publication as it is now).
+        eventually(lambda: any("publish_via_partition_root = false" in r.getMessage()
+                               for r in caplog.records), "the reload to be refused")
+        pg_db.execute("ALTER PUBLICATION wide SET (publish_via_partition_root = true)")
+        eventually(lambda: replicated(loaded), "the root to be loaded again", 120)
     finally:
         service.stop(timeout=60)
         sink.close()
