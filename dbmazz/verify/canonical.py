@@ -93,7 +93,9 @@ def canonical_frame(rows: pa.Table, schema: TableSchema, *, json_text: bool) -> 
         elif pa.types.is_decimal(kind):
             column = column.cast(pa.string())
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            if spec.pg_type_oid == 1700:  # unconstrained / wide numeric, text in flight
+            if spec.pg_type_oid == 1700 or spec.pg_type_name == "numeric":
+                # Unconstrained / wide numeric (text in flight), also through a domain
+                # (whose oid is its own, its name the base type's).
                 column = _strip_zeros(column)
             elif not json_text and is_json(schema, spec.name):
                 column = normalise_json(column)

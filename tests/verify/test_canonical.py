@@ -52,8 +52,11 @@ def test_json_negative_zero_is_zero_when_the_target_re_renders_json() -> None:
     assert scalar == hashes(t, pa.table({"id": [1], "j": ["0"]}), json_text=False)[0]
 
 
-def test_unconstrained_numeric_ignores_trailing_zeros_only() -> None:
-    t = schema(("id", pa.int32(), 23, "int4"), ("n", pa.string(), 1700, "numeric"))
+@pytest.mark.parametrize("oid", [1700, 16386])  # numeric, and a domain over it
+def test_unconstrained_numeric_ignores_trailing_zeros_only(oid: int) -> None:
+    # A domain's column carries the domain's oid and its base type's name. Was: a domain
+    # over numeric kept StarRocks' DECIMAL(38,9) zeros, every row "changed" for ever.
+    t = schema(("id", pa.int32(), 23, "int4"), ("n", pa.string(), oid, "numeric"))
     a, b, c = hashes(t, pa.table({"id": [1, 1, 1], "n": ["1.50", "1.500000000", "1.05"]}))
     assert a == b != c
 
