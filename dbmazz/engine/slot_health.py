@@ -20,7 +20,13 @@ import psycopg
 from dbmazz.errors import DbmazzError
 from dbmazz.log import human_bytes
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.publication import PublishedShape, published_shapes, unpublished, widenings
+from dbmazz.source.publication import (
+    PublishedShape,
+    published_shapes,
+    through_partitions,
+    unpublished,
+    widenings,
+)
 from dbmazz.source.slots import read_slots
 
 log = logging.getLogger(__name__)
@@ -44,12 +50,28 @@ class SlotHealth:
     sampled_at: float = 0.0
 
 
-def unpublished_warning(publication: str, tables: Sequence[str]) -> str:
-    if not tables:
-        return ""
-    return (f"publication {publication!r} no longer publishes {', '.join(tables)}: their "
-            "changes are not decoded; restart dbmazz (setup adds them back and loads their "
-            "rows again)")
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def unpublished_warning(publication: str, tables: Sequence[str],
+                        via_partitions: Sequence[str] = ()) -> str:
+    """``via_partitions``: those of ``tables`` published through their partitions' names
+    (publish_via_partition_root off), which setup refuses, so a restart does not help."""
+    others = [t for t in tables if t not in via_partitions]
+    parts = []
+    if others:
+        parts.append(f"publication {publication!r} no longer publishes {', '.join(others)}: "
+                     "their changes are not decoded; restart dbmazz (setup adds them back and "
+                     "loads their rows again)")
+    if via_partitions:
+        parts.append(
+            f"publication {publication!r} has publish_via_partition_root = false: the changes "
+            f"of {', '.join(via_partitions)} arrive under their partitions' names and are "
+            f"passed over; run `ALTER PUBLICATION {_quoted(publication)} SET "
+            "(publish_via_partition_root = true);` while dbmazz runs (it then loads them "
+            "again)")
+    return "; ".join(parts)
 
 
 def assess(slot: str, retained: int | None, wal_status: str | None, safe: int | None,
@@ -150,10 +172,13 @@ class SlotMonitor:
             return SlotHealth(self.slot, False, warning=f"slot {self.slot} does not exist",
                               sampled_at=time.time())
         row = rows[0]
-        missing = tuple(f"{s}.{t}" for s, t in unpublished(conn, self.publication, self.tables)
-                        ) if self.publication else ()
+        gone = unpublished(conn, self.publication, self.tables) if self.publication else []
+        missing = tuple(f"{s}.{t}" for s, t in gone)
+        via_partitions = [f"{s}.{t}" for s, t in through_partitions(conn, self.publication,
+                                                                      gone)] if gone else []
         warnings = (assess(self.slot, row.retained_bytes, row.wal_status, row.safe_wal_size,
-                           self.warn_bytes), unpublished_warning(self.publication, missing))
+                           self.warn_bytes),
+                    unpublished_warning(self.publication, missing, via_partitions))
         return SlotHealth(
             self.slot, True, row.active, row.active_pid, row.retained_bytes, row.wal_status,
             row.safe_wal_size, missing, "; ".join(w for w in warnings if w),

@@ -163,6 +163,23 @@ def unpublished(conn: psycopg.Connection, publication: str,
     return [(str(s), str(t)) for s, t in rows]
 
 
+def through_partitions(conn: psycopg.Connection, publication: str,
+                       tables: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The partitioned ``tables`` that ``publication`` would publish through their
+    partitions' names (``publish_via_partition_root`` off), which are not in TABLES."""
+    rows = conn.execute(
+        """
+        SELECT x.s, x.t FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS x(s, t, i)
+        JOIN pg_namespace n ON n.nspname = x.s
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.t AND c.relkind = 'p'
+        JOIN pg_publication p ON p.pubname = %s AND NOT p.pubviaroot
+        ORDER BY x.i
+        """,
+        ([s for s, _ in tables], [t for _, t in tables], publication),
+    ).fetchall()
+    return [(str(s), str(t)) for s, t in rows]
+
+
 def _published_oids(conn: psycopg.Connection, publication: str) -> set[int]:
     rows = conn.execute(
         """

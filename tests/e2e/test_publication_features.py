@@ -398,6 +398,9 @@ def test_a_publication_widened_while_streaming_is_loaded_again(
         pg_db.execute("ALTER PUBLICATION wide SET (publish_via_partition_root = false)")
         pg_db.execute("UPDATE public.events SET amount = -amount WHERE id % 2 = 0")
         eventually(lambda: "public.events" in unpublished(service), "the root unpublished")
+        health = service.status().slot_health
+        assert health is not None and ('run `ALTER PUBLICATION "wide" SET (publish_via_partition'
+                                       '_root = true);` while dbmazz runs') in health.warning
         # Adding it back failed (setup refuses the publication as it is now).
         eventually(lambda: any("publish_via_partition_root = false" in r.getMessage()
                                for r in caplog.records), "the reload to be refused")
