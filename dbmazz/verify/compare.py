@@ -46,12 +46,24 @@ _SIDE = "__dbmazz_verify_side"
 
 @dataclass
 class TableDiff:
-    """What a repair needs: source rows to upsert (missing + changed), target keys to
-    delete (extra)."""
+    """What a repair needs: source rows to upsert (the ``missing`` first, then the
+    changed), target keys to delete (extra)."""
 
     table: TableSchema
     upserts: pa.Table
     deletes: pa.Table
+    missing: int = 0
+
+    def without(self, kinds: set[str]) -> TableDiff:
+        """This diff less the kinds (``missing``, ``changed``, ``extra``) not to repair."""
+        missing = self.upserts.slice(0, self.missing)
+        changed = self.upserts.slice(self.missing)
+        kept = [part for kind, part in (("missing", missing), ("changed", changed))
+                if kind not in kinds]
+        upserts = pa.concat_tables(kept) if kept else self.upserts.slice(0, 0)
+        deletes = self.deletes.slice(0, 0) if "extra" in kinds else self.deletes
+        return TableDiff(self.table, upserts, deletes,
+                         0 if "missing" in kinds else self.missing)
 
 
 @dataclass(frozen=True)
@@ -226,7 +238,7 @@ class TableCheck:
         self._report_keys(all_source, missing, changed, extra_keys)
         upsert_rows = pl.concat([missing[_ROW], changed[_ROW]]).cast(pl.Int64).to_numpy()
         self.diff = TableDiff(self.table, upserts=all_source.take(upsert_rows),
-                              deletes=extra_keys)
+                              deletes=extra_keys, missing=missing.height)
 
     def _hashed(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Key columns (canonical), the row hash and one hash per non-key column."""

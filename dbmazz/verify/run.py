@@ -90,6 +90,27 @@ def load_schemas(dsn: str, tables: Sequence[str], table_map: dict[str, str],
     return [cache.build(relations[t]) for t in tables], registry
 
 
+#: The differences a publication that does not publish an operation leaves on purpose.
+_KEPT_BY = {"insert": "missing", "update": "changed", "delete": "extra", "truncate": "extra"}
+
+
+def unpublished(dsn: str, publication: str) -> list[str]:
+    """The operations ``publication`` does not publish (none when it does not exist)."""
+    with SourceDatabase(dsn).connect("verify") as conn:
+        row = conn.execute("SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM "
+                           "pg_publication WHERE pubname = %s", (publication,)).fetchone()
+    if row is None:
+        return []
+    return [op for op, on in zip(_KEPT_BY, row, strict=True) if not on]
+
+
+def _unpublished_note(publication: str, ops: list[str]) -> str:
+    kinds = sorted({_KEPT_BY[op] for op in ops})
+    return (f"publication {publication!r} does not publish {', '.join(ops)}: the target "
+            f"keeps what those would change, so {' and '.join(kinds)} rows are expected "
+            "and a repair leaves them as they are")
+
+
 def _absent_note(table: str, absent: tuple[str, ...]) -> str:
     return (f"{table}: the target lacks column(s) {', '.join(absent)} "
             "(added at the source; dbmazz adds them with the table's next change), "
@@ -160,6 +181,9 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
             )
         report = VerifyReport(snapshot_lsn=format_lsn(lsn), target_state=state,
                               sample=request.sample, repaired=request.repair, notes=notes)
+        ops = unpublished(config.source_dsn, config.publication_name)
+        if ops:
+            report.notes.append(_unpublished_note(config.publication_name, ops))
         diffs: list[TableDiff] = []
         for schema in schemas:
             if should_stop():
@@ -185,7 +209,11 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
         if request.repair and write is not None:
             run_id = secrets.token_hex(4)
             by_name = {r.table: r for r in report.tables}
+            # A repair never undoes what the publication leaves out on purpose (an
+            # insert-only archive keeps the rows deleted at the source).
+            kept = {_KEPT_BY[op] for op in ops}
             for diff in diffs:
-                by_name[diff.table.source_name].repaired = repair(diff, lsn, write, run_id)
+                by_name[diff.table.source_name].repaired = repair(diff.without(kept), lsn,
+                                                                  write, run_id)
     report.seconds = time.monotonic() - started
     return report

@@ -248,3 +248,35 @@ def test_a_column_added_at_the_source_compares_as_null_until_the_target_has_it(
     assert verify(config, engine, sink, tables=("public.lines",), repair=True
                   ).tables[0].repaired == 299
     assert verify(config, engine, sink, tables=("public.lines",)).equal
+
+
+def test_a_repair_keeps_what_the_publication_does_not_publish(pg_db: Database,
+                                                              tmp_path: Path) -> None:
+    # An archive: deletes (and truncates) are not published, the target keeps those rows.
+    pg_db.execute("CREATE TABLE public.arch (id int PRIMARY KEY, v int);"
+                  "INSERT INTO public.arch SELECT g, g FROM generate_series(1, 40) g;"
+                  "CREATE PUBLICATION archive FOR TABLE public.arch "
+                  "WITH (publish = 'insert, update')")
+    config = duckdb_config(pg_db, tmp_path, ["public.arch"], publication_name="archive",
+                           verify_max_rows_per_s=0)
+    sink = DuckDBSink(config.duckdb_path)
+    engine = build_live_engine(config, sink=sink)
+    engine.start()
+    try:
+        pg_db.execute("DELETE FROM public.arch WHERE id <= 3")
+        wait_until_loaded(engine, mark(pg_db))
+        sink.query("UPDATE public.arch SET v = -1 WHERE id = 10")   # drift: repaired
+        report = verify(config, engine, sink, repair=True)
+        [arch] = report.tables
+        assert (arch.missing, arch.changed, arch.extra) == (0, 1, 3)
+        assert any("does not publish delete, truncate" in n for n in report.notes)
+        # Was: the 3 rows the archive keeps were deleted by the repair.
+        assert arch.repaired == 1
+        again = verify(config, engine, sink)
+        assert (again.tables[0].changed, again.tables[0].extra) == (0, 3)
+        assert sink.query("SELECT count(*) FROM public.arch WHERE NOT dbmazz_is_deleted"
+                          ) == [(40,)]
+    finally:
+        engine.stop()
+        with contextlib.suppress(Exception):
+            engine.wait(30)
