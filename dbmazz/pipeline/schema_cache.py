@@ -122,7 +122,7 @@ class SchemaCache:
         if previous == relation and known is not None:
             return None
         table = self.build(relation)
-        _check_identity(relation, table.key_columns)
+        _check_identity(relation, table.key_columns, self._catalog)
         before = self._tables.get(relation.oid)
         self._relations[relation.oid] = relation
         self._tables[relation.oid] = table
@@ -204,16 +204,36 @@ class SchemaCache:
         )
 
 
-def _check_identity(relation: Relation, keys: Sequence[str]) -> None:
+def _check_identity(relation: Relation, keys: Sequence[str],
+                    catalog: KeyCatalog | None = None) -> None:
     """Under REPLICA IDENTITY DEFAULT or USING INDEX a Relation message flags the key
     columns: other ones than the key dbmazz loads by mean the table's primary key changed
     while streaming. Merged and loaded by the old key, rows that share it would overwrite
-    each other in the target, and key changes would leave their old rows behind."""
+    each other in the target, and key changes would leave their old rows behind. USING an
+    index other than the primary key (the catalog's key is still dbmazz's) is no key change,
+    but as bad: deletes and key changes then carry that index's columns, not the key."""
     if relation.replica_identity not in ("d", "i"):
         return  # FULL flags every column; NOTHING none
-    if set(relation.identity_columns) != set(keys):
-        raise key_changed(relation.qualified_name, "replica identity",
-                          relation.identity_columns, keys)
+    if set(relation.identity_columns) == set(keys):
+        return
+    if relation.replica_identity == "i" and catalog is not None:
+        now = catalog.current_key(relation.oid)
+        if now is not None and set(now) == set(keys):
+            raise identity_not_key(relation.qualified_name, relation.identity_columns, keys)
+    raise key_changed(relation.qualified_name, "replica identity",
+                      relation.identity_columns, keys)
+
+
+def identity_not_key(table: str, index: Sequence[str], keys: Sequence[str]) -> SetupError:
+    return SetupError(
+        f"the replica identity of {table} was set while streaming to an index on "
+        f"({', '.join(index)}), not its primary key ({', '.join(keys)}): PostgreSQL then "
+        "sends deletes and key changes without the primary key, so dbmazz cannot apply them",
+        f"ALTER TABLE {table} REPLICA IDENTITY FULL (or DEFAULT); the changes made "
+        f"meanwhile cannot be loaded: take {table} out of TABLES and restart until the "
+        "checkpoint passes them (`dbmazz status`), drop its target table, then put it back "
+        "in TABLES and restart: it is loaded afresh",
+    )
 
 
 def _check_catalog_key(catalog: KeyCatalog, relation: Relation, keys: Sequence[str]) -> None:

@@ -357,3 +357,23 @@ def test_unknown_message_type_is_a_protocol_error() -> None:
     b = make()
     with pytest.raises(ProtocolError, match="0x5a"):
         b.add(chunk(wal.begin(100), b"Z\x00\x00"))
+
+
+def test_an_identity_index_other_than_the_primary_key_is_named_as_such() -> None:
+    # ALTER TABLE … REPLICA IDENTITY USING INDEX on a unique index that is not the primary
+    # key: the Relation message flags that index's columns. The key did not change (the
+    # catalog says so), so the error names the identity and the ALTER that undoes it, not a
+    # primary-key change and a reload "with the new key".
+    by_code = Relation(16384, "public", "a", "i", (
+        RelationColumn("id", 20, -1, False), RelationColumn("v", 25, -1, True)))
+    catalog = Catalog({by_code.oid: ("id",)})
+    b = Batcher(SchemaCache(keys_from_map({"public.a": ["id"]}), catalog=catalog),
+                flush_rows=1000, flush_bytes=1 << 30, flush_interval_ms=1000, clock=Clock())
+    b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]))))
+    with pytest.raises(SetupError, match=r"replica identity of public\.a was set while "
+                       r"streaming to an index on \(v\), not its primary key \(id\)") as err:
+        b.add(chunk(wal.relation(by_code), txn(200, wal.insert(T1.oid, ["1", "y"]))))
+    assert "ALTER TABLE public.a REPLICA IDENTITY FULL" in (err.value.hint or "")
+    catalog.keys[by_code.oid] = ("v",)  # the key itself moved to v: a key change
+    with pytest.raises(SetupError, match=r"primary key of public\.a changed while streaming"):
+        b.add(chunk(wal.relation(by_code), txn(300, wal.insert(T1.oid, ["1", "z"]))))
