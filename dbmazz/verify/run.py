@@ -132,6 +132,17 @@ def _repairable(diff: TableDiff | None, result: TableResult, absent: tuple[str, 
     return None
 
 
+def _repair_table(result: TableResult, diff: TableDiff, lsn: int, write: Write,
+                  run_id: str) -> None:
+    """One table's repair; a write the target refuses is that table's error (the other
+    tables are still repaired, and the report is not lost)."""
+    try:
+        result.repaired = repair(diff, lsn, write, run_id)
+    except DbmazzError as exc:
+        log.warning("repair of %s failed: %s", result.table, exc.message)
+        result.error = f"repair failed: {exc.message}"
+
+
 def open_target(config: Config) -> TargetReader:
     """A reader of the configured target from this process."""
     if config.sink == "starrocks":
@@ -213,7 +224,7 @@ def run_verify(config: Config, request: VerifyRequest, *, target: TargetReader,
             # insert-only archive keeps the rows deleted at the source).
             kept = {_KEPT_BY[op] for op in ops}
             for diff in diffs:
-                by_name[diff.table.source_name].repaired = repair(diff.without(kept), lsn,
-                                                                  write, run_id)
+                _repair_table(by_name[diff.table.source_name], diff.without(kept), lsn,
+                              write, run_id)
     report.seconds = time.monotonic() - started
     return report

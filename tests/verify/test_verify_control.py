@@ -7,6 +7,7 @@ import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,13 @@ from dbmazz import cli
 from dbmazz.api._proto import dbmazz_pb2 as pb
 from dbmazz.api.client import EngineRequestError
 from dbmazz.api.prometheus import MetricsServer
+from dbmazz.errors import SinkError
+from dbmazz.pipeline.batch import TableBatch
+from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.fixtures import Database
-from tests.e2e.harness import mark, wait_until_loaded
+from dbmazz.verify.run import VerifyRequest, load_schemas, run_verify
+from dbmazz.verify.target import DuckDBTarget
+from tests.e2e.harness import duckdb_config, mark, wait_until_loaded
 from tests.integration.test_grpc import PUBLICATION, SLOT, Live, _items, _start_live
 from tests.scripted import eventually
 
@@ -130,3 +136,31 @@ def test_repair_beside_the_engine_is_refused_under_hard_deletes(pg_db: Database,
             live.client.verify(repair=True)
     assert "FAILED_PRECONDITION" in str(refused.value)
     assert "DELETE_MODE=soft" in str(refused.value)
+
+
+def test_a_repair_the_target_refuses_is_that_tables_error(pg_db: Database,
+                                                          tmp_path: Path) -> None:
+    pg_db.execute("CREATE TABLE public.a (id int PRIMARY KEY); "
+                  "CREATE TABLE public.b (id int PRIMARY KEY); "
+                  "INSERT INTO public.a VALUES (1); INSERT INTO public.b VALUES (1), (2)")
+    config = duckdb_config(pg_db, tmp_path, ["public.a", "public.b"])
+    sink = DuckDBSink(config.duckdb_path)
+    sink.setup(load_schemas(pg_db.dsn, config.tables, {})[0])  # empty: every row missing
+
+    def write(batch: TableBatch) -> object:
+        if batch.table.name == "a":
+            raise SinkError("the target refused it")
+        return sink.write(batch)
+
+    def run(repair: bool) -> Any:
+        return run_verify(config, VerifyRequest(repair=repair, ranges=4),
+                          target=DuckDBTarget(sink.read_cursor(), owned=True), write=write,
+                          engine_elsewhere=False)
+    try:
+        # Was: the exception ended the verify, without a report and before public.b.
+        a, b = run(True).tables
+        assert (a.repaired, a.error) == (0, "repair failed: the target refused it")
+        assert (b.repaired, b.error) == (2, None)
+        assert [t.equal for t in run(False).tables] == [False, True]
+    finally:
+        sink.close()
