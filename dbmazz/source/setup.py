@@ -501,6 +501,8 @@ def _check_narrowed_identity(
     by_oid = {t.oid: t for t in tables}
     warnings = []
     for narrowing in pubinfo.narrowings(conn, {t.oid: t.name for t in tables}):
+        _check_partition_identity(narrowing, [t for t in identity_changes
+                                              if t.oid not in by_oid], conn, identity_code)
         table = by_oid[narrowing.oid]
         identity = identity_code if table.oid in changing else table.identity
         problems = pubinfo.identity_conflicts(conn, narrowing, identity)
@@ -520,6 +522,34 @@ def _check_narrowed_identity(
         if narrowing.publication == publication:
             warnings += _toast_risk(conn, narrowing, identity, table, changing)
     return warnings
+
+
+def _check_partition_identity(narrowing: pubinfo.Narrowing, partitions: Sequence[_Table],
+                              conn: psycopg.Connection, identity_code: str) -> None:
+    """Refuse to give a partition of a narrowed root an identity PostgreSQL would reject
+    its UPDATEs and DELETEs under: it holds the partition to the root's column list and
+    row filter when the publication publishes through the root, while the root's own
+    identity (a partitioned table holds no rows) is never checked. The root's narrowing
+    read by names fits its partitions: they have the root's columns."""
+    if not partitions or not narrowing.old_rows:
+        return
+    via_root = conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s",
+                            (narrowing.publication,)).fetchone()
+    if not (via_root and via_root[0]):
+        return  # each partition is published as itself, without the root's narrowing
+    mine = {p.oid for p in pubinfo.leaf_partitions(conn, [narrowing.oid])}
+    changing = [t.name for t in partitions if t.oid in mine]
+    problems = pubinfo.identity_conflicts(conn, narrowing, identity_code) if changing else []
+    if problems:
+        raise SetupError(
+            f"under REPLICA IDENTITY {_IDENTITY_NAME[identity_code]}, PostgreSQL would reject "
+            f"UPDATEs and DELETEs of {', '.join(changing)} (partitions of {narrowing.table}): "
+            f"publication {narrowing.publication!r} publishes {narrowing.table}, but "
+            f"{'; '.join(problems)}",
+            "set REPLICA_IDENTITY to a mode the publication allows ('default' when the key "
+            "columns are published and filtered on, or 'keep'), or change the publication's "
+            "column list / row filter / publish_generated_columns yourself",
+        )
 
 
 def setup_source(

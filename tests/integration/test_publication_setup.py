@@ -57,6 +57,32 @@ def test_another_publications_column_list_counts_too(filtered: Database) -> None
                     ("theirs", "{id,status}", None)]
 
 
+def test_partitions_are_held_to_their_roots_column_list(filtered: Database) -> None:
+    """Through the root, PostgreSQL holds each partition's identity to the root's column
+    list; the root's own identity (FULL here) is never checked, it holds no rows."""
+    filtered.execute("""
+    CREATE TABLE public.ev (id int, region text, secret text, PRIMARY KEY (id, region))
+        PARTITION BY LIST (region);
+    CREATE TABLE public.ev_eu PARTITION OF public.ev FOR VALUES IN ('eu');
+    INSERT INTO public.ev VALUES (1, 'eu', 's');
+    ALTER TABLE public.ev REPLICA IDENTITY FULL;
+    CREATE PUBLICATION root FOR TABLE public.ev (id, region)
+        WITH (publish_via_partition_root = true);
+    """)
+    with pytest.raises(SetupError) as failure:
+        setup_source(filtered.dsn, ["public.ev"], "root", "s1")
+    assert ("would reject UPDATEs and DELETEs of public.ev_eu (partitions of public.ev): "
+            "publication 'root'") in failure.value.message
+    assert "column(s) secret" in failure.value.message
+    [(identity,)] = filtered.query(
+        "SELECT relreplident::text FROM pg_class WHERE relname = 'ev_eu'")
+    assert identity == "d"  # nothing changed: the table still takes UPDATEs
+    filtered.execute("UPDATE public.ev SET secret = 'x'")
+    # DEFAULT, the partitions' identity now, is what the column list allows.
+    setup_source(filtered.dsn, ["public.ev"], "root", "s1", "default")
+    filtered.execute("UPDATE public.ev SET secret = 'y'")
+
+
 def test_row_filter_under_default_identity_and_toastable_columns(pg_db: Database) -> None:
     with pg_db.connect() as conn:
         if conn.info.server_version < 150000:
