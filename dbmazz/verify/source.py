@@ -2,12 +2,12 @@
 
 A TEMPORARY logical slot is created with an exported snapshot (as an on-demand snapshot
 does): its consistent point is the exact LSN the snapshot shows — commits before it are in
-it, commits from it on are not. Each read of a table imports the snapshot on a connection of
-its own, locks the table against rewrites (and finds one committed since the snapshot), and
-reads it by ``ctid`` page ranges (sequential reads, any key type; the same reader and casts
-as the initial snapshot, so rows arrive as the in-flight Arrow types) under a statement
-timeout and a rows-per-second limit. The slot and the snapshot vanish when the verify closes
-(or dies).
+it, commits from it on are not. One connection imports the snapshot and reads each table by
+``ctid`` page ranges (sequential reads, any key type; the same reader and casts as the
+initial snapshot, so rows arrive as the in-flight Arrow types) under a statement timeout
+and a rows-per-second limit. Before a table is read, a second connection imports the
+snapshot too, locks the table against rewrites and finds one committed since the snapshot.
+The slot and the snapshot vanish when the verify closes (or dies).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from dbmazz.snapshot.read import (
     Chunk,
     ChunkReader,
     TableLayout,
-    TableRewrittenError,
     create_temporary_slot,
+    guard_sql,
     open_reader,
     plan_chunks,
     server_supports_tid_ranges,
     table_layouts,
 )
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.names import quote_ident
+from dbmazz.source.names import quote_ident, quote_literal
 from dbmazz.source.slots import SlotCreation
 from dbmazz.source.types import TypeRegistry
 
@@ -89,9 +89,15 @@ class SourceSnapshot:
         #: Its row filters narrow each read to the rows the target is given (PG 15+).
         self.publication = publication
         self.chunk_pages = chunk_pages
-        self._registry = registry
+        self._reader: ChunkReader | None = None
         self._creation: SlotCreation | None = create_temporary_slot(dsn, "dbmazz_verify")
         self.lsn = self._creation.consistent_point
+        try:
+            self._reader = open_reader("auto", self.dsn, self._creation.snapshot_name,
+                                       registry)
+        except BaseException:
+            self.close()
+            raise
         self.rate = RateLimit(max_rows_per_s)
 
     def scan(self, table: TableSchema) -> Iterator[pa.Table]:
@@ -100,19 +106,18 @@ class SourceSnapshot:
                                    self.publication)[table.source_name]
             tid_ranges = server_supports_tid_ranges(conn)
             reads = self._plan(conn, table, layout, tid_ranges)
-        reader = self._guarded_reader(table)
-        try:
+            # Held while the reader reads the table (it takes the same lock then).
+            self._guard(conn, table)
+            assert self._reader is not None, "scan after close"
             for part, chunk in reads:
                 try:
-                    rows = reader.read(part, chunk)
+                    rows = self._reader.read(part, chunk)
                 except SourceError as exc:
                     raise SourceError(exc.message, exc.hint or (
                         "a read that hits the statement timeout is cancelled: raise "
                         "VERIFY_STATEMENT_TIMEOUT_S (0 = none)")) from None
                 self.rate.took(rows.num_rows)
                 yield rows
-        finally:
-            reader.close()
 
     def _plan(self, conn: psycopg.Connection, table: TableSchema, layout: TableLayout,
               tid_ranges: bool) -> list[tuple[TableSchema, Chunk]]:
@@ -139,25 +144,29 @@ class SourceSnapshot:
                                                      tid_ranges)]
         return reads
 
-    def _guarded_reader(self, table: TableSchema) -> ChunkReader:
-        """A reader inside the snapshot that locks ``table`` against rewrites while it reads
-        it (ACCESS SHARE, as reading takes anyway; released when the scan ends).
+    def _guard(self, conn: psycopg.Connection, table: TableSchema) -> None:
+        """Lock ``table`` inside the snapshot on ``conn`` (ACCESS SHARE, until ``conn``
+        closes) and refuse it when it was rewritten since the snapshot.
 
         A rewrite committed after the snapshot (``ALTER TABLE … TYPE``, ``TRUNCATE``) is
         not MVCC-safe: the snapshot would see the new, empty file, so every target row would
         look extra and a repair would delete them all. Such a table is reported, not read."""
-        assert self._creation is not None, "scan after close"
-        try:
-            return open_reader("auto", self.dsn, self._creation.snapshot_name,
-                               self._registry, guarded=[table])
-        except TableRewrittenError:
+        assert self._creation is not None and self._creation.snapshot_name, "scan after close"
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(self._creation.snapshot_name)}")
+        lock, check = guard_sql([table])
+        conn.execute(lock)
+        if conn.execute(check).fetchall():
             raise SourceError(
                 f"{table.source_name} was rewritten (ALTER TABLE … TYPE, TRUNCATE, VACUUM "
                 "FULL or CLUSTER) after the verify's snapshot: its rows as of the snapshot "
                 "cannot be read; run `dbmazz verify` again",
-                "the rewrite is not MVCC-safe: the snapshot would see the table empty") from None
+                "the rewrite is not MVCC-safe: the snapshot would see the table empty")
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._creation is not None:
             self._creation.close()
             self._creation = None
