@@ -574,12 +574,14 @@ class DuckDBSink:
         return self._key(cur, table) is not None
 
     def _key(self, cur: duckdb.DuckDBPyConnection, table: TableSchema) -> list[str] | None:
-        row = cur.execute(
+        # fetchall, not fetchone: DuckDB 2 keeps a result not read to its end pending on
+        # the cursor, and the thread's next register() on it fails ("unfinished result").
+        rows = cur.execute(
             "SELECT constraint_column_names FROM duckdb_constraints() WHERE schema_name = ? "
             "AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
             [table.namespace, table.target_name],
-        ).fetchone()
-        return None if row is None else list(row[0])
+        ).fetchall()
+        return list(rows[0][0]) if rows else None
 
     def _check_key(self, cur: duckdb.DuckDBPyConnection, table: TableSchema) -> None:
         """An existing table keyed otherwise than the source (its key changed while dbmazz
