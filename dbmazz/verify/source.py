@@ -2,12 +2,13 @@
 
 A TEMPORARY logical slot is created with an exported snapshot (as an on-demand snapshot
 does): its consistent point is the exact LSN the snapshot shows — commits before it are in
-it, commits from it on are not. One connection imports the snapshot and reads each table by
-``ctid`` page ranges (sequential reads, any key type; the same reader and casts as the
+it, commits from it on are not. Readers import the snapshot and read each table by ``ctid``
+page ranges (sequential reads, any key type; the same reader and casts as the
 initial snapshot, so rows arrive as the in-flight Arrow types) under a statement timeout
-and a rows-per-second limit. Before a table is read, a second connection imports the
-snapshot too, locks the table against rewrites and finds one committed since the snapshot.
-The slot and the snapshot vanish when the verify closes (or dies).
+and a rows-per-second limit. Each table gets a reader of its own for all its passes: it
+locks the table against rewrites, finds one committed since the snapshot, and ends (with
+its lock) when the next table is read. The slot and the snapshot vanish when the verify
+closes (or dies).
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from dbmazz.snapshot.read import (
     Chunk,
     ChunkReader,
     TableLayout,
+    TableRewrittenError,
     create_temporary_slot,
-    guard_sql,
     open_reader,
     plan_chunks,
     server_supports_tid_ranges,
     table_layouts,
 )
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.names import quote_ident, quote_literal
+from dbmazz.source.names import quote_ident
 from dbmazz.source.slots import SlotCreation
 from dbmazz.source.types import TypeRegistry
 
@@ -89,15 +90,12 @@ class SourceSnapshot:
         #: Its row filters narrow each read to the rows the target is given (PG 15+).
         self.publication = publication
         self.chunk_pages = chunk_pages
+        self._registry = registry
+        #: The reader of the table being checked (all its passes), and that table's name.
         self._reader: ChunkReader | None = None
+        self._reading = ""
         self._creation: SlotCreation | None = create_temporary_slot(dsn, "dbmazz_verify")
         self.lsn = self._creation.consistent_point
-        try:
-            self._reader = open_reader("auto", self.dsn, self._creation.snapshot_name,
-                                       registry)
-        except BaseException:
-            self.close()
-            raise
         self.rate = RateLimit(max_rows_per_s)
 
     def scan(self, table: TableSchema) -> Iterator[pa.Table]:
@@ -106,18 +104,16 @@ class SourceSnapshot:
                                    self.publication)[table.source_name]
             tid_ranges = server_supports_tid_ranges(conn)
             reads = self._plan(conn, table, layout, tid_ranges)
-            # Held while the reader reads the table (it takes the same lock then).
-            self._guard(conn, table)
-            assert self._reader is not None, "scan after close"
-            for part, chunk in reads:
-                try:
-                    rows = self._reader.read(part, chunk)
-                except SourceError as exc:
-                    raise SourceError(exc.message, exc.hint or (
-                        "a read that hits the statement timeout is cancelled: raise "
-                        "VERIFY_STATEMENT_TIMEOUT_S (0 = none)")) from None
-                self.rate.took(rows.num_rows)
-                yield rows
+        reader = self._reader_of(table)
+        for part, chunk in reads:
+            try:
+                rows = reader.read(part, chunk)
+            except SourceError as exc:
+                raise SourceError(exc.message, exc.hint or (
+                    "a read that hits the statement timeout is cancelled: raise "
+                    "VERIFY_STATEMENT_TIMEOUT_S (0 = none)")) from None
+            self.rate.took(rows.num_rows)
+            yield rows
 
     def _plan(self, conn: psycopg.Connection, table: TableSchema, layout: TableLayout,
               tid_ranges: bool) -> list[tuple[TableSchema, Chunk]]:
@@ -144,29 +140,39 @@ class SourceSnapshot:
                                                      tid_ranges)]
         return reads
 
-    def _guard(self, conn: psycopg.Connection, table: TableSchema) -> None:
-        """Lock ``table`` inside the snapshot on ``conn`` (ACCESS SHARE, until ``conn``
-        closes) and refuse it when it was rewritten since the snapshot.
+    def _reader_of(self, table: TableSchema) -> ChunkReader:
+        """A reader inside the snapshot that has locked ``table`` against rewrites (ACCESS
+        SHARE, as reading takes anyway), kept for every pass over the table and closed when
+        the next table is read, so its lock does not outlast the table's check.
 
+        The lock and the rewrite check run in the reader's own transaction: a lock held on
+        another connection would queue the reader's reads behind an ALTER waiting for it.
         A rewrite committed after the snapshot (``ALTER TABLE … TYPE``, ``TRUNCATE``) is
         not MVCC-safe: the snapshot would see the new, empty file, so every target row would
         look extra and a repair would delete them all. Such a table is reported, not read."""
-        assert self._creation is not None and self._creation.snapshot_name, "scan after close"
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        conn.execute(f"SET TRANSACTION SNAPSHOT {quote_literal(self._creation.snapshot_name)}")
-        lock, check = guard_sql([table])
-        conn.execute(lock)
-        if conn.execute(check).fetchall():
+        if self._reader is not None and self._reading == table.source_name:
+            return self._reader
+        self._close_reader()
+        assert self._creation is not None, "scan after close"
+        try:
+            self._reader = open_reader("auto", self.dsn, self._creation.snapshot_name,
+                                       self._registry, guarded=[table])
+        except TableRewrittenError:
             raise SourceError(
                 f"{table.source_name} was rewritten (ALTER TABLE … TYPE, TRUNCATE, VACUUM "
                 "FULL or CLUSTER) after the verify's snapshot: its rows as of the snapshot "
                 "cannot be read; run `dbmazz verify` again",
-                "the rewrite is not MVCC-safe: the snapshot would see the table empty")
+                "the rewrite is not MVCC-safe: the snapshot would see the table empty") from None
+        self._reading = table.source_name
+        return self._reader
 
-    def close(self) -> None:
+    def _close_reader(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+    def close(self) -> None:
+        self._close_reader()
         if self._creation is not None:
             self._creation.close()
             self._creation = None

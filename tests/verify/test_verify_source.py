@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pyarrow as pa
 import pytest
 
@@ -9,6 +11,7 @@ from dbmazz.errors import SourceError
 from dbmazz.testing.fixtures import Database
 from dbmazz.verify.run import load_schemas
 from dbmazz.verify.source import SourceSnapshot
+from tests.scripted import eventually
 
 REWRITES = {
     "alter": "ALTER TABLE public.r ALTER COLUMN v TYPE int4 USING v + 0",
@@ -54,3 +57,30 @@ def test_a_partitioned_table_is_read_in_chunks_of_its_partitions(pg_db: Database
     assert len(batches) > 4 and max(b.num_rows for b in batches) <= 16 * 15
     ids = pa.concat_tables(batches).column("id").to_pylist()
     assert sorted(ids) == list(range(1, 2001))
+
+
+def test_a_truncate_waiting_for_the_verify_does_not_stall_its_reads(pg_db: Database) -> None:
+    pg_db.execute("CREATE TABLE public.p (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);"
+                  "CREATE TABLE public.p1 PARTITION OF public.p FOR VALUES FROM (0) TO (100);"
+                  "CREATE TABLE public.p2 PARTITION OF public.p FOR VALUES FROM (100) "
+                  "TO (MAXVALUE);"
+                  "INSERT INTO public.p SELECT g, g FROM generate_series(1, 200) g")
+    [p], registry = load_schemas(pg_db.dsn, ["public.p"], {})
+    with SourceSnapshot(pg_db.dsn, registry, max_rows_per_s=0,
+                        statement_timeout_s=10) as source:
+        reads = source.scan(p)
+        first = next(reads)  # p1 read; p2 not yet
+        truncate = threading.Thread(target=pg_db.execute, args=("TRUNCATE public.p2",),
+                                    daemon=True)
+        truncate.start()
+        eventually(lambda: pg_db.query(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'public.p2'::regclass "
+            "AND NOT granted")[0][0] > 0, "the TRUNCATE to wait for the verify's lock", 30)
+        # Was (for a moment on this branch): the lock was held by another connection than
+        # the reader's, whose read of p2 then queued behind the waiting TRUNCATE (and the
+        # TRUNCATE behind the lock): reads and the table's writers stalled until the
+        # statement timeout.
+        rest = list(reads)
+    truncate.join(30)
+    assert not truncate.is_alive()
+    assert first.num_rows + sum(b.num_rows for b in rest) == 200
