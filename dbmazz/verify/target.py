@@ -101,6 +101,8 @@ def readable(table: TableSchema, present: Iterable[str],
     will give them — NULL — so it is compared as NULL instead of failing the read. Key
     columns are always selected (a target without one cannot be compared)."""
     have = {name.lower() for name in present}
+    if not have:  # no such table: its read fails, naming the table
+        return list(table.column_names)
     keys = set(table.key_columns)
     selected = [c for c in table.column_names if c in keys or c.lower() in have]
     absent[table.source_name] = tuple(c for c in table.column_names if c not in selected)

@@ -13,7 +13,7 @@ import pytest
 from dbmazz.pipeline.batch import ColumnSpec, TableSchema
 from dbmazz.verify.canonical import canonical_frame, row_hashes
 from dbmazz.verify.ranges import RangeSums, differing, sampled
-from dbmazz.verify.target import coerce
+from dbmazz.verify.target import coerce, readable
 
 
 def schema(*columns: tuple[str, pa.DataType, int, str]) -> TableSchema:
@@ -145,3 +145,14 @@ def test_bisection_narrows_differing_ranges_before_collecting_rows() -> None:
     assert direct.passes == 1 and sorted(map(repr, direct.diffs)) == sorted(map(repr, result.diffs))
     capped = _check_in_memory(20_000, collect_rows=1, max_levels=1)
     assert capped.passes == 2 and sorted(d.key["id"] for d in capped.diffs) == [17, 4242]
+
+
+def test_columns_the_target_lacks_are_named_only_when_the_table_exists() -> None:
+    t = schema(("id", pa.int32(), 23, "int4"), ("v", pa.string(), 25, "text"),
+               ("w", pa.int32(), 23, "int4"))
+    absent: dict[str, tuple[str, ...]] = {}
+    assert readable(t, ["ID", "V"], absent) == ["id", "v"]  # names compared without case
+    assert absent == {"public.t": ("w",)}
+    # Was: a missing table's every column noted as "lacking" beside its read error.
+    absent.clear()
+    assert readable(t, [], absent) == ["id", "v", "w"] and absent == {}
