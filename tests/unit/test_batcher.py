@@ -225,12 +225,17 @@ class Catalog:
         pass
 
 
+def keyed_by_id(catalog: Catalog) -> Batcher:
+    """A batcher for public.a, keyed by id, whose schema cache asks ``catalog``."""
+    return Batcher(SchemaCache(keys_from_map({"public.a": ["id"]}), catalog=catalog),
+                   flush_rows=1000, flush_bytes=1 << 30, flush_interval_ms=1000, clock=Clock())
+
+
 def test_under_full_identity_a_relation_sent_again_is_checked_against_the_catalog() -> None:
     full = Relation(16384, "public", "a", "f", (
         RelationColumn("id", 20, -1, True), RelationColumn("v", 25, -1, True)))
     catalog = Catalog({full.oid: ("id",)})
-    b = Batcher(SchemaCache(keys_from_map({"public.a": ["id"]}), catalog=catalog),
-                flush_rows=1000, flush_bytes=1 << 30, flush_interval_ms=1000, clock=Clock())
+    b = keyed_by_id(catalog)
     b.add(chunk(wal.relation(full), txn(100, wal.insert(full.oid, ["1", "x"]))))
     assert catalog.asked == []  # the first message: its key was just read with the catalog
     b.add(chunk(wal.relation(full), txn(200, wal.insert(full.oid, ["1", "y"]))))
@@ -367,8 +372,7 @@ def test_an_identity_index_other_than_the_primary_key_is_named_as_such() -> None
     by_code = Relation(16384, "public", "a", "i", (
         RelationColumn("id", 20, -1, False), RelationColumn("v", 25, -1, True)))
     catalog = Catalog({by_code.oid: ("id",)})
-    b = Batcher(SchemaCache(keys_from_map({"public.a": ["id"]}), catalog=catalog),
-                flush_rows=1000, flush_bytes=1 << 30, flush_interval_ms=1000, clock=Clock())
+    b = keyed_by_id(catalog)
     b.add(chunk(wal.relation(T1), txn(100, wal.insert(T1.oid, ["1", "x"]))))
     with pytest.raises(SetupError, match=r"replica identity of public\.a was set while "
                        r"streaming to an index on \(v\), not its primary key \(id\)") as err:
