@@ -152,7 +152,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
                 hold_after_chunks: int | None) -> Engine:
     from dbmazz.snapshot.sink import SnapshotAwareSink
     from dbmazz.snapshot.stage import replicated_extra_tables
-    from dbmazz.source.replication import ReplicationStream
+    from dbmazz.source.replication import ReplicationStream, SlotBound
     from dbmazz.source.setup import primary_keys
 
     dsn = config.source_dsn
@@ -194,13 +194,19 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     slot = config.slot_name
 
     socket_reader = {"auto": None, "socket": True, "libpq": False}[config.replication_reader]
+    slot_confirmed = source.confirmed_flush_lsn or source.consistent_point or 0
+    # A reconnect that finds the slot past what this engine confirmed to it refuses it.
+    bound = SlotBound(max(start, slot_confirmed))
 
     def open_stream(lsn: int) -> ChunkSource:
-        return ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
-                                      socket_reader=socket_reader,
-                                      proto_version=config.pgoutput_protocol, streaming=None,
-                                      skip_empty_transactions=True,
-                                      spool_memory_bytes=spool_memory_bytes(config))
+        stream = ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
+                                        socket_reader=socket_reader,
+                                        proto_version=config.pgoutput_protocol,
+                                        streaming=None, skip_empty_transactions=True,
+                                        spool_memory_bytes=spool_memory_bytes(config),
+                                        confirmed_at_most=bound.lsn)
+        bound.track(stream)
+        return stream
 
     snapshots = _snapshots(config, mode=config.snapshot, sink=target, schemas=schemas,
                            keys=keys, tables=tables, source=source, checkpoint=checkpoint,
@@ -220,7 +226,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
         checkpoints=checkpoints,
         settings=settings_from(config),
         start_lsn=start,
-        slot_confirmed_lsn=source.confirmed_flush_lsn or source.consistent_point or 0,
+        slot_confirmed_lsn=slot_confirmed,
         heartbeat=heartbeat,
         snapshots=snapshots,
         slot_failover=source.slot_failover,

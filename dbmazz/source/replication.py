@@ -32,8 +32,8 @@ import numpy as np
 import psycopg
 from psycopg.pq.abc import PGconn
 
-from dbmazz.errors import SourceError
-from dbmazz.lsn import parse_lsn
+from dbmazz.errors import SlotLostError, SourceError
+from dbmazz.lsn import format_lsn, parse_lsn
 from dbmazz.source.chunk import WalChunk
 from dbmazz.source.connection import connect_replication, server_error, simple_query
 from dbmazz.source.empty import EmptyTransactionFilter
@@ -154,6 +154,9 @@ class ReplicationStream:
         self._open_txn = False
         self._last_commit_end = 0
         self._reported = -1
+        # The highest position ever put on the wire (even by a send that failed): the slot
+        # cannot have got further through this session (see SlotBound).
+        self._highest_sent = 0
         self._last_status = float("-inf")
         self._reply_pending = False
         self._closed = False
@@ -189,6 +192,7 @@ class ReplicationStream:
         advance_when_idle: bool = True,
         socket_reader: bool | None = None,
         skip_empty_transactions: bool = False,
+        confirmed_at_most: int | None = None,
     ) -> ReplicationStream:
         """Connect, check the slot and publications, and start streaming.
 
@@ -207,6 +211,9 @@ class ReplicationStream:
         ``skip_empty_transactions``: drop Begin/Commit pairs without changes, which
         PostgreSQL 14 sends for every transaction of the database (see
         :func:`drop_empty_transactions`); 15+ never sends them.
+        ``confirmed_at_most``: the furthest this consumer let the slot get (see
+        :class:`SlotBound`); a slot confirmed past it raises :class:`SlotLostError` before
+        streaming starts.
         """
         if str(proto_version) not in PROTOCOL_CHOICES:
             raise ValueError(f"proto_version must be auto or 1-4, not {proto_version!r}")
@@ -220,6 +227,8 @@ class ReplicationStream:
         try:
             system = _identify(pgconn, target)
             confirmed = _check_slot(pgconn, slot, system, target)
+            if confirmed_at_most is not None and confirmed > confirmed_at_most:
+                raise _slot_moved(slot, target, confirmed, confirmed_at_most)
             _check_publications(pgconn, publications, target)
             proto = negotiate_protocol(proto_version, pgconn.server_version, target)
             if streaming and proto < 2:
@@ -339,6 +348,11 @@ class ReplicationStream:
     def reported_lsn(self) -> int:
         """The flush position last sent to the server (-1 before the first update)."""
         return self._reported
+
+    @property
+    def highest_sent_lsn(self) -> int:
+        """The highest flush position this session tried to send (0 before the first)."""
+        return self._highest_sent
 
     def confirm(self, lsn: int) -> None:
         """Declare everything up to ``lsn`` (a Commit end LSN) durable. Never lowers it."""
@@ -468,6 +482,8 @@ class ReplicationStream:
 
     def _send_status(self, now: float) -> None:
         position = self._flush_position()
+        # Before the send: one that fails midway may still have reached the server.
+        self._highest_sent = max(self._highest_sent, position)
         self._reader.send(status_update(position))
         self._last_status = now
         self._reported = position
@@ -502,6 +518,46 @@ class ReplicationStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SlotBound:
+    """The furthest a consumer's sessions let the slot's ``confirmed_flush_lsn`` get.
+
+    Only status updates move it, and every update a session sends is counted, so when the
+    consumer opens the next session (a reconnect) and finds the slot past this bound,
+    someone else moved it: the slot was dropped and created again under the same name
+    (WAL in between was never decoded for it), advanced (``pg_replication_slot_advance``),
+    or read by another consumer. Streaming from it would skip changes silently.
+    """
+
+    def __init__(self, known: int) -> None:
+        #: Where the slot was known to be before the first session (setup read it; a
+        #: checkpoint ahead of it was written before its confirmation was sent).
+        self._known = known
+        self._last: ReplicationStream | None = None
+
+    @property
+    def lsn(self) -> int:
+        sent = self._last.highest_sent_lsn if self._last is not None else 0
+        return max(self._known, sent)
+
+    def track(self, stream: ReplicationStream) -> None:
+        """``stream`` is the consumer's session now (its updates count from here)."""
+        self._known = self.lsn
+        self._last = stream
+
+
+def _slot_moved(slot: str, target: str, confirmed: int, bound: int) -> SlotLostError:
+    return SlotLostError(
+        f"replication slot {slot!r} on {target} is confirmed up to {format_lsn(confirmed)}, "
+        f"past {format_lsn(bound)}, the furthest dbmazz confirmed to it: it was dropped and "
+        "created again, advanced, or read by another consumer outside this dbmazz, so "
+        "changes in between may not have been captured",
+        "dbmazz will not stream from it. If another process uses this SLOT_NAME, stop it "
+        "(one slot per pipeline). To start over, drop the slot and its checkpoint (`dbmazz "
+        f"slots drop {slot}`) and run with SNAPSHOT=initial to reload the tables; "
+        "`dbmazz verify --repair` then removes target rows deleted at the source meanwhile",
+    )
 
 
 def _open_tls_wire(pgconn: PGconn, target: str, *, required: bool) -> TlsWire | None:

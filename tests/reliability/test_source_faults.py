@@ -174,6 +174,56 @@ def test_slot_dropped_behind_dbmazz_is_fatal_and_never_recreated(
     sink.close()
 
 
+def _recreate_slot_behind_dbmazz(db: Database, slot: str, between: str) -> None:
+    """Terminate the walsender, drop the slot, run ``between`` and create the slot again
+    under the same name, all before dbmazz reconnects (bounded)."""
+
+    def recreated() -> bool:
+        with db.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                         "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except psycopg.errors.ObjectInUse:
+                return False
+            conn.execute(between)
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        return True
+
+    poll(recreated, "the slot to be dropped and created again", every_s=0.01)
+
+
+def test_a_slot_recreated_behind_a_running_dbmazz_is_refused_not_streamed(
+        pg_db: Database, tmp_path: Path) -> None:
+    """A slot dropped and created again under the same name while dbmazz reconnects starts
+    past the changes made in between: streaming from it would skip them silently. The
+    reconnect finds the slot confirmed past anything dbmazz confirmed and stops."""
+    _items(pg_db)
+    _config, sink, service = _streaming_with_rows_loaded(pg_db, tmp_path)
+    try:
+        _recreate_slot_behind_dbmazz(pg_db, SLOT, "INSERT INTO items VALUES (101, 0, 'lost')")
+        pg_db.execute("INSERT INTO items VALUES (102, 0, 'after')")
+        poll(lambda: service.failed, "the engine to fail", timeout_s=120)
+        error = service.error
+        assert error is not None and error.kind == "SlotLostError"
+        host = f"postgres@{pg_db.server.host}:{pg_db.server.port}/{pg_db.name}"
+        assert error.message.startswith(f"replication slot 'dbmazz_e2e' on {host} is "
+                                        "confirmed up to ")
+        assert error.message.endswith(
+            "the furthest dbmazz confirmed to it: it was dropped and created again, advanced, "
+            "or read by another consumer outside this dbmazz, so changes in between may not "
+            "have been captured")
+        assert "`dbmazz slots drop dbmazz_e2e`" in error.hint
+        assert service.state == RunState.FAILED
+    finally:
+        service.stop(timeout=60)
+    # Nothing was read from the new slot, and the slot is left to the operator.
+    [(loaded,)] = sink.query("SELECT count(*) FROM public.items WHERE id > 100")
+    assert loaded == 0
+    assert slot_position(pg_db, SLOT) is not None
+    sink.close()
+
+
 def test_a_slot_dropped_on_request_starts_over_cleanly(pg_db: Database, tmp_path: Path) -> None:
     """`dbmazz stop --drop-slot` drops the slot and its checkpoint together, so the next run
     creates a new slot instead of reporting the old one as lost."""
