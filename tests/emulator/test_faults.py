@@ -19,12 +19,29 @@ def test_publish_timeout(sr: StarRocksEmulator) -> None:
     sr.faults.publish_timeout()
     reply = stream_load(sr, "d", "t", "1\ta\t1\n", label="p")
     assert reply["Status"] == "Publish Timeout"
-    # Committed: the data is there and the label is taken (FINISHED).
-    assert sr.rows("d", "t") == [{"id": 1, "name": "a", "score": 1}]
+    # Committed, not yet visible (protocol reference §2.3): the label is taken (FINISHED),
+    # the rows are not there for queries until the publish completes.
     assert sr.label_state("d", "p") == "COMMITTED"
     assert stream_load(sr, "d", "t", "1\ta\t1\n", label="p")["ExistingJobStatus"] == "FINISHED"
+    assert sr.rows("d", "t") == []
+    assert sr.execute("SELECT count(*) FROM d.t") == [(0,)]
     assert sr.publish_pending() == 1
     assert sr.label_state("d", "p") == "VISIBLE"
+    assert sr.rows("d", "t") == [{"id": 1, "name": "a", "score": 1}]
+
+
+def test_a_later_load_publishes_the_timed_out_one_first(sr: StarRocksEmulator) -> None:
+    """A tablet's versions become visible in order: the later load applies over the earlier."""
+    sr.faults.publish_timeout()
+    assert stream_load(sr, "d", "t", "1\ta\t1\n2\tb\t2\n", label="p1")["Status"] == \
+        "Publish Timeout"
+    headers = {"partial_update": "true", "columns": "id,score"}
+    assert stream_load(sr, "d", "t", "1\t5\n", label="p2", **headers)["Status"] == \
+        "Success"
+    assert sr.label_state("d", "p1") == "VISIBLE"
+    assert sr.rows("d", "t") == [{"id": 1, "name": "a", "score": 5},
+                                 {"id": 2, "name": "b", "score": 2}]
+    assert sr.publish_pending() == 0
 
 
 def test_too_many_versions(sr: StarRocksEmulator) -> None:

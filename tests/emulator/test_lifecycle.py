@@ -103,10 +103,12 @@ def test_standalone_process() -> None:
         request(f"{url}/_emulator/faults", method="POST", body=fault, user=None, expect=False)
         reply = request(f"{url}/api/d/t/_stream_load", body=b"1\ta\t1\n", password="pw").json
         assert reply["Status"] == "Publish Timeout"
-        rows = request(f"{url}/_emulator/rows?db=d&table=t", method="GET", user=None).json
-        assert rows == {"rows": [{"id": 1, "name": "a", "score": 1}]}
+        rows_url = f"{url}/_emulator/rows?db=d&table=t"
+        assert request(rows_url, method="GET", user=None).json == {"rows": []}  # not visible
         assert request(f"{url}/_emulator/publish", method="POST", body=b"", user=None,
                        expect=False).json["published"] == 1
+        rows = request(rows_url, method="GET", user=None).json
+        assert rows == {"rows": [{"id": 1, "name": "a", "score": 1}]}
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

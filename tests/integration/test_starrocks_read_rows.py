@@ -14,6 +14,7 @@ from dbmazz.pipeline.batch import SplitPart, TableSchema
 from dbmazz.sink.base import RowReader
 from dbmazz.sink.starrocks import current
 from dbmazz.sink.starrocks.current import condition
+from dbmazz.testing.starrocks import StarRocksEmulator
 from tests.integration import test_starrocks_sink as base
 from tests.integration.test_starrocks_sink import SinkFactory, batch, col, upsert
 
@@ -105,3 +106,26 @@ def test_read_rows_refuses_keys_an_open_split_part_loaded(make_sink: SinkFactory
     sink.write(batch(DOCS, [], lsn=9, split=SplitPart(commit_lsn=9, index=2, last=True)))
     got = sink.read_rows(DOCS, keys([("plain", 0)]), ["doc"], None)
     assert got.column("doc").to_pylist() == ["new"]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["stream-load", "split-transaction"])
+def test_read_rows_waits_for_a_load_whose_publish_timed_out(
+        starrocks: StarRocksEmulator, make_sink: SinkFactory, split: bool) -> None:
+    """"Publish Timeout" is committed, not yet visible (protocol reference §2.3): a read
+    in between would carry the row's old value to its new key, silently."""
+    sink = make_sink()
+    sink.setup([DOCS])
+    sink.write(batch(DOCS, [upsert(DOCS, [{"k": "plain", "n": 0, "doc": "old"}], 7)], lsn=7))
+    starrocks.faults.publish_timeout()
+    new = upsert(DOCS, [{"k": "plain", "n": 0, "doc": "new"}], 9)
+    part = SplitPart(commit_lsn=9, index=0, last=True) if split else None
+    sink.write(batch(DOCS, [new], lsn=9, split=part))
+    published: list[int] = []
+    # The publish completes while the sink waits (its first back-off).
+    sink._waiter._sleep = lambda _: published.append(starrocks.publish_pending())
+    got = sink.read_rows(DOCS, keys([("plain", 0)]), ["doc"], None)
+    assert got.column("doc").to_pylist() == ["new"]
+    assert published[:1] == [1]
+    # Known visible now: the next read asks nothing more.
+    sink.read_rows(DOCS, keys([("plain", 0)]), ["doc"], None)
+    assert len(published) == 1

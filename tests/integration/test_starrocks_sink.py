@@ -288,6 +288,28 @@ def test_a_replay_cut_differently_does_not_bring_truncated_rows_back(
     assert select(starrocks, "items", "id, name") == [(6, "later")]
 
 
+def test_the_truncate_sweep_waits_for_a_reload_whose_publish_timed_out(
+    starrocks: StarRocksEmulator, make_sink: SinkFactory
+) -> None:
+    """The sweep of a truncate found done reads the rows older than it: a row a replay
+    loaded again whose publish timed out is not visible yet, and would stay behind."""
+    sink = make_sink()
+    sink.setup([ITEMS])
+    row = {"id": 1, "name": "before", "qty": 1, "price": None}
+    truncating = TableBatch(ITEMS, truncate=True, first_lsn=20, last_lsn=20, batch_id="k1")
+    sink.write(truncating)
+    replay = make_sink()  # a replay cut differently: the row loads again, under a new label
+    replay.setup([ITEMS])
+    starrocks.faults.publish_timeout()
+    replay.write(batch(ITEMS, [upsert(ITEMS, [row], 10)], lsn=10))
+    replay._waiter._sleep = lambda _: starrocks.publish_pending()  # published meanwhile
+    replay.write(truncating)
+    later = upsert(ITEMS, [{"id": 6, "name": "later", "qty": 6, "price": None}], 30)
+    replay.write(batch(ITEMS, [later], lsn=30))
+    starrocks.publish_pending()
+    assert select(starrocks, "items", "id, name") == [(6, "later")]
+
+
 def test_truncate_without_lsn_is_applied_every_time(
     starrocks: StarRocksEmulator, make_sink: SinkFactory
 ) -> None:

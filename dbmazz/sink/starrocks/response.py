@@ -83,7 +83,10 @@ def parse_reply(response: HttpResponse) -> Reply:
     return Reply(response.status, fields, text)
 
 
-SUCCESS = frozenset({"success", "ok", "publish timeout"})
+#: ``Reply.status`` of a load committed whose publish did not finish in time: durable, not
+#: yet visible to queries (protocol reference §2.3).
+PUBLISH_TIMEOUT = "publish timeout"
+SUCCESS = frozenset({"success", "ok", PUBLISH_TIMEOUT})
 
 #: StarRocks' message when strict mode filtered rows; its source says it never changes.
 TOO_MANY_FILTERED = "too many filtered rows"

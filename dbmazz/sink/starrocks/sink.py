@@ -522,6 +522,7 @@ class StarRocksSink:
         target = self._state(table).target or self.catalog.describe(table)
         if target is None or not target.has(VERSION_COLUMN) or not version:
             return
+        self.client.await_published(self.settings.database, table)  # rows reloaded, too
         stale = self.catalog.keys_older_than(target, VERSION_COLUMN, version)
         if not stale:
             return
@@ -541,10 +542,11 @@ class StarRocksSink:
                   split: SplitPart | None = None) -> pa.Table:
         """Current rows of ``keys`` over the FE MySQL port (:mod:`.current`).
 
-        Every earlier batch of the table is committed, except the parts of an open split
-        transaction: a transaction of an earlier source transaction is committed first (as
-        ``write`` would); one of this source transaction is invisible until its last part,
-        so a read of a key it loaded is refused rather than answered with stale values.
+        Every earlier batch of the table is committed (and waited for until visible, should
+        its publish have timed out), except the parts of an open split transaction: a
+        transaction of an earlier source transaction is committed first (as ``write``
+        would); one of this source transaction is invisible until its last part, so a read
+        of a key it loaded is refused rather than answered with stale values.
         """
         name = table.target_name
         state = self._state(name)
@@ -565,6 +567,8 @@ class StarRocksSink:
                         table=name,
                     )
                 target = self._target(state, table)
+                # A load committed but not yet visible would be read as it was before.
+                self.client.await_published(self.settings.database, name)
                 return read_current(self._fe, self.settings.database, target, table, keys,
                                     columns)
             except SetupError as exc:

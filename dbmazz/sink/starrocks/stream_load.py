@@ -4,7 +4,9 @@ Every request carries a deterministic label, so re-sending after an ambiguous fa
 safe: StarRocks answers "Label Already Exists" for work it already did. Outcomes:
 
 * ``Success``, ``Publish Timeout`` (committed, visible soon) and ``Label Already Exists``
-  with ``ExistingJobStatus: FINISHED`` are success;
+  with ``ExistingJobStatus: FINISHED`` are success; a load not known to be visible yet is
+  remembered, and :meth:`StreamLoadClient.await_published` waits for it before the sink
+  reads the table (a read before then sees the rows as they were before the load);
 * ``Label Already Exists`` + ``RUNNING``: poll ``get_load_state`` until the label settles;
   VISIBLE/COMMITTED is success, ABORTED/UNKNOWN frees the label for a new attempt;
 * retryable failures (network, 5xx, too many versions, running-txn cap, HTTP concurrency
@@ -20,6 +22,7 @@ rolled back and :class:`TransactionBroken` asks for the whole source transaction
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -30,6 +33,7 @@ from dbmazz.retry import Attempts, Cancelled, RetryPolicy, Waiter
 from dbmazz.sink.base import RetryListener
 from dbmazz.sink.starrocks.http import HttpResponse, Transport, TransportError
 from dbmazz.sink.starrocks.response import (
+    PUBLISH_TIMEOUT,
     TOO_MANY_FILTERED,
     Outcome,
     Reply,
@@ -44,6 +48,8 @@ FINAL_OK = frozenset({"VISIBLE", "COMMITTED"})
 FREE = frozenset({"ABORTED", "UNKNOWN", ""})
 # Curl errors raised before a request could reach a server: nothing was sent.
 _NOT_SENT = frozenset({5, 6, 7})
+#: Loads not known visible kept per table before the visible ones are dropped.
+_PRUNE_EVERY = 64
 
 
 class RowsRejected(SinkError):
@@ -98,6 +104,9 @@ class StreamLoadClient:
         self.user = user
         #: Told of every failed attempt as it happens (the engine's load health).
         self.retry_listener: RetryListener | None = None
+        #: (db, table) → labels of loads committed but not known to be visible.
+        self._unpublished: dict[tuple[str, str], list[str]] = {}
+        self._unpublished_lock = threading.Lock()
 
     # -- plain Stream Load ---------------------------------------------------------------
 
@@ -119,29 +128,88 @@ class StreamLoadClient:
                 reply = parse_reply(response)
                 outcome, reason = classify(reply)
                 if outcome is Outcome.OK:
+                    if reply.status == PUBLISH_TIMEOUT:
+                        self._committed(db, table, label)
                     return LoadOutcome(label, reply.number("NumberLoadedRows"), False)
                 if outcome is Outcome.FATAL:
                     self._fatal(db, table, label, reply)
                 if outcome is Outcome.LABEL_EXISTS:
                     settled = self._settle_label(db, table, label, reply)
-                    if settled:
+                    if settled is not None:
+                        if settled != "VISIBLE":
+                            self._committed(db, table, label)
                         return LoadOutcome(label, 0, True)
                     reason = f"label {label} was aborted; loading it again"
             self._pause(attempts, table, label, reason)
 
-    def _settle_label(self, db: str, table: str, label: str, reply: Reply) -> bool:
-        """True when the existing label's load is done; False when the label is free."""
+    def _settle_label(self, db: str, table: str, label: str, reply: Reply) -> str | None:
+        """The state of the existing label's finished load (FINISHED when only the reply
+        says so: COMMITTED or VISIBLE); None when the label is free."""
         if reply.existing_job_status == "FINISHED":
-            return True
+            return "FINISHED"
         attempts = Attempts(self.policy, self.waiter)
         while True:
             attempts.start()
             state = self.load_state(db, label, table=table)
             if state in FINAL_OK:
-                return True
+                return state
             if state in FREE:
-                return False
+                return None
             self._pause(attempts, table, label, f"label {label} is {state}; waiting for it")
+
+    # -- visibility ----------------------------------------------------------------------
+
+    def _committed(self, db: str, table: str, label: str) -> None:
+        """Remember a load StarRocks committed without saying it is visible."""
+        with self._unpublished_lock:
+            labels = self._unpublished.setdefault((db, table), [])
+            labels.append(label)
+            due = len(labels) % _PRUNE_EVERY == 0
+        if due:
+            self._prune(db, table)
+
+    def _prune(self, db: str, table: str) -> None:
+        """Forget the loads of ``table`` that are visible by now (without waiting), so a
+        table that is never read does not gather labels for ever. Best effort: the load
+        that called it succeeded, and on any doubt every label is kept."""
+        with self._unpublished_lock:
+            labels = self._unpublished.pop((db, table), [])
+        try:
+            pending = [label for label in labels
+                       if self.load_state(db, label, table=table) == "COMMITTED"]
+        except (SinkError, Cancelled) as exc:
+            log.info("could not check which loads of %s are visible: %s", table, exc)
+            pending = labels
+        with self._unpublished_lock:
+            self._unpublished.setdefault((db, table), [])[:0] = pending
+
+    def await_published(self, db: str, table: str) -> None:
+        """Return once every load of ``table`` this client saw committed is visible.
+
+        A load answered "Publish Timeout" (or found done under its label) may be committed
+        and not yet visible: its rows are durable, but a query does not see them until
+        the publish completes (protocol reference §2.3). Reads of the table's current rows
+        wait here first, so they never answer with the values from before such a load.
+        """
+        with self._unpublished_lock:
+            labels = self._unpublished.pop((db, table), [])
+        for index, label in enumerate(labels):
+            try:
+                self._await_visible(db, table, label)
+            except BaseException:
+                with self._unpublished_lock:
+                    self._unpublished.setdefault((db, table), [])[:0] = labels[index:]
+                raise
+
+    def _await_visible(self, db: str, table: str, label: str) -> None:
+        attempts = Attempts(self.policy, self.waiter)
+        while True:
+            attempts.start()
+            # VISIBLE, or a label StarRocks no longer keeps: published long ago.
+            if self.load_state(db, label, table=table) != "COMMITTED":
+                return
+            self._pause(attempts, table, label,
+                        f"load {label} is committed but not visible yet; waiting for it")
 
     def load_state(self, db: str, label: str, *, table: str | None = None) -> str:
         """The label's transaction state: UNKNOWN, PREPARE, PREPARED, COMMITTED, VISIBLE,
@@ -252,12 +320,15 @@ class StreamLoadClient:
         self._finish("prepare", db, table, label, done={"PREPARED", *FINAL_OK})
 
     def txn_commit(self, db: str, table: str, label: str) -> None:
-        self._finish("commit", db, table, label, done=FINAL_OK)
+        if self._finish("commit", db, table, label, done=FINAL_OK) != "VISIBLE":
+            self._committed(db, table, label)
 
     def _finish(
         self, op: str, db: str, table: str, label: str, *, done: frozenset[str] | set[str]
-    ) -> None:
-        """prepare/commit: idempotent, so any doubt is settled by asking the label's state."""
+    ) -> str:
+        """prepare/commit: idempotent, so any doubt is settled by asking the label's state.
+        Returns the state reached as far as it is known: VISIBLE only when the label's
+        state said so."""
         attempts = Attempts(self.policy, self.waiter)
         while True:
             attempts.start()
@@ -268,14 +339,16 @@ class StreamLoadClient:
             else:
                 outcome, reason = classify(reply)
                 if outcome is Outcome.OK:
-                    return
+                    # Not proof of visibility: "PUBLISH_TIMEOUT", or an OK "already
+                    # commited" (the same status as a fresh commit) of one still publishing.
+                    return "COMMITTED"
                 if outcome is Outcome.FATAL:
-                    if self.load_state(db, label, table=table) in done:
-                        return
+                    if (state := self.load_state(db, label, table=table)) in done:
+                        return state
                     self._fatal(db, table, label, reply, action=f"transaction {op}")
             state = self.load_state(db, label, table=table)
             if state in done:
-                return
+                return state
             if state in FREE:
                 raise TransactionBroken(
                     f"transaction {label} of {table} is {state or 'gone'} at {op}: {reason}", label

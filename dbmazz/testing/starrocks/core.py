@@ -132,6 +132,9 @@ class Cluster:
         self._lock = threading.Lock()
         # The FE remembers which BE coordinates each transaction label.
         self.coordinators: dict[tuple[str, str], int] = {}
+        # Committed loads whose publish "timed out", in commit order: their rows are not
+        # visible (to queries, or to later loads' merges) until they are published.
+        self._unpublished: list[Txn] = []
 
     # -- auth and routing -----------------------------------------------------------------
 
@@ -286,13 +289,36 @@ class Cluster:
             raise LoadError(TOO_MANY_FILTERED)
 
     def _commit(self, txn: Txn, table: Table, parts: list[tuple[LoadPlan, LoadOutcome]]) -> bool:
-        """Apply every part atomically; returns False when publish "times out"."""
+        """Commit every part atomically; returns False when publish "times out".
+
+        A timed-out publish leaves the load COMMITTED and its rows invisible (protocol
+        reference §2.3: "committed but not yet visible") until ``publish_pending()``, or
+        until a later load of the table publishes: a tablet's versions become visible in
+        order, so the earlier ones are published first.
+        """
         with self.catalog.lock:
             if self.catalog.find_table(txn.db, txn.table) is not table:
                 raise LoadError(f'unknown table "{txn.db}.{txn.table}"')
+            published = not self.faults.take(
+                FaultKind.PUBLISH_TIMEOUT, db=txn.db, table=txn.table, label=txn.label
+            )
+            txn.table_ref, txn.parts = table, parts
+            if not published:
+                self._unpublished.append(txn)
+                self.txns.set_state(txn, TxnState.COMMITTED)
+                return False
+            self._publish(table)
+            self._apply(txn)
+            return True
+
+    def _apply(self, txn: Txn) -> None:
+        """Make a committed load's rows visible (under the catalog lock)."""
+        table = txn.table_ref
+        assert table is not None
+        if self.catalog.find_table(txn.db, txn.table) is table:
             now = self.clock.time()
             known = {c.lname for c in table.columns}
-            for plan, outcome in parts:
+            for plan, outcome in txn.parts:
                 ops = outcome.ops
                 if known != {c.lname for c in plan.columns}:
                     ops = [
@@ -305,11 +331,24 @@ class Cluster:
                     lambda values: table.complete_row(values, now),
                 )
             table.update_time = now
-            published = not self.faults.take(
-                FaultKind.PUBLISH_TIMEOUT, db=txn.db, table=txn.table, label=txn.label
-            )
-            self.txns.set_state(txn, TxnState.VISIBLE if published else TxnState.COMMITTED)
-            return published
+        self.txns.set_state(txn, TxnState.VISIBLE)
+
+    def _publish(self, table: Table | None = None) -> int:
+        """Publish the pending loads of ``table`` (of every table when None), in commit
+        order; returns how many (under the catalog lock)."""
+        due: list[Txn] = []
+        kept: list[Txn] = []
+        for txn in self._unpublished:
+            (due if table is None or txn.table_ref is table else kept).append(txn)
+        self._unpublished = kept
+        for txn in due:
+            self._apply(txn)
+        return len(due)
+
+    def publish_pending(self, table: Table | None = None) -> int:
+        """Make COMMITTED loads (publish timed out) VISIBLE; returns how many."""
+        with self.catalog.lock:
+            return self._publish(table)
 
     # -- transaction interface (§4) -------------------------------------------------------
 

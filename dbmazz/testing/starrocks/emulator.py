@@ -157,8 +157,9 @@ class StarRocksEmulator:
         return self.cluster.txns.label_state(db, label)[0].value
 
     def publish_pending(self) -> int:
-        """Make COMMITTED loads (publish timed out) VISIBLE; returns how many."""
-        return self.cluster.txns.publish_pending()
+        """Publish COMMITTED loads (publish timed out): their rows become visible, their
+        labels VISIBLE; returns how many."""
+        return self.cluster.publish_pending()
 
     def error_log(self, url_or_name: str) -> str | None:
         name = url_or_name.rsplit("file=", 1)[-1]

@@ -138,5 +138,5 @@ class FEHandler(BaseHandler):
                 return _json({"status": "FAILED", "message": str(e)}, 404)
             return Reply(body=json.dumps({"rows": rows}, default=str).encode())
         if what == "publish" and self.command == "POST":
-            return _json({"status": "OK", "published": cluster.txns.publish_pending()})
+            return _json({"status": "OK", "published": cluster.publish_pending()})
         return Reply(404, b"Not Found", "text/plain")

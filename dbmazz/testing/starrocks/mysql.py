@@ -197,7 +197,10 @@ class StarRocksSession(Session):
             for node in expression.expressions:
                 db, name = ddl.table_ref(node, self.database)
                 with self.catalog.lock:
-                    self.catalog.table(db, name).data.truncate()
+                    table = self.catalog.table(db, name)
+                    # Loads committed before the truncate are truncated with the rest.
+                    self.cluster.publish_pending(table)
+                    table.data.truncate()
             return [], []
         if isinstance(expression, exp.Insert):
             return self._insert(expression)
@@ -265,6 +268,7 @@ class StarRocksSession(Session):
         db, name = ddl.table_ref(target, self.database)
         with self.catalog.lock:
             table = self.catalog.table(db, name)
+            self.cluster.publish_pending(table)  # versions apply in commit order
             ops = [self._insert_row(table, names, row) for row in values.expressions]
             now = self.cluster.clock.time()
             table.data.apply(ops, ApplyMode(), lambda v: table.complete_row(v, now))

@@ -156,16 +156,6 @@ class TxnManager:
             if state == TxnState.ABORTED:
                 txn.bodies.clear()
 
-    def publish_pending(self) -> int:
-        """COMMITTED (publish timed out) -> VISIBLE; returns how many moved."""
-        with self.lock:
-            moved = 0
-            for txn in self._txns.values():
-                if txn.state == TxnState.COMMITTED:
-                    self.set_state(txn, TxnState.VISIBLE)
-                    moved += 1
-            return moved
-
     def label_state(self, db: str, label: str) -> tuple[TxnState, str]:
         txn = self.get(db, label)
         if txn is None:
