@@ -276,3 +276,24 @@ def test_unknown_table_is_fatal(starrocks: StarRocksEmulator, make_sink: SinkFac
     with pytest.raises(SinkError, match="unknown table") as info:
         sink.client.load(DB, "nope", "dbmazz-manual-2", b"[]", {"format": "json"})
     assert not info.value.retryable
+
+
+def test_loads_known_visible_are_forgotten_without_a_read(
+    starrocks: StarRocksEmulator,
+    make_sink: SinkFactory,
+) -> None:
+    """Loads whose publish timed out are remembered until a read of the table waits for
+    them; a table never read drops the ones visible by then every 64 loads, so it does not
+    gather labels for ever (each remembered label costs a get_load_state at the next read)."""
+    sink = load(make_sink)
+    starrocks.faults.publish_timeout(times=None)
+    polls = starrocks.faults.stale_load_state(times=None, state="VISIBLE")  # counts polls
+    body = b"1\x01a\x011\x01\\N\x02"
+    headers = {**CSV_HEADERS, "columns": "id,name,qty,price"}
+    for i in range(63):
+        sink.client.load(DB, "items", f"pt{i}", body, headers)
+    assert polls.fired == 0
+    sink.client.load(DB, "items", "pt63", body, headers)
+    assert polls.fired == 64  # every remembered load asked once, all visible: forgotten
+    sink.client.await_published(DB, "items")
+    assert polls.fired == 64
