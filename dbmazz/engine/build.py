@@ -26,7 +26,11 @@ from dbmazz.source.catalog import (
 )
 from dbmazz.source.database import SourceDatabase
 from dbmazz.source.pgoutput import Relation
-from dbmazz.state.checkpoint import MemoryCheckpointStore, PostgresCheckpointStore
+from dbmazz.state.checkpoint import (
+    MemoryCheckpointStore,
+    PostgresCheckpointStore,
+    mark_slot_lost,
+)
 
 if TYPE_CHECKING:
     from dbmazz.snapshot.sink import SnapshotAwareSink
@@ -196,7 +200,8 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
     socket_reader = {"auto": None, "socket": True, "libpq": False}[config.replication_reader]
     slot_confirmed = source.confirmed_flush_lsn or source.consistent_point or 0
     # A reconnect that finds the slot past what this engine confirmed to it refuses it.
-    bound = SlotBound(max(start, slot_confirmed))
+    bound = SlotBound(max(start, slot_confirmed),
+                      on_moved=lambda reason: mark_slot_lost(writes, slot, reason))
 
     def open_stream(lsn: int) -> ChunkSource:
         stream = ReplicationStream.open(dsn, slot, [publication], lsn, messages=True,
@@ -204,7 +209,7 @@ def _build_live(config: Config, source: SourceSetup, sink: Sink | None,
                                         proto_version=config.pgoutput_protocol,
                                         streaming=None, skip_empty_transactions=True,
                                         spool_memory_bytes=spool_memory_bytes(config),
-                                        confirmed_at_most=bound.lsn)
+                                        bound=bound)
         bound.track(stream)
         return stream
 

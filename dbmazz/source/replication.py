@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,7 @@ from dbmazz.source.readers import (
     start_libpq_copy,
     start_socket_copy,
 )
+from dbmazz.source.slots import slot_moved_hint
 from dbmazz.source.spool import StreamedTransactions
 from dbmazz.source.tlswire import TlsWire, TlsWireUnavailable, tls_params
 from dbmazz.source.wire import SocketWire, Wire
@@ -192,7 +193,7 @@ class ReplicationStream:
         advance_when_idle: bool = True,
         socket_reader: bool | None = None,
         skip_empty_transactions: bool = False,
-        confirmed_at_most: int | None = None,
+        bound: SlotBound | None = None,
     ) -> ReplicationStream:
         """Connect, check the slot and publications, and start streaming.
 
@@ -211,9 +212,8 @@ class ReplicationStream:
         ``skip_empty_transactions``: drop Begin/Commit pairs without changes, which
         PostgreSQL 14 sends for every transaction of the database (see
         :func:`drop_empty_transactions`); 15+ never sends them.
-        ``confirmed_at_most``: the furthest this consumer let the slot get (see
-        :class:`SlotBound`); a slot confirmed past it raises :class:`SlotLostError` before
-        streaming starts.
+        ``bound``: the furthest this consumer let the slot get (:class:`SlotBound`); a slot
+        confirmed past it raises :class:`SlotLostError` before streaming starts.
         """
         if str(proto_version) not in PROTOCOL_CHOICES:
             raise ValueError(f"proto_version must be auto or 1-4, not {proto_version!r}")
@@ -227,8 +227,8 @@ class ReplicationStream:
         try:
             system = _identify(pgconn, target)
             confirmed = _check_slot(pgconn, slot, system, target)
-            if confirmed_at_most is not None and confirmed > confirmed_at_most:
-                raise _slot_moved(slot, target, confirmed, confirmed_at_most)
+            if bound is not None:
+                bound.check(slot, target, confirmed)
             _check_publications(pgconn, publications, target)
             proto = negotiate_protocol(proto_version, pgconn.server_version, target)
             if streaming and proto < 2:
@@ -530,11 +530,14 @@ class SlotBound:
     or read by another consumer. Streaming from it would skip changes silently.
     """
 
-    def __init__(self, known: int) -> None:
+    def __init__(self, known: int, on_moved: Callable[[str], None] | None = None) -> None:
         #: Where the slot was known to be before the first session (setup read it; a
         #: checkpoint ahead of it was written before its confirmation was sent).
         self._known = known
         self._last: ReplicationStream | None = None
+        #: Told the error's message before it is raised (the engine records it, so a
+        #: restart refuses the slot too).
+        self._on_moved = on_moved
 
     @property
     def lsn(self) -> int:
@@ -546,6 +549,19 @@ class SlotBound:
         self._known = self.lsn
         self._last = stream
 
+    def check(self, slot: str, target: str, confirmed: int) -> None:
+        """Raise :class:`SlotLostError` when the slot is confirmed past the bound."""
+        bound = self.lsn
+        if confirmed <= bound:
+            return
+        error = _slot_moved(slot, target, confirmed, bound)
+        if self._on_moved is not None:
+            try:
+                self._on_moved(error.message)
+            except (psycopg.Error, SourceError) as exc:  # the refusal stands regardless
+                log.warning("could not record that slot %s cannot be trusted: %s", slot, exc)
+        raise error
+
 
 def _slot_moved(slot: str, target: str, confirmed: int, bound: int) -> SlotLostError:
     return SlotLostError(
@@ -553,10 +569,7 @@ def _slot_moved(slot: str, target: str, confirmed: int, bound: int) -> SlotLostE
         f"past {format_lsn(bound)}, the furthest dbmazz confirmed to it: it was dropped and "
         "created again, advanced, or read by another consumer outside this dbmazz, so "
         "changes in between may not have been captured",
-        "dbmazz will not stream from it. If another process uses this SLOT_NAME, stop it "
-        "(one slot per pipeline). To start over, drop the slot and its checkpoint (`dbmazz "
-        f"slots drop {slot}`) and run with SNAPSHOT=initial to reload the tables; "
-        "`dbmazz verify --repair` then removes target rows deleted at the source meanwhile",
+        slot_moved_hint(slot),
     )
 
 

@@ -48,8 +48,10 @@ from dbmazz.source.slots import (
     failover_unsupported,
     read_slot_info,
     set_failover,
+    slot_moved_hint,
 )
 from dbmazz.state.checkpoint import TABLE as CHECKPOINT_TABLE
+from dbmazz.state.checkpoint import slot_lost_reason
 
 log = logging.getLogger("dbmazz.setup")
 
@@ -652,6 +654,7 @@ def setup_source(
             problems.check(lambda: _refuse_dropped_slot(conn, slot, target), None)
         if info.exists:
             problems.check(lambda: _check_existing_slot(info, conn.info.dbname, target), None)
+            problems.check(lambda: _refuse_untrusted_slot(conn, slot, target), None)
             if to_add:
                 warnings.append(
                     f"tables added to publication {publication!r} while resuming slot "
@@ -856,6 +859,16 @@ def _refuse_dropped_slot(conn: psycopg.Connection, slot: str, target: str) -> No
         "SNAPSHOT=initial to reload the tables; the snapshot does not remove target rows "
         "deleted at the source meanwhile: `dbmazz verify --repair` does",
     )
+
+
+def _refuse_untrusted_slot(conn: psycopg.Connection, slot: str, target: str) -> None:
+    """A running engine found the slot moved behind its back (dropped and created again,
+    advanced, read by another consumer) and recorded it: a restart must not stream from it
+    either, since its confirmed LSN past the checkpoint looks like any idle slot's."""
+    reason = slot_lost_reason(conn, slot)
+    if reason is not None:
+        raise SlotLostError(f"{reason} (found by an earlier run; on {target})",
+                            slot_moved_hint(slot))
 
 
 def _check_existing_slot(info: SlotInfo, dbname: str, target: str) -> None:

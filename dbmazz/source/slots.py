@@ -65,6 +65,16 @@ class SlotInfo:
     synced: bool | None = None
 
 
+def slot_moved_hint(slot: str) -> str:
+    """The fix for a slot found confirmed past what dbmazz confirmed to it."""
+    return (
+        "dbmazz will not stream from it. If another process uses this SLOT_NAME, stop it "
+        "(one slot per pipeline). To start over, drop the slot and its checkpoint (`dbmazz "
+        f"slots drop {slot}`) and run with SNAPSHOT=initial to reload the tables; "
+        "`dbmazz verify --repair` then removes target rows deleted at the source meanwhile"
+    )
+
+
 def _connect(dsn: str, replication: bool) -> psycopg.Connection:
     return SourceDatabase(dsn).connect("slots", replication=replication)
 

@@ -20,6 +20,18 @@ from dbmazz.retry import first_line, is_transient
 from dbmazz.source.database import SourceDatabase
 
 TABLE = "dbmazz_checkpoints"
+#: Set on a checkpoint row whose slot was found moved behind dbmazz's back (the reason).
+#: Added to the table only then: ordinary runs never take the lock an ALTER TABLE needs.
+LOST_COLUMN = "slot_lost"
+
+
+def _create_table(conn: psycopg.Connection, table: sql.Identifier) -> None:
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (slot_name text PRIMARY KEY, lsn pg_lsn NOT "
+            "NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+        ).format(table)
+    )
 
 
 class CheckpointStore(Protocol):
@@ -71,12 +83,7 @@ class PostgresCheckpointStore:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self._source.connect("checkpoint")
-            self._conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} (slot_name text PRIMARY KEY, lsn pg_lsn NOT "
-                    "NULL, updated_at timestamptz NOT NULL DEFAULT now())"
-                ).format(self._table)
-            )
+            _create_table(self._conn, self._table)
         return self._conn
 
     def load(self) -> int | None:
@@ -132,3 +139,38 @@ def forget_checkpoint(source: SourceDatabase, slot: str, schema: str = "public")
             return False
         cur = conn.execute(sql.SQL("DELETE FROM {} WHERE slot_name = %s").format(table), (slot,))
         return cur.rowcount > 0
+
+
+def mark_slot_lost(source: SourceDatabase, slot: str, reason: str,
+                   schema: str = "public") -> None:
+    """Record on ``slot``'s checkpoint row that the slot cannot be trusted (``reason``): a
+    restart (a service manager restarting dbmazz after the fatal error) must refuse it too,
+    and nothing else tells it apart from a slot the idle rule moved past the checkpoint.
+    :func:`forget_checkpoint` (``dbmazz slots drop``) clears it with the row."""
+    table = sql.Identifier(schema, TABLE)
+    with source.connect("checkpoint") as conn:
+        _create_table(conn, table)
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} text").format(
+            table, sql.Identifier(LOST_COLUMN)))
+        # No row yet (nothing was checkpointed): 0/0 is "from the start", as no row is.
+        conn.execute(
+            sql.SQL("INSERT INTO {t} (slot_name, lsn, {c}) VALUES (%s, '0/0', %s) "
+                    "ON CONFLICT (slot_name) DO UPDATE SET {c} = EXCLUDED.{c}").format(
+                t=table, c=sql.Identifier(LOST_COLUMN)),
+            (slot, reason),
+        )
+
+
+def slot_lost_reason(conn: psycopg.Connection, slot: str, schema: str = "public") -> str | None:
+    """What :func:`mark_slot_lost` recorded for ``slot``, or None (no mark, no column)."""
+    row = conn.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+        "AND NOT attisdropped", (f"{schema}.{TABLE}", LOST_COLUMN)).fetchone()
+    if row is None:
+        return None
+    found = conn.execute(
+        sql.SQL("SELECT {} FROM {} WHERE slot_name = %s").format(
+            sql.Identifier(LOST_COLUMN), sql.Identifier(schema, TABLE)),
+        (slot,),
+    ).fetchone()
+    return str(found[0]) if found is not None and found[0] is not None else None

@@ -17,6 +17,9 @@ from dbmazz.engine.service import EngineService
 from dbmazz.errors import SlotLostError
 from dbmazz.lsn import parse_lsn
 from dbmazz.sink.duckdb import DuckDBSink
+from dbmazz.source.database import SourceDatabase
+from dbmazz.source.slots import drop_slot
+from dbmazz.state.checkpoint import forget_checkpoint
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster
 from tests.e2e.harness import assert_replicated, duckdb_config, mark, wait_until_loaded
@@ -199,7 +202,7 @@ def test_a_slot_recreated_behind_a_running_dbmazz_is_refused_not_streamed(
     past the changes made in between: streaming from it would skip them silently. The
     reconnect finds the slot confirmed past anything dbmazz confirmed and stops."""
     _items(pg_db)
-    _config, sink, service = _streaming_with_rows_loaded(pg_db, tmp_path)
+    config, sink, service = _streaming_with_rows_loaded(pg_db, tmp_path)
     try:
         _recreate_slot_behind_dbmazz(pg_db, SLOT, "INSERT INTO items VALUES (101, 0, 'lost')")
         pg_db.execute("INSERT INTO items VALUES (102, 0, 'after')")
@@ -221,6 +224,20 @@ def test_a_slot_recreated_behind_a_running_dbmazz_is_refused_not_streamed(
     [(loaded,)] = sink.query("SELECT count(*) FROM public.items WHERE id > 100")
     assert loaded == 0
     assert slot_position(pg_db, SLOT) is not None
+    # A restart (a service manager's, after the fatal error) refuses it too: its confirmed
+    # LSN past the checkpoint alone would look like any idle slot's.
+    with pytest.raises(SlotLostError) as info:
+        build_live_engine(config, sink=sink)
+    assert info.value.message == f"{error.message} (found by an earlier run; on {host})"
+    assert info.value.hint == error.hint
+    # Following the hint (`dbmazz slots drop`: the slot and its checkpoint) starts over.
+    drop_slot(config.source_dsn, SLOT)
+    assert forget_checkpoint(SourceDatabase(config.source_dsn), SLOT)
+    again = duckdb_config(pg_db, tmp_path, list(TABLES), snapshot="initial",
+                          heartbeat_interval_s=0)
+    with running(build_live_engine(again, sink=sink)) as engine:
+        wait_until_loaded(engine, mark(pg_db))
+    assert_replicated(pg_db, sink, TABLES)
     sink.close()
 
 
