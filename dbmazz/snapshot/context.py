@@ -13,13 +13,14 @@ from typing import Protocol
 import psycopg
 
 from dbmazz.pipeline.batch import TableSchema
-from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys
+from dbmazz.pipeline.schema_cache import SchemaCache, TableKeys, diff
 from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, SnapshotProgressStore
 from dbmazz.snapshot.read import DEFAULT_CHUNK_PAGES, Chunk, ReaderKind, TableLayout
 from dbmazz.snapshot.replicated import ReplicatedTablesStore
 from dbmazz.snapshot.sink import SnapshotAwareSink
+from dbmazz.source.catalog import describe_relations, load_column_types
 from dbmazz.source.database import SourceDatabase
-from dbmazz.source.setup import ReplicaIdentityMode
+from dbmazz.source.setup import ReplicaIdentityMode, primary_keys
 
 StopCheck = Callable[[], bool]
 
@@ -62,6 +63,37 @@ class SnapshotContext:
 
     def connect(self) -> psycopg.Connection:
         return SourceDatabase(self.dsn).connect("snapshot")
+
+
+def describe_schemas(ctx: SnapshotContext, tables: Sequence[str]
+                     ) -> tuple[dict[str, tuple[str, ...]], dict[str, TableSchema]]:
+    """The keys and the shapes of ``tables`` as the catalog has them now."""
+    with ctx.connect() as conn:
+        keys = primary_keys(conn, tables, strict=True)
+        relations = describe_relations(conn, tables, ctx.publication)
+        load_column_types(conn, relations.values(), ctx.schemas.types)
+    return keys, {name: ctx.schemas.build(relation, keys.get(name))
+                  for name, relation in relations.items()}
+
+
+def reshape_rewritten(ctx: SnapshotContext, schemas: dict[str, TableSchema],
+                      tables: Sequence[str]) -> None:
+    """Before ``tables`` are read again after a rewrite: an ``ALTER TABLE … TYPE`` (a
+    rewrite) changed what they hold, and rows read with the old shape would be cast to the
+    old types (a float8 rounded to float4). The new shape replaces the old one in
+    ``schemas``, and the target takes it first as CDC would (a column widened), so the
+    snapshot's values reach it exactly. CDC's own delta, when the stream brings the new
+    shape, then finds the target already holding it."""
+    names = [t for t in tables if t in schemas]
+    with ctx.connect() as conn:
+        relations = describe_relations(conn, names, ctx.publication)
+        load_column_types(conn, relations.values(), ctx.schemas.types)
+    for name, relation in relations.items():
+        before = schemas[name]
+        after = ctx.schemas.build(relation, before.key_columns)  # the key the engine knows
+        if before.columns != after.columns:
+            ctx.sink.apply_schema_delta(diff(before, after))
+            schemas[name] = after
 
 
 @dataclass

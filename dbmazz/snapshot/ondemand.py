@@ -28,7 +28,14 @@ from collections.abc import Sequence
 from dbmazz.errors import DbmazzError, SetupError
 from dbmazz.lsn import format_lsn
 from dbmazz.pipeline.batch import TableBatch, TableSchema
-from dbmazz.snapshot.context import LiveEngine, Plan, SnapshotHost, StopCheck
+from dbmazz.snapshot.context import (
+    LiveEngine,
+    Plan,
+    SnapshotHost,
+    StopCheck,
+    describe_schemas,
+    reshape_rewritten,
+)
 from dbmazz.snapshot.progress import ON_DEMAND, SnapshotProgress, progress_for
 from dbmazz.snapshot.read import (
     TableRewrittenError,
@@ -39,8 +46,7 @@ from dbmazz.snapshot.read import (
     table_layouts,
 )
 from dbmazz.snapshot.sink import Watch
-from dbmazz.source.catalog import describe_relations, load_column_types
-from dbmazz.source.setup import primary_keys, publish_tables
+from dbmazz.source.setup import publish_tables
 from dbmazz.source.slots import SlotCreation
 
 log = logging.getLogger("dbmazz.snapshot")
@@ -144,6 +150,8 @@ class OnDemandSnapshot:
                                 attempt + 1)
                     creation.close()
                     creation = None
+                    reshape_rewritten(ctx, schemas, exc.tables)
+                    self.snapshots.tables.update(schemas)
                     continue
             raise SetupError(
                 f"the snapshot of {', '.join(self.tables)} kept meeting TRUNCATEs or "
@@ -163,12 +171,7 @@ class OnDemandSnapshot:
         changes it streams before that are not taken, and the snapshot, read at a later
         point, holds them."""
         ctx = self.snapshots.context
-        with ctx.connect() as conn:
-            keys = primary_keys(conn, self.tables, strict=True)
-            relations = describe_relations(conn, self.tables, ctx.publication)
-            load_column_types(conn, relations.values(), ctx.schemas.types)
-        schemas = {name: ctx.schemas.build(relation, keys.get(name))
-                   for name, relation in relations.items()}
+        keys, schemas = describe_schemas(ctx, self.tables)
         taken = {t.target_name: t.source_name for t in self.snapshots.tables.values()}
         for schema in schemas.values():
             other = taken.get(schema.target_name)

@@ -36,6 +36,7 @@ from dbmazz.snapshot.context import (
     SnapshotContext,
     StopCheck,
     on_demand_tables,
+    reshape_rewritten,
 )
 from dbmazz.snapshot.load import ChunkLoader
 from dbmazz.snapshot.ondemand import OnDemandSnapshot
@@ -133,6 +134,7 @@ class Snapshots:
         chunk under a fresh snapshot with the same version: the resume of an interrupted
         snapshot (module docstring), so the result is exact for the same reason."""
         self.close_exported()
+        reshape_rewritten(self.context, self.tables, rewritten)
         store = self.context.store
         store.reset(rewritten, INITIAL)
         with self.context.connect() as conn:

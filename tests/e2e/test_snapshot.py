@@ -545,9 +545,45 @@ def test_a_table_rewritten_after_the_snapshot_was_taken_is_read_again(
     engine = build_live_engine(config, sink=sink)  # the slot and its snapshot exist now
     engines.append(engine)
     pg_db.execute("ALTER TABLE b ALTER COLUMN n TYPE bigint")
-    pg_db.execute("UPDATE b SET v = 'after' WHERE id % 10 = 0")
+    pg_db.execute("UPDATE b SET v = 'after', n = 5000000000 + n WHERE id % 10 = 0")
     engine.start()
     wait_until_loaded(engine, mark(pg_db))
     assert_replicated(pg_db, sink, {"public.a": ["id"], "public.b": ["id"]})
     progress = engine.snapshot_progress
     assert progress is not None and progress.tables["public.b"].rows_done == 2000
+
+
+def test_a_column_retyped_by_a_rewrite_during_an_on_demand_snapshot_loads_exactly(
+        pg_db: Database, tmp_path: Path, engines: list[Engine]) -> None:
+    """ALTER TABLE … TYPE after the watermark, before the readers lock the table: the
+    snapshot is taken again, and reads the table with its new column types (a float8 read
+    as the float4 the table had at first was rounded, silently)."""
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    config = duckdb_config(pg_db, tmp_path, ["public.a"], snapshot="initial")
+    sink = DuckDBSink(config.duckdb_path)
+    engine = build_live_engine(config, sink=sink)
+    engines.append(engine)
+    engine.start()
+    wait_until_loaded(engine, mark(pg_db))  # streaming: on-demand snapshots are taken
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY, f real)")
+    pg_db.execute("INSERT INTO t SELECT g, g / 4.0 FROM generate_series(1, 50) g")
+    assert engine.snapshots is not None
+    store = engine.snapshots.context.store
+    save_plan = store.save_plan
+    watermarks: list[int] = []
+
+    def after_watermark(chunks: Any, version: int, *args: Any, **kwargs: Any) -> None:
+        save_plan(chunks, version, *args, **kwargs)
+        watermarks.append(version)
+        if len(watermarks) == 1:  # the first watermark is taken; no reader has locked t
+            pg_db.execute("UPDATE t SET f = 0 WHERE id = 1")  # streams t's first shape
+            pg_db.execute("ALTER TABLE t ALTER COLUMN f TYPE double precision")
+            pg_db.execute("UPDATE t SET f = f + 0.123456789012 WHERE id % 2 = 0")
+
+    store.save_plan = after_watermark  # type: ignore[method-assign]
+    handle = engine.request_snapshot(["public.t"])
+    assert handle.wait(60)
+    assert handle.error is None and handle.completed
+    assert len(watermarks) == 2  # read again under a new watermark
+    wait_until_loaded(engine, mark(pg_db))
+    assert_replicated(pg_db, sink, {"public.t": ["id"]})
