@@ -100,14 +100,13 @@ class PostgresCheckpointStore:
             if self._last is not None and lsn <= self._last:
                 return
             try:
-                self._connection().execute(
-                    sql.SQL(
-                        "INSERT INTO {t} (slot_name, lsn, updated_at) VALUES (%s, %s, now()) "
-                        "ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, "
-                        "updated_at = now() WHERE {t}.lsn < EXCLUDED.lsn"
-                    ).format(t=self._table),
-                    (self.slot, format_lsn(lsn)),
-                )
+                try:
+                    self._write(lsn)
+                except psycopg.errors.UndefinedTable:
+                    # Dropped by hand while dbmazz runs: the slot is still this pipeline's
+                    # and ``lsn`` is durable, so the table is made again and written.
+                    _create_table(self._connection(), self._table)
+                    self._write(lsn)
             except psycopg.Error as exc:
                 if not is_transient(exc):
                     raise
@@ -120,6 +119,16 @@ class PostgresCheckpointStore:
                     "dbmazz reconnects and retries; the confirmation waits for the checkpoint",
                 ) from None
             self._last = lsn
+
+    def _write(self, lsn: int) -> None:
+        self._connection().execute(
+            sql.SQL(
+                "INSERT INTO {t} (slot_name, lsn, updated_at) VALUES (%s, %s, now()) "
+                "ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, "
+                "updated_at = now() WHERE {t}.lsn < EXCLUDED.lsn"
+            ).format(t=self._table),
+            (self.slot, format_lsn(lsn)),
+        )
 
     def close(self) -> None:
         with self._lock:

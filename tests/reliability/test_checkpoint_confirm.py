@@ -26,7 +26,7 @@ from dbmazz.retry import RetryPolicy
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.postgres import PostgresCluster
-from tests.e2e.harness import duckdb_config
+from tests.e2e.harness import assert_replicated, duckdb_config, mark, wait_until_loaded
 from tests.reliability.helpers import Observer, checkpoint, poll, running, slot_position
 
 SLOT = "dbmazz_e2e"  # duckdb_config's names
@@ -222,3 +222,24 @@ def test_lost_source_fails_the_engine_only_when_the_reconnect_policy_gives_up(
             assert len(retried) == 2, [r.getMessage() for r in retried]
     finally:
         sink.close()
+
+
+def test_a_checkpoint_table_dropped_by_hand_is_made_again(pg_db: Database,
+                                                          tmp_path: Path) -> None:
+    """``DROP TABLE dbmazz_checkpoints`` while dbmazz runs: the next checkpoint makes it
+    again (the slot is still the pipeline's) instead of failing the engine on a missing
+    table, and the confirmation still follows it."""
+    pg_db.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, v int NOT NULL, note text)")
+    config = duckdb_config(pg_db, tmp_path, list(TABLES), heartbeat_interval_s=0,
+                           snapshot="never")
+    sink = DuckDBSink(config.duckdb_path)
+    with running(build_live_engine(config, sink=sink)) as engine:
+        pg_db.execute("INSERT INTO items VALUES (1, 0, 'before')")
+        wait_until_loaded(engine, mark(pg_db))
+        pg_db.execute("DROP TABLE dbmazz_checkpoints")
+        pg_db.execute("INSERT INTO items VALUES (2, 0, 'after')")
+        wait_until_loaded(engine, mark(pg_db))
+        assert engine.progress.state == RunState.RUNNING
+        assert checkpoint(pg_db, SLOT) == engine.durable_lsn
+    assert_replicated(pg_db, sink, TABLES)
+    sink.close()
