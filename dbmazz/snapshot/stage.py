@@ -305,9 +305,14 @@ class Snapshots:
         """Restart on-demand snapshots a crash or stop interrupted (from scratch: their
         temporary slot died with the process), and load the tables that joined TABLES
         (:meth:`reconcile_tables`)."""
+        # A snapshot already running (requested before streaming began) has unfinished
+        # chunks too: it is under way, not interrupted; asking for it again would clash.
+        with self._lock:
+            running = {t for h in self._on_demand if h.running for t in h.tables}
         pending = sorted({r.chunk.table for r in self.context.store.load(ON_DEMAND)
-                          if not r.done})
-        joined, self._joined = [t for t in self._joined if t not in pending], []
+                          if not r.done} - running)
+        joined = [t for t in self._joined if t not in pending and t not in running]
+        self._joined = []
         if pending:
             log.info("restarting the interrupted on-demand snapshot of %s",
                      ", ".join(pending))

@@ -587,3 +587,33 @@ def test_a_column_retyped_by_a_rewrite_during_an_on_demand_snapshot_loads_exactl
     assert len(watermarks) == 2  # read again under a new watermark
     wait_until_loaded(engine, mark(pg_db))
     assert_replicated(pg_db, sink, {"public.t": ["id"]})
+
+
+def test_an_on_demand_snapshot_requested_during_the_initial_one_completes(
+        pg_db: Database, tmp_path: Path, engines: list[Engine]) -> None:
+    """Its unfinished plan is there when streaming starts: it is running, not interrupted,
+    and restarting it clashed with it ('already running'), which stopped the engine."""
+    pg_db.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    pg_db.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g")
+    config = duckdb_config(pg_db, tmp_path, ["public.a"], snapshot="initial")
+    sink = DuckDBSink(config.duckdb_path)
+    engine = build_live_engine(config, sink=sink)
+    engines.append(engine)
+    handles = []
+
+    def request(table: str) -> None:
+        handles.append(engine.request_snapshot(["public.t"]))
+        eventually(lambda: handles[0].progress.waiting.startswith("waiting for CDC"),
+                   "the on-demand plan to be saved")
+
+    on_first_chunk_done(engine, request)
+    engine.start()
+    eventually(lambda: handles, "the request")
+    [handle] = handles
+    assert handle.wait(60)
+    assert handle.error is None and handle.completed
+    pg_db.execute("UPDATE t SET v = 'after' WHERE id % 3 = 0")
+    wait_until_loaded(engine, mark(pg_db))
+    assert engine.progress.last_error is None
+    assert_replicated(pg_db, sink, {"public.t": ["id"], "public.a": ["id"]})
