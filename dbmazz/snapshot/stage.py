@@ -87,6 +87,8 @@ class Snapshots:
         self._progress: SnapshotProgress | None = None
         self._on_demand: list[OnDemandSnapshot] = []
         self._joined: list[str] = []
+        #: The engine streams (set when it restarts interrupted on-demand snapshots).
+        self._streaming = False
 
     # ------------------------------------------------------------------ observation
     @property
@@ -287,6 +289,13 @@ class Snapshots:
                 should_stop: StopCheck) -> OnDemandSnapshot:
         """Start an on-demand snapshot of ``tables`` on its own thread; returns its handle
         (:class:`dbmazz.snapshot.ondemand.OnDemandSnapshot`)."""
+        if engine is not None and not self._streaming:
+            # Before streaming, the table would join the initial snapshot's plan (which
+            # replaces every plan of the slot) and lose its on-demand record: after a
+            # restart it would no longer be replicated.
+            raise SetupError("cannot take an on-demand snapshot yet: the engine does not "
+                             "stream (setup or initial snapshot)",
+                             "retry once it streams (stage CDC)")
         with self._lock:
             busy = {t for h in self._on_demand if h.running for t in h.tables}
         wanted = [t if "." in t else f"public.{t}" for t in tables]
@@ -305,8 +314,9 @@ class Snapshots:
         """Restart on-demand snapshots a crash or stop interrupted (from scratch: their
         temporary slot died with the process), and load the tables that joined TABLES
         (:meth:`reconcile_tables`)."""
-        # A snapshot already running (requested before streaming began) has unfinished
-        # chunks too: it is under way, not interrupted; asking for it again would clash.
+        self._streaming = True
+        # A snapshot already running (requested as streaming began) has unfinished chunks
+        # too: it is under way, not interrupted; asking for it again would clash.
         with self._lock:
             running = {t for h in self._on_demand if h.running for t in h.tables}
         pending = sorted({r.chunk.table for r in self.context.store.load(ON_DEMAND)

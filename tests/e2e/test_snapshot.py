@@ -20,6 +20,7 @@ import pytest
 
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine
+from dbmazz.errors import SetupError
 from dbmazz.lsn import parse_lsn
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.snapshot.context import CHUNK_PAGES_ENV
@@ -589,10 +590,12 @@ def test_a_column_retyped_by_a_rewrite_during_an_on_demand_snapshot_loads_exactl
     assert_replicated(pg_db, sink, {"public.t": ["id"]})
 
 
-def test_an_on_demand_snapshot_requested_during_the_initial_one_completes(
+def test_an_on_demand_snapshot_is_refused_until_the_engine_streams(
         pg_db: Database, tmp_path: Path, engines: list[Engine]) -> None:
-    """Its unfinished plan is there when streaming starts: it is running, not interrupted,
-    and restarting it clashed with it ('already running'), which stopped the engine."""
+    """Requested before streaming, the table joined the initial snapshot's plan, which
+    replaced its on-demand record: after a restart its changes were no longer applied.
+    During the initial snapshot, restarting its unfinished plan as an interrupted one
+    clashed with it ('already running') and stopped the engine."""
     pg_db.execute("CREATE TABLE a (id int PRIMARY KEY)")
     pg_db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     pg_db.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g")
@@ -600,20 +603,22 @@ def test_an_on_demand_snapshot_requested_during_the_initial_one_completes(
     sink = DuckDBSink(config.duckdb_path)
     engine = build_live_engine(config, sink=sink)
     engines.append(engine)
-    handles = []
+    with pytest.raises(SetupError, match="does not stream"):
+        engine.request_snapshot(["public.t"])
+    refused: list[SetupError] = []
 
     def request(table: str) -> None:
-        handles.append(engine.request_snapshot(["public.t"]))
-        eventually(lambda: handles[0].progress.waiting.startswith("waiting for CDC"),
-                   "the on-demand plan to be saved")
+        try:
+            engine.request_snapshot(["public.t"])
+        except SetupError as exc:
+            refused.append(exc)
 
     on_first_chunk_done(engine, request)
     engine.start()
-    eventually(lambda: handles, "the request")
-    [handle] = handles
+    wait_until_loaded(engine, mark(pg_db))
+    assert len(refused) == 1
+    handle = engine.request_snapshot(["public.t"])
     assert handle.wait(60)
     assert handle.error is None and handle.completed
-    pg_db.execute("UPDATE t SET v = 'after' WHERE id % 3 = 0")
-    wait_until_loaded(engine, mark(pg_db))
     assert engine.progress.last_error is None
     assert_replicated(pg_db, sink, {"public.t": ["id"], "public.a": ["id"]})
