@@ -84,8 +84,10 @@ def test_postgres_restart_mid_stream_reconnects_and_resumes(
 # -- the slot dropped or invalidated ---------------------------------------------------------
 
 
-def _drop_slot_behind_dbmazz(db: Database, slot: str) -> None:
-    """Terminate the walsender and drop the slot before dbmazz reconnects (bounded)."""
+def _drop_slot_behind_dbmazz(db: Database, slot: str, *, then: str = "",
+                             recreate: bool = False) -> None:
+    """Terminate the walsender and drop the slot before dbmazz reconnects (bounded); then
+    run ``then`` and, with ``recreate``, create the slot again under the same name."""
 
     def dropped() -> bool:
         with db.connect() as conn:
@@ -95,9 +97,15 @@ def _drop_slot_behind_dbmazz(db: Database, slot: str) -> None:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             except psycopg.errors.ObjectInUse:
                 return False
+            if then:
+                conn.execute(then)
+            if recreate:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                             (slot,))
         return True
 
-    poll(dropped, "the slot to be dropped", every_s=0.01)
+    poll(dropped, "the slot to be dropped" + (" and created again" if recreate else ""),
+         every_s=0.01)
 
 
 def _service(config: object, sink: DuckDBSink) -> EngineService:
@@ -177,25 +185,6 @@ def test_slot_dropped_behind_dbmazz_is_fatal_and_never_recreated(
     sink.close()
 
 
-def _recreate_slot_behind_dbmazz(db: Database, slot: str, between: str) -> None:
-    """Terminate the walsender, drop the slot, run ``between`` and create the slot again
-    under the same name, all before dbmazz reconnects (bounded)."""
-
-    def recreated() -> bool:
-        with db.connect() as conn:
-            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-                         "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
-            try:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            except psycopg.errors.ObjectInUse:
-                return False
-            conn.execute(between)
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
-        return True
-
-    poll(recreated, "the slot to be dropped and created again", every_s=0.01)
-
-
 def test_a_slot_recreated_behind_a_running_dbmazz_is_refused_not_streamed(
         pg_db: Database, tmp_path: Path) -> None:
     """A slot dropped and created again under the same name while dbmazz reconnects starts
@@ -204,7 +193,8 @@ def test_a_slot_recreated_behind_a_running_dbmazz_is_refused_not_streamed(
     _items(pg_db)
     config, sink, service = _streaming_with_rows_loaded(pg_db, tmp_path)
     try:
-        _recreate_slot_behind_dbmazz(pg_db, SLOT, "INSERT INTO items VALUES (101, 0, 'lost')")
+        _drop_slot_behind_dbmazz(pg_db, SLOT, then="INSERT INTO items VALUES (101, 0, 'lost')",
+                                 recreate=True)
         pg_db.execute("INSERT INTO items VALUES (102, 0, 'after')")
         poll(lambda: service.failed, "the engine to fail", timeout_s=120)
         error = service.error
