@@ -108,6 +108,17 @@ def _drop_slot_behind_dbmazz(db: Database, slot: str, *, then: str = "",
          every_s=0.01)
 
 
+def _start_over(db: Database, tmp_path: Path, sink: DuckDBSink) -> None:
+    """Run again with SNAPSHOT=initial (a new slot) into ``sink``: the target equals the
+    source, and the sink is closed."""
+    again = duckdb_config(db, tmp_path, list(TABLES), snapshot="initial",
+                          heartbeat_interval_s=0)
+    with running(build_live_engine(again, sink=sink)) as engine:
+        wait_until_loaded(engine, mark(db))
+    assert_replicated(db, sink, TABLES)
+    sink.close()
+
+
 def _service(config: object, sink: DuckDBSink) -> EngineService:
     service = EngineService(config, sink=sink)  # type: ignore[arg-type]
     service.start()
@@ -177,12 +188,7 @@ def test_slot_dropped_behind_dbmazz_is_fatal_and_never_recreated(
     assert slot_position(pg_db, SLOT) is None
     # Following the hint starts over: a new slot and a snapshot reload everything.
     pg_db.execute("DELETE FROM dbmazz_checkpoints WHERE slot_name = 'dbmazz_e2e'")
-    again = duckdb_config(pg_db, tmp_path, list(TABLES), snapshot="initial",
-                          heartbeat_interval_s=0)
-    with running(build_live_engine(again, sink=sink)) as engine:
-        wait_until_loaded(engine, mark(pg_db))
-    assert_replicated(pg_db, sink, TABLES)
-    sink.close()
+    _start_over(pg_db, tmp_path, sink)
 
 
 def test_a_slot_recreated_behind_a_running_dbmazz_is_refused_not_streamed(
@@ -223,12 +229,7 @@ def test_a_slot_recreated_behind_a_running_dbmazz_is_refused_not_streamed(
     # Following the hint (`dbmazz slots drop`: the slot and its checkpoint) starts over.
     drop_slot(config.source_dsn, SLOT)
     assert forget_checkpoint(SourceDatabase(config.source_dsn), SLOT)
-    again = duckdb_config(pg_db, tmp_path, list(TABLES), snapshot="initial",
-                          heartbeat_interval_s=0)
-    with running(build_live_engine(again, sink=sink)) as engine:
-        wait_until_loaded(engine, mark(pg_db))
-    assert_replicated(pg_db, sink, TABLES)
-    sink.close()
+    _start_over(pg_db, tmp_path, sink)
 
 
 def test_a_slot_dropped_on_request_starts_over_cleanly(pg_db: Database, tmp_path: Path) -> None:
