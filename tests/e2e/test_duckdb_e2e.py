@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,20 +85,9 @@ def create(db: Database) -> None:
     db.execute(SCHEMA)
 
 
-@pytest.fixture
-def engine_factory(tmp_path: Path) -> Iterator[list[Engine]]:
-    engines: list[Engine] = []
-    yield engines
-    for engine in engines:
-        engine.stop()
-        # A failure was already reported by the test that saw it.
-        with contextlib.suppress(Exception):
-            engine.wait(30)
-
-
 @pytest.mark.parametrize("reader", ["auto", "libpq"])
 def test_mixed_workload_replicates_exactly(pg_db: Database, tmp_path: Path,
-                                           engine_factory: list[Engine], reader: str) -> None:
+                                           engines: list[Engine], reader: str) -> None:
     create(pg_db)
     pg_db.execute("ALTER TABLE public.docs_default REPLICA IDENTITY DEFAULT")
     config = duckdb_config(pg_db, tmp_path, list(TABLES), replica_identity="keep",
@@ -108,7 +96,7 @@ def test_mixed_workload_replicates_exactly(pg_db: Database, tmp_path: Path,
     pg_db.execute("ALTER TABLE public.lines REPLICA IDENTITY FULL")
     sink = DuckDBSink(config.duckdb_path)
     engine = build_live_engine(config, sink=sink)
-    engine_factory.append(engine)
+    engines.append(engine)
     engine.start()
     workload(pg_db)
     wait_until_loaded(engine, mark(pg_db))
@@ -128,12 +116,12 @@ def test_mixed_workload_replicates_exactly(pg_db: Database, tmp_path: Path,
 
 
 def test_large_transaction_and_restart_from_checkpoint(pg_db: Database, tmp_path: Path,
-                                                       engine_factory: list[Engine]) -> None:
+                                                       engines: list[Engine]) -> None:
     pg_db.execute("CREATE TABLE public.big (id bigint PRIMARY KEY, v int, t text)")
     config = duckdb_config(pg_db, tmp_path, ["public.big"], flush_rows=50_000)
     sink = DuckDBSink(config.duckdb_path)
     engine = build_live_engine(config, sink=sink)
-    engine_factory.append(engine)
+    engines.append(engine)
     engine.start()
     pg_db.execute("INSERT INTO public.big SELECT g, g % 97, md5(g::text) "
                   "FROM generate_series(1, 1000000) g")
@@ -144,7 +132,7 @@ def test_large_transaction_and_restart_from_checkpoint(pg_db: Database, tmp_path
     pg_db.execute("UPDATE public.big SET v = -1 WHERE id % 1000 = 0")
     pg_db.execute("DELETE FROM public.big WHERE id > 999000")
     second = build_live_engine(config, sink=sink)
-    engine_factory.append(second)
+    engines.append(second)
     second.start()
     wait_until_loaded(second, mark(pg_db))
     assert_replicated(pg_db, sink, {"public.big": ["id"]})
