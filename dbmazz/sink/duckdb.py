@@ -160,6 +160,8 @@ class DuckDBSink:
         #: Source names of tables being bulk-loaded without their primary key.
         self._bulk: set[str] = set()
         self._insert_first = InsertFirst()
+        #: (schema, table) in lower case → the source table loading into it.
+        self._claimed: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ helpers
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -185,8 +187,24 @@ class DuckDBSink:
         return self._db.cursor()
 
     # ------------------------------------------------------------------ Sink protocol
+    def _claim(self, tables: Sequence[TableSchema]) -> None:
+        """DuckDB compares schema and table names without case: source tables whose target
+        names differ only in case ("Orders" and orders) would load into one table."""
+        claimed = dict(self._claimed)
+        for t in tables:
+            name = (t.namespace.lower(), t.target_name.lower())
+            other = claimed.setdefault(name, t.source_name)
+            if other != t.source_name:
+                raise SetupError(
+                    f"{other} and {t.source_name} would both load into DuckDB table "
+                    f"{t.namespace}.{t.target_name}: DuckDB compares names without case",
+                    f"give one another target name with TABLE_MAP, e.g. "
+                    f"TABLE_MAP={t.source_name}:{t.target_name}_{len(claimed)}")
+        self._claimed = claimed
+
     def setup(self, tables: Sequence[TableSchema]) -> None:
         with self._ddl_lock:
+            self._claim(tables)
             self._check_column_types(tables)
             cur = self._cursor()
             if self.rejected_rows == "table":
@@ -231,6 +249,7 @@ class DuckDBSink:
     def check_target(self, tables: Sequence[TableSchema]) -> None:
         """SETUP=skip: every table exists and takes what dbmazz sends."""
         with self._ddl_lock:
+            self._claim(tables)
             cur = self._cursor()
             missing = [f"{t.namespace}.{t.target_name}" for t in tables if not cur.execute(
                 "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND "
