@@ -176,6 +176,18 @@ class SchemaCache:
                 "rename the column(s) at the source, or leave them out with a column list "
                 "on the publication (PostgreSQL 15+)",
             )
+        folded: dict[str, list[str]] = {}
+        for name in relation.column_names:
+            folded.setdefault(name.lower(), []).append(name)
+        clashes = [" and ".join(group) for group in folded.values() if len(group) > 1]
+        if clashes:
+            raise SetupError(
+                f"{relation.qualified_name} has columns whose names differ only in case "
+                f"({'; '.join(clashes)}): StarRocks and DuckDB compare column names without "
+                "case, so they would be one target column",
+                "rename one of each pair at the source, or leave one out with a column list "
+                "on the publication (PostgreSQL 15+)",
+            )
         missing = [k for k in keys if k not in names]
         if missing:
             raise SetupError(

@@ -80,3 +80,22 @@ def test_tables_whose_names_differ_only_in_case(target: Target) -> None:
     target.catch_up(engine)
     target.assert_replicated({"public.Orders": ["id"], "public.orders": ["id"]})
 
+
+def test_columns_whose_names_differ_only_in_case_are_refused(target: Target) -> None:
+    # Both targets compare column names without case: at setup DuckDB failed with a raw
+    # CatalogException; added while streaming, StarRocks retried the load for ever
+    # ("Duplicate column") and DuckDB stopped on a Binder Error.
+    db = target.db
+    db.execute('CREATE TABLE public.a (id int PRIMARY KEY, "UserID" int, userid int)')
+    with pytest.raises(SetupError, match=r"public\.a has columns whose names differ only in "
+                                         r"case \(UserID and userid\)"):
+        target.start(target.config(["a"]))
+    db.execute("CREATE TABLE public.b (id int PRIMARY KEY, userid int)")
+    db.execute("INSERT INTO public.b VALUES (1, 20)")
+    engine = target.start(target.config(["b"]))
+    target.catch_up(engine)
+    db.execute('ALTER TABLE public.b ADD COLUMN "UserID" int')
+    db.execute("INSERT INTO public.b VALUES (2, 30, 40)")
+    assert "public.b has columns whose names differ only in case (userid and UserID)" in (
+        target.failed(engine))
+    assert [(r["id"], r["userid"]) for r in target.rows("public", "b")] == [(1, 20)]
