@@ -272,10 +272,13 @@ def key_changed(table: str, what: str, now: Sequence[str], keys: Sequence[str]) 
 def diff(before: TableSchema | None, after: TableSchema) -> SchemaDelta:
     if before is None:
         return SchemaDelta(before=None, after=after, added=after.columns)
-    old = {c.name: c for c in before.columns}
-    new = {c.name: c for c in after.columns}
-    added = tuple(c for c in after.columns if c.name not in old)
-    dropped = tuple(name for name in old if name not in new)
+    # By name without case, as the targets compare column names: a column renamed to
+    # another case ("userid" → "UserID") is the same target column, not one dropped and
+    # another added (the dropped one filled with NULL would be the column itself).
+    old = {c.name.lower(): c for c in before.columns}
+    new = {c.name.lower(): c for c in after.columns}
+    added = tuple(c for c in after.columns if c.name.lower() not in old)
+    dropped = tuple(c.name for c in before.columns if c.name.lower() not in new)
     retyped = tuple(
         (old[name], c)
         for name, c in new.items()

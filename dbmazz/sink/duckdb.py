@@ -225,8 +225,8 @@ class DuckDBSink:
                 if table.source_name not in self._bulk and not self._has_key(cur, table):
                     self._restore_key(cur, table)
                 self._check_key(cur, table)
-                existing = {
-                    row[0]
+                existing = {  # DuckDB column names compare without case
+                    str(row[0]).lower()
                     for row in cur.execute(
                         "SELECT column_name FROM information_schema.columns "
                         "WHERE table_schema = ? AND table_name = ?",
@@ -234,13 +234,13 @@ class DuckDBSink:
                     ).fetchall()
                 }
                 for spec in table.columns:
-                    if spec.name not in existing:
+                    if spec.name.lower() not in existing:
                         cur.execute(
                             f"ALTER TABLE {self.target(table)} ADD COLUMN {quote(spec.name)} "
                             f"{duckdb_type(spec.arrow_type)}"
                         )
                 for name, arrow_type in AUDIT_COLUMNS:
-                    if name not in existing:
+                    if name.lower() not in existing:
                         cur.execute(
                             f"ALTER TABLE {self.target(table)} ADD COLUMN {quote(name)} "
                             f"{duckdb_type(arrow_type)}"
@@ -290,8 +290,9 @@ class DuckDBSink:
             # narrowing, or the older shape a replay after a crash shows first.
             changed = {c.name for c in delta.added} | {new.name for _, new in delta.retyped}
             have = column_types(cur, table)
-            cannot = {c.name for c in table.columns if c.name in changed and c.name in have
-                      and not holds(duckdb_type(c.arrow_type), have[c.name])}
+            cannot = {c.name for c in table.columns if c.name in changed
+                      and c.name.lower() in have
+                      and not holds(duckdb_type(c.arrow_type), have[c.name.lower()])}
             for spec in delta.added:
                 cur.execute(
                     f"ALTER TABLE {self.target(table)} ADD COLUMN IF NOT EXISTS "
@@ -675,8 +676,11 @@ class DuckDBSink:
         try:
             assignments = [f"{quote(c)} = EXCLUDED.{quote(c)}" for c in names if c not in keys]
             if self.dropped_columns == "fill_null":
+                # A name the table has again in another case is the same DuckDB column.
+                live = {c.name.lower() for c in table.columns}
                 assignments += [
                     f"{quote(c)} = NULL" for c in sorted(self._dropped.get(table.source_name, ()))
+                    if c.lower() not in live
                 ]
             column_list = ", ".join(quote(c) for c in names)
             cur.execute(

@@ -91,8 +91,9 @@ def holds(sent: str, actual: str) -> bool:
 
 
 def column_types(con: duckdb.DuckDBPyConnection, table: TableSchema) -> dict[str, str]:
-    """The target table's column types by name (empty when it does not exist)."""
-    return {str(name): str(kind) for name, kind in con.execute(
+    """The target table's column types by lower-case name, as DuckDB compares column names
+    (empty when the table does not exist)."""
+    return {str(name).lower(): str(kind) for name, kind in con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
         "WHERE table_schema = ? AND table_name = ?",
         [table.namespace, table.target_name]).fetchall()}
@@ -106,7 +107,7 @@ def duckdb_mismatches(con: duckdb.DuckDBPyConnection,
     for table in tables:
         actual = column_types(con, table)
         for spec in table.columns:
-            have = actual.get(spec.name)
+            have = actual.get(spec.name.lower())
             if have is None:
                 continue
             sent = duckdb_type(spec.arrow_type)

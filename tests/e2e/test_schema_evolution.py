@@ -188,6 +188,34 @@ def test_a_column_added_again_with_another_type(target: Target) -> None:
     target.assert_replicated({"public.r": ["id"]})
 
 
+def test_a_column_renamed_to_another_case(target: Target) -> None:
+    # Both targets compare column names without case, so "UserID" is still the target's
+    # userid column, not a new one beside a dropped one: filled with NULL as dropped, it was
+    # sent twice (StarRocks retried the load for ever, "Duplicate column"; DuckDB stopped),
+    # and a restart had DuckDB add it again. Also: one dropped, added back in another case.
+    db = target.db
+    db.execute("CREATE TABLE public.c (id int PRIMARY KEY, userid int, gone int, x int)")
+    config = target.config(["public.c"])
+    engine = target.start(config)
+    db.execute("INSERT INTO public.c VALUES (1, 20, 1, 1)")
+    target.catch_up(engine)
+    db.execute('ALTER TABLE public.c RENAME COLUMN userid TO "UserID"')
+    db.execute("INSERT INTO public.c VALUES (2, 30, 2, 2)")
+    db.execute('UPDATE public.c SET "UserID" = 7, x = 5 WHERE id = 1')
+    db.execute("ALTER TABLE public.c DROP COLUMN gone")
+    db.execute("INSERT INTO public.c VALUES (3, 40, 3)")
+    target.catch_up(engine)
+    db.execute('ALTER TABLE public.c ADD COLUMN "Gone" int')
+    db.execute('UPDATE public.c SET "Gone" = id * 10')
+    target.catch_up(engine)
+    target.assert_replicated({"public.c": ["id"]})
+    target.stop(engine)
+    engine = target.start(config)
+    db.execute('UPDATE public.c SET "UserID" = -"UserID", "Gone" = 0')
+    target.catch_up(engine)
+    target.assert_replicated({"public.c": ["id"]})
+
+
 def test_widened_column_types(target: Target) -> None:
     db = target.db
     db.execute("CREATE TABLE public.a (id int PRIMARY KEY, i int, v varchar(5), "

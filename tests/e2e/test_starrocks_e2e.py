@@ -46,8 +46,11 @@ def starrocks_config(db: Database, emulator_url: str, mysql_port: int, tables: l
 def emulator_fetcher(rows: Callable[[], list[dict[str, Any]]]
                      ) -> Callable[[list[str]], list[tuple[Any, ...]]]:
     def fetch(columns: list[str]) -> list[tuple[Any, ...]]:
-        live = [r for r in rows() if not r.get("dbmazz_is_deleted")]
-        return [tuple(r.get(c) for c in columns) for r in live]
+        # StarRocks column names compare without case (a column renamed at the source to
+        # another case is still the target's column under its first name).
+        live = [{k.lower(): v for k, v in r.items()} for r in rows()]
+        return [tuple(r.get(c.lower()) for c in columns) for r in live
+                if not r.get("dbmazz_is_deleted")]
 
     return fetch
 

@@ -296,7 +296,7 @@ class StarRocksSink:
         return [self._plan_part(batch, part, target) for part in self._parts(batch)]
 
     def _parts(self, batch: TableBatch) -> list[_Part]:
-        fill = self._nulls_for_dropped(batch.table.target_name)
+        fill = self._nulls_for_dropped(batch.table)
         parts = [_Part(f"u{i}", _with_nulls(group.rows, fill), group.partial)
                  for i, group in enumerate(batch.upserts) if group.rows.num_rows]
         deletes = batch.deletes
@@ -308,14 +308,18 @@ class StarRocksSink:
                 parts.append(_Part("d", deletes, True))
         return parts
 
-    def _nulls_for_dropped(self, table: str) -> list[str]:
+    def _nulls_for_dropped(self, table: TableSchema) -> list[str]:
         """Dropped source columns the target still has, when DROPPED_COLUMNS=fill_null: the
-        upserts carry them as NULL (a load without them would keep their old values)."""
+        upserts carry them as NULL (a load without them would keep their old values). A
+        name the table has again, in any case (a column renamed to another case, or dropped
+        and added again so), is live: the target column is the same one."""
         if self.settings.dropped_columns != "fill_null":
             return []
-        state = self._state(table)
+        state = self._state(table.target_name)
         target = state.target
-        return sorted(c for c in state.dropped if target is not None and target.has(c))
+        live = {c.name.lower() for c in table.columns}
+        return sorted(c for c in state.dropped
+                      if target is not None and target.has(c) and c.lower() not in live)
 
     def _plan_part(self, batch: TableBatch, part: _Part, target: TargetTable,
                    suffix: str | None = None, rows: pa.Table | None = None) -> PlannedLoad:
