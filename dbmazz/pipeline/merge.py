@@ -27,6 +27,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -42,6 +44,7 @@ from dbmazz.contract import (
 )
 from dbmazz.contract import SEQ_COLUMN as SEQ
 from dbmazz.contract import UNCHANGED_COLUMN as UNCHANGED
+from dbmazz.errors import ProtocolError
 from dbmazz.lazy import lazy_module
 from dbmazz.pipeline.batch import TableBatch, TableSchema, UpsertGroup
 from dbmazz.pipeline.carry import CARRY, ROW, fill_along_chains, group_candidates
@@ -71,8 +74,9 @@ def merge_changes(
     synced = (synced_at or datetime.now(UTC)).replace(tzinfo=None)
 
     masks = [unchanged_mask(batch, i) for i in range(len(columns))]
-    toasted = [i for i, mask in enumerate(masks) if mask.any()]
     arrow = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    arrow = _unchanged_keys_from_old(arrow, table, masks)
+    toasted = [i for i, mask in enumerate(masks) if mask.any()]
     lsns = arrow.column(LSN)
     if not toasted and _bulk_inserts(arrow, keys):
         # A bulk load (inserts only, every key once, rows in stream order): nothing to
@@ -135,6 +139,34 @@ def merge_changes(
         last_lsn=int(pc.max(lsns).as_py()),
         source_changes=n_changes,
     )
+
+
+def _unchanged_keys_from_old(arrow: pa.Table, table: TableSchema,
+                             masks: list[npt.NDArray[np.bool_]]) -> pa.Table:
+    """A primary-key value stored out of line (a long text key) that an update left
+    unchanged arrives flagged unchanged, not sent; PostgreSQL then sends the old key
+    (its values inlined) beside the update, under any replica identity. Take the key from
+    there and clear its flag (``masks`` updated in place): the merge needs every key."""
+    columns = list(table.column_names)
+    for key in table.key_columns:
+        i = columns.index(key)
+        if not masks[i].any():
+            continue
+        name = old_key_column(key)
+        old = arrow.column(name) if name in arrow.column_names else pa.nulls(len(arrow))
+        present = ~np.asarray(old.is_null().to_numpy(zero_copy_only=False), dtype=np.bool_)
+        take = masks[i] & present
+        if (masks[i] & ~present).any():
+            raise ProtocolError(
+                f"{table.source_name}: an update arrived without its primary key "
+                f"{key} (an unchanged value stored out of line) and without the old key",
+                "report this to the dbmazz maintainers with the PostgreSQL version",
+            )
+        value = pc.if_else(pa.array(take), old.cast(arrow.schema.field(key).type),
+                           arrow.column(key))
+        arrow = arrow.set_column(i, arrow.schema.field(key), value)
+        masks[i] = masks[i] & ~take
+    return arrow
 
 
 def _bulk_inserts(arrow: pa.Table, keys: list[str]) -> bool:

@@ -177,6 +177,25 @@ def test_key_moved_away_and_back_keeps_the_row() -> None:
     assert result.deletes is not None and result.deletes.column("id").to_pylist() == [2]
 
 
+def test_an_unchanged_key_stored_out_of_line_comes_from_the_old_key() -> None:
+    # A long text key is TOASTed: an update that leaves it alone sends it flagged unchanged,
+    # with the old key (inlined) beside it. Neither a key change nor a row without a key.
+    result = merge_changes(
+        changes(
+            [
+                {"op": U, "name": "b", "unchanged": ["id", "doc"], "old_id": 7},
+                {"op": U, "name": "c", "unchanged": ["id"], "doc": "d", "old_id": 8},
+            ]
+        ),
+        TABLE,
+    )
+    assert result.deletes is None
+    groups = {g.partial: g for g in result.upserts}
+    assert groups[True].rows.column("id").to_pylist() == [7]
+    assert "doc" not in groups[True].rows.column_names and groups[True].carry is None
+    assert groups[False].rows.to_pylist()[0]["id"] == 8
+
+
 def test_composite_keys_and_wide_tables() -> None:
     ncols = 70
     cols = tuple(ColumnSpec(f"c{i}", pa.int32(), 23, -1) for i in range(ncols))
