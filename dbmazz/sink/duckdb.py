@@ -229,7 +229,7 @@ class DuckDBSink:
                     str(row[0]).lower()
                     for row in cur.execute(
                         "SELECT column_name FROM information_schema.columns "
-                        "WHERE table_schema = ? AND table_name = ?",
+                        "WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
                         [table.namespace, table.target_name],
                     ).fetchall()
                 }
@@ -252,8 +252,9 @@ class DuckDBSink:
             self._claim(tables)
             cur = self._cursor()
             missing = [f"{t.namespace}.{t.target_name}" for t in tables if not cur.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = ? AND "
-                "table_name = ?", [t.namespace, t.target_name]).fetchall()]
+                "SELECT 1 FROM information_schema.tables WHERE lower(table_schema) = "
+                "lower(?) AND lower(table_name) = lower(?)",
+                [t.namespace, t.target_name]).fetchall()]
             if missing:
                 raise SetupError(
                     f"SETUP=skip, and DuckDB tables {', '.join(missing)} do not exist in "
@@ -597,8 +598,9 @@ class DuckDBSink:
         # fetchall, not fetchone: DuckDB 2 keeps a result not read to its end pending on
         # the cursor, and the thread's next register() on it fails ("unfinished result").
         rows = cur.execute(
-            "SELECT constraint_column_names FROM duckdb_constraints() WHERE schema_name = ? "
-            "AND table_name = ? AND constraint_type = 'PRIMARY KEY'",
+            # DuckDB names compare without case: "Sales".a and sales.b share a schema.
+            "SELECT constraint_column_names FROM duckdb_constraints() WHERE lower(schema_name) "
+            "= lower(?) AND lower(table_name) = lower(?) AND constraint_type = 'PRIMARY KEY'",
             [table.namespace, table.target_name],
         ).fetchall()
         return list(rows[0][0]) if rows else None

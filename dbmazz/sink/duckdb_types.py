@@ -95,7 +95,7 @@ def column_types(con: duckdb.DuckDBPyConnection, table: TableSchema) -> dict[str
     (empty when the table does not exist)."""
     return {str(name).lower(): str(kind) for name, kind in con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = ? AND table_name = ?",
+        "WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
         [table.namespace, table.target_name]).fetchall()}
 
 

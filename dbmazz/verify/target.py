@@ -145,8 +145,9 @@ class DuckDBTarget:
 
         target = f"{_quote(table.namespace)}.{_quote(table.target_name)}"
         present = [str(r[0]) for r in self._conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
-            "AND table_name = ?", [table.namespace, table.target_name]).fetchall()]
+            "SELECT column_name FROM information_schema.columns WHERE lower(table_schema) = "
+            "lower(?) AND lower(table_name) = lower(?)",
+            [table.namespace, table.target_name]).fetchall()]
         columns = readable(table, present, self.absent)
         try:
             reader = self._conn.sql(
