@@ -34,6 +34,24 @@ def redact_url(url: str) -> str:
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url)
 
 
+def _split_outside_quotes(value: str) -> list[str]:
+    """``'a, "b,c".d'`` → ``['a', ' "b,c".d']``: commas inside double quotes (a quoted name,
+    ``""`` for a quote in it) are part of the name."""
+    parts: list[str] = []
+    start, quoted = 0, False
+    for i, ch in enumerate(value):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            parts.append(value[start:i])
+            start = i + 1
+    if quoted:
+        raise ValueError(f"has an unclosed double quote in {value[start:].strip()!r}; "
+                         'quote a name as "My Table" and a quote in it as ""')
+    parts.append(value[start:])
+    return parts
+
+
 class Config(BaseSettings):
     """All settings of a dbmazz process. Field ``x_y`` is environment variable ``X_Y``."""
 
@@ -265,7 +283,7 @@ class Config(BaseSettings):
     @classmethod
     def _split_tables(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [t.strip() for t in value.split(",") if t.strip()]
+            return [t.strip() for t in _split_outside_quotes(value) if t.strip()]
         return value
 
     @field_validator("table_map", mode="before")

@@ -27,6 +27,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ({"FLUSH_ROWS": "many"}, "FLUSH_ROWS: must be a whole number; got 'many'"),
         ({"FLUSH_ROWS": "0"}, "FLUSH_ROWS: Input should be greater than 0; got '0'"),
         ({"SINK": "mysql"}, "SINK: must be one of 'starrocks' or 'duckdb'; got 'mysql'"),
+        ({"TABLES": 'public.a, public."b'}, "TABLES: has an unclosed double quote in "
+                                           "'public.\"b'"),
         ({"FLUSH_BYTES": "-5"}, "FLUSH_BYTES: Input should be greater than 0; got '-5'"),
         ({"MAX_INFLIGHT_BYTES": "-1"}, "MAX_INFLIGHT_BYTES: Input should be greater than 0"),
         ({"SOURCE_URL": "mysql://u@h/db"}, "SOURCE_URL: must be postgresql://"),
@@ -85,6 +87,13 @@ def test_lists_maps_and_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> N
     assert config.tables == ["public.a", "s.b"]
     assert config.table_map == {"s.b": "b2", "public.a": "a2"}
     assert config.flush_rows == 20
+
+
+def test_tables_with_commas_inside_quoted_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Split at every comma, 'public."a,b"' was public."a and b" — tables public.a and
+    # public.b, replicated instead when they exist.
+    monkeypatch.setenv("TABLES", 'public."a,b", "x"",y".z,  c')
+    assert Config.load().tables == ['public."a,b"', '"x"",y".z', "c"]
 
 
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
