@@ -292,8 +292,8 @@ class Config(BaseSettings):
         if not isinstance(value, str):
             return value
         mapping: dict[str, str] = {}
-        for item in filter(None, (p.strip() for p in value.split(","))):
-            source, sep, target = item.partition(":")
+        for item in filter(None, (p.strip() for p in _split_outside_quotes(value))):
+            source, sep, target = item.rpartition(":")
             if not sep or not source or not target:
                 raise ValueError(f"entry {item!r} is not 'schema.table:target'")
             mapping[source.strip()] = target.strip()

@@ -13,6 +13,7 @@ from typing import Protocol
 from dbmazz.contract import AUDIT_NAMES
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import ColumnSpec, SchemaDelta, TableSchema
+from dbmazz.source.catalog import split_table_name
 from dbmazz.source.pgoutput import Relation
 from dbmazz.source.types import BUILTIN_TYPE_NAMES, TypeRegistry, arrow_type
 
@@ -92,7 +93,7 @@ class SchemaCache:
         #: Which relations are replicated. A publication shared with other consumers may
         #: carry tables dbmazz was not asked for: their messages are passed over.
         self._accept = accept
-        self._table_map = dict(table_map or {})
+        self._table_map = {_map_key(k): v for k, v in (table_map or {}).items()}
         self.types = types if types is not None else TypeRegistry()
         self._relations: dict[int, Relation] = {}
         self._tables: dict[int, TableSchema] = {}
@@ -214,6 +215,21 @@ class SchemaCache:
             target_name=self.target_name(relation),
             replica_identity=relation.replica_identity,
         )
+
+
+def _map_key(key: str) -> str:
+    """A TABLE_MAP source written as TABLES are (``'"My Schema"."Order Items"'``) → the
+    name it is looked up by (``'My Schema.Order Items'``; ``'"Order Items"'`` → a bare
+    table name, any schema)."""
+    if '"' not in key:
+        return key
+    schema, table = split_table_name(key)
+    quoted, dotted = False, False
+    for ch in key:
+        if ch == '"':
+            quoted = not quoted
+        dotted = dotted or (ch == "." and not quoted)
+    return f"{schema}.{table}" if dotted else table
 
 
 def _check_identity(relation: Relation, keys: Sequence[str],

@@ -121,3 +121,18 @@ def test_schemas_whose_names_differ_only_in_case(target: Target) -> None:
     engine = target.start(config)
     target.catch_up(engine)
     target.assert_replicated({"Sales.a": ["id"], "sales.b": ["id"]})
+
+
+def test_table_map_with_a_quoted_source_name(target: Target) -> None:
+    # Written as in TABLES, the entry matched no table and was ignored without a word: the
+    # rows loaded into "Order Items", not the target asked for.
+    db = target.db
+    db.execute('CREATE SCHEMA "My Schema"')
+    db.execute('CREATE TABLE "My Schema"."Order Items, 2024" (id int PRIMARY KEY, v text)')
+    db.execute('INSERT INTO "My Schema"."Order Items, 2024" VALUES (1, \'a\')')
+    engine = target.start(target.config(['"My Schema"."Order Items, 2024"'],
+                                        table_map='"My Schema"."Order Items, 2024":oi'))
+    db.execute('INSERT INTO "My Schema"."Order Items, 2024" VALUES (2, \'b\')')
+    target.catch_up(engine)
+    assert sorted((r["id"], r["v"]) for r in target.rows("My Schema", "oi")) == [
+        (1, "a"), (2, "b")]
