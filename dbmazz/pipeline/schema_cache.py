@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from dbmazz.contract import AUDIT_NAMES
+from dbmazz.contract import AUDIT_NAMES, METADATA_PREFIX
 from dbmazz.errors import SetupError
 from dbmazz.pipeline.batch import ColumnSpec, SchemaDelta, TableSchema
 from dbmazz.source.catalog import split_table_name
@@ -174,6 +174,15 @@ class SchemaCache:
             raise SetupError(
                 f"{relation.qualified_name} has column(s) {', '.join(taken)}: dbmazz names "
                 "its audit columns so in every target table",
+                "rename the column(s) at the source, or leave them out with a column list "
+                "on the publication (PostgreSQL 15+)",
+            )
+        internal = [n for n in relation.column_names if n.startswith(METADATA_PREFIX)]
+        if internal:
+            raise SetupError(
+                f"{relation.qualified_name} has column(s) {', '.join(internal)}: names "
+                f"starting with {METADATA_PREFIX} are dbmazz's own, for the change metadata "
+                "it carries beside each row",
                 "rename the column(s) at the source, or leave them out with a column list "
                 "on the publication (PostgreSQL 15+)",
             )

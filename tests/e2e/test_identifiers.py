@@ -136,3 +136,21 @@ def test_table_map_with_a_quoted_source_name(target: Target) -> None:
     target.catch_up(engine)
     assert sorted((r["id"], r["v"]) for r in target.rows("My Schema", "oi")) == [
         (1, "a"), (2, "b")]
+
+
+def test_columns_named_like_dbmazz_metadata_are_refused(target: Target) -> None:
+    # In the decoded batch beside __dbmazz_lsn, __dbmazz_op, …: the engine failed with a raw
+    # KeyError ('Field "__dbmazz_lsn" exists 2 times in schema').
+    db = target.db
+    db.execute('CREATE TABLE public.m (id int PRIMARY KEY, "__dbmazz_lsn" bigint)')
+    with pytest.raises(SetupError, match=r"public\.m has column\(s\) __dbmazz_lsn: names "
+                                         r"starting with __dbmazz_ are dbmazz's own"):
+        target.start(target.config(["public.m"]))
+    db.execute("CREATE TABLE public.n (id int PRIMARY KEY, v int)")
+    engine = target.start(target.config(["public.n"]))
+    db.execute("INSERT INTO public.n VALUES (1, 1)")
+    target.catch_up(engine)
+    db.execute('ALTER TABLE public.n ADD COLUMN "__dbmazz_old_id" int')
+    db.execute('UPDATE public.n SET id = 2, "__dbmazz_old_id" = 1')
+    assert "public.n has column(s) __dbmazz_old_id" in target.failed(engine)
+    assert [(r["id"], r["v"]) for r in target.rows("public", "n")] == [(1, 1)]
