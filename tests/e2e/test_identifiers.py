@@ -154,3 +154,21 @@ def test_columns_named_like_dbmazz_metadata_are_refused(target: Target) -> None:
     db.execute('UPDATE public.n SET id = 2, "__dbmazz_old_id" = 1')
     assert "public.n has column(s) __dbmazz_old_id" in target.failed(engine)
     assert [(r["id"], r["v"]) for r in target.rows("public", "n")] == [(1, 1)]
+
+
+@pytest.mark.parametrize("target", ["starrocks"], indirect=True)
+def test_a_column_named_op_is_refused_by_starrocks_with_the_fix(target: Target) -> None:
+    # StarRocks reserves __op for the load's operation; its own refusal named no fix.
+    db = target.db
+    db.execute('CREATE TABLE public.o (id int PRIMARY KEY, "__op" int)')
+    with pytest.raises(SetupError, match=r"public\.o has column __op: StarRocks reserves") as e:
+        target.start(target.config(["public.o"]))
+    assert "column list on the publication" in (e.value.hint or "")
+    db.execute("CREATE TABLE public.p (id int PRIMARY KEY)")
+    engine = target.start(target.config(["public.p"]))
+    target.catch_up(engine)
+    db.execute('ALTER TABLE public.p ADD COLUMN "__OP" int')
+    db.execute("INSERT INTO public.p VALUES (1, 1)")
+    error = target.failed(engine)
+    assert "public.p has column __OP: StarRocks reserves" in error
+    assert "column list on the publication" in error

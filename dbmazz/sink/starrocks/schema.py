@@ -106,6 +106,15 @@ def prepare_table(
     catalog: Catalog, schema: TableSchema, settings: StarRocksSettings, report: PrepareReport
 ) -> TargetTable:
     """Create the table, or add the columns it lacks; returns what it holds afterwards."""
+    reserved = [c for c in schema.column_names if c.lower() == "__op"]
+    if reserved:
+        raise SetupError(
+            f"{schema.source_name} has column {reserved[0]}: StarRocks reserves the name "
+            "__op (any case) for a load's operation (upsert or delete), so no table can "
+            "have it",
+            "rename the column at the source, or leave it out with a column list on the "
+            "publication (PostgreSQL 15+)",
+        )
     if settings.setup == "skip":
         checked = validate_table(catalog, schema)
         report.verified.append(schema.target_name)
