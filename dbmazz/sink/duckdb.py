@@ -160,8 +160,6 @@ class DuckDBSink:
         #: Source names of tables being bulk-loaded without their primary key.
         self._bulk: set[str] = set()
         self._insert_first = InsertFirst()
-        #: (schema, table) in lower case → the source table loading into it.
-        self._claimed: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ helpers
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -187,10 +185,13 @@ class DuckDBSink:
         return self._db.cursor()
 
     # ------------------------------------------------------------------ Sink protocol
-    def _claim(self, tables: Sequence[TableSchema]) -> None:
-        """DuckDB compares schema and table names without case: source tables whose target
-        names differ only in case ("Orders" and orders) would load into one table."""
-        claimed = dict(self._claimed)
+    @staticmethod
+    def _claim(tables: Sequence[TableSchema]) -> None:
+        """DuckDB compares schema and table names without case: source tables set up
+        together whose target names differ only in case ("Orders" and orders) would load
+        into one table. (Across calls a table may come back under a new source name, a
+        rename mapped to its target with TABLE_MAP.)"""
+        claimed: dict[tuple[str, str], str] = {}
         for t in tables:
             name = (t.namespace.lower(), t.target_name.lower())
             other = claimed.setdefault(name, t.source_name)
@@ -200,7 +201,6 @@ class DuckDBSink:
                     f"{t.namespace}.{t.target_name}: DuckDB compares names without case",
                     f"give one another target name with TABLE_MAP, e.g. "
                     f"TABLE_MAP={t.source_name}:{t.target_name}_{len(claimed)}")
-        self._claimed = claimed
 
     def setup(self, tables: Sequence[TableSchema]) -> None:
         with self._ddl_lock:
