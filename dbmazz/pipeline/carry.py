@@ -28,10 +28,13 @@ commit LSNs of the moves into and out of that key within the chain):
   applied, nothing later is.
 
 The first qualifying candidate in rank order wins (the key nearest the row); in a part of
-a split transaction the oldest wins, since earlier parts of the same transaction wrote
-versions equal to the move's (see :func:`resolve_carries`). Versions alone cannot order
-two changes of one transaction, so a restart in the middle of a split transaction whose
-later parts reuse an old key may take the reused row's value (not shown by any test).
+a split transaction after its first the oldest wins, since earlier parts of the same
+transaction wrote versions equal to the move's (see :func:`resolve_carries`). Versions
+alone cannot order two changes of one transaction, so a restart in the middle of a split
+transaction whose later parts reuse an old key may still take the reused row's value when
+the replayed move is in a part after the first (in the first part a tie can only be an
+earlier run's write: tests/e2e/test_key_change_toast.py::
+test_a_restart_in_a_split_transaction_whose_later_part_reused_the_old_key).
 
 When no candidate qualifies the column stays absent and a warning says so (a replay of
 changes a restart had applied, whose row a later change deleted again; or a target that
@@ -213,8 +216,9 @@ def resolve_carries(batch: TableBatch, current: pa.Table) -> TableBatch:
     # is split across batches (the row has not moved yet: the oldest key holds it). Outside
     # a split only the first can happen; inside one the second is the normal case (DuckDB
     # commits each part; StarRocks refuses reads of keys its open transaction loaded and
-    # skips the parts of a transaction committed before).
-    oldest_first = batch.split is not None
+    # skips the parts of a transaction committed before). The first part has no earlier
+    # part: a tie there was written by an earlier run (a replay), as outside a split.
+    oldest_first = batch.split is not None and batch.split.index > 0
     now = pl.from_arrow(current)
     assert isinstance(now, pl.DataFrame)
     resolved: list[UpsertGroup] = []

@@ -18,7 +18,8 @@ import pytest
 
 from dbmazz.engine.build import build_live_engine
 from dbmazz.engine.core import Engine, RunState
-from dbmazz.errors import SetupError
+from dbmazz.errors import SetupError, SinkError
+from dbmazz.pipeline.batch import LoadResult, TableBatch
 from dbmazz.sink.duckdb import DuckDBSink
 from dbmazz.testing.fixtures import Database
 from dbmazz.testing.sinks import NullSink
@@ -331,4 +332,53 @@ def test_an_update_leaving_a_key_stored_out_of_line_unchanged(
     pg_db.execute("UPDATE lk2 SET n = 5 WHERE a = 1")
     pg_db.execute("UPDATE lk2 SET a = 20 WHERE a = 2")  # the key changes, its long part not
     wait_until_loaded(engine, mark(pg_db))
+    assert_duckdb_replicated(pg_db, sink, tables)
+
+
+class FailOnePart(DuckDBSink):
+    """A DuckDB sink whose write of one part of a split transaction fails once, for good
+    (the engine stops there: a crash between parts)."""
+
+    fail: tuple[str, int] | None = None  # (table, part index)
+
+    def write(self, batch: TableBatch) -> LoadResult:
+        if self.fail is not None and batch.split is not None and (
+                batch.table.name, batch.split.index) == self.fail:
+            self.fail = None
+            raise SinkError("injected crash between parts", retryable=False)
+        return super().write(batch)
+
+
+def test_a_restart_in_a_split_transaction_whose_later_part_reused_the_old_key(
+        pg_db: Database, tmp_path: Path, engines: list[Engine]) -> None:
+    # Parts of two changes each: the row moves 1 → 2 (part 0), a new row takes key 1 (part
+    # 1), the row moves 2 → 3 (part 2). The engine stops before part 2 is loaded; on the
+    # restart the replayed part 0 finds both keys alive at the transaction's version. It
+    # took the value of the new row at key 1 — an earlier part cannot have written it, as
+    # no part comes before the first — and the moved row ended with the wrong text.
+    pg_db.execute(SCHEMA)
+    tables = {"public.kc_int": ["id"], "public.kc_text": ["k"]}
+    config = duckdb_config(pg_db, tmp_path, list(tables), replica_identity="keep",
+                           flush_rows=2)
+    rng = random.Random(24)
+    pg_db.execute("INSERT INTO kc_int VALUES (1, 0, %s, NULL)", (random_text(rng),))
+    pg_db.execute("INSERT INTO kc_text SELECT 'k' || g, NULL, 0 FROM generate_series(1, 4) g")
+    sink = FailOnePart(config.duckdb_path)
+    sink.fail = ("kc_int", 2)
+    engine = build_live_engine(config, sink=sink)
+    engines.append(engine)
+    engine.start()
+    with pg_db.connect() as conn, conn.transaction():
+        conn.execute("UPDATE kc_int SET id = 2 WHERE id = 1")
+        conn.execute("UPDATE kc_text SET n = 1 WHERE k = 'k1'")
+        conn.execute("INSERT INTO kc_int VALUES (1, 9, %s, NULL)", (random_text(rng),))
+        conn.execute("UPDATE kc_text SET n = 1 WHERE k = 'k2'")
+        conn.execute("UPDATE kc_int SET id = 3 WHERE id = 2")
+        conn.execute("UPDATE kc_text SET n = 1 WHERE k = 'k3'")
+        conn.execute("UPDATE kc_text SET n = 1 WHERE k = 'k4'")
+    poll(lambda: engine.progress.state == RunState.FAILED, "the crash between parts")
+    restarted = build_live_engine(config, sink=sink)
+    engines.append(restarted)
+    restarted.start()
+    wait_until_loaded(restarted, mark(pg_db))
     assert_duckdb_replicated(pg_db, sink, tables)

@@ -220,3 +220,13 @@ def test_resolve_in_a_split_part_prefers_the_old_key_over_ties_of_earlier_parts(
     rows = resolved_rows(resolve_carries(
         batch, current([(1001, "D", 20, False), (1, "REUSED", 20, False)])))
     assert rows[1001][0] and "doc" not in rows[1001][1]
+
+
+def test_resolve_in_the_first_part_of_a_split_takes_ties_as_an_earlier_runs_writes() -> None:
+    # No part comes before the first: rows at the transaction's version were written by an
+    # earlier run (a replay), so the key nearest the row holds the value, as outside a split.
+    batch = one_move()
+    batch.split = SplitPart(commit_lsn=20, index=0, last=False)
+    rows = resolved_rows(resolve_carries(
+        batch, current([(1001, "D", 20, False), (1, "REUSED", 20, False)])))
+    assert rows[1001][0] and "doc" not in rows[1001][1]
