@@ -20,27 +20,43 @@ from dbmazz.source.types import TypeRegistry
 
 def split_table_name(name: str) -> tuple[str, str]:
     """``'s.t'`` → ``('s', 't')``; ``'t'`` → ``('public', 't')``; double quotes allowed
-    around either part (``'"My Schema"."odd.name"'``)."""
+    around either part (``'"My Schema"."odd.name"'``). Spaces around a quoted part are
+    dropped, those inside its quotes kept (``'" x "'`` is the table named `` x ``); an
+    unquoted part is taken as it is, so a name dbmazz joined (``'public.x '``, the table
+    `x ` of a TABLES entry ``'"x "'``) reads back as the same table."""
     parts: list[str] = []
-    current, quoted, i = "", False, 0
+    # Each character with whether it was quoted: only unquoted spaces are trimmed.
+    current: list[tuple[str, bool]] = []
+    quoted, i = False, 0
     while i < len(name):
         ch = name[i]
         if ch == '"':
             if quoted and i + 1 < len(name) and name[i + 1] == '"':
-                current += '"'
+                current.append(('"', True))
                 i += 1
             else:
                 quoted = not quoted
         elif ch == "." and not quoted and not parts:
-            parts.append(current)
-            current = ""
+            parts.append(_trimmed(current))
+            current = []
         else:
-            current += ch
+            current.append((ch, quoted))
         i += 1
-    parts.append(current)
+    parts.append(_trimmed(current))
     if len(parts) == 1:
-        return "public", parts[0].strip()
-    return parts[0].strip(), parts[1].strip()
+        return "public", parts[0]
+    return parts[0], parts[1]
+
+
+def _trimmed(chars: list[tuple[str, bool]]) -> str:
+    if not any(quoted for _, quoted in chars):
+        return "".join(ch for ch, _ in chars)
+    start, end = 0, len(chars)
+    while start < end and chars[start][0].isspace() and not chars[start][1]:
+        start += 1
+    while end > start and chars[end - 1][0].isspace() and not chars[end - 1][1]:
+        end -= 1
+    return "".join(ch for ch, _ in chars[start:end])
 
 
 def describe_relations(conn: psycopg.Connection, tables: Sequence[str],

@@ -172,3 +172,17 @@ def test_a_column_named_op_is_refused_by_starrocks_with_the_fix(target: Target) 
     error = target.failed(engine)
     assert "public.p has column __OP: StarRocks reserves" in error
     assert "column list on the publication" in error
+
+
+@pytest.mark.parametrize("target", ["duckdb"], indirect=True)
+def test_spaces_inside_quotes_are_part_of_the_name(target: Target) -> None:
+    # TABLES='"Order Items "' was read as "Order Items": the other table was replicated.
+    db = target.db
+    db.execute('CREATE TABLE public."Order Items" (id int PRIMARY KEY, v text)')
+    db.execute('CREATE TABLE public."Order Items " (id int PRIMARY KEY, v text)')
+    db.execute('INSERT INTO public."Order Items" VALUES (1, \'without\')')
+    db.execute('INSERT INTO public."Order Items " VALUES (1, \'with\')')
+    engine = target.start(target.config([' "Order Items " ']))
+    target.catch_up(engine)
+    assert [r["v"] for r in target.rows("public", "Order Items ")] == ["with"]
+
