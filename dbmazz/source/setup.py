@@ -182,6 +182,14 @@ def _lookup(conn: psycopg.Connection,
             tables: Sequence[str]) -> tuple[list[_Table], SetupError | None]:
     """The tables found, and the error naming every missing one (None: all found)."""
     names = [split_table_name(t) for t in tables]
+    dotted = [_qualified(schema, table) for schema, table in names if "." in schema]
+    if dotted:
+        # dbmazz names a table 'schema.table' and reads that back at its first dot.
+        raise SetupError(
+            f"schemas whose names contain a dot are not supported: {', '.join(dotted)}",
+            "rename the schema (ALTER SCHEMA \"my.schema\" RENAME TO my_schema); a dot in "
+            "a table's own name is fine",
+        )
     rows = conn.execute(
         """
         SELECT t.ord, c.oid, c.relreplident::text,
