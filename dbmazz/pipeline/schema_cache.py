@@ -198,6 +198,9 @@ class SchemaCache:
                 "rename one of each pair at the source, or leave one out with a column list "
                 "on the publication (PostgreSQL 15+)",
             )
+        # A key column renamed to another case is still the target's key column (column
+        # names compare without case there): the key takes the relation's spelling.
+        keys = tuple(k if k in names else folded.get(k.lower(), [k])[0] for k in keys)
         missing = [k for k in keys if k not in names]
         if missing:
             raise SetupError(
@@ -251,14 +254,19 @@ def _check_identity(relation: Relation, keys: Sequence[str],
     but as bad: deletes and key changes then carry that index's columns, not the key."""
     if relation.replica_identity not in ("d", "i"):
         return  # FULL flags every column; NOTHING none
-    if set(relation.identity_columns) == set(keys):
+    if _same_columns(relation.identity_columns, keys):
         return
     if relation.replica_identity == "i" and catalog is not None:
         now = catalog.current_key(relation.oid)
-        if now is not None and set(now) == set(keys):
+        if now is not None and _same_columns(now, keys):
             raise identity_not_key(relation.qualified_name, relation.identity_columns, keys)
     raise key_changed(relation.qualified_name, "replica identity",
                       relation.identity_columns, keys)
+
+
+def _same_columns(a: Sequence[str], b: Sequence[str]) -> bool:
+    """The same set of columns, as the targets compare their names (without case)."""
+    return {n.lower() for n in a} == {n.lower() for n in b}
 
 
 def identity_not_key(table: str, index: Sequence[str], keys: Sequence[str]) -> SetupError:
@@ -280,7 +288,7 @@ def _check_catalog_key(catalog: KeyCatalog, relation: Relation, keys: Sequence[s
     a key changed later stops the engine a little early, nothing more (nothing after the
     last durable flush is confirmed)."""
     now = catalog.current_key(relation.oid)
-    if now is not None and set(now) != set(keys):
+    if now is not None and not _same_columns(now, keys):
         raise key_changed(relation.qualified_name, "primary key", now, keys)
 
 

@@ -216,6 +216,32 @@ def test_a_column_renamed_to_another_case(target: Target) -> None:
     target.assert_replicated({"public.c": ["id"]})
 
 
+@pytest.mark.parametrize("identity", ["default", "full"])
+def test_a_key_column_renamed_to_another_case(target: Target, identity: str) -> None:
+    # Still the target's key column. The engine stopped ("primary key column(s) id … are
+    # not in the replicated columns", or "the primary key … changed"), and a restart
+    # stopped again on the changes before the rename.
+    db = target.db
+    db.execute("CREATE TABLE public.k (id int PRIMARY KEY, v int)")
+    config = target.config(["public.k"], replica_identity=identity)
+    engine = target.start(config)
+    db.execute("INSERT INTO public.k VALUES (1, 1), (2, 2), (3, 3)")
+    target.catch_up(engine)
+    target.stop(engine)
+    db.execute("UPDATE public.k SET v = 10 WHERE id = 1")
+    db.execute('ALTER TABLE public.k RENAME COLUMN id TO "ID"')
+    engine = target.start(config)
+    db.execute('UPDATE public.k SET v = 20, "ID" = 20 WHERE "ID" = 2')
+    db.execute('DELETE FROM public.k WHERE "ID" = 3')
+    db.execute("INSERT INTO public.k VALUES (4, 4)")
+    target.catch_up(engine)
+    db.execute('ALTER TABLE public.k RENAME COLUMN "ID" TO "Id"')  # while streaming
+    db.execute('UPDATE public.k SET v = 40, "Id" = 40 WHERE "Id" = 4')
+    db.execute('DELETE FROM public.k WHERE "Id" = 1')
+    target.catch_up(engine)
+    target.assert_replicated({"public.k": ["Id"]})
+
+
 def test_widened_column_types(target: Target) -> None:
     db = target.db
     db.execute("CREATE TABLE public.a (id int PRIMARY KEY, i int, v varchar(5), "
