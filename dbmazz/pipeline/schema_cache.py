@@ -205,8 +205,11 @@ class SchemaCache:
         if missing:
             raise SetupError(
                 f"primary key column(s) {', '.join(missing)} of {relation.qualified_name} "
-                "are not in the replicated columns",
-                "publish all columns of the table (no column list on the publication)",
+                "are not in the replicated columns (left out by a column list on the "
+                "publication, or renamed at the source)",
+                "publish all columns of the table (no column list on the publication); a key "
+                "column renamed is a primary key change: "
+                + key_changed_fix(relation.qualified_name),
             )
         columns = tuple(
             ColumnSpec(
@@ -296,10 +299,14 @@ def key_changed(table: str, what: str, now: Sequence[str], keys: Sequence[str]) 
     return SetupError(
         f"the primary key of {table} changed while streaming: its {what} is "
         f"({', '.join(now) or 'none'}), the target is keyed by ({', '.join(keys)})",
-        f"take {table} out of TABLES and restart until the checkpoint passes the change "
-        "(`dbmazz status`), drop its target table, then put it back in TABLES and restart: "
-        "it is loaded afresh with the new key",
+        key_changed_fix(table),
     )
+
+
+def key_changed_fix(table: str) -> str:
+    return (f"take {table} out of TABLES and restart until the checkpoint passes the change "
+            "(`dbmazz status`), drop its target table, then put it back in TABLES and "
+            "restart: it is loaded afresh with the new key")
 
 
 def diff(before: TableSchema | None, after: TableSchema) -> SchemaDelta:

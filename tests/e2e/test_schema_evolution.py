@@ -444,6 +444,23 @@ def test_a_primary_key_changed_while_streaming_stops_the_engine(target: Target,
         (1, "a", 1), (2, "a", 2)]
 
 
+def test_a_key_column_renamed_while_streaming_stops_with_the_fix(target: Target) -> None:
+    # Under REPLICA IDENTITY DEFAULT the error said only "publish all columns of the table
+    # (no column list on the publication)", with no column list there.
+    db = target.db
+    db.execute("CREATE TABLE public.k (id int PRIMARY KEY, v int)")
+    engine = target.start(target.config(["public.k"], replica_identity="default"))
+    db.execute("INSERT INTO public.k VALUES (1, 1)")
+    target.catch_up(engine)
+    db.execute("ALTER TABLE public.k RENAME COLUMN id TO key_id")
+    db.execute("INSERT INTO public.k VALUES (2, 2)")
+    error = target.failed(engine)
+    assert "primary key column(s) id of public.k" in error
+    assert "renamed at the source" in error
+    assert "take public.k out of TABLES" in error
+    assert [(r["id"], r["v"]) for r in target.rows("public", "k")] == [(1, 1)]
+
+
 def test_a_primary_key_changed_while_stopped_is_refused_at_start(target: Target) -> None:
     db = target.db
     db.execute("CREATE TABLE public.k (id int, k text, v int, CONSTRAINT k_pk PRIMARY KEY (id))")
