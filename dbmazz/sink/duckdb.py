@@ -679,11 +679,11 @@ class DuckDBSink:
             assignments = [f"{quote(c)} = EXCLUDED.{quote(c)}" for c in names if c not in keys]
             if self.dropped_columns == "fill_null":
                 # A name the table has again in another case is the same DuckDB column.
-                live = {c.name.lower() for c in table.columns}
-                assignments += [
-                    f"{quote(c)} = NULL" for c in sorted(self._dropped.get(table.source_name, ()))
-                    if c.lower() not in live
-                ]
+                taken = {c.name.lower() for c in table.columns}  # live, or already filled
+                for c in sorted(self._dropped.get(table.source_name, ())):
+                    if c.lower() not in taken:
+                        taken.add(c.lower())
+                        assignments.append(f"{quote(c)} = NULL")
             column_list = ", ".join(quote(c) for c in names)
             cur.execute(
                 f"INSERT INTO {target} ({column_list}) SELECT {column_list} FROM __dbmazz_rows "

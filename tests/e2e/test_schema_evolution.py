@@ -214,6 +214,17 @@ def test_a_column_renamed_to_another_case(target: Target) -> None:
     db.execute('UPDATE public.c SET "UserID" = -"UserID", "Gone" = 0')
     target.catch_up(engine)
     target.assert_replicated({"public.c": ["id"]})
+    # Dropped, added back in another case and dropped again, rows between: dropped under
+    # two spellings, filled with NULL once.
+    db.execute('ALTER TABLE public.c DROP COLUMN "Gone"')
+    db.execute("UPDATE public.c SET x = 6 WHERE id = 1")
+    db.execute('ALTER TABLE public.c ADD COLUMN "gONE" int')
+    db.execute('UPDATE public.c SET "gONE" = 1 WHERE id = 1')
+    db.execute('ALTER TABLE public.c DROP COLUMN "gONE"')
+    db.execute('UPDATE public.c SET x = 7 WHERE "UserID" = -7')
+    target.catch_up(engine)
+    assert [r.get("gone", r.get("Gone")) for r in target.rows("public", "c") if r["x"] == 7
+            ] == [None]
 
 
 @pytest.mark.parametrize("identity", ["default", "full"])

@@ -317,9 +317,13 @@ class StarRocksSink:
             return []
         state = self._state(table.target_name)
         target = state.target
-        live = {c.name.lower() for c in table.columns}
-        return sorted(c for c in state.dropped
-                      if target is not None and target.has(c) and c.lower() not in live)
+        taken = {c.name.lower() for c in table.columns}  # live, or already filled
+        fill = []
+        for c in sorted(state.dropped):
+            if target is not None and target.has(c) and c.lower() not in taken:
+                taken.add(c.lower())
+                fill.append(c)
+        return fill
 
     def _plan_part(self, batch: TableBatch, part: _Part, target: TargetTable,
                    suffix: str | None = None, rows: pa.Table | None = None) -> PlannedLoad:
