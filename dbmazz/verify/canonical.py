@@ -52,17 +52,21 @@ def normalise_json(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Each distinct JSON text parsed and printed with sorted keys and no spaces, numbers by
     their value (``1.0``, ``1`` and ``1e0`` alike: a target may print either).
 
+    The JSON value ``null`` (a whole value) is SQL NULL: StarRocks has no load that keeps
+    it (docs/types.md), so dbmazz loads it as SQL NULL.
+
     JSON has no vectorized normaliser in Arrow; the work is per *distinct* value, and only
     for targets that re-render JSON (StarRocks)."""
     combined = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
     encoded = pc.dictionary_encode(combined)
-    rendered = []
+    rendered: list[str | None] = []
     for text in encoded.dictionary.to_pylist():
         try:
-            rendered.append(_canonical(json.loads(text, parse_float=Decimal,
-                                                  parse_int=Decimal)))
+            parsed = json.loads(text, parse_float=Decimal, parse_int=Decimal)
         except (TypeError, ValueError):
             rendered.append(text)  # not JSON: compare the text itself
+            continue
+        rendered.append(None if parsed is None else _canonical(parsed))
     return pc.take(pa.array(rendered, pa.string()), encoded.indices)
 
 

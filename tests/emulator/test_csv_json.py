@@ -355,3 +355,85 @@ def test_unselected_rows_do_not_count_in_the_ratio(sr: StarRocksEmulator) -> Non
     assert reply["Status"] == "Success"
     assert reply["NumberTotalRows"] == reply["NumberLoadedRows"] + reply[
         "NumberFilteredRows"] + reply["NumberUnselectedRows"]
+
+
+# -- ARRAY in CSV and JSON bodies --------------------------------------------------------
+
+ARRAY_DDL = (
+    "CREATE TABLE arr (id INT NOT NULL, s ARRAY<VARCHAR(20)>, d ARRAY<DECIMAL(6,2)>,"
+    " f ARRAY<DOUBLE>, dd ARRAY<DATE>, b ARRAY<BOOLEAN>, i ARRAY<INT>) PRIMARY KEY (id)"
+)
+
+
+def test_csv_array_is_read_as_the_be_reads_it(sr: StarRocksEmulator) -> None:
+    # DefaultArrayReader: commas split outside double quotes, a bare null is NULL, text and
+    # dates between quotes ("" is one quote), numbers bare; no backslash escape at all, so
+    # JSON's escapes are stored as typed.
+    make_table(sr, ARRAY_DDL)
+    body = (r'1|["a""b","x\\y","nl\n",null,"null","","c,[d]"]|[1.50,null,-0.01]'
+            r'|[nan,-0,-inf,1e-310]|["2024-02-29",null]|[true,false,null]|[1,-2]' "\n"
+            "2|[]|[]|[]|[]|[]|[]\n")
+    reply = stream_load(sr, "d", "arr", body, column_separator="|", strict_mode="true")
+    assert reply["Status"] == "Success", reply
+    first, second = sr.rows("d", "arr")
+    assert first["s"] == ['a"b', "x\\\\y", "nl\\n", None, "null", "", "c,[d]"]
+    assert first["d"] == [Decimal("1.50"), None, Decimal("-0.01")]
+    assert repr(first["f"]) == repr([float("nan"), -0.0, float("-inf"), 1e-310])
+    assert first["dd"] == [dt.date(2024, 2, 29), None]
+    assert (first["b"], first["i"]) == ([True, False, None], [1, -2])
+    assert second == {"id": 2, "s": [], "d": [], "f": [], "dd": [], "b": [], "i": []}
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("s", "[a]"),  # text must be quoted
+    ("s", r'["a\"b"]'),  # every quote toggles: unbalanced
+    ("s", '["a" ,"b"]'),  # items are not trimmed
+    ("d", '["1.50"]'),  # numbers must not be
+    ("i", '["1"]'),
+    ("dd", "[2024-02-29]"),  # dates must be quoted
+    ("i", "[1"),
+    ("i", " [1]"),
+    ("i", "1"),
+])
+def test_csv_array_the_be_cannot_read_is_rejected(sr: StarRocksEmulator, column: str,
+                                                 value: str) -> None:
+    make_table(sr, ARRAY_DDL)
+    reply = stream_load(sr, "d", "arr", f"1|{value}\n", column_separator="|",
+                        columns=f"id,{column}", strict_mode="true")
+    assert (reply["Status"], reply["NumberFilteredRows"]) == ("Fail", 1), reply
+
+
+def test_json_array_item_the_type_cannot_take_is_null_even_in_strict_mode(
+        sr: StarRocksEmulator) -> None:
+    # The BE reads a JSON body's items with invalid_as_null (DATE/DECIMAL items as text then
+    # cast), and strict mode compares only whole columns' NULLs: the row loads.
+    make_table(sr, ARRAY_DDL)
+    body = ('[{"id": 1, "dd": ["2024-13-01", "-0043-03-15", "10000-01-01", "2024-02-29"],'
+            ' "i": [1, "x", 3000000000], "s": ["too long for twenty bytes", "ok"],'
+            ' "d": ["1.5", "12345.6"]}]')
+    reply = stream_load(sr, "d", "arr", body, format="json", strip_outer_array="true",
+                        strict_mode="true")
+    assert reply["Status"] == "Success", reply
+    [row] = sr.rows("d", "arr")
+    assert row["dd"] == [None, None, None, dt.date(2024, 2, 29)]
+    assert row["i"] == [1, None, None]
+    assert row["s"] == [None, "ok"]
+    assert row["d"] == [Decimal("1.50"), None]
+
+
+@pytest.mark.parametrize(("text", "stored"), [
+    ('{"a": [1, 2]}', '{"a": [1, 2]}'),
+    (' [1, "x"]', '[1, "x"]'),
+    ('"s"', '"s"'),
+    ("42", '"42"'),
+    ("-0.5e3", '"-0.5e3"'),
+    ("true", '"true"'),
+    ("null", '"null"'),
+])
+def test_csv_json_field_is_parsed_only_when_it_looks_like_a_container_or_string(
+        sr: StarRocksEmulator, text: str, stored: str) -> None:
+    # util/json.cpp parse_json_or_string: other text is kept as a JSON string.
+    reply = stream_load(sr, "d", "ty", f"1|{text}\n", column_separator="|", columns="id,j",
+                        strict_mode="true")
+    assert reply["Status"] == "Success", reply
+    assert sr.rows("d", "ty")[0]["j"] == stored

@@ -10,11 +10,15 @@ Renderings (DESIGN.md §5), chosen to load exactly into the types :mod:`.ddl` cr
   time ``HH:MM:SS.ffffff``; interval/duration: integer microseconds;
 * json/jsonb columns (``raw_json``): the JSON text is embedded as the JSON value itself,
   because StarRocks stores a JSON *string* scalar when given a quoted string;
-  in CSV the text is the field (StarRocks parses it). A JSON body loads the JSON value
-  ``null`` as SQL NULL, so a batch holding one is sent as CSV when it can be;
+  in CSV the text is the field, which StarRocks parses only when it starts with ``{``,
+  ``[`` or ``"`` (other text becomes a JSON string), so a batch holding another value
+  (``42``, ``true``, ``null``) goes as JSON. The JSON value ``null`` lands as SQL NULL
+  either way (a JSON body loads it so; CSV would store the string ``"null"``);
 * binary: lowercase hex text; the request maps it back with ``to_binary(col, 'hex')``
   (StarRocks would otherwise store the UTF-8 bytes of whatever text it receives);
-* lists (and structs): JSON arrays (objects), in both formats.
+* lists: JSON arrays in a JSON body; in CSV the text StarRocks' CSV reader takes for an
+  ARRAY (:func:`_csv_list`), which is not JSON: it has no backslash escapes;
+* structs: JSON objects (a batch holding one goes as JSON).
 
 CSV uses ``\\x01`` between fields, ``\\x02`` after every record (the transaction interface
 needs the trailing delimiter) and ``\\N`` for NULL, with no enclose/escape: StarRocks applies
@@ -41,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dbmazz.lazy import lazy_module
-from dbmazz.sink.starrocks.ddl import is_list_type
+from dbmazz.sink.starrocks.ddl import VARCHAR_MAX, is_list_type
 
 if TYPE_CHECKING:
     import polars as pl
@@ -95,32 +99,109 @@ def serialize(table: pa.Table, fmt: Format = "json", *, raw_json: Collection[str
         constant.discard(table.column_names[0])
     columns = {name: arr.slice(0, 1) if name in constant else arr
                for name, arr in columns.items()}
-    json_null = _holds_json_null(columns, raw)
-    if fmt == "csv" or json_null:
-        prepared = {name: _prepare(arr, csv=name not in raw) for name, arr in columns.items()}
-        text = {f.name for f in table.schema if f.name not in raw and _is_text(_value_type(f.type))}
-        body = _csv(prepared, constant, table.num_rows, text)
+    refused = {name: found for name, arr in columns.items()
+               if (found := _items_beyond_starrocks(arr)) is not None}
+    if fmt == "csv":
+        # A json value that is not an object, array or string (42, true, null) is stored
+        # as a JSON *string* of its text when it comes in a CSV field: such a batch goes
+        # as JSON, where it is the JSON value it is.
+        csv = None if _holds_json_scalar(columns, raw) else _prepare_csv(columns, raw)
+        if csv is not None:
+            for name, (rows, why) in refused.items():
+                csv[name] = pc.if_else(rows, pa.scalar(why, csv[name].type), csv[name])
+        # Text and list items may hold any byte: the separators are chosen around them.
+        text = {f.name for f in table.schema if f.name not in raw and (
+            _is_text(_value_type(f.type)) or is_list_type(_value_type(f.type)))}
+        body = None if csv is None else _csv(csv, constant, table.num_rows, text)
         if body is not None:
             return body
-        if json_null:
-            log.warning("a json/jsonb column holds the JSON value null in a batch whose text "
-                        "also holds the value '\\N' (which CSV would read as NULL): sent as "
-                        "JSON, where StarRocks stores that null as SQL NULL")
+    _warn_json_null(columns, raw)
     prepared = {name: _prepare(arr, csv=False) for name, arr in columns.items()}
     # Numbers, dates, times and hex are rendered without quotes, backslashes or control
     # characters: only the other columns need the escaping scan.
     plain = {f.name for f in table.schema if _renders_plain(_value_type(f.type))}
-    return _json(prepared, constant, table.num_rows, raw, plain)
+    return _json(prepared, constant, table.num_rows, raw, plain, refused)
 
 
-def _holds_json_null(columns: Mapping[str, pa.Array], raw: Collection[str]) -> bool:
-    """Whether a json/jsonb column holds the JSON value ``null``: a JSON body cannot carry
-    it (StarRocks loads a ``null`` value as SQL NULL), a CSV field can (the text is parsed
-    as JSON), so such a batch goes as CSV when CSV can carry its text."""
-    texts = [columns[name] for name in raw]
-    return any(pc.any(pc.equal(pc.utf8_trim_whitespace(arr), "null")).as_py()
-               for arr in texts
-               if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type))
+#: StarRocks DATE / DATETIME range: 0000-01-01 … 9999-12-31 23:59:59.999999.
+_DAYS_MIN, _DAYS_MAX = -719_528, 2_932_896
+_US_PER_DAY = 86_400_000_000
+_US_MIN, _US_MAX = _DAYS_MIN * _US_PER_DAY, (_DAYS_MAX + 1) * _US_PER_DAY - 1
+_US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+def _items_beyond_starrocks(arr: pa.Array) -> tuple[pa.Array, str] | None:
+    """Rows of a list column holding an item its StarRocks ARRAY cannot hold — a date or
+    datetime outside years 0000-9999 (BC, or after 9999: exact in Arrow), a text item
+    longer than the VARCHAR(1048576) items dbmazz creates — and the text sent instead.
+
+    StarRocks turns such an item into NULL without a word (a JSON body reads ARRAY items
+    with ``invalid_as_null``, and strict mode compares only whole columns' NULLs), where the
+    same value outside an array fails the load. The row's whole array is therefore sent as
+    this text, which no ARRAY reads: strict mode rejects the row, naming the column, as it
+    rejects a top-level value out of range (then REJECTED_ROWS applies)."""
+    t = _value_type(arr.type)
+    if not is_list_type(t) or pa.types.is_dictionary(arr.type):
+        return None
+    offsets, elements, cls = _list_parts(arr)
+    e = elements.type
+    if pa.types.is_date(e):
+        days = elements.cast(pa.date32()).cast(pa.int32())
+        beyond = pc.or_(pc.less(days, _DAYS_MIN), pc.greater(days, _DAYS_MAX))
+        what = "a date outside StarRocks' DATE range (0000-01-01 to 9999-12-31)"
+    elif pa.types.is_timestamp(e):
+        raw = elements.cast(pa.int64())
+        if e.unit == "ns":
+            raw = pc.divide(pc.subtract(raw, pc.if_else(pc.less(raw, 0), 999, 0)), 1000)
+        else:
+            raw = pc.multiply_checked(raw, _US_PER_UNIT[e.unit])
+        beyond = pc.or_(pc.less(raw, _US_MIN), pc.greater(raw, _US_MAX))
+        what = "a datetime outside StarRocks' DATETIME range (years 0000 to 9999)"
+    elif _is_text(e):
+        beyond = pc.greater(pc.binary_length(elements), VARCHAR_MAX)
+        what = f"an item longer than {VARCHAR_MAX} bytes, the length of its VARCHAR items"
+    else:
+        return None
+    beyond = pc.fill_null(beyond, False)
+    if not pc.any(beyond).as_py():
+        return None
+    parents = pc.list_parent_indices(cls.from_arrays(offsets, elements))
+    rows = np.zeros(len(arr), dtype=np.bool_)
+    rows[pc.filter(parents, beyond).to_numpy(zero_copy_only=False)] = True
+    return pa.array(rows), f"array holding {what}: not loaded (StarRocks would store NULL)"
+
+
+_JSON_CONTAINERS = pa.array(["{", "[", '"'])
+#: json columns already warned about (once per process: a flush each would flood the log).
+_WARNED_JSON_NULL: set[str] = set()
+
+
+def _holds_json_scalar(columns: Mapping[str, pa.Array], raw: Collection[str]) -> bool:
+    """Whether a json/jsonb column holds a value that is not an object, array or string.
+
+    StarRocks reads a CSV field for a JSON column with ``JsonValue::parse``, which parses
+    only text starting with ``{``, ``[`` or ``"`` and stores any other text as a JSON
+    string (util/json.cpp, ``parse_json_or_string``): ``42`` would become ``"42"``."""
+    for name in raw:
+        arr = columns[name]
+        if not _is_text(arr.type):
+            continue
+        lead = pc.fill_null(pc.utf8_slice_codeunits(pc.utf8_ltrim_whitespace(arr), 0, 1), "{")
+        if pc.any(pc.invert(pc.is_in(lead, _JSON_CONTAINERS))).as_py():
+            return True
+    return False
+
+
+def _warn_json_null(columns: Mapping[str, pa.Array], raw: Collection[str]) -> None:
+    """The JSON value ``null`` in a json/jsonb column lands as SQL NULL: a JSON body loads
+    it so, and a CSV field would store the JSON string ``"null"`` — no load keeps it."""
+    for name in sorted(set(raw) - _WARNED_JSON_NULL):
+        arr = columns[name]
+        if _is_text(arr.type) and pc.any(pc.equal(pc.utf8_trim_whitespace(arr),
+                                                  "null")).as_py():
+            _WARNED_JSON_NULL.add(name)
+            log.warning("json/jsonb column %s holds the JSON value null: StarRocks stores it "
+                        "as SQL NULL (no Stream Load keeps a JSON null; docs/types.md)", name)
 
 
 def _renders_plain(t: pa.DataType) -> bool:
@@ -145,6 +226,29 @@ def _is_constant(arr: pa.Array) -> bool:
 
 
 # -- per-column preparation -------------------------------------------------------------
+
+
+def _prepare_csv(columns: Mapping[str, pa.Array], raw: Collection[str]
+                 ) -> dict[str, pa.Array] | None:
+    """Every column as CSV field text (json columns as their JSON text, lists by
+    :func:`_csv_list`); None when a column has no CSV rendering (the batch goes as JSON)."""
+    prepared: dict[str, pa.Array] = {}
+    for name, arr in columns.items():
+        if name in raw:
+            prepared[name] = _prepare(arr, csv=False)
+            continue
+        t = _value_type(arr.type)
+        if pa.types.is_struct(t):
+            return None
+        if is_list_type(t):
+            rendered = _csv_list(arr.dictionary_decode() if pa.types.is_dictionary(arr.type)
+                                 else arr)
+            if rendered is None:
+                return None
+            prepared[name] = rendered
+            continue
+        prepared[name] = _prepare(arr, csv=True)
+    return prepared
 
 
 def _combine(column: pa.ChunkedArray) -> pa.Array:
@@ -211,7 +315,8 @@ def _hex(arr: pa.Array) -> pa.Array:
     return pl.Series(values=arr).bin.encode("hex").to_arrow()
 
 
-def _prepare_list(arr: pa.Array) -> pa.Array:
+def _list_parts(arr: pa.Array) -> tuple[pa.Array, pa.Array, type[pa.Array]]:
+    """A list column's offsets (from zero) and the elements they index, and its class."""
     t = arr.type
     if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
         arr = arr.cast(pa.large_list(t.value_type))
@@ -223,10 +328,56 @@ def _prepare_list(arr: pa.Array) -> pa.Array:
     first = offsets[0].as_py()
     elements = arr.values.slice(first, offsets[-1].as_py() - first)
     offsets = pc.subtract(offsets, pa.scalar(first, offsets.type))
-    # Elements live inside JSON text in both formats, so they follow the JSON rules.
+    return offsets, elements, pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
+
+
+def _prepare_list(arr: pa.Array) -> pa.Array:
+    offsets, elements, cls = _list_parts(arr)
+    # Elements live inside JSON text, so they follow the JSON rules.
     values = _prepare(elements, csv=False)
-    cls = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
     return cls.from_arrays(offsets, values, mask=arr.is_null())
+
+
+def _csv_list(arr: pa.Array) -> pa.Array | None:
+    """A list column as the text StarRocks' CSV reader takes for an ARRAY, per row.
+
+    That reader (be/src/formats/csv: DefaultArrayReader, the item converters'
+    ``read_quoted_string``) is not a JSON parser: it splits ``[…]`` at commas outside
+    double quotes (every ``"`` toggles), reads a bare ``null`` as NULL, takes text, dates
+    and datetimes only inside double quotes, which it removes, reading ``""`` as one ``"``,
+    and no backslash escape at all — JSON's ``\"``, ``\\``, ``\n`` or ``\u0001`` would be
+    stored as typed. Numbers, decimals and booleans are read bare (quoted, they fail).
+    So: text items quoted with ``"`` doubled, raw bytes otherwise (the separators are chosen
+    around them); the others bare. None for item types without such a rendering (nested
+    lists, structs): the batch goes as JSON."""
+    offsets, elements, cls = _list_parts(arr)
+    t = _value_type(elements.type)
+    if pa.types.is_dictionary(elements.type):
+        elements = elements.dictionary_decode()
+    if pa.types.is_float16(t):
+        elements = elements.cast(pa.float32())
+    if pa.types.is_null(t):
+        items = pa.nulls(len(elements), pa.large_string())
+    elif (pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+          or pa.types.is_decimal(t)):
+        items = elements.cast(pa.large_string())  # nan, inf, -inf as StarRocks reads them
+    elif pa.types.is_duration(t):
+        items = _prepare(elements, csv=True).cast(pa.large_string())
+    elif (_is_text(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+          or pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t)
+          or pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_time(t)):
+        text = _prepare(elements, csv=True).cast(pa.large_string())
+        quote = pa.scalar('"', pa.large_string())
+        items = pc.binary_join_element_wise(
+            quote, pc.replace_substring(text, '"', '""'), quote, pa.scalar("", pa.large_string()))
+    else:
+        return None
+    items = pc.fill_null(items, pa.scalar("null", pa.large_string()))
+    joined = pc.binary_join(cls.from_arrays(offsets, items, mask=arr.is_null()),
+                            pa.scalar(",", pa.large_string()))
+    return pc.binary_join_element_wise(pa.scalar("[", pa.large_string()), joined,
+                                       pa.scalar("]", pa.large_string()),
+                                       pa.scalar("", pa.large_string()))
 
 
 def _is_nested(t: pa.DataType) -> bool:
@@ -405,13 +556,17 @@ def _json_value(arr: pa.Array, raw: bool, plain: bool) -> tuple[pa.Array, bool]:
 
 
 def _json(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
-          raw: set[str], plain: Collection[str]) -> Body:
+          raw: set[str], plain: Collection[str],
+          refused: Mapping[str, tuple[pa.Array, str]]) -> Body:
     if rows == 0:
         return Body(b"[]", "json", 0, JSON_HEADERS)
     template: _Template = []
     for i, (name, arr) in enumerate(prepared.items()):
         template.append(("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":")
         value, quoted = _json_value(arr, name in raw, name in plain)
+        if name in refused:
+            rows_, why = refused[name]
+            value = pc.if_else(rows_, pa.scalar(json.dumps(why), value.type), value)
         if name in constant:
             text = _as_text(value, pa.string())[0].as_py()
             template.append(json.dumps(text, ensure_ascii=False) if quoted else text)
@@ -431,12 +586,9 @@ def _csv(prepared: Mapping[str, pa.Array], constant: Collection[str], rows: int,
          text_columns: set[str]) -> Body | None:
     if rows == 0:
         return Body(b"", "csv", 0, CSV_HEADERS)
-    texts = {
-        name: _nested_json_text(arr) if _is_nested(arr.type) else arr
-        for name, arr in prepared.items()
-    }
-    # Only free text can hold the separators or a lone \N: numbers, dates and hex cannot,
-    # and JSON text (json columns, lists) escapes control characters.
+    texts = dict(prepared)
+    # Only free text (and list items) can hold the separators or a lone \N: numbers,
+    # dates and hex cannot, and JSON text (json columns) escapes control characters.
     free_text = [texts[name] for name in sorted(text_columns & texts.keys())]
     if any(pc.any(pc.equal(arr, CSV_NULL)).as_py() for arr in free_text):
         return None

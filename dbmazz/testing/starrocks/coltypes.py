@@ -266,7 +266,8 @@ def _check_length(value: str | bytes, t: SRType, original: Any) -> None:
 def _parse_array_text(text: str) -> list[Any]:
     stripped = text.strip()
     try:
-        parsed = json.loads(stripped, parse_float=Decimal)
+        # strict=False: items printed by the BE hold control characters as they are.
+        parsed = json.loads(stripped, parse_float=Decimal, strict=False)
     except ValueError:
         # StarRocks also takes unquoted strings: [a,b].
         if not (stripped.startswith("[") and stripped.endswith("]")):
@@ -350,6 +351,97 @@ def convert_text(text: str | bytes, t: SRType) -> Any:
         return text
 
 
+#: Longest text a JSON value is parsed from (util/json.h kJSONLengthLimit).
+JSON_LENGTH_LIMIT = 16 * 1024 * 1024
+
+
+def convert_csv(text: str | bytes, t: SRType) -> Any:
+    """A field of a CSV body (no enclose/escape) as StarRocks' CSV converters read it: as
+    :func:`convert_text`, except an ARRAY, which is not JSON there (:func:`_csv_array`),
+    and JSON, parsed only when it looks like an object, array or string."""
+    if t.name not in ("ARRAY", "JSON"):
+        return convert_text(text, t)
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConversionError("Invalid UTF-8 data") from e
+    if t.name == "JSON":
+        return _csv_json(text, t)
+    return _csv_array(text, t)
+
+
+def _csv_json(text: str, t: SRType) -> str:
+    """``JsonValue::parse`` (util/json.cpp, parse_json_or_string): text whose first
+    non-space character is ``{``, ``[`` or ``"`` is parsed as JSON; any other text — ``42``,
+    ``true``, ``null`` — is stored as a JSON string holding it."""
+    if len(text.encode("utf-8")) > JSON_LENGTH_LIMIT:
+        raise ConversionError("JSON string exceed maximum length 16MB")
+    stripped = text.lstrip()
+    if not stripped or stripped[0] not in '{["':
+        return normalise_json(text)
+    return str(convert_text(text, t))
+
+
+def _csv_array(text: str, t: SRType) -> list[Any]:
+    """``[item,…]`` read as the BE's DefaultArrayReader does (be/src/formats/csv).
+
+    The brackets must be the field's first and last bytes; items are split at commas
+    outside double quotes (every ``"`` toggles: there is no escape) and outside nested
+    brackets; a bare ``null`` is NULL; each other item is read by its type's
+    ``read_quoted_string`` (:func:`_csv_array_item`)."""
+    assert t.item is not None
+    if len(text) < 2 or text[0] != "[" or text[-1] != "]":
+        raise _bad(text, t)
+    inner = text[1:-1]
+    if not inner:
+        return []
+    items: list[str] = []
+    start, level, quoted = 0, 0, False
+    for i, ch in enumerate(inner):
+        if ch == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch == "[":
+            level += 1
+        elif ch == "]":
+            level -= 1
+        elif ch == "," and level == 0:
+            items.append(inner[start:i])
+            start = i + 1
+    items.append(inner[start:])
+    if level != 0 or quoted:
+        raise _bad(text, t)
+    return [None if item == "null" else _csv_array_item(item, t.item, text, t)
+            for item in items]
+
+
+def _csv_array_item(item: str, t: SRType, field: str, array: SRType) -> Any:
+    """One array item as its converter's ``read_quoted_string`` reads it: CHAR/VARCHAR,
+    DATE and DATETIME only between double quotes, which are removed (and ``""`` read as
+    one ``"``: StringConverter), nested arrays as arrays, every other type as it is —
+    a quoted number fails."""
+    if t.is_string or t.name in ("DATE", "DATETIME"):
+        if len(item) < 2 or item[0] != '"' or item[-1] != '"':
+            raise _bad(field, array)
+        inner = item[1:-1]
+        if t.name in ("DATE", "DATETIME"):
+            return convert_text(inner, t)
+        parts: list[str] = []
+        at = 0
+        while (quote := inner.find('"', at)) >= 0:
+            parts.append(inner[at : quote + 1])
+            at = quote + 2 if inner.startswith('"', quote + 1) else quote + 1
+        parts.append(inner[at:])
+        value = "".join(parts)
+        _check_length(value, t, value)
+        return value
+    if t.name == "ARRAY":
+        return _csv_array(item, t)
+    return convert_text(item, t)
+
+
 def convert_json(value: Any, t: SRType) -> Any:
     """Convert a value decoded from a JSON body (str, int, Decimal, bool, list, dict)."""
     if value is None:
@@ -370,7 +462,7 @@ def convert_json(value: Any, t: SRType) -> Any:
             return convert_text(value, t)
         if not isinstance(value, list):
             raise _bad(value, t)
-        return [None if v is None else convert_json(v, t.item) for v in value]
+        return [_json_array_item(v, t.item) for v in value]
     if name == "BOOLEAN":
         if isinstance(value, bool):
             return value
@@ -406,6 +498,22 @@ def convert_json(value: Any, t: SRType) -> Any:
     if name in ("DATE", "DATETIME"):
         raise _bad(value, t)
     return normalise_json(value)
+
+
+def _json_array_item(value: Any, t: SRType) -> Any:
+    """An item of a JSON array: one the item type cannot take is NULL, never an error.
+
+    The BE reads a JSON body's ARRAY items with ``invalid_as_null`` (formats/json:
+    add_nullable_array_column), and DATE/DATETIME/DECIMAL items as text that a cast to the
+    item type turns NULL when it cannot parse them (JsonScanner::_construct_json_types);
+    strict mode compares only whole columns' NULLs (FileScanner::materialize), so the row
+    loads with a NULL item, whatever strict_mode says."""
+    if value is None:
+        return None
+    try:
+        return convert_json(value, t)
+    except ConversionError:
+        return None
 
 
 def zero_value(t: SRType) -> Any:
@@ -455,8 +563,11 @@ def render(value: Any) -> str:
 
 
 def _render_item(value: Any) -> str:
+    """An ARRAY item as the BE prints it (MysqlRowBuffer::push_string inside an array):
+    text between double quotes with only ``"`` and ``\\`` escaped by a backslash —
+    control characters are printed as they are, unlike JSON."""
     if value is None:
         return "null"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return render(value)

@@ -20,6 +20,7 @@ from typing import Any
 from dbmazz.testing.starrocks.catalog import Column, Table
 from dbmazz.testing.starrocks.coltypes import (
     ConversionError,
+    convert_csv,
     convert_json,
     convert_text,
     normalise_json,
@@ -357,6 +358,8 @@ def _op_of(value: Any) -> Op:
 def _convert(column: Column, value: Any, strict: bool) -> Any:
     if value is None:
         return None
+    # Bytes are CSV fields (JSON values are decoded): an ARRAY reads them its own way.
+    csv_field = isinstance(value, bytes)
     if isinstance(value, bytes) and column.type.name != "VARBINARY":
         try:
             value = value.decode("utf-8")
@@ -365,7 +368,7 @@ def _convert(column: Column, value: Any, strict: bool) -> Any:
             raise _RowError(f"Invalid UTF-8 data in column '{column.name}'") from e
     try:
         if isinstance(value, bytes | str):
-            return convert_text(value, column.type)
+            return (convert_csv if csv_field else convert_text)(value, column.type)
         return convert_json(value, column.type)
     except ConversionError as e:
         if strict:
