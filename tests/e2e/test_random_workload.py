@@ -146,6 +146,8 @@ class Workload:
     def insert_comp(self, conn: psycopg.Connection) -> None:
         rng = self.rng
         key = (rng.randint(0, 5), f"b{self._fresh()}")
+        if self.long_keys and rng.random() < 0.3:
+            key = (key[0], key[1] + big_text(rng, 2_200, 2_600))
         body = big_text(rng) if rng.random() < 0.7 else "short"
         conn.execute("INSERT INTO rw_comp VALUES (%s, %s, %s, %s)",
                      (*key, rng.randint(0, 9), body))
